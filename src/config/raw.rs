@@ -1,0 +1,162 @@
+//! The raw configuration: a serde mirror of the TOML file (unknown keys refused), then layered
+//! with `VALET_*` environment variables and command-line flags. Nothing here is validated yet.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub grpc_listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub public_url: Option<String>,
+    pub data_dir: Option<String>,
+    pub store: Option<String>,
+    pub dev: Option<bool>,
+    pub admin_key_file: Option<String>,
+    pub allow_insecure_provider_urls: Option<bool>,
+    pub shutdown_grace_seconds: Option<u64>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub flows: RawFlows,
+    #[serde(default)]
+    pub tokens: RawTokens,
+    #[serde(default)]
+    pub provider_http: RawProviderHttp,
+    #[serde(default)]
+    pub callers: Vec<RawCaller>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlows {
+    pub ttl_seconds: Option<u64>,
+    pub max_pending: Option<u64>,
+    pub max_pending_per_user: Option<u64>,
+    pub wait_default_seconds: Option<u64>,
+    pub wait_max_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    pub default_min_ttl_seconds: Option<u64>,
+    pub max_min_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProviderHttp {
+    pub connect_timeout_seconds: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaller {
+    pub name: String,
+    pub role: String,
+    /// Hex SHA-256 of the API key; the key itself is never configured.
+    pub key_sha256: String,
+}
+
+/// Command-line flags that override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<String>,
+    pub dev: bool,
+    pub grpc_listen: Option<String>,
+    pub http_listen: Option<String>,
+    pub public_url: Option<String>,
+    pub data_dir: Option<String>,
+    pub admin_key_file: Option<String>,
+    pub store: Option<String>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+}
+
+/// Environment variables the daemon reads, with the setting each one overrides.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("VALET_CONFIG", "path of the TOML config file"),
+    ("VALET_GRPC_LISTEN", "grpc_listen"),
+    ("VALET_HTTP_LISTEN", "http_listen"),
+    ("VALET_PUBLIC_URL", "public_url"),
+    ("VALET_DATA_DIR", "data_dir"),
+    ("VALET_STORE", "store"),
+    ("VALET_DEV", "dev"),
+    ("VALET_ADMIN_KEY_FILE", "admin_key_file"),
+    ("VALET_LOG_FORMAT", "log.format"),
+    ("VALET_LOG_LEVEL", "log.level"),
+    ("VALET_FLOW_TTL_SECONDS", "flows.ttl_seconds"),
+    ("VALET_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
+];
+
+/// Variables the CLI client reads; not daemon settings, but not unknown either.
+pub const CLIENT_ENV_VARS: &[&str] = &["VALET_SERVER", "VALET_KEY"];
+
+impl RawConfig {
+    /// Applies `VALET_*` variables from `env`; parse problems go to `errors`.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<String>) {
+        let set_str = |name: &str, slot: &mut Option<String>| {
+            if let Some(v) = env(name) {
+                *slot = Some(v);
+            }
+        };
+        set_str("VALET_GRPC_LISTEN", &mut self.grpc_listen);
+        set_str("VALET_HTTP_LISTEN", &mut self.http_listen);
+        set_str("VALET_PUBLIC_URL", &mut self.public_url);
+        set_str("VALET_DATA_DIR", &mut self.data_dir);
+        set_str("VALET_STORE", &mut self.store);
+        set_str("VALET_ADMIN_KEY_FILE", &mut self.admin_key_file);
+        set_str("VALET_LOG_FORMAT", &mut self.log.format);
+        set_str("VALET_LOG_LEVEL", &mut self.log.level);
+        let mut set_num = |name: &str, slot: &mut Option<u64>| {
+            if let Some(v) = env(name) {
+                match v.parse() {
+                    Ok(n) => *slot = Some(n),
+                    Err(_) => errors.push(format!("{name}={v:?} is not a non-negative integer")),
+                }
+            }
+        };
+        set_num("VALET_FLOW_TTL_SECONDS", &mut self.flows.ttl_seconds);
+        set_num(
+            "VALET_SHUTDOWN_GRACE_SECONDS",
+            &mut self.shutdown_grace_seconds,
+        );
+        if let Some(v) = env("VALET_DEV") {
+            match v.as_str() {
+                "1" | "true" => self.dev = Some(true),
+                "0" | "false" => self.dev = Some(false),
+                _ => errors.push(format!("VALET_DEV={v:?} must be true or false")),
+            }
+        }
+    }
+
+    pub fn apply_overrides(&mut self, o: &Overrides) {
+        if o.dev {
+            self.dev = Some(true);
+        }
+        let pairs = [
+            (&o.grpc_listen, &mut self.grpc_listen),
+            (&o.http_listen, &mut self.http_listen),
+            (&o.public_url, &mut self.public_url),
+            (&o.data_dir, &mut self.data_dir),
+            (&o.admin_key_file, &mut self.admin_key_file),
+            (&o.store, &mut self.store),
+            (&o.log_format, &mut self.log.format),
+            (&o.log_level, &mut self.log.level),
+        ];
+        for (from, to) in pairs {
+            if let Some(v) = from {
+                *to = Some(v.clone());
+            }
+        }
+    }
+}

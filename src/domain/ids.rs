@@ -1,0 +1,150 @@
+//! Identifiers: provider ids are path-safe; user and agent ids are opaque caller strings, bounded
+//! and free of control characters.
+
+use super::InvalidInput;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest provider id.
+pub const MAX_PROVIDER_ID: usize = 64;
+/// Longest user or agent id, in bytes.
+pub const MAX_PRINCIPAL_ID: usize = 256;
+
+/// A caller-chosen provider id: 1-64 of `[a-z0-9_-]`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProviderId(String);
+
+impl ProviderId {
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        const FIELD: &str = "provider_id";
+        if s.is_empty() {
+            return Err(InvalidInput::new(FIELD, "is required"));
+        }
+        if s.len() > MAX_PROVIDER_ID {
+            return Err(InvalidInput::new(
+                FIELD,
+                format!("is longer than {MAX_PROVIDER_ID} characters"),
+            ));
+        }
+        let ok_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        if !s.chars().all(ok_char) || !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(InvalidInput::new(
+                FIELD,
+                "must be lowercase letters, digits, '-' or '_', starting with a letter or digit",
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! principal_id {
+    ($name:ident, $field:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+                check_principal($field, s)?;
+                Ok(Self(s.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidInput;
+            fn try_from(s: String) -> Result<Self, InvalidInput> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+principal_id!(UserId, "user_id", "The person an agent acts for.");
+principal_id!(
+    AgentId,
+    "agent_id",
+    "An agent, when a grant belongs to one agent only."
+);
+
+fn check_principal(field: &'static str, s: &str) -> Result<(), InvalidInput> {
+    if s.is_empty() {
+        return Err(InvalidInput::new(field, "is required"));
+    }
+    if s.len() > MAX_PRINCIPAL_ID {
+        return Err(InvalidInput::new(
+            field,
+            format!("is longer than {MAX_PRINCIPAL_ID} bytes"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(InvalidInput::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl TryFrom<String> for ProviderId {
+    type Error = InvalidInput;
+    fn try_from(s: String) -> Result<Self, InvalidInput> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ProviderId> for String {
+    fn from(v: ProviderId) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_ids() {
+        assert!(ProviderId::parse("github").is_ok());
+        assert!(ProviderId::parse("my_idp-2").is_ok());
+        for bad in ["", "-x", "GitHub", "a/b", "a b", "../x", &"a".repeat(65)] {
+            assert!(ProviderId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn principal_ids() {
+        assert!(UserId::parse("alice@example.com").is_ok());
+        assert_eq!(UserId::parse("").unwrap_err().field, "user_id");
+        assert!(AgentId::parse("a\nb").is_err());
+        assert!(AgentId::parse(&"x".repeat(257)).is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! Pure types and rules, no I/O: identifiers, scopes, provider configuration, grants and pending
+//! flows. Every constructor validates, so a value of these types is always within bounds.
+
+mod grant;
+mod ids;
+mod provider;
+mod scopes;
+
+pub use grant::{Grant, GrantKey, GrantStatus};
+pub use ids::{AgentId, ProviderId, UserId};
+pub use provider::{ProviderConfig, ProviderKind, TokenAuthMethod, check_endpoint_url};
+pub use scopes::Scopes;
+
+/// Bad input: which field, and why. Never carries the offending value if it could be a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidInput {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What an agent wants handed out for a usable grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handout {
+    #[default]
+    Token,
+    Reference,
+}

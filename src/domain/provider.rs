@@ -1,0 +1,188 @@
+//! Provider configuration and its validation rules.
+
+use super::{InvalidInput, ProviderId, Scopes};
+use crate::secret::{SecretString, serde_secret};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use url::Url;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    #[serde(rename = "oauth2")]
+    OAuth2,
+    Oidc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// Authorization request parameters a provider config may not override: Valet sets them itself.
+const RESERVED_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+const MAX_EXTRA_PARAMS: usize = 32;
+
+/// A provider as stored. The client secret is write-only at the API and only serialized into the
+/// sealed store record (see `secret::serde_secret`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderConfig {
+    pub id: ProviderId,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub client_id: String,
+    #[serde(with = "serde_secret", default)]
+    pub client_secret: Option<SecretString>,
+    pub auth_url: Url,
+    pub token_url: Url,
+    /// Kept verbatim: ID tokens and RFC 9207 `iss` must match it exactly.
+    pub issuer: Option<String>,
+    pub revocation_url: Option<Url>,
+    pub default_scopes: Scopes,
+    pub extra_auth_params: BTreeMap<String, String>,
+    pub token_auth_method: TokenAuthMethod,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ProviderConfig {
+    /// Checks the fields every kind shares: name, client id, extra parameters.
+    pub fn check_common(
+        name: &str,
+        client_id: &str,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<(), InvalidInput> {
+        if name.len() > 256 || name.chars().any(char::is_control) {
+            return Err(InvalidInput::new(
+                "name",
+                "must be at most 256 characters without control characters",
+            ));
+        }
+        if client_id.is_empty() {
+            return Err(InvalidInput::new("client_id", "is required"));
+        }
+        if client_id.len() > 512 || client_id.chars().any(char::is_control) {
+            return Err(InvalidInput::new(
+                "client_id",
+                "must be at most 512 characters without control characters",
+            ));
+        }
+        if extra.len() > MAX_EXTRA_PARAMS {
+            return Err(InvalidInput::new(
+                "extra_auth_params",
+                format!("at most {MAX_EXTRA_PARAMS} parameters are allowed"),
+            ));
+        }
+        for (k, v) in extra {
+            if RESERVED_PARAMS.contains(&k.as_str()) {
+                return Err(InvalidInput::new(
+                    "extra_auth_params",
+                    format!("'{k}' is set by Valet and cannot be overridden"),
+                ));
+            }
+            if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+                return Err(InvalidInput::new(
+                    "extra_auth_params",
+                    "names must be 1-128 characters and values at most 1024",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses an endpoint URL. HTTPS is required unless the host is a loopback address or
+/// `allow_insecure` (dev mode) is set, so a misconfigured provider cannot leak codes in clear text.
+pub fn check_endpoint_url(
+    field: &'static str,
+    raw: &str,
+    allow_insecure: bool,
+) -> Result<Url, InvalidInput> {
+    if raw.is_empty() {
+        return Err(InvalidInput::new(field, "is required"));
+    }
+    if raw.len() > 2048 {
+        return Err(InvalidInput::new(field, "is longer than 2048 characters"));
+    }
+    let url = Url::parse(raw)
+        .map_err(|e| InvalidInput::new(field, format!("is not a valid URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(InvalidInput::new(field, "must not contain credentials"));
+    }
+    if url.fragment().is_some() {
+        return Err(InvalidInput::new(field, "must not contain a fragment"));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if allow_insecure || is_loopback_host(&url) => Ok(url),
+        "http" => Err(InvalidInput::new(
+            field,
+            "must use https (plain http is only allowed for loopback hosts or in dev mode)",
+        )),
+        other => Err(InvalidInput::new(
+            field,
+            format!("scheme '{other}' is not allowed; use https"),
+        )),
+    }
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        assert!(check_endpoint_url("token_url", "https://idp.example/token", false).is_ok());
+        assert!(check_endpoint_url("token_url", "http://127.0.0.1:8080/token", false).is_ok());
+        assert!(check_endpoint_url("token_url", "http://localhost/token", false).is_ok());
+        assert!(check_endpoint_url("token_url", "http://idp.example/token", true).is_ok());
+        let err = check_endpoint_url("token_url", "http://idp.example/token", false).unwrap_err();
+        assert_eq!(err.field, "token_url");
+        assert!(err.reason.contains("https"));
+        for bad in [
+            "",
+            "not a url",
+            "ftp://x/",
+            "https://u:p@x/",
+            "https://x/#f",
+        ] {
+            assert!(check_endpoint_url("auth_url", bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reserved_params_refused() {
+        let mut extra = BTreeMap::new();
+        extra.insert("state".to_owned(), "x".to_owned());
+        let err = ProviderConfig::check_common("n", "c", &extra).unwrap_err();
+        assert_eq!(err.field, "extra_auth_params");
+        assert_eq!(
+            ProviderConfig::check_common("n", "", &BTreeMap::new())
+                .unwrap_err()
+                .field,
+            "client_id"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! OAuth scopes (RFC 6749 section 3.3): a bounded, sorted set of scope tokens.
+
+use super::InvalidInput;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+pub const MAX_SCOPES: usize = 64;
+pub const MAX_SCOPE_LEN: usize = 256;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scopes(BTreeSet<String>);
+
+impl Scopes {
+    /// Parses scope tokens; `field` names the request field in errors.
+    pub fn parse<S: AsRef<str>>(field: &'static str, items: &[S]) -> Result<Self, InvalidInput> {
+        if items.len() > MAX_SCOPES {
+            return Err(InvalidInput::new(
+                field,
+                format!("at most {MAX_SCOPES} scopes are allowed"),
+            ));
+        }
+        let mut set = BTreeSet::new();
+        for item in items {
+            let s = item.as_ref();
+            if s.is_empty() || s.len() > MAX_SCOPE_LEN {
+                return Err(InvalidInput::new(
+                    field,
+                    format!("each scope must be 1-{MAX_SCOPE_LEN} characters"),
+                ));
+            }
+            // scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+            if !s
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+            {
+                return Err(InvalidInput::new(
+                    field,
+                    "a scope may only hold visible ASCII other than '\"' and '\\' (no spaces)",
+                ));
+            }
+            set.insert(s.to_owned());
+        }
+        Ok(Self(set))
+    }
+
+    /// Parses a space-separated scope string as a provider returns it.
+    pub fn parse_spaced(field: &'static str, s: &str) -> Result<Self, InvalidInput> {
+        let items: Vec<&str> = s.split_whitespace().collect();
+        Self::parse(field, &items)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains_all(&self, other: &Scopes) -> bool {
+        other.0.is_subset(&self.0)
+    }
+
+    pub fn union(&self, other: &Scopes) -> Scopes {
+        Scopes(self.0.union(&other.0).cloned().collect())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_compares() {
+        let a = Scopes::parse("scopes", &["read", "write", "read"]).unwrap();
+        let b = Scopes::parse("scopes", &["read"]).unwrap();
+        assert_eq!(a.to_vec(), vec!["read", "write"]);
+        assert!(a.contains_all(&b));
+        assert!(!b.contains_all(&a));
+        assert_eq!(b.union(&a), a);
+        assert_eq!(Scopes::parse_spaced("scope", " read  write ").unwrap(), a);
+    }
+
+    #[test]
+    fn refuses_bad_scopes() {
+        for bad in ["", "a b", "quote\"", "back\\slash", "tab\t"] {
+            let err = Scopes::parse("scopes", &[bad]).unwrap_err();
+            assert_eq!(err.field, "scopes");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+        assert!(Scopes::parse("scopes", &many).is_err());
+        assert!(Scopes::parse("scopes", &["x".repeat(257)]).is_err());
+    }
+}

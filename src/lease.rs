@@ -1,0 +1,424 @@
+//! The lease table: pending consent flows, in memory only. Bounded in total and per user; each
+//! `state` is taken at most once and only before its lease expires; a sweeper fails expired flows
+//! closed. Finished flows keep their outcome for a while so `WaitForCompletion` can collect it.
+//! Time is `tokio::time`, so tests can pause it.
+
+use crate::domain::{AgentId, GrantKey, Handout, ProviderId, Scopes, UserId};
+use crate::secret::{SecretString, sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// A pending authorization: everything the callback needs to finish it.
+#[derive(Debug)]
+pub struct PendingFlow {
+    pub provider: ProviderId,
+    pub user: UserId,
+    pub agent: Option<AgentId>,
+    pub scopes: Scopes,
+    pub handout: Handout,
+    pub pkce_verifier: SecretString,
+    pub nonce: Option<SecretString>,
+    pub redirect_uri: String,
+    /// The caller (API key name) that started it; only it may wait on it.
+    pub owner: String,
+}
+
+impl PendingFlow {
+    pub fn grant_key(&self) -> GrantKey {
+        GrantKey {
+            provider: self.provider.clone(),
+            user: self.user.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+}
+
+/// Why a flow failed. Every variant's message is safe to show to users and agents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowFailure {
+    #[error("the authorization flow expired before consent was given")]
+    Expired,
+    #[error("the user denied access at the provider")]
+    AccessDenied,
+    #[error("the provider returned an error: {0}")]
+    ProviderError(String),
+    #[error("the callback came from the wrong provider for this flow")]
+    WrongProvider,
+    #[error("the issuer in the callback does not match the provider")]
+    IssuerMismatch,
+    #[error("the ID token was rejected: {0}")]
+    IdTokenRejected(String),
+    #[error("the code exchange failed: {0}")]
+    ExchangeFailed(String),
+}
+
+impl FlowFailure {
+    /// Stable machine-readable reason for API errors.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Expired => "FLOW_EXPIRED",
+            Self::AccessDenied => "ACCESS_DENIED",
+            Self::ProviderError(_) => "PROVIDER_ERROR",
+            Self::WrongProvider => "WRONG_PROVIDER",
+            Self::IssuerMismatch => "ISSUER_MISMATCH",
+            Self::IdTokenRejected(_) => "ID_TOKEN_REJECTED",
+            Self::ExchangeFailed(_) => "EXCHANGE_FAILED",
+        }
+    }
+}
+
+/// Where a flow stands, as watchers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowOutcome {
+    Pending,
+    Completed(GrantKey),
+    Failed(FlowFailure),
+}
+
+/// Why `take` refused a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TakeError {
+    #[error("unknown or already used state")]
+    Unknown,
+    #[error("the flow expired")]
+    Expired,
+    #[error("the state was issued for another provider")]
+    WrongProvider,
+}
+
+/// Why `insert` refused a flow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    #[error("too many pending authorization flows for this user (limit {0})")]
+    UserFull(usize),
+    #[error("too many pending authorization flows in total (limit {0})")]
+    TableFull(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseLimits {
+    pub ttl: Duration,
+    pub max_total: usize,
+    pub max_per_user: usize,
+    /// How long a finished flow's outcome stays collectable.
+    pub keep_outcome: Duration,
+}
+
+/// What a caller may see of a flow it owns.
+#[derive(Debug, Clone)]
+pub struct FlowView {
+    pub auth_url: String,
+    pub expires_at: Instant,
+    pub outcome: watch::Receiver<FlowOutcome>,
+    pub handout: Handout,
+    pub scopes: Scopes,
+}
+
+struct Entry {
+    flow: Option<PendingFlow>,
+    user: UserId,
+    owner: String,
+    handout: Handout,
+    scopes: Scopes,
+    auth_url: String,
+    deadline: Instant,
+    forget_at: Instant,
+    outcome: Arc<watch::Sender<FlowOutcome>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// sha256(state) → auth_id; the state itself is never kept.
+    by_state: HashMap<[u8; 32], String>,
+    by_auth: HashMap<String, Entry>,
+    per_user: HashMap<UserId, usize>,
+    pending: usize,
+}
+
+/// A taken flow plus the handle to report its outcome.
+pub struct Taken {
+    pub flow: PendingFlow,
+    pub auth_id: String,
+    reporter: Arc<watch::Sender<FlowOutcome>>,
+}
+
+impl Taken {
+    pub fn finish(&self, outcome: FlowOutcome) {
+        self.reporter.send_replace(outcome);
+    }
+}
+
+pub struct LeaseTable {
+    limits: LeaseLimits,
+    inner: Mutex<Inner>,
+}
+
+impl LeaseTable {
+    pub fn new(limits: LeaseLimits) -> Self {
+        Self {
+            limits,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn limits(&self) -> LeaseLimits {
+        self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a flow under `state` and `auth_id`; `auth_url` is what the owner is shown again.
+    pub fn insert(
+        &self,
+        state: &str,
+        auth_id: &str,
+        auth_url: String,
+        flow: PendingFlow,
+    ) -> Result<Instant, InsertError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.pending >= self.limits.max_total {
+            Self::sweep_locked(&mut inner, now);
+            if inner.pending >= self.limits.max_total {
+                return Err(InsertError::TableFull(self.limits.max_total));
+            }
+        }
+        let user_count = inner.per_user.get(&flow.user).copied().unwrap_or(0);
+        if user_count >= self.limits.max_per_user {
+            return Err(InsertError::UserFull(self.limits.max_per_user));
+        }
+        let deadline = now + self.limits.ttl;
+        let (tx, _) = watch::channel(FlowOutcome::Pending);
+        inner.per_user.insert(flow.user.clone(), user_count + 1);
+        inner.pending += 1;
+        inner
+            .by_state
+            .insert(sha256(state.as_bytes()), auth_id.to_owned());
+        inner.by_auth.insert(
+            auth_id.to_owned(),
+            Entry {
+                user: flow.user.clone(),
+                owner: flow.owner.clone(),
+                handout: flow.handout,
+                scopes: flow.scopes.clone(),
+                flow: Some(flow),
+                auth_url,
+                deadline,
+                forget_at: deadline + self.limits.keep_outcome,
+                outcome: Arc::new(tx),
+            },
+        );
+        Ok(deadline)
+    }
+
+    /// Takes the flow for `state` once, before its deadline, on the provider it was issued for.
+    /// A state presented at the wrong provider is consumed and its flow fails closed.
+    pub fn take(&self, state: &str, provider: &ProviderId) -> Result<Taken, TakeError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let auth_id = inner
+            .by_state
+            .remove(&sha256(state.as_bytes()))
+            .ok_or(TakeError::Unknown)?;
+        let (flow, reporter, expired) = {
+            let entry = inner.by_auth.get_mut(&auth_id).ok_or(TakeError::Unknown)?;
+            let flow = entry.flow.take().ok_or(TakeError::Unknown)?;
+            entry.forget_at = now + self.limits.keep_outcome;
+            (flow, entry.outcome.clone(), now >= entry.deadline)
+        };
+        Self::release_locked(&mut inner, &flow.user);
+        if expired {
+            reporter.send_replace(FlowOutcome::Failed(FlowFailure::Expired));
+            return Err(TakeError::Expired);
+        }
+        if &flow.provider != provider {
+            reporter.send_replace(FlowOutcome::Failed(FlowFailure::WrongProvider));
+            return Err(TakeError::WrongProvider);
+        }
+        Ok(Taken {
+            flow,
+            auth_id,
+            reporter,
+        })
+    }
+
+    /// The flow `auth_id`, if it exists and `owner` started it.
+    pub fn view(&self, auth_id: &str, owner: &str) -> Option<FlowView> {
+        let inner = self.lock();
+        let entry = inner.by_auth.get(auth_id)?;
+        (entry.owner == owner).then(|| FlowView {
+            auth_url: entry.auth_url.clone(),
+            expires_at: entry.deadline,
+            outcome: entry.outcome.subscribe(),
+            handout: entry.handout,
+            scopes: entry.scopes.clone(),
+        })
+    }
+
+    /// Number of flows still waiting for a callback.
+    pub fn pending(&self) -> usize {
+        self.lock().pending
+    }
+
+    /// Fails expired flows closed and forgets old outcomes. Returns how many flows expired.
+    pub fn sweep(&self) -> usize {
+        Self::sweep_locked(&mut self.lock(), Instant::now())
+    }
+
+    fn release_locked(inner: &mut Inner, user: &UserId) {
+        inner.pending = inner.pending.saturating_sub(1);
+        if let Some(n) = inner.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_user.remove(user);
+            }
+        }
+    }
+
+    fn sweep_locked(inner: &mut Inner, now: Instant) -> usize {
+        let mut expired_users = Vec::new();
+        for entry in inner.by_auth.values_mut() {
+            if now >= entry.deadline && entry.flow.take().is_some() {
+                entry
+                    .outcome
+                    .send_replace(FlowOutcome::Failed(FlowFailure::Expired));
+                expired_users.push(entry.user.clone());
+            }
+        }
+        for user in &expired_users {
+            Self::release_locked(inner, user);
+        }
+        inner.by_auth.retain(|_, e| now < e.forget_at);
+        let live = &inner.by_auth;
+        inner
+            .by_state
+            .retain(|_, auth_id| live.get(auth_id).is_some_and(|e| e.flow.is_some()));
+        expired_users.len()
+    }
+
+    /// Runs `sweep` every `every` until `stop` resolves.
+    pub async fn run_sweeper(self: Arc<Self>, every: Duration, stop: impl std::future::Future) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {
+                    let n = self.sweep();
+                    if n > 0 {
+                        tracing::debug!(expired = n, "swept expired authorization flows");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(user: &str, provider: &str) -> PendingFlow {
+        PendingFlow {
+            provider: ProviderId::parse(provider).unwrap(),
+            user: UserId::parse(user).unwrap(),
+            agent: None,
+            scopes: Scopes::default(),
+            handout: Handout::Token,
+            pkce_verifier: SecretString::from("v"),
+            nonce: None,
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            owner: "agent".into(),
+        }
+    }
+
+    fn table(max_total: usize, max_per_user: usize) -> LeaseTable {
+        LeaseTable::new(LeaseLimits {
+            ttl: Duration::from_secs(60),
+            max_total,
+            max_per_user,
+            keep_outcome: Duration::from_secs(30),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_is_taken_once() {
+        let t = table(10, 10);
+        t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
+        let p = ProviderId::parse("p").unwrap();
+        assert!(t.take("s1", &p).is_ok());
+        assert_eq!(t.take("s1", &p).err(), Some(TakeError::Unknown));
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_state_is_refused_and_reported() {
+        let t = table(10, 10);
+        t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
+        let view = t.view("a1", "agent").unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let p = ProviderId::parse("p").unwrap();
+        assert_eq!(t.take("s1", &p).err(), Some(TakeError::Expired));
+        assert_eq!(
+            *view.outcome.borrow(),
+            FlowOutcome::Failed(FlowFailure::Expired)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweeper_fails_expired_flows_closed() {
+        let t = table(10, 10);
+        t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(t.sweep(), 1);
+        assert_eq!(t.pending(), 0);
+        let p = ProviderId::parse("p").unwrap();
+        assert_eq!(t.take("s1", &p).err(), Some(TakeError::Unknown));
+        assert!(t.view("a1", "agent").is_some(), "outcome kept for a while");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        t.sweep();
+        assert!(t.view("a1", "agent").is_none(), "then forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wrong_provider_consumes_the_state() {
+        let t = table(10, 10);
+        t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
+        let other = ProviderId::parse("q").unwrap();
+        assert_eq!(t.take("s1", &other).err(), Some(TakeError::WrongProvider));
+        let p = ProviderId::parse("p").unwrap();
+        assert_eq!(t.take("s1", &p).err(), Some(TakeError::Unknown));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_per_user_and_in_total() {
+        let t = table(3, 2);
+        t.insert("s1", "a1", "u".into(), flow("alice", "p"))
+            .unwrap();
+        t.insert("s2", "a2", "u".into(), flow("alice", "p"))
+            .unwrap();
+        assert_eq!(
+            t.insert("s3", "a3", "u".into(), flow("alice", "p")),
+            Err(InsertError::UserFull(2))
+        );
+        t.insert("s4", "a4", "u".into(), flow("bob", "p")).unwrap();
+        assert_eq!(
+            t.insert("s5", "a5", "u".into(), flow("carol", "p")),
+            Err(InsertError::TableFull(3))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_owner_sees_a_flow() {
+        let t = table(10, 10);
+        t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
+        assert!(t.view("a1", "someone-else").is_none());
+        assert!(t.view("nope", "agent").is_none());
+    }
+}

@@ -1,0 +1,85 @@
+//! `valet`: parse the command line, load and validate the config (exit 78 on a bad one), start
+//! telemetry, run the daemon or a client command.
+
+use clap::Parser as _;
+use std::process::ExitCode;
+use valet::cli::{Cli, Command};
+use valet::config::{Config, Overrides};
+
+/// sysexits.h EX_CONFIG.
+const EXIT_CONFIG: u8 = 78;
+
+fn load_config(args: &valet::cli::ServeArgs) -> Result<Config, ExitCode> {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    Config::load(&Overrides::from(args), &|k| std::env::var(k).ok(), &names).map_err(|e| {
+        eprintln!("valet: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    valet::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("valet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => {
+            let config = match load_config(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            valet::telemetry::init(config.log_format, &config.log_level);
+            runtime.block_on(valet::App::run(config, shutdown_signal()))
+        }
+        Command::CheckConfig(args) => {
+            let config = match load_config(&args) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", config.render());
+            match valet::App::open_store(&config) {
+                Ok(_) => {
+                    eprintln!("configuration is valid; the store opens");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        other => runtime.block_on(valet::cli::run_client(other)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("valet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

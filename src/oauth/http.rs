@@ -1,0 +1,82 @@
+//! The HTTP client Valet uses toward providers: no redirects, connect and total timeouts, and a
+//! cap on response bodies. 5xx answers become transport errors so they classify as transient.
+
+use std::time::Duration;
+
+/// Largest provider response body accepted.
+const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("request failed: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("provider answered HTTP {0}")]
+    ServerError(u16),
+    #[error("response body larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("malformed response: {0}")]
+    Malformed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+}
+
+impl ProviderHttp {
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .user_agent(concat!("valet/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client })
+    }
+
+    /// Sends an oauth2-crate request; usable as that crate's async HTTP client.
+    pub async fn send(&self, req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
+        let (parts, body) = req.into_parts();
+        let mut resp = self
+            .client
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| HttpError::Transport(e.without_url()))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(HttpError::ServerError(status.as_u16()));
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| HttpError::Transport(e.without_url()))?
+        {
+            if buf.len() + chunk.len() > MAX_BODY {
+                return Err(HttpError::TooLarge);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let mut builder = http::Response::builder().status(status);
+        for (name, value) in resp.headers() {
+            builder = builder.header(name, value);
+        }
+        builder
+            .body(buf)
+            .map_err(|e| HttpError::Malformed(e.to_string()))
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for ProviderHttp {
+    type Error = HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(self.send(request))
+    }
+}

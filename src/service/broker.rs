@@ -1,0 +1,383 @@
+//! The credential broker: hands out cached access tokens, refreshes them single-flight, keeps
+//! grants in the store, and starts a consent flow when no usable grant exists.
+
+use super::cache::{CachedToken, TokenCache};
+use super::{Caller, Error, Role, decode, encode};
+use crate::clock::Clock;
+use crate::domain::{
+    Grant, GrantKey, GrantStatus, Handout, ProviderConfig, ProviderId, Scopes, UserId,
+};
+use crate::lease::{FlowOutcome, LeaseTable};
+use crate::oauth::{OAuthError, TokenEndpoint, TokenSet};
+use crate::secret::SecretString;
+use crate::store::{Cas, SecretStore};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use super::providers::ProviderRegistry;
+
+/// Lifetime assumed for an access token whose provider did not say (`expires_in` absent).
+const ASSUMED_TTL: i64 = 300;
+/// Most grants `ListGrants` returns.
+const MAX_LISTED: usize = 1000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerLimits {
+    pub default_min_ttl: u32,
+    pub max_min_ttl: u32,
+    pub default_wait: Duration,
+    pub max_wait: Duration,
+}
+
+/// A validated Authenticate request.
+#[derive(Debug)]
+pub struct AuthRequest {
+    pub key: GrantKey,
+    /// Empty: the provider's default scopes.
+    pub scopes: Scopes,
+    pub handout: Handout,
+    /// 0: the daemon default.
+    pub min_ttl: u32,
+    pub force_reauth: bool,
+}
+
+/// An access token as handed to an agent.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: SecretString,
+    pub token_type: String,
+    pub expires_at: i64,
+    pub scopes: Scopes,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Token(AccessToken),
+    Pending {
+        auth_url: String,
+        auth_id: String,
+        expires_at: i64,
+    },
+}
+
+/// Grant metadata for listings: never a token.
+#[derive(Debug, Clone)]
+pub struct GrantInfo {
+    pub key: GrantKey,
+    pub scopes: Scopes,
+    pub subject: Option<String>,
+    pub status: GrantStatus,
+    pub has_refresh_token: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub struct Broker {
+    pub(super) providers: Arc<ProviderRegistry>,
+    pub(super) store: Arc<dyn SecretStore>,
+    pub(super) endpoint: Arc<dyn TokenEndpoint>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) leases: Arc<LeaseTable>,
+    pub(super) cache: TokenCache,
+    pub(super) limits: BrokerLimits,
+}
+
+impl From<&CachedToken> for AccessToken {
+    fn from(t: &CachedToken) -> Self {
+        Self {
+            token: t.token.clone(),
+            token_type: t.token_type.clone(),
+            expires_at: t.expires_at,
+            scopes: t.scopes.clone(),
+        }
+    }
+}
+
+impl Broker {
+    pub fn new(
+        providers: Arc<ProviderRegistry>,
+        store: Arc<dyn SecretStore>,
+        endpoint: Arc<dyn TokenEndpoint>,
+        clock: Arc<dyn Clock>,
+        leases: Arc<LeaseTable>,
+        limits: BrokerLimits,
+    ) -> Self {
+        Self {
+            providers,
+            store,
+            endpoint,
+            clock,
+            leases,
+            cache: TokenCache::default(),
+            limits,
+        }
+    }
+
+    pub fn providers(&self) -> &Arc<ProviderRegistry> {
+        &self.providers
+    }
+
+    /// Hands out a token for a usable grant, or starts a consent flow.
+    pub async fn authenticate(&self, caller: &Caller, req: AuthRequest) -> Result<Outcome, Error> {
+        if req.handout == Handout::Reference {
+            return Err(Error::Unimplemented(
+                "REFERENCE handout is not available in this version; request TOKEN",
+            ));
+        }
+        let min_ttl = self.min_ttl(req.min_ttl)?;
+        let provider = self.providers.get(&req.key.provider)?;
+        let scopes = if req.scopes.is_empty() {
+            provider.default_scopes.clone()
+        } else {
+            req.scopes
+        };
+        if !req.force_reauth
+            && let Some(token) = self
+                .usable_token(&provider, &req.key, &scopes, min_ttl)
+                .await?
+        {
+            return Ok(Outcome::Token(token));
+        }
+        self.start_flow(caller, &provider, req.key, scopes, req.handout)
+            .await
+    }
+
+    fn min_ttl(&self, requested: u32) -> Result<i64, Error> {
+        if requested > self.limits.max_min_ttl {
+            return Err(Error::invalid(
+                "min_ttl_seconds",
+                format!("must be at most {}", self.limits.max_min_ttl),
+            ));
+        }
+        let ttl = if requested == 0 {
+            self.limits.default_min_ttl
+        } else {
+            requested
+        };
+        Ok(i64::from(ttl))
+    }
+
+    /// A token from the cache, or from a refresh of the stored grant. `None`: consent needed.
+    pub(super) async fn usable_token(
+        &self,
+        provider: &ProviderConfig,
+        key: &GrantKey,
+        scopes: &Scopes,
+        min_ttl: i64,
+    ) -> Result<Option<AccessToken>, Error> {
+        // Hot path: memory only.
+        let now = self.clock.now_unix();
+        if let Some(t) = self.cache.usable(key, scopes, now, min_ttl, None) {
+            return Ok(Some(AccessToken::from(&*t)));
+        }
+        let waited_since = Instant::now();
+        let _guard = self.cache.lock(key).await;
+        let now = self.clock.now_unix();
+        if let Some(t) = self
+            .cache
+            .usable(key, scopes, now, min_ttl, Some(waited_since))
+        {
+            return Ok(Some(AccessToken::from(&*t)));
+        }
+        let Some((grant, version)) = self.load_grant(key).await? else {
+            return Ok(None);
+        };
+        if !grant.usable_for(scopes) {
+            return Ok(None);
+        }
+        self.refresh_locked(provider, grant, version).await
+    }
+
+    /// Refreshes `grant`; the caller holds the grant's lock. The rotated refresh token is
+    /// stored (check-and-set) before the new access token is cached or handed out.
+    async fn refresh_locked(
+        &self,
+        provider: &ProviderConfig,
+        mut grant: Grant,
+        version: u64,
+    ) -> Result<Option<AccessToken>, Error> {
+        let Some(refresh_token) = grant.refresh_token.clone() else {
+            return Ok(None);
+        };
+        match self.endpoint.refresh(provider, &refresh_token).await {
+            Ok(set) => {
+                let now = self.clock.now_unix();
+                if let Some(rotated) = set.refresh_token.clone() {
+                    grant.refresh_token = Some(rotated);
+                }
+                if let Some(scopes) = &set.scopes {
+                    grant.scopes = scopes.clone();
+                }
+                grant.updated_at = now;
+                self.store
+                    .put(
+                        &grant.key.store_key(),
+                        encode(&grant)?,
+                        Cas::Version(version),
+                    )
+                    .await?;
+                tracing::info!(provider = %grant.key.provider, "refreshed access token");
+                Ok(Some(self.cache_token(&grant.key, set, &grant.scopes)))
+            }
+            Err(OAuthError::InvalidGrant) => {
+                tracing::info!(provider = %grant.key.provider, "refresh token refused (invalid_grant); grant needs re-consent");
+                self.cache.remove(&grant.key);
+                grant.status = GrantStatus::NeedsReauth;
+                grant.refresh_token = None;
+                grant.updated_at = self.clock.now_unix();
+                self.store
+                    .put(
+                        &grant.key.store_key(),
+                        encode(&grant)?,
+                        Cas::Version(version),
+                    )
+                    .await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) fn cache_token(
+        &self,
+        key: &GrantKey,
+        set: TokenSet,
+        scopes: &Scopes,
+    ) -> AccessToken {
+        let now = self.clock.now_unix();
+        let ttl = set.expires_in.map_or(ASSUMED_TTL, |d| {
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+        });
+        let cached = self.cache.put(
+            key.clone(),
+            CachedToken {
+                token: set.access_token,
+                token_type: set.token_type,
+                expires_at: now.saturating_add(ttl),
+                scopes: set.scopes.unwrap_or_else(|| scopes.clone()),
+                obtained: Instant::now(),
+            },
+        );
+        AccessToken::from(&*cached)
+    }
+
+    pub(super) async fn load_grant(&self, key: &GrantKey) -> Result<Option<(Grant, u64)>, Error> {
+        let k = key.store_key();
+        match self.store.get(&k).await? {
+            None => Ok(None),
+            Some(rec) => Ok(Some((decode(&k, &rec.value)?, rec.version))),
+        }
+    }
+
+    /// Waits for the flow `auth_id` to end, up to `timeout` (0: default; capped).
+    pub async fn wait_for_completion(
+        &self,
+        caller: &Caller,
+        auth_id: &str,
+        timeout: Duration,
+    ) -> Result<Outcome, Error> {
+        if auth_id.is_empty() || auth_id.len() > 128 {
+            return Err(Error::invalid("auth_id", "must be 1-128 characters"));
+        }
+        let timeout = if timeout.is_zero() {
+            self.limits.default_wait
+        } else {
+            timeout.min(self.limits.max_wait)
+        };
+        let view = self
+            .leases
+            .view(auth_id, &caller.name)
+            .ok_or(Error::NotFound {
+                what: "authorization flow",
+            })?;
+        let mut rx = view.outcome.clone();
+        let outcome = match tokio::time::timeout(
+            timeout,
+            rx.wait_for(|o| *o != FlowOutcome::Pending),
+        )
+        .await
+        {
+            Err(_) => None,
+            Ok(Ok(o)) => Some(o.clone()),
+            Ok(Err(_)) => {
+                return Err(Error::NotFound {
+                    what: "authorization flow",
+                });
+            }
+        };
+        match outcome {
+            None => {
+                let left = view.expires_at.saturating_duration_since(Instant::now());
+                Ok(Outcome::Pending {
+                    auth_url: view.auth_url,
+                    auth_id: auth_id.to_owned(),
+                    expires_at: self.clock.now_unix() + i64::try_from(left.as_secs()).unwrap_or(0),
+                })
+            }
+            Some(FlowOutcome::Completed(key)) => {
+                let provider = self.providers.get(&key.provider)?;
+                self.usable_token(&provider, &key, &view.scopes, 0)
+                    .await?
+                    .map(Outcome::Token)
+                    .ok_or_else(|| Error::Internal("the new grant is not usable".into()))
+            }
+            Some(FlowOutcome::Failed(f)) => Err(Error::Flow(f)),
+            Some(FlowOutcome::Pending) => Err(Error::Internal("flow still pending".into())),
+        }
+    }
+
+    /// Deletes a provider, its grants, and their cached tokens.
+    pub async fn delete_provider(&self, id: &ProviderId) -> Result<(), Error> {
+        self.providers.delete(id).await?;
+        self.cache.remove_provider(id);
+        Ok(())
+    }
+
+    /// Removes a grant from the store and the cache. Returns whether one existed.
+    pub async fn revoke(&self, _caller: &Caller, key: &GrantKey) -> Result<bool, Error> {
+        self.providers.get(&key.provider)?;
+        let _guard = self.cache.lock(key).await;
+        self.cache.remove(key);
+        Ok(self.store.delete(&key.store_key()).await?)
+    }
+
+    /// Grant metadata, optionally filtered. Agents and admins alike see metadata only.
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        provider: Option<&ProviderId>,
+        user: Option<&UserId>,
+    ) -> Result<Vec<GrantInfo>, Error> {
+        if caller.role != Role::Admin && user.is_none() {
+            return Err(Error::invalid(
+                "user_id",
+                "is required for agent callers (only admins list every user's grants)",
+            ));
+        }
+        let prefix = provider.map_or_else(|| "grants/".to_owned(), GrantKey::provider_prefix);
+        let mut out = Vec::new();
+        for k in self.store.list(&prefix).await? {
+            let Some(rec) = self.store.get(&k).await? else {
+                continue;
+            };
+            let g: Grant = decode(&k, &rec.value)?;
+            if user.is_some_and(|u| &g.key.user != u) {
+                continue;
+            }
+            out.push(GrantInfo {
+                has_refresh_token: g.refresh_token.is_some(),
+                key: g.key,
+                scopes: g.scopes,
+                subject: g.subject,
+                status: g.status,
+                created_at: g.created_at,
+                updated_at: g.updated_at,
+            });
+            if out.len() >= MAX_LISTED {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,82 @@
+//! The in-memory access-token cache and the per-grant refresh locks (single flight).
+
+use crate::domain::{GrantKey, ProviderId, Scopes};
+use crate::secret::SecretString;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub(super) struct CachedToken {
+    pub token: SecretString,
+    pub token_type: String,
+    pub expires_at: i64,
+    pub scopes: Scopes,
+    /// When this token was put in the cache (monotonic).
+    pub obtained: Instant,
+}
+
+/// When cleanup of idle refresh locks starts.
+const LOCK_SWEEP_THRESHOLD: usize = 1024;
+
+#[derive(Default)]
+pub(super) struct TokenCache {
+    tokens: RwLock<HashMap<GrantKey, Arc<CachedToken>>>,
+    locks: Mutex<HashMap<GrantKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl TokenCache {
+    /// A cached token covering `scopes` with at least `min_ttl` seconds left at `now`, or one
+    /// obtained after `fresh_since` that has not expired yet: a caller that waited on another's
+    /// refresh takes its result rather than refreshing again.
+    pub fn usable(
+        &self,
+        key: &GrantKey,
+        scopes: &Scopes,
+        now: i64,
+        min_ttl: i64,
+        fresh_since: Option<Instant>,
+    ) -> Option<Arc<CachedToken>> {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let t = tokens.get(key)?;
+        let long_enough = t.expires_at - now >= min_ttl;
+        let just_refreshed = fresh_since.is_some_and(|s| t.obtained >= s) && t.expires_at > now;
+        (t.scopes.contains_all(scopes) && (long_enough || just_refreshed)).then(|| t.clone())
+    }
+
+    pub fn put(&self, key: GrantKey, token: CachedToken) -> Arc<CachedToken> {
+        let token = Arc::new(token);
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, token.clone());
+        token
+    }
+
+    pub fn remove(&self, key: &GrantKey) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    pub fn remove_provider(&self, provider: &ProviderId) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| &k.provider != provider);
+    }
+
+    /// The grant's refresh lock: one refresh (or grant write) per grant at a time.
+    pub async fn lock(&self, key: &GrantKey) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if locks.len() >= LOCK_SWEEP_THRESHOLD {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(key.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}

@@ -1,0 +1,99 @@
+//! The secret store port: durable, versioned key/value records holding provider configs and
+//! grants. Backends: `embedded` (sealed single file, the default), `memory` (tests).
+//! Every backend passes the same conformance suite (`conformance::run`).
+
+pub mod conformance;
+mod embedded;
+mod memory;
+
+pub use embedded::EmbeddedStore;
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+/// Record bytes; zeroized on drop because they may hold a refresh token or client secret.
+pub type SecretBytes = Zeroizing<Vec<u8>>;
+
+/// A record and the version it was read at (for check-and-set).
+#[derive(Debug)]
+pub struct Versioned {
+    pub value: SecretBytes,
+    pub version: u64,
+}
+
+/// Write precondition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cas {
+    /// Write whatever is there.
+    Any,
+    /// Only create: fail with `Conflict` if the key exists.
+    Absent,
+    /// Only overwrite this version: fail with `Conflict` if the record changed since.
+    Version(u64),
+}
+
+/// Store failures. Backend errors stay behind `source`; messages never contain record values.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The check-and-set precondition did not hold.
+    #[error("the record changed concurrently (check-and-set conflict)")]
+    Conflict,
+    /// The backend cannot be reached or refuses service right now; retrying may help.
+    #[error("secret store unavailable: {0}")]
+    Unavailable(
+        String,
+        #[source] Option<Box<dyn std::error::Error + Send + Sync>>,
+    ),
+    /// A record could not be opened or parsed: tampering, a wrong key, or a bug.
+    #[error("secret store record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// The store could not be opened: a permission, key-file or path problem the operator must fix.
+    #[error("cannot open the secret store: {0}")]
+    Setup(String),
+    /// The key is not a valid store key.
+    #[error("invalid store key {0:?}")]
+    InvalidKey(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(..))
+    }
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict)
+    }
+}
+
+/// Durable versioned records. Keys are `/`-separated paths of `[A-Za-z0-9_=-]` segments.
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    /// Backend name for logs and health.
+    fn backend(&self) -> &'static str;
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+    /// Writes `value`; returns the new version.
+    async fn put(&self, key: &str, value: SecretBytes, cas: Cas) -> Result<u64, StoreError>;
+    /// Removes the record; returns whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Every key starting with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Cheap liveness check for health reporting.
+    async fn check(&self) -> Result<(), StoreError>;
+}
+
+/// Validates a store key so no backend ever sees `..`, empty segments or odd characters.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let ok = !key.is_empty()
+        && key.len() <= 1024
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'=')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKey(key.to_owned()))
+    }
+}

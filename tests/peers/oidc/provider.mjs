@@ -1,0 +1,90 @@
+// A real OpenID provider (panva/oidc-provider) for Valet's integration tests.
+//
+// Configured by one JSON argument: { redirect_uris: [...], access_token_ttl, clients? }.
+// Listens on 127.0.0.1:0 and prints `oidc-provider listening http://127.0.0.1:PORT` on stdout.
+// GET /__test/stats returns token endpoint counters so tests can count refreshes;
+// GET /__test/fail-token?status=N makes the token endpoint answer N until set back to 0.
+import Provider from 'oidc-provider';
+import { createServer } from 'node:http';
+
+const opts = JSON.parse(process.argv[2] || '{}');
+const redirectUris = opts.redirect_uris || [];
+const stats = { token_requests: 0, grants: {} };
+// Set through GET /__test/fail-token?status=503 to make the token endpoint fail; 0 restores it.
+let failTokenStatus = 0;
+
+const server = createServer();
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+const client = (id, method) => ({
+  client_id: id,
+  client_secret: `${id}-secret-canary-0123456789`,
+  redirect_uris: redirectUris,
+  grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+  response_types: ['code'],
+  token_endpoint_auth_method: method,
+});
+
+const provider = new Provider(issuer, {
+  clients: [client('basic-client', 'client_secret_basic'), client('post-client', 'client_secret_post')],
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'api.read', 'api.write'],
+  claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+  findAccount: async (ctx, sub) => ({
+    accountId: sub,
+    claims: async () => ({ sub, email: `${sub}@example.test`, name: sub }),
+  }),
+  features: {
+    devInteractions: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    clientCredentials: { enabled: true },
+    deviceFlow: { enabled: true },
+  },
+  // Issue refresh tokens whenever the client may use them (not only for offline_access).
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: true,
+  ttl: {
+    AccessToken: opts.access_token_ttl || 3600,
+    AuthorizationCode: 60,
+    IdToken: 3600,
+    RefreshToken: 14 * 24 * 3600,
+    Grant: 14 * 24 * 3600,
+    Session: 3600,
+    Interaction: 3600,
+  },
+  cookies: { keys: ['valet-test-cookie-key'] },
+  pkce: { required: () => true },
+});
+
+provider.on('grant.success', (ctx) => {
+  const gt = ctx.oidc.params.grant_type;
+  stats.grants[gt] = (stats.grants[gt] || 0) + 1;
+});
+provider.on('grant.error', (ctx, err) => {
+  const key = `${ctx.oidc.params?.grant_type}:${err.error}`;
+  stats.grants[key] = (stats.grants[key] || 0) + 1;
+});
+
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/__test/stats') {
+    ctx.body = stats;
+    return;
+  }
+  if (ctx.path === '/token' && ctx.method === 'POST') stats.token_requests += 1;
+  if (ctx.path === '/__test/fail-token') {
+    failTokenStatus = Number(ctx.query.status || 0);
+    ctx.body = { fail_token_status: failTokenStatus };
+    return;
+  }
+  if (failTokenStatus && ctx.path === '/token') {
+    ctx.status = failTokenStatus;
+    ctx.body = 'failing on purpose';
+    return;
+  }
+  await next();
+});
+
+server.on('request', provider.callback());
+console.log(`oidc-provider listening ${issuer}`);
