@@ -3,7 +3,8 @@
 // Configured by one JSON argument: { redirect_uris: [...], access_token_ttl, clients? }.
 // Listens on 127.0.0.1:0 and prints `oidc-provider listening http://127.0.0.1:PORT` on stdout.
 // GET /__test/stats returns token endpoint counters so tests can count refreshes;
-// GET /__test/fail-token?status=N makes the token endpoint answer N until set back to 0.
+// GET /__test/fail-token?status=N makes the token endpoint answer N until set back to 0;
+// GET /__test/tamper-nonce?on=1 rewrites the nonce of authorization requests.
 import Provider from 'oidc-provider';
 import { createServer } from 'node:http';
 
@@ -12,6 +13,9 @@ const redirectUris = opts.redirect_uris || [];
 const stats = { token_requests: 0, grants: {} };
 // Set through GET /__test/fail-token?status=503 to make the token endpoint fail; 0 restores it.
 let failTokenStatus = 0;
+// Set through GET /__test/tamper-nonce?on=1: /auth then sees a different nonce than Valet sent,
+// so the ID token it issues carries the wrong one.
+let tamperNonce = false;
 
 const server = createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -77,6 +81,14 @@ provider.use(async (ctx, next) => {
     failTokenStatus = Number(ctx.query.status || 0);
     ctx.body = { fail_token_status: failTokenStatus };
     return;
+  }
+  if (ctx.path === '/__test/tamper-nonce') {
+    tamperNonce = ctx.query.on === '1';
+    ctx.body = { tamper_nonce: tamperNonce };
+    return;
+  }
+  if (tamperNonce && ctx.path === '/auth' && ctx.query.nonce) {
+    ctx.query = { ...ctx.query, nonce: 'tampered-nonce' };
   }
   if (failTokenStatus && ctx.path === '/token') {
     ctx.status = failTokenStatus;

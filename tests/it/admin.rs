@@ -1,0 +1,292 @@
+//! Provider administration, caller authentication, and every bad input refused with a clear
+//! error that names the field, with nothing written.
+
+use crate::support::daemon::{ADMIN_KEY, AGENT_KEY};
+use crate::support::{Fixture, expect_err, reason};
+use tonic::Code;
+use valet::pb;
+
+fn oauth2(f: &Fixture, id: &str) -> pb::Provider {
+    pb::Provider {
+        provider_id: id.into(),
+        kind: pb::ProviderKind::Oauth2 as i32,
+        client_id: "post-client".into(),
+        client_secret: "s3cret-canary".into(),
+        auth_url: format!("{}/auth", f.idp.issuer),
+        token_url: format!("{}/token", f.idp.issuer),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn provider_crud_never_returns_the_client_secret() {
+    let f = Fixture::new().await;
+    let mut admin = f.valet.providers().await;
+    let created = f.create(oauth2(&f, "oauth")).await;
+    assert!(created.client_secret.is_empty() && created.has_client_secret);
+    assert_eq!(created.redirect_uri, f.valet.callback_url("oauth"));
+    assert_eq!(created.name, "oauth");
+
+    let mut changed = oauth2(&f, "oauth");
+    changed.client_secret.clear(); // keep the stored secret
+    changed.name = "Renamed".into();
+    changed.default_scopes = vec!["api.read".into()];
+    let updated = admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(changed),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "Renamed");
+    assert!(updated.has_client_secret, "an empty secret on update keeps the old one");
+
+    let got = admin
+        .get_provider(pb::GetProviderRequest {
+            provider_id: "oauth".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.default_scopes, vec!["api.read"]);
+    assert!(got.client_secret.is_empty());
+    let list = admin
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.providers.len(), 1);
+
+    admin
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: "oauth".into(),
+        })
+        .await
+        .unwrap();
+    expect_err(
+        admin
+            .get_provider(pb::GetProviderRequest {
+                provider_id: "oauth".into(),
+            })
+            .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn bad_provider_input_is_refused_naming_the_field_and_nothing_is_written() {
+    let f = Fixture::new().await;
+    let mut admin = f.valet.providers().await;
+    type Edit = fn(&mut pb::Provider);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("provider_id", |p| p.provider_id = "Bad Id".into()),
+        ("provider_id", |p| p.provider_id = "../etc".into()),
+        ("provider_id", |p| p.provider_id.clear()),
+        ("kind", |p| p.kind = 0),
+        ("client_id", |p| p.client_id.clear()),
+        ("client_secret", |p| p.client_secret.clear()),
+        ("auth_url", |p| p.auth_url = "http://idp.example.com/auth".into()),
+        ("token_url", |p| p.token_url = "ftp://127.0.0.1/token".into()),
+        ("token_url", |p| p.token_url.clear()),
+        ("auth_url", |p| p.auth_url = "not a url".into()),
+        ("default_scopes", |p| p.default_scopes = vec!["has space".into()]),
+        ("extra_auth_params", |p| {
+            p.extra_auth_params.insert("state".into(), "x".into());
+        }),
+        ("issuer", |p| {
+            p.kind = pb::ProviderKind::Oidc as i32;
+            p.auth_url.clear();
+            p.token_url.clear();
+            p.issuer = "http://127.0.0.1:1".into();
+        }),
+        ("auth_url", |p| {
+            p.kind = pb::ProviderKind::Oidc as i32;
+            p.issuer = "http://127.0.0.1:1".into();
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut p = oauth2(&f, "oauth");
+        edit(&mut p);
+        let s = expect_err(
+            admin
+                .create_provider(pb::CreateProviderRequest { provider: Some(p) })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        use tonic_types::StatusExt;
+        let violations = s.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, field, "{s:?}");
+        assert!(s.message().contains(field), "the message names the field: {s:?}");
+        assert!(!s.message().contains("s3cret-canary"));
+    }
+    expect_err(
+        admin
+            .create_provider(pb::CreateProviderRequest { provider: None })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let list = admin
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.providers.is_empty(), "nothing written: {list:?}");
+
+    f.create(oauth2(&f, "oauth")).await;
+    expect_err(
+        admin
+            .create_provider(pb::CreateProviderRequest {
+                provider: Some(oauth2(&f, "oauth")),
+            })
+            .await,
+        Code::AlreadyExists,
+        "ALREADY_EXISTS",
+    );
+    expect_err(
+        admin
+            .update_provider(pb::UpdateProviderRequest {
+                provider: Some(oauth2(&f, "nope")),
+            })
+            .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn callers_are_authenticated_and_agents_cannot_administer() {
+    let f = Fixture::new().await;
+    let mut raw = f.valet.raw_credentials().await;
+    let s = raw
+        .authenticate(Fixture::request("idp", "alice", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(s.message().contains("authorization"), "says what to send: {s:?}");
+
+    let mut wrong = f.valet.credentials("not-a-key").await;
+    let s = wrong
+        .authenticate(Fixture::request("idp", "alice", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+
+    let mut as_agent = f.valet.providers_as(AGENT_KEY).await;
+    let s = as_agent
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(oauth2(&f, "oauth")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+    assert_eq!(reason(&s), "PERMISSION_DENIED");
+    let s = as_agent
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+    // The admin key works for both services.
+    let mut admin_creds = f.valet.credentials(ADMIN_KEY).await;
+    admin_creds
+        .list_grants(pb::ListGrantsRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_authenticate_input_is_refused_and_starts_no_flow() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    type Edit = fn(&mut pb::AuthenticateRequest);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("user_id", |r| r.user_id.clear()),
+        ("user_id", |r| r.user_id = "x".repeat(300)),
+        ("user_id", |r| r.user_id = "a\u{0}b".into()),
+        ("agent_id", |r| r.agent_id = "line\nbreak".into()),
+        ("provider_id", |r| r.provider_id = "Not/Valid".into()),
+        ("scopes", |r| r.scopes = vec!["two words".into()]),
+        ("scopes", |r| r.scopes = vec![String::new()]),
+        ("scopes", |r| r.scopes = (0..65).map(|i| format!("s{i}")).collect()),
+        ("scopes", |r| r.scopes = vec!["x".repeat(257)]),
+        ("min_ttl_seconds", |r| r.min_ttl_seconds = 100_000_000),
+        ("handout", |r| r.handout = 42),
+    ];
+    for (field, edit) in cases {
+        let mut req = Fixture::request("idp", "alice", "");
+        edit(&mut req);
+        let s = expect_err(
+            creds.authenticate(req).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert!(s.message().contains(field), "{field}: {s:?}");
+    }
+    expect_err(
+        creds
+            .authenticate(Fixture::request("nope", "alice", ""))
+            .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    expect_err(
+        creds
+            .wait_for_completion(pb::WaitForCompletionRequest {
+                auth_id: "unknown".into(),
+                timeout_seconds: 1,
+            })
+            .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    expect_err(
+        creds
+            .wait_for_completion(pb::WaitForCompletionRequest::default())
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let grants = creds
+        .list_grants(pb::ListGrantsRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grants.grants.is_empty());
+    // Agents must name the user whose grants they list.
+    expect_err(
+        creds.list_grants(pb::ListGrantsRequest::default()).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+}
+
+#[tokio::test]
+async fn per_user_pending_flows_are_bounded() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    for _ in 0..16 {
+        creds
+            .authenticate(Fixture::request("idp", "alice", ""))
+            .await
+            .unwrap();
+    }
+    expect_err(
+        creds
+            .authenticate(Fixture::request("idp", "alice", ""))
+            .await,
+        Code::ResourceExhausted,
+        "RESOURCE_EXHAUSTED",
+    );
+    // Other users are unaffected.
+    creds
+        .authenticate(Fixture::request("idp", "bob", ""))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,200 @@
+//! The daemon as a process: restart keeps everything durable, health, graceful shutdown, config
+//! validation before any port is bound, dev mode's one-time admin key, and the revoke path.
+
+use crate::support::daemon::AGENT_KEY;
+use crate::support::{Fixture, expect_err, pending, token};
+use std::process::Command;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use valet::pb;
+
+#[tokio::test]
+async fn a_restart_keeps_providers_and_grants() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.oauth2_provider("oauth").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    let Fixture { valet, idp, browser } = f;
+    let f = Fixture {
+        valet: valet.restart(),
+        idp,
+        browser,
+    };
+    let list = f
+        .valet
+        .providers()
+        .await
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.providers.len(), 2);
+    // The access token cache is gone; the stored refresh token gets a new one, no consent.
+    let before = f.idp.refreshes().await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let t = token(
+        creds
+            .authenticate(Fixture::request("idp", "alice", ""))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(f.idp.refreshes().await, before + 1);
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+}
+
+#[tokio::test]
+async fn revoke_removes_the_grant_and_the_cached_token() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let revoke = || pb::RevokeRequest {
+        provider_id: "idp".into(),
+        user_id: "alice".into(),
+        ..Default::default()
+    };
+    assert!(creds.revoke(revoke()).await.unwrap().into_inner().revoked);
+    assert!(!creds.revoke(revoke()).await.unwrap().into_inner().revoked);
+    pending(
+        creds
+            .authenticate(Fixture::request("idp", "alice", ""))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let grants = creds
+        .list_grants(pb::ListGrantsRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grants.grants.is_empty());
+    expect_err(
+        creds
+            .revoke(pb::RevokeRequest {
+                user_id: String::new(),
+                ..revoke()
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+}
+
+#[tokio::test]
+async fn health_reports_serving_and_sigterm_exits_cleanly() {
+    let f = Fixture::new().await;
+    let mut health = HealthClient::new(f.valet.raw_channel().await);
+    for service in ["", "valet.v1.Credentials", "valet.v1.Providers"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
+    }
+    let healthz = reqwest::get(format!("http://{}/healthz", f.valet.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    let mut valet = f.valet;
+    let status = valet.stop();
+    assert!(status.success(), "exit status {status}");
+    assert!(valet.logs().contains("shutting down"));
+}
+
+fn valet_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_valet"));
+    c.env_remove("VALET_CONFIG");
+    c
+}
+
+#[test]
+fn a_bad_config_exits_78_listing_every_problem_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "grpc_listen = \"nowhere\"\nstore = \"mysql\"\n[flows]\nttl_seconds = 0\n",
+    )
+    .unwrap();
+    let out = valet_bin()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["grpc_listen", "store", "flows.ttl_seconds", "no callers"] {
+        assert!(err.contains(needle), "{needle} missing: {err}");
+    }
+    assert!(out.stdout.is_empty(), "nothing listened");
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_hashes_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ok.toml");
+    let hash = "ab".repeat(32);
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"{}\"\n[[callers]]\nname = \"ops\"\nrole = \"admin\"\nkey_sha256 = \"{hash}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = valet_bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .args(["--grpc-listen", "127.0.0.1:7000"])
+        .env("VALET_HTTP_LISTEN", "127.0.0.1:7001")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("grpc_listen = \"127.0.0.1:7000\""), "{text}");
+    assert!(text.contains("http_listen = \"127.0.0.1:7001\""), "{text}");
+    assert!(text.contains("(redacted)") && !text.contains(&hash), "{text}");
+}
+
+#[test]
+fn dev_mode_prints_an_admin_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut child = valet_bin()
+            .args(["serve", "--dev", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let done = line.starts_with("valet listening");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        assert!(child.wait().unwrap().success());
+        seen
+    };
+    let first = run();
+    let key_line = first.iter().find(|l| l.starts_with("admin key: ")).expect("a key line");
+    assert!(key_line.len() > "admin key: ".len() + 40);
+    assert!(dir.path().join("valet-data/store.key").exists(), "embedded store under ./valet-data");
+    let second = run();
+    assert!(second.iter().all(|l| !l.starts_with("admin key: ")), "{second:?}");
+}

@@ -1,0 +1,10 @@
+//! Valet's integration tests: one binary, real peers (the daemon binary, panva/oidc-provider).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail by panicking")]
+
+mod admin;
+mod canary;
+mod flow;
+mod lifecycle;
+mod refresh;
+mod scoping;
+mod support;

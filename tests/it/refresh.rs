@@ -1,0 +1,116 @@
+//! Refresh: rotation, single flight, reuse detection (`invalid_grant`), transient failures.
+
+use crate::support::daemon::AGENT_KEY;
+use crate::support::{Fixture, expect_err, pending, token};
+use tonic::Code;
+use valet::pb;
+
+/// The provider's access tokens live 3600 s; asking for more forces a refresh.
+const FORCE_REFRESH: u32 = 7200;
+
+fn fresh_request() -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        min_ttl_seconds: FORCE_REFRESH,
+        ..Fixture::request("idp", "alice", "")
+    }
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_the_newest_refresh_token_is_used_each_time() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let t0 = f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let t1 = token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    let t2 = token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    assert_ne!(t0.access_token, t1.access_token);
+    assert_ne!(t1.access_token, t2.access_token);
+    // Two successful refreshes and no refused one: each used the rotated refresh token (the
+    // provider revokes the whole family when a used one comes back).
+    let stats = f.idp.stats().await;
+    assert_eq!(stats["grants"]["refresh_token"], 2, "{stats}");
+    assert!(stats["grants"]["refresh_token:invalid_grant"].is_null(), "{stats}");
+    assert!(f.idp.userinfo(&t2.access_token).await.status().is_success());
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_on_an_expired_grant_cause_one_refresh() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    let creds = f.valet.credentials(AGENT_KEY).await;
+    let before = f.idp.token_requests().await;
+    let calls = (0..200).map(|_| {
+        let mut c = creds.clone();
+        async move { token(c.authenticate(fresh_request()).await.unwrap().into_inner()) }
+    });
+    let tokens = futures::future::join_all(calls).await;
+    assert_eq!(f.idp.token_requests().await - before, 1, "exactly one token-endpoint call");
+    assert!(tokens.iter().all(|t| t.access_token == tokens[0].access_token));
+}
+
+#[tokio::test]
+async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    f.idp.fail_token(503).await;
+    let s = expect_err(
+        creds.authenticate(fresh_request()).await,
+        Code::Unavailable,
+        "PROVIDER_UNAVAILABLE",
+    );
+    use tonic_types::StatusExt;
+    assert!(s.get_details_retry_info().is_some(), "retry info: {s:?}");
+    f.idp.fail_token(0).await;
+    let t = token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    // Snapshot the store (as a restored backup would be), refresh once (rotation), stop, and
+    // put the old store back: the daemon now holds a refresh token the provider saw used.
+    let data = f.valet.dir.path().join("data/store.json");
+    let old = std::fs::read(&data).unwrap();
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    let Fixture { valet, idp, browser } = f;
+    let mut valet = valet;
+    assert!(valet.stop().success());
+    std::fs::write(&data, old).unwrap();
+    let valet = crate::support::Valet::start_again(valet);
+    let f = Fixture { valet, idp, browser };
+
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let p = pending(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    let stats = f.idp.stats().await;
+    assert_eq!(stats["grants"]["refresh_token:invalid_grant"], 1, "{stats}");
+    let grants = creds
+        .list_grants(pb::ListGrantsRequest {
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(grants[0].status, pb::GrantStatus::NeedsReauth as i32);
+    assert!(!grants[0].has_refresh_token);
+    // Consent again: the grant is alive again.
+    f.browser.consent(&p.auth_url, "alice").await;
+    token(
+        creds
+            .wait_for_completion(pb::WaitForCompletionRequest {
+                auth_id: p.auth_id,
+                timeout_seconds: 5,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+}

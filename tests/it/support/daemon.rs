@@ -1,0 +1,232 @@
+//! The daemon under test: the real `valet` binary, configured by a TOML file in a temp dir,
+//! listening on 127.0.0.1:0. Its stderr (the logs) is captured for the canary checks.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use valet::pb::credentials_client::CredentialsClient;
+use valet::pb::providers_client::ProvidersClient;
+
+pub const ADMIN_KEY: &str = "test-admin-key-canary-1";
+pub const AGENT_KEY: &str = "test-agent-key-canary-2";
+pub const OTHER_AGENT_KEY: &str = "test-agent-key-canary-3";
+
+#[derive(Clone)]
+pub struct ValetOptions {
+    pub flow_ttl_seconds: u64,
+    pub log_level: String,
+    /// Reuse this HTTP address (restarts keep the redirect URI registered at the provider).
+    pub http_listen: Option<SocketAddr>,
+    pub extra_toml: String,
+}
+
+impl Default for ValetOptions {
+    fn default() -> Self {
+        Self {
+            flow_ttl_seconds: 600,
+            log_level: "info".into(),
+            http_listen: None,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BearerKey(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for BearerKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, BearerKey>;
+
+pub struct Valet {
+    child: Option<Child>,
+    pub grpc_url: String,
+    pub http_addr: SocketAddr,
+    pub dir: Arc<tempfile::TempDir>,
+    logs: Arc<Mutex<String>>,
+    opts: ValetOptions,
+}
+
+fn hash(key: &str) -> String {
+    hex::encode(valet::secret::sha256(key.as_bytes()))
+}
+
+impl Valet {
+    pub fn start(opts: ValetOptions) -> Self {
+        Self::start_in(Arc::new(tempfile::tempdir().unwrap()), opts)
+    }
+
+    fn start_in(dir: Arc<tempfile::TempDir>, opts: ValetOptions) -> Self {
+        let config = format!(
+            r#"data_dir = "{data}"
+store = "embedded"
+grpc_listen = "127.0.0.1:0"
+http_listen = "{http}"
+shutdown_grace_seconds = 5
+{extra}
+[log]
+level = "{level}"
+
+[flows]
+ttl_seconds = {ttl}
+
+[[callers]]
+name = "ops"
+role = "admin"
+key_sha256 = "{admin}"
+
+[[callers]]
+name = "agent-a"
+role = "agent"
+key_sha256 = "{agent}"
+
+[[callers]]
+name = "agent-b"
+role = "agent"
+key_sha256 = "{other}"
+"#,
+            data = dir.path().join("data").display(),
+            http = opts
+                .http_listen
+                .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+            extra = opts.extra_toml,
+            level = opts.log_level,
+            ttl = opts.flow_ttl_seconds,
+            admin = hash(ADMIN_KEY),
+            agent = hash(AGENT_KEY),
+            other = hash(OTHER_AGENT_KEY),
+        );
+        let path = dir.path().join("valet.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_valet"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("VALET_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let (grpc, http) = loop {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let status = child.wait().unwrap();
+                panic!("valet exited ({status}) before listening; logs:\n{}", logs.lock().unwrap());
+            }
+            if let Some(rest) = line.trim().strip_prefix("valet listening ") {
+                let mut parts = rest.split(' ');
+                let grpc = parts.next().unwrap().strip_prefix("grpc=").unwrap().to_owned();
+                let http = parts.next().unwrap().strip_prefix("http=").unwrap().to_owned();
+                break (grpc, http);
+            }
+        };
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Self {
+            child: Some(child),
+            grpc_url: format!("http://{grpc}"),
+            http_addr: http.parse().unwrap(),
+            dir,
+            logs,
+            opts,
+        }
+    }
+
+    pub fn callback_url(&self, provider_id: &str) -> String {
+        format!("http://{}/oauth/callback/{provider_id}", self.http_addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn bearer(key: &str) -> BearerKey {
+        BearerKey(format!("Bearer {key}").parse().unwrap())
+    }
+
+    pub async fn providers(&self) -> ProvidersClient<Authed> {
+        self.providers_as(ADMIN_KEY).await
+    }
+
+    pub async fn providers_as(&self, key: &str) -> ProvidersClient<Authed> {
+        ProvidersClient::with_interceptor(self.channel().await, Self::bearer(key))
+    }
+
+    pub async fn credentials(&self, key: &str) -> CredentialsClient<Authed> {
+        CredentialsClient::with_interceptor(self.channel().await, Self::bearer(key))
+    }
+
+    pub async fn raw_credentials(&self) -> CredentialsClient<Channel> {
+        CredentialsClient::new(self.channel().await)
+    }
+
+    pub async fn raw_channel(&self) -> Channel {
+        self.channel().await
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().unwrap()
+    }
+
+    /// Stops and starts again on the same data directory and HTTP address.
+    pub fn restart(mut self) -> Self {
+        let status = self.stop();
+        assert!(status.success(), "valet exited with {status}");
+        self.start_again()
+    }
+
+    /// Starts a stopped daemon again on the same data directory and HTTP address.
+    pub fn start_again(self) -> Self {
+        assert!(self.child.is_none(), "stop it first");
+        let opts = ValetOptions {
+            http_listen: Some(self.http_addr),
+            ..self.opts.clone()
+        };
+        Self::start_in(self.dir.clone(), opts)
+    }
+}
+
+impl Drop for Valet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The OpenID provider peer: panva/oidc-provider under node, from `tests/peers/oidc`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub struct Idp {
+    child: Child,
+    pub issuer: String,
+    http: reqwest::Client,
+}
+
+pub const POST_CLIENT: &str = "post-client";
+
+pub fn secret_of(client: &str) -> String {
+    format!("{client}-secret-canary-0123456789")
+}
+
+fn peer_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/oidc")
+}
+
+impl Idp {
+    /// Starts a provider whose clients accept `redirect_uris`.
+    pub fn start(redirect_uris: &[String]) -> Self {
+        let dir = peer_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "the OpenID provider peer is not installed: run `npm ci --prefix tests/peers/oidc` \
+             (scripts/test.sh does this) with Node.js >= 20"
+        );
+        let opts = serde_json::json!({ "redirect_uris": redirect_uris }).to_string();
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .arg(opts)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run `node`: install Node.js >= 20 to run the integration tests");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let issuer = line
+            .trim()
+            .strip_prefix("oidc-provider listening ")
+            .unwrap_or_else(|| panic!("unexpected provider output: {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            issuer,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/__test/stats", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Successful refresh-token grants so far.
+    pub async fn refreshes(&self) -> u64 {
+        self.stats().await["grants"]["refresh_token"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub async fn token_requests(&self) -> u64 {
+        self.stats().await["token_requests"].as_u64().unwrap()
+    }
+
+    /// Makes the token endpoint answer `status` (0 restores it).
+    pub async fn fail_token(&self, status: u16) {
+        self.http
+            .get(format!("{}/__test/fail-token?status={status}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn tamper_nonce(&self, on: bool) {
+        let on = u8::from(on);
+        self.http
+            .get(format!("{}/__test/tamper-nonce?on={on}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Userinfo with the access token: proves the provider honours it.
+    pub async fn userinfo(&self, access_token: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/me", self.issuer))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// RFC 7662 introspection as `client`.
+    pub async fn introspect(&self, client: &str, token: &str) -> serde_json::Value {
+        self.http
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(client, Some(secret_of(client)))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,144 @@
+//! Test harness: the real daemon binary on 127.0.0.1:0, the real OpenID provider (node), and a
+//! cookie-jar browser that fills the provider's login and consent forms.
+
+pub mod browser;
+pub mod idp;
+pub mod daemon;
+
+pub use browser::Browser;
+pub use idp::Idp;
+pub use daemon::{Valet, ValetOptions};
+
+use tonic::Code;
+use valet::pb;
+
+/// The stable reason (google.rpc.ErrorInfo) of a status.
+pub fn reason(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// Asserts a call failed with `code` and `reason`, returning the status for more checks.
+#[track_caller]
+pub fn expect_err<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    reason_: &str,
+) -> tonic::Status {
+    let s = r.expect_err("call should have failed");
+    assert_eq!(s.code(), code, "unexpected status: {s:?}");
+    assert_eq!(reason(&s), reason_, "unexpected reason: {s:?}");
+    s
+}
+
+pub fn token(r: pb::AuthenticateResponse) -> pb::Token {
+    match r.result {
+        Some(pb::authenticate_response::Result::Token(t)) => t,
+        other => panic!("expected a token, got {other:?}"),
+    }
+}
+
+pub fn pending(r: pb::AuthenticateResponse) -> pb::Pending {
+    match r.result {
+        Some(pb::authenticate_response::Result::Pending(p)) => p,
+        other => panic!("expected a pending flow, got {other:?}"),
+    }
+}
+
+/// Provider ids whose redirect URIs the test provider accepts.
+pub const PROVIDER_IDS: &[&str] = &["idp", "idp2", "oauth"];
+
+/// A daemon, a provider peer that knows the daemon's redirect URIs, and a browser.
+pub struct Fixture {
+    pub valet: Valet,
+    pub idp: Idp,
+    pub browser: Browser,
+}
+
+impl Fixture {
+    pub async fn new() -> Self {
+        Self::with(ValetOptions::default()).await
+    }
+
+    pub async fn with(opts: ValetOptions) -> Self {
+        valet::install_crypto_provider();
+        let valet = Valet::start(opts);
+        let uris: Vec<String> = PROVIDER_IDS.iter().map(|p| valet.callback_url(p)).collect();
+        let idp = Idp::start(&uris);
+        Self {
+            valet,
+            idp,
+            browser: Browser::new(),
+        }
+    }
+
+    /// An `oidc` provider at the peer, using `client` with client_secret_basic.
+    pub async fn oidc_provider(&self, id: &str, client: &str) -> pb::Provider {
+        self.create(pb::Provider {
+            provider_id: id.into(),
+            kind: pb::ProviderKind::Oidc as i32,
+            client_id: client.into(),
+            client_secret: idp::secret_of(client),
+            issuer: self.idp.issuer.clone(),
+            default_scopes: vec!["openid".into(), "email".into()],
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// An `oauth2` provider with explicit endpoints, using `client_secret_post`.
+    pub async fn oauth2_provider(&self, id: &str) -> pb::Provider {
+        self.create(pb::Provider {
+            provider_id: id.into(),
+            kind: pb::ProviderKind::Oauth2 as i32,
+            client_id: idp::POST_CLIENT.into(),
+            client_secret: idp::secret_of(idp::POST_CLIENT),
+            auth_url: format!("{}/auth", self.idp.issuer),
+            token_url: format!("{}/token", self.idp.issuer),
+            token_auth_method: pb::TokenAuthMethod::ClientSecretPost as i32,
+            default_scopes: vec!["api.read".into()],
+            extra_auth_params: [("prompt".to_owned(), "consent".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn create(&self, p: pb::Provider) -> pb::Provider {
+        self.valet
+            .providers()
+            .await
+            .create_provider(pb::CreateProviderRequest { provider: Some(p) })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub fn request(provider: &str, user: &str, agent: &str) -> pb::AuthenticateRequest {
+        pb::AuthenticateRequest {
+            provider_id: provider.into(),
+            user_id: user.into(),
+            agent_id: agent.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Runs the whole flow as `key`: Authenticate → consent in the browser → WaitForCompletion.
+    pub async fn authorize(&self, key: &str, req: pb::AuthenticateRequest) -> pb::Token {
+        let mut creds = self.valet.credentials(key).await;
+        let login = req.user_id.clone();
+        let p = pending(creds.authenticate(req).await.unwrap().into_inner());
+        self.browser.consent(&p.auth_url, &login).await;
+        token(
+            creds
+                .wait_for_completion(pb::WaitForCompletionRequest {
+                    auth_id: p.auth_id,
+                    timeout_seconds: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        )
+    }
+}
