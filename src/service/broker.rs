@@ -166,12 +166,14 @@ impl Broker {
         scopes: &Scopes,
         min_ttl: i64,
     ) -> Result<Option<AccessToken>, Error> {
+        // Taken before the first look, so a refresh that lands while this call waits for the
+        // lock counts as fresh for it, even when the provider's lifetime is below `min_ttl`.
+        let waited_since = Instant::now();
         // Hot path: memory only.
         let now = self.clock.now_unix();
         if let Some(t) = self.cache.usable(key, scopes, now, min_ttl, None) {
             return Ok(Some(AccessToken::from(&*t)));
         }
-        let waited_since = Instant::now();
         let _guard = self.cache.lock(key).await;
         let now = self.clock.now_unix();
         if let Some(t) = self

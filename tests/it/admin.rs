@@ -39,7 +39,10 @@ async fn provider_crud_never_returns_the_client_secret() {
         .unwrap()
         .into_inner();
     assert_eq!(updated.name, "Renamed");
-    assert!(updated.has_client_secret, "an empty secret on update keeps the old one");
+    assert!(
+        updated.has_client_secret,
+        "an empty secret on update keeps the old one"
+    );
 
     let got = admin
         .get_provider(pb::GetProviderRequest {
@@ -86,11 +89,17 @@ async fn bad_provider_input_is_refused_naming_the_field_and_nothing_is_written()
         ("kind", |p| p.kind = 0),
         ("client_id", |p| p.client_id.clear()),
         ("client_secret", |p| p.client_secret.clear()),
-        ("auth_url", |p| p.auth_url = "http://idp.example.com/auth".into()),
-        ("token_url", |p| p.token_url = "ftp://127.0.0.1/token".into()),
+        ("auth_url", |p| {
+            p.auth_url = "http://idp.example.com/auth".into()
+        }),
+        ("token_url", |p| {
+            p.token_url = "ftp://127.0.0.1/token".into()
+        }),
         ("token_url", |p| p.token_url.clear()),
         ("auth_url", |p| p.auth_url = "not a url".into()),
-        ("default_scopes", |p| p.default_scopes = vec!["has space".into()]),
+        ("default_scopes", |p| {
+            p.default_scopes = vec!["has space".into()]
+        }),
         ("extra_auth_params", |p| {
             p.extra_auth_params.insert("state".into(), "x".into());
         }),
@@ -118,7 +127,10 @@ async fn bad_provider_input_is_refused_naming_the_field_and_nothing_is_written()
         use tonic_types::StatusExt;
         let violations = s.get_details_bad_request().unwrap().field_violations;
         assert_eq!(violations[0].field, field, "{s:?}");
-        assert!(s.message().contains(field), "the message names the field: {s:?}");
+        assert!(
+            s.message().contains(field),
+            "the message names the field: {s:?}"
+        );
         assert!(!s.message().contains("s3cret-canary"));
     }
     expect_err(
@@ -165,7 +177,10 @@ async fn callers_are_authenticated_and_agents_cannot_administer() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
-    assert!(s.message().contains("authorization"), "says what to send: {s:?}");
+    assert!(
+        s.message().contains("authorization"),
+        "says what to send: {s:?}"
+    );
 
     let mut wrong = f.valet.credentials("not-a-key").await;
     let s = wrong
@@ -210,7 +225,9 @@ async fn bad_authenticate_input_is_refused_and_starts_no_flow() {
         ("provider_id", |r| r.provider_id = "Not/Valid".into()),
         ("scopes", |r| r.scopes = vec!["two words".into()]),
         ("scopes", |r| r.scopes = vec![String::new()]),
-        ("scopes", |r| r.scopes = (0..65).map(|i| format!("s{i}")).collect()),
+        ("scopes", |r| {
+            r.scopes = (0..65).map(|i| format!("s{i}")).collect()
+        }),
         ("scopes", |r| r.scopes = vec!["x".repeat(257)]),
         ("min_ttl_seconds", |r| r.min_ttl_seconds = 100_000_000),
         ("handout", |r| r.handout = 42),

@@ -1,8 +1,8 @@
 //! Secret canary: the whole flow, a refresh and some failures with TRACE logging captured; no
 //! token, code, verifier, state, client secret or API key may appear in the logs.
 
-use crate::support::idp::secret_of;
 use crate::support::daemon::{ADMIN_KEY, AGENT_KEY};
+use crate::support::idp::secret_of;
 use crate::support::{Fixture, ValetOptions, pending, token};
 use valet::pb;
 use valet::store::SecretStore as _;
@@ -95,7 +95,10 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         assert!(value.len() >= 8, "{what} is a real value");
         assert!(!logs.contains(value), "the {what} leaked into the logs");
     }
-    assert!(!logs.contains("code_verifier"), "a PKCE verifier parameter leaked");
+    assert!(
+        !logs.contains("code_verifier"),
+        "a PKCE verifier parameter leaked"
+    );
     // And the store file itself holds none of them in clear.
     let raw = std::fs::read_to_string(valet.dir.path().join("data/store.json")).unwrap();
     assert!(!raw.contains(&refresh_token) && !raw.contains(&secret_of("basic-client")));

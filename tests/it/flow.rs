@@ -11,7 +11,10 @@ async fn oidc_flow_with_basic_auth_hands_out_a_working_token_then_caches_it() {
     let f = Fixture::new().await;
     let p = f.oidc_provider("idp", "basic-client").await;
     assert_eq!(p.redirect_uri, f.valet.callback_url("idp"));
-    assert!(p.auth_url.ends_with("/auth"), "discovery filled auth_url: {p:?}");
+    assert!(
+        p.auth_url.ends_with("/auth"),
+        "discovery filled auth_url: {p:?}"
+    );
 
     let t = f
         .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
@@ -126,7 +129,10 @@ async fn callback_page_is_not_cached_and_a_replayed_state_is_refused() {
             .into_inner(),
     );
     let cb = f.browser.authorize(&p.auth_url, "alice", true).await;
-    assert!(cb.query().unwrap().contains("iss="), "the provider sends iss (RFC 9207)");
+    assert!(
+        cb.query().unwrap().contains("iss="),
+        "the provider sends iss (RFC 9207)"
+    );
     let (status, headers, body) = f.browser.visit(&cb).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
@@ -226,7 +232,11 @@ async fn a_callback_with_a_foreign_issuer_is_refused() {
     let pairs: Vec<(String, String)> = cb
         .query_pairs()
         .map(|(k, v)| {
-            let v = if k == "iss" { "https://evil.example".into() } else { v.into_owned() };
+            let v = if k == "iss" {
+                "https://evil.example".into()
+            } else {
+                v.into_owned()
+            };
             (k.into_owned(), v)
         })
         .collect();

@@ -15,8 +15,13 @@ async fn a_restart_keeps_providers_and_grants() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
     f.oauth2_provider("oauth").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
-    let Fixture { valet, idp, browser } = f;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let Fixture {
+        valet,
+        idp,
+        browser,
+    } = f;
     let f = Fixture {
         valet: valet.restart(),
         idp,
@@ -49,7 +54,8 @@ async fn a_restart_keeps_providers_and_grants() {
 async fn revoke_removes_the_grant_and_the_cached_token() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
     let revoke = || pb::RevokeRequest {
         provider_id: "idp".into(),
@@ -158,11 +164,18 @@ fn check_config_prints_the_effective_config_with_hashes_redacted() {
         .env("VALET_HTTP_LISTEN", "127.0.0.1:7001")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("grpc_listen = \"127.0.0.1:7000\""), "{text}");
     assert!(text.contains("http_listen = \"127.0.0.1:7001\""), "{text}");
-    assert!(text.contains("(redacted)") && !text.contains(&hash), "{text}");
+    assert!(
+        text.contains("(redacted)") && !text.contains(&hash),
+        "{text}"
+    );
 }
 
 #[test]
@@ -170,7 +183,14 @@ fn dev_mode_prints_an_admin_key_once() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
         let mut child = valet_bin()
-            .args(["serve", "--dev", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--dev",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
             .current_dir(dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -187,14 +207,26 @@ fn dev_mode_prints_an_admin_key_once() {
                 break;
             }
         }
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         assert!(child.wait().unwrap().success());
         seen
     };
     let first = run();
-    let key_line = first.iter().find(|l| l.starts_with("admin key: ")).expect("a key line");
+    let key_line = first
+        .iter()
+        .find(|l| l.starts_with("admin key: "))
+        .expect("a key line");
     assert!(key_line.len() > "admin key: ".len() + 40);
-    assert!(dir.path().join("valet-data/store.key").exists(), "embedded store under ./valet-data");
+    assert!(
+        dir.path().join("valet-data/store.key").exists(),
+        "embedded store under ./valet-data"
+    );
     let second = run();
-    assert!(second.iter().all(|l| !l.starts_with("admin key: ")), "{second:?}");
+    assert!(
+        second.iter().all(|l| !l.starts_with("admin key: ")),
+        "{second:?}"
+    );
 }

@@ -1,8 +1,13 @@
 //! Valet's integration tests: one binary, real peers (the daemon binary, panva/oidc-provider).
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail by panicking")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
 
 mod admin;
 mod canary;
+mod cli;
 mod flow;
 mod lifecycle;
 mod refresh;

@@ -19,17 +19,34 @@ fn fresh_request() -> pb::AuthenticateRequest {
 async fn refresh_rotates_and_the_newest_refresh_token_is_used_each_time() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    let t0 = f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    let t0 = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
-    let t1 = token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
-    let t2 = token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    let t1 = token(
+        creds
+            .authenticate(fresh_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let t2 = token(
+        creds
+            .authenticate(fresh_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
     assert_ne!(t0.access_token, t1.access_token);
     assert_ne!(t1.access_token, t2.access_token);
     // Two successful refreshes and no refused one: each used the rotated refresh token (the
     // provider revokes the whole family when a used one comes back).
     let stats = f.idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token"], 2, "{stats}");
-    assert!(stats["grants"]["refresh_token:invalid_grant"].is_null(), "{stats}");
+    assert!(
+        stats["grants"]["refresh_token:invalid_grant"].is_null(),
+        "{stats}"
+    );
     assert!(f.idp.userinfo(&t2.access_token).await.status().is_success());
 }
 
@@ -37,23 +54,35 @@ async fn refresh_rotates_and_the_newest_refresh_token_is_used_each_time() {
 async fn two_hundred_concurrent_requests_on_an_expired_grant_cause_one_refresh() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
     let creds = f.valet.credentials(AGENT_KEY).await;
     let before = f.idp.token_requests().await;
+    // A slow provider keeps the refresh in flight while all 200 calls arrive.
+    f.idp.delay_token(1000).await;
     let calls = (0..200).map(|_| {
         let mut c = creds.clone();
         async move { token(c.authenticate(fresh_request()).await.unwrap().into_inner()) }
     });
     let tokens = futures::future::join_all(calls).await;
-    assert_eq!(f.idp.token_requests().await - before, 1, "exactly one token-endpoint call");
-    assert!(tokens.iter().all(|t| t.access_token == tokens[0].access_token));
+    assert_eq!(
+        f.idp.token_requests().await - before,
+        1,
+        "exactly one token-endpoint call"
+    );
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.access_token == tokens[0].access_token)
+    );
 }
 
 #[tokio::test]
 async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
     f.idp.fail_token(503).await;
     let s = expect_err(
@@ -64,7 +93,13 @@ async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
     use tonic_types::StatusExt;
     assert!(s.get_details_retry_info().is_some(), "retry info: {s:?}");
     f.idp.fail_token(0).await;
-    let t = token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    let t = token(
+        creds
+            .authenticate(fresh_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
 }
 
@@ -72,22 +107,43 @@ async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
 async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
     // Snapshot the store (as a restored backup would be), refresh once (rotation), stop, and
     // put the old store back: the daemon now holds a refresh token the provider saw used.
     let data = f.valet.dir.path().join("data/store.json");
     let old = std::fs::read(&data).unwrap();
     let mut creds = f.valet.credentials(AGENT_KEY).await;
-    token(creds.authenticate(fresh_request()).await.unwrap().into_inner());
-    let Fixture { valet, idp, browser } = f;
+    token(
+        creds
+            .authenticate(fresh_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let Fixture {
+        valet,
+        idp,
+        browser,
+    } = f;
     let mut valet = valet;
     assert!(valet.stop().success());
     std::fs::write(&data, old).unwrap();
     let valet = crate::support::Valet::start_again(valet);
-    let f = Fixture { valet, idp, browser };
+    let f = Fixture {
+        valet,
+        idp,
+        browser,
+    };
 
     let mut creds = f.valet.credentials(AGENT_KEY).await;
-    let p = pending(creds.authenticate(fresh_request()).await.unwrap().into_inner());
+    let p = pending(
+        creds
+            .authenticate(fresh_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
     let stats = f.idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token:invalid_grant"], 1, "{stats}");
     let grants = creds

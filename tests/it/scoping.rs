@@ -33,10 +33,15 @@ async fn agent_and_user_grants_are_isolated() {
         (OTHER_AGENT_KEY, "bob", ""),
     ] {
         let p = pending(outcome(&f, key, Fixture::request("idp", user, agent)).await);
-        assert!(!p.auth_url.is_empty(), "{user}/{agent} must consent on its own");
+        assert!(
+            !p.auth_url.is_empty(),
+            "{user}/{agent} must consent on its own"
+        );
     }
     // A user-wide grant is not handed to an agent-scoped request either.
-    let wide = f.authorize(AGENT_KEY, Fixture::request("idp", "carol", "")).await;
+    let wide = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "carol", ""))
+        .await;
     let p = pending(outcome(&f, AGENT_KEY, Fixture::request("idp", "carol", "planner")).await);
     assert!(!p.auth_url.contains(&wide.access_token));
 }
@@ -45,7 +50,8 @@ async fn agent_and_user_grants_are_isolated() {
 async fn scopes_beyond_the_grant_start_a_consent_for_the_union() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "")).await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
     let wider = pb::AuthenticateRequest {
         scopes: vec!["profile".into()],
         ..Fixture::request("idp", "alice", "")

@@ -125,7 +125,9 @@ key_sha256 = "{other}"
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -134,12 +136,25 @@ key_sha256 = "{other}"
             line.clear();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 let status = child.wait().unwrap();
-                panic!("valet exited ({status}) before listening; logs:\n{}", logs.lock().unwrap());
+                panic!(
+                    "valet exited ({status}) before listening; logs:\n{}",
+                    logs.lock().unwrap()
+                );
             }
             if let Some(rest) = line.trim().strip_prefix("valet listening ") {
                 let mut parts = rest.split(' ');
-                let grpc = parts.next().unwrap().strip_prefix("grpc=").unwrap().to_owned();
-                let http = parts.next().unwrap().strip_prefix("http=").unwrap().to_owned();
+                let grpc = parts
+                    .next()
+                    .unwrap()
+                    .strip_prefix("grpc=")
+                    .unwrap()
+                    .to_owned();
+                let http = parts
+                    .next()
+                    .unwrap()
+                    .strip_prefix("http=")
+                    .unwrap()
+                    .to_owned();
                 break (grpc, http);
             }
         };

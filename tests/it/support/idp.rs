@@ -84,6 +84,15 @@ impl Idp {
             .unwrap();
     }
 
+    /// Makes the token endpoint answer `ms` milliseconds late.
+    pub async fn delay_token(&self, ms: u64) {
+        self.http
+            .get(format!("{}/__test/delay-token?ms={ms}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn tamper_nonce(&self, on: bool) {
         let on = u8::from(on);
         self.http

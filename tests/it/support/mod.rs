@@ -2,12 +2,12 @@
 //! cookie-jar browser that fills the provider's login and consent forms.
 
 pub mod browser;
-pub mod idp;
 pub mod daemon;
+pub mod idp;
 
 pub use browser::Browser;
-pub use idp::Idp;
 pub use daemon::{Valet, ValetOptions};
+pub use idp::Idp;
 
 use tonic::Code;
 use valet::pb;

@@ -4,7 +4,8 @@
 // Listens on 127.0.0.1:0 and prints `oidc-provider listening http://127.0.0.1:PORT` on stdout.
 // GET /__test/stats returns token endpoint counters so tests can count refreshes;
 // GET /__test/fail-token?status=N makes the token endpoint answer N until set back to 0;
-// GET /__test/tamper-nonce?on=1 rewrites the nonce of authorization requests.
+// GET /__test/tamper-nonce?on=1 rewrites the nonce of authorization requests;
+// GET /__test/delay-token?ms=N slows the token endpoint down.
 import Provider from 'oidc-provider';
 import { createServer } from 'node:http';
 
@@ -16,6 +17,8 @@ let failTokenStatus = 0;
 // Set through GET /__test/tamper-nonce?on=1: /auth then sees a different nonce than Valet sent,
 // so the ID token it issues carries the wrong one.
 let tamperNonce = false;
+// Set through GET /__test/delay-token?ms=N: the token endpoint answers N ms late.
+let tokenDelayMs = 0;
 
 const server = createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -81,6 +84,14 @@ provider.use(async (ctx, next) => {
     failTokenStatus = Number(ctx.query.status || 0);
     ctx.body = { fail_token_status: failTokenStatus };
     return;
+  }
+  if (ctx.path === '/__test/delay-token') {
+    tokenDelayMs = Number(ctx.query.ms || 0);
+    ctx.body = { token_delay_ms: tokenDelayMs };
+    return;
+  }
+  if (tokenDelayMs && ctx.path === '/token') {
+    await new Promise((resolve) => setTimeout(resolve, tokenDelayMs));
   }
   if (ctx.path === '/__test/tamper-nonce') {
     tamperNonce = ctx.query.on === '1';

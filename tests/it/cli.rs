@@ -1,0 +1,99 @@
+//! The quickstart as a new user runs it: the `valet` CLI against a running daemon.
+
+use crate::support::Fixture;
+use crate::support::daemon::{ADMIN_KEY, AGENT_KEY};
+use crate::support::idp::secret_of;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn cli(f: &Fixture, key: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_valet"));
+    c.env("VALET_SERVER", &f.valet.grpc_url)
+        .env("VALET_KEY", key);
+    c
+}
+
+fn run(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[tokio::test]
+async fn quickstart_provider_auth_grants_revoke() {
+    let f = Fixture::new().await;
+    let mut create = cli(&f, ADMIN_KEY);
+    create
+        .args([
+            "provider",
+            "create",
+            "idp",
+            "--kind",
+            "oidc",
+            "--client-id",
+            "basic-client",
+        ])
+        .args([
+            "--client-secret-env",
+            "IDP_SECRET",
+            "--issuer",
+            &f.idp.issuer,
+        ])
+        .args(["--scope", "openid", "--scope", "email"])
+        .env("IDP_SECRET", secret_of("basic-client"));
+    let out = run(create);
+    assert!(
+        out.contains(&f.valet.callback_url("idp")),
+        "shows the redirect URI: {out}"
+    );
+    assert!(out.contains("client_secret:     (set)") && !out.contains(&secret_of("basic-client")));
+
+    let mut auth = cli(&f, AGENT_KEY);
+    auth.args(["auth", "--provider", "idp", "--user", "alice"])
+        .stdout(Stdio::piped());
+    let mut child = auth.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("an auth URL").unwrap();
+        if let Some(u) = line.trim().strip_prefix("http") {
+            break format!("http{u}");
+        }
+    };
+    f.browser.consent(&url, "alice").await;
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    let token = rest
+        .iter()
+        .find_map(|l| l.strip_prefix("access_token: "))
+        .expect("the token is printed");
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("expires_at:") && l.contains("(in "))
+    );
+    assert!(f.idp.userinfo(token).await.status().is_success());
+
+    let mut grants = cli(&f, AGENT_KEY);
+    grants.args(["grants", "--user", "alice"]);
+    let out = run(grants);
+    assert!(
+        out.contains("idp\tuser=alice") && out.contains("active"),
+        "{out}"
+    );
+    assert!(!out.contains(token));
+
+    let mut revoke = cli(&f, AGENT_KEY);
+    revoke.args(["revoke", "--provider", "idp", "--user", "alice"]);
+    assert_eq!(run(revoke).trim(), "revoked");
+
+    // A missing key says what to do.
+    let mut nokey = cli(&f, "");
+    nokey.env_remove("VALET_KEY").args(["provider", "list"]);
+    let out = nokey.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--key or VALET_KEY"));
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: installs the test peers when they are missing,
+# then the quality gates (rustfmt, clippy with warnings as errors) and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+peer=tests/peers/oidc
+if ! command -v node >/dev/null 2>&1; then
+  echo "error: Node.js >= 20 is required for the OpenID provider test peer (apt install nodejs npm)" >&2
+  exit 1
+fi
+# Reinstall when the lockfile changed since the last install.
+if [ ! -f "$peer/node_modules/.package-lock.json" ] || [ "$peer/package-lock.json" -nt "$peer/node_modules/.package-lock.json" ]; then
+  echo "==> installing the OpenID provider peer (npm ci in $peer)"
+  npm ci --prefix "$peer" --no-audit --no-fund --loglevel=error
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "==> cargo test --all-targets"
+cargo test --all-targets
