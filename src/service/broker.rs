@@ -212,13 +212,7 @@ impl Broker {
                     grant.scopes = scopes.clone();
                 }
                 grant.updated_at = now;
-                self.store
-                    .put(
-                        &grant.key.store_key(),
-                        encode(&grant)?,
-                        Cas::Version(version),
-                    )
-                    .await?;
+                self.save_grant(&grant, Cas::Version(version)).await?;
                 tracing::info!(provider = %grant.key.provider, "refreshed access token");
                 Ok(Some(self.cache_token(&grant.key, set, &grant.scopes)))
             }
@@ -228,13 +222,7 @@ impl Broker {
                 grant.status = GrantStatus::NeedsReauth;
                 grant.refresh_token = None;
                 grant.updated_at = self.clock.now_unix();
-                self.store
-                    .put(
-                        &grant.key.store_key(),
-                        encode(&grant)?,
-                        Cas::Version(version),
-                    )
-                    .await?;
+                self.save_grant(&grant, Cas::Version(version)).await?;
                 Ok(None)
             }
             Err(e) => Err(e.into()),
@@ -262,6 +250,13 @@ impl Broker {
             },
         );
         AccessToken::from(&*cached)
+    }
+
+    pub(super) async fn save_grant(&self, grant: &Grant, cas: Cas) -> Result<u64, Error> {
+        Ok(self
+            .store
+            .put(&grant.key.store_key(), encode(grant)?, cas)
+            .await?)
     }
 
     pub(super) async fn load_grant(&self, key: &GrantKey) -> Result<Option<(Grant, u64)>, Error> {

@@ -2,7 +2,7 @@
 //! when the provider redirects the browser to the callback.
 
 use super::broker::{Broker, Outcome};
-use super::{Caller, Error, encode};
+use super::{Caller, Error};
 use crate::domain::{
     Grant, GrantKey, GrantStatus, Handout, ProviderConfig, ProviderId, ProviderKind, Scopes,
 };
@@ -204,11 +204,7 @@ impl Broker {
             created_at,
             updated_at: now,
         };
-        let bytes = encode(&grant).map_err(stored)?;
-        self.store
-            .put(&key.store_key(), bytes, Cas::Any)
-            .await
-            .map_err(|e| stored(e.into()))?;
+        self.save_grant(&grant, Cas::Any).await.map_err(stored)?;
         self.cache_token(&key, set, &scopes);
         Ok(key)
     }

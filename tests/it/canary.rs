@@ -17,11 +17,8 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
     f.oidc_provider("idp", "basic-client").await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
     let p = pending(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     let auth_url = url::Url::parse(&p.auth_url).unwrap();
     let param = |u: &url::Url, name: &str| {

@@ -28,27 +28,15 @@ async fn oidc_flow_with_basic_auth_hands_out_a_working_token_then_caches_it() {
 
     // Second call: the cached token, no flow, no call to the provider.
     let before = f.idp.token_requests().await;
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
     let again = token(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     assert_eq!(again.access_token, t.access_token);
     assert_eq!(f.idp.token_requests().await, before);
 
     // The grant records the ID token's subject.
-    let grants = creds
-        .list_grants(pb::ListGrantsRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let grants = f.grants("alice").await;
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0].subject, "alice");
     assert!(grants[0].has_refresh_token);
@@ -74,11 +62,8 @@ async fn wait_returns_pending_at_the_timeout() {
     f.oidc_provider("idp", "basic-client").await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
     let p = pending(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     let again = pending(
         creds
@@ -120,13 +105,9 @@ async fn wait_returns_pending_at_the_timeout() {
 async fn callback_page_is_not_cached_and_a_replayed_state_is_refused() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
     let p = pending(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     let cb = f.browser.authorize(&p.auth_url, "alice", true).await;
     assert!(
@@ -149,27 +130,14 @@ async fn callback_page_is_not_cached_and_a_replayed_state_is_refused() {
         .into_owned();
     assert!(!body.contains(&code));
     // The first use still completed the flow.
-    token(
-        creds
-            .wait_for_completion(pb::WaitForCompletionRequest {
-                auth_id: p.auth_id,
-                timeout_seconds: 5,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    token(f.wait(&p.auth_id).await.unwrap().into_inner());
 }
 
 /// Starts a flow and returns (auth_id, callback URL) without visiting the callback.
 async fn callback_for(f: &Fixture, provider: &str) -> (String, url::Url) {
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
     let p = pending(
-        creds
-            .authenticate(Fixture::request(provider, "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request(provider, "alice", ""))
+            .await,
     );
     (
         p.auth_id,
@@ -192,16 +160,7 @@ async fn wait_err(f: &Fixture, auth_id: String, reason: &str) -> tonic::Status {
 }
 
 async fn no_grants(f: &Fixture) {
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
-    let grants = creds
-        .list_grants(pb::ListGrantsRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let grants = f.grants("alice").await;
     assert!(grants.is_empty(), "nothing may be written: {grants:?}");
 }
 
@@ -252,13 +211,9 @@ async fn a_callback_with_a_foreign_issuer_is_refused() {
 async fn access_denied_fails_the_flow_with_that_reason() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
     let p = pending(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     let cb = f.browser.authorize(&p.auth_url, "alice", false).await;
     assert!(cb.query().unwrap().contains("error=access_denied"));
@@ -292,13 +247,9 @@ async fn an_expired_flow_fails_closed() {
     })
     .await;
     f.oidc_provider("idp", "basic-client").await;
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
     let p = pending(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let cb = f.browser.authorize(&p.auth_url, "alice", true).await;

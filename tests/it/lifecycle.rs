@@ -38,13 +38,9 @@ async fn a_restart_keeps_providers_and_grants() {
     assert_eq!(list.providers.len(), 2);
     // The access token cache is gone; the stored refresh token gets a new one, no consent.
     let before = f.idp.refreshes().await;
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
     let t = token(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     assert_eq!(f.idp.refreshes().await, before + 1);
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
@@ -65,11 +61,8 @@ async fn revoke_removes_the_grant_and_the_cached_token() {
     assert!(creds.revoke(revoke()).await.unwrap().into_inner().revoked);
     assert!(!creds.revoke(revoke()).await.unwrap().into_inner().revoked);
     pending(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap()
-            .into_inner(),
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
     let grants = creds
         .list_grants(pb::ListGrantsRequest {

@@ -22,21 +22,8 @@ async fn refresh_rotates_and_the_newest_refresh_token_is_used_each_time() {
     let t0 = f
         .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
-    let t1 = token(
-        creds
-            .authenticate(fresh_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
-    let t2 = token(
-        creds
-            .authenticate(fresh_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let t1 = token(f.authenticate(AGENT_KEY, fresh_request()).await);
+    let t2 = token(f.authenticate(AGENT_KEY, fresh_request()).await);
     assert_ne!(t0.access_token, t1.access_token);
     assert_ne!(t1.access_token, t2.access_token);
     // Two successful refreshes and no refused one: each used the rotated refresh token (the
@@ -93,13 +80,7 @@ async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
     use tonic_types::StatusExt;
     assert!(s.get_details_retry_info().is_some(), "retry info: {s:?}");
     f.idp.fail_token(0).await;
-    let t = token(
-        creds
-            .authenticate(fresh_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let t = token(f.authenticate(AGENT_KEY, fresh_request()).await);
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
 }
 
@@ -113,14 +94,7 @@ async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
     // put the old store back: the daemon now holds a refresh token the provider saw used.
     let data = f.valet.dir.path().join("data/store.json");
     let old = std::fs::read(&data).unwrap();
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
-    token(
-        creds
-            .authenticate(fresh_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    token(f.authenticate(AGENT_KEY, fresh_request()).await);
     let Fixture {
         valet,
         idp,
@@ -136,37 +110,13 @@ async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
         browser,
     };
 
-    let mut creds = f.valet.credentials(AGENT_KEY).await;
-    let p = pending(
-        creds
-            .authenticate(fresh_request())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let p = pending(f.authenticate(AGENT_KEY, fresh_request()).await);
     let stats = f.idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token:invalid_grant"], 1, "{stats}");
-    let grants = creds
-        .list_grants(pb::ListGrantsRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let grants = f.grants("alice").await;
     assert_eq!(grants[0].status, pb::GrantStatus::NeedsReauth as i32);
     assert!(!grants[0].has_refresh_token);
     // Consent again: the grant is alive again.
     f.browser.consent(&p.auth_url, "alice").await;
-    token(
-        creds
-            .wait_for_completion(pb::WaitForCompletionRequest {
-                auth_id: p.auth_id,
-                timeout_seconds: 5,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    token(f.wait(&p.auth_id).await.unwrap().into_inner());
 }

@@ -5,16 +5,6 @@ use crate::support::daemon::{AGENT_KEY, OTHER_AGENT_KEY};
 use crate::support::{Fixture, pending, token};
 use valet::pb;
 
-async fn outcome(f: &Fixture, key: &str, req: pb::AuthenticateRequest) -> pb::AuthenticateResponse {
-    f.valet
-        .credentials(key)
-        .await
-        .authenticate(req)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 #[tokio::test]
 async fn agent_and_user_grants_are_isolated() {
     let f = Fixture::new().await;
@@ -23,7 +13,10 @@ async fn agent_and_user_grants_are_isolated() {
         .authorize(AGENT_KEY, Fixture::request("idp", "alice", "planner"))
         .await;
     // Same agent id, same user: the cached token.
-    let again = token(outcome(&f, AGENT_KEY, Fixture::request("idp", "alice", "planner")).await);
+    let again = token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", "planner"))
+            .await,
+    );
     assert_eq!(again.access_token, mine.access_token);
     // Another agent of the same user, the user-wide grant, and another user: each a new flow.
     for (key, user, agent) in [
@@ -32,7 +25,10 @@ async fn agent_and_user_grants_are_isolated() {
         (AGENT_KEY, "bob", "planner"),
         (OTHER_AGENT_KEY, "bob", ""),
     ] {
-        let p = pending(outcome(&f, key, Fixture::request("idp", user, agent)).await);
+        let p = pending(
+            f.authenticate(key, Fixture::request("idp", user, agent))
+                .await,
+        );
         assert!(
             !p.auth_url.is_empty(),
             "{user}/{agent} must consent on its own"
@@ -42,7 +38,10 @@ async fn agent_and_user_grants_are_isolated() {
     let wide = f
         .authorize(AGENT_KEY, Fixture::request("idp", "carol", ""))
         .await;
-    let p = pending(outcome(&f, AGENT_KEY, Fixture::request("idp", "carol", "planner")).await);
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "carol", "planner"))
+            .await,
+    );
     assert!(!p.auth_url.contains(&wide.access_token));
 }
 
@@ -56,7 +55,7 @@ async fn scopes_beyond_the_grant_start_a_consent_for_the_union() {
         scopes: vec!["profile".into()],
         ..Fixture::request("idp", "alice", "")
     };
-    let p = pending(outcome(&f, AGENT_KEY, wider.clone()).await);
+    let p = pending(f.authenticate(AGENT_KEY, wider.clone()).await);
     let url = url::Url::parse(&p.auth_url).unwrap();
     let scope = url.query_pairs().find(|(k, _)| k == "scope").unwrap().1;
     let mut scopes: Vec<&str> = scope.split(' ').collect();
@@ -64,6 +63,6 @@ async fn scopes_beyond_the_grant_start_a_consent_for_the_union() {
     assert_eq!(scopes, ["email", "openid", "profile"]);
     f.browser.consent(&p.auth_url, "alice").await;
     // Now both the old and the new scopes are served from the one grant.
-    let t = token(outcome(&f, AGENT_KEY, wider).await);
+    let t = token(f.authenticate(AGENT_KEY, wider).await);
     assert!(t.scopes.contains(&"profile".to_owned()) && t.scopes.contains(&"email".to_owned()));
 }

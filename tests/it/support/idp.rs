@@ -77,29 +77,27 @@ impl Idp {
 
     /// Makes the token endpoint answer `status` (0 restores it).
     pub async fn fail_token(&self, status: u16) {
-        self.http
-            .get(format!("{}/__test/fail-token?status={status}", self.issuer))
+        self.control(&format!("fail-token?status={status}")).await;
+    }
+
+    async fn control(&self, what: &str) {
+        let r = self
+            .http
+            .get(format!("{}/__test/{what}", self.issuer))
             .send()
             .await
             .unwrap();
+        assert!(r.status().is_success(), "{what}: {}", r.status());
     }
 
     /// Makes the token endpoint answer `ms` milliseconds late.
     pub async fn delay_token(&self, ms: u64) {
-        self.http
-            .get(format!("{}/__test/delay-token?ms={ms}", self.issuer))
-            .send()
-            .await
-            .unwrap();
+        self.control(&format!("delay-token?ms={ms}")).await;
     }
 
     pub async fn tamper_nonce(&self, on: bool) {
-        let on = u8::from(on);
-        self.http
-            .get(format!("{}/__test/tamper-nonce?on={on}", self.issuer))
-            .send()
-            .await
-            .unwrap();
+        self.control(&format!("tamper-nonce?on={}", u8::from(on)))
+            .await;
     }
 
     /// Userinfo with the access token: proves the provider honours it.

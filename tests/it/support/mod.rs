@@ -142,3 +142,50 @@ impl Fixture {
         )
     }
 }
+
+impl Fixture {
+    /// `Authenticate` as `key`, expecting success.
+    pub async fn authenticate(
+        &self,
+        key: &str,
+        req: pb::AuthenticateRequest,
+    ) -> pb::AuthenticateResponse {
+        self.valet
+            .credentials(key)
+            .await
+            .authenticate(req)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// `WaitForCompletion` as the agent key, up to five seconds.
+    pub async fn wait(
+        &self,
+        auth_id: &str,
+    ) -> Result<tonic::Response<pb::AuthenticateResponse>, tonic::Status> {
+        self.valet
+            .credentials(daemon::AGENT_KEY)
+            .await
+            .wait_for_completion(pb::WaitForCompletionRequest {
+                auth_id: auth_id.into(),
+                timeout_seconds: 5,
+            })
+            .await
+    }
+
+    /// The user's grants, as the agent key sees them.
+    pub async fn grants(&self, user: &str) -> Vec<pb::Grant> {
+        self.valet
+            .credentials(daemon::AGENT_KEY)
+            .await
+            .list_grants(pb::ListGrantsRequest {
+                user_id: user.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .grants
+    }
+}
