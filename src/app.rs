@@ -10,7 +10,7 @@ use crate::pb::credentials_server::CredentialsServer;
 use crate::pb::providers_server::ProvidersServer;
 use crate::secret::{random_token, sha256};
 use crate::service::{Broker, BrokerLimits, ProviderRegistry, Role};
-use crate::store::{EmbeddedStore, MemoryStore, SecretStore};
+use crate::store::{EmbeddedStore, MemoryStore, SecretStore, VaultStore};
 use crate::transport::grpc::{CallerAuth, CallerKey, CredentialsApi, ProvidersApi};
 use crate::transport::http::{HttpState, router};
 use anyhow::Context as _;
@@ -29,16 +29,59 @@ use tonic_health::ServingStatus;
 
 const ADMIN_HASH_FILE: &str = "admin-key.sha256";
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 pub struct App;
 
 impl App {
-    /// Opens the configured store.
-    pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SecretStore>> {
-        Ok(match config.store {
-            StoreKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir)?),
-            StoreKind::Memory => Arc::new(MemoryStore::new()),
+    /// Opens the configured store. For Vault, also returns the handle that renews its token.
+    pub async fn open_store(
+        config: &Config,
+    ) -> anyhow::Result<(Arc<dyn SecretStore>, Option<Arc<VaultStore>>)> {
+        Ok(match &config.store {
+            StoreKind::Embedded => (Arc::new(EmbeddedStore::open(&config.data_dir)?), None),
+            StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
+            StoreKind::Vault(v) => {
+                let vault = Arc::new(VaultStore::connect((**v).clone()).await?);
+                (vault.clone(), Some(vault))
+            }
         })
+    }
+
+    /// For `check-config`: opens the store and proves it can write, read and delete a probe
+    /// record under its prefix (for Vault: reachable, unsealed, and the token's policy allows it).
+    pub async fn check_store(config: &Config) -> anyhow::Result<()> {
+        let (store, _) = Self::open_store(config).await?;
+        store
+            .check()
+            .await
+            .with_context(|| format!("the {} store is not reachable", store.backend()))?;
+        let key = format!(
+            "check/probe-{}",
+            random_token(8).map_err(|_| anyhow::anyhow!("the system RNG failed"))?
+        );
+        let probe = zeroize::Zeroizing::new(b"valet check-config probe".to_vec());
+        store
+            .put(&key, probe.clone(), crate::store::Cas::Absent)
+            .await
+            .with_context(|| format!("cannot write {key} to the {} store", store.backend()))?;
+        let read = store
+            .get(&key)
+            .await
+            .with_context(|| format!("cannot read {key} back"))?;
+        anyhow::ensure!(
+            read.is_some_and(|r| r.value == probe),
+            "{key} did not read back as written"
+        );
+        store
+            .delete(&key)
+            .await
+            .with_context(|| format!("cannot delete {key}"))?;
+        eprintln!(
+            "configuration is valid; the {} store is reachable and can write, read and delete",
+            store.backend()
+        );
+        Ok(())
     }
 
     /// Runs the daemon until `shutdown` resolves, then drains and returns.
@@ -46,7 +89,7 @@ impl App {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
-        let store = Self::open_store(&config)?;
+        let (store, vault) = Self::open_store(&config).await?;
         let mut keys: Vec<CallerKey> = config
             .callers
             .iter()
@@ -84,10 +127,18 @@ impl App {
             public_url.clone(),
             config.allow_insecure_provider_urls,
         ));
-        let n = registry
-            .load()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot load providers from the store: {e}"))?;
+        // An unreachable store (Vault down or sealed) does not stop the daemon: it starts
+        // NOT_SERVING and `watch_store` brings it up once the store answers.
+        let n = match registry.load().await {
+            Ok(n) => n,
+            Err(crate::service::Error::StoreUnavailable(reason)) => {
+                tracing::warn!(
+                    "the secret store is unavailable at start-up; serving nothing until it is back: {reason}"
+                );
+                0
+            }
+            Err(e) => anyhow::bail!("cannot load providers from the store: {e}"),
+        };
         let leases = Arc::new(LeaseTable::new(LeaseLimits {
             ttl: config.flows.ttl,
             max_total: config.flows.max_pending,
@@ -109,12 +160,7 @@ impl App {
         ));
 
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_serving::<ProvidersServer<ProvidersApi>>()
-            .await;
-        reporter
-            .set_serving::<CredentialsServer<CredentialsApi>>()
-            .await;
+        set_health(&reporter, registry.is_loaded()).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -125,6 +171,15 @@ impl App {
             let _ = rx.wait_for(|s| *s).await;
         };
         tokio::spawn(leases.run_sweeper(SWEEP_EVERY, stopped(stop_rx.clone())));
+        tokio::spawn(watch_store(
+            store.clone(),
+            registry.clone(),
+            reporter.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        if let Some(vault) = vault {
+            tokio::spawn(vault.run_renewal(stopped(stop_rx.clone())));
+        }
 
         let grpc = tonic::transport::Server::builder()
             .add_service(health)
@@ -189,6 +244,61 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+async fn set_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter
+        .set_service_status("valet.v1.Providers", status)
+        .await;
+    reporter
+        .set_service_status("valet.v1.Credentials", status)
+        .await;
+}
+
+/// Polls the store so health follows it: NOT_SERVING while it fails (reason logged once per
+/// change), providers loaded as soon as it answers after a failed start.
+async fn watch_store(
+    store: Arc<dyn SecretStore>,
+    registry: Arc<ProviderRegistry>,
+    reporter: tonic_health::server::HealthReporter,
+    stop: impl Future,
+) {
+    tokio::pin!(stop);
+    let mut serving = registry.is_loaded();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(STORE_CHECK_EVERY) => {}
+        }
+        let result = match store.check().await {
+            Ok(()) if registry.is_loaded() => Ok(()),
+            Ok(()) => registry
+                .load()
+                .await
+                .map(|n| {
+                    tracing::info!(
+                        providers = n,
+                        "secret store reachable again; providers loaded"
+                    );
+                })
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let now = result.is_ok();
+        if now != serving {
+            match &result {
+                Ok(()) => tracing::info!("secret store healthy: serving"),
+                Err(reason) => tracing::warn!("secret store unavailable, not serving: {reason}"),
+            }
+            set_health(&reporter, now).await;
+            serving = now;
+        }
     }
 }
 

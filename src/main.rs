@@ -65,13 +65,7 @@ fn main() -> ExitCode {
                 eprintln!("warning: {w}");
             }
             print!("{}", config.render());
-            match valet::App::open_store(&config) {
-                Ok(_) => {
-                    eprintln!("configuration is valid; the store opens");
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
+            runtime.block_on(valet::App::check_store(&config))
         }
         other => runtime.block_on(valet::cli::run_client(other)),
     };

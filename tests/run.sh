@@ -15,6 +15,15 @@ if [ ! -f "$peer/node_modules/.package-lock.json" ] || [ "$peer/package-lock.jso
   npm ci --prefix "$peer" --no-audit --no-fund --loglevel=error
 fi
 
+# RustyVault, the real Vault-API server for the KV v1 lane; `cargo install` takes minutes, so
+# skip it when the pinned version is already on PATH.
+rvault_version=0.2.1
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! rvault --version 2>/dev/null | grep -q "$rvault_version"; then
+  echo "==> installing RustyVault $rvault_version (cargo install rusty_vault)"
+  cargo install rusty_vault --version "$rvault_version" --locked
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --check
 echo "==> cargo clippy --all-targets -- -D warnings"

@@ -3,20 +3,23 @@
 //! once. The environment is passed in as a function so tests never touch the process env.
 
 mod raw;
+mod vault;
 
-pub use raw::{CLIENT_ENV_VARS, ENV_VARS, Overrides, RawConfig};
+pub use raw::{CLIENT_ENV_VARS, ENV_VARS, Overrides, RawConfig, RawVault};
 
 use crate::service::Role;
+use crate::store::VaultConfig;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum StoreKind {
     Embedded,
     Memory,
+    Vault(Box<VaultConfig>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,14 +107,19 @@ impl Config {
             })
             .map(|n| format!("unknown environment variable {n} ignored"))
             .collect();
-        let config = Self::validate(raw, warnings, &mut errors);
+        let config = Self::validate(raw, env, warnings, &mut errors);
         match config {
             Some(c) if errors.is_empty() => Ok(c),
             _ => Err(ConfigError(errors)),
         }
     }
 
-    fn validate(raw: RawConfig, warnings: Vec<String>, errors: &mut Vec<String>) -> Option<Self> {
+    fn validate(
+        mut raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        warnings: Vec<String>,
+        errors: &mut Vec<String>,
+    ) -> Option<Self> {
         let dev = raw.dev.unwrap_or(false);
         let addr = |field: &str, v: Option<String>, default: &str, errors: &mut Vec<String>| {
             let v = v.unwrap_or_else(|| default.to_owned());
@@ -145,9 +153,18 @@ impl Config {
         let store = match raw.store.as_deref().unwrap_or("embedded") {
             "embedded" => Some(StoreKind::Embedded),
             "memory" => Some(StoreKind::Memory),
+            "vault" => match raw.vault.take() {
+                Some(v) => {
+                    vault::vault_config(v, env, errors).map(|v| StoreKind::Vault(Box::new(v)))
+                }
+                None => {
+                    errors.push("store = \"vault\" needs a [vault] section (address, auth)".into());
+                    None
+                }
+            },
             other => {
                 errors.push(format!(
-                    "store = {other:?}: expected \"embedded\" or \"memory\""
+                    "store = {other:?}: expected \"embedded\", \"vault\" or \"memory\""
                 ));
                 None
             }
@@ -322,14 +339,12 @@ impl Config {
             }
         }
         let _ = writeln!(s, "data_dir = \"{}\"", self.data_dir.display());
-        let _ = writeln!(
-            s,
-            "store = \"{}\"",
-            match self.store {
-                StoreKind::Embedded => "embedded",
-                StoreKind::Memory => "memory",
-            }
-        );
+        let store = match &self.store {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Memory => "memory",
+            StoreKind::Vault(_) => "vault",
+        };
+        let _ = writeln!(s, "store = \"{store}\"");
         let _ = writeln!(s, "dev = {}", self.dev);
         if let Some(p) = &self.admin_key_file {
             let _ = writeln!(s, "admin_key_file = \"{}\"", p.display());
@@ -374,6 +389,9 @@ impl Config {
             self.provider_connect_timeout.as_secs(),
             self.provider_timeout.as_secs()
         );
+        if let StoreKind::Vault(v) = &self.store {
+            vault::render(v, &mut s);
+        }
         for c in &self.callers {
             let role = match c.role {
                 Role::Admin => "admin",

@@ -25,6 +25,38 @@ pub struct RawConfig {
     pub provider_http: RawProviderHttp,
     #[serde(default)]
     pub callers: Vec<RawCaller>,
+    pub vault: Option<RawVault>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVault {
+    pub address: Option<String>,
+    pub kv_version: Option<u8>,
+    pub mount: Option<String>,
+    pub prefix: Option<String>,
+    pub namespace: Option<String>,
+    pub ca_cert_file: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub auth: RawVaultAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVaultAuth {
+    /// `token` (default), `approle` or `kubernetes`.
+    pub method: Option<String>,
+    /// Token auth: exactly one of the value, a file holding it, or an environment variable.
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub token_env: Option<String>,
+    /// AppRole and Kubernetes: the auth mount (default `approle` / `kubernetes`).
+    pub mount: Option<String>,
+    pub role_id: Option<String>,
+    pub secret_id_file: Option<String>,
+    pub role: Option<String>,
+    pub jwt_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +128,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("VALET_LOG_LEVEL", "log.level"),
     ("VALET_FLOW_TTL_SECONDS", "flows.ttl_seconds"),
     ("VALET_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
+    ("VALET_VAULT_ADDR", "vault.address"),
+    ("VALET_VAULT_TOKEN_FILE", "vault.auth.token_file"),
 ];
 
 /// Variables the CLI client reads; not daemon settings, but not unknown either.
@@ -117,6 +151,11 @@ impl RawConfig {
         set_str("VALET_ADMIN_KEY_FILE", &mut self.admin_key_file);
         set_str("VALET_LOG_FORMAT", &mut self.log.format);
         set_str("VALET_LOG_LEVEL", &mut self.log.level);
+        if env("VALET_VAULT_ADDR").is_some() || env("VALET_VAULT_TOKEN_FILE").is_some() {
+            let vault = self.vault.get_or_insert_with(RawVault::default);
+            set_str("VALET_VAULT_ADDR", &mut vault.address);
+            set_str("VALET_VAULT_TOKEN_FILE", &mut vault.auth.token_file);
+        }
         let mut set_num = |name: &str, slot: &mut Option<u64>| {
             if let Some(v) = env(name) {
                 match v.parse() {

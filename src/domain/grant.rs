@@ -59,6 +59,17 @@ pub struct Grant {
     pub status: GrantStatus,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Set while one daemon refreshes this grant, so replicas sharing a store never present the
+    /// same refresh token twice (a rotating provider would revoke the whole grant).
+    #[serde(default)]
+    pub refreshing: Option<RefreshClaim>,
+}
+
+/// Which daemon instance is refreshing a grant, and until when (Unix seconds) the claim holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshClaim {
+    pub owner: String,
+    pub until: i64,
 }
 
 impl Grant {

@@ -6,7 +6,7 @@ mod ids;
 mod provider;
 mod scopes;
 
-pub use grant::{Grant, GrantKey, GrantStatus};
+pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
 pub use provider::{ProviderConfig, ProviderKind, TokenAuthMethod, check_endpoint_url};
 pub use scopes::Scopes;

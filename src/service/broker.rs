@@ -8,7 +8,7 @@ use crate::domain::{
     Grant, GrantKey, GrantStatus, Handout, ProviderConfig, ProviderId, Scopes, UserId,
 };
 use crate::lease::{FlowOutcome, LeaseTable};
-use crate::oauth::{OAuthError, TokenEndpoint, TokenSet};
+use crate::oauth::{TokenEndpoint, TokenSet};
 use crate::secret::SecretString;
 use crate::store::{Cas, SecretStore};
 use std::sync::Arc;
@@ -81,6 +81,10 @@ pub struct Broker {
     pub(super) leases: Arc<LeaseTable>,
     pub(super) cache: TokenCache,
     pub(super) limits: BrokerLimits,
+    /// Names this process in refresh claims.
+    pub(super) instance: String,
+    /// Grants whose rotated refresh token could not be stored: they need a new consent.
+    pub(super) unstored: std::sync::Mutex<std::collections::HashSet<GrantKey>>,
 }
 
 impl From<&CachedToken> for AccessToken {
@@ -111,6 +115,8 @@ impl Broker {
             leases,
             cache: TokenCache::default(),
             limits,
+            instance: crate::secret::random_token(12).unwrap_or_else(|_| "valet".into()),
+            unstored: std::sync::Mutex::default(),
         }
     }
 
@@ -185,48 +191,10 @@ impl Broker {
         let Some((grant, version)) = self.load_grant(key).await? else {
             return Ok(None);
         };
-        if !grant.usable_for(scopes) {
+        if !grant.usable_for(scopes) || self.is_unstored(key) {
             return Ok(None);
         }
         self.refresh_locked(provider, grant, version).await
-    }
-
-    /// Refreshes `grant`; the caller holds the grant's lock. The rotated refresh token is
-    /// stored (check-and-set) before the new access token is cached or handed out.
-    async fn refresh_locked(
-        &self,
-        provider: &ProviderConfig,
-        mut grant: Grant,
-        version: u64,
-    ) -> Result<Option<AccessToken>, Error> {
-        let Some(refresh_token) = grant.refresh_token.clone() else {
-            return Ok(None);
-        };
-        match self.endpoint.refresh(provider, &refresh_token).await {
-            Ok(set) => {
-                let now = self.clock.now_unix();
-                if let Some(rotated) = set.refresh_token.clone() {
-                    grant.refresh_token = Some(rotated);
-                }
-                if let Some(scopes) = &set.scopes {
-                    grant.scopes = scopes.clone();
-                }
-                grant.updated_at = now;
-                self.save_grant(&grant, Cas::Version(version)).await?;
-                tracing::info!(provider = %grant.key.provider, "refreshed access token");
-                Ok(Some(self.cache_token(&grant.key, set, &grant.scopes)))
-            }
-            Err(OAuthError::InvalidGrant) => {
-                tracing::info!(provider = %grant.key.provider, "refresh token refused (invalid_grant); grant needs re-consent");
-                self.cache.remove(&grant.key);
-                grant.status = GrantStatus::NeedsReauth;
-                grant.refresh_token = None;
-                grant.updated_at = self.clock.now_unix();
-                self.save_grant(&grant, Cas::Version(version)).await?;
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     pub(super) fn cache_token(
@@ -336,6 +304,7 @@ impl Broker {
         self.providers.get(&key.provider)?;
         let _guard = self.cache.lock(key).await;
         self.cache.remove(key);
+        self.set_unstored(key, false);
         Ok(self.store.delete(&key.store_key()).await?)
     }
 
@@ -362,12 +331,17 @@ impl Broker {
             if user.is_some_and(|u| &g.key.user != u) {
                 continue;
             }
+            let status = if self.is_unstored(&g.key) {
+                GrantStatus::NeedsReauth
+            } else {
+                g.status
+            };
             out.push(GrantInfo {
                 has_refresh_token: g.refresh_token.is_some(),
                 key: g.key,
                 scopes: g.scopes,
                 subject: g.subject,
-                status: g.status,
+                status,
                 created_at: g.created_at,
                 updated_at: g.updated_at,
             });

@@ -203,9 +203,11 @@ impl Broker {
             status: GrantStatus::Active,
             created_at,
             updated_at: now,
+            refreshing: None,
         };
         self.save_grant(&grant, Cas::Any).await.map_err(stored)?;
         self.cache_token(&key, set, &scopes);
+        self.set_unstored(&key, false);
         Ok(key)
     }
 }

@@ -6,6 +6,7 @@ mod broker;
 mod cache;
 mod flow;
 mod providers;
+mod refresh;
 
 pub use broker::{AccessToken, AuthRequest, Broker, BrokerLimits, GrantInfo, Outcome};
 pub use flow::CallbackParams;
@@ -106,7 +107,9 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Self::Conflict,
-            StoreError::Unavailable(..) => Self::StoreUnavailable(e.to_string()),
+            StoreError::Unavailable(..) | StoreError::Denied(_) => {
+                Self::StoreUnavailable(e.to_string())
+            }
             StoreError::Corrupt { .. } | StoreError::Setup(_) | StoreError::InvalidKey(_) => {
                 Self::Internal(e.to_string())
             }

@@ -10,6 +10,7 @@ use crate::oauth::TokenEndpoint;
 use crate::secret::SecretString;
 use crate::store::{Cas, SecretStore};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use url::Url;
 
@@ -40,6 +41,9 @@ pub struct ProviderRegistry {
     allow_insecure_urls: bool,
     public_url: Url,
     providers: RwLock<HashMap<ProviderId, Arc<ProviderConfig>>>,
+    /// False until the providers were read from the store; until then nothing is served, so an
+    /// unreachable store at start-up never looks like "no such provider".
+    loaded: AtomicBool,
     /// Serializes writes so the store and the in-memory mirror never disagree.
     write: tokio::sync::Mutex<()>,
 }
@@ -63,6 +67,7 @@ impl ProviderRegistry {
             allow_insecure_urls,
             public_url,
             providers: RwLock::default(),
+            loaded: AtomicBool::new(false),
             write: tokio::sync::Mutex::new(()),
         }
     }
@@ -78,10 +83,26 @@ impl ProviderRegistry {
         }
         let n = loaded.len();
         *self.providers.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        self.loaded.store(true, Ordering::Release);
         Ok(n)
     }
 
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn ensure_loaded(&self) -> Result<(), Error> {
+        if self.is_loaded() {
+            Ok(())
+        } else {
+            Err(Error::StoreUnavailable(
+                "provider configuration is not loaded yet: the secret store has been unreachable since start-up".into(),
+            ))
+        }
+    }
+
     pub fn get(&self, id: &ProviderId) -> Result<Arc<ProviderConfig>, Error> {
+        self.ensure_loaded()?;
         self.providers
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -90,7 +111,8 @@ impl ProviderRegistry {
             .ok_or(Error::NotFound { what: "provider" })
     }
 
-    pub fn list(&self) -> Vec<Arc<ProviderConfig>> {
+    pub fn list(&self) -> Result<Vec<Arc<ProviderConfig>>, Error> {
+        self.ensure_loaded()?;
         let mut all: Vec<_> = self
             .providers
             .read()
@@ -99,7 +121,7 @@ impl ProviderRegistry {
             .cloned()
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
+        Ok(all)
     }
 
     /// The redirect URI to register at the provider.
@@ -113,6 +135,7 @@ impl ProviderRegistry {
 
     pub async fn create(&self, draft: ProviderDraft) -> Result<Arc<ProviderConfig>, Error> {
         let id = ProviderId::parse(&draft.id)?;
+        self.ensure_loaded()?;
         let _w = self.write.lock().await;
         if self.get(&id).is_ok() {
             return Err(Error::AlreadyExists {

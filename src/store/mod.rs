@@ -5,9 +5,11 @@
 pub mod conformance;
 mod embedded;
 mod memory;
+mod vault;
 
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
+pub use vault::{KvVersion, VaultAuth, VaultConfig, VaultStore};
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
@@ -45,6 +47,9 @@ pub enum StoreError {
         String,
         #[source] Option<Box<dyn std::error::Error + Send + Sync>>,
     ),
+    /// The backend refused this caller (Vault 403: expired token or missing policy).
+    #[error("secret store denied access: {0}")]
+    Denied(String),
     /// A record could not be opened or parsed: tampering, a wrong key, or a bug.
     #[error("secret store record {key} is unreadable: {reason}")]
     Corrupt { key: String, reason: String },
@@ -58,7 +63,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(..))
+        matches!(self, Self::Unavailable(..) | Self::Denied(_))
+    }
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Denied(_))
     }
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict)

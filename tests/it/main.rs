@@ -13,3 +13,4 @@ mod lifecycle;
 mod refresh;
 mod scoping;
 mod support;
+mod vault;

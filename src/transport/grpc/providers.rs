@@ -118,6 +118,7 @@ impl pb::providers_server::Providers for ProvidersApi {
         let providers = self
             .registry
             .list()
+            .map_err(|e| to_status(&e))?
             .iter()
             .map(|p| self.to_wire(p))
             .collect();

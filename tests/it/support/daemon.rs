@@ -21,6 +21,9 @@ pub struct ValetOptions {
     pub log_level: String,
     /// Reuse this HTTP address (restarts keep the redirect URI registered at the provider).
     pub http_listen: Option<SocketAddr>,
+    /// Replaces `store = "embedded"`; e.g. `store = "vault"`.
+    pub store: String,
+    /// Appended after everything else (sections such as `[vault]`).
     pub extra_toml: String,
 }
 
@@ -30,6 +33,7 @@ impl Default for ValetOptions {
             flow_ttl_seconds: 600,
             log_level: "info".into(),
             http_listen: None,
+            store: r#"store = "embedded""#.into(),
             extra_toml: String::new(),
         }
     }
@@ -68,11 +72,11 @@ impl Valet {
     fn start_in(dir: Arc<tempfile::TempDir>, opts: ValetOptions) -> Self {
         let config = format!(
             r#"data_dir = "{data}"
-store = "embedded"
+{store}
 grpc_listen = "127.0.0.1:0"
 http_listen = "{http}"
 shutdown_grace_seconds = 5
-{extra}
+
 [log]
 level = "{level}"
 
@@ -93,11 +97,14 @@ key_sha256 = "{agent}"
 name = "agent-b"
 role = "agent"
 key_sha256 = "{other}"
+
+{extra}
 "#,
             data = dir.path().join("data").display(),
             http = opts
                 .http_listen
                 .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+            store = opts.store,
             extra = opts.extra_toml,
             level = opts.log_level,
             ttl = opts.flow_ttl_seconds,

@@ -4,6 +4,8 @@
 pub mod browser;
 pub mod daemon;
 pub mod idp;
+pub mod rvault;
+pub mod vault;
 
 pub use browser::Browser;
 pub use daemon::{Valet, ValetOptions};

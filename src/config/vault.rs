@@ -1,0 +1,189 @@
+//! The `[vault]` section: validated into a `store::VaultConfig`, and rendered for check-config
+//! with the token redacted.
+
+use super::RawVault;
+use crate::secret::SecretString;
+use crate::store::{KvVersion, VaultAuth, VaultConfig};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn path_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('/').all(|p| {
+            !p.is_empty()
+                && p != ".."
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        })
+}
+
+fn token_auth(
+    a: &super::raw::RawVaultAuth,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<VaultAuth> {
+    let sources = [&a.token, &a.token_file, &a.token_env];
+    if sources.iter().filter(|s| s.is_some()).count() != 1 {
+        errors.push("vault.auth: set exactly one of token, token_file or token_env".into());
+        return None;
+    }
+    let token = if let Some(t) = &a.token {
+        t.clone()
+    } else if let Some(f) = &a.token_file {
+        match std::fs::read_to_string(f) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                errors.push(format!("vault.auth.token_file {f}: {e}"));
+                return None;
+            }
+        }
+    } else {
+        let name = a.token_env.clone().unwrap_or_default();
+        match env(&name) {
+            Some(t) => t,
+            None => {
+                errors.push(format!(
+                    "vault.auth.token_env: environment variable {name} is not set"
+                ));
+                return None;
+            }
+        }
+    };
+    Some(VaultAuth::Token(SecretString::from(token)))
+}
+
+/// Validates the `[vault]` section; every problem goes to `errors`.
+pub(super) fn vault_config(
+    v: RawVault,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<VaultConfig> {
+    let before = errors.len();
+    let address = match v.address.as_deref().map(url::Url::parse) {
+        Some(Ok(u)) if matches!(u.scheme(), "http" | "https") => Some(u),
+        Some(_) => {
+            errors.push("vault.address must be an http(s) URL".into());
+            None
+        }
+        None => {
+            errors.push("vault.address is required (e.g. \"https://vault.example:8200\")".into());
+            None
+        }
+    };
+    let kv_version = match v.kv_version.unwrap_or(2) {
+        1 => KvVersion::V1,
+        2 => KvVersion::V2,
+        n => {
+            errors.push(format!("vault.kv_version = {n}: expected 1 or 2"));
+            KvVersion::V2
+        }
+    };
+    let mount = v.mount.unwrap_or_else(|| "secret".into());
+    if !path_ok(&mount) {
+        errors.push(format!("vault.mount = {mount:?} is not a valid mount path"));
+    }
+    let mut prefix = v.prefix.unwrap_or_else(|| "valet/".into());
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    if !prefix.is_empty() && !path_ok(prefix.trim_end_matches('/')) {
+        errors.push(format!(
+            "vault.prefix = {prefix:?} is not a valid path prefix"
+        ));
+    }
+    let timeout = Duration::from_secs(v.timeout_seconds.unwrap_or(10).clamp(1, 300));
+    let a = v.auth;
+    let auth = match a.method.as_deref().unwrap_or("token") {
+        "token" => token_auth(&a, env, errors),
+        "approle" => match (a.role_id, a.secret_id_file) {
+            (Some(role_id), Some(file)) => Some(VaultAuth::AppRole {
+                mount: a.mount.unwrap_or_else(|| "approle".into()),
+                role_id,
+                secret_id_file: PathBuf::from(file),
+            }),
+            _ => {
+                errors.push("vault.auth: approle needs role_id and secret_id_file".into());
+                None
+            }
+        },
+        "kubernetes" => match a.role {
+            Some(role) => Some(VaultAuth::Kubernetes {
+                mount: a.mount.unwrap_or_else(|| "kubernetes".into()),
+                role,
+                jwt_file: PathBuf::from(a.jwt_file.unwrap_or_else(|| {
+                    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+                })),
+            }),
+            None => {
+                errors.push("vault.auth: kubernetes needs role".into());
+                None
+            }
+        },
+        other => {
+            errors.push(format!(
+                "vault.auth.method = {other:?}: expected \"token\", \"approle\" or \"kubernetes\""
+            ));
+            None
+        }
+    };
+    if errors.len() > before {
+        return None;
+    }
+    Some(VaultConfig {
+        address: address?,
+        kv_version,
+        mount,
+        prefix,
+        namespace: v.namespace.filter(|n| !n.is_empty()),
+        ca_cert_file: v.ca_cert_file.filter(|f| !f.is_empty()).map(PathBuf::from),
+        timeout,
+        auth: auth?,
+    })
+}
+
+/// The `[vault]` section as TOML, token redacted.
+pub(super) fn render(v: &VaultConfig, s: &mut String) {
+    let kv = match v.kv_version {
+        KvVersion::V1 => 1,
+        KvVersion::V2 => 2,
+    };
+    let _ = writeln!(
+        s,
+        "\n[vault]\naddress = \"{}\"\nkv_version = {kv}\nmount = \"{}\"\nprefix = \"{}\"\ntimeout_seconds = {}",
+        v.address,
+        v.mount,
+        v.prefix,
+        v.timeout.as_secs()
+    );
+    if let Some(ns) = &v.namespace {
+        let _ = writeln!(s, "namespace = \"{ns}\"");
+    }
+    if let Some(ca) = &v.ca_cert_file {
+        let _ = writeln!(s, "ca_cert_file = \"{}\"", ca.display());
+    }
+    let _ = match &v.auth {
+        VaultAuth::Token(_) => writeln!(
+            s,
+            "\n[vault.auth]\nmethod = \"token\"\ntoken = \"(redacted)\""
+        ),
+        VaultAuth::AppRole {
+            mount,
+            role_id,
+            secret_id_file,
+        } => writeln!(
+            s,
+            "\n[vault.auth]\nmethod = \"approle\"\nmount = \"{mount}\"\nrole_id = \"{role_id}\"\nsecret_id_file = \"{}\"",
+            secret_id_file.display()
+        ),
+        VaultAuth::Kubernetes {
+            mount,
+            role,
+            jwt_file,
+        } => writeln!(
+            s,
+            "\n[vault.auth]\nmethod = \"kubernetes\"\nmount = \"{mount}\"\nrole = \"{role}\"\njwt_file = \"{}\"",
+            jwt_file.display()
+        ),
+    };
+}

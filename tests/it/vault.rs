@@ -1,0 +1,359 @@
+//! The `vault` store: conformance against a KV v2 double and RustyVault (KV v1), the OAuth flow
+//! on both with restarts, and every failure the daemon must ride out. Multi-threaded runtimes: the
+//! double is served by this process while the harness blocks on the daemon's start-up.
+
+use crate::support::daemon::AGENT_KEY;
+use crate::support::rvault::RustyVault;
+use crate::support::vault::{ROOT_TOKEN, VaultDouble};
+use crate::support::{Fixture, ValetOptions, expect_err, pending, token};
+use std::time::Duration;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use valet::pb;
+use valet::secret::SecretString;
+use valet::store::{KvVersion, VaultAuth, VaultConfig, VaultStore};
+
+fn config(address: &str, kv: KvVersion, token: &str) -> VaultConfig {
+    VaultConfig {
+        address: address.parse().unwrap(),
+        kv_version: kv,
+        mount: "secret".into(),
+        prefix: "valet/".into(),
+        namespace: None,
+        ca_cert_file: None,
+        timeout: Duration::from_secs(5),
+        auth: VaultAuth::Token(SecretString::from(token.to_owned())),
+    }
+}
+
+fn options(address: &str, kv: u8, auth: &str) -> ValetOptions {
+    ValetOptions {
+        store: r#"store = "vault""#.into(),
+        extra_toml: format!(
+            "[vault]\naddress = \"{address}\"\nkv_version = {kv}\nmount = \"secret\"\nprefix = \"valet/\"\ntimeout_seconds = 5\n\n[vault.auth]\n{auth}\n"
+        ),
+        ..Default::default()
+    }
+}
+
+fn token_auth(token: &str) -> String {
+    format!("method = \"token\"\ntoken = \"{token}\"")
+}
+
+const FORCE_REFRESH: u32 = 7200;
+
+fn refresh_request() -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        min_ttl_seconds: FORCE_REFRESH,
+        ..Fixture::request("idp", "alice", "")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv2_double_passes_the_store_conformance_suite() {
+    let d = VaultDouble::start("secret").await;
+    let store = VaultStore::connect(config(&d.address, KvVersion::V2, ROOT_TOKEN))
+        .await
+        .unwrap();
+    valet::store::conformance::run(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rustyvault_kv1_passes_the_store_conformance_suite() {
+    let rv = RustyVault::start().await;
+    let store = VaultStore::connect(config(&rv.address, KvVersion::V1, &rv.root_token))
+        .await
+        .unwrap();
+    valet::store::conformance::run(&store).await;
+}
+
+async fn flow_and_restart(opts: ValetOptions) -> Fixture {
+    let f = Fixture::with(opts).await;
+    f.oidc_provider("idp", "basic-client").await;
+    let first = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    assert!(
+        f.idp
+            .userinfo(&first.access_token)
+            .await
+            .status()
+            .is_success()
+    );
+    let Fixture {
+        valet,
+        idp,
+        browser,
+    } = f;
+    let f = Fixture {
+        valet: valet.restart(),
+        idp,
+        browser,
+    };
+    // Providers and the grant came back from Vault: a refresh, no consent.
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    assert_ne!(t.access_token, first.access_token);
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+    assert_eq!(f.grants("alice").await.len(), 1);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oauth_flow_runs_on_vault_kv2_and_survives_a_restart() {
+    let d = VaultDouble::start("secret").await;
+    let mut opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
+    opts.log_level = "trace".into();
+    let f = flow_and_restart(opts).await;
+    let dump = d.dump();
+    assert!(dump.contains("valet/grants/idp/"), "grants live in Vault");
+    assert!(dump.contains("valet/providers/idp") || d.writes() > 0);
+    let logs = f.valet.logs();
+    assert!(
+        !logs.contains(ROOT_TOKEN),
+        "the Vault token leaked into the logs"
+    );
+    assert!(!logs.contains(&crate::support::idp::secret_of("basic-client")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oauth_flow_runs_on_rustyvault_kv1_and_survives_a_restart() {
+    let rv = RustyVault::start().await;
+    let mut opts = options(&rv.address, 1, &token_auth(&rv.root_token));
+    opts.log_level = "trace".into();
+    let f = flow_and_restart(opts).await;
+    assert!(!f.valet.logs().contains(&rv.root_token));
+}
+
+async fn credentials_status(f: &Fixture) -> i32 {
+    HealthClient::new(f.valet.raw_channel().await)
+        .check(HealthCheckRequest {
+            service: "valet.v1.Credentials".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_vault_at_start_is_ridden_out_and_service_resumes_when_unsealed() {
+    let d = VaultDouble::start("secret").await;
+    d.seal(true);
+    let f = Fixture::with(options(&d.address, 2, &token_auth(ROOT_TOKEN))).await;
+    assert_eq!(
+        credentials_status(&f).await,
+        ServingStatus::NotServing as i32
+    );
+    assert!(f.valet.logs().contains("sealed"), "the reason is logged");
+    let s = expect_err(
+        f.valet
+            .credentials(AGENT_KEY)
+            .await
+            .authenticate(Fixture::request("idp", "alice", ""))
+            .await,
+        Code::Unavailable,
+        "STORE_UNAVAILABLE",
+    );
+    use tonic_types::StatusExt;
+    assert!(s.get_details_retry_info().is_some());
+    d.seal(false);
+    let mut serving = false;
+    for _ in 0..50 {
+        if credentials_status(&f).await == ServingStatus::Serving as i32 {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(serving, "service resumed without a restart");
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_vault_token_means_a_new_approle_login_and_the_call_succeeds() {
+    let d = VaultDouble::start("secret").await;
+    d.enable_approle("valet-role", "secret-id-canary-789");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret_id");
+    std::fs::write(&secret_file, "secret-id-canary-789\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let auth = format!(
+        "method = \"approle\"\nrole_id = \"valet-role\"\nsecret_id_file = \"{}\"",
+        secret_file.display()
+    );
+    let mut opts = options(&d.address, 2, &auth);
+    opts.log_level = "trace".into();
+    let f = Fixture::with(opts).await;
+    assert_eq!(d.logins(), 1);
+    f.oidc_provider("idp", "basic-client").await;
+    d.expire_tokens();
+    // Needs the store (the grant is written): 403, log in again, retry, success.
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    assert!(d.logins() >= 2, "logged in again after the 403");
+    assert_eq!(f.grants("alice").await.len(), 1);
+    let logs = f.valet.logs();
+    assert!(!logs.contains("secret-id-canary-789") && !logs.contains("double-approle-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_outlives_a_vault_outage_and_a_failed_refresh_keeps_the_grant() {
+    let d = VaultDouble::start("secret").await;
+    let f = Fixture::with(options(&d.address, 2, &token_auth(ROOT_TOKEN))).await;
+    f.oidc_provider("idp", "basic-client").await;
+    let t = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    d.seal(true);
+    let cached = token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    assert_eq!(cached.access_token, t.access_token);
+    let before = f.idp.refreshes().await;
+    expect_err(
+        f.valet
+            .credentials(AGENT_KEY)
+            .await
+            .authenticate(refresh_request())
+            .await,
+        Code::Unavailable,
+        "STORE_UNAVAILABLE",
+    );
+    assert_eq!(
+        f.idp.refreshes().await,
+        before,
+        "no refresh without the store"
+    );
+    d.seal(false);
+    let fresh = token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    assert!(
+        f.idp
+            .userinfo(&fresh.access_token)
+            .await
+            .status()
+            .is_success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_is_stored_after_transient_write_failures() {
+    let d = VaultDouble::start("secret").await;
+    let f = Fixture::with(options(&d.address, 2, &token_auth(ROOT_TOKEN))).await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    // The claim write succeeds, then the first two writes of the rotated token fail.
+    d.fail_writes(1, 2);
+    token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    // The stored token is the rotated one: the next refresh is accepted by the provider.
+    token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    let stats = f.idp.stats().await;
+    assert_eq!(stats["grants"]["refresh_token"], 2, "{stats}");
+    assert!(
+        stats["grants"]["refresh_token:invalid_grant"].is_null(),
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_that_cannot_be_stored_asks_for_consent_again() {
+    let d = VaultDouble::start("secret").await;
+    let f = Fixture::with(options(&d.address, 2, &token_auth(ROOT_TOKEN))).await;
+    f.oidc_provider("idp", "basic-client").await;
+    let old = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    d.fail_writes(1, 1000);
+    let s = expect_err(
+        f.valet
+            .credentials(AGENT_KEY)
+            .await
+            .authenticate(refresh_request())
+            .await,
+        Code::Unavailable,
+        "STORE_UNAVAILABLE",
+    );
+    assert!(!s.message().contains(&old.access_token));
+    d.fail_writes(0, 0);
+    let grants = f.grants("alice").await;
+    assert_eq!(grants[0].status, pb::GrantStatus::NeedsReauth as i32);
+    // Not the old refresh token again: a new consent.
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let stats = f.idp.stats().await;
+    assert!(
+        stats["grants"]["refresh_token:invalid_grant"].is_null(),
+        "{stats}"
+    );
+    f.browser.consent(&p.auth_url, "alice").await;
+    token(f.wait(&p.auth_id).await.unwrap().into_inner());
+    assert_eq!(
+        f.grants("alice").await[0].status,
+        pb::GrantStatus::Active as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_sharing_kv2_never_present_a_refresh_token_twice() {
+    let d = VaultDouble::start("secret").await;
+    let opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
+    let f = Fixture::with(opts.clone()).await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let other = crate::support::Valet::start(opts);
+    let a = f.valet.credentials(AGENT_KEY).await;
+    let b = other.credentials(AGENT_KEY).await;
+    let calls = (0..20).map(|i| {
+        let mut c = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            c.authenticate(refresh_request())
+                .await
+                .map(|r| token(r.into_inner()))
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let stats = f.idp.stats().await;
+    assert!(
+        stats["grants"]["refresh_token:invalid_grant"].is_null(),
+        "a refresh token was reused: {stats}"
+    );
+    assert!(
+        stats["grants"]["refresh_token"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    // Both still hold the newest refresh token.
+    let mut a = a;
+    let mut b = b;
+    token(
+        a.authenticate(refresh_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    token(
+        b.authenticate(refresh_request())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let stats = f.idp.stats().await;
+    assert!(
+        stats["grants"]["refresh_token:invalid_grant"].is_null(),
+        "{stats}"
+    );
+}
