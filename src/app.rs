@@ -247,6 +247,53 @@ impl App {
     }
 }
 
+/// `valet store copy`: copies every provider and grant record from the store of the `from` config
+/// to the store of the `to` config. Records already identical at the destination are skipped, so
+/// running it twice is harmless; nothing is ever deleted at the destination.
+pub async fn copy_store(from: &str, to: &str, dry_run: bool) -> anyhow::Result<()> {
+    let load = |path: &str| {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        let overrides = crate::config::Overrides {
+            config: Some(path.to_owned()),
+            ..Default::default()
+        };
+        Config::load(&overrides, &|k| std::env::var(k).ok(), &names)
+            .map_err(|e| anyhow::anyhow!("{path}: {e}"))
+    };
+    let (src, _) = App::open_store(&load(from)?).await?;
+    let (dst, _) = App::open_store(&load(to)?).await?;
+    let (mut copied, mut unchanged) = (0, 0);
+    for prefix in ["providers/", "grants/"] {
+        for key in src.list(prefix).await? {
+            let Some(record) = src.get(&key).await? else {
+                continue;
+            };
+            let same = dst
+                .get(&key)
+                .await?
+                .is_some_and(|d| d.value == record.value);
+            if same {
+                unchanged += 1;
+                continue;
+            }
+            println!("{} {key}", if dry_run { "would copy" } else { "copy" });
+            if !dry_run {
+                dst.put(&key, record.value, crate::store::Cas::Any).await?;
+            }
+            copied += 1;
+        }
+    }
+    let verb = if dry_run { "would copy" } else { "copied" };
+    println!(
+        "{verb} {copied} records from the {} store to the {} store; {unchanged} already identical",
+        src.backend(),
+        dst.backend()
+    );
+    Ok(())
+}
+
 async fn set_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
     let status = if serving {
         ServingStatus::Serving

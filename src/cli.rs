@@ -68,6 +68,28 @@ pub enum Command {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
+    /// Operate on secret stores directly (the daemon need not run).
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// Copy providers and grants from one store to another (e.g. embedded → vault). Idempotent:
+    /// records already identical at the destination are left alone.
+    Copy {
+        /// Config file of the source daemon.
+        #[arg(long)]
+        from: String,
+        /// Config file of the destination daemon.
+        #[arg(long)]
+        to: String,
+        /// Show what would be copied; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -501,6 +523,9 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
             );
             println!("(put key_sha256 in a [[callers]] entry; give the key to the caller)");
         }
+        Command::Store {
+            cmd: StoreCmd::Copy { from, to, dry_run },
+        } => crate::app::copy_store(&from, &to, dry_run).await?,
         Command::Serve(_) | Command::CheckConfig(_) => bail!("not a client command"),
     }
     Ok(())

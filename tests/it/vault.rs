@@ -201,7 +201,7 @@ async fn an_expired_vault_token_means_a_new_approle_login_and_the_call_succeeds(
     assert!(d.logins() >= 2, "logged in again after the 403");
     assert_eq!(f.grants("alice").await.len(), 1);
     let logs = f.valet.logs();
-    assert!(!logs.contains("secret-id-canary-789") && !logs.contains("double-approle-token"));
+    assert!(!logs.contains("secret-id-canary-789") && !logs.contains("double-login-token"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,4 +356,159 @@ async fn two_daemons_sharing_kv2_never_present_a_refresh_token_twice() {
         stats["grants"]["refresh_token:invalid_grant"].is_null(),
         "{stats}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_login_and_token_renewal_at_two_thirds_of_the_ttl() {
+    let d = VaultDouble::start("secret").await;
+    d.enable_kubernetes("valet", "k8s-jwt-canary");
+    d.set_ttl(3);
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = dir.path().join("token");
+    std::fs::write(&jwt, "k8s-jwt-canary\n").unwrap();
+    let auth = format!(
+        "method = \"kubernetes\"\nrole = \"valet\"\njwt_file = \"{}\"",
+        jwt.display()
+    );
+    let mut opts = options(&d.address, 2, &auth);
+    opts.log_level = "trace".into();
+    let f = Fixture::with(opts).await;
+    assert_eq!(d.logins(), 1);
+    f.oidc_provider("idp", "basic-client").await;
+    // A 3 s TTL is renewed after about 2 s.
+    let mut renewed = false;
+    for _ in 0..40 {
+        if d.renewals() > 0 {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(renewed, "the token was renewed");
+    assert!(!f.valet.logs().contains("k8s-jwt-canary"));
+}
+
+fn write_config(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let caller = format!(
+        "[[callers]]\nname = \"ops\"\nrole = \"admin\"\nkey_sha256 = \"{}\"\n",
+        "ab".repeat(32)
+    );
+    std::fs::write(&path, format!("{body}\n{caller}")).unwrap();
+    path
+}
+
+async fn run_valet(args: Vec<std::ffi::OsString>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+            .args(args)
+            .env_remove("VALET_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_proves_vault_access_and_reports_a_sealed_vault() {
+    let d = VaultDouble::start("secret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "store = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\ntoken = \"{ROOT_TOKEN}\"\n",
+        d.address
+    );
+    let path = write_config(dir.path(), "v.toml", &body);
+    let out = run_valet(vec![
+        "check-config".into(),
+        "--config".into(),
+        path.clone().into(),
+    ])
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("can write, read and delete"), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[vault]") && text.contains("token = \"(redacted)\""),
+        "{text}"
+    );
+    assert!(!text.contains(ROOT_TOKEN));
+    assert!(d.dump() == "{}", "the probe was cleaned up: {}", d.dump());
+
+    d.seal(true);
+    let out = run_valet(vec!["check-config".into(), "--config".into(), path.into()]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sealed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_dev_store_to_vault_idempotently() {
+    // A daemon on the embedded store with a provider and a grant.
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let Fixture {
+        valet: mut embedded,
+        idp,
+        browser,
+    } = f;
+    assert!(embedded.stop().success());
+    let from = embedded.dir.path().join("valet.toml");
+
+    let d = VaultDouble::start("secret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "store = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\ntoken = \"{ROOT_TOKEN}\"\n",
+        d.address
+    );
+    let to = write_config(dir.path(), "to.toml", &body);
+    let copy = |dry: bool| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "store".into(),
+            "copy".into(),
+            "--from".into(),
+            from.clone().into(),
+            "--to".into(),
+            to.clone().into(),
+        ];
+        if dry {
+            args.push("--dry-run".into());
+        }
+        run_valet(args)
+    };
+    let out = copy(true).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would copy 2 records"));
+    assert_eq!(d.writes(), 0, "a dry run writes nothing");
+    let out = copy(false).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copied 2 records"));
+    let out = copy(false).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("copied 0 records") && text.contains("2 already identical"),
+        "{text}"
+    );
+
+    // A daemon on the Vault store serves the copied grant: a refresh, no consent.
+    let vault = crate::support::Valet::start(ValetOptions {
+        http_listen: Some(embedded.http_addr),
+        ..options(&d.address, 2, &token_auth(ROOT_TOKEN))
+    });
+    let f = Fixture {
+        valet: vault,
+        idp,
+        browser,
+    };
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
 }

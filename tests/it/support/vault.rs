@@ -24,6 +24,9 @@ struct Inner {
     skip_writes: u32,
     issued: u32,
     writes: u32,
+    renewals: u32,
+    ttl: u64,
+    kubernetes: Option<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -71,7 +74,10 @@ impl VaultDouble {
     }
 
     pub async fn start_on(mount: &str, addr: &str) -> Self {
-        let mut inner = Inner::default();
+        let mut inner = Inner {
+            ttl: 3600,
+            ..Inner::default()
+        };
         inner.tokens.insert(ROOT_TOKEN.into());
         let double = Self {
             inner: Arc::new(Mutex::new(inner)),
@@ -105,6 +111,20 @@ impl VaultDouble {
         let mut s = self.inner.lock().unwrap();
         s.skip_writes = skip;
         s.fail_writes = n;
+    }
+
+    /// Accepts Kubernetes logins for `role` with the service-account `jwt`.
+    pub fn enable_kubernetes(&self, role: &str, jwt: &str) {
+        self.inner.lock().unwrap().kubernetes = Some((role.into(), jwt.into()));
+    }
+
+    /// The TTL token lookups report.
+    pub fn set_ttl(&self, seconds: u64) {
+        self.inner.lock().unwrap().ttl = seconds;
+    }
+
+    pub fn renewals(&self) -> u32 {
+        self.inner.lock().unwrap().renewals
     }
 
     pub fn logins(&self) -> u32 {
@@ -145,15 +165,21 @@ async fn handle(
         return errors(StatusCode::SERVICE_UNAVAILABLE, "Vault is sealed");
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if path == "auth/approle/login" {
-        let ok = s.approle.as_ref().is_some_and(|(r, sec)| {
+    let login_ok = match path.as_str() {
+        "auth/approle/login" => Some(s.approle.as_ref().is_some_and(|(r, sec)| {
             body["role_id"] == r.as_str() && body["secret_id"] == sec.as_str()
-        });
+        })),
+        "auth/kubernetes/login" => Some(s.kubernetes.as_ref().is_some_and(|(role, jwt)| {
+            body["role"] == role.as_str() && body["jwt"] == jwt.as_str()
+        })),
+        _ => None,
+    };
+    if let Some(ok) = login_ok {
         if !ok {
             return errors(StatusCode::BAD_REQUEST, "invalid role or secret ID");
         }
         s.issued += 1;
-        let token = format!("double-approle-token-{}", s.issued);
+        let token = format!("double-login-token-{}", s.issued);
         s.tokens.insert(token.clone());
         return axum::Json(auth_block(&token)).into_response();
     }
@@ -171,11 +197,12 @@ async fn handle(
                 "entity_id": "", "expire_time": null, "explicit_max_ttl": 0, "id": token,
                 "identity_policies": null, "issue_time": null, "meta": null, "num_uses": 0,
                 "orphan": true, "path": "auth/token/create", "policies": ["valet"],
-                "renewable": true, "role": null, "ttl": 3600
+                "renewable": true, "role": null, "ttl": s.ttl
             })))
             .into_response();
         }
         ("POST" | "PUT", "auth/token/renew-self") => {
+            s.renewals += 1;
             return axum::Json(auth_block(token)).into_response();
         }
         _ => {}
