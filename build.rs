@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".valet.v1.Reference",
             ".valet.v1.ResolveRequest",
             ".valet.v1.RevokeRequest",
+            ".valet.v1.Credential",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -52,14 +52,25 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Remove a grant.
+    /// Turn a reference into a fresh access token (as an agent would right before an API call).
+    Resolve {
+        reference: String,
+        #[arg(long, default_value_t = 0)]
+        min_ttl: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a grant, or with --reference one reference.
     Revoke {
-        #[arg(long)]
-        provider: String,
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "reference")]
+        provider: Option<String>,
+        #[arg(long, required_unless_present = "reference")]
+        user: Option<String>,
         #[arg(long)]
         agent: Option<String>,
+        /// Revoke this reference instead of a grant.
+        #[arg(long, conflicts_with_all = ["provider", "user", "agent"])]
+        reference: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -226,6 +237,12 @@ pub struct AuthArgs {
     /// Start a new consent even if a grant exists.
     #[arg(long)]
     pub force: bool,
+    /// Print a reference (for session state) instead of a token; `valet resolve` turns it into one.
+    #[arg(long)]
+    pub reference: bool,
+    /// With --reference: the reference resolves once.
+    #[arg(long, requires = "reference")]
+    pub single_use: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -485,19 +502,42 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Resolve {
+            reference,
+            min_ttl,
+            conn,
+        } => {
+            let (_, mut creds) = connect(&conn).await?;
+            let r = creds
+                .resolve(pb::ResolveRequest {
+                    reference,
+                    min_ttl_seconds: min_ttl,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if let Some(t) = r.token {
+                println!("access_token: {}", t.access_token);
+                println!("expires_at:   {}", when(t.expires_at));
+            }
+            if let Some(c) = r.credential {
+                println!("{}:       {}: {}", c.location, c.name, c.value);
+            }
+        }
         Command::Revoke {
             provider,
             user,
             agent,
+            reference,
             conn,
         } => {
             let (_, mut creds) = connect(&conn).await?;
             let r = creds
                 .revoke(pb::RevokeRequest {
-                    provider_id: provider,
-                    user_id: user,
+                    provider_id: provider.unwrap_or_default(),
+                    user_id: user.unwrap_or_default(),
                     agent_id: agent.unwrap_or_default(),
-                    reference: String::new(),
+                    reference: reference.unwrap_or_default(),
                 })
                 .await
                 .map_err(explain)?;
@@ -540,9 +580,14 @@ async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
             scopes: a.scopes,
             user_id: a.user,
             agent_id: a.agent.unwrap_or_default(),
-            handout: pb::Handout::Token as i32,
+            handout: if a.reference {
+                pb::Handout::Reference
+            } else {
+                pb::Handout::Token
+            } as i32,
             min_ttl_seconds: a.min_ttl,
             force_reauth: a.force,
+            single_use: a.single_use,
         })
         .await
         .map_err(explain)?
@@ -580,7 +625,12 @@ async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
                     .map_err(explain)?
                     .into_inner();
             }
-            Some(R::Reference(_)) | None => bail!("unexpected answer from the daemon"),
+            Some(R::Reference(r)) => {
+                println!("reference:  {}", r.reference);
+                println!("expires_at: {}", when(r.expires_at));
+                return Ok(());
+            }
+            None => bail!("unexpected answer from the daemon"),
         }
     }
 }

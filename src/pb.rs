@@ -35,6 +35,8 @@ impl fmt::Debug for Provider {
             .field("token_auth_method", &self.token_auth_method)
             .field("redirect_uri", &self.redirect_uri)
             .field("has_client_secret", &self.has_client_secret)
+            .field("handout_policy", &self.handout_policy)
+            .field("reference_ttl_seconds", &self.reference_ttl_seconds)
             .finish()
     }
 }
@@ -75,6 +77,16 @@ impl fmt::Debug for RevokeRequest {
             .field("user_id", &self.user_id)
             .field("agent_id", &self.agent_id)
             .field("reference", &redacted(&self.reference))
+            .finish()
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("location", &self.location)
+            .field("name", &self.name)
+            .field("value", &redacted(&self.value))
             .finish()
     }
 }

@@ -8,7 +8,10 @@ mod scopes;
 
 pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
-pub use provider::{ProviderConfig, ProviderKind, TokenAuthMethod, check_endpoint_url};
+pub use provider::{
+    DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderKind, TokenAuthMethod,
+    check_endpoint_url,
+};
 pub use scopes::Scopes;
 
 /// Bad input: which field, and why. Never carries the offending value if it could be a secret.
@@ -33,5 +36,15 @@ impl InvalidInput {
 pub enum Handout {
     #[default]
     Token,
-    Reference,
+    /// An opaque reference; `single_use` ones resolve once.
+    Reference { single_use: bool },
+}
+
+/// What a provider allows agents to receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoutPolicy {
+    #[default]
+    Any,
+    ReferenceOnly,
 }

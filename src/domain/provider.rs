@@ -1,6 +1,6 @@
 //! Provider configuration and its validation rules.
 
-use super::{InvalidInput, ProviderId, Scopes};
+use super::{HandoutPolicy, InvalidInput, ProviderId, Scopes};
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,8 +54,22 @@ pub struct ProviderConfig {
     pub default_scopes: Scopes,
     pub extra_auth_params: BTreeMap<String, String>,
     pub token_auth_method: TokenAuthMethod,
+    #[serde(default)]
+    pub handout_policy: HandoutPolicy,
+    /// Lifetime of references issued for this provider's grants.
+    #[serde(default = "default_reference_ttl")]
+    pub reference_ttl_seconds: u32,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// 30 days.
+pub const DEFAULT_REFERENCE_TTL: u32 = 30 * 24 * 3600;
+/// One year.
+pub const MAX_REFERENCE_TTL: u32 = 365 * 24 * 3600;
+
+fn default_reference_ttl() -> u32 {
+    DEFAULT_REFERENCE_TTL
 }
 
 impl ProviderConfig {

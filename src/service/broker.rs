@@ -5,7 +5,8 @@ use super::cache::{CachedToken, TokenCache};
 use super::{Caller, Error, Role, decode, encode};
 use crate::clock::Clock;
 use crate::domain::{
-    Grant, GrantKey, GrantStatus, Handout, ProviderConfig, ProviderId, Scopes, UserId,
+    Grant, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig, ProviderId, Scopes,
+    UserId,
 };
 use crate::lease::{FlowOutcome, LeaseTable};
 use crate::oauth::{TokenEndpoint, TokenSet};
@@ -54,6 +55,11 @@ pub struct AccessToken {
 #[derive(Debug)]
 pub enum Outcome {
     Token(AccessToken),
+    /// An opaque reference (a bearer credential for `Resolve`, hence secret).
+    Reference {
+        reference: SecretString,
+        expires_at: i64,
+    },
     Pending {
         auth_url: String,
         auth_id: String,
@@ -85,6 +91,13 @@ pub struct Broker {
     pub(super) instance: String,
     /// Grants whose rotated refresh token could not be stored: they need a new consent.
     pub(super) unstored: std::sync::Mutex<std::collections::HashSet<GrantKey>>,
+    pub(super) reference_keys: tokio::sync::OnceCell<super::ReferenceKeys>,
+    /// Reference records by lookup hash: the Resolve hot path.
+    pub(super) references: std::sync::RwLock<
+        std::collections::HashMap<String, Arc<super::reference::ReferenceRecord>>,
+    >,
+    /// Serializes spending single-use references within this process.
+    pub(super) spend_lock: tokio::sync::Mutex<()>,
 }
 
 impl From<&CachedToken> for AccessToken {
@@ -117,6 +130,9 @@ impl Broker {
             limits,
             instance: crate::secret::random_token(12).unwrap_or_else(|_| "valet".into()),
             unstored: std::sync::Mutex::default(),
+            reference_keys: tokio::sync::OnceCell::new(),
+            references: std::sync::RwLock::default(),
+            spend_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -124,15 +140,16 @@ impl Broker {
         &self.providers
     }
 
-    /// Hands out a token for a usable grant, or starts a consent flow.
+    /// Hands out a token (or a reference) for a usable grant, or starts a consent flow.
     pub async fn authenticate(&self, caller: &Caller, req: AuthRequest) -> Result<Outcome, Error> {
-        if req.handout == Handout::Reference {
-            return Err(Error::Unimplemented(
-                "REFERENCE handout is not available in this version; request TOKEN",
-            ));
-        }
         let min_ttl = self.min_ttl(req.min_ttl)?;
         let provider = self.providers.get(&req.key.provider)?;
+        if req.handout == Handout::Token && provider.handout_policy == HandoutPolicy::ReferenceOnly
+        {
+            return Err(Error::PermissionDenied(
+                "this provider hands out references only: request handout REFERENCE and Resolve it",
+            ));
+        }
         let scopes = if req.scopes.is_empty() {
             provider.default_scopes.clone()
         } else {
@@ -143,13 +160,35 @@ impl Broker {
                 .usable_token(&provider, &req.key, &scopes, min_ttl)
                 .await?
         {
-            return Ok(Outcome::Token(token));
+            return self.hand_out(caller, &req.key, token, req.handout).await;
         }
         self.start_flow(caller, &provider, req.key, scopes, req.handout)
             .await
     }
 
-    fn min_ttl(&self, requested: u32) -> Result<i64, Error> {
+    /// Turns a usable token into what the caller asked for.
+    async fn hand_out(
+        &self,
+        caller: &Caller,
+        key: &GrantKey,
+        token: AccessToken,
+        handout: Handout,
+    ) -> Result<Outcome, Error> {
+        match handout {
+            Handout::Token => Ok(Outcome::Token(token)),
+            Handout::Reference { single_use } => {
+                let (reference, expires_at) = self
+                    .issue_reference(caller, key, &token, single_use)
+                    .await?;
+                Ok(Outcome::Reference {
+                    reference: SecretString::from(reference),
+                    expires_at,
+                })
+            }
+        }
+    }
+
+    pub(super) fn min_ttl(&self, requested: u32) -> Result<i64, Error> {
         if requested > self.limits.max_min_ttl {
             return Err(Error::invalid(
                 "min_ttl_seconds",
@@ -282,10 +321,11 @@ impl Broker {
             }
             Some(FlowOutcome::Completed(key)) => {
                 let provider = self.providers.get(&key.provider)?;
-                self.usable_token(&provider, &key, &view.scopes, 0)
+                let token = self
+                    .usable_token(&provider, &key, &view.scopes, 0)
                     .await?
-                    .map(Outcome::Token)
-                    .ok_or_else(|| Error::Internal("the new grant is not usable".into()))
+                    .ok_or_else(|| Error::Internal("the new grant is not usable".into()))?;
+                self.hand_out(caller, &key, token, view.handout).await
             }
             Some(FlowOutcome::Failed(f)) => Err(Error::Flow(f)),
             Some(FlowOutcome::Pending) => Err(Error::Internal("flow still pending".into())),
@@ -296,6 +336,7 @@ impl Broker {
     pub async fn delete_provider(&self, id: &ProviderId) -> Result<(), Error> {
         self.providers.delete(id).await?;
         self.cache.remove_provider(id);
+        self.drop_references(|g| &g.provider == id).await?;
         Ok(())
     }
 
@@ -305,7 +346,9 @@ impl Broker {
         let _guard = self.cache.lock(key).await;
         self.cache.remove(key);
         self.set_unstored(key, false);
-        Ok(self.store.delete(&key.store_key()).await?)
+        let existed = self.store.delete(&key.store_key()).await?;
+        let refs = self.drop_references(|g| g == key).await?;
+        Ok(existed || refs > 0)
     }
 
     /// Grant metadata, optionally filtered. Agents and admins alike see metadata only.

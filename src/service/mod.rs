@@ -6,11 +6,13 @@ mod broker;
 mod cache;
 mod flow;
 mod providers;
+mod reference;
 mod refresh;
 
 pub use broker::{AccessToken, AuthRequest, Broker, BrokerLimits, GrantInfo, Outcome};
 pub use flow::CallbackParams;
 pub use providers::{ProviderDraft, ProviderRegistry};
+pub use reference::{ReferenceError, ReferenceKeys};
 
 use crate::domain::InvalidInput;
 use crate::lease::FlowFailure;

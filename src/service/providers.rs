@@ -4,7 +4,8 @@
 use super::{Error, decode, encode};
 use crate::clock::Clock;
 use crate::domain::{
-    GrantKey, ProviderConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod, check_endpoint_url,
+    DEFAULT_REFERENCE_TTL, GrantKey, HandoutPolicy, MAX_REFERENCE_TTL, ProviderConfig, ProviderId,
+    ProviderKind, Scopes, TokenAuthMethod, check_endpoint_url,
 };
 use crate::oauth::TokenEndpoint;
 use crate::secret::SecretString;
@@ -32,6 +33,9 @@ pub struct ProviderDraft {
     pub default_scopes: Vec<String>,
     pub extra_auth_params: BTreeMap<String, String>,
     pub token_auth_method: TokenAuthMethod,
+    pub handout_policy: HandoutPolicy,
+    /// 0: the default (30 days).
+    pub reference_ttl_seconds: u32,
 }
 
 pub struct ProviderRegistry {
@@ -216,6 +220,12 @@ impl ProviderRegistry {
                 .transpose()
         };
         let revocation_url = optional("revocation_url", &d.revocation_url)?;
+        if d.reference_ttl_seconds > MAX_REFERENCE_TTL {
+            return Err(Error::invalid(
+                "reference_ttl_seconds",
+                format!("must be at most {MAX_REFERENCE_TTL} (one year)"),
+            ));
+        }
         let (auth_url, token_url, issuer) = match kind {
             ProviderKind::OAuth2 => {
                 let auth = check_endpoint_url("auth_url", &d.auth_url, insecure)?;
@@ -268,6 +278,12 @@ impl ProviderRegistry {
             default_scopes,
             extra_auth_params: d.extra_auth_params,
             token_auth_method: d.token_auth_method,
+            handout_policy: d.handout_policy,
+            reference_ttl_seconds: if d.reference_ttl_seconds == 0 {
+                DEFAULT_REFERENCE_TTL
+            } else {
+                d.reference_ttl_seconds
+            },
             created_at: current.map_or(now, |c| c.created_at),
             updated_at: now,
         })

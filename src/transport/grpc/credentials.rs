@@ -44,6 +44,13 @@ fn outcome(o: Outcome) -> pb::AuthenticateResponse {
     use pb::authenticate_response::Result as R;
     let result = match o {
         Outcome::Token(t) => R::Token(token(t)),
+        Outcome::Reference {
+            reference,
+            expires_at,
+        } => R::Reference(pb::Reference {
+            reference: reference.expose_secret().to_owned(),
+            expires_at,
+        }),
         Outcome::Pending {
             auth_url,
             auth_id,
@@ -56,6 +63,15 @@ fn outcome(o: Outcome) -> pb::AuthenticateResponse {
     };
     pb::AuthenticateResponse {
         result: Some(result),
+    }
+}
+
+/// The HTTP authentication scheme for a token type (RFC 6750 spells it `Bearer`).
+fn scheme(token_type: &str) -> String {
+    if token_type.eq_ignore_ascii_case("bearer") {
+        "Bearer".into()
+    } else {
+        token_type.to_owned()
     }
 }
 
@@ -88,8 +104,16 @@ impl pb::credentials_server::Credentials for CredentialsApi {
                 key: grant_key(&r.provider_id, &r.user_id, &r.agent_id)?,
                 scopes: Scopes::parse("scopes", &r.scopes)?,
                 handout: match pb::Handout::try_from(r.handout) {
+                    Ok(pb::Handout::Unspecified | pb::Handout::Token) if r.single_use => {
+                        return Err(Error::invalid(
+                            "single_use",
+                            "applies to REFERENCE handouts only",
+                        ));
+                    }
                     Ok(pb::Handout::Unspecified | pb::Handout::Token) => Handout::Token,
-                    Ok(pb::Handout::Reference) => Handout::Reference,
+                    Ok(pb::Handout::Reference) => Handout::Reference {
+                        single_use: r.single_use,
+                    },
                     Err(_) => return Err(Error::invalid("handout", "unknown handout")),
                 },
                 min_ttl: r.min_ttl_seconds,
@@ -133,11 +157,24 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn resolve(
         &self,
-        _req: Request<pb::ResolveRequest>,
+        req: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        Err(to_status(&Error::Unimplemented(
-            "references are not available in this version",
-        )))
+        let caller = caller(&req)?;
+        let r = req.get_ref();
+        let t = self
+            .broker
+            .resolve(&caller, &r.reference, r.min_ttl_seconds)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let credential = pb::Credential {
+            location: "header".into(),
+            name: "Authorization".into(),
+            value: format!("{} {}", scheme(&t.token_type), t.token.expose_secret()),
+        };
+        Ok(Response::new(pb::ResolveResponse {
+            token: Some(token(t)),
+            credential: Some(credential),
+        }))
     }
 
     async fn revoke(
@@ -147,9 +184,15 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         let caller = caller(&req)?;
         let r = req.get_ref();
         if !r.reference.is_empty() {
-            return Err(to_status(&Error::Unimplemented(
-                "references are not available in this version",
-            )));
+            let revoked = self
+                .broker
+                .revoke_reference(&caller, &r.reference)
+                .await
+                .map_err(|e| to_status(&e))?;
+            if revoked {
+                tracing::info!("reference revoked");
+            }
+            return Ok(Response::new(pb::RevokeResponse { revoked }));
         }
         let key = grant_key(&r.provider_id, &r.user_id, &r.agent_id).map_err(|e| to_status(&e))?;
         let revoked = self

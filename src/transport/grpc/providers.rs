@@ -1,7 +1,7 @@
 //! `valet.v1.Providers`: operator RPCs (admin keys only).
 
 use super::{require_admin, to_status};
-use crate::domain::{ProviderConfig, ProviderId, ProviderKind, TokenAuthMethod};
+use crate::domain::{HandoutPolicy, ProviderConfig, ProviderId, ProviderKind, TokenAuthMethod};
 use crate::pb;
 use crate::secret::SecretString;
 use crate::service::{Broker, Error, ProviderDraft, ProviderRegistry};
@@ -47,6 +47,11 @@ impl ProvidersApi {
             } as i32,
             redirect_uri: self.registry.redirect_uri(&p.id),
             has_client_secret: p.client_secret.is_some(),
+            handout_policy: match p.handout_policy {
+                HandoutPolicy::Any => pb::HandoutPolicy::Any,
+                HandoutPolicy::ReferenceOnly => pb::HandoutPolicy::ReferenceOnly,
+            } as i32,
+            reference_ttl_seconds: p.reference_ttl_seconds,
         }
     }
 }
@@ -66,6 +71,11 @@ fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         Ok(pb::TokenAuthMethod::ClientSecretPost) => TokenAuthMethod::ClientSecretPost,
         Err(_) => return Err(Error::invalid("token_auth_method", "unknown method")),
     };
+    let handout_policy = match pb::HandoutPolicy::try_from(p.handout_policy) {
+        Ok(pb::HandoutPolicy::Unspecified | pb::HandoutPolicy::Any) => HandoutPolicy::Any,
+        Ok(pb::HandoutPolicy::ReferenceOnly) => HandoutPolicy::ReferenceOnly,
+        Err(_) => return Err(Error::invalid("handout_policy", "unknown policy")),
+    };
     if p.client_secret.len() > 4096 {
         return Err(Error::invalid("client_secret", "is longer than 4096 bytes"));
     }
@@ -82,6 +92,8 @@ fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         default_scopes: p.default_scopes,
         extra_auth_params: p.extra_auth_params.into_iter().collect(),
         token_auth_method,
+        handout_policy,
+        reference_ttl_seconds: p.reference_ttl_seconds,
     })
 }
 
