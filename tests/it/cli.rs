@@ -77,6 +77,35 @@ async fn quickstart_provider_auth_grants_revoke() {
     );
     assert!(f.idp.userinfo(token).await.status().is_success());
 
+    // References: the grant exists, so the reference comes at once; resolve turns it into a token.
+    let mut by_ref = cli(&f, AGENT_KEY);
+    by_ref.args([
+        "auth",
+        "--provider",
+        "idp",
+        "--user",
+        "alice",
+        "--reference",
+    ]);
+    let out = run(by_ref);
+    let reference = out
+        .lines()
+        .find_map(|l| l.strip_prefix("reference:  "))
+        .expect("a reference is printed")
+        .to_owned();
+    let mut resolve = cli(&f, AGENT_KEY);
+    resolve.args(["resolve", &reference]);
+    let out = run(resolve);
+    assert!(
+        out.contains("header:       Authorization: Bearer "),
+        "{out}"
+    );
+    let resolved = out
+        .lines()
+        .find_map(|l| l.strip_prefix("access_token: "))
+        .unwrap();
+    assert!(f.idp.userinfo(resolved).await.status().is_success());
+
     let mut grants = cli(&f, AGENT_KEY);
     grants.args(["grants", "--user", "alice"]);
     let out = run(grants);
