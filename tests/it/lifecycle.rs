@@ -223,3 +223,60 @@ fn dev_mode_prints_an_admin_key_once() {
         "{second:?}"
     );
 }
+
+#[tokio::test]
+async fn an_admin_key_file_replaces_the_generated_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("admin.key");
+    std::fs::write(&key_file, "file-admin-key-canary-42\n").unwrap();
+    let mut child = valet_bin()
+        .args([
+            "serve",
+            "--dev",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--admin-key-file")
+        .arg(&key_file)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut grpc = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        assert!(
+            !line.starts_with("admin key: "),
+            "no key is generated: {line}"
+        );
+        if let Some(rest) = line.strip_prefix("valet listening grpc=") {
+            grpc = Some(rest.split(' ').next().unwrap().to_owned());
+            break;
+        }
+    }
+    let grpc = format!("http://{}", grpc.unwrap());
+    let channel = tonic::transport::Channel::from_shared(grpc)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(pb::ListProvidersRequest {});
+    req.metadata_mut().insert(
+        "authorization",
+        "Bearer file-admin-key-canary-42".parse().unwrap(),
+    );
+    pb::providers_client::ProvidersClient::new(channel)
+        .list_providers(req)
+        .await
+        .expect("the key from the file is the admin key");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(child.wait().unwrap().success());
+}

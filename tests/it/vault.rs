@@ -111,6 +111,16 @@ async fn the_oauth_flow_runs_on_vault_kv2_and_survives_a_restart() {
     let f = flow_and_restart(opts).await;
     let dump = d.dump();
     assert!(dump.contains("valet/grants/idp/"), "grants live in Vault");
+    // The refresh token is in Vault (inside the record) and nowhere in the logs.
+    let store = VaultStore::connect(config(&d.address, KvVersion::V2, ROOT_TOKEN))
+        .await
+        .unwrap();
+    use valet::store::SecretStore as _;
+    let key = store.list("grants/").await.unwrap().remove(0);
+    let grant: serde_json::Value =
+        serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+    let refresh_token = grant["refresh_token"].as_str().unwrap().to_owned();
+    assert!(refresh_token.len() > 16);
     assert!(dump.contains("valet/providers/idp") || d.writes() > 0);
     let logs = f.valet.logs();
     assert!(
@@ -118,6 +128,10 @@ async fn the_oauth_flow_runs_on_vault_kv2_and_survives_a_restart() {
         "the Vault token leaked into the logs"
     );
     assert!(!logs.contains(&crate::support::idp::secret_of("basic-client")));
+    assert!(
+        !logs.contains(&refresh_token),
+        "the refresh token leaked into the logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
