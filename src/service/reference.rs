@@ -208,10 +208,7 @@ impl Broker {
     }
 
     /// The record for `hash`: memory first, then the store (which fills memory).
-    async fn reference_record(
-        &self,
-        hash: &str,
-    ) -> Result<Option<(Arc<ReferenceRecord>, Option<u64>)>, Error> {
+    async fn reference_record(&self, hash: &str) -> Result<Option<Arc<ReferenceRecord>>, Error> {
         let cached = self
             .references
             .read()
@@ -219,7 +216,7 @@ impl Broker {
             .get(hash)
             .cloned();
         if let Some(r) = cached {
-            return Ok(Some((r, None)));
+            return Ok(Some(r));
         }
         let key = format!("{REFS}{hash}");
         let Some(rec) = self.store.get(&key).await? else {
@@ -227,7 +224,21 @@ impl Broker {
         };
         let record: ReferenceRecord = decode(&key, &rec.value)?;
         self.remember_reference(hash.to_owned(), record.clone());
-        Ok(Some((Arc::new(record), Some(rec.version))))
+        Ok(Some(Arc::new(record)))
+    }
+
+    /// The lookup hash of a presented reference, and its record if there is one.
+    async fn find_reference(
+        &self,
+        reference: &str,
+    ) -> Result<(String, Option<Arc<ReferenceRecord>>), Error> {
+        let hash = self
+            .reference_keys()
+            .await?
+            .parse(reference)
+            .map_err(invalid)?;
+        let record = self.reference_record(&hash).await?;
+        Ok((hash, record))
     }
 
     /// A fresh access token for the grant `reference` names, for the caller it was issued to.
@@ -238,12 +249,7 @@ impl Broker {
         min_ttl: u32,
     ) -> Result<AccessToken, Error> {
         let min_ttl = self.min_ttl(min_ttl)?;
-        let hash = self
-            .reference_keys()
-            .await?
-            .parse(reference)
-            .map_err(invalid)?;
-        let Some((record, _)) = self.reference_record(&hash).await? else {
+        let (hash, Some(record)) = self.find_reference(reference).await? else {
             return Err(denied());
         };
         let now = self.clock.now_unix();
@@ -302,12 +308,7 @@ impl Broker {
 
     /// Revokes one reference. Only the caller it was issued to, or an admin, may.
     pub async fn revoke_reference(&self, caller: &Caller, reference: &str) -> Result<bool, Error> {
-        let hash = self
-            .reference_keys()
-            .await?
-            .parse(reference)
-            .map_err(invalid)?;
-        let Some((record, _)) = self.reference_record(&hash).await? else {
+        let (hash, Some(record)) = self.find_reference(reference).await? else {
             return Ok(false);
         };
         if record.owner != caller.name && caller.role != Role::Admin {

@@ -17,16 +17,7 @@ async fn a_restart_keeps_providers_and_grants() {
     f.oauth2_provider("oauth").await;
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
-    let Fixture {
-        valet,
-        idp,
-        browser,
-    } = f;
-    let f = Fixture {
-        valet: valet.restart(),
-        idp,
-        browser,
-    };
+    let f = f.restart();
     let list = f
         .valet
         .providers()

@@ -97,16 +97,7 @@ async fn a_reference_resolves_to_a_working_token_refreshes_and_survives_a_restar
     );
     assert_ne!(second.reference, r.reference);
 
-    let Fixture {
-        valet,
-        idp,
-        browser,
-    } = f;
-    let f = Fixture {
-        valet: valet.restart(),
-        idp,
-        browser,
-    };
+    let f = f.restart();
     let after = resolve(&f, AGENT_KEY, &r.reference, 0)
         .await
         .unwrap()

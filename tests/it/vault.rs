@@ -82,16 +82,7 @@ async fn flow_and_restart(opts: ValetOptions) -> Fixture {
             .status()
             .is_success()
     );
-    let Fixture {
-        valet,
-        idp,
-        browser,
-    } = f;
-    let f = Fixture {
-        valet: valet.restart(),
-        idp,
-        browser,
-    };
+    let f = f.restart();
     // Providers and the grant came back from Vault: a refresh, no consent.
     let t = token(
         f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))

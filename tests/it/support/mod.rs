@@ -76,6 +76,14 @@ impl Fixture {
         }
     }
 
+    /// Restarts the daemon on the same data directory and HTTP address; the peers stay up.
+    pub fn restart(self) -> Self {
+        Self {
+            valet: self.valet.restart(),
+            ..self
+        }
+    }
+
     /// An `oidc` provider at the peer, using `client` with client_secret_basic.
     pub async fn oidc_provider(&self, id: &str, client: &str) -> pb::Provider {
         self.create(pb::Provider {
