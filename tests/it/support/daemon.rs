@@ -176,6 +176,20 @@ key_sha256 = "{other}"
         }
     }
 
+    /// The daemon's resident memory in KiB (Linux), for the benchmarks.
+    #[allow(dead_code, reason = "used by benches/handout.rs, which shares this harness")]
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     pub fn callback_url(&self, provider_id: &str) -> String {
         format!("http://{}/oauth/callback/{provider_id}", self.http_addr)
     }
