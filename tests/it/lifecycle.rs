@@ -271,3 +271,35 @@ async fn an_admin_key_file_replaces_the_generated_key() {
         .status();
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_call_finish() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let call = tokio::spawn(async move {
+        creds
+            .wait_for_completion(pb::WaitForCompletionRequest {
+                auth_id: p.auth_id,
+                timeout_seconds: 2,
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut valet = f.valet;
+    let status = tokio::task::spawn_blocking(move || valet.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // The wait was answered (pending at its timeout), not cut off by the shutdown.
+    pending(
+        call.await
+            .unwrap()
+            .expect("the in-flight call completed")
+            .into_inner(),
+    );
+}

@@ -177,7 +177,10 @@ key_sha256 = "{other}"
     }
 
     /// The daemon's resident memory in KiB (Linux), for the benchmarks.
-    #[allow(dead_code, reason = "used by benches/handout.rs, which shares this harness")]
+    #[allow(
+        dead_code,
+        reason = "used by benches/handout.rs, which shares this harness"
+    )]
     pub fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         std::fs::read_to_string(format!("/proc/{pid}/status"))
