@@ -256,28 +256,35 @@ impl Broker {
         if record.owner != caller.name || record.expires_at <= now || record.used {
             return Err(denied());
         }
-        if record.single_use {
-            self.spend(&hash).await?;
-        }
         let provider = self
             .providers
             .get(&record.grant.provider)
-            .map_err(|_| denied())?;
-        match self
+            .map_err(|e| match e {
+                Error::NotFound { .. } => denied(),
+                other => other,
+            })?;
+        let token = match self
             .usable_token(&provider, &record.grant, &record.scopes, min_ttl)
             .await?
         {
-            Some(t) => Ok(t),
-            None => match self.load_grant(&record.grant).await? {
-                // The grant is there but the provider refused it: the user must consent again.
-                Some(_) => Err(Error::ReauthorizationRequired),
-                // The grant was revoked: its references died with it.
-                None => {
-                    self.forget_reference(&hash);
-                    Err(denied())
-                }
-            },
+            Some(t) => t,
+            None => {
+                return match self.load_grant(&record.grant).await? {
+                    // The grant is there but the provider refused it: the user must consent again.
+                    Some(_) => Err(Error::ReauthorizationRequired),
+                    // The grant was revoked: its references died with it.
+                    None => {
+                        self.forget_reference(&hash);
+                        Err(denied())
+                    }
+                };
+            }
+        };
+        // Spent only once a token is in hand, so a failed resolve does not use it up.
+        if record.single_use {
+            self.spend(&hash).await?;
         }
+        Ok(token)
     }
 
     /// Marks a single-use reference spent; exactly one caller wins (check-and-set).
