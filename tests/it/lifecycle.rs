@@ -55,15 +55,7 @@ async fn revoke_removes_the_grant_and_the_cached_token() {
         f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,
     );
-    let grants = creds
-        .list_grants(pb::ListGrantsRequest {
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(grants.grants.is_empty());
+    assert!(f.grants("alice").await.is_empty());
     expect_err(
         creds
             .revoke(pb::RevokeRequest {
@@ -162,40 +154,54 @@ fn check_config_prints_the_effective_config_with_hashes_redacted() {
     );
 }
 
+/// Starts `valet serve --dev` on loopback port 0 in `dir`; returns the child and the stdout
+/// lines up to and including `valet listening …`.
+fn serve_dev(
+    dir: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> (std::process::Child, Vec<String>) {
+    let mut child = valet_bin()
+        .args([
+            "serve",
+            "--dev",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let done = line.starts_with("valet listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, seen)
+}
+
+fn terminate(mut child: std::process::Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn dev_mode_prints_an_admin_key_once() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
-        let mut child = valet_bin()
-            .args([
-                "serve",
-                "--dev",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut seen = Vec::new();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let done = line.starts_with("valet listening");
-            seen.push(line);
-            if done {
-                break;
-            }
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        assert!(child.wait().unwrap().success());
+        let (child, seen) = serve_dev(dir.path(), &[]);
+        terminate(child);
         seen
     };
     let first = run();
@@ -220,38 +226,20 @@ async fn an_admin_key_file_replaces_the_generated_key() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("admin.key");
     std::fs::write(&key_file, "file-admin-key-canary-42\n").unwrap();
-    let mut child = valet_bin()
-        .args([
-            "serve",
-            "--dev",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--admin-key-file")
-        .arg(&key_file)
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+    let (child, seen) = serve_dev(
+        dir.path(),
+        &["--admin-key-file".as_ref(), key_file.as_os_str()],
+    );
+    assert!(
+        seen.iter().all(|l| !l.starts_with("admin key: ")),
+        "no key is generated: {seen:?}"
+    );
+    let grpc = seen
+        .last()
+        .and_then(|l| l.strip_prefix("valet listening grpc="))
+        .and_then(|rest| rest.split(' ').next())
         .unwrap();
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut grpc = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        assert!(
-            !line.starts_with("admin key: "),
-            "no key is generated: {line}"
-        );
-        if let Some(rest) = line.strip_prefix("valet listening grpc=") {
-            grpc = Some(rest.split(' ').next().unwrap().to_owned());
-            break;
-        }
-    }
-    let grpc = format!("http://{}", grpc.unwrap());
-    let channel = tonic::transport::Channel::from_shared(grpc)
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
         .await
@@ -265,11 +253,7 @@ async fn an_admin_key_file_replaces_the_generated_key() {
         .list_providers(req)
         .await
         .expect("the key from the file is the admin key");
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    assert!(child.wait().unwrap().success());
+    terminate(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! References end to end: the agent keeps a reference and resolves it right before each call.
 
 use crate::support::daemon::{AGENT_KEY, OTHER_AGENT_KEY};
-use crate::support::vault::{ROOT_TOKEN, VaultDouble};
-use crate::support::{Fixture, ValetOptions, expect_err, pending};
+use crate::support::vault::{ROOT_TOKEN, VaultDouble, options, token_auth};
+use crate::support::{Fixture, expect_err, pending};
 use base64::Engine as _;
 use tonic::Code;
 use valet::pb;
@@ -375,15 +375,7 @@ async fn a_reference_only_provider_never_hands_out_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolving_a_cached_token_never_touches_the_store() {
     let d = VaultDouble::start("secret").await;
-    let opts = ValetOptions {
-        store: r#"store = "vault""#.into(),
-        extra_toml: format!(
-            "[vault]\naddress = \"{}\"\n[vault.auth]\ntoken = \"{ROOT_TOKEN}\"\n",
-            d.address
-        ),
-        ..Default::default()
-    };
-    let f = Fixture::with(opts).await;
+    let f = Fixture::with(options(&d.address, 2, &token_auth(ROOT_TOKEN))).await;
     f.oidc_provider("idp", "basic-client").await;
     let r = consent_for_reference(&f, AGENT_KEY, "alice").await;
     let first = resolve(&f, AGENT_KEY, &r.reference, 0).await.unwrap();

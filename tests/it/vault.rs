@@ -4,7 +4,7 @@
 
 use crate::support::daemon::AGENT_KEY;
 use crate::support::rvault::RustyVault;
-use crate::support::vault::{ROOT_TOKEN, VaultDouble};
+use crate::support::vault::{ROOT_TOKEN, VaultDouble, options, token_auth};
 use crate::support::{Fixture, ValetOptions, expect_err, pending, token};
 use std::time::Duration;
 use tonic::Code;
@@ -28,21 +28,17 @@ fn config(address: &str, kv: KvVersion, token: &str) -> VaultConfig {
     }
 }
 
-fn options(address: &str, kv: u8, auth: &str) -> ValetOptions {
-    ValetOptions {
-        store: r#"store = "vault""#.into(),
-        extra_toml: format!(
-            "[vault]\naddress = \"{address}\"\nkv_version = {kv}\nmount = \"secret\"\nprefix = \"valet/\"\ntimeout_seconds = 5\n\n[vault.auth]\n{auth}\n"
-        ),
-        ..Default::default()
-    }
-}
-
-fn token_auth(token: &str) -> String {
-    format!("method = \"token\"\ntoken = \"{token}\"")
-}
-
 const FORCE_REFRESH: u32 = 7200;
+
+/// A daemon on the double with `auth`, logging at TRACE, after its first login, with a provider.
+async fn traced(d: &VaultDouble, auth: &str) -> Fixture {
+    let mut opts = options(&d.address, 2, auth);
+    opts.log_level = "trace".into();
+    let f = Fixture::with(opts).await;
+    assert_eq!(d.logins(), 1);
+    f.oidc_provider("idp", "basic-client").await;
+    f
+}
 
 fn refresh_request() -> pb::AuthenticateRequest {
     pb::AuthenticateRequest {
@@ -194,11 +190,7 @@ async fn an_expired_vault_token_means_a_new_approle_login_and_the_call_succeeds(
         "method = \"approle\"\nrole_id = \"valet-role\"\nsecret_id_file = \"{}\"",
         secret_file.display()
     );
-    let mut opts = options(&d.address, 2, &auth);
-    opts.log_level = "trace".into();
-    let f = Fixture::with(opts).await;
-    assert_eq!(d.logins(), 1);
-    f.oidc_provider("idp", "basic-client").await;
+    let f = traced(&d, &auth).await;
     d.expire_tokens();
     // Needs the store (the grant is written): 403, log in again, retry, success.
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
@@ -375,11 +367,7 @@ async fn kubernetes_login_and_token_renewal_at_two_thirds_of_the_ttl() {
         "method = \"kubernetes\"\nrole = \"valet\"\njwt_file = \"{}\"",
         jwt.display()
     );
-    let mut opts = options(&d.address, 2, &auth);
-    opts.log_level = "trace".into();
-    let f = Fixture::with(opts).await;
-    assert_eq!(d.logins(), 1);
-    f.oidc_provider("idp", "basic-client").await;
+    let f = traced(&d, &auth).await;
     // A 3 s TTL is renewed after about 2 s.
     let mut renewed = false;
     for _ in 0..40 {

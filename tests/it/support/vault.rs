@@ -291,3 +291,18 @@ async fn handle(
         errors(StatusCode::NOT_FOUND, "no handler for route")
     }
 }
+
+/// Daemon options for a Vault store at `address` (KV `kv`) with the `[vault.auth]` body `auth`.
+pub fn options(address: &str, kv: u8, auth: &str) -> super::ValetOptions {
+    super::ValetOptions {
+        store: r#"store = "vault""#.into(),
+        extra_toml: format!(
+            "[vault]\naddress = \"{address}\"\nkv_version = {kv}\nmount = \"secret\"\nprefix = \"valet/\"\ntimeout_seconds = 5\n\n[vault.auth]\n{auth}\n"
+        ),
+        ..Default::default()
+    }
+}
+
+pub fn token_auth(token: &str) -> String {
+    format!("method = \"token\"\ntoken = \"{token}\"")
+}
