@@ -315,7 +315,7 @@ async fn a_single_use_reference_resolves_exactly_once_under_concurrency() {
     let mut bad = Fixture::request("idp", "alice", "");
     bad.single_use = true;
     expect_err(
-        f.valet.credentials(AGENT_KEY).await.authenticate(bad).await,
+        f.try_authenticate(AGENT_KEY, bad).await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );
@@ -340,10 +340,7 @@ async fn a_reference_only_provider_never_hands_out_a_token() {
         pb::HandoutPolicy::ReferenceOnly as i32
     );
     let s = expect_err(
-        f.valet
-            .credentials(AGENT_KEY)
-            .await
-            .authenticate(Fixture::request("idp", "alice", ""))
+        f.try_authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",

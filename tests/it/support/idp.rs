@@ -71,6 +71,15 @@ impl Idp {
             .unwrap_or(0)
     }
 
+    /// Asserts the provider never saw a refresh token presented twice (reuse revokes the grant).
+    pub async fn assert_no_refresh_token_reuse(&self) {
+        let stats = self.stats().await;
+        assert!(
+            stats["grants"]["refresh_token:invalid_grant"].is_null(),
+            "a refresh token was presented twice: {stats}"
+        );
+    }
+
     pub async fn token_requests(&self) -> u64 {
         self.stats().await["token_requests"].as_u64().unwrap()
     }

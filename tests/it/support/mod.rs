@@ -169,6 +169,15 @@ impl Fixture {
             .into_inner()
     }
 
+    /// `Authenticate` as `key`, for calls expected to fail.
+    pub async fn try_authenticate(
+        &self,
+        key: &str,
+        req: pb::AuthenticateRequest,
+    ) -> Result<tonic::Response<pb::AuthenticateResponse>, tonic::Status> {
+        self.valet.credentials(key).await.authenticate(req).await
+    }
+
     /// `WaitForCompletion` as the agent key, up to five seconds.
     pub async fn wait(
         &self,
