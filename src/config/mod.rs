@@ -93,7 +93,15 @@ impl Config {
                 }
                 Ok(text) => match toml::from_str::<RawConfig>(&text) {
                     Ok(raw) => raw,
-                    Err(e) => return Err(ConfigError(vec![format!("{p}: {e}")])),
+                    // The message and line only: toml's own rendering quotes the source line,
+                    // which may hold a token.
+                    Err(e) => {
+                        let line = e
+                            .span()
+                            .map(|sp| text[..sp.start.min(text.len())].lines().count().max(1));
+                        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                        return Err(ConfigError(vec![format!("{p}{at}: {}", e.message())]));
+                    }
                 },
             },
         };
@@ -508,6 +516,19 @@ mod tests {
         assert!(err.to_string().contains("loopback"));
         let err = load("", &[], Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("no callers"));
+    }
+
+    #[test]
+    fn toml_errors_do_not_quote_the_source() {
+        let err = load(
+            "[vault]\naddress = \"x\"\n[vault.auth]\ntoken = \"hvs.canary\" junk\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line"), "{err}");
+        assert!(!err.contains("hvs.canary"), "{err}");
     }
 
     #[test]

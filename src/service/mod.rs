@@ -137,6 +137,13 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<crate::store::SecretBytes, Error
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::Internal(format!("store record {key} is unreadable: {e}")))
+    // Only the error's kind and position: serde's message can quote the (secret) value.
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::Internal(format!(
+            "store record {key} is unreadable ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })
 }
