@@ -349,6 +349,18 @@ async fn kubernetes_login_and_token_renewal_at_two_thirds_of_the_ttl() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(renewed, "the token was renewed");
+    // A renewal that is refused means a new login.
+    d.refuse_renewals(true);
+    let logins = d.logins();
+    let mut relogged = false;
+    for _ in 0..40 {
+        if d.logins() > logins {
+            relogged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(relogged, "logged in again after a refused renewal");
     assert!(!f.valet.logs().contains("k8s-jwt-canary"));
 }
 

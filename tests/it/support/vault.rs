@@ -25,6 +25,7 @@ struct Inner {
     issued: u32,
     writes: u32,
     renewals: u32,
+    refuse_renewals: bool,
     ttl: u64,
     kubernetes: Option<(String, String)>,
 }
@@ -123,6 +124,11 @@ impl VaultDouble {
         self.inner.lock().unwrap().ttl = seconds;
     }
 
+    /// Renewals answer 403 (as for a token past its max TTL).
+    pub fn refuse_renewals(&self, on: bool) {
+        self.inner.lock().unwrap().refuse_renewals = on;
+    }
+
     pub fn renewals(&self) -> u32 {
         self.inner.lock().unwrap().renewals
     }
@@ -202,6 +208,9 @@ async fn handle(
             .into_response();
         }
         ("POST" | "PUT", "auth/token/renew-self") => {
+            if s.refuse_renewals {
+                return errors(StatusCode::FORBIDDEN, "permission denied");
+            }
             s.renewals += 1;
             return axum::Json(auth_block(token)).into_response();
         }
