@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
@@ -193,7 +192,8 @@ impl App {
                 auth,
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                // No Nagle: small gRPC frames must not wait for a delayed ACK.
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 stopped(stop_rx.clone()),
             );
         let serving = Arc::new(AtomicBool::new(true));
