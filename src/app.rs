@@ -252,15 +252,11 @@ impl App {
 /// running it twice is harmless; nothing is ever deleted at the destination.
 pub async fn copy_store(from: &str, to: &str, dry_run: bool) -> anyhow::Result<()> {
     let load = |path: &str| {
-        let names: Vec<String> = std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .collect();
         let overrides = crate::config::Overrides {
             config: Some(path.to_owned()),
             ..Default::default()
         };
-        Config::load(&overrides, &|k| std::env::var(k).ok(), &names)
-            .map_err(|e| anyhow::anyhow!("{path}: {e}"))
+        Config::load_from_process_env(&overrides).map_err(|e| anyhow::anyhow!("{path}: {e}"))
     };
     let (src, _) = App::open_store(&load(from)?).await?;
     let (dst, _) = App::open_store(&load(to)?).await?;

@@ -10,10 +10,7 @@ use valet::config::{Config, Overrides};
 const EXIT_CONFIG: u8 = 78;
 
 fn load_config(args: &valet::cli::ServeArgs) -> Result<Config, ExitCode> {
-    let names: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .collect();
-    Config::load(&Overrides::from(args), &|k| std::env::var(k).ok(), &names).map_err(|e| {
+    Config::load_from_process_env(&Overrides::from(args)).map_err(|e| {
         eprintln!("valet: {e}");
         ExitCode::from(EXIT_CONFIG)
     })

@@ -122,6 +122,14 @@ impl Config {
         }
     }
 
+    /// `load` with this process's environment (the daemon and the CLI; tests pass their own).
+    pub fn load_from_process_env(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        Self::load(overrides, &|k| std::env::var(k).ok(), &names)
+    }
+
     fn validate(
         mut raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,

@@ -183,29 +183,39 @@ impl Broker {
         let _guard = self.cache.lock(&key).await;
         let stored =
             |e: Error| FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"));
-        let previous = self.load_grant(&key).await.map_err(stored)?;
         let now = self.clock.now_unix();
         let scopes = set.scopes.clone().unwrap_or_else(|| flow.scopes.clone());
-        let (created_at, old_refresh, old_subject) = match previous {
-            Some((g, _)) => (
-                g.created_at,
-                g.refresh_token.filter(|_| g.status == GrantStatus::Active),
-                g.subject,
-            ),
-            None => (now, None, None),
-        };
-        let grant = Grant {
-            key: key.clone(),
-            scopes: scopes.clone(),
-            subject: set.subject.clone().or(old_subject),
-            // A provider may not re-issue a refresh token on re-consent; keep the one we have.
-            refresh_token: set.refresh_token.clone().or(old_refresh),
-            status: GrantStatus::Active,
-            created_at,
-            updated_at: now,
-            refreshing: None,
-        };
-        self.save_grant(&grant, Cas::Any).await.map_err(stored)?;
+        // Check-and-set against the version read, so a replica's concurrent refresh is merged
+        // (its newer refresh token kept when the provider sent none) rather than overwritten.
+        let mut attempts = 0;
+        loop {
+            let previous = self.load_grant(&key).await.map_err(stored)?;
+            let (cas, created_at, old_refresh, old_subject) = match previous {
+                Some((g, version)) => (
+                    Cas::Version(version),
+                    g.created_at,
+                    g.refresh_token.filter(|_| g.status == GrantStatus::Active),
+                    g.subject,
+                ),
+                None => (Cas::Absent, now, None, None),
+            };
+            let grant = Grant {
+                key: key.clone(),
+                scopes: scopes.clone(),
+                subject: set.subject.clone().or(old_subject),
+                // A provider may not re-issue a refresh token on re-consent; keep the one we have.
+                refresh_token: set.refresh_token.clone().or(old_refresh),
+                status: GrantStatus::Active,
+                created_at,
+                updated_at: now,
+                refreshing: None,
+            };
+            match self.save_grant(&grant, cas).await {
+                Ok(_) => break,
+                Err(Error::Conflict) if attempts < 4 => attempts += 1,
+                Err(e) => return Err(stored(e)),
+            }
+        }
         self.cache_token(&key, set, &scopes);
         self.set_unstored(&key, false);
         Ok(key)

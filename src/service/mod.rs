@@ -63,8 +63,6 @@ pub enum Error {
     Conflict,
     #[error("limit reached: {0}")]
     Exhausted(String),
-    #[error("not implemented: {0}")]
-    Unimplemented(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -84,7 +82,6 @@ impl Error {
             Self::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Self::Conflict => "CONFLICT",
             Self::Exhausted(_) => "RESOURCE_EXHAUSTED",
-            Self::Unimplemented(_) => "UNIMPLEMENTED",
             Self::Internal(_) => "INTERNAL",
         }
     }

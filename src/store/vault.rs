@@ -398,20 +398,30 @@ impl VaultStore {
         ))
     }
 
+    /// Runs `op` on the tolerant path; on a 403 logs in again once and retries.
+    async fn retry_denied<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let seen = *self.login.lock().await;
+        match op().await {
+            Err(e) if e.is_denied() && !matches!(self.cfg.auth, VaultAuth::Token(_)) => {
+                self.relogin(seen).await?;
+                op().await
+            }
+            other => other,
+        }
+    }
+
     /// `raw_json`, with one re-login and retry on a 403.
     async fn raw_json_retry(
         &self,
         method: reqwest::Method,
         path: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
-        let seen = *self.login.lock().await;
-        match self.raw_json(method.clone(), path).await {
-            Err(e) if e.is_denied() && !matches!(self.cfg.auth, VaultAuth::Token(_)) => {
-                self.relogin(seen).await?;
-                self.raw_json(method, path).await
-            }
-            other => other,
-        }
+        self.retry_denied(|| self.raw_json(method.clone(), path))
+            .await
     }
 
     async fn v1_get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
@@ -634,13 +644,6 @@ impl SecretStore for VaultStore {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        let seen = *self.login.lock().await;
-        match self.lookup_ttl().await {
-            Err(e) if e.is_denied() && !matches!(self.cfg.auth, VaultAuth::Token(_)) => {
-                self.relogin(seen).await?;
-                self.lookup_ttl().await.map(|_| ())
-            }
-            other => other.map(|_| ()),
-        }
+        self.retry_denied(|| self.lookup_ttl()).await.map(|_| ())
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::support::daemon::{AGENT_KEY, OTHER_AGENT_KEY};
 use crate::support::vault::{ROOT_TOKEN, VaultDouble, options, token_auth};
-use crate::support::{Fixture, expect_err, pending};
+use crate::support::{Fixture, expect_err};
 use base64::Engine as _;
 use tonic::Code;
 use valet::pb;
@@ -25,25 +25,7 @@ fn reference(r: pb::AuthenticateResponse) -> pb::Reference {
 
 /// Consent as `user` through a REFERENCE flow; returns the reference WaitForCompletion gives.
 async fn consent_for_reference(f: &Fixture, key: &str, user: &str) -> pb::Reference {
-    let mut creds = f.valet.credentials(key).await;
-    let p = pending(
-        creds
-            .authenticate(reference_request(user, false))
-            .await
-            .unwrap()
-            .into_inner(),
-    );
-    f.browser.consent(&p.auth_url, user).await;
-    reference(
-        creds
-            .wait_for_completion(pb::WaitForCompletionRequest {
-                auth_id: p.auth_id,
-                timeout_seconds: 5,
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
+    reference(f.complete_flow(key, reference_request(user, false)).await)
 }
 
 async fn resolve(

@@ -20,7 +20,6 @@ pub fn code(e: &Error) -> Code {
         Error::ProviderUnavailable(_) | Error::StoreUnavailable(_) => Code::Unavailable,
         Error::Conflict => Code::Aborted,
         Error::Exhausted(_) => Code::ResourceExhausted,
-        Error::Unimplemented(_) => Code::Unimplemented,
         Error::Internal(_) => Code::Internal,
     }
 }

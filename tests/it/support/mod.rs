@@ -135,21 +135,28 @@ impl Fixture {
     }
 
     /// Runs the whole flow as `key`: Authenticate → consent in the browser → WaitForCompletion.
-    pub async fn authorize(&self, key: &str, req: pb::AuthenticateRequest) -> pb::Token {
+    pub async fn complete_flow(
+        &self,
+        key: &str,
+        req: pb::AuthenticateRequest,
+    ) -> pb::AuthenticateResponse {
         let mut creds = self.valet.credentials(key).await;
         let login = req.user_id.clone();
         let p = pending(creds.authenticate(req).await.unwrap().into_inner());
         self.browser.consent(&p.auth_url, &login).await;
-        token(
-            creds
-                .wait_for_completion(pb::WaitForCompletionRequest {
-                    auth_id: p.auth_id,
-                    timeout_seconds: 10,
-                })
-                .await
-                .unwrap()
-                .into_inner(),
-        )
+        creds
+            .wait_for_completion(pb::WaitForCompletionRequest {
+                auth_id: p.auth_id,
+                timeout_seconds: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// `complete_flow` for a token handout.
+    pub async fn authorize(&self, key: &str, req: pb::AuthenticateRequest) -> pb::Token {
+        token(self.complete_flow(key, req).await)
     }
 }
 
