@@ -565,7 +565,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         }
         Command::Store {
             cmd: StoreCmd::Copy { from, to, dry_run },
-        } => crate::app::copy_store(&from, &to, dry_run).await?,
+        } => crate::ops::copy_store(&from, &to, dry_run).await?,
         Command::Serve(_) | Command::CheckConfig(_) => bail!("not a client command"),
     }
     Ok(())

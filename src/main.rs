@@ -62,7 +62,7 @@ fn main() -> ExitCode {
                 eprintln!("warning: {w}");
             }
             print!("{}", config.render());
-            runtime.block_on(valet::App::check_store(&config))
+            runtime.block_on(valet::ops::check_store(&config))
         }
         other => runtime.block_on(valet::cli::run_client(other)),
     };

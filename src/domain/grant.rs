@@ -2,8 +2,6 @@
 
 use super::{AgentId, ProviderId, Scopes, UserId};
 use crate::secret::{SecretString, serde_secret};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 /// Who a grant belongs to. `agent: None` is the user-wide grant; an agent-scoped request never
@@ -13,31 +11,6 @@ pub struct GrantKey {
     pub provider: ProviderId,
     pub user: UserId,
     pub agent: Option<AgentId>,
-}
-
-/// Path segment for the user-wide grant: unpadded base64url never produces `=`, so no agent id
-/// can collide with it.
-const USER_WIDE: &str = "=";
-
-impl GrantKey {
-    /// The store key: ids are base64url-encoded so any user or agent id is path-safe.
-    pub fn store_key(&self) -> String {
-        let agent = self.agent.as_ref().map_or_else(
-            || USER_WIDE.to_owned(),
-            |a| URL_SAFE_NO_PAD.encode(a.as_str()),
-        );
-        format!(
-            "{}{}/{}",
-            Self::provider_prefix(&self.provider),
-            URL_SAFE_NO_PAD.encode(self.user.as_str()),
-            agent
-        )
-    }
-
-    /// Prefix under which every grant of a provider lives.
-    pub fn provider_prefix(provider: &ProviderId) -> String {
-        format!("grants/{}/", provider.as_str())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,29 +51,5 @@ impl Grant {
         self.status == GrantStatus::Active
             && self.refresh_token.is_some()
             && self.scopes.contains_all(scopes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_keys_are_distinct_and_path_safe() {
-        let user = UserId::parse("a/b").unwrap();
-        let p = ProviderId::parse("gh").unwrap();
-        let wide = GrantKey {
-            provider: p.clone(),
-            user: user.clone(),
-            agent: None,
-        };
-        let agent = GrantKey {
-            provider: p,
-            user,
-            agent: Some(AgentId::parse("=").unwrap()),
-        };
-        assert_ne!(wide.store_key(), agent.store_key());
-        assert_eq!(wide.store_key().matches('/').count(), 3);
-        assert!(wide.store_key().starts_with("grants/gh/"));
     }
 }

@@ -1,17 +1,23 @@
-//! Pure types and rules, no I/O: identifiers, scopes, provider configuration, grants and pending
-//! flows. Every constructor validates, so a value of these types is always within bounds.
+//! Pure types and rules, no I/O: identifiers, callers, scopes, provider configuration and kinds,
+//! grants and reference records. Every constructor validates, so a value of these types is always within bounds.
 
+mod caller;
 mod grant;
 mod ids;
+mod kind;
 mod provider;
+mod reference;
 mod scopes;
 
+pub use caller::{AgentBinding, Caller, Credential, Role};
 pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
+pub use kind::{AuthCode, KindConfig, OAuthClient, ProviderKind, TokenAuthMethod};
 pub use provider::{
-    DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderKind, TokenAuthMethod,
-    check_endpoint_url,
+    DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, check_client, check_endpoint_url,
+    check_name,
 };
+pub use reference::ReferenceRecord;
 pub use scopes::Scopes;
 
 /// Bad input: which field, and why. Never carries the offending value if it could be a secret.

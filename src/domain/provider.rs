@@ -1,27 +1,9 @@
 //! Provider configuration and its validation rules.
 
-use super::{HandoutPolicy, InvalidInput, ProviderId, Scopes};
-use crate::secret::{SecretString, serde_secret};
-use serde::{Deserialize, Serialize};
+use super::{HandoutPolicy, InvalidInput, KindConfig, ProviderId, Scopes};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use url::Url;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    #[serde(rename = "oauth2")]
-    OAuth2,
-    Oidc,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenAuthMethod {
-    #[default]
-    ClientSecretBasic,
-    ClientSecretPost,
-}
 
 /// Authorization request parameters a provider config may not override: Valet sets them itself.
 const RESERVED_PARAMS: &[&str] = &[
@@ -36,28 +18,16 @@ const RESERVED_PARAMS: &[&str] = &[
 ];
 const MAX_EXTRA_PARAMS: usize = 32;
 
-/// A provider as stored. The client secret is write-only at the API and only serialized into the
-/// sealed store record (see `secret::serde_secret`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A provider: common settings plus one kind-specific configuration. The client secret (inside
+/// the kind) is write-only at the API and only serialized into the sealed store record.
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
     pub id: ProviderId,
     pub name: String,
-    pub kind: ProviderKind,
-    pub client_id: String,
-    #[serde(with = "serde_secret", default)]
-    pub client_secret: Option<SecretString>,
-    pub auth_url: Url,
-    pub token_url: Url,
-    /// Kept verbatim: ID tokens and RFC 9207 `iss` must match it exactly.
-    pub issuer: Option<String>,
-    pub revocation_url: Option<Url>,
+    pub kind: KindConfig,
     pub default_scopes: Scopes,
-    pub extra_auth_params: BTreeMap<String, String>,
-    pub token_auth_method: TokenAuthMethod,
-    #[serde(default)]
     pub handout_policy: HandoutPolicy,
     /// Lifetime of references issued for this provider's grants.
-    #[serde(default = "default_reference_ttl")]
     pub reference_ttl_seconds: u32,
     pub created_at: i64,
     pub updated_at: i64,
@@ -68,54 +38,49 @@ pub const DEFAULT_REFERENCE_TTL: u32 = 30 * 24 * 3600;
 /// One year.
 pub const MAX_REFERENCE_TTL: u32 = 365 * 24 * 3600;
 
-fn default_reference_ttl() -> u32 {
-    DEFAULT_REFERENCE_TTL
+/// Checks a provider's display name.
+pub fn check_name(name: &str) -> Result<(), InvalidInput> {
+    if name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(InvalidInput::new(
+            "name",
+            "must be at most 256 characters without control characters",
+        ));
+    }
+    Ok(())
 }
 
-impl ProviderConfig {
-    /// Checks the fields every kind shares: name, client id, extra parameters.
-    pub fn check_common(
-        name: &str,
-        client_id: &str,
-        extra: &BTreeMap<String, String>,
-    ) -> Result<(), InvalidInput> {
-        if name.len() > 256 || name.chars().any(char::is_control) {
-            return Err(InvalidInput::new(
-                "name",
-                "must be at most 256 characters without control characters",
-            ));
-        }
-        if client_id.is_empty() {
-            return Err(InvalidInput::new("client_id", "is required"));
-        }
-        if client_id.len() > 512 || client_id.chars().any(char::is_control) {
-            return Err(InvalidInput::new(
-                "client_id",
-                "must be at most 512 characters without control characters",
-            ));
-        }
-        if extra.len() > MAX_EXTRA_PARAMS {
+/// Checks a client id and the extra authorization parameters of an OAuth kind.
+pub fn check_client(client_id: &str, extra: &BTreeMap<String, String>) -> Result<(), InvalidInput> {
+    if client_id.is_empty() {
+        return Err(InvalidInput::new("client_id", "is required"));
+    }
+    if client_id.len() > 512 || client_id.chars().any(char::is_control) {
+        return Err(InvalidInput::new(
+            "client_id",
+            "must be at most 512 characters without control characters",
+        ));
+    }
+    if extra.len() > MAX_EXTRA_PARAMS {
+        return Err(InvalidInput::new(
+            "extra_auth_params",
+            format!("at most {MAX_EXTRA_PARAMS} parameters are allowed"),
+        ));
+    }
+    for (k, v) in extra {
+        if RESERVED_PARAMS.contains(&k.as_str()) {
             return Err(InvalidInput::new(
                 "extra_auth_params",
-                format!("at most {MAX_EXTRA_PARAMS} parameters are allowed"),
+                format!("'{k}' is set by Valet and cannot be overridden"),
             ));
         }
-        for (k, v) in extra {
-            if RESERVED_PARAMS.contains(&k.as_str()) {
-                return Err(InvalidInput::new(
-                    "extra_auth_params",
-                    format!("'{k}' is set by Valet and cannot be overridden"),
-                ));
-            }
-            if k.is_empty() || k.len() > 128 || v.len() > 1024 {
-                return Err(InvalidInput::new(
-                    "extra_auth_params",
-                    "names must be 1-128 characters and values at most 1024",
-                ));
-            }
+        if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+            return Err(InvalidInput::new(
+                "extra_auth_params",
+                "names must be 1-128 characters and values at most 1024",
+            ));
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Parses an endpoint URL. HTTPS is required unless the host is a loopback address or
@@ -190,12 +155,10 @@ mod tests {
     fn reserved_params_refused() {
         let mut extra = BTreeMap::new();
         extra.insert("state".to_owned(), "x".to_owned());
-        let err = ProviderConfig::check_common("n", "c", &extra).unwrap_err();
+        let err = check_client("c", &extra).unwrap_err();
         assert_eq!(err.field, "extra_auth_params");
         assert_eq!(
-            ProviderConfig::check_common("n", "", &BTreeMap::new())
-                .unwrap_err()
-                .field,
+            check_client("", &BTreeMap::new()).unwrap_err().field,
             "client_id"
         );
     }

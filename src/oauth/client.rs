@@ -2,8 +2,8 @@
 //! verification (signature via the issuer's JWKS, `iss`, `aud`, `exp`, `nonce`).
 
 use super::http::{HttpError, ProviderHttp};
-use super::{CodeExchange, Discovered, OAuthError, TokenEndpoint, TokenSet};
-use crate::domain::{ProviderConfig, ProviderKind, Scopes, TokenAuthMethod};
+use super::{Discovered, OAuthError, TokenEndpoint, TokenGrant, TokenSet};
+use crate::domain::{OAuthClient, Scopes, TokenAuthMethod};
 use crate::secret::{ExposeSecret, SecretString};
 use async_trait::async_trait;
 use oauth2::basic::{
@@ -11,13 +11,15 @@ use oauth2::basic::{
     BasicTokenIntrospectionResponse,
 };
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, StandardRevocableToken,
+    TokenResponse, TokenUrl,
 };
-use openidconnect::core::{CoreIdTokenVerifier, CoreProviderMetadata, CoreTokenResponse};
+use openidconnect::core::{
+    CoreIdToken, CoreIdTokenVerifier, CoreProviderMetadata, CoreTokenResponse,
+};
 use openidconnect::{IssuerUrl, Nonce};
-use url::Url;
+use std::str::FromStr as _;
 
 /// An oauth2 client whose token responses may carry an OIDC ID token.
 type Client<HasAuth, HasToken> = oauth2::Client<
@@ -33,50 +35,17 @@ type Client<HasAuth, HasToken> = oauth2::Client<
     HasToken,
 >;
 
-fn base_client(p: &ProviderConfig) -> Client<EndpointNotSet, EndpointNotSet> {
-    let mut c = oauth2::Client::new(ClientId::new(p.client_id.clone())).set_auth_type(
-        match p.token_auth_method {
+fn token_client(c: &OAuthClient) -> Client<EndpointNotSet, EndpointSet> {
+    let mut client = oauth2::Client::new(ClientId::new(c.client_id.clone()))
+        .set_auth_type(match c.auth_method {
             TokenAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
             TokenAuthMethod::ClientSecretPost => AuthType::RequestBody,
-        },
-    );
-    if let Some(secret) = &p.client_secret {
-        c = c.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+        })
+        .set_token_uri(TokenUrl::from_url(c.token_url.clone()));
+    if let Some(secret) = &c.client_secret {
+        client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
     }
-    c
-}
-
-fn token_client(p: &ProviderConfig) -> Client<EndpointNotSet, EndpointSet> {
-    base_client(p).set_token_uri(TokenUrl::from_url(p.token_url.clone()))
-}
-
-/// Builds the authorization URL: PKCE S256 always, the OIDC nonce when given, then the
-/// provider's extra parameters (which cannot override the ones above; config validation
-/// refuses reserved names).
-pub fn authorization_url(
-    p: &ProviderConfig,
-    redirect_uri: &str,
-    state: &str,
-    pkce_verifier: &SecretString,
-    nonce: Option<&SecretString>,
-    scopes: &Scopes,
-) -> Result<Url, url::ParseError> {
-    let client = base_client(p)
-        .set_auth_uri(AuthUrl::from_url(p.auth_url.clone()))
-        .set_redirect_uri(RedirectUrl::new(redirect_uri.to_owned())?);
-    let verifier = PkceCodeVerifier::new(pkce_verifier.expose_secret().to_owned());
-    let state = state.to_owned();
-    let mut req = client
-        .authorize_url(move || CsrfToken::new(state))
-        .add_scopes(scopes.iter().map(|s| Scope::new(s.to_owned())))
-        .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
-    if let Some(nonce) = nonce {
-        req = req.add_extra_param("nonce", nonce.expose_secret().to_owned());
-    }
-    for (k, v) in &p.extra_auth_params {
-        req = req.add_extra_param(k.clone(), v.clone());
-    }
-    Ok(req.url().0)
+    client
 }
 
 /// The production token endpoint.
@@ -140,78 +109,76 @@ fn token_set(r: &CoreTokenResponse) -> TokenSet {
             let items: Vec<&str> = s.iter().map(|s| s.as_str()).collect();
             Scopes::parse("scope", &items).ok()
         }),
-        subject: None,
+        id_token: r
+            .extra_fields()
+            .id_token()
+            .map(|t| SecretString::from(t.to_string())),
     }
 }
 
 #[async_trait]
 impl TokenEndpoint for OAuth2TokenEndpoint {
-    async fn exchange_code(
+    async fn token(
         &self,
-        p: &ProviderConfig,
-        x: CodeExchange<'_>,
+        client: &OAuthClient,
+        grant: TokenGrant<'_>,
     ) -> Result<TokenSet, OAuthError> {
-        // OIDC: fetch the metadata (and current JWKS) first, so a key rotation is picked up.
-        let metadata = match (p.kind, &p.issuer) {
-            (ProviderKind::Oidc, Some(issuer)) => Some(self.metadata(issuer).await?),
-            _ => None,
+        let resp = match grant {
+            TokenGrant::AuthorizationCode {
+                code,
+                pkce_verifier,
+                redirect_uri,
+            } => {
+                let redirect = RedirectUrl::new(redirect_uri.to_owned())
+                    .map_err(|e| OAuthError::Protocol(format!("bad redirect URI: {e}")))?;
+                token_client(client)
+                    .set_redirect_uri(redirect)
+                    .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
+                    .set_pkce_verifier(PkceCodeVerifier::new(
+                        pkce_verifier.expose_secret().to_owned(),
+                    ))
+                    .request_async(&self.http)
+                    .await
+            }
+            TokenGrant::RefreshToken(refresh_token) => {
+                let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+                token_client(client)
+                    .exchange_refresh_token(&token)
+                    .request_async(&self.http)
+                    .await
+            }
         };
-        let client = token_client(p).set_redirect_uri(
-            RedirectUrl::new(x.redirect_uri.to_owned())
-                .map_err(|e| OAuthError::Protocol(format!("bad redirect URI: {e}")))?,
-        );
-        let resp = client
-            .exchange_code(AuthorizationCode::new(x.code.expose_secret().to_owned()))
-            .set_pkce_verifier(PkceCodeVerifier::new(
-                x.pkce_verifier.expose_secret().to_owned(),
-            ))
-            .request_async(&self.http)
-            .await
-            .map_err(classify)?;
-        let mut set = token_set(&resp);
-        if let Some(metadata) = metadata {
-            let id_token = resp
-                .extra_fields()
-                .id_token()
-                .ok_or_else(|| OAuthError::IdToken("the token response has no id_token".into()))?;
-            let keys = metadata.jwks().clone();
-            let issuer = metadata.issuer().clone();
-            let client_id = ClientId::new(p.client_id.clone());
-            let verifier = match &p.client_secret {
-                Some(s) => CoreIdTokenVerifier::new_confidential_client(
-                    client_id,
-                    ClientSecret::new(s.expose_secret().to_owned()),
-                    issuer,
-                    keys,
-                ),
-                None => CoreIdTokenVerifier::new_public_client(client_id, issuer, keys),
-            };
-            let nonce = Nonce::new(
-                x.nonce
-                    .map(|n| n.expose_secret().to_owned())
-                    .unwrap_or_default(),
-            );
-            let claims = id_token
-                .claims(&verifier, &nonce)
-                .map_err(|e| OAuthError::IdToken(e.to_string()))?;
-            set.subject = Some(claims.subject().as_str().to_owned());
-        }
-        Ok(set)
+        Ok(token_set(&resp.map_err(classify)?))
     }
 
-    async fn refresh(
+    async fn verify_id_token(
         &self,
-        p: &ProviderConfig,
-        refresh_token: &SecretString,
-    ) -> Result<TokenSet, OAuthError> {
-        let client = token_client(p);
-        let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let resp = client
-            .exchange_refresh_token(&token)
-            .request_async(&self.http)
-            .await
-            .map_err(classify)?;
-        Ok(token_set(&resp))
+        issuer: &str,
+        client: &OAuthClient,
+        id_token: &SecretString,
+        nonce: &SecretString,
+    ) -> Result<String, OAuthError> {
+        // Fetched now, so a key rotation at the provider is picked up.
+        let metadata = self.metadata(issuer).await?;
+        let id_token = CoreIdToken::from_str(id_token.expose_secret())
+            .map_err(|_| OAuthError::IdToken("the id_token is not a well-formed JWT".into()))?;
+        let keys = metadata.jwks().clone();
+        let issuer = metadata.issuer().clone();
+        let client_id = ClientId::new(client.client_id.clone());
+        let verifier = match &client.client_secret {
+            Some(s) => CoreIdTokenVerifier::new_confidential_client(
+                client_id,
+                ClientSecret::new(s.expose_secret().to_owned()),
+                issuer,
+                keys,
+            ),
+            None => CoreIdTokenVerifier::new_public_client(client_id, issuer, keys),
+        };
+        let nonce = Nonce::new(nonce.expose_secret().to_owned());
+        let claims = id_token
+            .claims(&verifier, &nonce)
+            .map_err(|e| OAuthError::IdToken(e.to_string()))?;
+        Ok(claims.subject().as_str().to_owned())
     }
 
     async fn discover(&self, issuer: &str) -> Result<Discovered, OAuthError> {

@@ -1,21 +1,26 @@
-//! The token endpoint port and its oauth2/openidconnect adapter: authorization URLs, code
-//! exchange (with ID token verification for OIDC), refresh and discovery. Provider HTTP never
-//! follows redirects, has timeouts and a body cap (`http.rs`).
+//! The token endpoint port and its oauth2/openidconnect adapter, shaped by endpoint: the token
+//! endpoint (one request type, the grant type as data), ID token verification and discovery.
+//! Authorization URLs are built in `authorize.rs`. Provider HTTP never follows redirects, has
+//! timeouts and a body cap (`http.rs`).
 
+mod authorize;
 mod client;
+#[cfg(test)]
+pub(crate) mod fake;
 mod http;
 
-pub use client::{OAuth2TokenEndpoint, authorization_url};
+pub use authorize::{AuthorizationRequest, authorization_url};
+pub use client::OAuth2TokenEndpoint;
 pub use http::ProviderHttp;
 
-use crate::domain::{ProviderConfig, Scopes};
+use crate::domain::{OAuthClient, Scopes};
 use crate::secret::SecretString;
 use async_trait::async_trait;
 use std::time::Duration;
 use url::Url;
 
 /// What a token endpoint returned. Secrets stay in `SecretString`s.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TokenSet {
     pub access_token: SecretString,
     pub token_type: String,
@@ -23,8 +28,8 @@ pub struct TokenSet {
     pub refresh_token: Option<SecretString>,
     /// Granted scopes, when the provider said.
     pub scopes: Option<Scopes>,
-    /// The ID token's `sub`, for OIDC code exchanges.
-    pub subject: Option<String>,
+    /// The raw ID token (OpenID Connect), still to be verified.
+    pub id_token: Option<SecretString>,
 }
 
 /// Endpoints learned from an issuer's discovery document.
@@ -63,26 +68,43 @@ impl OAuthError {
     }
 }
 
-/// Inputs of an authorization-code exchange.
-pub struct CodeExchange<'a> {
-    pub code: &'a SecretString,
-    pub pkce_verifier: &'a SecretString,
-    pub nonce: Option<&'a SecretString>,
-    pub redirect_uri: &'a str,
+/// The grant presented at the token endpoint (RFC 6749 section 4; later kinds add client
+/// credentials, JWT bearer, device code and token exchange here).
+pub enum TokenGrant<'a> {
+    AuthorizationCode {
+        code: &'a SecretString,
+        pkce_verifier: &'a SecretString,
+        redirect_uri: &'a str,
+    },
+    RefreshToken(&'a SecretString),
 }
 
-/// A provider's token endpoint.
+impl std::fmt::Debug for TokenGrant<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AuthorizationCode { .. } => "AuthorizationCode",
+            Self::RefreshToken(_) => "RefreshToken",
+        })
+    }
+}
+
+/// A provider's OAuth endpoints.
 #[async_trait]
-pub trait TokenEndpoint: Send + Sync + 'static {
-    async fn exchange_code(
+pub trait TokenEndpoint: std::fmt::Debug + Send + Sync + 'static {
+    /// A token request at `client.token_url`.
+    async fn token(
         &self,
-        provider: &ProviderConfig,
-        exchange: CodeExchange<'_>,
+        client: &OAuthClient,
+        grant: TokenGrant<'_>,
     ) -> Result<TokenSet, OAuthError>;
-    async fn refresh(
+    /// Verifies an ID token against the issuer's current keys; returns its `sub`.
+    async fn verify_id_token(
         &self,
-        provider: &ProviderConfig,
-        refresh_token: &SecretString,
-    ) -> Result<TokenSet, OAuthError>;
+        issuer: &str,
+        client: &OAuthClient,
+        id_token: &SecretString,
+        nonce: &SecretString,
+    ) -> Result<String, OAuthError>;
+    /// The issuer's OpenID discovery document.
     async fn discover(&self, issuer: &str) -> Result<Discovered, OAuthError>;
 }

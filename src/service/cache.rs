@@ -20,7 +20,7 @@ pub(super) struct CachedToken {
 /// When cleanup of idle refresh locks starts.
 const LOCK_SWEEP_THRESHOLD: usize = 1024;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct TokenCache {
     tokens: RwLock<HashMap<GrantKey, Arc<CachedToken>>>,
     locks: Mutex<HashMap<GrantKey, Arc<tokio::sync::Mutex<()>>>>,

@@ -1,21 +1,22 @@
 //! Provider administration: validated create/read/update/delete, written through to the store
-//! and mirrored in memory so the token handout path never reads the store for a provider.
+//! and mirrored in memory so the token handout path never reads the store for a provider. The
+//! common settings are validated here; the kind-specific ones by the provider's kind.
 
-use super::{Error, decode, encode};
+use super::Error;
+use super::kind::{self, KindContext};
+use super::policy::{self, Action};
 use crate::clock::Clock;
 use crate::domain::{
-    DEFAULT_REFERENCE_TTL, GrantKey, HandoutPolicy, MAX_REFERENCE_TTL, ProviderConfig, ProviderId,
-    ProviderKind, Scopes, TokenAuthMethod, check_endpoint_url,
+    Caller, DEFAULT_REFERENCE_TTL, HandoutPolicy, MAX_REFERENCE_TTL, ProviderConfig, ProviderId,
+    ProviderKind, Scopes, TokenAuthMethod, check_name,
 };
 use crate::oauth::TokenEndpoint;
 use crate::secret::SecretString;
-use crate::store::{Cas, SecretStore};
+use crate::store::{Cas, GrantRepo, ProviderRepo, SecretStore, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use url::Url;
-
-const PREFIX: &str = "providers/";
 
 /// A provider as an operator submits it, before validation.
 #[derive(Debug, Default)]
@@ -38,8 +39,10 @@ pub struct ProviderDraft {
     pub reference_ttl_seconds: u32,
 }
 
+#[derive(Debug)]
 pub struct ProviderRegistry {
-    store: Arc<dyn SecretStore>,
+    repo: ProviderRepo,
+    grants: GrantRepo,
     endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
     allow_insecure_urls: bool,
@@ -52,10 +55,6 @@ pub struct ProviderRegistry {
     write: tokio::sync::Mutex<()>,
 }
 
-fn key(id: &ProviderId) -> String {
-    format!("{PREFIX}{}", id.as_str())
-}
-
 impl ProviderRegistry {
     pub fn new(
         store: Arc<dyn SecretStore>,
@@ -65,7 +64,8 @@ impl ProviderRegistry {
         allow_insecure_urls: bool,
     ) -> Self {
         Self {
-            store,
+            repo: ProviderRepo::new(store.clone()),
+            grants: GrantRepo::new(store),
             endpoint,
             clock,
             allow_insecure_urls,
@@ -78,13 +78,13 @@ impl ProviderRegistry {
 
     /// Reads every provider from the store into memory (start-up, and when the store returns).
     pub async fn load(&self) -> Result<usize, Error> {
-        let mut loaded = HashMap::new();
-        for k in self.store.list(PREFIX).await? {
-            if let Some(rec) = self.store.get(&k).await? {
-                let p: ProviderConfig = decode(&k, &rec.value)?;
-                loaded.insert(p.id.clone(), Arc::new(p));
-            }
-        }
+        let loaded: HashMap<_, _> = self
+            .repo
+            .all()
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), Arc::new(p)))
+            .collect();
         let n = loaded.len();
         *self.providers.write().unwrap_or_else(|p| p.into_inner()) = loaded;
         self.loaded.store(true, Ordering::Release);
@@ -105,6 +105,19 @@ impl ProviderRegistry {
         }
     }
 
+    /// A provider, for an operator.
+    pub fn describe(&self, caller: &Caller, id: &ProviderId) -> Result<Arc<ProviderConfig>, Error> {
+        policy::authorize(caller, Action::ManageProviders)?;
+        self.get(id)
+    }
+
+    /// Every provider, for an operator.
+    pub fn list(&self, caller: &Caller) -> Result<Vec<Arc<ProviderConfig>>, Error> {
+        policy::authorize(caller, Action::ManageProviders)?;
+        self.all()
+    }
+
+    /// A provider from memory (the handout path).
     pub fn get(&self, id: &ProviderId) -> Result<Arc<ProviderConfig>, Error> {
         self.ensure_loaded()?;
         self.providers
@@ -115,7 +128,7 @@ impl ProviderRegistry {
             .ok_or(Error::NotFound { what: "provider" })
     }
 
-    pub fn list(&self) -> Result<Vec<Arc<ProviderConfig>>, Error> {
+    fn all(&self) -> Result<Vec<Arc<ProviderConfig>>, Error> {
         self.ensure_loaded()?;
         let mut all: Vec<_> = self
             .providers
@@ -137,7 +150,12 @@ impl ProviderRegistry {
         )
     }
 
-    pub async fn create(&self, draft: ProviderDraft) -> Result<Arc<ProviderConfig>, Error> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        draft: ProviderDraft,
+    ) -> Result<Arc<ProviderConfig>, Error> {
+        policy::authorize(caller, Action::ManageProviders)?;
         let id = ProviderId::parse(&draft.id)?;
         self.ensure_loaded()?;
         let _w = self.write.lock().await;
@@ -152,39 +170,43 @@ impl ProviderRegistry {
         }
         let now = self.clock.now_unix();
         let config = self.validate(id, draft, None, now).await?;
-        self.store
-            .put(&key(&config.id), encode(&config)?, Cas::Absent)
+        self.repo
+            .put(&config, Cas::Absent)
             .await
             .map_err(|e| match e {
-                crate::store::StoreError::Conflict => Error::AlreadyExists {
+                StoreError::Conflict => Error::AlreadyExists {
                     what: "provider",
                     id: config.id.to_string(),
                 },
                 other => other.into(),
             })?;
+        tracing::info!(provider = %config.id, "provider created");
         Ok(self.remember(config))
     }
 
-    pub async fn update(&self, draft: ProviderDraft) -> Result<Arc<ProviderConfig>, Error> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        draft: ProviderDraft,
+    ) -> Result<Arc<ProviderConfig>, Error> {
+        policy::authorize(caller, Action::ManageProviders)?;
         let id = ProviderId::parse(&draft.id)?;
         let _w = self.write.lock().await;
         let current = self.get(&id)?;
         let now = self.clock.now_unix();
         let config = self.validate(id, draft, Some(&current), now).await?;
-        self.store
-            .put(&key(&config.id), encode(&config)?, Cas::Any)
-            .await?;
+        self.repo.put(&config, Cas::Any).await?;
+        tracing::info!(provider = %config.id, "provider updated");
         Ok(self.remember(config))
     }
 
-    /// Deletes the provider and every grant made through it.
-    pub async fn delete(&self, id: &ProviderId) -> Result<(), Error> {
+    /// Deletes the provider and every grant made through it (the caller authorized it; see
+    /// `Credentials::delete_provider`, which also drops cached tokens and references).
+    pub(crate) async fn delete(&self, id: &ProviderId) -> Result<(), Error> {
         let _w = self.write.lock().await;
         self.get(id)?;
-        for k in self.store.list(&GrantKey::provider_prefix(id)).await? {
-            self.store.delete(&k).await?;
-        }
-        self.store.delete(&key(id)).await?;
+        self.grants.delete_provider(id).await?;
+        self.repo.delete(id).await?;
         self.providers
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -208,59 +230,20 @@ impl ProviderRegistry {
         current: Option<&ProviderConfig>,
         now: i64,
     ) -> Result<ProviderConfig, Error> {
-        let insecure = self.allow_insecure_urls;
-        let kind = d
-            .kind
-            .ok_or_else(|| Error::invalid("kind", "is required (oauth2 or oidc)"))?;
-        ProviderConfig::check_common(&d.name, &d.client_id, &d.extra_auth_params)?;
+        check_name(&d.name)?;
         let default_scopes = Scopes::parse("default_scopes", &d.default_scopes)?;
-        let optional = |field, raw: &str| {
-            (!raw.is_empty())
-                .then(|| check_endpoint_url(field, raw, insecure))
-                .transpose()
-        };
-        let revocation_url = optional("revocation_url", &d.revocation_url)?;
         if d.reference_ttl_seconds > MAX_REFERENCE_TTL {
             return Err(Error::invalid(
                 "reference_ttl_seconds",
                 format!("must be at most {MAX_REFERENCE_TTL} (one year)"),
             ));
         }
-        let (auth_url, token_url, issuer) = match kind {
-            ProviderKind::OAuth2 => {
-                let auth = check_endpoint_url("auth_url", &d.auth_url, insecure)?;
-                let token = check_endpoint_url("token_url", &d.token_url, insecure)?;
-                optional("issuer", &d.issuer)?;
-                (
-                    auth,
-                    token,
-                    (!d.issuer.is_empty()).then(|| d.issuer.clone()),
-                )
-            }
-            ProviderKind::Oidc => {
-                if !d.auth_url.is_empty() || !d.token_url.is_empty() {
-                    let field = if d.auth_url.is_empty() {
-                        "token_url"
-                    } else {
-                        "auth_url"
-                    };
-                    return Err(Error::invalid(
-                        field,
-                        "is filled from the issuer's discovery document for oidc providers; leave it empty",
-                    ));
-                }
-                check_endpoint_url("issuer", &d.issuer, insecure)?;
-                let found = self.endpoint.discover(&d.issuer).await.map_err(|e| {
-                    Error::invalid("issuer", format!("OpenID discovery failed: {e}"))
-                })?;
-                let auth = check_endpoint_url("issuer", found.auth_url.as_str(), insecure)?;
-                let token = check_endpoint_url("issuer", found.token_url.as_str(), insecure)?;
-                (auth, token, Some(d.issuer.clone()))
-            }
+        let ctx = KindContext {
+            endpoint: &*self.endpoint,
+            allow_insecure_urls: self.allow_insecure_urls,
+            current,
         };
-        let client_secret = d
-            .client_secret
-            .or_else(|| current.and_then(|c| c.client_secret.clone()));
+        let kind = kind::validate(&d, ctx).await?;
         Ok(ProviderConfig {
             name: if d.name.is_empty() {
                 id.to_string()
@@ -269,15 +252,7 @@ impl ProviderRegistry {
             },
             id,
             kind,
-            client_id: d.client_id,
-            client_secret,
-            auth_url,
-            token_url,
-            issuer,
-            revocation_url,
             default_scopes,
-            extra_auth_params: d.extra_auth_params,
-            token_auth_method: d.token_auth_method,
             handout_policy: d.handout_policy,
             reference_ttl_seconds: if d.reference_ttl_seconds == 0 {
                 DEFAULT_REFERENCE_TTL

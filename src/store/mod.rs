@@ -1,14 +1,19 @@
-//! The secret store port: durable, versioned key/value records holding provider configs and
-//! grants. Backends: `embedded` (sealed single file, the default), `memory` (tests).
-//! Every backend passes the same conformance suite (`conformance::run`).
+//! The secret store port: durable, versioned key/value records holding provider configs, grants,
+//! references and deployment keys. Backends: `vault` (HashiCorp Vault), `embedded` (sealed single
+//! file, the default), `memory` (tests). Every backend passes the same conformance suite
+//! (`conformance::run`). `keyspace` owns every key; the typed repositories in `repo` are the only
+//! code that reads or writes records.
 
 pub mod conformance;
 mod embedded;
+pub mod keyspace;
 mod memory;
+mod repo;
 mod vault;
 
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
+pub use repo::{GrantRepo, MetaRepo, ProviderRepo, ReferenceRepo};
 pub use vault::{KvVersion, VaultAuth, VaultConfig, VaultStore};
 
 use async_trait::async_trait;
@@ -75,7 +80,7 @@ impl StoreError {
 
 /// Durable versioned records. Keys are `/`-separated paths of `[A-Za-z0-9_=-]` segments.
 #[async_trait]
-pub trait SecretStore: Send + Sync + 'static {
+pub trait SecretStore: std::fmt::Debug + Send + Sync + 'static {
     /// Backend name for logs and health.
     fn backend(&self) -> &'static str;
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;

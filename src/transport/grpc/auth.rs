@@ -2,8 +2,8 @@
 //! SHA-256 hashes in constant time. The interceptor attaches a `Caller` to the request; mTLS and
 //! agent-id binding can attach the same type later without touching the services.
 
+use crate::domain::{Caller, Role};
 use crate::secret::sha256;
-use crate::service::{Caller, Role};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
@@ -16,7 +16,7 @@ pub struct CallerKey {
     pub key_sha256: [u8; 32],
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct CallerAuth {
     keys: Arc<[CallerKey]>,
 }
@@ -33,10 +33,7 @@ impl CallerAuth {
         let mut found = None;
         for k in self.keys.iter() {
             if bool::from(k.key_sha256.ct_eq(&hash)) {
-                found = Some(Caller {
-                    name: k.name.clone(),
-                    role: k.role,
-                });
+                found = Some(Caller::api_key(k.name.clone(), k.role));
             }
         }
         found

@@ -1,6 +1,8 @@
-//! gRPC: the `valet.v1` services, caller authentication, and the one `Error` → `Status` mapping.
+//! gRPC: the `valet.v1` services, caller authentication, wire ⇄ domain conversion, and the
+//! status mapping. Each RPC runs in one span (`skip_all`: method, caller, provider, outcome).
 
 mod auth;
+mod convert;
 mod credentials;
 mod providers;
 mod status;
@@ -10,8 +12,11 @@ pub use credentials::CredentialsApi;
 pub use providers::ProvidersApi;
 pub use status::to_status;
 
-use crate::service::{Caller, Role};
+use crate::domain::{Caller, ProviderId};
+use crate::service::Error;
+use std::future::Future;
 use tonic::{Request, Status};
+use tracing::Instrument as _;
 
 /// The caller the interceptor attached to the request.
 fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
@@ -21,13 +26,33 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("missing caller identity"))
 }
 
-fn require_admin<T>(req: &Request<T>) -> Result<Caller, Status> {
-    let c = caller(req)?;
-    if c.role == Role::Admin {
-        Ok(c)
-    } else {
-        Err(to_status(&crate::service::Error::PermissionDenied(
-            "this RPC needs an admin API key",
-        )))
+/// Runs one RPC in its span and maps its error to a status (logged once, there).
+async fn rpc<T>(
+    method: &'static str,
+    caller: &Caller,
+    provider: &str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Status> {
+    // Only a well-formed provider id is recorded; anything else is input, not a label.
+    let provider = ProviderId::parse(provider)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        caller = %caller.name,
+        provider = %provider,
+        outcome = tracing::field::Empty,
+    );
+    async move {
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "OK",
+            Err(e) => crate::transport::reason_name(e.reason()),
+        };
+        tracing::Span::current().record("outcome", outcome);
+        result.map_err(|e| to_status(&e))
     }
+    .instrument(span)
+    .await
 }

@@ -1,44 +1,40 @@
-//! The one classification of service errors into gRPC status codes with rich details
-//! (google.rpc.ErrorInfo, BadRequest, RetryInfo). Logged here, once, at the edge.
+//! gRPC's view of the one classification: code, ErrorInfo reason, BadRequest and RetryInfo.
 
-use crate::service::Error;
+use crate::service::{Class, Error};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 const DOMAIN: &str = "valet.dev";
 
-pub fn code(e: &Error) -> Code {
-    match e {
-        Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::NotFound { .. } => Code::NotFound,
-        Error::AlreadyExists { .. } => Code::AlreadyExists,
-        Error::PermissionDenied(_) => Code::PermissionDenied,
-        Error::Flow(_) | Error::ReauthorizationRequired | Error::ProviderRejected(_) => {
-            Code::FailedPrecondition
-        }
-        Error::ProviderUnavailable(_) | Error::StoreUnavailable(_) => Code::Unavailable,
-        Error::Conflict => Code::Aborted,
-        Error::Exhausted(_) => Code::ResourceExhausted,
-        Error::Internal(_) => Code::Internal,
+pub fn code(class: Class) -> Code {
+    match class {
+        Class::BadInput => Code::InvalidArgument,
+        Class::NotFound => Code::NotFound,
+        Class::AlreadyExists => Code::AlreadyExists,
+        Class::Denied => Code::PermissionDenied,
+        Class::Precondition => Code::FailedPrecondition,
+        Class::Unavailable => Code::Unavailable,
+        Class::Conflict => Code::Aborted,
+        Class::Exhausted => Code::ResourceExhausted,
+        Class::Internal => Code::Internal,
     }
 }
 
+/// The status a caller sees for `e`; logged once, here.
 pub fn to_status(e: &Error) -> Status {
-    let code = code(e);
-    match code {
-        Code::Internal | Code::Unavailable => {
-            tracing::warn!(reason = e.reason(), "request failed: {e}")
-        }
-        _ => tracing::debug!(reason = e.reason(), "request refused: {e}"),
-    }
+    super::super::report(e);
     let mut details = ErrorDetails::new();
-    details.set_error_info(e.reason(), DOMAIN, HashMap::new());
+    details.set_error_info(
+        super::super::reason_name(e.reason()),
+        DOMAIN,
+        HashMap::new(),
+    );
     if let Error::InvalidArgument(i) = e {
         details.add_bad_request_violation(i.field, i.reason.clone());
     }
     if let Some(after) = e.retry_after() {
         details.set_retry_info(Some(after));
     }
-    Status::with_error_details(code, e.to_string(), details)
+    Status::with_error_details(code(e.class()), e.to_string(), details)
 }

@@ -1,4 +1,4 @@
-//! The lease table: pending consent flows, in memory only. Bounded in total and per user; each
+//! The pending-flow table: consent flows waiting for their callback, in memory only. Bounded in total and per user; each
 //! `state` is taken at most once and only before its lease expires; a sweeper fails expired flows
 //! closed. Finished flows keep their outcome for a while so `WaitForCompletion` can collect it.
 //! Time is `tokio::time`, so tests can pause it.
@@ -55,21 +55,6 @@ pub enum FlowFailure {
     ExchangeFailed(String),
 }
 
-impl FlowFailure {
-    /// Stable machine-readable reason for API errors.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Expired => "FLOW_EXPIRED",
-            Self::AccessDenied => "ACCESS_DENIED",
-            Self::ProviderError(_) => "PROVIDER_ERROR",
-            Self::WrongProvider => "WRONG_PROVIDER",
-            Self::IssuerMismatch => "ISSUER_MISMATCH",
-            Self::IdTokenRejected(_) => "ID_TOKEN_REJECTED",
-            Self::ExchangeFailed(_) => "EXCHANGE_FAILED",
-        }
-    }
-}
-
 /// Where a flow stands, as watchers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowOutcome {
@@ -99,7 +84,7 @@ pub enum InsertError {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct LeaseLimits {
+pub struct PendingLimits {
     pub ttl: Duration,
     pub max_total: usize,
     pub max_per_user: usize,
@@ -110,6 +95,8 @@ pub struct LeaseLimits {
 /// What a caller may see of a flow it owns.
 #[derive(Debug, Clone)]
 pub struct FlowView {
+    /// The caller that started it.
+    pub owner: String,
     pub auth_url: String,
     pub expires_at: Instant,
     pub outcome: watch::Receiver<FlowOutcome>,
@@ -117,6 +104,7 @@ pub struct FlowView {
     pub scopes: Scopes,
 }
 
+#[derive(Debug)]
 struct Entry {
     flow: Option<PendingFlow>,
     user: UserId,
@@ -129,7 +117,7 @@ struct Entry {
     outcome: Arc<watch::Sender<FlowOutcome>>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Inner {
     /// sha256(state) → auth_id; the state itself is never kept.
     by_state: HashMap<[u8; 32], String>,
@@ -139,6 +127,7 @@ struct Inner {
 }
 
 /// A taken flow plus the handle to report its outcome.
+#[derive(Debug)]
 pub struct Taken {
     pub flow: PendingFlow,
     pub auth_id: String,
@@ -151,20 +140,21 @@ impl Taken {
     }
 }
 
-pub struct LeaseTable {
-    limits: LeaseLimits,
+#[derive(Debug)]
+pub struct PendingFlows {
+    limits: PendingLimits,
     inner: Mutex<Inner>,
 }
 
-impl LeaseTable {
-    pub fn new(limits: LeaseLimits) -> Self {
+impl PendingFlows {
+    pub fn new(limits: PendingLimits) -> Self {
         Self {
             limits,
             inner: Mutex::new(Inner::default()),
         }
     }
 
-    pub fn limits(&self) -> LeaseLimits {
+    pub fn limits(&self) -> PendingLimits {
         self.limits
     }
 
@@ -247,11 +237,12 @@ impl LeaseTable {
         })
     }
 
-    /// The flow `auth_id`, if it exists and `owner` started it.
-    pub fn view(&self, auth_id: &str, owner: &str) -> Option<FlowView> {
+    /// The flow `auth_id`, if it exists; the policy decides who may see it (`FlowView::owner`).
+    pub fn view(&self, auth_id: &str) -> Option<FlowView> {
         let inner = self.lock();
         let entry = inner.by_auth.get(auth_id)?;
-        (entry.owner == owner).then(|| FlowView {
+        Some(FlowView {
+            owner: entry.owner.clone(),
             auth_url: entry.auth_url.clone(),
             expires_at: entry.deadline,
             outcome: entry.outcome.subscribe(),
@@ -338,8 +329,8 @@ mod tests {
         }
     }
 
-    fn table(max_total: usize, max_per_user: usize) -> LeaseTable {
-        LeaseTable::new(LeaseLimits {
+    fn table(max_total: usize, max_per_user: usize) -> PendingFlows {
+        PendingFlows::new(PendingLimits {
             ttl: Duration::from_secs(60),
             max_total,
             max_per_user,
@@ -361,7 +352,7 @@ mod tests {
     async fn expired_state_is_refused_and_reported() {
         let t = table(10, 10);
         t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
-        let view = t.view("a1", "agent").unwrap();
+        let view = t.view("a1").unwrap();
         tokio::time::advance(Duration::from_secs(61)).await;
         let p = ProviderId::parse("p").unwrap();
         assert_eq!(t.take("s1", &p).err(), Some(TakeError::Expired));
@@ -380,10 +371,10 @@ mod tests {
         assert_eq!(t.pending(), 0);
         let p = ProviderId::parse("p").unwrap();
         assert_eq!(t.take("s1", &p).err(), Some(TakeError::Unknown));
-        assert!(t.view("a1", "agent").is_some(), "outcome kept for a while");
+        assert!(t.view("a1").is_some(), "outcome kept for a while");
         tokio::time::advance(Duration::from_secs(31)).await;
         t.sweep();
-        assert!(t.view("a1", "agent").is_none(), "then forgotten");
+        assert!(t.view("a1").is_none(), "then forgotten");
     }
 
     #[tokio::test(start_paused = true)]
@@ -415,10 +406,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn only_the_owner_sees_a_flow() {
+    async fn a_view_names_its_owner() {
         let t = table(10, 10);
         t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
-        assert!(t.view("a1", "someone-else").is_none());
-        assert!(t.view("nope", "agent").is_none());
+        assert_eq!(t.view("a1").unwrap().owner, "agent");
+        assert!(t.view("nope").is_none());
     }
 }

@@ -1,51 +1,17 @@
-//! The HTTP listener: `GET /oauth/callback/{provider_id}` (the OAuth redirect target, answering
-//! with a small page) and `GET /healthz`. The query string is never logged: it carries the code.
+//! `GET /oauth/callback/{provider_id}`: the OAuth redirect target. Finishes the flow and answers
+//! with a small page. The query string is never logged: it carries the code.
 
+use super::{HttpState, http_status};
 use crate::secret::SecretString;
-use crate::service::{Broker, CallbackParams, Error};
-use crate::store::SecretStore;
-use axum::Router;
+use crate::service::CallbackParams;
+use crate::transport::{reason_name, report};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::Instrument as _;
 
 /// Longest callback query accepted.
 const MAX_QUERY: usize = 8 * 1024;
-
-#[derive(Clone)]
-pub struct HttpState {
-    pub broker: Arc<Broker>,
-    pub store: Arc<dyn SecretStore>,
-    /// Cleared when shutdown starts, so load balancers stop sending traffic.
-    pub serving: Arc<AtomicBool>,
-}
-
-pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/oauth/callback/{provider_id}", get(callback))
-        .route("/healthz", get(healthz))
-        .with_state(state)
-}
-
-async fn healthz(State(s): State<HttpState>) -> Response {
-    if !s.serving.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    match s.store.check().await {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => {
-            tracing::warn!("health check: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "secret store unavailable\n",
-            )
-                .into_response()
-        }
-    }
-}
 
 fn parse_query(raw: Option<&str>) -> Result<CallbackParams, &'static str> {
     let raw = raw.unwrap_or("");
@@ -68,7 +34,7 @@ fn parse_query(raw: Option<&str>) -> Result<CallbackParams, &'static str> {
     Ok(p)
 }
 
-async fn callback(
+pub(super) async fn callback(
     State(s): State<HttpState>,
     Path(provider_id): Path<String>,
     RawQuery(query): RawQuery,
@@ -77,20 +43,39 @@ async fn callback(
         Ok(p) => p,
         Err(msg) => return page(StatusCode::BAD_REQUEST, "Authorization failed", msg),
     };
-    match s.broker.complete_callback(&provider_id, params).await {
+    let span = tracing::info_span!(
+        "callback",
+        provider = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
+    if let Ok(id) = crate::domain::ProviderId::parse(&provider_id) {
+        span.record("provider", id.as_str());
+    }
+    let result = s
+        .credentials
+        .complete_callback(&provider_id, params)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    span.record(
+        "outcome",
+        result
+            .as_ref()
+            .map_or_else(|e| reason_name(e.reason()), |()| "OK"),
+    );
+    match result {
         Ok(()) => page(
             StatusCode::OK,
             "Authorization complete",
             "Valet has the credential. You can close this window and return to your agent.",
         ),
         Err(e) => {
-            let status = match &e {
-                Error::NotFound { .. } => StatusCode::NOT_FOUND,
-                Error::InvalidArgument(_) | Error::Flow(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            tracing::info!(reason = e.reason(), "callback refused: {e}");
-            page(status, "Authorization failed", &e.to_string())
+            report(&e);
+            page(
+                http_status(e.class()),
+                "Authorization failed",
+                &e.to_string(),
+            )
         }
     }
 }
@@ -108,7 +93,7 @@ fn escape(s: &str) -> String {
         .collect()
 }
 
-fn page(status: StatusCode, title: &str, message: &str) -> Response {
+pub(super) fn page(status: StatusCode, title: &str, message: &str) -> Response {
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Valet: {t}</title></head>\
          <body style=\"font-family:sans-serif;max-width:36em;margin:4em auto\">\

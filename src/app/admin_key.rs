@@ -1,0 +1,73 @@
+//! The admin API key: from `--admin-key-file`, or in dev mode created on first start and shown
+//! once (only its hash is kept, in the data directory).
+
+use crate::config::Config;
+use crate::domain::Role;
+use crate::secret::{random_token, sha256};
+use crate::transport::grpc::CallerKey;
+use anyhow::Context as _;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+const ADMIN_HASH_FILE: &str = "admin-key.sha256";
+
+/// The admin key from `--admin-key-file`, or in dev mode the one created on first start.
+pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
+    let admin = |key_sha256| CallerKey {
+        name: "admin".into(),
+        role: Role::Admin,
+        key_sha256,
+    };
+    if let Some(path) = &config.admin_key_file {
+        let key = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read admin key file {}", path.display()))?;
+        let key = key.trim();
+        anyhow::ensure!(
+            !key.is_empty(),
+            "admin key file {} is empty",
+            path.display()
+        );
+        return Ok(Some(admin(sha256(key.as_bytes()))));
+    }
+    if !config.dev {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let hash_path = config.data_dir.join(ADMIN_HASH_FILE);
+    if hash_path.exists() {
+        let mut hash = [0u8; 32];
+        let text = std::fs::read_to_string(&hash_path)?;
+        hex::decode_to_slice(text.trim(), &mut hash)
+            .with_context(|| format!("{} does not hold a SHA-256 hex hash", hash_path.display()))?;
+        println!(
+            "using the admin key created on first start (delete {} to get a new one)",
+            hash_path.display()
+        );
+        return Ok(Some(admin(hash)));
+    }
+    let key = format!(
+        "valet_{}",
+        random_token(32).map_err(|_| anyhow::anyhow!("the system RNG failed"))?
+    );
+    let hash = sha256(key.as_bytes());
+    write_private(&hash_path, hex::encode(hash).as_bytes())?;
+    println!("admin key: {key}");
+    println!(
+        "  (shown once; only its hash is kept, in {})",
+        hash_path.display()
+    );
+    Ok(Some(admin(hash)))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Health follows the store: gRPC health and the providers mirror are kept in step with whether
+//! the secret store answers.
+
+use crate::service::ProviderRegistry;
+use crate::store::SecretStore;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+pub(super) async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter
+        .set_service_status("valet.v1.Providers", status)
+        .await;
+    reporter
+        .set_service_status("valet.v1.Credentials", status)
+        .await;
+}
+
+/// Polls the store so health follows it: NOT_SERVING while it fails (reason logged once per
+/// change), providers loaded as soon as it answers after a failed start.
+pub(super) async fn watch_store(
+    store: Arc<dyn SecretStore>,
+    registry: Arc<ProviderRegistry>,
+    reporter: HealthReporter,
+    stop: impl Future,
+) {
+    tokio::pin!(stop);
+    let mut serving = registry.is_loaded();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(STORE_CHECK_EVERY) => {}
+        }
+        let result = match store.check().await {
+            Ok(()) if registry.is_loaded() => Ok(()),
+            Ok(()) => registry
+                .load()
+                .await
+                .map(|n| {
+                    tracing::info!(
+                        providers = n,
+                        "secret store reachable again; providers loaded"
+                    );
+                })
+                .map_err(|e| e.chain()),
+            Err(e) => Err(e.to_string()),
+        };
+        let now = result.is_ok();
+        if now != serving {
+            match &result {
+                Ok(()) => tracing::info!("secret store healthy: serving"),
+                Err(reason) => tracing::warn!("secret store unavailable, not serving: {reason}"),
+            }
+            set_health(&reporter, now).await;
+            serving = now;
+        }
+    }
+}

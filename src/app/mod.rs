@@ -1,0 +1,295 @@
+//! The composition root. `App::build` validates nothing (the config already is), opens the store,
+//! builds the services and binds both listeners, returning their addresses; `App::serve` spawns
+//! the background tasks, serves until the shutdown future resolves, then turns health
+//! NOT_SERVING and drains within the grace period.
+
+mod admin_key;
+mod health;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::oauth::{OAuth2TokenEndpoint, ProviderHttp, TokenEndpoint};
+use crate::ops::{OpenStore, open_store};
+use crate::pb;
+use crate::pb::credentials_server::CredentialsServer;
+use crate::pb::providers_server::ProvidersServer;
+use crate::pending::{PendingFlows, PendingLimits};
+use crate::service::{Credentials, Limits, Parts, ProviderRegistry};
+use crate::store::{SecretStore, VaultStore};
+use crate::transport::grpc::{CallerAuth, CallerKey, CredentialsApi, ProvidersApi};
+use crate::transport::http::{HttpState, router};
+use anyhow::Context as _;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A built daemon: services wired, listeners bound, nothing served yet.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+    store: Arc<dyn SecretStore>,
+    vault: Option<Arc<VaultStore>>,
+    registry: Arc<ProviderRegistry>,
+    pending: Arc<PendingFlows>,
+    credentials: Arc<Credentials>,
+    auth: CallerAuth,
+}
+
+/// A future that resolves once `rx` says stop.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+impl App {
+    /// Builds and serves until `shutdown` resolves.
+    pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        Self::build(config).await?.serve(shutdown).await
+    }
+
+    /// Opens the store, builds the services and binds both listeners.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        let OpenStore { store, vault } = open_store(&config).await?;
+        let auth = Self::callers(&config)?;
+        let grpc = bind(config.grpc_listen, "gRPC").await?;
+        let http = bind(config.http_listen, "HTTP").await?;
+        let public_url = match &config.public_url {
+            Some(u) => u.clone(),
+            None => url::Url::parse(&format!("http://{}", http.local_addr()?))?,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let provider_http =
+            ProviderHttp::new(config.provider_connect_timeout, config.provider_timeout)?;
+        let endpoint: Arc<dyn TokenEndpoint> = Arc::new(OAuth2TokenEndpoint::new(provider_http));
+        let registry = Arc::new(ProviderRegistry::new(
+            store.clone(),
+            endpoint.clone(),
+            clock.clone(),
+            public_url,
+            config.allow_insecure_provider_urls,
+        ));
+        let pending = Arc::new(PendingFlows::new(PendingLimits {
+            ttl: config.flows.ttl,
+            max_total: config.flows.max_pending,
+            max_per_user: config.flows.max_pending_per_user,
+            keep_outcome: config.flows.wait_max.max(Duration::from_secs(60)),
+        }));
+        let credentials = Arc::new(Credentials::new(Parts {
+            providers: registry.clone(),
+            store: store.clone(),
+            endpoint,
+            clock,
+            pending: pending.clone(),
+            limits: Limits {
+                default_min_ttl: config.default_min_ttl,
+                max_min_ttl: config.max_min_ttl,
+                default_wait: config.flows.wait_default,
+                max_wait: config.flows.wait_max,
+            },
+        }));
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            store,
+            vault,
+            registry,
+            pending,
+            credentials,
+            auth,
+        })
+    }
+
+    /// The configured callers plus the admin key (file or dev mode).
+    fn callers(config: &Config) -> anyhow::Result<CallerAuth> {
+        let mut keys: Vec<CallerKey> = config
+            .callers
+            .iter()
+            .map(|c| CallerKey {
+                name: c.name.clone(),
+                role: c.role,
+                key_sha256: c.key_sha256,
+            })
+            .collect();
+        keys.extend(admin_key::admin_key(config)?);
+        Ok(CallerAuth::new(keys))
+    }
+
+    pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.grpc.local_addr()?)
+    }
+
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.http.local_addr()?)
+    }
+
+    /// Loads providers (riding out an unavailable store), spawns the background tasks and
+    /// serves until `shutdown` resolves; then drains.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (grpc_addr, http_addr) = (self.grpc_addr()?, self.http_addr()?);
+        let providers = load_providers(&self.registry).await?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        health::set_health(&reporter, self.registry.is_loaded()).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.spawn_background(&reporter, &stop_rx);
+        let serving = Arc::new(AtomicBool::new(true));
+        let state = HttpState {
+            credentials: self.credentials.clone(),
+            store: self.store.clone(),
+            serving: serving.clone(),
+        };
+        let (grace, backend) = (self.config.shutdown_grace, self.store.backend());
+        let grpc = grpc_server(
+            self.grpc,
+            self.credentials.clone(),
+            self.auth.clone(),
+            health,
+            stopped(stop_rx.clone()),
+        )?;
+        let http = axum::serve(self.http, router(state)).with_graceful_shutdown(stopped(stop_rx));
+        let grpc = tokio::spawn(grpc);
+        let http = tokio::spawn(async move { http.await });
+        tracing::info!(%grpc_addr, %http_addr, store = backend, providers, "valet serving");
+        announce(grpc_addr, http_addr);
+
+        shutdown.await;
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: draining in-flight calls"
+        );
+        serving.store(false, Ordering::Relaxed);
+        set_not_serving(&reporter).await;
+        let _ = stop_tx.send(true);
+        drain(grace, grpc, http).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    fn spawn_background(&self, reporter: &HealthReporter, stop: &watch::Receiver<bool>) {
+        tokio::spawn(
+            self.pending
+                .clone()
+                .run_sweeper(SWEEP_EVERY, stopped(stop.clone())),
+        );
+        tokio::spawn(health::watch_store(
+            self.store.clone(),
+            self.registry.clone(),
+            reporter.clone(),
+            stopped(stop.clone()),
+        ));
+        if let Some(vault) = &self.vault {
+            tokio::spawn(vault.clone().run_renewal(stopped(stop.clone())));
+        }
+    }
+}
+
+/// An unreachable store (Vault down or sealed) does not stop the daemon: it starts NOT_SERVING
+/// and `watch_store` brings it up once the store answers.
+async fn load_providers(registry: &ProviderRegistry) -> anyhow::Result<usize> {
+    match registry.load().await {
+        Ok(n) => Ok(n),
+        Err(e @ crate::service::Error::StoreUnavailable(_)) => {
+            tracing::warn!(
+                "the secret store is unavailable at start-up; serving nothing until it is back: {}",
+                e.chain()
+            );
+            Ok(0)
+        }
+        Err(e) => anyhow::bail!("cannot load providers from the store: {}", e.chain()),
+    }
+}
+
+/// The gRPC server: health, reflection and the two `valet.v1` services behind the caller check.
+fn grpc_server(
+    listener: TcpListener,
+    credentials: Arc<Credentials>,
+    auth: CallerAuth,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(InterceptedService::new(reflection, auth.clone()))
+        .add_service(ProvidersServer::with_interceptor(
+            ProvidersApi::new(credentials.clone()),
+            auth.clone(),
+        ))
+        .add_service(CredentialsServer::with_interceptor(
+            CredentialsApi::new(credentials),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(
+            // No Nagle: small gRPC frames must not wait for a delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop,
+        ))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind {what} listener on {addr}"))
+}
+
+/// The line scripts and tests wait for, on stdout.
+#[allow(
+    clippy::print_stdout,
+    reason = "the listening line is the daemon's one stdout output"
+)]
+fn announce(grpc: SocketAddr, http: SocketAddr) {
+    println!("valet listening grpc={grpc} http={http}");
+    let _ = std::io::stdout().flush();
+}
+
+async fn set_not_serving(reporter: &HealthReporter) {
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_not_serving::<ProvidersServer<ProvidersApi>>()
+        .await;
+    reporter
+        .set_not_serving::<CredentialsServer<CredentialsApi>>()
+        .await;
+}
+
+/// Waits for both servers to finish their in-flight calls, at most `grace`.
+async fn drain(
+    grace: Duration,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let drained = tokio::time::timeout(grace, async {
+        let (g, h) = tokio::join!(grpc, http);
+        if let Ok(Err(e)) = g {
+            tracing::warn!("gRPC server ended with an error: {e}");
+        }
+        if let Ok(Err(e)) = h {
+            tracing::warn!("HTTP server ended with an error: {e}");
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period elapsed; abandoning calls still in flight");
+    }
+}

@@ -1,0 +1,91 @@
+//! The credential-kind seam in the domain: a provider is common settings plus exactly one
+//! validated, kind-specific configuration. Adding a kind adds a variant here and one module under
+//! `service::kind`; nothing else matches on it.
+
+use crate::secret::SecretString;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use url::Url;
+
+/// The kinds Valet implements (the tag of `KindConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    #[serde(rename = "oauth2")]
+    OAuth2,
+    Oidc,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OAuth2 => "oauth2",
+            Self::Oidc => "oidc",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// A client registered at a provider's token endpoint.
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    /// Write-only at the API; only ever sent to the token endpoint.
+    pub client_secret: Option<SecretString>,
+    pub auth_method: TokenAuthMethod,
+    pub token_url: Url,
+}
+
+/// The authorization-code grant (RFC 6749 section 4.1) with PKCE; OpenID Connect adds an issuer
+/// whose ID tokens are verified.
+#[derive(Debug, Clone)]
+pub struct AuthCode {
+    pub client: OAuthClient,
+    pub auth_url: Url,
+    /// Kept verbatim: ID tokens and RFC 9207 `iss` must match it exactly.
+    pub issuer: Option<String>,
+    pub revocation_url: Option<Url>,
+    pub extra_auth_params: BTreeMap<String, String>,
+}
+
+/// One validated, kind-specific configuration.
+#[derive(Debug, Clone)]
+pub enum KindConfig {
+    OAuth2(AuthCode),
+    Oidc(AuthCode),
+}
+
+impl KindConfig {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Self::OAuth2(_) => ProviderKind::OAuth2,
+            Self::Oidc(_) => ProviderKind::Oidc,
+        }
+    }
+
+    /// The token-endpoint client, for kinds that have one.
+    pub fn oauth_client(&self) -> Option<&OAuthClient> {
+        match self {
+            Self::OAuth2(c) | Self::Oidc(c) => Some(&c.client),
+        }
+    }
+
+    /// The authorization-code settings, for kinds that run a consent flow.
+    pub fn auth_code(&self) -> Option<&AuthCode> {
+        match self {
+            Self::OAuth2(c) | Self::Oidc(c) => Some(c),
+        }
+    }
+
+    /// The issuer the provider names itself by, if any.
+    pub fn issuer(&self) -> Option<&str> {
+        self.auth_code().and_then(|c| c.issuer.as_deref())
+    }
+}

@@ -1,0 +1,149 @@
+//! Store operations that need no running daemon: open the configured store, prove it works
+//! (`check-config`), and copy every namespace from one store to another (`valet store copy`).
+
+use crate::config::{Config, StoreKind};
+use crate::secret::random_token;
+use crate::store::{Cas, EmbeddedStore, MemoryStore, SecretStore, VaultStore, keyspace};
+use anyhow::Context as _;
+use std::sync::Arc;
+
+/// An opened store, and for Vault the handle that renews its token.
+#[derive(Debug)]
+pub struct OpenStore {
+    pub store: Arc<dyn SecretStore>,
+    pub vault: Option<Arc<VaultStore>>,
+}
+
+/// Opens the configured store.
+pub async fn open_store(config: &Config) -> anyhow::Result<OpenStore> {
+    Ok(match &config.store {
+        StoreKind::Embedded => OpenStore {
+            store: Arc::new(EmbeddedStore::open(&config.data_dir)?),
+            vault: None,
+        },
+        StoreKind::Memory => OpenStore {
+            store: Arc::new(MemoryStore::new()),
+            vault: None,
+        },
+        StoreKind::Vault(v) => {
+            let vault = Arc::new(VaultStore::connect((**v).clone()).await?);
+            OpenStore {
+                store: vault.clone(),
+                vault: Some(vault),
+            }
+        }
+    })
+}
+
+/// For `check-config`: opens the store and proves it can write, read and delete a probe record
+/// (for Vault: reachable, unsealed, and the token's policy allows it).
+pub async fn check_store(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?.store;
+    store
+        .check()
+        .await
+        .with_context(|| format!("the {} store is not reachable", store.backend()))?;
+    let nonce = random_token(8).map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
+    let key = keyspace::probe(&nonce);
+    let probe = zeroize::Zeroizing::new(b"valet check-config probe".to_vec());
+    store
+        .put(&key, probe.clone(), Cas::Absent)
+        .await
+        .with_context(|| format!("cannot write {key} to the {} store", store.backend()))?;
+    let read = store
+        .get(&key)
+        .await
+        .with_context(|| format!("cannot read {key} back"))?;
+    anyhow::ensure!(
+        read.is_some_and(|r| r.value == probe),
+        "{key} did not read back as written"
+    );
+    store
+        .delete(&key)
+        .await
+        .with_context(|| format!("cannot delete {key}"))?;
+    eprintln!(
+        "configuration is valid; the {} store is reachable and can write, read and delete",
+        store.backend()
+    );
+    Ok(())
+}
+
+/// What a copy did (or would do).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub copied: usize,
+    pub unchanged: usize,
+}
+
+/// The reference key signs every reference: a destination that already has another one would
+/// make the copied references foreign (and its own ones foreign if overwritten). Refuse.
+async fn check_reference_key(src: &dyn SecretStore, dst: &dyn SecretStore) -> anyhow::Result<()> {
+    let key = keyspace::reference_master_key();
+    if let (Some(a), Some(b)) = (src.get(&key).await?, dst.get(&key).await?) {
+        anyhow::ensure!(
+            a.value == b.value,
+            "the destination store already has its own reference key: references issued by either \
+             deployment would stop resolving. Copy into a store no daemon has issued references from."
+        );
+    }
+    Ok(())
+}
+
+/// Copies every record of every namespace from `src` to `dst`. Records already identical at the
+/// destination are skipped, so running it twice is harmless; nothing is deleted at the
+/// destination. `report` sees each key copied (or that would be).
+pub async fn copy_records(
+    src: &dyn SecretStore,
+    dst: &dyn SecretStore,
+    dry_run: bool,
+    mut report: impl FnMut(&str),
+) -> anyhow::Result<Copied> {
+    check_reference_key(src, dst).await?;
+    let mut done = Copied::default();
+    for namespace in keyspace::NAMESPACES {
+        for key in src.list(namespace).await? {
+            let Some(record) = src.get(&key).await? else {
+                continue;
+            };
+            if dst
+                .get(&key)
+                .await?
+                .is_some_and(|d| d.value == record.value)
+            {
+                done.unchanged += 1;
+                continue;
+            }
+            report(&key);
+            if !dry_run {
+                dst.put(&key, record.value, Cas::Any).await?;
+            }
+            done.copied += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// `valet store copy`: from the store of the `from` config file to that of the `to` one.
+pub async fn copy_store(from: &str, to: &str, dry_run: bool) -> anyhow::Result<()> {
+    let load = |path: &str| {
+        let overrides = crate::config::Overrides {
+            config: Some(path.to_owned()),
+            ..Default::default()
+        };
+        Config::load_from_process_env(&overrides).map_err(|e| anyhow::anyhow!("{path}: {e}"))
+    };
+    let src = open_store(&load(from)?).await?.store;
+    let dst = open_store(&load(to)?).await?.store;
+    let verb = if dry_run { "would copy" } else { "copy" };
+    let done = copy_records(&*src, &*dst, dry_run, |key| println!("{verb} {key}")).await?;
+    let verb = if dry_run { "would copy" } else { "copied" };
+    println!(
+        "{verb} {} records from the {} store to the {} store; {} already identical",
+        done.copied,
+        src.backend(),
+        dst.backend(),
+        done.unchanged
+    );
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The credentials use case: what the transport calls. It authorizes each call with the policy
+//! and composes the parts that own state: the token broker (cache, refresh, grants), consent
+//! flows, and references. None of those parts knows about another.
+
+use super::Error;
+use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
+use super::flows::{CallbackParams, Flows};
+use super::policy::{self, Action};
+use super::providers::ProviderRegistry;
+use super::references::References;
+use crate::clock::Clock;
+use crate::domain::{
+    Caller, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig, ProviderId, Scopes,
+    UserId,
+};
+use crate::oauth::TokenEndpoint;
+use crate::pending::{FlowFailure, FlowOutcome, PendingFlows};
+use crate::secret::SecretString;
+use crate::store::{GrantRepo, MetaRepo, ReferenceRepo, SecretStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bounds on caller-supplied durations.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub default_min_ttl: u32,
+    pub max_min_ttl: u32,
+    pub default_wait: Duration,
+    pub max_wait: Duration,
+}
+
+/// A validated Authenticate request.
+#[derive(Debug)]
+pub struct AuthRequest {
+    pub key: GrantKey,
+    /// Empty: the provider's default scopes.
+    pub scopes: Scopes,
+    pub handout: Handout,
+    /// 0: the daemon default.
+    pub min_ttl: u32,
+    pub force_reauth: bool,
+}
+
+/// What Authenticate and WaitForCompletion answer.
+#[derive(Debug)]
+pub enum Outcome {
+    Token(AccessToken),
+    /// An opaque reference (a bearer credential for `Resolve`, hence secret).
+    Reference {
+        reference: SecretString,
+        expires_at: i64,
+    },
+    Pending {
+        auth_url: String,
+        auth_id: String,
+        expires_at: i64,
+    },
+}
+
+/// The ports and settings the use case is built from.
+#[derive(Debug)]
+pub struct Parts {
+    pub providers: Arc<ProviderRegistry>,
+    pub store: Arc<dyn SecretStore>,
+    pub endpoint: Arc<dyn TokenEndpoint>,
+    pub clock: Arc<dyn Clock>,
+    pub pending: Arc<PendingFlows>,
+    pub limits: Limits,
+}
+
+#[derive(Debug)]
+pub struct Credentials {
+    providers: Arc<ProviderRegistry>,
+    broker: TokenBroker,
+    flows: Flows,
+    references: References,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+}
+
+impl Credentials {
+    pub fn new(p: Parts) -> Self {
+        Self {
+            broker: TokenBroker::new(
+                GrantRepo::new(p.store.clone()),
+                p.endpoint.clone(),
+                p.clock.clone(),
+            ),
+            flows: Flows::new(p.pending, p.endpoint, p.clock.clone()),
+            references: References::new(
+                ReferenceRepo::new(p.store.clone()),
+                MetaRepo::new(p.store),
+                p.clock.clone(),
+            ),
+            clock: p.clock,
+            providers: p.providers,
+            limits: p.limits,
+        }
+    }
+
+    pub fn providers(&self) -> &Arc<ProviderRegistry> {
+        &self.providers
+    }
+
+    fn min_ttl(&self, requested: u32) -> Result<i64, Error> {
+        if requested > self.limits.max_min_ttl {
+            return Err(Error::invalid(
+                "min_ttl_seconds",
+                format!("must be at most {}", self.limits.max_min_ttl),
+            ));
+        }
+        let ttl = if requested == 0 {
+            self.limits.default_min_ttl
+        } else {
+            requested
+        };
+        Ok(i64::from(ttl))
+    }
+
+    /// Hands out a token (or a reference) for a usable grant, or starts a consent flow.
+    pub async fn authenticate(&self, caller: &Caller, req: AuthRequest) -> Result<Outcome, Error> {
+        policy::authorize(caller, Action::UseGrant(&req.key))?;
+        let min_ttl = self.min_ttl(req.min_ttl)?;
+        let provider = self.providers.get(&req.key.provider)?;
+        if req.handout == Handout::Token && provider.handout_policy == HandoutPolicy::ReferenceOnly
+        {
+            return Err(Error::PermissionDenied(
+                "this provider hands out references only: request handout REFERENCE and Resolve it",
+            ));
+        }
+        let scopes = if req.scopes.is_empty() {
+            provider.default_scopes.clone()
+        } else {
+            req.scopes
+        };
+        if !req.force_reauth
+            && let Some(token) = self
+                .broker
+                .usable_token(&provider, &req.key, &scopes, min_ttl)
+                .await?
+        {
+            return self
+                .hand_out(caller, &provider, &req.key, token, req.handout)
+                .await;
+        }
+        self.start_flow(caller, &provider, req.key, scopes, req.handout)
+            .await
+    }
+
+    /// Starts a consent flow asking for `scopes` plus whatever the existing grant has.
+    async fn start_flow(
+        &self,
+        caller: &Caller,
+        provider: &ProviderConfig,
+        key: GrantKey,
+        scopes: Scopes,
+        handout: Handout,
+    ) -> Result<Outcome, Error> {
+        let scopes = match self.broker.grant(&key).await? {
+            Some(g) if g.status == GrantStatus::Active => scopes.union(&g.scopes),
+            _ => scopes,
+        };
+        let redirect_uri = self.providers.redirect_uri(&provider.id);
+        let started = self
+            .flows
+            .start(caller, provider, key, scopes, handout, redirect_uri)?;
+        Ok(Outcome::Pending {
+            auth_url: started.auth_url,
+            auth_id: started.auth_id,
+            expires_at: started.expires_at,
+        })
+    }
+
+    /// Turns a usable token into what the caller asked for.
+    async fn hand_out(
+        &self,
+        caller: &Caller,
+        provider: &ProviderConfig,
+        key: &GrantKey,
+        token: AccessToken,
+        handout: Handout,
+    ) -> Result<Outcome, Error> {
+        match handout {
+            Handout::Token => Ok(Outcome::Token(token)),
+            Handout::Reference { single_use } => {
+                let (reference, expires_at) = self
+                    .references
+                    .issue(
+                        &caller.name,
+                        key,
+                        &token.scopes,
+                        provider.reference_ttl_seconds,
+                        single_use,
+                    )
+                    .await?;
+                Ok(Outcome::Reference {
+                    reference,
+                    expires_at,
+                })
+            }
+        }
+    }
+
+    /// Waits for the flow `auth_id` to end, up to `timeout` (0: default; capped).
+    pub async fn wait_for_completion(
+        &self,
+        caller: &Caller,
+        auth_id: &str,
+        timeout: Duration,
+    ) -> Result<Outcome, Error> {
+        if auth_id.is_empty() || auth_id.len() > 128 {
+            return Err(Error::invalid("auth_id", "must be 1-128 characters"));
+        }
+        let timeout = if timeout.is_zero() {
+            self.limits.default_wait
+        } else {
+            timeout.min(self.limits.max_wait)
+        };
+        let view = self
+            .flows
+            .view(auth_id)
+            .ok_or_else(policy::flow_not_found)?;
+        policy::authorize(caller, Action::WatchFlow { owner: &view.owner })?;
+        let mut rx = view.outcome.clone();
+        let outcome = match tokio::time::timeout(
+            timeout,
+            rx.wait_for(|o| *o != FlowOutcome::Pending),
+        )
+        .await
+        {
+            Err(_) => None,
+            Ok(Ok(o)) => Some(o.clone()),
+            Ok(Err(_)) => return Err(policy::flow_not_found()),
+        };
+        match outcome {
+            None | Some(FlowOutcome::Pending) => Ok(Outcome::Pending {
+                expires_at: self.flows.expires_at(&view),
+                auth_url: view.auth_url,
+                auth_id: auth_id.to_owned(),
+            }),
+            Some(FlowOutcome::Completed(key)) => {
+                let provider = self.providers.get(&key.provider)?;
+                let token = self
+                    .broker
+                    .usable_token(&provider, &key, &view.scopes, 0)
+                    .await?
+                    .ok_or(Error::internal("the new grant is not usable"))?;
+                self.hand_out(caller, &provider, &key, token, view.handout)
+                    .await
+            }
+            Some(FlowOutcome::Failed(f)) => Err(Error::Flow(f)),
+        }
+    }
+
+    /// Finishes the flow the callback's `state` names. Errors are safe to show on the page.
+    pub async fn complete_callback(
+        &self,
+        provider_id: &str,
+        params: CallbackParams,
+    ) -> Result<(), Error> {
+        let provider_id = ProviderId::parse(provider_id)?;
+        let taken = self.flows.take(&provider_id, &params)?;
+        let result = self.finish(&provider_id, &taken.flow, &params).await;
+        self.flows.report(&taken, &result);
+        result.map(|_| ()).map_err(Error::Flow)
+    }
+
+    async fn finish(
+        &self,
+        provider_id: &ProviderId,
+        flow: &crate::pending::PendingFlow,
+        params: &CallbackParams,
+    ) -> Result<GrantKey, FlowFailure> {
+        let provider = self
+            .providers
+            .get(provider_id)
+            .map_err(|_| FlowFailure::ProviderError("the provider was deleted".into()))?;
+        let (tokens, subject) = self.flows.exchange(&provider, flow, params).await?;
+        let key = flow.grant_key();
+        let consented = Consented {
+            key: key.clone(),
+            tokens,
+            subject,
+            requested: flow.scopes.clone(),
+        };
+        self.broker.accept_consent(consented).await.map_err(|e| {
+            // The flow fails with a fixed message; the cause goes to the log here, once.
+            tracing::warn!(provider = %provider_id, "storing a new grant failed: {}", e.chain());
+            FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"))
+        })?;
+        Ok(key)
+    }
+
+    /// A fresh access token for the grant `reference` names, for the caller it was issued to.
+    pub async fn resolve(
+        &self,
+        caller: &Caller,
+        reference: &str,
+        min_ttl: u32,
+    ) -> Result<AccessToken, Error> {
+        let min_ttl = self.min_ttl(min_ttl)?;
+        let found = self.references.find(reference).await?;
+        let Some(record) = &found.record else {
+            return Err(policy::reference_denied());
+        };
+        policy::authorize(
+            caller,
+            Action::ResolveReference {
+                owner: &record.owner,
+            },
+        )?;
+        if !record.live_for(&caller.name, self.clock.now_unix()) {
+            return Err(policy::reference_denied());
+        }
+        let provider = self
+            .providers
+            .get(&record.grant.provider)
+            .map_err(|e| match e {
+                Error::NotFound { .. } => policy::reference_denied(),
+                other => other,
+            })?;
+        let Some(token) = self
+            .broker
+            .usable_token(&provider, &record.grant, &record.scopes, min_ttl)
+            .await?
+        else {
+            return match self.broker.grant(&record.grant).await? {
+                // The grant is there but the provider refused it: the user must consent again.
+                Some(_) => Err(Error::ReauthorizationRequired),
+                // The grant was revoked: its references died with it.
+                None => {
+                    self.references.forget(&found.hash);
+                    Err(policy::reference_denied())
+                }
+            };
+        };
+        // Spent only once a token is in hand, so a failed resolve does not use it up.
+        if record.single_use {
+            self.references.spend(&found.hash).await?;
+        }
+        Ok(token)
+    }
+
+    /// Revokes one reference. Only the caller it was issued to, or an admin, may.
+    pub async fn revoke_reference(&self, caller: &Caller, reference: &str) -> Result<bool, Error> {
+        let found = self.references.find(reference).await?;
+        let Some(record) = &found.record else {
+            return Ok(false);
+        };
+        policy::authorize(
+            caller,
+            Action::RevokeReference {
+                owner: &record.owner,
+            },
+        )?;
+        let revoked = self.references.revoke(&found).await?;
+        if revoked {
+            tracing::info!(provider = %record.grant.provider, "reference revoked");
+        }
+        Ok(revoked)
+    }
+
+    /// Removes a grant, its cached token and its references. Returns whether anything existed.
+    pub async fn revoke(&self, caller: &Caller, key: &GrantKey) -> Result<bool, Error> {
+        policy::authorize(caller, Action::RevokeGrant(key))?;
+        self.providers.get(&key.provider)?;
+        let existed = self.broker.revoke(key).await?;
+        let refs = self.references.drop_for_grant(key).await?;
+        let revoked = existed || refs > 0;
+        if revoked {
+            tracing::info!(provider = %key.provider, "grant revoked");
+        }
+        Ok(revoked)
+    }
+
+    /// Grant metadata, optionally filtered. Agents and admins alike see metadata only.
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        provider: Option<&ProviderId>,
+        user: Option<&UserId>,
+    ) -> Result<Vec<GrantInfo>, Error> {
+        policy::authorize(caller, Action::ListGrants { user })?;
+        self.broker.list(provider, user).await
+    }
+
+    /// Deletes a provider, its grants, their cached tokens and their references.
+    pub async fn delete_provider(&self, caller: &Caller, id: &ProviderId) -> Result<(), Error> {
+        policy::authorize(caller, Action::ManageProviders)?;
+        self.providers.delete(id).await?;
+        self.broker.forget_provider(id);
+        self.references.drop_for_provider(id).await?;
+        tracing::info!(provider = %id, "provider deleted");
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! Consent flows: starting one (a pending entry holding the state's hash, the PKCE verifier and
+//! nonce, and an authorization URL from the provider's kind) and taking it back, once, when the
+//! provider redirects the browser to the callback.
+
+use super::Error;
+use super::kind;
+use crate::clock::Clock;
+use crate::domain::{Caller, GrantKey, Handout, ProviderConfig, ProviderId, Scopes};
+use crate::oauth::{TokenEndpoint, TokenSet};
+use crate::pending::{
+    FlowFailure, FlowOutcome, FlowView, InsertError, PendingFlow, PendingFlows, TakeError, Taken,
+};
+use crate::secret::{SecretString, random_token};
+use std::sync::Arc;
+
+/// Bytes of randomness in a state, PKCE verifier, nonce and auth id (256 bits).
+const RANDOM_BYTES: usize = 32;
+/// Longest `state` even looked up.
+const MAX_STATE: usize = 128;
+
+/// The query parameters of `GET /oauth/callback/{provider_id}`.
+#[derive(Default)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<SecretString>,
+    pub error: Option<String>,
+    pub iss: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackParams")
+            .field("has_state", &self.state.is_some())
+            .field("has_code", &self.code.is_some())
+            .field("error", &self.error.is_some())
+            .field("iss", &self.iss)
+            .finish()
+    }
+}
+
+/// A flow that has just been started.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub auth_url: String,
+    pub auth_id: String,
+    pub expires_at: i64,
+}
+
+fn random() -> Result<String, Error> {
+    random_token(RANDOM_BYTES).map_err(|_| Error::internal("the system RNG failed"))
+}
+
+#[derive(Debug)]
+pub(crate) struct Flows {
+    pending: Arc<PendingFlows>,
+    endpoint: Arc<dyn TokenEndpoint>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Flows {
+    pub(crate) fn new(
+        pending: Arc<PendingFlows>,
+        endpoint: Arc<dyn TokenEndpoint>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            pending,
+            endpoint,
+            clock,
+        }
+    }
+
+    /// Unix seconds at the monotonic `deadline`.
+    fn unix_at(&self, deadline: tokio::time::Instant) -> i64 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.clock.now_unix() + i64::try_from(left.as_secs()).unwrap_or(0)
+    }
+
+    /// Starts a consent flow for `key` asking for `scopes`; its redirect lands on `redirect_uri`.
+    pub(crate) fn start(
+        &self,
+        caller: &Caller,
+        provider: &ProviderConfig,
+        key: GrantKey,
+        scopes: Scopes,
+        handout: Handout,
+        redirect_uri: String,
+    ) -> Result<Started, Error> {
+        let consent = kind::consent(&provider.kind).ok_or(Error::invalid(
+            "provider_id",
+            "this provider's kind has no consent flow",
+        ))?;
+        let state = random()?;
+        let auth_id = random()?;
+        let verifier = SecretString::from(random()?);
+        let begun = consent.begin(scopes, &redirect_uri, &state, &verifier, random)?;
+        let flow = PendingFlow {
+            provider: provider.id.clone(),
+            user: key.user,
+            agent: key.agent,
+            scopes: begun.scopes,
+            handout,
+            pkce_verifier: verifier,
+            nonce: begun.nonce,
+            redirect_uri,
+            owner: caller.name.clone(),
+        };
+        let deadline = self
+            .pending
+            .insert(&state, &auth_id, begun.auth_url.clone(), flow)
+            .map_err(|e| match e {
+                InsertError::UserFull(_) | InsertError::TableFull(_) => {
+                    Error::Exhausted(e.to_string())
+                }
+            })?;
+        tracing::info!(provider = %provider.id, "started authorization flow");
+        Ok(Started {
+            auth_url: begun.auth_url,
+            auth_id,
+            expires_at: self.unix_at(deadline),
+        })
+    }
+
+    /// Takes the flow the callback's `state` names, once, on the provider it was issued for.
+    pub(crate) fn take(
+        &self,
+        provider: &ProviderId,
+        params: &CallbackParams,
+    ) -> Result<Taken, Error> {
+        let state = params
+            .state
+            .as_deref()
+            .filter(|s| !s.is_empty() && s.len() <= MAX_STATE)
+            .ok_or_else(|| Error::invalid("state", "is missing or malformed"))?;
+        self.pending.take(state, provider).map_err(|e| match e {
+            TakeError::Unknown => Error::NotFound {
+                what: "authorization flow for this state (unknown, already used, or expired)",
+            },
+            TakeError::Expired => Error::Flow(FlowFailure::Expired),
+            TakeError::WrongProvider => Error::Flow(FlowFailure::WrongProvider),
+        })
+    }
+
+    /// Checks the callback against the taken flow and exchanges its code at the provider.
+    pub(crate) async fn exchange(
+        &self,
+        provider: &ProviderConfig,
+        flow: &PendingFlow,
+        params: &CallbackParams,
+    ) -> Result<(TokenSet, Option<String>), FlowFailure> {
+        let consent = kind::consent(&provider.kind).ok_or_else(|| {
+            FlowFailure::ProviderError("the provider no longer runs consent flows".into())
+        })?;
+        consent.finish(&*self.endpoint, flow, params).await
+    }
+
+    /// Reports how a taken flow ended to whoever waits on it.
+    pub(crate) fn report(&self, taken: &Taken, result: &Result<GrantKey, FlowFailure>) {
+        let provider = &taken.flow.provider;
+        match result {
+            Ok(key) => {
+                tracing::info!(%provider, "authorization flow completed");
+                taken.finish(FlowOutcome::Completed(key.clone()));
+            }
+            // Logged once, by the callback that reports it.
+            Err(f) => taken.finish(FlowOutcome::Failed(f.clone())),
+        }
+    }
+
+    /// The flow `auth_id`, if any.
+    pub(crate) fn view(&self, auth_id: &str) -> Option<FlowView> {
+        self.pending.view(auth_id)
+    }
+
+    /// Unix seconds when the viewed flow expires.
+    pub(crate) fn expires_at(&self, view: &FlowView) -> i64 {
+        self.unix_at(view.expires_at)
+    }
+}

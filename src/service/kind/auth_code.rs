@@ -1,0 +1,222 @@
+//! Kinds `oauth2` and `oidc`: the authorization-code grant with PKCE S256, and for OpenID Connect
+//! discovery, a nonce, and ID token verification. Validation, the authorization request, and
+//! the callback's exchange live here; the pending table and grant storage are the callers'.
+
+use super::KindContext;
+use crate::domain::{
+    AuthCode, OAuthClient, ProviderConfig, Scopes, check_client, check_endpoint_url,
+};
+use crate::oauth::{
+    AuthorizationRequest, OAuthError, TokenEndpoint, TokenGrant, TokenSet, authorization_url,
+};
+use crate::pending::{FlowFailure, PendingFlow};
+use crate::secret::SecretString;
+use crate::service::Error;
+use crate::service::flows::CallbackParams;
+use crate::service::providers::ProviderDraft;
+
+fn optional_url(field: &'static str, raw: &str, insecure: bool) -> Result<Option<url::Url>, Error> {
+    Ok((!raw.is_empty())
+        .then(|| check_endpoint_url(field, raw, insecure))
+        .transpose()?)
+}
+
+fn client_secret(d: &ProviderDraft, current: Option<&ProviderConfig>) -> Option<SecretString> {
+    d.client_secret.clone().or_else(|| {
+        current
+            .and_then(|c| c.kind.oauth_client())
+            .and_then(|c| c.client_secret.clone())
+    })
+}
+
+fn auth_code(
+    d: &ProviderDraft,
+    ctx: KindContext<'_>,
+    auth_url: url::Url,
+    token_url: url::Url,
+    issuer: Option<String>,
+) -> Result<AuthCode, Error> {
+    check_client(&d.client_id, &d.extra_auth_params)?;
+    Ok(AuthCode {
+        client: OAuthClient {
+            client_id: d.client_id.clone(),
+            client_secret: client_secret(d, ctx.current),
+            auth_method: d.token_auth_method,
+            token_url,
+        },
+        auth_url,
+        issuer,
+        revocation_url: optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?,
+        extra_auth_params: d.extra_auth_params.clone(),
+    })
+}
+
+pub(super) fn validate_oauth2(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<AuthCode, Error> {
+    let insecure = ctx.allow_insecure_urls;
+    check_client(&d.client_id, &d.extra_auth_params)?;
+    let auth = check_endpoint_url("auth_url", &d.auth_url, insecure)?;
+    let token = check_endpoint_url("token_url", &d.token_url, insecure)?;
+    optional_url("issuer", &d.issuer, insecure)?;
+    let issuer = (!d.issuer.is_empty()).then(|| d.issuer.clone());
+    auth_code(d, ctx, auth, token, issuer)
+}
+
+pub(super) async fn validate_oidc(
+    d: &ProviderDraft,
+    ctx: KindContext<'_>,
+) -> Result<AuthCode, Error> {
+    let insecure = ctx.allow_insecure_urls;
+    check_client(&d.client_id, &d.extra_auth_params)?;
+    if !d.auth_url.is_empty() || !d.token_url.is_empty() {
+        let field = if d.auth_url.is_empty() {
+            "token_url"
+        } else {
+            "auth_url"
+        };
+        return Err(Error::invalid(
+            field,
+            "is filled from the issuer's discovery document for oidc providers; leave it empty",
+        ));
+    }
+    check_endpoint_url("issuer", &d.issuer, insecure)?;
+    let found = ctx
+        .endpoint
+        .discover(&d.issuer)
+        .await
+        .map_err(|e| Error::invalid("issuer", format!("OpenID discovery failed: {e}")))?;
+    let auth = check_endpoint_url("issuer", found.auth_url.as_str(), insecure)?;
+    let token = check_endpoint_url("issuer", found.token_url.as_str(), insecure)?;
+    auth_code(d, ctx, auth, token, Some(d.issuer.clone()))
+}
+
+/// The authorization request of a flow about to start.
+#[derive(Debug)]
+pub(crate) struct Begun {
+    pub auth_url: String,
+    /// What is asked for (OpenID Connect adds `openid`).
+    pub scopes: Scopes,
+    pub nonce: Option<SecretString>,
+}
+
+/// One provider's authorization-code flow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuthCodeFlow<'a> {
+    config: &'a AuthCode,
+    openid: bool,
+}
+
+impl<'a> AuthCodeFlow<'a> {
+    pub(super) fn new(config: &'a AuthCode, openid: bool) -> Self {
+        Self { config, openid }
+    }
+
+    /// Builds the authorization URL for `scopes`; `fresh` supplies 256-bit random values.
+    pub(crate) fn begin(
+        &self,
+        scopes: Scopes,
+        redirect_uri: &str,
+        state: &str,
+        pkce_verifier: &SecretString,
+        fresh: impl FnOnce() -> Result<String, Error>,
+    ) -> Result<Begun, Error> {
+        let (scopes, nonce) = if self.openid {
+            let openid = Scopes::parse("scopes", &["openid"])?;
+            (scopes.union(&openid), Some(SecretString::from(fresh()?)))
+        } else {
+            (scopes, None)
+        };
+        let url = authorization_url(
+            self.config,
+            &AuthorizationRequest {
+                redirect_uri,
+                state,
+                pkce_verifier,
+                nonce: nonce.as_ref(),
+                scopes: &scopes,
+            },
+        )
+        .map_err(|e| Error::Internal {
+            context: "building the authorization URL",
+            source: Some(Box::new(e)),
+        })?;
+        Ok(Begun {
+            auth_url: url.to_string(),
+            scopes,
+            nonce,
+        })
+    }
+
+    /// Checks the callback and exchanges its code; returns the tokens and the verified subject.
+    pub(crate) async fn finish(
+        &self,
+        endpoint: &dyn TokenEndpoint,
+        flow: &PendingFlow,
+        params: &CallbackParams,
+    ) -> Result<(TokenSet, Option<String>), FlowFailure> {
+        // RFC 9207: when the provider names itself, it must be the issuer we expect.
+        if let (Some(iss), Some(expected)) = (&params.iss, &self.config.issuer)
+            && iss != expected
+        {
+            return Err(FlowFailure::IssuerMismatch);
+        }
+        if let Some(err) = &params.error {
+            return Err(match err.as_str() {
+                "access_denied" => FlowFailure::AccessDenied,
+                other => FlowFailure::ProviderError(error_code(other)),
+            });
+        }
+        let code = params
+            .code
+            .as_ref()
+            .ok_or_else(|| FlowFailure::ProviderError("the callback carries no code".into()))?;
+        let grant = TokenGrant::AuthorizationCode {
+            code,
+            pkce_verifier: &flow.pkce_verifier,
+            redirect_uri: &flow.redirect_uri,
+        };
+        let tokens = endpoint
+            .token(&self.config.client, grant)
+            .await
+            .map_err(|e| FlowFailure::ExchangeFailed(e.to_string()))?;
+        let subject = match (&self.config.issuer, &flow.nonce) {
+            (Some(issuer), Some(nonce)) if self.openid => {
+                Some(self.verify(endpoint, issuer, nonce, &tokens).await?)
+            }
+            _ => None,
+        };
+        Ok((tokens, subject))
+    }
+
+    async fn verify(
+        &self,
+        endpoint: &dyn TokenEndpoint,
+        issuer: &str,
+        nonce: &SecretString,
+        tokens: &TokenSet,
+    ) -> Result<String, FlowFailure> {
+        let id_token = tokens.id_token.as_ref().ok_or_else(|| {
+            FlowFailure::IdTokenRejected("the token response has no id_token".into())
+        })?;
+        endpoint
+            .verify_id_token(issuer, &self.config.client, id_token, nonce)
+            .await
+            .map_err(|e| match e {
+                OAuthError::IdToken(m) => FlowFailure::IdTokenRejected(m),
+                other => FlowFailure::ExchangeFailed(other.to_string()),
+            })
+    }
+}
+
+/// An OAuth error code from the provider, reduced to characters safe to echo.
+fn error_code(raw: &str) -> String {
+    let code: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    if code.is_empty() {
+        "unknown_error".into()
+    } else {
+        code
+    }
+}

@@ -1,0 +1,40 @@
+//! The credential-kind seam: the one place a provider's kind is dispatched on. Each kind is a
+//! module that validates its own configuration and says how a credential is obtained for it;
+//! adding a kind means one module here, one variant in `domain::KindConfig`, and one arm in each
+//! function below.
+
+mod auth_code;
+
+pub(crate) use auth_code::AuthCodeFlow;
+
+use super::Error;
+use super::providers::ProviderDraft;
+use crate::domain::{KindConfig, ProviderConfig, ProviderKind};
+use crate::oauth::TokenEndpoint;
+
+/// What validating a kind needs from the deployment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KindContext<'a> {
+    pub endpoint: &'a dyn TokenEndpoint,
+    /// Plain-http provider URLs allowed for non-loopback hosts (dev mode).
+    pub allow_insecure_urls: bool,
+    /// The provider being updated, if any (for write-only fields left empty).
+    pub current: Option<&'a ProviderConfig>,
+}
+
+/// Validates the kind-specific part of a draft into its typed configuration.
+pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<KindConfig, Error> {
+    match d.kind {
+        Some(ProviderKind::OAuth2) => auth_code::validate_oauth2(d, ctx).map(KindConfig::OAuth2),
+        Some(ProviderKind::Oidc) => auth_code::validate_oidc(d, ctx).await.map(KindConfig::Oidc),
+        None => Err(Error::invalid("kind", "is required (oauth2 or oidc)")),
+    }
+}
+
+/// The consent flow a kind runs to obtain a user's credential, if it has one.
+pub(crate) fn consent(kind: &KindConfig) -> Option<AuthCodeFlow<'_>> {
+    match kind {
+        KindConfig::OAuth2(c) => Some(AuthCodeFlow::new(c, false)),
+        KindConfig::Oidc(c) => Some(AuthCodeFlow::new(c, true)),
+    }
+}

@@ -1,0 +1,210 @@
+//! Refreshing a grant: claim it in the store (so replicas sharing a store never use one refresh
+//! token twice), call the provider, and store a rotated refresh token before anything is handed
+//! out. A store that will not take the rotated token within the retry budget leaves the grant
+//! needing a new consent (a "lost rotation"): the old refresh token is spent at the provider, and
+//! handing out an access token whose successor could never be obtained would only hide the failure.
+
+use super::Error;
+use crate::clock::Clock;
+use crate::domain::{Grant, GrantKey, GrantStatus, OAuthClient, RefreshClaim, Scopes};
+use crate::oauth::{OAuthError, TokenEndpoint, TokenGrant, TokenSet};
+use crate::store::{Cas, GrantRepo, StoreError};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a refresh claim holds: longer than a provider call may take.
+const CLAIM_SECONDS: i64 = 30;
+/// How long to wait for another instance's claim before giving up.
+const CLAIM_WAIT: Duration = Duration::from_secs(20);
+const CLAIM_POLL: Duration = Duration::from_millis(200);
+/// Attempts to store a rotated refresh token, with doubling backoff from `WRITE_BACKOFF`.
+const WRITE_ATTEMPTS: u32 = 5;
+const WRITE_BACKOFF: Duration = Duration::from_millis(100);
+
+enum Claimed {
+    /// We hold the claim; the grant as written, at this version.
+    Ours(Grant, u64),
+    /// The grant is no longer refreshable (revoked, dead, or lost its refresh token).
+    Gone,
+}
+
+/// The result of a refresh.
+#[derive(Debug)]
+pub(crate) enum Refreshed {
+    /// A new access token; the grant (with any rotated refresh token) is stored.
+    Token(TokenSet, Scopes),
+    /// The grant cannot be refreshed (revoked, or the provider said `invalid_grant`).
+    Gone,
+}
+
+#[derive(Debug)]
+pub(crate) struct Refresher {
+    grants: GrantRepo,
+    endpoint: Arc<dyn TokenEndpoint>,
+    clock: Arc<dyn Clock>,
+    /// Names this process in refresh claims.
+    instance: String,
+    /// Grants whose rotated refresh token could not be stored: they need a new consent.
+    lost: Mutex<HashSet<GrantKey>>,
+}
+
+impl Refresher {
+    pub(crate) fn new(
+        grants: GrantRepo,
+        endpoint: Arc<dyn TokenEndpoint>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            grants,
+            endpoint,
+            clock,
+            instance: crate::secret::random_token(12).unwrap_or_else(|_| "valet".into()),
+            lost: Mutex::default(),
+        }
+    }
+
+    /// Whether the grant's latest refresh token was lost (it needs a new consent).
+    pub(crate) fn is_lost(&self, key: &GrantKey) -> bool {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// Forgets a lost rotation: the grant was replaced by a new consent or revoked.
+    pub(crate) fn forget_lost(&self, key: &GrantKey) {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    fn mark_lost(&self, key: &GrantKey) {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+    }
+
+    /// Marks `grant` as being refreshed by this instance (check-and-set), waiting out another
+    /// instance's live claim.
+    async fn claim(&self, mut grant: Grant, mut version: u64) -> Result<Claimed, Error> {
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            if grant.status != GrantStatus::Active || grant.refresh_token.is_none() {
+                return Ok(Claimed::Gone);
+            }
+            let now = self.clock.now_unix();
+            let busy = grant
+                .refreshing
+                .as_ref()
+                .is_some_and(|c| c.owner != self.instance && c.until > now);
+            if !busy {
+                grant.refreshing = Some(RefreshClaim {
+                    owner: self.instance.clone(),
+                    until: now + CLAIM_SECONDS,
+                });
+                match self.grants.put(&grant, Cas::Version(version)).await {
+                    Ok(v) => return Ok(Claimed::Ours(grant, v)),
+                    Err(StoreError::Conflict) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            } else if tokio::time::Instant::now() >= deadline {
+                return Err(Error::RefreshBusy);
+            } else {
+                tokio::time::sleep(CLAIM_POLL).await;
+            }
+            match self.grants.get(&grant.key).await? {
+                None => return Ok(Claimed::Gone),
+                Some((g, v)) => (grant, version) = (g, v),
+            }
+        }
+    }
+
+    /// Writes `grant` at `version`, retrying transient store failures with backoff.
+    async fn save_with_retry(&self, grant: &Grant, version: u64) -> Result<u64, Error> {
+        let mut delay = WRITE_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.grants.put(grant, Cas::Version(version)).await {
+                Err(e) if e.is_unavailable() && attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!(
+                        attempt,
+                        "storing the rotated refresh token failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other.map_err(Error::from),
+            }
+        }
+    }
+
+    /// Refreshes `grant` (read at `version`); the caller holds the grant's in-process lock.
+    pub(crate) async fn refresh(
+        &self,
+        client: &OAuthClient,
+        grant: Grant,
+        version: u64,
+    ) -> Result<Refreshed, Error> {
+        let (mut grant, version) = match self.claim(grant, version).await? {
+            Claimed::Ours(g, v) => (g, v),
+            Claimed::Gone => return Ok(Refreshed::Gone),
+        };
+        let Some(refresh_token) = grant.refresh_token.clone() else {
+            return Ok(Refreshed::Gone);
+        };
+        let result = self
+            .endpoint
+            .token(client, TokenGrant::RefreshToken(&refresh_token))
+            .await;
+        grant.refreshing = None;
+        grant.updated_at = self.clock.now_unix();
+        match result {
+            Ok(set) => self.store_rotation(grant, version, set).await,
+            Err(OAuthError::InvalidGrant) => {
+                tracing::info!(provider = %grant.key.provider, "refresh token refused (invalid_grant); grant needs re-consent");
+                grant.status = GrantStatus::NeedsReauth;
+                grant.refresh_token = None;
+                self.save_with_retry(&grant, version).await?;
+                Ok(Refreshed::Gone)
+            }
+            Err(e) => {
+                // Transient or refused: release the claim, keep the grant.
+                if let Err(release) = self.grants.put(&grant, Cas::Version(version)).await {
+                    tracing::debug!("could not release the refresh claim: {release}");
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn store_rotation(
+        &self,
+        mut grant: Grant,
+        version: u64,
+        set: TokenSet,
+    ) -> Result<Refreshed, Error> {
+        if let Some(rotated) = set.refresh_token.clone() {
+            grant.refresh_token = Some(rotated);
+        }
+        if let Some(scopes) = &set.scopes {
+            grant.scopes = scopes.clone();
+        }
+        match self.save_with_retry(&grant, version).await {
+            Ok(_) => {
+                tracing::info!(provider = %grant.key.provider, "refreshed access token");
+                Ok(Refreshed::Token(set, grant.scopes))
+            }
+            Err(e) => {
+                // The provider has spent the old refresh token; the new one is lost with this
+                // error. Never fall back to the old one: ask for consent.
+                tracing::warn!(provider = %grant.key.provider, "the rotated refresh token could not be stored; the grant needs a new consent");
+                self.mark_lost(&grant.key);
+                Err(e)
+            }
+        }
+    }
+}

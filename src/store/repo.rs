@@ -1,0 +1,353 @@
+//! Typed repositories over the `SecretStore` port: each owns one kind of record's key (from
+//! `keyspace`), its encoding and decoding, and its check-and-set rules. Record bytes are zeroized
+//! when dropped; decode errors report kind and position only, never the (secret) value.
+
+use super::{Cas, SecretBytes, SecretStore, StoreError, keyspace};
+use crate::domain::{
+    AuthCode, Grant, GrantKey, HandoutPolicy, KindConfig, OAuthClient, ProviderConfig, ProviderId,
+    ProviderKind, ReferenceRecord, Scopes, TokenAuthMethod,
+};
+use crate::secret::{SecretString, serde_secret};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use url::Url;
+use zeroize::Zeroizing;
+
+fn encode<T: Serialize>(key: &str, v: &T) -> Result<SecretBytes, StoreError> {
+    serde_json::to_vec(v)
+        .map(Zeroizing::new)
+        .map_err(|e| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: format!("cannot encode ({:?} error)", e.classify()),
+        })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    // Only the error's kind and position: serde's message can quote the (secret) value.
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: format!(
+            "{:?} error at line {}, column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ),
+    })
+}
+
+async fn read<T: serde::de::DeserializeOwned>(
+    store: &dyn SecretStore,
+    key: &str,
+) -> Result<Option<(T, u64)>, StoreError> {
+    match store.get(key).await? {
+        None => Ok(None),
+        Some(rec) => Ok(Some((decode(key, &rec.value)?, rec.version))),
+    }
+}
+
+/// A provider as stored: the flat record every version of Valet has written.
+#[derive(Serialize, Deserialize)]
+struct ProviderRecord {
+    id: ProviderId,
+    name: String,
+    kind: ProviderKind,
+    client_id: String,
+    #[serde(with = "serde_secret", default)]
+    client_secret: Option<SecretString>,
+    auth_url: Url,
+    token_url: Url,
+    issuer: Option<String>,
+    revocation_url: Option<Url>,
+    default_scopes: Scopes,
+    extra_auth_params: BTreeMap<String, String>,
+    token_auth_method: TokenAuthMethod,
+    #[serde(default)]
+    handout_policy: HandoutPolicy,
+    #[serde(default = "default_reference_ttl")]
+    reference_ttl_seconds: u32,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn default_reference_ttl() -> u32 {
+    crate::domain::DEFAULT_REFERENCE_TTL
+}
+
+impl From<&ProviderConfig> for ProviderRecord {
+    fn from(p: &ProviderConfig) -> Self {
+        let (KindConfig::OAuth2(c) | KindConfig::Oidc(c)) = &p.kind;
+        Self {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            kind: p.kind.kind(),
+            client_id: c.client.client_id.clone(),
+            client_secret: c.client.client_secret.clone(),
+            auth_url: c.auth_url.clone(),
+            token_url: c.client.token_url.clone(),
+            issuer: c.issuer.clone(),
+            revocation_url: c.revocation_url.clone(),
+            default_scopes: p.default_scopes.clone(),
+            extra_auth_params: c.extra_auth_params.clone(),
+            token_auth_method: c.client.auth_method,
+            handout_policy: p.handout_policy,
+            reference_ttl_seconds: p.reference_ttl_seconds,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+impl From<ProviderRecord> for ProviderConfig {
+    fn from(r: ProviderRecord) -> Self {
+        let auth_code = AuthCode {
+            client: OAuthClient {
+                client_id: r.client_id,
+                client_secret: r.client_secret,
+                auth_method: r.token_auth_method,
+                token_url: r.token_url,
+            },
+            auth_url: r.auth_url,
+            issuer: r.issuer,
+            revocation_url: r.revocation_url,
+            extra_auth_params: r.extra_auth_params,
+        };
+        Self {
+            id: r.id,
+            name: r.name,
+            kind: match r.kind {
+                ProviderKind::OAuth2 => KindConfig::OAuth2(auth_code),
+                ProviderKind::Oidc => KindConfig::Oidc(auth_code),
+            },
+            default_scopes: r.default_scopes,
+            handout_policy: r.handout_policy,
+            reference_ttl_seconds: r.reference_ttl_seconds,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Provider configurations.
+#[derive(Debug, Clone)]
+pub struct ProviderRepo {
+    store: Arc<dyn SecretStore>,
+}
+
+impl ProviderRepo {
+    pub fn new(store: Arc<dyn SecretStore>) -> Self {
+        Self { store }
+    }
+
+    pub async fn all(&self) -> Result<Vec<ProviderConfig>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.store.list(keyspace::providers()).await? {
+            if let Some((r, _)) = read::<ProviderRecord>(&*self.store, &key).await? {
+                out.push(ProviderConfig::from(r));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn put(&self, p: &ProviderConfig, cas: Cas) -> Result<u64, StoreError> {
+        let key = keyspace::provider(&p.id);
+        let bytes = encode(&key, &ProviderRecord::from(p))?;
+        self.store.put(&key, bytes, cas).await
+    }
+
+    pub async fn delete(&self, id: &ProviderId) -> Result<bool, StoreError> {
+        self.store.delete(&keyspace::provider(id)).await
+    }
+}
+
+/// Grants, at most one per (provider, user, agent).
+#[derive(Debug, Clone)]
+pub struct GrantRepo {
+    store: Arc<dyn SecretStore>,
+}
+
+impl GrantRepo {
+    pub fn new(store: Arc<dyn SecretStore>) -> Self {
+        Self { store }
+    }
+
+    /// The grant and the version it was read at.
+    pub async fn get(&self, key: &GrantKey) -> Result<Option<(Grant, u64)>, StoreError> {
+        read(&*self.store, &keyspace::grant(key)).await
+    }
+
+    pub async fn put(&self, grant: &Grant, cas: Cas) -> Result<u64, StoreError> {
+        let key = keyspace::grant(&grant.key);
+        self.store.put(&key, encode(&key, grant)?, cas).await
+    }
+
+    pub async fn delete(&self, key: &GrantKey) -> Result<bool, StoreError> {
+        self.store.delete(&keyspace::grant(key)).await
+    }
+
+    /// Every grant, or one provider's, in key order; `keep` filters before `limit` counts.
+    pub async fn list(
+        &self,
+        provider: Option<&ProviderId>,
+        keep: impl Fn(&Grant) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let mut out = Vec::new();
+        for key in self.store.list(&keyspace::grants(provider)).await? {
+            if let Some((g, _)) = read::<Grant>(&*self.store, &key).await?
+                && keep(&g)
+            {
+                out.push(g);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every grant of `provider`; returns how many.
+    pub async fn delete_provider(&self, provider: &ProviderId) -> Result<usize, StoreError> {
+        let keys = self.store.list(&keyspace::grants(Some(provider))).await?;
+        for key in &keys {
+            self.store.delete(key).await?;
+        }
+        Ok(keys.len())
+    }
+}
+
+/// Reference records by lookup hash, each with an index entry under its grant so a grant's
+/// references are found without reading every reference.
+#[derive(Debug, Clone)]
+pub struct ReferenceRepo {
+    store: Arc<dyn SecretStore>,
+}
+
+impl ReferenceRepo {
+    pub fn new(store: Arc<dyn SecretStore>) -> Self {
+        Self { store }
+    }
+
+    pub async fn get(&self, hash: &str) -> Result<Option<(ReferenceRecord, u64)>, StoreError> {
+        read(&*self.store, &keyspace::reference(hash)).await
+    }
+
+    /// Writes a new record: the index entry first, so a record never exists unindexed (a crash
+    /// in between leaves an entry pointing at nothing, which revocation skips).
+    pub async fn create(&self, hash: &str, r: &ReferenceRecord) -> Result<(), StoreError> {
+        self.index(&r.grant, hash).await?;
+        let key = keyspace::reference(hash);
+        self.store.put(&key, encode(&key, r)?, Cas::Absent).await?;
+        Ok(())
+    }
+
+    async fn index(&self, grant: &GrantKey, hash: &str) -> Result<(), StoreError> {
+        let entry = keyspace::reference_index(grant, hash);
+        self.store
+            .put(&entry, Zeroizing::new(Vec::new()), Cas::Any)
+            .await
+            .map(|_| ())
+    }
+
+    /// Overwrites a record at `version` (spending a single-use reference).
+    pub async fn update(
+        &self,
+        hash: &str,
+        r: &ReferenceRecord,
+        version: u64,
+    ) -> Result<u64, StoreError> {
+        let key = keyspace::reference(hash);
+        self.store
+            .put(&key, encode(&key, r)?, Cas::Version(version))
+            .await
+    }
+
+    /// Deletes one reference and its index entry; returns whether the record existed.
+    pub async fn delete(&self, hash: &str, grant: &GrantKey) -> Result<bool, StoreError> {
+        let existed = self.store.delete(&keyspace::reference(hash)).await?;
+        self.store
+            .delete(&keyspace::reference_index(grant, hash))
+            .await?;
+        Ok(existed)
+    }
+
+    /// Deletes every reference to `grant`; returns how many records existed.
+    pub async fn delete_for_grant(&self, grant: &GrantKey) -> Result<usize, StoreError> {
+        self.delete_indexed(&keyspace::reference_index_of_grant(grant))
+            .await
+    }
+
+    /// Deletes every reference to a grant of `provider`.
+    pub async fn delete_for_provider(&self, provider: &ProviderId) -> Result<usize, StoreError> {
+        self.delete_indexed(&keyspace::reference_index_of_provider(provider))
+            .await
+    }
+
+    async fn delete_indexed(&self, prefix: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for entry in self.store.list(prefix).await? {
+            if let Some(hash) = keyspace::indexed_hash(&entry)
+                && self.store.delete(&keyspace::reference(hash)).await?
+            {
+                n += 1;
+            }
+            self.store.delete(&entry).await?;
+        }
+        Ok(n)
+    }
+
+    /// Indexes references written before the index existed; once per store (a marker records it).
+    pub async fn ensure_indexed(&self) -> Result<usize, StoreError> {
+        let marker = keyspace::reference_index_marker();
+        if self.store.get(&marker).await?.is_some() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        for key in self.store.list(keyspace::references()).await? {
+            let Some(hash) = keyspace::reference_hash(&key) else {
+                continue;
+            };
+            if let Some((r, _)) = read::<ReferenceRecord>(&*self.store, &key).await? {
+                self.index(&r.grant, hash).await?;
+                n += 1;
+            }
+        }
+        match self
+            .store
+            .put(&marker, Zeroizing::new(b"1".to_vec()), Cas::Absent)
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict) => Ok(n),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Deployment-wide values: the reference master key.
+#[derive(Debug, Clone)]
+pub struct MetaRepo {
+    store: Arc<dyn SecretStore>,
+}
+
+impl MetaRepo {
+    pub fn new(store: Arc<dyn SecretStore>) -> Self {
+        Self { store }
+    }
+
+    /// The reference master key, created from `fresh` on first use; a replica that lost the race
+    /// takes the winner's.
+    pub async fn reference_key(&self, fresh: SecretBytes) -> Result<SecretBytes, StoreError> {
+        let key = keyspace::reference_master_key();
+        if let Some(rec) = self.store.get(&key).await? {
+            return Ok(rec.value);
+        }
+        match self.store.put(&key, fresh.clone(), Cas::Absent).await {
+            Ok(_) => Ok(fresh),
+            Err(StoreError::Conflict) => match self.store.get(&key).await? {
+                Some(rec) => Ok(rec.value),
+                None => Err(StoreError::Conflict),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Wire ⇄ domain: request messages into validated domain values (bad input named by field),
+//! domain results into response messages. No logic beyond the mapping.
+
+use crate::domain::{
+    AgentId, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig, ProviderConfig, ProviderId,
+    ProviderKind, Scopes, TokenAuthMethod, UserId,
+};
+use crate::pb;
+use crate::secret::{ExposeSecret, SecretString};
+use crate::service::{AccessToken, AuthRequest, Error, GrantInfo, Outcome, ProviderDraft};
+use std::time::Duration;
+use tonic::Request;
+
+pub(super) fn grant_key(provider: &str, user: &str, agent: &str) -> Result<GrantKey, Error> {
+    Ok(GrantKey {
+        provider: ProviderId::parse(provider)?,
+        user: UserId::parse(user)?,
+        agent: if agent.is_empty() {
+            None
+        } else {
+            Some(AgentId::parse(agent)?)
+        },
+    })
+}
+
+pub(super) fn token(t: AccessToken) -> pb::Token {
+    pb::Token {
+        access_token: t.token.expose_secret().to_owned(),
+        token_type: t.token_type,
+        expires_at: t.expires_at,
+        scopes: t.scopes.to_vec(),
+    }
+}
+
+pub(super) fn outcome(o: Outcome) -> pb::AuthenticateResponse {
+    use pb::authenticate_response::Result as R;
+    let result = match o {
+        Outcome::Token(t) => R::Token(token(t)),
+        Outcome::Reference {
+            reference,
+            expires_at,
+        } => R::Reference(pb::Reference {
+            reference: reference.expose_secret().to_owned(),
+            expires_at,
+        }),
+        Outcome::Pending {
+            auth_url,
+            auth_id,
+            expires_at,
+        } => R::Pending(pb::Pending {
+            auth_url,
+            auth_id,
+            expires_at,
+        }),
+    };
+    pb::AuthenticateResponse {
+        result: Some(result),
+    }
+}
+
+/// The HTTP authentication scheme for a token type (RFC 6750 spells it `Bearer`).
+pub(super) fn scheme(token_type: &str) -> String {
+    if token_type.eq_ignore_ascii_case("bearer") {
+        "Bearer".into()
+    } else {
+        token_type.to_owned()
+    }
+}
+
+/// The deadline the client set (`grpc-timeout`), so a wait never outlives its caller.
+pub(super) fn grpc_deadline<T>(req: &Request<T>) -> Option<Duration> {
+    let raw = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// An Authenticate request as validated domain input.
+pub(super) fn auth_request(r: pb::AuthenticateRequest) -> Result<AuthRequest, Error> {
+    let handout = match pb::Handout::try_from(r.handout) {
+        Ok(pb::Handout::Unspecified | pb::Handout::Token) if r.single_use => {
+            return Err(Error::invalid(
+                "single_use",
+                "applies to REFERENCE handouts only",
+            ));
+        }
+        Ok(pb::Handout::Unspecified | pb::Handout::Token) => Handout::Token,
+        Ok(pb::Handout::Reference) => Handout::Reference {
+            single_use: r.single_use,
+        },
+        Err(_) => return Err(Error::invalid("handout", "unknown handout")),
+    };
+    Ok(AuthRequest {
+        key: grant_key(&r.provider_id, &r.user_id, &r.agent_id)?,
+        scopes: Scopes::parse("scopes", &r.scopes)?,
+        handout,
+        min_ttl: r.min_ttl_seconds,
+        force_reauth: r.force_reauth,
+    })
+}
+
+/// ListGrants filters; empty means no filter.
+pub(super) fn grant_filters(
+    r: &pb::ListGrantsRequest,
+) -> Result<(Option<ProviderId>, Option<UserId>), Error> {
+    let provider = (!r.provider_id.is_empty())
+        .then(|| ProviderId::parse(&r.provider_id))
+        .transpose()?;
+    let user = (!r.user_id.is_empty())
+        .then(|| UserId::parse(&r.user_id))
+        .transpose()?;
+    Ok((provider, user))
+}
+
+pub(super) fn grant(g: GrantInfo) -> pb::Grant {
+    pb::Grant {
+        provider_id: g.key.provider.to_string(),
+        user_id: g.key.user.to_string(),
+        agent_id: g.key.agent.map(|a| a.to_string()).unwrap_or_default(),
+        scopes: g.scopes.to_vec(),
+        subject: g.subject.unwrap_or_default(),
+        created_at: g.created_at,
+        updated_at: g.updated_at,
+        status: match g.status {
+            GrantStatus::Active => pb::GrantStatus::Active,
+            GrantStatus::NeedsReauth => pb::GrantStatus::NeedsReauth,
+        } as i32,
+        has_refresh_token: g.has_refresh_token,
+    }
+}
+
+/// The credential ready to put on an HTTP request.
+pub(super) fn credential(t: &AccessToken) -> pb::Credential {
+    pb::Credential {
+        location: "header".into(),
+        name: "Authorization".into(),
+        value: format!("{} {}", scheme(&t.token_type), t.token.expose_secret()),
+    }
+}
+
+/// A provider for operators: the kind's settings flattened, the client secret never included.
+pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider {
+    let mut wire = pb::Provider {
+        provider_id: p.id.to_string(),
+        name: p.name.clone(),
+        kind: match p.kind.kind() {
+            ProviderKind::OAuth2 => pb::ProviderKind::Oauth2,
+            ProviderKind::Oidc => pb::ProviderKind::Oidc,
+        } as i32,
+        default_scopes: p.default_scopes.to_vec(),
+        redirect_uri,
+        handout_policy: match p.handout_policy {
+            HandoutPolicy::Any => pb::HandoutPolicy::Any,
+            HandoutPolicy::ReferenceOnly => pb::HandoutPolicy::ReferenceOnly,
+        } as i32,
+        reference_ttl_seconds: p.reference_ttl_seconds,
+        ..Default::default()
+    };
+    let (KindConfig::OAuth2(c) | KindConfig::Oidc(c)) = &p.kind;
+    wire.client_id = c.client.client_id.clone();
+    wire.has_client_secret = c.client.client_secret.is_some();
+    wire.token_url = c.client.token_url.to_string();
+    wire.token_auth_method = match c.client.auth_method {
+        TokenAuthMethod::ClientSecretBasic => pb::TokenAuthMethod::ClientSecretBasic,
+        TokenAuthMethod::ClientSecretPost => pb::TokenAuthMethod::ClientSecretPost,
+    } as i32;
+    wire.auth_url = c.auth_url.to_string();
+    wire.issuer = c.issuer.clone().unwrap_or_default();
+    wire.revocation_url = c
+        .revocation_url
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    wire.extra_auth_params = c.extra_auth_params.clone().into_iter().collect();
+    wire
+}
+
+pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
+    let p = p.ok_or_else(|| Error::invalid("provider", "is required"))?;
+    let kind = match pb::ProviderKind::try_from(p.kind) {
+        Ok(pb::ProviderKind::Oauth2) => Some(ProviderKind::OAuth2),
+        Ok(pb::ProviderKind::Oidc) => Some(ProviderKind::Oidc),
+        Ok(pb::ProviderKind::Unspecified) => None,
+        Err(_) => return Err(Error::invalid("kind", "unknown provider kind")),
+    };
+    let token_auth_method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {
+        Ok(pb::TokenAuthMethod::Unspecified | pb::TokenAuthMethod::ClientSecretBasic) => {
+            TokenAuthMethod::ClientSecretBasic
+        }
+        Ok(pb::TokenAuthMethod::ClientSecretPost) => TokenAuthMethod::ClientSecretPost,
+        Err(_) => return Err(Error::invalid("token_auth_method", "unknown method")),
+    };
+    let handout_policy = match pb::HandoutPolicy::try_from(p.handout_policy) {
+        Ok(pb::HandoutPolicy::Unspecified | pb::HandoutPolicy::Any) => HandoutPolicy::Any,
+        Ok(pb::HandoutPolicy::ReferenceOnly) => HandoutPolicy::ReferenceOnly,
+        Err(_) => return Err(Error::invalid("handout_policy", "unknown policy")),
+    };
+    if p.client_secret.len() > 4096 {
+        return Err(Error::invalid("client_secret", "is longer than 4096 bytes"));
+    }
+    Ok(ProviderDraft {
+        id: p.provider_id,
+        name: p.name,
+        kind,
+        client_id: p.client_id,
+        client_secret: (!p.client_secret.is_empty()).then(|| SecretString::from(p.client_secret)),
+        auth_url: p.auth_url,
+        token_url: p.token_url,
+        issuer: p.issuer,
+        revocation_url: p.revocation_url,
+        default_scopes: p.default_scopes,
+        extra_auth_params: p.extra_auth_params.into_iter().collect(),
+        token_auth_method,
+        handout_policy,
+        reference_ttl_seconds: p.reference_ttl_seconds,
+    })
+}

@@ -1,0 +1,24 @@
+//! `GET /healthz`: 200 while serving and the store answers, 503 otherwise (shutting down, or the
+//! store's failure classified like any other error).
+
+use super::{HttpState, http_status};
+use crate::service::Error;
+use crate::transport::report;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::sync::atomic::Ordering;
+
+pub(super) async fn healthz(State(s): State<HttpState>) -> Response {
+    if !s.serving.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match s.store.check().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            let e = Error::from(e);
+            report(&e);
+            (http_status(e.class()), format!("{e}\n")).into_response()
+        }
+    }
+}
