@@ -539,6 +539,178 @@ mod tests {
         assert!(!err.contains("hvs.canary"), "{err}");
     }
 
+    /// A config that sets every key the renderer shows, with a Vault store.
+    const FULL: &str = r#"grpc_listen = "127.0.0.1:1"
+http_listen = "127.0.0.1:2"
+public_url = "https://valet.example.com"
+data_dir = "/var/lib/valet"
+store = "vault"
+admin_key_file = "/run/secrets/admin"
+shutdown_grace_seconds = 3
+
+[log]
+format = "json"
+level = "valet=debug"
+
+[flows]
+ttl_seconds = 60
+max_pending = 10
+max_pending_per_user = 2
+wait_default_seconds = 5
+wait_max_seconds = 50
+
+[tokens]
+default_min_ttl_seconds = 30
+max_min_ttl_seconds = 3600
+
+[provider_http]
+connect_timeout_seconds = 2
+timeout_seconds = 9
+
+[vault]
+address = "https://vault.example:8200"
+kv_version = 1
+mount = "kv"
+prefix = "team/valet"
+namespace = "ns1"
+ca_cert_file = "/etc/ca.pem"
+timeout_seconds = 7
+
+[vault.auth]
+method = "approle"
+role_id = "r-1"
+secret_id_file = "/run/secrets/sid"
+
+[[callers]]
+name = "ops"
+role = "admin"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[[callers]]
+name = "bot"
+role = "agent"
+key_sha256 = "abababababababababababababababababababababababababababababababab"
+"#;
+
+    // check-config output is read by operators and diffed by scripts: pinned byte for byte.
+    #[test]
+    fn renders_a_full_config_exactly() {
+        let c = load(FULL, &[], Overrides::default()).unwrap();
+        let expected = r#"grpc_listen = "127.0.0.1:1"
+http_listen = "127.0.0.1:2"
+public_url = "https://valet.example.com/"
+data_dir = "/var/lib/valet"
+store = "vault"
+dev = false
+admin_key_file = "/run/secrets/admin"
+allow_insecure_provider_urls = false
+shutdown_grace_seconds = 3
+
+[log]
+format = "json"
+level = "valet=debug"
+
+[flows]
+ttl_seconds = 60
+max_pending = 10
+max_pending_per_user = 2
+wait_default_seconds = 5
+wait_max_seconds = 50
+
+[tokens]
+default_min_ttl_seconds = 30
+max_min_ttl_seconds = 3600
+
+[provider_http]
+connect_timeout_seconds = 2
+timeout_seconds = 9
+
+[vault]
+address = "https://vault.example:8200/"
+kv_version = 1
+mount = "kv"
+prefix = "team/valet/"
+timeout_seconds = 7
+namespace = "ns1"
+ca_cert_file = "/etc/ca.pem"
+
+[vault.auth]
+method = "approle"
+mount = "approle"
+role_id = "r-1"
+secret_id_file = "/run/secrets/sid"
+
+[[callers]]
+name = "ops"
+role = "admin"
+key_sha256 = "00000000…(redacted)"
+
+[[callers]]
+name = "bot"
+role = "agent"
+key_sha256 = "abababab…(redacted)"
+"#;
+        assert_eq!(c.render(), expected);
+    }
+
+    #[test]
+    fn renders_the_dev_defaults_exactly() {
+        let dev = Overrides {
+            dev: true,
+            ..Overrides::default()
+        };
+        let c = load("", &[], dev).unwrap();
+        let expected = r#"grpc_listen = "127.0.0.1:50051"
+http_listen = "127.0.0.1:8080"
+# public_url: derived from the bound http address
+data_dir = "./valet-data"
+store = "embedded"
+dev = true
+allow_insecure_provider_urls = true
+shutdown_grace_seconds = 10
+
+[log]
+format = "text"
+level = "info"
+
+[flows]
+ttl_seconds = 600
+max_pending = 100000
+max_pending_per_user = 16
+wait_default_seconds = 30
+wait_max_seconds = 300
+
+[tokens]
+default_min_ttl_seconds = 60
+max_min_ttl_seconds = 86400
+
+[provider_http]
+connect_timeout_seconds = 5
+timeout_seconds = 15
+"#;
+        assert_eq!(c.render(), expected);
+    }
+
+    // The reference config must load as shipped, and every value it shows must be the default,
+    // as its header claims; otherwise it rots as settings change.
+    #[test]
+    fn the_example_config_validates_and_shows_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/valet.example.toml");
+        // It leaves every [[callers]] entry commented out; dev mode needs none.
+        let as_shipped = Overrides {
+            config: Some(path.to_owned()),
+            dev: true,
+            ..Overrides::default()
+        };
+        if let Err(e) = Config::load(&as_shipped, &|_| None, &[]) {
+            panic!("{path} does not validate: {e}");
+        }
+        let example = std::fs::read_to_string(path).unwrap();
+        let c = load(&format!("{example}\n{CALLER}"), &[], Overrides::default()).unwrap();
+        let defaults = load(CALLER, &[], Overrides::default()).unwrap();
+        assert_eq!(c.render(), defaults.render());
+    }
+
     #[test]
     fn render_redacts_key_hashes() {
         let c = load(CALLER, &[], Overrides::default()).unwrap();
