@@ -14,6 +14,7 @@ pub mod oauth;
 pub mod pb;
 pub mod secret;
 pub mod service;
+pub mod signal;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
