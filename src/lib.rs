@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;
@@ -15,6 +16,7 @@ pub mod pb;
 pub mod pending;
 pub mod secret;
 pub mod service;
+pub mod signal;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

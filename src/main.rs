@@ -16,21 +16,6 @@ fn load_config(args: &valet::cli::ServeArgs) -> Result<Config, ExitCode> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}
-
 fn main() -> ExitCode {
     valet::install_crypto_provider();
     let cli = Cli::parse();
@@ -51,7 +36,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             valet::telemetry::init(config.log_format, &config.log_level);
-            runtime.block_on(valet::App::run(config, shutdown_signal()))
+            runtime.block_on(valet::App::run(config, valet::signal::shutdown()))
         }
         Command::CheckConfig(args) => {
             let config = match load_config(&args) {

@@ -124,8 +124,21 @@ pub async fn copy_records(
     Ok(done)
 }
 
+/// What `valet store copy` did, with the two backends' names.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyReport {
+    pub done: Copied,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
 /// `valet store copy`: from the store of the `from` config file to that of the `to` one.
-pub async fn copy_store(from: &str, to: &str, dry_run: bool) -> anyhow::Result<()> {
+pub async fn copy_store(
+    from: &str,
+    to: &str,
+    dry_run: bool,
+    report: impl FnMut(&str),
+) -> anyhow::Result<CopyReport> {
     let load = |path: &str| {
         let overrides = crate::config::Overrides {
             config: Some(path.to_owned()),
@@ -135,15 +148,10 @@ pub async fn copy_store(from: &str, to: &str, dry_run: bool) -> anyhow::Result<(
     };
     let src = open_store(&load(from)?).await?.store;
     let dst = open_store(&load(to)?).await?.store;
-    let verb = if dry_run { "would copy" } else { "copy" };
-    let done = copy_records(&*src, &*dst, dry_run, |key| println!("{verb} {key}")).await?;
-    let verb = if dry_run { "would copy" } else { "copied" };
-    println!(
-        "{verb} {} records from the {} store to the {} store; {} already identical",
-        done.copied,
-        src.backend(),
-        dst.backend(),
-        done.unchanged
-    );
-    Ok(())
+    let done = copy_records(&*src, &*dst, dry_run, report).await?;
+    Ok(CopyReport {
+        done,
+        from: src.backend(),
+        to: dst.backend(),
+    })
 }

@@ -1,48 +1,26 @@
 //! Configuration: defaults, then the TOML file, then `VALET_*` environment variables, then flags.
 //! `Config::load` validates everything before any port is bound and reports every problem at
 //! once. The environment is passed in as a function so tests never touch the process env.
+//!
+//! Each section validates and renders itself: `server` (top-level keys, `[log]`), `flows`
+//! (`[flows]`, `[tokens]`), `provider_http`, `vault` and `callers`; `raw` is the TOML mirror.
 
+mod callers;
+mod flows;
+mod provider_http;
 mod raw;
+mod server;
 mod vault;
 
+pub use callers::CallerConfig;
+pub use flows::FlowConfig;
 pub use raw::{CLIENT_ENV_VARS, ENV_VARS, Overrides, RawConfig, RawVault};
+pub use server::{LogFormat, StoreKind};
 
-use crate::service::Role;
-use crate::store::VaultConfig;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
-
-#[derive(Debug, Clone)]
-pub enum StoreKind {
-    Embedded,
-    Memory,
-    Vault(Box<VaultConfig>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone)]
-pub struct CallerConfig {
-    pub name: String,
-    pub role: Role,
-    pub key_sha256: [u8; 32],
-}
-
-#[derive(Debug, Clone)]
-pub struct FlowConfig {
-    pub ttl: Duration,
-    pub max_pending: usize,
-    pub max_pending_per_user: usize,
-    pub wait_default: Duration,
-    pub wait_max: Duration,
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -130,211 +108,36 @@ impl Config {
         Self::load(overrides, &|k| std::env::var(k).ok(), &names)
     }
 
+    /// Validates every section, so that every problem is listed at once.
     fn validate(
         mut raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
         warnings: Vec<String>,
         errors: &mut Vec<String>,
     ) -> Option<Self> {
-        let dev = raw.dev.unwrap_or(false);
-        let addr = |field: &str, v: Option<String>, default: &str, errors: &mut Vec<String>| {
-            let v = v.unwrap_or_else(|| default.to_owned());
-            match v.parse::<SocketAddr>() {
-                Ok(a) if dev && !a.ip().is_loopback() => {
-                    errors.push(format!(
-                        "{field} = {v:?}: dev mode binds loopback addresses only"
-                    ));
-                    None
-                }
-                Ok(a) => Some(a),
-                Err(_) => {
-                    errors.push(format!("{field} = {v:?} is not an IP:port address"));
-                    None
-                }
-            }
-        };
-        let grpc_listen = addr("grpc_listen", raw.grpc_listen, "127.0.0.1:50051", errors);
-        let http_listen = addr("http_listen", raw.http_listen, "127.0.0.1:8080", errors);
-        let public_url = raw.public_url.and_then(|u| match Url::parse(&u) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {
-                Some(url)
-            }
-            _ => {
-                errors.push(format!(
-                    "public_url = {u:?} must be an http(s) URL without a query"
-                ));
-                None
-            }
-        });
-        let store = match raw.store.as_deref().unwrap_or("embedded") {
-            "embedded" => Some(StoreKind::Embedded),
-            "memory" => Some(StoreKind::Memory),
-            "vault" => match raw.vault.take() {
-                Some(v) => {
-                    vault::vault_config(v, env, errors).map(|v| StoreKind::Vault(Box::new(v)))
-                }
-                None => {
-                    errors.push("store = \"vault\" needs a [vault] section (address, auth)".into());
-                    None
-                }
-            },
-            other => {
-                errors.push(format!(
-                    "store = {other:?}: expected \"embedded\", \"vault\" or \"memory\""
-                ));
-                None
-            }
-        };
-        let log_format = match raw.log.format.as_deref().unwrap_or("text") {
-            "text" => Some(LogFormat::Text),
-            "json" => Some(LogFormat::Json),
-            other => {
-                errors.push(format!(
-                    "log.format = {other:?}: expected \"text\" or \"json\""
-                ));
-                None
-            }
-        };
-        let log_level = raw.log.level.unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            errors.push(format!(
-                "log.level = {log_level:?} is not a valid filter (e.g. \"info\" or \"valet=debug\")"
-            ));
-        }
-        let mut range = |field: &str, v: Option<u64>, default: u64, min: u64, max: u64| -> u64 {
-            let v = v.unwrap_or(default);
-            if v < min || v > max {
-                errors.push(format!("{field} = {v} must be between {min} and {max}"));
-            }
-            v
-        };
-        let flows = FlowConfig {
-            ttl: Duration::from_secs(range(
-                "flows.ttl_seconds",
-                raw.flows.ttl_seconds,
-                600,
-                1,
-                3600,
-            )),
-            max_pending: usize::try_from(range(
-                "flows.max_pending",
-                raw.flows.max_pending,
-                100_000,
-                1,
-                10_000_000,
-            ))
-            .unwrap_or(usize::MAX),
-            max_pending_per_user: usize::try_from(range(
-                "flows.max_pending_per_user",
-                raw.flows.max_pending_per_user,
-                16,
-                1,
-                10_000,
-            ))
-            .unwrap_or(usize::MAX),
-            wait_default: Duration::from_secs(range(
-                "flows.wait_default_seconds",
-                raw.flows.wait_default_seconds,
-                30,
-                1,
-                3600,
-            )),
-            wait_max: Duration::from_secs(range(
-                "flows.wait_max_seconds",
-                raw.flows.wait_max_seconds,
-                300,
-                1,
-                3600,
-            )),
-        };
-        let default_min_ttl = range(
-            "tokens.default_min_ttl_seconds",
-            raw.tokens.default_min_ttl_seconds,
-            60,
-            0,
-            86_400,
-        );
-        let max_min_ttl = range(
-            "tokens.max_min_ttl_seconds",
-            raw.tokens.max_min_ttl_seconds,
-            86_400,
-            1,
-            31_536_000,
-        );
-        let shutdown_grace = Duration::from_secs(range(
-            "shutdown_grace_seconds",
-            raw.shutdown_grace_seconds,
-            10,
-            0,
-            600,
-        ));
-        let provider_connect_timeout = Duration::from_secs(range(
-            "provider_http.connect_timeout_seconds",
-            raw.provider_http.connect_timeout_seconds,
-            5,
-            1,
-            120,
-        ));
-        let provider_timeout = Duration::from_secs(range(
-            "provider_http.timeout_seconds",
-            raw.provider_http.timeout_seconds,
-            15,
-            1,
-            300,
-        ));
-
-        let mut callers = Vec::new();
-        for (i, c) in raw.callers.iter().enumerate() {
-            let role = match c.role.as_str() {
-                "admin" => Role::Admin,
-                "agent" => Role::Agent,
-                other => {
-                    errors.push(format!(
-                        "callers[{i}].role = {other:?}: expected \"admin\" or \"agent\""
-                    ));
-                    continue;
-                }
-            };
-            if c.name.is_empty() || c.name.len() > 64 || c.name.chars().any(char::is_control) {
-                errors.push(format!("callers[{i}].name must be 1-64 characters"));
-            }
-            let mut hash = [0u8; 32];
-            if hex::decode_to_slice(&c.key_sha256, &mut hash).is_err() {
-                errors.push(format!(
-                    "callers[{i}].key_sha256 must be 64 hex characters (run `valet key new`)"
-                ));
-                continue;
-            }
-            if callers.iter().any(|k: &CallerConfig| k.name == c.name) {
-                errors.push(format!("callers[{i}].name {:?} is used twice", c.name));
-            }
-            callers.push(CallerConfig {
-                name: c.name.clone(),
-                role,
-                key_sha256: hash,
-            });
-        }
-        let admin_key_file = raw.admin_key_file.map(PathBuf::from);
-        if callers.is_empty() && !dev && admin_key_file.is_none() {
-            errors.push("no callers are configured: add [[callers]] entries, pass --admin-key-file, or run with --dev".into());
-        }
+        let vault = raw.vault.take();
+        let server = server::validate(&raw, vault, env, errors);
+        let flows = flows::validate(&raw.flows, &raw.tokens, errors);
+        let provider_http = provider_http::validate(&raw.provider_http, errors);
+        let callers = callers::validate(&raw, errors);
+        let server = server?;
         Some(Self {
-            grpc_listen: grpc_listen?,
-            http_listen: http_listen?,
-            public_url,
-            data_dir: PathBuf::from(raw.data_dir.unwrap_or_else(|| "./valet-data".to_owned())),
-            store: store?,
-            dev,
-            admin_key_file,
-            allow_insecure_provider_urls: raw.allow_insecure_provider_urls.unwrap_or(dev),
-            shutdown_grace,
-            log_format: log_format?,
-            log_level,
-            flows,
-            default_min_ttl: u32::try_from(default_min_ttl).unwrap_or(u32::MAX),
-            max_min_ttl: u32::try_from(max_min_ttl).unwrap_or(u32::MAX),
-            provider_connect_timeout,
-            provider_timeout,
+            grpc_listen: server.grpc_listen,
+            http_listen: server.http_listen,
+            public_url: server.public_url,
+            data_dir: server.data_dir,
+            store: server.store,
+            dev: server.dev,
+            admin_key_file: server.admin_key_file,
+            allow_insecure_provider_urls: server.allow_insecure_provider_urls,
+            shutdown_grace: server.shutdown_grace,
+            log_format: server.log_format,
+            log_level: server.log_level,
+            flows: flows.flows,
+            default_min_ttl: flows.default_min_ttl,
+            max_min_ttl: flows.max_min_ttl,
+            provider_connect_timeout: provider_http.connect_timeout,
+            provider_timeout: provider_http.timeout,
             callers,
             warnings,
         })
@@ -344,89 +147,67 @@ impl Config {
     /// no key is ever configured in clear.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "grpc_listen = \"{}\"", self.grpc_listen);
-        let _ = writeln!(s, "http_listen = \"{}\"", self.http_listen);
-        match &self.public_url {
-            Some(u) => {
-                let _ = writeln!(s, "public_url = \"{u}\"");
-            }
-            None => {
-                let _ = writeln!(s, "# public_url: derived from the bound http address");
-            }
-        }
-        let _ = writeln!(s, "data_dir = \"{}\"", self.data_dir.display());
-        let store = match &self.store {
-            StoreKind::Embedded => "embedded",
-            StoreKind::Memory => "memory",
-            StoreKind::Vault(_) => "vault",
-        };
-        let _ = writeln!(s, "store = \"{store}\"");
-        let _ = writeln!(s, "dev = {}", self.dev);
-        if let Some(p) = &self.admin_key_file {
-            let _ = writeln!(s, "admin_key_file = \"{}\"", p.display());
-        }
-        let _ = writeln!(
-            s,
-            "allow_insecure_provider_urls = {}",
-            self.allow_insecure_provider_urls
-        );
-        let _ = writeln!(
-            s,
-            "shutdown_grace_seconds = {}",
-            self.shutdown_grace.as_secs()
-        );
-        let _ = writeln!(
-            s,
-            "\n[log]\nformat = \"{}\"\nlevel = \"{}\"",
-            match self.log_format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            },
-            self.log_level
-        );
-        let f = &self.flows;
-        let _ = writeln!(
-            s,
-            "\n[flows]\nttl_seconds = {}\nmax_pending = {}\nmax_pending_per_user = {}\nwait_default_seconds = {}\nwait_max_seconds = {}",
-            f.ttl.as_secs(),
-            f.max_pending,
-            f.max_pending_per_user,
-            f.wait_default.as_secs(),
-            f.wait_max.as_secs()
-        );
-        let _ = writeln!(
-            s,
-            "\n[tokens]\ndefault_min_ttl_seconds = {}\nmax_min_ttl_seconds = {}",
-            self.default_min_ttl, self.max_min_ttl
-        );
-        let _ = writeln!(
-            s,
-            "\n[provider_http]\nconnect_timeout_seconds = {}\ntimeout_seconds = {}",
-            self.provider_connect_timeout.as_secs(),
-            self.provider_timeout.as_secs()
-        );
+        server::render(self, &mut s);
+        flows::render(self, &mut s);
+        provider_http::render(self, &mut s);
         if let StoreKind::Vault(v) = &self.store {
             vault::render(v, &mut s);
         }
-        for c in &self.callers {
-            let role = match c.role {
-                Role::Admin => "admin",
-                Role::Agent => "agent",
-            };
-            let _ = writeln!(
-                s,
-                "\n[[callers]]\nname = \"{}\"\nrole = \"{role}\"\nkey_sha256 = \"{}…(redacted)\"",
-                c.name,
-                &hex::encode(c.key_sha256)[..8]
-            );
-        }
+        callers::render(&self.callers, &mut s);
         s
+    }
+}
+
+/// A numeric setting: its name in the file, its default, and the values it may take.
+struct Setting {
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Setting {
+    const fn new(name: &'static str, default: u64, min: u64, max: u64) -> Self {
+        Self {
+            name,
+            default,
+            min,
+            max,
+        }
+    }
+
+    /// `v`, or the default when unset; a value out of bounds is a problem named by the setting.
+    fn check(&self, v: Option<u64>, errors: &mut Vec<String>) -> u64 {
+        let v = v.unwrap_or(self.default);
+        if v < self.min || v > self.max {
+            errors.push(format!(
+                "{} = {v} must be between {} and {}",
+                self.name, self.min, self.max
+            ));
+        }
+        v
+    }
+
+    fn secs(&self, v: Option<u64>, errors: &mut Vec<String>) -> Duration {
+        Duration::from_secs(self.check(v, errors))
+    }
+
+    // The conversions below saturate: an out-of-range value is already an error, so this only
+    // keeps them total.
+
+    fn count(&self, v: Option<u64>, errors: &mut Vec<String>) -> usize {
+        usize::try_from(self.check(v, errors)).unwrap_or(usize::MAX)
+    }
+
+    fn secs_u32(&self, v: Option<u64>, errors: &mut Vec<String>) -> u32 {
+        u32::try_from(self.check(v, errors)).unwrap_or(u32::MAX)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Role;
     use std::collections::HashMap;
 
     fn load(toml: &str, env: &[(&str, &str)], o: Overrides) -> Result<Config, ConfigError> {
@@ -537,6 +318,178 @@ mod tests {
         .to_string();
         assert!(err.contains("line"), "{err}");
         assert!(!err.contains("hvs.canary"), "{err}");
+    }
+
+    /// A config that sets every key the renderer shows, with a Vault store.
+    const FULL: &str = r#"grpc_listen = "127.0.0.1:1"
+http_listen = "127.0.0.1:2"
+public_url = "https://valet.example.com"
+data_dir = "/var/lib/valet"
+store = "vault"
+admin_key_file = "/run/secrets/admin"
+shutdown_grace_seconds = 3
+
+[log]
+format = "json"
+level = "valet=debug"
+
+[flows]
+ttl_seconds = 60
+max_pending = 10
+max_pending_per_user = 2
+wait_default_seconds = 5
+wait_max_seconds = 50
+
+[tokens]
+default_min_ttl_seconds = 30
+max_min_ttl_seconds = 3600
+
+[provider_http]
+connect_timeout_seconds = 2
+timeout_seconds = 9
+
+[vault]
+address = "https://vault.example:8200"
+kv_version = 1
+mount = "kv"
+prefix = "team/valet"
+namespace = "ns1"
+ca_cert_file = "/etc/ca.pem"
+timeout_seconds = 7
+
+[vault.auth]
+method = "approle"
+role_id = "r-1"
+secret_id_file = "/run/secrets/sid"
+
+[[callers]]
+name = "ops"
+role = "admin"
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+[[callers]]
+name = "bot"
+role = "agent"
+key_sha256 = "abababababababababababababababababababababababababababababababab"
+"#;
+
+    // check-config output is read by operators and diffed by scripts: pinned byte for byte.
+    #[test]
+    fn renders_a_full_config_exactly() {
+        let c = load(FULL, &[], Overrides::default()).unwrap();
+        let expected = r#"grpc_listen = "127.0.0.1:1"
+http_listen = "127.0.0.1:2"
+public_url = "https://valet.example.com/"
+data_dir = "/var/lib/valet"
+store = "vault"
+dev = false
+admin_key_file = "/run/secrets/admin"
+allow_insecure_provider_urls = false
+shutdown_grace_seconds = 3
+
+[log]
+format = "json"
+level = "valet=debug"
+
+[flows]
+ttl_seconds = 60
+max_pending = 10
+max_pending_per_user = 2
+wait_default_seconds = 5
+wait_max_seconds = 50
+
+[tokens]
+default_min_ttl_seconds = 30
+max_min_ttl_seconds = 3600
+
+[provider_http]
+connect_timeout_seconds = 2
+timeout_seconds = 9
+
+[vault]
+address = "https://vault.example:8200/"
+kv_version = 1
+mount = "kv"
+prefix = "team/valet/"
+timeout_seconds = 7
+namespace = "ns1"
+ca_cert_file = "/etc/ca.pem"
+
+[vault.auth]
+method = "approle"
+mount = "approle"
+role_id = "r-1"
+secret_id_file = "/run/secrets/sid"
+
+[[callers]]
+name = "ops"
+role = "admin"
+key_sha256 = "00000000…(redacted)"
+
+[[callers]]
+name = "bot"
+role = "agent"
+key_sha256 = "abababab…(redacted)"
+"#;
+        assert_eq!(c.render(), expected);
+    }
+
+    #[test]
+    fn renders_the_dev_defaults_exactly() {
+        let dev = Overrides {
+            dev: true,
+            ..Overrides::default()
+        };
+        let c = load("", &[], dev).unwrap();
+        let expected = r#"grpc_listen = "127.0.0.1:50051"
+http_listen = "127.0.0.1:8080"
+# public_url: derived from the bound http address
+data_dir = "./valet-data"
+store = "embedded"
+dev = true
+allow_insecure_provider_urls = true
+shutdown_grace_seconds = 10
+
+[log]
+format = "text"
+level = "info"
+
+[flows]
+ttl_seconds = 600
+max_pending = 100000
+max_pending_per_user = 16
+wait_default_seconds = 30
+wait_max_seconds = 300
+
+[tokens]
+default_min_ttl_seconds = 60
+max_min_ttl_seconds = 86400
+
+[provider_http]
+connect_timeout_seconds = 5
+timeout_seconds = 15
+"#;
+        assert_eq!(c.render(), expected);
+    }
+
+    // The reference config must load as shipped, and every value it shows must be the default,
+    // as its header claims; otherwise it rots as settings change.
+    #[test]
+    fn the_example_config_validates_and_shows_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/valet.example.toml");
+        // It leaves every [[callers]] entry commented out; dev mode needs none.
+        let as_shipped = Overrides {
+            config: Some(path.to_owned()),
+            dev: true,
+            ..Overrides::default()
+        };
+        if let Err(e) = Config::load(&as_shipped, &|_| None, &[]) {
+            panic!("{path} does not validate: {e}");
+        }
+        let example = std::fs::read_to_string(path).unwrap();
+        let c = load(&format!("{example}\n{CALLER}"), &[], Overrides::default()).unwrap();
+        let defaults = load(CALLER, &[], Overrides::default()).unwrap();
+        assert_eq!(c.render(), defaults.render());
     }
 
     #[test]

@@ -21,6 +21,3 @@ pub use error::{Class, Error, Reason};
 pub use flows::CallbackParams;
 pub use providers::{ProviderDraft, ProviderRegistry};
 pub use references::ReferenceError;
-
-// Until the config module imports it from `domain`.
-pub use crate::domain::Role;

@@ -5,9 +5,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use valet::client::{AuthedChannel, Client};
 use valet::pb::credentials_client::CredentialsClient;
 use valet::pb::providers_client::ProvidersClient;
 
@@ -38,18 +37,6 @@ impl Default for ValetOptions {
         }
     }
 }
-
-#[derive(Clone)]
-pub struct BearerKey(MetadataValue<Ascii>);
-
-impl tonic::service::Interceptor for BearerKey {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-pub type Authed = InterceptedService<Channel, BearerKey>;
 
 pub struct Valet {
     child: Option<Child>,
@@ -201,36 +188,35 @@ key_sha256 = "{other}"
         self.logs.lock().unwrap().clone()
     }
 
-    async fn channel(&self) -> Channel {
+    /// A client on its own connection.
+    async fn client(&self, key: Option<&str>) -> Client {
+        Client::connect(&self.grpc_url, key).await.unwrap()
+    }
+
+    pub async fn providers(&self) -> ProvidersClient<AuthedChannel> {
+        self.providers_as(ADMIN_KEY).await
+    }
+
+    pub async fn providers_as(&self, key: &str) -> ProvidersClient<AuthedChannel> {
+        self.client(Some(key)).await.providers()
+    }
+
+    pub async fn credentials(&self, key: &str) -> CredentialsClient<AuthedChannel> {
+        self.client(Some(key)).await.credentials()
+    }
+
+    /// Credentials without an API key.
+    pub async fn raw_credentials(&self) -> CredentialsClient<AuthedChannel> {
+        self.client(None).await.credentials()
+    }
+
+    /// A bare channel, for services outside `valet.v1` (health).
+    pub async fn raw_channel(&self) -> Channel {
         Channel::from_shared(self.grpc_url.clone())
             .unwrap()
             .connect()
             .await
             .unwrap()
-    }
-
-    fn bearer(key: &str) -> BearerKey {
-        BearerKey(format!("Bearer {key}").parse().unwrap())
-    }
-
-    pub async fn providers(&self) -> ProvidersClient<Authed> {
-        self.providers_as(ADMIN_KEY).await
-    }
-
-    pub async fn providers_as(&self, key: &str) -> ProvidersClient<Authed> {
-        ProvidersClient::with_interceptor(self.channel().await, Self::bearer(key))
-    }
-
-    pub async fn credentials(&self, key: &str) -> CredentialsClient<Authed> {
-        CredentialsClient::with_interceptor(self.channel().await, Self::bearer(key))
-    }
-
-    pub async fn raw_credentials(&self) -> CredentialsClient<Channel> {
-        CredentialsClient::new(self.channel().await)
-    }
-
-    pub async fn raw_channel(&self) -> Channel {
-        self.channel().await
     }
 
     /// Sends SIGTERM and waits for the exit.

@@ -1,0 +1,190 @@
+//! `valet auth`, `resolve`, `grants` and `revoke`: what an agent or an operator does with
+//! credentials. `auth` walks a person through consent: it prints the URL and waits for the
+//! browser to come back.
+
+use super::Conn;
+use super::print::{explain, print_grant, when};
+use crate::client::AuthedChannel;
+use crate::pb;
+use crate::pb::authenticate_response::Result as Answer;
+use crate::pb::credentials_client::CredentialsClient;
+use anyhow::bail;
+use clap::Args;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    #[arg(long)]
+    pub provider: String,
+    #[arg(long)]
+    pub user: String,
+    #[arg(long)]
+    pub agent: Option<String>,
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Minimum seconds of life the token must have.
+    #[arg(long, default_value_t = 0)]
+    pub min_ttl: u32,
+    /// Start a new consent even if a grant exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a reference (for session state) instead of a token; `valet resolve` turns it into one.
+    #[arg(long)]
+    pub reference: bool,
+    /// With --reference: the reference resolves once.
+    #[arg(long, requires = "reference")]
+    pub single_use: bool,
+}
+
+/// What `valet revoke` removes: a grant (provider, user, agent) or one reference.
+pub(super) struct RevokeTarget {
+    pub provider: Option<String>,
+    pub user: Option<String>,
+    pub agent: Option<String>,
+    pub reference: Option<String>,
+}
+
+pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
+    let mut creds = conn.connect().await?.credentials();
+    let mut resp = creds
+        .authenticate(pb::AuthenticateRequest {
+            provider_id: a.provider,
+            scopes: a.scopes,
+            user_id: a.user,
+            agent_id: a.agent.unwrap_or_default(),
+            handout: if a.reference {
+                pb::Handout::Reference
+            } else {
+                pb::Handout::Token
+            } as i32,
+            min_ttl_seconds: a.min_ttl,
+            force_reauth: a.force,
+            single_use: a.single_use,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let mut shown = false;
+    loop {
+        match resp.result {
+            Some(Answer::Token(t)) => {
+                println!("access_token: {}", t.access_token);
+                println!("token_type:   {}", t.token_type);
+                println!("expires_at:   {}", when(t.expires_at));
+                println!("scopes:       {}", t.scopes.join(" "));
+                return Ok(());
+            }
+            Some(Answer::Reference(r)) => {
+                println!("reference:  {}", r.reference);
+                println!("expires_at: {}", when(r.expires_at));
+                return Ok(());
+            }
+            Some(Answer::Pending(p)) => {
+                if !shown {
+                    show_consent(&p);
+                    shown = true;
+                }
+                resp = wait(&mut creds, p.auth_id).await?;
+            }
+            None => bail!("unexpected answer from the daemon"),
+        }
+    }
+}
+
+fn show_consent(p: &pb::Pending) {
+    println!(
+        "Open this URL in a browser to grant access:\n\n  {}\n",
+        p.auth_url
+    );
+    println!(
+        "Waiting for consent (the flow expires at {})...",
+        when(p.expires_at)
+    );
+}
+
+/// One long poll. The daemon answers within 30 s; the deadline leaves it room to do so.
+async fn wait(
+    creds: &mut CredentialsClient<AuthedChannel>,
+    auth_id: String,
+) -> anyhow::Result<pb::AuthenticateResponse> {
+    let mut req = tonic::Request::new(pb::WaitForCompletionRequest {
+        auth_id,
+        timeout_seconds: 30,
+    });
+    req.set_timeout(Duration::from_secs(40));
+    Ok(creds
+        .wait_for_completion(req)
+        .await
+        .map_err(explain)?
+        .into_inner())
+}
+
+pub(super) async fn grants(
+    provider: Option<String>,
+    user: Option<String>,
+    conn: &Conn,
+) -> anyhow::Result<()> {
+    let list = conn
+        .connect()
+        .await?
+        .credentials()
+        .list_grants(pb::ListGrantsRequest {
+            provider_id: provider.unwrap_or_default(),
+            user_id: user.unwrap_or_default(),
+        })
+        .await
+        .map_err(explain)?;
+    if list.get_ref().grants.is_empty() {
+        println!("no grants");
+    }
+    for g in &list.get_ref().grants {
+        print_grant(g);
+    }
+    Ok(())
+}
+
+pub(super) async fn resolve(reference: String, min_ttl: u32, conn: &Conn) -> anyhow::Result<()> {
+    let r = conn
+        .connect()
+        .await?
+        .credentials()
+        .resolve(pb::ResolveRequest {
+            reference,
+            min_ttl_seconds: min_ttl,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    if let Some(t) = r.token {
+        println!("access_token: {}", t.access_token);
+        println!("expires_at:   {}", when(t.expires_at));
+    }
+    if let Some(c) = r.credential {
+        println!("{}:       {}: {}", c.location, c.name, c.value);
+    }
+    Ok(())
+}
+
+pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
+    let r = conn
+        .connect()
+        .await?
+        .credentials()
+        .revoke(pb::RevokeRequest {
+            provider_id: t.provider.unwrap_or_default(),
+            user_id: t.user.unwrap_or_default(),
+            agent_id: t.agent.unwrap_or_default(),
+            reference: t.reference.unwrap_or_default(),
+        })
+        .await
+        .map_err(explain)?;
+    println!(
+        "{}",
+        if r.get_ref().revoked {
+            "revoked"
+        } else {
+            "no such grant"
+        }
+    );
+    Ok(())
+}

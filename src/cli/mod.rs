@@ -1,0 +1,193 @@
+//! The command line: `serve` and `check-config` for operators, and client commands that call a
+//! running daemon over gRPC. This module holds the clap tree and the dispatch; each command group
+//! lives in its own module (`provider`, `auth`, `key`, `store`) and prints through `print`.
+
+mod auth;
+mod key;
+mod print;
+mod provider;
+mod store;
+
+pub use auth::AuthArgs;
+pub use key::KeyCmd;
+pub use provider::{AuthMethod, Kind, ProviderArgs, ProviderCmd};
+pub use store::StoreCmd;
+
+use crate::client::Client;
+use crate::config::Overrides;
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "valet",
+    version,
+    about = "Credential vault daemon for AI agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig(ServeArgs),
+    /// Manage providers (admin key).
+    Provider {
+        #[command(subcommand)]
+        cmd: ProviderCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Get a token for a user: prints the consent URL, waits, prints the token.
+    Auth {
+        #[command(flatten)]
+        args: AuthArgs,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List grants (metadata only).
+    Grants {
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Turn a reference into a fresh access token (as an agent would right before an API call).
+    Resolve {
+        reference: String,
+        #[arg(long, default_value_t = 0)]
+        min_ttl: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a grant, or with --reference one reference.
+    Revoke {
+        #[arg(long, required_unless_present = "reference")]
+        provider: Option<String>,
+        #[arg(long, required_unless_present = "reference")]
+        user: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// Revoke this reference instead of a grant.
+        #[arg(long, conflicts_with_all = ["provider", "user", "agent"])]
+        reference: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// API keys for the `[[callers]]` config.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Operate on secret stores directly (the daemon need not run).
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// TOML config file (env VALET_CONFIG).
+    #[arg(long, short)]
+    pub config: Option<String>,
+    /// Development mode: loopback only, embedded store, a one-time admin key on first start.
+    #[arg(long)]
+    pub dev: bool,
+    #[arg(long)]
+    pub grpc_listen: Option<String>,
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// Base URL the browser reaches the HTTP listener at; decides the redirect URI.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// Read the admin API key from this file instead of generating one.
+    #[arg(long)]
+    pub admin_key_file: Option<String>,
+    /// `embedded` or `memory`.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// `text` or `json`.
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// A tracing filter, e.g. `info` or `valet=debug`.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl From<&ServeArgs> for Overrides {
+    fn from(a: &ServeArgs) -> Self {
+        Overrides {
+            config: a.config.clone(),
+            dev: a.dev,
+            grpc_listen: a.grpc_listen.clone(),
+            http_listen: a.http_listen.clone(),
+            public_url: a.public_url.clone(),
+            data_dir: a.data_dir.clone(),
+            admin_key_file: a.admin_key_file.clone(),
+            store: a.store.clone(),
+            log_format: a.log_format.clone(),
+            log_level: a.log_level.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Conn {
+    /// The daemon's gRPC address.
+    #[arg(long, env = "VALET_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// API key (prefer the env var: flags show up in `ps`).
+    #[arg(long, env = "VALET_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+impl Conn {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(&self.server, self.key.as_deref()).await
+    }
+}
+
+/// Runs a client command against a daemon (or, for `key` and `store`, without one).
+pub async fn run_client(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Provider { cmd, conn } => provider::run(cmd, &conn).await,
+        Command::Auth { args, conn } => auth::auth(args, &conn).await,
+        Command::Grants {
+            provider,
+            user,
+            conn,
+        } => auth::grants(provider, user, &conn).await,
+        Command::Resolve {
+            reference,
+            min_ttl,
+            conn,
+        } => auth::resolve(reference, min_ttl, &conn).await,
+        Command::Revoke {
+            provider,
+            user,
+            agent,
+            reference,
+            conn,
+        } => {
+            let target = auth::RevokeTarget {
+                provider,
+                user,
+                agent,
+                reference,
+            };
+            auth::revoke(target, &conn).await
+        }
+        Command::Key { cmd } => key::run(cmd),
+        Command::Store { cmd } => store::run(cmd).await,
+        Command::Serve(_) | Command::CheckConfig(_) => bail!("not a client command"),
+    }
+}

@@ -1,0 +1,82 @@
+//! How client commands show things to a person: providers, grants, times, and gRPC errors with
+//! a hint at what to do next.
+
+use crate::clock::{Clock as _, SystemClock};
+use crate::pb;
+
+/// Renders a gRPC error for a person: the message, and what to do for the common cases.
+pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
+    let hint = match s.code() {
+        tonic::Code::Unauthenticated => "\nhint: pass the API key with --key or VALET_KEY",
+        tonic::Code::PermissionDenied => "\nhint: this needs an admin key",
+        tonic::Code::Unavailable => "\nhint: retry shortly",
+        _ => "",
+    };
+    anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
+}
+
+/// A Unix time with how far away it is, since that is what a person wants to know.
+pub(super) fn when(unix: i64) -> String {
+    if unix == 0 {
+        return "unknown".into();
+    }
+    let now = SystemClock.now_unix();
+    format!("{unix} (in {}s)", unix - now)
+}
+
+pub(super) fn print_provider(p: &pb::Provider) {
+    let kind = match pb::ProviderKind::try_from(p.kind) {
+        Ok(pb::ProviderKind::Oidc) => "oidc",
+        _ => "oauth2",
+    };
+    let method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {
+        Ok(pb::TokenAuthMethod::ClientSecretPost) => "client_secret_post",
+        _ => "client_secret_basic",
+    };
+    println!("provider_id:       {}", p.provider_id);
+    println!("name:              {}", p.name);
+    println!("kind:              {kind}");
+    println!("client_id:         {}", p.client_id);
+    println!(
+        "client_secret:     {}",
+        if p.has_client_secret {
+            "(set)"
+        } else {
+            "(none)"
+        }
+    );
+    if !p.issuer.is_empty() {
+        println!("issuer:            {}", p.issuer);
+    }
+    println!("auth_url:          {}", p.auth_url);
+    println!("token_url:         {}", p.token_url);
+    println!("token_auth_method: {method}");
+    println!("default_scopes:    {}", p.default_scopes.join(" "));
+    for (k, v) in &p.extra_auth_params {
+        println!("param:             {k}={v}");
+    }
+    println!(
+        "redirect_uri:      {}  (register this at the provider)",
+        p.redirect_uri
+    );
+}
+
+/// One grant on one tab-separated line, for `grep` and `cut`.
+pub(super) fn print_grant(g: &pb::Grant) {
+    let status = match pb::GrantStatus::try_from(g.status) {
+        Ok(pb::GrantStatus::NeedsReauth) => "needs-reauth",
+        _ => "active",
+    };
+    let agent = if g.agent_id.is_empty() {
+        "(all agents)"
+    } else {
+        &g.agent_id
+    };
+    println!(
+        "{}\tuser={}\tagent={agent}\t{status}\tscopes={}\tupdated_at={}",
+        g.provider_id,
+        g.user_id,
+        g.scopes.join(" "),
+        g.updated_at
+    );
+}

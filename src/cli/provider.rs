@@ -1,0 +1,208 @@
+//! `valet provider create|get|list|update|delete`: provider configuration over the admin API.
+//! The client secret goes one way only, from a file or an environment variable to the daemon.
+
+use super::Conn;
+use super::print::{explain, print_provider};
+use crate::pb;
+use crate::pb::providers_client::ProvidersClient;
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCmd {
+    Create(ProviderArgs),
+    Get {
+        id: String,
+    },
+    List,
+    /// Change the given fields; the rest keep their values.
+    Update(ProviderArgs),
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    Oauth2,
+    Oidc,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuthMethod {
+    Basic,
+    Post,
+}
+
+#[derive(Debug, Args)]
+pub struct ProviderArgs {
+    pub id: String,
+    #[arg(long)]
+    pub kind: Option<Kind>,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// File holding the client secret.
+    #[arg(long)]
+    pub client_secret_file: Option<String>,
+    /// Name of an environment variable holding the client secret.
+    #[arg(long)]
+    pub client_secret_env: Option<String>,
+    #[arg(long)]
+    pub auth_url: Option<String>,
+    #[arg(long)]
+    pub token_url: Option<String>,
+    /// OIDC issuer; discovery fills the endpoints.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    #[arg(long)]
+    pub revocation_url: Option<String>,
+    /// Default scope (repeat).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Extra authorization parameter `name=value` (repeat), e.g. `prompt=consent`.
+    #[arg(long = "param")]
+    pub params: Vec<String>,
+    #[arg(long)]
+    pub auth_method: Option<AuthMethod>,
+}
+
+type Providers = ProvidersClient<crate::client::AuthedChannel>;
+
+pub(super) async fn run(cmd: ProviderCmd, conn: &Conn) -> anyhow::Result<()> {
+    let mut providers = conn.connect().await?.providers();
+    match cmd {
+        ProviderCmd::Create(a) => create(&mut providers, a).await,
+        ProviderCmd::Get { id } => get(&mut providers, id).await,
+        ProviderCmd::List => list(&mut providers).await,
+        ProviderCmd::Update(a) => update(&mut providers, a).await,
+        ProviderCmd::Delete { id } => delete(&mut providers, id).await,
+    }
+}
+
+async fn create(providers: &mut Providers, a: ProviderArgs) -> anyhow::Result<()> {
+    let provider = Some(provider_message(a, None)?);
+    let p = providers
+        .create_provider(pb::CreateProviderRequest { provider })
+        .await
+        .map_err(explain)?;
+    println!("created:");
+    print_provider(p.get_ref());
+    Ok(())
+}
+
+async fn get(providers: &mut Providers, id: String) -> anyhow::Result<()> {
+    let p = providers
+        .get_provider(pb::GetProviderRequest { provider_id: id })
+        .await
+        .map_err(explain)?;
+    print_provider(p.get_ref());
+    Ok(())
+}
+
+async fn list(providers: &mut Providers) -> anyhow::Result<()> {
+    let list = providers
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .map_err(explain)?;
+    if list.get_ref().providers.is_empty() {
+        println!("no providers; create one with `valet provider create`");
+    }
+    for p in &list.get_ref().providers {
+        println!("{}\t{}\t{}", p.provider_id, p.name, p.redirect_uri);
+    }
+    Ok(())
+}
+
+/// Read, change the given fields, write back: the API replaces the whole provider.
+async fn update(providers: &mut Providers, a: ProviderArgs) -> anyhow::Result<()> {
+    let current = providers
+        .get_provider(pb::GetProviderRequest {
+            provider_id: a.id.clone(),
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let provider = Some(provider_message(a, Some(current))?);
+    let p = providers
+        .update_provider(pb::UpdateProviderRequest { provider })
+        .await
+        .map_err(explain)?;
+    println!("updated:");
+    print_provider(p.get_ref());
+    Ok(())
+}
+
+async fn delete(providers: &mut Providers, id: String) -> anyhow::Result<()> {
+    providers
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: id.clone(),
+        })
+        .await
+        .map_err(explain)?;
+    println!("deleted provider {id} and its grants");
+    Ok(())
+}
+
+/// The provider to send: `base` (the current one, for update) with the given flags applied.
+fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Result<pb::Provider> {
+    let mut p = base.unwrap_or_default();
+    p.provider_id = a.id;
+    // Write-only: the daemon never returns it, and an empty one keeps the stored secret.
+    p.client_secret = String::new();
+    if let Some(k) = a.kind {
+        p.kind = match k {
+            Kind::Oauth2 => pb::ProviderKind::Oauth2,
+            Kind::Oidc => pb::ProviderKind::Oidc,
+        } as i32;
+    }
+    if p.kind == pb::ProviderKind::Oidc as i32 {
+        // Discovery refills these; sending them back would be refused.
+        p.auth_url.clear();
+        p.token_url.clear();
+    }
+    let set = |slot: &mut String, v: Option<String>| {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    };
+    set(&mut p.name, a.name);
+    set(&mut p.client_id, a.client_id);
+    set(&mut p.auth_url, a.auth_url);
+    set(&mut p.token_url, a.token_url);
+    set(&mut p.issuer, a.issuer);
+    set(&mut p.revocation_url, a.revocation_url);
+    if !a.scopes.is_empty() {
+        p.default_scopes = a.scopes;
+    }
+    for kv in a.params {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--param {kv:?} must be name=value"))?;
+        p.extra_auth_params.insert(k.to_owned(), v.to_owned());
+    }
+    if let Some(m) = a.auth_method {
+        p.token_auth_method = match m {
+            AuthMethod::Basic => pb::TokenAuthMethod::ClientSecretBasic,
+            AuthMethod::Post => pb::TokenAuthMethod::ClientSecretPost,
+        } as i32;
+    }
+    p.client_secret = client_secret(a.client_secret_file, a.client_secret_env)?;
+    Ok(p)
+}
+
+/// The client secret from a file (trimmed) or an environment variable; empty when neither is
+/// given. Never a flag value: flags show up in `ps`.
+fn client_secret(file: Option<String>, env: Option<String>) -> anyhow::Result<String> {
+    if let Some(path) = file {
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {path}"))?
+            .trim()
+            .to_owned())
+    } else if let Some(var) = env {
+        std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))
+    } else {
+        Ok(String::new())
+    }
+}
