@@ -12,6 +12,7 @@
     clippy::expect_used,
     reason = "a benchmark fails by panicking"
 )]
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
 #[path = "../tests/it/support/mod.rs"]
 #[allow(

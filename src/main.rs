@@ -16,6 +16,10 @@ fn load_config(args: &valet::cli::ServeArgs) -> Result<Config, ExitCode> {
     })
 }
 
+#[allow(
+    clippy::print_stdout,
+    reason = "check-config prints the effective configuration"
+)]
 fn main() -> ExitCode {
     valet::install_crypto_provider();
     let cli = Cli::parse();

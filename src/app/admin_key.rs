@@ -13,6 +13,10 @@ use std::path::Path;
 const ADMIN_HASH_FILE: &str = "admin-key.sha256";
 
 /// The admin key from `--admin-key-file`, or in dev mode the one created on first start.
+#[allow(
+    clippy::print_stdout,
+    reason = "the one-time dev admin key is shown to the operator on stdout"
+)]
 pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
     let admin = |key_sha256| CallerKey {
         name: "admin".into(),

@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Longest provider id.
-pub const MAX_PROVIDER_ID: usize = 64;
+pub(super) const MAX_PROVIDER_ID: usize = 64;
 /// Longest user or agent id, in bytes.
-pub const MAX_PRINCIPAL_ID: usize = 256;
+pub(super) const MAX_PRINCIPAL_ID: usize = 256;
 
 /// A caller-chosen provider id: 1-64 of `[a-z0-9_-]`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

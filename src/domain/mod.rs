@@ -14,8 +14,8 @@ pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
 pub use kind::{AuthCode, KindConfig, OAuthClient, ProviderKind, TokenAuthMethod};
 pub use provider::{
-    DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, check_client, check_endpoint_url,
-    check_name,
+    DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft, check_client,
+    check_endpoint_url, check_name,
 };
 pub use reference::ReferenceRecord;
 pub use scopes::Scopes;

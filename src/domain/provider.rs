@@ -1,6 +1,9 @@
 //! Provider configuration and its validation rules.
 
-use super::{HandoutPolicy, InvalidInput, KindConfig, ProviderId, Scopes};
+use super::{
+    HandoutPolicy, InvalidInput, KindConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod,
+};
+use crate::secret::SecretString;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use url::Url;
@@ -17,6 +20,27 @@ const RESERVED_PARAMS: &[&str] = &[
     "code_challenge_method",
 ];
 const MAX_EXTRA_PARAMS: usize = 32;
+
+/// A provider as an operator submits it, before validation.
+#[derive(Debug, Default)]
+pub struct ProviderDraft {
+    pub id: String,
+    pub name: String,
+    pub kind: Option<ProviderKind>,
+    pub client_id: String,
+    /// `None` on update keeps the stored secret.
+    pub client_secret: Option<SecretString>,
+    pub auth_url: String,
+    pub token_url: String,
+    pub issuer: String,
+    pub revocation_url: String,
+    pub default_scopes: Vec<String>,
+    pub extra_auth_params: BTreeMap<String, String>,
+    pub token_auth_method: TokenAuthMethod,
+    pub handout_policy: HandoutPolicy,
+    /// 0: the default (30 days).
+    pub reference_ttl_seconds: u32,
+}
 
 /// A provider: common settings plus one kind-specific configuration. The client secret (inside
 /// the kind) is write-only at the API and only serialized into the sealed store record.

@@ -4,8 +4,8 @@ use super::InvalidInput;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-pub const MAX_SCOPES: usize = 64;
-pub const MAX_SCOPE_LEN: usize = 256;
+pub(super) const MAX_SCOPES: usize = 64;
+pub(super) const MAX_SCOPE_LEN: usize = 256;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scopes(BTreeSet<String>);

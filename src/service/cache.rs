@@ -30,7 +30,7 @@ impl TokenCache {
     /// A cached token covering `scopes` with at least `min_ttl` seconds left at `now`, or one
     /// obtained after `fresh_since` that has not expired yet: a caller that waited on another's
     /// refresh takes its result rather than refreshing again.
-    pub fn usable(
+    pub(super) fn usable(
         &self,
         key: &GrantKey,
         scopes: &Scopes,
@@ -45,7 +45,7 @@ impl TokenCache {
         (t.scopes.contains_all(scopes) && (long_enough || just_refreshed)).then(|| t.clone())
     }
 
-    pub fn put(&self, key: GrantKey, token: CachedToken) -> Arc<CachedToken> {
+    pub(super) fn put(&self, key: GrantKey, token: CachedToken) -> Arc<CachedToken> {
         let token = Arc::new(token);
         self.tokens
             .write()
@@ -54,14 +54,14 @@ impl TokenCache {
         token
     }
 
-    pub fn remove(&self, key: &GrantKey) {
+    pub(super) fn remove(&self, key: &GrantKey) {
         self.tokens
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
     }
 
-    pub fn remove_provider(&self, provider: &ProviderId) {
+    pub(super) fn remove_provider(&self, provider: &ProviderId) {
         self.tokens
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -69,7 +69,7 @@ impl TokenCache {
     }
 
     /// The grant's refresh lock: one refresh (or grant write) per grant at a time.
-    pub async fn lock(&self, key: &GrantKey) -> OwnedMutexGuard<()> {
+    pub(super) async fn lock(&self, key: &GrantKey) -> OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             if locks.len() >= LOCK_SWEEP_THRESHOLD {

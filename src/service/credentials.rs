@@ -4,7 +4,8 @@
 
 use super::Error;
 use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
-use super::flows::{CallbackParams, Flows};
+use super::flows::Flows;
+use super::kind::CallbackParams;
 use super::policy::{self, Action};
 use super::providers::ProviderRegistry;
 use super::references::References;

@@ -3,7 +3,7 @@
 //! provider redirects the browser to the callback.
 
 use super::Error;
-use super::kind;
+use super::kind::{self, CallbackParams};
 use crate::clock::Clock;
 use crate::domain::{Caller, GrantKey, Handout, ProviderConfig, ProviderId, Scopes};
 use crate::oauth::{TokenEndpoint, TokenSet};
@@ -17,26 +17,6 @@ use std::sync::Arc;
 const RANDOM_BYTES: usize = 32;
 /// Longest `state` even looked up.
 const MAX_STATE: usize = 128;
-
-/// The query parameters of `GET /oauth/callback/{provider_id}`.
-#[derive(Default)]
-pub struct CallbackParams {
-    pub state: Option<String>,
-    pub code: Option<SecretString>,
-    pub error: Option<String>,
-    pub iss: Option<String>,
-}
-
-impl std::fmt::Debug for CallbackParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallbackParams")
-            .field("has_state", &self.state.is_some())
-            .field("has_code", &self.code.is_some())
-            .field("error", &self.error.is_some())
-            .field("iss", &self.iss)
-            .finish()
-    }
-}
 
 /// A flow that has just been started.
 #[derive(Debug)]

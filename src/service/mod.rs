@@ -18,6 +18,8 @@ mod refresher;
 pub use broker::{AccessToken, GrantInfo};
 pub use credentials::{AuthRequest, Credentials, Limits, Outcome, Parts};
 pub use error::{Class, Error, Reason};
-pub use flows::CallbackParams;
-pub use providers::{ProviderDraft, ProviderRegistry};
+pub use kind::CallbackParams;
+pub use providers::ProviderRegistry;
 pub use references::ReferenceError;
+#[cfg(test)]
+mod tests;

@@ -7,37 +7,15 @@ use super::kind::{self, KindContext};
 use super::policy::{self, Action};
 use crate::clock::Clock;
 use crate::domain::{
-    Caller, DEFAULT_REFERENCE_TTL, HandoutPolicy, MAX_REFERENCE_TTL, ProviderConfig, ProviderId,
-    ProviderKind, Scopes, TokenAuthMethod, check_name,
+    Caller, DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft, ProviderId,
+    Scopes, check_name,
 };
 use crate::oauth::TokenEndpoint;
-use crate::secret::SecretString;
 use crate::store::{Cas, GrantRepo, ProviderRepo, SecretStore, StoreError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use url::Url;
-
-/// A provider as an operator submits it, before validation.
-#[derive(Debug, Default)]
-pub struct ProviderDraft {
-    pub id: String,
-    pub name: String,
-    pub kind: Option<ProviderKind>,
-    pub client_id: String,
-    /// `None` on update keeps the stored secret.
-    pub client_secret: Option<SecretString>,
-    pub auth_url: String,
-    pub token_url: String,
-    pub issuer: String,
-    pub revocation_url: String,
-    pub default_scopes: Vec<String>,
-    pub extra_auth_params: BTreeMap<String, String>,
-    pub token_auth_method: TokenAuthMethod,
-    pub handout_policy: HandoutPolicy,
-    /// 0: the default (30 days).
-    pub reference_ttl_seconds: u32,
-}
 
 #[derive(Debug)]
 pub struct ProviderRegistry {

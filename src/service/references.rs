@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
 
-pub const PREFIX: &str = "vref_";
+pub(super) const PREFIX: &str = "vref_";
 const ID_LEN: usize = 32;
 const TAG_LEN: usize = 32;
 /// Longest input even looked at: anything longer is refused unparsed.
@@ -53,7 +53,7 @@ pub(crate) struct ReferenceKeys {
 }
 
 impl ReferenceKeys {
-    pub fn from_master(master: &[u8]) -> Self {
+    pub(super) fn from_master(master: &[u8]) -> Self {
         let root = hmac::Key::new(hmac::HMAC_SHA256, master);
         let derive =
             |label: &[u8]| hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&root, label).as_ref());
@@ -64,7 +64,7 @@ impl ReferenceKeys {
     }
 
     /// A new reference and its lookup hash.
-    pub fn mint(&self) -> Result<(String, String), Error> {
+    pub(super) fn mint(&self) -> Result<(String, String), Error> {
         let mut id = Zeroizing::new([0u8; ID_LEN]);
         SystemRandom::new()
             .fill(&mut *id)
@@ -85,7 +85,7 @@ impl ReferenceKeys {
 
     /// Checks a presented reference and returns its lookup hash. The tag is verified in
     /// constant time (ring) before anything is looked up.
-    pub fn parse(&self, s: &str) -> Result<String, ReferenceError> {
+    pub(super) fn parse(&self, s: &str) -> Result<String, ReferenceError> {
         if s.is_empty() {
             return Err(ReferenceError::Empty);
         }

@@ -9,7 +9,11 @@ fn bytes(s: &str) -> Zeroizing<Vec<u8>> {
 }
 
 /// Runs the whole suite against `store`, which must start empty under the `conformance/` prefix.
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a conformance failure is a test failure"
+)]
 pub async fn run(store: &dyn SecretStore) {
     let k = "conformance/grants/a";
     assert!(

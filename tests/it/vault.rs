@@ -419,6 +419,83 @@ async fn check_config_proves_vault_access_and_reports_a_sealed_vault() {
     assert!(err.contains("sealed"), "{err}");
 }
 
+/// A `valet store copy` from a stopped embedded daemon to a Vault KV v2 double.
+struct StoreMove {
+    embedded: crate::support::Valet,
+    idp: crate::support::Idp,
+    browser: crate::support::Browser,
+    vault: VaultDouble,
+    from: std::path::PathBuf,
+    to: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl StoreMove {
+    /// Stops the embedded daemon of `f` and writes a config for a fresh Vault double.
+    async fn from(f: Fixture) -> Self {
+        let Fixture {
+            valet: mut embedded,
+            idp,
+            browser,
+        } = f;
+        assert!(embedded.stop().success());
+        let from = embedded.dir.path().join("valet.toml");
+        let vault = VaultDouble::start("secret").await;
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!(
+            "store = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\ntoken = \"{ROOT_TOKEN}\"\n",
+            vault.address
+        );
+        let to = write_config(dir.path(), "to.toml", &body);
+        Self {
+            embedded,
+            idp,
+            browser,
+            vault,
+            from,
+            to,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the copy; returns its stdout, asserting it succeeded.
+    async fn copy(&self, dry_run: bool) -> String {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "store".into(),
+            "copy".into(),
+            "--from".into(),
+            self.from.clone().into(),
+            "--to".into(),
+            self.to.clone().into(),
+        ];
+        if dry_run {
+            args.push("--dry-run".into());
+        }
+        let out = run_valet(args).await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// A daemon on the Vault store, on the embedded one's HTTP address (same redirect URIs).
+    fn serve_from_vault(self) -> (Fixture, VaultDouble) {
+        let valet = crate::support::Valet::start(ValetOptions {
+            http_listen: Some(self.embedded.http_addr),
+            ..options(&self.vault.address, 2, &token_auth(ROOT_TOKEN))
+        });
+        let f = Fixture {
+            valet,
+            idp: self.idp,
+            browser: self.browser,
+        };
+        (f, self.vault)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_copy_moves_a_dev_store_to_vault_idempotently() {
     // A daemon on the embedded store with a provider and a grant.
@@ -426,65 +503,92 @@ async fn store_copy_moves_a_dev_store_to_vault_idempotently() {
     f.oidc_provider("idp", "basic-client").await;
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
-    let Fixture {
-        valet: mut embedded,
-        idp,
-        browser,
-    } = f;
-    assert!(embedded.stop().success());
-    let from = embedded.dir.path().join("valet.toml");
-
-    let d = VaultDouble::start("secret").await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "store = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\ntoken = \"{ROOT_TOKEN}\"\n",
-        d.address
-    );
-    let to = write_config(dir.path(), "to.toml", &body);
-    let copy = |dry: bool| {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "store".into(),
-            "copy".into(),
-            "--from".into(),
-            from.clone().into(),
-            "--to".into(),
-            to.clone().into(),
-        ];
-        if dry {
-            args.push("--dry-run".into());
-        }
-        run_valet(args)
-    };
-    let out = copy(true).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("would copy 2 records"));
-    assert_eq!(d.writes(), 0, "a dry run writes nothing");
-    let out = copy(false).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("copied 2 records"));
-    let out = copy(false).await;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let m = StoreMove::from(f).await;
+    assert!(m.copy(true).await.contains("would copy 2 records"));
+    assert_eq!(m.vault.writes(), 0, "a dry run writes nothing");
+    assert!(m.copy(false).await.contains("copied 2 records"));
+    let text = m.copy(false).await;
     assert!(
         text.contains("copied 0 records") && text.contains("2 already identical"),
         "{text}"
     );
 
     // A daemon on the Vault store serves the copied grant: a refresh, no consent.
-    let vault = crate::support::Valet::start(ValetOptions {
-        http_listen: Some(embedded.http_addr),
-        ..options(&d.address, 2, &token_auth(ROOT_TOKEN))
-    });
-    let f = Fixture {
-        valet: vault,
-        idp,
-        browser,
-    };
+    let (f, _vault) = m.serve_from_vault();
     let t = token(
         f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,
     );
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+}
+
+/// Resolves `reference` as the agent key.
+async fn resolve_as_agent(
+    f: &Fixture,
+    reference: &str,
+) -> Result<tonic::Response<pb::ResolveResponse>, tonic::Status> {
+    f.valet
+        .credentials(AGENT_KEY)
+        .await
+        .resolve(pb::ResolveRequest {
+            reference: reference.into(),
+            min_ttl_seconds: 0,
+        })
+        .await
+}
+
+fn reference_of(r: pb::AuthenticateResponse) -> String {
+    match r.result {
+        Some(pb::authenticate_response::Result::Reference(r)) => r.reference,
+        other => panic!("expected a reference, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_carries_references_and_their_single_use_state_to_vault() {
+    // On the embedded store: a grant, a reference, and a single-use reference already spent.
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let request = |single_use| pb::AuthenticateRequest {
+        handout: pb::Handout::Reference as i32,
+        single_use,
+        ..Fixture::request("idp", "alice", "")
+    };
+    let kept = reference_of(f.authenticate(AGENT_KEY, request(false)).await);
+    let spent = reference_of(f.authenticate(AGENT_KEY, request(true)).await);
+    resolve_as_agent(&f, &spent).await.unwrap();
+    let m = StoreMove::from(f).await;
+    let text = m.copy(false).await;
+    for namespace in ["copy meta/reference-key", "copy refs/", "copy ref-index/"] {
+        assert!(text.contains(namespace), "{namespace} missing: {text}");
+    }
+    assert!(
+        !text.contains(&kept["vref_".len()..]),
+        "no reference is printed"
+    );
+
+    // The daemon on Vault resolves the reference issued before the move; the spent one stays spent.
+    let (f, vault) = m.serve_from_vault();
+    let t = resolve_as_agent(&f, &kept).await.unwrap().into_inner();
+    let t = t.token.unwrap();
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+    expect_err(
+        resolve_as_agent(&f, &spent).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    // Revoking the grant there finds the copied reference through the copied index.
+    assert!(f.revoke_grant("alice").await);
+    expect_err(
+        resolve_as_agent(&f, &kept).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    assert!(
+        !vault.dump().contains("refs/"),
+        "the reference record is gone: {}",
+        vault.dump()
+    );
 }

@@ -2,9 +2,9 @@
 //! discovery, a nonce, and ID token verification. Validation, the authorization request, and
 //! the callback's exchange live here; the pending table and grant storage are the callers'.
 
-use super::KindContext;
+use super::{CallbackParams, KindContext};
 use crate::domain::{
-    AuthCode, OAuthClient, ProviderConfig, Scopes, check_client, check_endpoint_url,
+    AuthCode, OAuthClient, ProviderConfig, ProviderDraft, Scopes, check_client, check_endpoint_url,
 };
 use crate::oauth::{
     AuthorizationRequest, OAuthError, TokenEndpoint, TokenGrant, TokenSet, authorization_url,
@@ -12,8 +12,6 @@ use crate::oauth::{
 use crate::pending::{FlowFailure, PendingFlow};
 use crate::secret::SecretString;
 use crate::service::Error;
-use crate::service::flows::CallbackParams;
-use crate::service::providers::ProviderDraft;
 
 fn optional_url(field: &'static str, raw: &str, insecure: bool) -> Result<Option<url::Url>, Error> {
     Ok((!raw.is_empty())

@@ -8,9 +8,29 @@ mod auth_code;
 pub(crate) use auth_code::AuthCodeFlow;
 
 use super::Error;
-use super::providers::ProviderDraft;
-use crate::domain::{KindConfig, ProviderConfig, ProviderKind};
+use crate::domain::{KindConfig, ProviderConfig, ProviderDraft, ProviderKind};
 use crate::oauth::TokenEndpoint;
+use crate::secret::SecretString;
+
+/// The query parameters of `GET /oauth/callback/{provider_id}`.
+#[derive(Default)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<SecretString>,
+    pub error: Option<String>,
+    pub iss: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackParams")
+            .field("has_state", &self.state.is_some())
+            .field("has_code", &self.code.is_some())
+            .field("error", &self.error.is_some())
+            .field("iss", &self.iss)
+            .finish()
+    }
+}
 
 /// What validating a kind needs from the deployment.
 #[derive(Debug, Clone, Copy)]

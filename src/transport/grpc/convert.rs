@@ -1,13 +1,14 @@
 //! Wire ⇄ domain: request messages into validated domain values (bad input named by field),
 //! domain results into response messages. No logic beyond the mapping.
 
+use crate::domain::ProviderDraft;
 use crate::domain::{
     AgentId, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig, ProviderConfig, ProviderId,
     ProviderKind, Scopes, TokenAuthMethod, UserId,
 };
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
-use crate::service::{AccessToken, AuthRequest, Error, GrantInfo, Outcome, ProviderDraft};
+use crate::service::{AccessToken, AuthRequest, Error, GrantInfo, Outcome};
 use std::time::Duration;
 use tonic::Request;
 

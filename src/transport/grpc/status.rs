@@ -7,7 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 const DOMAIN: &str = "valet.dev";
 
-pub fn code(class: Class) -> Code {
+pub(super) fn code(class: Class) -> Code {
     match class {
         Class::BadInput => Code::InvalidArgument,
         Class::NotFound => Code::NotFound,

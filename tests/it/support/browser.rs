@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use url::Url;
 
-pub struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
 }
 
@@ -21,7 +21,7 @@ impl Default for Browser {
 }
 
 impl Browser {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             http: reqwest::Client::builder()
                 .cookie_store(true)
@@ -33,7 +33,7 @@ impl Browser {
 
     /// Signs in as `login`, then approves (or, with `approve = false`, aborts) the consent.
     /// Returns the callback URL the provider redirected to, without visiting it.
-    pub async fn authorize(&self, auth_url: &str, login: &str, approve: bool) -> Url {
+    pub(crate) async fn authorize(&self, auth_url: &str, login: &str, approve: bool) -> Url {
         let mut url = Url::parse(auth_url).unwrap();
         let callback_marker = "/oauth/callback/";
         let mut form: Option<Vec<(String, String)>> = None;
@@ -74,7 +74,10 @@ impl Browser {
     }
 
     /// Visits a URL (the callback) and returns the status and page.
-    pub async fn visit(&self, url: &Url) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    pub(crate) async fn visit(
+        &self,
+        url: &Url,
+    ) -> (StatusCode, reqwest::header::HeaderMap, String) {
         let resp = self.http.get(url.clone()).send().await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -82,7 +85,7 @@ impl Browser {
     }
 
     /// Authorizes and visits the callback; asserts the success page.
-    pub async fn consent(&self, auth_url: &str, login: &str) {
+    pub(crate) async fn consent(&self, auth_url: &str, login: &str) {
         let cb = self.authorize(auth_url, login, true).await;
         let (status, _, body) = self.visit(&cb).await;
         assert_eq!(status, StatusCode::OK, "callback failed: {body}");

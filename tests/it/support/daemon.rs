@@ -10,12 +10,12 @@ use valet::client::{AuthedChannel, Client};
 use valet::pb::credentials_client::CredentialsClient;
 use valet::pb::providers_client::ProvidersClient;
 
-pub const ADMIN_KEY: &str = "test-admin-key-canary-1";
-pub const AGENT_KEY: &str = "test-agent-key-canary-2";
-pub const OTHER_AGENT_KEY: &str = "test-agent-key-canary-3";
+pub(crate) const ADMIN_KEY: &str = "test-admin-key-canary-1";
+pub(crate) const AGENT_KEY: &str = "test-agent-key-canary-2";
+pub(crate) const OTHER_AGENT_KEY: &str = "test-agent-key-canary-3";
 
 #[derive(Clone)]
-pub struct ValetOptions {
+pub(crate) struct ValetOptions {
     pub flow_ttl_seconds: u64,
     pub log_level: String,
     /// Reuse this HTTP address (restarts keep the redirect URI registered at the provider).
@@ -38,7 +38,7 @@ impl Default for ValetOptions {
     }
 }
 
-pub struct Valet {
+pub(crate) struct Valet {
     child: Option<Child>,
     pub grpc_url: String,
     pub http_addr: SocketAddr,
@@ -52,7 +52,7 @@ fn hash(key: &str) -> String {
 }
 
 impl Valet {
-    pub fn start(opts: ValetOptions) -> Self {
+    pub(crate) fn start(opts: ValetOptions) -> Self {
         Self::start_in(Arc::new(tempfile::tempdir().unwrap()), opts)
     }
 
@@ -168,7 +168,7 @@ key_sha256 = "{other}"
         dead_code,
         reason = "used by benches/handout.rs, which shares this harness"
     )]
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
@@ -180,11 +180,11 @@ key_sha256 = "{other}"
             .unwrap_or(0)
     }
 
-    pub fn callback_url(&self, provider_id: &str) -> String {
+    pub(crate) fn callback_url(&self, provider_id: &str) -> String {
         format!("http://{}/oauth/callback/{provider_id}", self.http_addr)
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
@@ -193,25 +193,25 @@ key_sha256 = "{other}"
         Client::connect(&self.grpc_url, key).await.unwrap()
     }
 
-    pub async fn providers(&self) -> ProvidersClient<AuthedChannel> {
+    pub(crate) async fn providers(&self) -> ProvidersClient<AuthedChannel> {
         self.providers_as(ADMIN_KEY).await
     }
 
-    pub async fn providers_as(&self, key: &str) -> ProvidersClient<AuthedChannel> {
+    pub(crate) async fn providers_as(&self, key: &str) -> ProvidersClient<AuthedChannel> {
         self.client(Some(key)).await.providers()
     }
 
-    pub async fn credentials(&self, key: &str) -> CredentialsClient<AuthedChannel> {
+    pub(crate) async fn credentials(&self, key: &str) -> CredentialsClient<AuthedChannel> {
         self.client(Some(key)).await.credentials()
     }
 
     /// Credentials without an API key.
-    pub async fn raw_credentials(&self) -> CredentialsClient<AuthedChannel> {
+    pub(crate) async fn raw_credentials(&self) -> CredentialsClient<AuthedChannel> {
         self.client(None).await.credentials()
     }
 
     /// A bare channel, for services outside `valet.v1` (health).
-    pub async fn raw_channel(&self) -> Channel {
+    pub(crate) async fn raw_channel(&self) -> Channel {
         Channel::from_shared(self.grpc_url.clone())
             .unwrap()
             .connect()
@@ -220,7 +220,7 @@ key_sha256 = "{other}"
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn stop(&mut self) -> ExitStatus {
+    pub(crate) fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("already stopped");
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -230,14 +230,14 @@ key_sha256 = "{other}"
     }
 
     /// Stops and starts again on the same data directory and HTTP address.
-    pub fn restart(mut self) -> Self {
+    pub(crate) fn restart(mut self) -> Self {
         let status = self.stop();
         assert!(status.success(), "valet exited with {status}");
         self.start_again()
     }
 
     /// Starts a stopped daemon again on the same data directory and HTTP address.
-    pub fn start_again(self) -> Self {
+    pub(crate) fn start_again(self) -> Self {
         assert!(self.child.is_none(), "stop it first");
         let opts = ValetOptions {
             http_listen: Some(self.http_addr),

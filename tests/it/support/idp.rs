@@ -4,15 +4,15 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-pub struct Idp {
+pub(crate) struct Idp {
     child: Child,
     pub issuer: String,
     http: reqwest::Client,
 }
 
-pub const POST_CLIENT: &str = "post-client";
+pub(crate) const POST_CLIENT: &str = "post-client";
 
-pub fn secret_of(client: &str) -> String {
+pub(crate) fn secret_of(client: &str) -> String {
     format!("{client}-secret-canary-0123456789")
 }
 
@@ -22,7 +22,7 @@ fn peer_dir() -> PathBuf {
 
 impl Idp {
     /// Starts a provider whose clients accept `redirect_uris`.
-    pub fn start(redirect_uris: &[String]) -> Self {
+    pub(crate) fn start(redirect_uris: &[String]) -> Self {
         let dir = peer_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -53,7 +53,7 @@ impl Idp {
         }
     }
 
-    pub async fn stats(&self) -> serde_json::Value {
+    pub(crate) async fn stats(&self) -> serde_json::Value {
         self.http
             .get(format!("{}/__test/stats", self.issuer))
             .send()
@@ -65,14 +65,14 @@ impl Idp {
     }
 
     /// Successful refresh-token grants so far.
-    pub async fn refreshes(&self) -> u64 {
+    pub(crate) async fn refreshes(&self) -> u64 {
         self.stats().await["grants"]["refresh_token"]
             .as_u64()
             .unwrap_or(0)
     }
 
     /// Asserts the provider never saw a refresh token presented twice (reuse revokes the grant).
-    pub async fn assert_no_refresh_token_reuse(&self) {
+    pub(crate) async fn assert_no_refresh_token_reuse(&self) {
         let stats = self.stats().await;
         assert!(
             stats["grants"]["refresh_token:invalid_grant"].is_null(),
@@ -80,12 +80,12 @@ impl Idp {
         );
     }
 
-    pub async fn token_requests(&self) -> u64 {
+    pub(crate) async fn token_requests(&self) -> u64 {
         self.stats().await["token_requests"].as_u64().unwrap()
     }
 
     /// Makes the token endpoint answer `status` (0 restores it).
-    pub async fn fail_token(&self, status: u16) {
+    pub(crate) async fn fail_token(&self, status: u16) {
         self.control(&format!("fail-token?status={status}")).await;
     }
 
@@ -100,17 +100,17 @@ impl Idp {
     }
 
     /// Makes the token endpoint answer `ms` milliseconds late.
-    pub async fn delay_token(&self, ms: u64) {
+    pub(crate) async fn delay_token(&self, ms: u64) {
         self.control(&format!("delay-token?ms={ms}")).await;
     }
 
-    pub async fn tamper_nonce(&self, on: bool) {
+    pub(crate) async fn tamper_nonce(&self, on: bool) {
         self.control(&format!("tamper-nonce?on={}", u8::from(on)))
             .await;
     }
 
     /// Userinfo with the access token: proves the provider honours it.
-    pub async fn userinfo(&self, access_token: &str) -> reqwest::Response {
+    pub(crate) async fn userinfo(&self, access_token: &str) -> reqwest::Response {
         self.http
             .get(format!("{}/me", self.issuer))
             .bearer_auth(access_token)
@@ -120,7 +120,7 @@ impl Idp {
     }
 
     /// RFC 7662 introspection as `client`.
-    pub async fn introspect(&self, client: &str, token: &str) -> serde_json::Value {
+    pub(crate) async fn introspect(&self, client: &str, token: &str) -> serde_json::Value {
         self.http
             .post(format!("{}/token/introspection", self.issuer))
             .basic_auth(client, Some(secret_of(client)))

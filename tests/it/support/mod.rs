@@ -1,21 +1,21 @@
 //! Test harness: the real daemon binary on 127.0.0.1:0, the real OpenID provider (node), and a
 //! cookie-jar browser that fills the provider's login and consent forms.
 
-pub mod browser;
-pub mod daemon;
-pub mod idp;
-pub mod rvault;
-pub mod vault;
+pub(crate) mod browser;
+pub(crate) mod daemon;
+pub(crate) mod idp;
+pub(crate) mod rvault;
+pub(crate) mod vault;
 
-pub use browser::Browser;
-pub use daemon::{Valet, ValetOptions};
-pub use idp::Idp;
+pub(crate) use browser::Browser;
+pub(crate) use daemon::{Valet, ValetOptions};
+pub(crate) use idp::Idp;
 
 use tonic::Code;
 use valet::pb;
 
 /// The stable reason (google.rpc.ErrorInfo) of a status.
-pub fn reason(s: &tonic::Status) -> String {
+pub(crate) fn reason(s: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     s.get_details_error_info()
         .map(|i| i.reason)
@@ -24,7 +24,7 @@ pub fn reason(s: &tonic::Status) -> String {
 
 /// Asserts a call failed with `code` and `reason`, returning the status for more checks.
 #[track_caller]
-pub fn expect_err<T: std::fmt::Debug>(
+pub(crate) fn expect_err<T: std::fmt::Debug>(
     r: Result<tonic::Response<T>, tonic::Status>,
     code: Code,
     reason_: &str,
@@ -35,14 +35,14 @@ pub fn expect_err<T: std::fmt::Debug>(
     s
 }
 
-pub fn token(r: pb::AuthenticateResponse) -> pb::Token {
+pub(crate) fn token(r: pb::AuthenticateResponse) -> pb::Token {
     match r.result {
         Some(pb::authenticate_response::Result::Token(t)) => t,
         other => panic!("expected a token, got {other:?}"),
     }
 }
 
-pub fn pending(r: pb::AuthenticateResponse) -> pb::Pending {
+pub(crate) fn pending(r: pb::AuthenticateResponse) -> pb::Pending {
     match r.result {
         Some(pb::authenticate_response::Result::Pending(p)) => p,
         other => panic!("expected a pending flow, got {other:?}"),
@@ -50,21 +50,21 @@ pub fn pending(r: pb::AuthenticateResponse) -> pb::Pending {
 }
 
 /// Provider ids whose redirect URIs the test provider accepts.
-pub const PROVIDER_IDS: &[&str] = &["idp", "idp2", "oauth"];
+pub(crate) const PROVIDER_IDS: &[&str] = &["idp", "idp2", "oauth"];
 
 /// A daemon, a provider peer that knows the daemon's redirect URIs, and a browser.
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub valet: Valet,
     pub idp: Idp,
     pub browser: Browser,
 }
 
 impl Fixture {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self::with(ValetOptions::default()).await
     }
 
-    pub async fn with(opts: ValetOptions) -> Self {
+    pub(crate) async fn with(opts: ValetOptions) -> Self {
         valet::install_crypto_provider();
         let valet = Valet::start(opts);
         let uris: Vec<String> = PROVIDER_IDS.iter().map(|p| valet.callback_url(p)).collect();
@@ -77,7 +77,7 @@ impl Fixture {
     }
 
     /// Restarts the daemon on the same data directory and HTTP address; the peers stay up.
-    pub fn restart(self) -> Self {
+    pub(crate) fn restart(self) -> Self {
         Self {
             valet: self.valet.restart(),
             ..self
@@ -85,7 +85,7 @@ impl Fixture {
     }
 
     /// An `oidc` provider at the peer, using `client` with client_secret_basic.
-    pub async fn oidc_provider(&self, id: &str, client: &str) -> pb::Provider {
+    pub(crate) async fn oidc_provider(&self, id: &str, client: &str) -> pb::Provider {
         self.create(pb::Provider {
             provider_id: id.into(),
             kind: pb::ProviderKind::Oidc as i32,
@@ -99,7 +99,7 @@ impl Fixture {
     }
 
     /// An `oauth2` provider with explicit endpoints, using `client_secret_post`.
-    pub async fn oauth2_provider(&self, id: &str) -> pb::Provider {
+    pub(crate) async fn oauth2_provider(&self, id: &str) -> pb::Provider {
         self.create(pb::Provider {
             provider_id: id.into(),
             kind: pb::ProviderKind::Oauth2 as i32,
@@ -115,7 +115,7 @@ impl Fixture {
         .await
     }
 
-    pub async fn create(&self, p: pb::Provider) -> pb::Provider {
+    pub(crate) async fn create(&self, p: pb::Provider) -> pb::Provider {
         self.valet
             .providers()
             .await
@@ -125,7 +125,7 @@ impl Fixture {
             .into_inner()
     }
 
-    pub fn request(provider: &str, user: &str, agent: &str) -> pb::AuthenticateRequest {
+    pub(crate) fn request(provider: &str, user: &str, agent: &str) -> pb::AuthenticateRequest {
         pb::AuthenticateRequest {
             provider_id: provider.into(),
             user_id: user.into(),
@@ -135,7 +135,7 @@ impl Fixture {
     }
 
     /// Runs the whole flow as `key`: Authenticate → consent in the browser → WaitForCompletion.
-    pub async fn complete_flow(
+    pub(crate) async fn complete_flow(
         &self,
         key: &str,
         req: pb::AuthenticateRequest,
@@ -155,14 +155,14 @@ impl Fixture {
     }
 
     /// `complete_flow` for a token handout.
-    pub async fn authorize(&self, key: &str, req: pb::AuthenticateRequest) -> pb::Token {
+    pub(crate) async fn authorize(&self, key: &str, req: pb::AuthenticateRequest) -> pb::Token {
         token(self.complete_flow(key, req).await)
     }
 }
 
 impl Fixture {
     /// `Authenticate` as `key`, expecting success.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         key: &str,
         req: pb::AuthenticateRequest,
@@ -177,7 +177,7 @@ impl Fixture {
     }
 
     /// `Authenticate` as `key`, for calls expected to fail.
-    pub async fn try_authenticate(
+    pub(crate) async fn try_authenticate(
         &self,
         key: &str,
         req: pb::AuthenticateRequest,
@@ -186,7 +186,7 @@ impl Fixture {
     }
 
     /// `WaitForCompletion` as the agent key, up to five seconds.
-    pub async fn wait(
+    pub(crate) async fn wait(
         &self,
         auth_id: &str,
     ) -> Result<tonic::Response<pb::AuthenticateResponse>, tonic::Status> {
@@ -201,7 +201,7 @@ impl Fixture {
     }
 
     /// The user's grants, as the agent key sees them.
-    pub async fn grants(&self, user: &str) -> Vec<pb::Grant> {
+    pub(crate) async fn grants(&self, user: &str) -> Vec<pb::Grant> {
         self.valet
             .credentials(daemon::AGENT_KEY)
             .await
@@ -213,5 +213,21 @@ impl Fixture {
             .unwrap()
             .into_inner()
             .grants
+    }
+
+    /// Revokes `user`'s user-wide grant at `idp` as the agent key; returns whether one existed.
+    pub(crate) async fn revoke_grant(&self, user: &str) -> bool {
+        self.valet
+            .credentials(daemon::AGENT_KEY)
+            .await
+            .revoke(pb::RevokeRequest {
+                provider_id: "idp".into(),
+                user_id: user.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked
     }
 }

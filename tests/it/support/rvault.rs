@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub struct RustyVault {
+pub(crate) struct RustyVault {
     child: Child,
     pub address: String,
     pub root_token: String,
@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 }
 
 impl RustyVault {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let address = format!("http://127.0.0.1:{port}");

@@ -31,13 +31,13 @@ struct Inner {
 }
 
 #[derive(Clone)]
-pub struct VaultDouble {
+pub(crate) struct VaultDouble {
     inner: Arc<Mutex<Inner>>,
     pub address: String,
     pub mount: String,
 }
 
-pub const ROOT_TOKEN: &str = "double-root-token-canary";
+pub(crate) const ROOT_TOKEN: &str = "double-root-token-canary";
 
 fn envelope(data: Value) -> Value {
     json!({
@@ -70,11 +70,11 @@ fn auth_block(token: &str) -> Value {
 }
 
 impl VaultDouble {
-    pub async fn start(mount: &str) -> Self {
+    pub(crate) async fn start(mount: &str) -> Self {
         Self::start_on(mount, "127.0.0.1:0").await
     }
 
-    pub async fn start_on(mount: &str, addr: &str) -> Self {
+    pub(crate) async fn start_on(mount: &str, addr: &str) -> Self {
         let mut inner = Inner {
             ttl: 3600,
             ..Inner::default()
@@ -94,55 +94,55 @@ impl VaultDouble {
         Self { address, ..double }
     }
 
-    pub fn seal(&self, sealed: bool) {
+    pub(crate) fn seal(&self, sealed: bool) {
         self.inner.lock().unwrap().sealed = sealed;
     }
 
     /// Every issued token stops working (as when its TTL ran out).
-    pub fn expire_tokens(&self) {
+    pub(crate) fn expire_tokens(&self) {
         self.inner.lock().unwrap().tokens.clear();
     }
 
-    pub fn enable_approle(&self, role_id: &str, secret_id: &str) {
+    pub(crate) fn enable_approle(&self, role_id: &str, secret_id: &str) {
         self.inner.lock().unwrap().approle = Some((role_id.into(), secret_id.into()));
     }
 
     /// After `skip` more successful writes, the next `n` writes answer 503.
-    pub fn fail_writes(&self, skip: u32, n: u32) {
+    pub(crate) fn fail_writes(&self, skip: u32, n: u32) {
         let mut s = self.inner.lock().unwrap();
         s.skip_writes = skip;
         s.fail_writes = n;
     }
 
     /// Accepts Kubernetes logins for `role` with the service-account `jwt`.
-    pub fn enable_kubernetes(&self, role: &str, jwt: &str) {
+    pub(crate) fn enable_kubernetes(&self, role: &str, jwt: &str) {
         self.inner.lock().unwrap().kubernetes = Some((role.into(), jwt.into()));
     }
 
     /// The TTL token lookups report.
-    pub fn set_ttl(&self, seconds: u64) {
+    pub(crate) fn set_ttl(&self, seconds: u64) {
         self.inner.lock().unwrap().ttl = seconds;
     }
 
     /// Renewals answer 403 (as for a token past its max TTL).
-    pub fn refuse_renewals(&self, on: bool) {
+    pub(crate) fn refuse_renewals(&self, on: bool) {
         self.inner.lock().unwrap().refuse_renewals = on;
     }
 
-    pub fn renewals(&self) -> u32 {
+    pub(crate) fn renewals(&self) -> u32 {
         self.inner.lock().unwrap().renewals
     }
 
-    pub fn logins(&self) -> u32 {
+    pub(crate) fn logins(&self) -> u32 {
         self.inner.lock().unwrap().issued
     }
 
-    pub fn writes(&self) -> u32 {
+    pub(crate) fn writes(&self) -> u32 {
         self.inner.lock().unwrap().writes
     }
 
     /// Every stored value, for checks that nothing is kept in clear where it should not be.
-    pub fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         serde_json::to_string(&self.inner.lock().unwrap().secrets).unwrap()
     }
 }
@@ -302,7 +302,7 @@ async fn handle(
 }
 
 /// Daemon options for a Vault store at `address` (KV `kv`) with the `[vault.auth]` body `auth`.
-pub fn options(address: &str, kv: u8, auth: &str) -> super::ValetOptions {
+pub(crate) fn options(address: &str, kv: u8, auth: &str) -> super::ValetOptions {
     super::ValetOptions {
         store: r#"store = "vault""#.into(),
         extra_toml: format!(
@@ -312,6 +312,6 @@ pub fn options(address: &str, kv: u8, auth: &str) -> super::ValetOptions {
     }
 }
 
-pub fn token_auth(token: &str) -> String {
+pub(crate) fn token_auth(token: &str) -> String {
     format!("method = \"token\"\ntoken = \"{token}\"")
 }

@@ -1,0 +1,351 @@
+//! Service-tier tests on fakes under paused time: a memory store (optionally failing chosen
+//! writes), the fake token endpoint and a manual clock. What the integration suite proves through
+//! the binary, proved here in milliseconds and deterministically.
+
+use super::Error;
+use super::broker::TokenBroker;
+use super::flows::Flows;
+use super::kind::CallbackParams;
+use super::references::References;
+use crate::clock::{Clock, ManualClock};
+use crate::domain::{
+    AuthCode, Caller, Grant, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig,
+    OAuthClient, ProviderConfig, ProviderId, Role, Scopes, TokenAuthMethod, UserId,
+};
+use crate::oauth::fake::FakeTokenEndpoint;
+use crate::pending::{FlowFailure, PendingFlows, PendingLimits};
+use crate::secret::{ExposeSecret, SecretString};
+use crate::store::{
+    Cas, GrantRepo, MemoryStore, MetaRepo, ReferenceRepo, SecretBytes, SecretStore, StoreError,
+    Versioned,
+};
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const NOW: i64 = 1_800_000_000;
+
+/// A memory store whose writes of a record containing `needle` fail as unavailable, `failures`
+/// times (a Vault outage at exactly the wrong moment).
+#[derive(Debug, Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    needle: std::sync::Mutex<Vec<u8>>,
+    failures: AtomicUsize,
+}
+
+impl FlakyStore {
+    fn fail_writes_of(&self, needle: &str, times: usize) {
+        *self.needle.lock().unwrap() = needle.as_bytes().to_vec();
+        self.failures.store(times, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl SecretStore for FlakyStore {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: SecretBytes, cas: Cas) -> Result<u64, StoreError> {
+        let hit = {
+            let needle = self.needle.lock().unwrap();
+            !needle.is_empty() && value.windows(needle.len()).any(|w| w == &needle[..])
+        };
+        if hit
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(StoreError::Unavailable("injected".into(), None));
+        }
+        self.inner.put(key, value, cas).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+fn provider() -> ProviderConfig {
+    let url = |p: &str| url::Url::parse(&format!("https://idp.example/{p}")).unwrap();
+    ProviderConfig {
+        id: ProviderId::parse("idp").unwrap(),
+        name: "idp".into(),
+        kind: KindConfig::OAuth2(AuthCode {
+            client: OAuthClient {
+                client_id: "client".into(),
+                client_secret: Some(SecretString::from("secret")),
+                auth_method: TokenAuthMethod::ClientSecretBasic,
+                token_url: url("token"),
+            },
+            auth_url: url("auth"),
+            issuer: None,
+            revocation_url: None,
+            extra_auth_params: Default::default(),
+        }),
+        default_scopes: Scopes::default(),
+        handout_policy: HandoutPolicy::Any,
+        reference_ttl_seconds: 3600,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn key(user: &str) -> GrantKey {
+    GrantKey {
+        provider: ProviderId::parse("idp").unwrap(),
+        user: UserId::parse(user).unwrap(),
+        agent: None,
+    }
+}
+
+struct World {
+    store: Arc<FlakyStore>,
+    endpoint: Arc<FakeTokenEndpoint>,
+    clock: Arc<ManualClock>,
+}
+
+impl World {
+    async fn new() -> Self {
+        let w = Self {
+            store: Arc::default(),
+            endpoint: Arc::default(),
+            clock: Arc::new(ManualClock::at(NOW)),
+        };
+        let grant = Grant {
+            key: key("alice"),
+            scopes: Scopes::default(),
+            subject: None,
+            refresh_token: Some(SecretString::from("rt-0")),
+            status: GrantStatus::Active,
+            created_at: NOW,
+            updated_at: NOW,
+            refreshing: None,
+        };
+        GrantRepo::new(w.store.clone())
+            .put(&grant, Cas::Absent)
+            .await
+            .unwrap();
+        w
+    }
+
+    /// One daemon instance (replica) over the shared store and provider.
+    fn broker(&self) -> TokenBroker {
+        TokenBroker::new(
+            GrantRepo::new(self.store.clone()),
+            self.endpoint.clone(),
+            self.clock.clone(),
+        )
+    }
+
+    async fn stored_refresh_token(&self) -> Option<String> {
+        let (g, _) = GrantRepo::new(self.store.clone())
+            .get(&key("alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        g.refresh_token.map(|t| t.expose_secret().to_owned())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_callers_on_one_expired_grant_cause_one_refresh() {
+    let w = World::new().await;
+    let broker = Arc::new(w.broker());
+    let p = Arc::new(provider());
+    let calls = (0..1000).map(|_| {
+        let (broker, p) = (broker.clone(), p.clone());
+        tokio::spawn(async move {
+            broker
+                .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+                .await
+        })
+    });
+    for c in futures::future::join_all(calls).await {
+        let t = c.unwrap().unwrap().expect("a token");
+        assert_eq!(t.token.expose_secret(), "at-1");
+    }
+    assert_eq!(w.endpoint.refreshes(), 1);
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_is_stored_through_transient_store_failures() {
+    let w = World::new().await;
+    w.store.fail_writes_of("rt-1", 3);
+    let t = w
+        .broker()
+        .usable_token(&provider(), &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap();
+    assert!(t.is_some(), "handed out once the rotation was stored");
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-1"));
+    assert_eq!(w.endpoint.refreshes(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_rotation_hands_out_nothing_and_never_reuses_the_spent_token() {
+    let w = World::new().await;
+    w.store.fail_writes_of("rt-1", usize::MAX);
+    let broker = w.broker();
+    let p = provider();
+    let err = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
+    // The next call needs consent: no second refresh with the spent token.
+    let again = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap();
+    assert!(again.is_none());
+    assert_eq!(w.endpoint.refreshes(), 1);
+    assert_eq!(w.endpoint.reused(), 0);
+    let listed = broker.list(None, None).await.unwrap();
+    assert_eq!(listed[0].status, GrantStatus::NeedsReauth);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_sharing_a_store_never_present_a_refresh_token_twice() {
+    let w = World::new().await;
+    let (a, b) = (Arc::new(w.broker()), Arc::new(w.broker()));
+    let p = Arc::new(provider());
+    let run = |broker: Arc<TokenBroker>| {
+        let p = p.clone();
+        tokio::spawn(async move {
+            broker
+                .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+                .await
+        })
+    };
+    let (ra, rb) = tokio::join!(run(a), run(b));
+    assert!(ra.unwrap().unwrap().is_some() && rb.unwrap().unwrap().is_some());
+    assert_eq!(
+        w.endpoint.reused(),
+        0,
+        "a refresh token was presented twice"
+    );
+    assert_eq!(
+        w.endpoint.refreshes(),
+        2,
+        "each replica refreshed once, in turn"
+    );
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_grant_marks_the_grant_dead_but_a_provider_outage_keeps_it() {
+    let w = World::new().await;
+    let broker = w.broker();
+    let p = provider();
+    w.endpoint
+        .fail_next(crate::oauth::OAuthError::Unavailable("503".into()));
+    let err = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ProviderUnavailable(_)));
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-0"));
+    w.endpoint.fail_next(crate::oauth::OAuthError::InvalidGrant);
+    let t = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap();
+    assert!(t.is_none());
+    assert_eq!(w.stored_refresh_token().await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_taken_after_its_lease_fails_closed_as_expired() {
+    let w = World::new().await;
+    let pending = Arc::new(PendingFlows::new(PendingLimits {
+        ttl: Duration::from_secs(60),
+        max_total: 10,
+        max_per_user: 10,
+        keep_outcome: Duration::from_secs(60),
+    }));
+    let flows = Flows::new(pending, w.endpoint.clone(), w.clock.clone());
+    let caller = Caller::api_key("agent-a", Role::Agent);
+    let started = flows
+        .start(
+            &caller,
+            &provider(),
+            key("bob"),
+            Scopes::default(),
+            Handout::Token,
+            "http://127.0.0.1/oauth/callback/idp".into(),
+        )
+        .unwrap();
+    assert_eq!(started.expires_at, NOW + 60);
+    let state = url::Url::parse(&started.auth_url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let params = CallbackParams {
+        state: Some(state.clone()),
+        ..Default::default()
+    };
+    let err = flows.take(&provider().id, &params).unwrap_err();
+    assert!(matches!(err, Error::Flow(FlowFailure::Expired)), "{err:?}");
+    let err = flows.take(&provider().id, &params).unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound { .. }),
+        "a state is taken once"
+    );
+    assert_eq!(w.endpoint.exchanges(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_use_reference_is_spent_by_exactly_one_caller() {
+    let w = World::new().await;
+    let refs = Arc::new(References::new(
+        ReferenceRepo::new(w.store.clone()),
+        MetaRepo::new(w.store.clone()),
+        w.clock.clone(),
+    ));
+    let (reference, expires_at) = refs
+        .issue("agent-a", &key("alice"), &Scopes::default(), 3600, true)
+        .await
+        .unwrap();
+    assert_eq!(expires_at, NOW + 3600);
+    let found = refs.find(reference.expose_secret()).await.unwrap();
+    let record = found.record.clone().unwrap();
+    assert!(record.live_for("agent-a", w.clock.now_unix()));
+    assert!(!record.live_for("agent-b", w.clock.now_unix()));
+    let spends = (0..20).map(|_| {
+        let (refs, hash) = (refs.clone(), found.hash.clone());
+        tokio::spawn(async move { refs.spend(&hash).await })
+    });
+    let won = futures::future::join_all(spends)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().is_ok())
+        .count();
+    assert_eq!(won, 1);
+    let again = refs.find(reference.expose_secret()).await.unwrap();
+    assert!(again.record.unwrap().used);
+    // Revoking the grant's references finds them through the index.
+    assert_eq!(refs.drop_for_grant(&key("alice")).await.unwrap(), 1);
+    assert!(
+        refs.find(reference.expose_secret())
+            .await
+            .unwrap()
+            .record
+            .is_none()
+    );
+    w.clock.advance(1);
+}
