@@ -44,6 +44,8 @@ impl fmt::Debug for Provider {
             .field("has_client_secret", &self.has_client_secret)
             .field("handout_policy", &self.handout_policy)
             .field("reference_ttl_seconds", &self.reference_ttl_seconds)
+            .field("profile", &self.profile)
+            .field("profile_vars", &self.profile_vars)
             .finish()
     }
 }
@@ -55,6 +57,8 @@ impl fmt::Debug for Token {
             .field("token_type", &self.token_type)
             .field("expires_at", &self.expires_at)
             .field("scopes", &self.scopes)
+            .field("missing_scopes", &self.missing_scopes)
+            .field("metadata", &self.metadata)
             .finish()
     }
 }

@@ -115,6 +115,20 @@ struct Entry {
     deadline: Instant,
     forget_at: Instant,
     outcome: Arc<watch::Sender<FlowOutcome>>,
+    /// The digest of the request that started it, for joining repeats.
+    request: Option<[u8; 32]>,
+}
+
+/// What `insert_or_join` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New(Instant),
+    /// The same request already has a live flow: this one.
+    Existing {
+        auth_id: String,
+        auth_url: String,
+        deadline: Instant,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +136,8 @@ struct Inner {
     /// sha256(state) → auth_id; the state itself is never kept.
     by_state: HashMap<[u8; 32], String>,
     by_auth: HashMap<String, Entry>,
+    /// request digest → auth_id of its live flow.
+    by_request: HashMap<[u8; 32], String>,
     per_user: HashMap<UserId, usize>,
     pending: usize,
 }
@@ -170,8 +186,27 @@ impl PendingFlows {
         auth_url: String,
         flow: PendingFlow,
     ) -> Result<Instant, InsertError> {
+        match self.insert_or_join(state, auth_id, auth_url, flow, None)? {
+            Inserted::New(deadline) | Inserted::Existing { deadline, .. } => Ok(deadline),
+        }
+    }
+
+    /// Like `insert`, but when a live flow was started for the same `request` (a digest of who
+    /// asked for what), returns that one instead: a retried or resumed call never multiplies
+    /// consent links.
+    pub fn insert_or_join(
+        &self,
+        state: &str,
+        auth_id: &str,
+        auth_url: String,
+        flow: PendingFlow,
+        request: Option<[u8; 32]>,
+    ) -> Result<Inserted, InsertError> {
         let now = Instant::now();
         let mut inner = self.lock();
+        if let Some(existing) = request.and_then(|r| Self::live_for(&inner, &r, now)) {
+            return Ok(existing);
+        }
         if inner.pending >= self.limits.max_total {
             Self::sweep_locked(&mut inner, now);
             if inner.pending >= self.limits.max_total {
@@ -189,6 +224,9 @@ impl PendingFlows {
         inner
             .by_state
             .insert(sha256(state.as_bytes()), auth_id.to_owned());
+        if let Some(r) = request {
+            inner.by_request.insert(r, auth_id.to_owned());
+        }
         inner.by_auth.insert(
             auth_id.to_owned(),
             Entry {
@@ -201,9 +239,21 @@ impl PendingFlows {
                 deadline,
                 forget_at: deadline + self.limits.keep_outcome,
                 outcome: Arc::new(tx),
+                request,
             },
         );
-        Ok(deadline)
+        Ok(Inserted::New(deadline))
+    }
+
+    /// The live flow started for `request`, if any.
+    fn live_for(inner: &Inner, request: &[u8; 32], now: Instant) -> Option<Inserted> {
+        let auth_id = inner.by_request.get(request)?;
+        let e = inner.by_auth.get(auth_id)?;
+        (e.flow.is_some() && now < e.deadline).then(|| Inserted::Existing {
+            auth_id: auth_id.clone(),
+            auth_url: e.auth_url.clone(),
+            deadline: e.deadline,
+        })
     }
 
     /// Takes the flow for `state` once, before its deadline, on the provider it was issued for.
@@ -215,12 +265,20 @@ impl PendingFlows {
             .by_state
             .remove(&sha256(state.as_bytes()))
             .ok_or(TakeError::Unknown)?;
-        let (flow, reporter, expired) = {
+        let (flow, reporter, expired, request) = {
             let entry = inner.by_auth.get_mut(&auth_id).ok_or(TakeError::Unknown)?;
             let flow = entry.flow.take().ok_or(TakeError::Unknown)?;
             entry.forget_at = now + self.limits.keep_outcome;
-            (flow, entry.outcome.clone(), now >= entry.deadline)
+            (
+                flow,
+                entry.outcome.clone(),
+                now >= entry.deadline,
+                entry.request,
+            )
         };
+        if let Some(r) = request {
+            inner.by_request.remove(&r);
+        }
         Self::release_locked(&mut inner, &flow.user);
         if expired {
             reporter.send_replace(FlowOutcome::Failed(FlowFailure::Expired));
@@ -288,6 +346,9 @@ impl PendingFlows {
         let live = &inner.by_auth;
         inner
             .by_state
+            .retain(|_, auth_id| live.get(auth_id).is_some_and(|e| e.flow.is_some()));
+        inner
+            .by_request
             .retain(|_, auth_id| live.get(auth_id).is_some_and(|e| e.flow.is_some()));
         expired_users.len()
     }
@@ -402,6 +463,33 @@ mod tests {
         assert_eq!(
             t.insert("s5", "a5", "u".into(), flow("carol", "p")),
             Err(InsertError::TableFull(3))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_request_joins_its_live_flow_until_it_ends() {
+        let t = table(10, 10);
+        let same = Some([7u8; 32]);
+        let first = t.insert_or_join("s1", "a1", "u1".into(), flow("u", "p"), same);
+        assert!(matches!(first, Ok(Inserted::New(_))));
+        match t.insert_or_join("s2", "a2", "u2".into(), flow("u", "p"), same) {
+            Ok(Inserted::Existing {
+                auth_id, auth_url, ..
+            }) => {
+                assert_eq!((auth_id.as_str(), auth_url.as_str()), ("a1", "u1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.pending(), 1, "nothing was added");
+        assert!(matches!(
+            t.take("s2", &ProviderId::parse("p").unwrap()),
+            Err(TakeError::Unknown)
+        ));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let again = t.insert_or_join("s3", "a3", "u3".into(), flow("u", "p"), same);
+        assert!(
+            matches!(again, Ok(Inserted::New(_))),
+            "an expired flow is not joined"
         );
     }
 

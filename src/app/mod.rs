@@ -14,6 +14,7 @@ use crate::pb;
 use crate::pb::credentials_server::CredentialsServer;
 use crate::pb::providers_server::ProvidersServer;
 use crate::pending::{PendingFlows, PendingLimits};
+use crate::profile::Catalogue;
 use crate::service::{Credentials, Limits, Parts, ProviderRegistry};
 use crate::store::{SecretStore, VaultStore};
 use crate::transport::grpc::{CallerAuth, CallerKey, CredentialsApi, ProvidersApi};
@@ -75,12 +76,17 @@ impl App {
         let provider_http =
             ProviderHttp::new(config.provider_connect_timeout, config.provider_timeout)?;
         let endpoint: Arc<dyn TokenEndpoint> = Arc::new(OAuth2TokenEndpoint::new(provider_http));
+        let catalogue = match &config.profiles_dir {
+            Some(dir) => Catalogue::with_dir(dir)?,
+            None => Catalogue::builtin()?,
+        };
         let registry = Arc::new(ProviderRegistry::new(
             store.clone(),
             endpoint.clone(),
             clock.clone(),
             public_url,
             config.allow_insecure_provider_urls,
+            Arc::new(catalogue),
         ));
         let pending = Arc::new(PendingFlows::new(PendingLimits {
             ttl: config.flows.ttl,

@@ -20,6 +20,12 @@ pub enum ProviderCmd {
     Delete {
         id: String,
     },
+    /// List the provider profiles (GitHub, Google, Slack, …) `create --profile` can start from.
+    Profiles {
+        /// Also read the operator's own profiles from this directory (the daemon's `profiles_dir`).
+        #[arg(long)]
+        dir: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,11 +72,21 @@ pub struct ProviderArgs {
     pub params: Vec<String>,
     #[arg(long)]
     pub auth_method: Option<AuthMethod>,
+    /// Start from a provider profile (`valet provider profiles`): it fills endpoints, auth
+    /// method, scopes, parameters and the provider's quirks; flags given here win.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// A profile variable `name=value` (repeat), e.g. `tenant=contoso.onmicrosoft.com`.
+    #[arg(long = "var")]
+    pub vars: Vec<String>,
 }
 
 type Providers = ProvidersClient<crate::client::AuthedChannel>;
 
 pub(super) async fn run(cmd: ProviderCmd, conn: &Conn) -> anyhow::Result<()> {
+    if let ProviderCmd::Profiles { dir } = &cmd {
+        return profiles(dir.as_deref());
+    }
     let mut providers = conn.connect().await?.providers();
     match cmd {
         ProviderCmd::Create(a) => create(&mut providers, a).await,
@@ -78,7 +94,26 @@ pub(super) async fn run(cmd: ProviderCmd, conn: &Conn) -> anyhow::Result<()> {
         ProviderCmd::List => list(&mut providers).await,
         ProviderCmd::Update(a) => update(&mut providers, a).await,
         ProviderCmd::Delete { id } => delete(&mut providers, id).await,
+        // Read locally, before connecting (above).
+        ProviderCmd::Profiles { .. } => Ok(()),
     }
+}
+
+/// `valet provider profiles`: the built-in catalogue, plus an operator directory.
+pub(super) fn profiles(dir: Option<&str>) -> anyhow::Result<()> {
+    let catalogue = match dir {
+        Some(d) => crate::profile::Catalogue::with_dir(std::path::Path::new(d))?,
+        None => crate::profile::Catalogue::builtin()?,
+    };
+    for p in catalogue.iter() {
+        let vars = if p.variables.is_empty() {
+            String::new()
+        } else {
+            format!("  (--var {})", p.variables.iter().map(|v| format!("{v}=…")).collect::<Vec<_>>().join(" --var "))
+        };
+        println!("{:<14} {}{vars}\n               {}", p.name, p.title, p.docs);
+    }
+    Ok(())
 }
 
 async fn create(providers: &mut Providers, a: ProviderArgs) -> anyhow::Result<()> {
@@ -187,6 +222,13 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             AuthMethod::Basic => pb::TokenAuthMethod::ClientSecretBasic,
             AuthMethod::Post => pb::TokenAuthMethod::ClientSecretPost,
         } as i32;
+    }
+    set(&mut p.profile, a.profile);
+    for kv in a.vars {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--var {kv:?} must be name=value"))?;
+        p.profile_vars.insert(k.to_owned(), v.to_owned());
     }
     p.client_secret = client_secret(a.client_secret_file, a.client_secret_env)?;
     Ok(p)

@@ -32,6 +32,8 @@ pub struct Config {
     pub store: StoreKind,
     pub dev: bool,
     pub admin_key_file: Option<PathBuf>,
+    /// Operator provider profiles (`*.toml`), added to the built-in catalogue.
+    pub profiles_dir: Option<PathBuf>,
     pub allow_insecure_provider_urls: bool,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -129,6 +131,7 @@ impl Config {
             store: server.store,
             dev: server.dev,
             admin_key_file: server.admin_key_file,
+            profiles_dir: server.profiles_dir,
             allow_insecure_provider_urls: server.allow_insecure_provider_urls,
             shutdown_grace: server.shutdown_grace,
             log_format: server.log_format,

@@ -13,6 +13,7 @@ pub struct RawConfig {
     pub store: Option<String>,
     pub dev: Option<bool>,
     pub admin_key_file: Option<String>,
+    pub profiles_dir: Option<String>,
     pub allow_insecure_provider_urls: Option<bool>,
     pub shutdown_grace_seconds: Option<u64>,
     #[serde(default)]

@@ -34,6 +34,7 @@ pub(super) struct Server {
     pub store: StoreKind,
     pub dev: bool,
     pub admin_key_file: Option<PathBuf>,
+    pub profiles_dir: Option<PathBuf>,
     pub allow_insecure_provider_urls: bool,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -79,6 +80,7 @@ pub(super) fn validate(
         store: store?,
         dev,
         admin_key_file: raw.admin_key_file.as_ref().map(PathBuf::from),
+        profiles_dir: raw.profiles_dir.as_ref().map(PathBuf::from),
         allow_insecure_provider_urls: raw.allow_insecure_provider_urls.unwrap_or(dev),
         shutdown_grace,
         log_format: log_format?,
@@ -191,6 +193,9 @@ pub(super) fn render(c: &Config, s: &mut String) {
     let _ = writeln!(s, "dev = {}", c.dev);
     if let Some(p) = &c.admin_key_file {
         let _ = writeln!(s, "admin_key_file = \"{}\"", p.display());
+    }
+    if let Some(p) = &c.profiles_dir {
+        let _ = writeln!(s, "profiles_dir = \"{}\"", p.display());
     }
     let _ = writeln!(
         s,

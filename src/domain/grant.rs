@@ -3,6 +3,7 @@
 use super::{AgentId, ProviderId, Scopes, UserId};
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Who a grant belongs to. `agent: None` is the user-wide grant; an agent-scoped request never
 /// falls back to it, and a user-scoped request never uses an agent's grant.
@@ -36,6 +37,22 @@ pub struct Grant {
     /// same refresh token twice (a rotating provider would revoke the whole grant).
     #[serde(default)]
     pub refreshing: Option<RefreshClaim>,
+    /// The access token, kept only when it cannot be re-obtained without the user (no refresh
+    /// token): a non-expiring token survives restarts.
+    #[serde(with = "serde_secret", default)]
+    pub access_token: Option<SecretString>,
+    #[serde(default)]
+    pub token_type: Option<String>,
+    /// When the kept access token expires (Unix seconds); 0: it does not.
+    #[serde(default)]
+    pub expires_at: i64,
+    /// Scopes asked for and not granted at the last consent: asking for them again alone does not
+    /// start another consent.
+    #[serde(default)]
+    pub declined: Scopes,
+    /// Non-secret fields of the provider's answer that API calls need (e.g. `instance_url`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Which daemon instance is refreshing a grant, and until when (Unix seconds) the claim holds.
@@ -46,10 +63,28 @@ pub struct RefreshClaim {
 }
 
 impl Grant {
-    /// Whether this grant can be refreshed for `scopes` without a new consent.
-    pub fn usable_for(&self, scopes: &Scopes) -> bool {
+    /// Whether this grant yields a token for `scopes` without a new consent at `now`.
+    pub fn usable_for(&self, scopes: &Scopes, now: i64) -> bool {
         self.status == GrantStatus::Active
-            && self.refresh_token.is_some()
             && self.scopes.contains_all(scopes)
+            && (self.refresh_token.is_some() || self.kept_token_live(now))
+    }
+
+    /// Whether the kept access token (no refresh token) is there and unexpired at `now`.
+    pub fn kept_token_live(&self, now: i64) -> bool {
+        self.access_token.is_some() && (self.expires_at == 0 || self.expires_at > now)
+    }
+
+    /// The status an operator should see at `now`: a grant that can neither refresh nor use its
+    /// kept token needs the user.
+    pub fn effective_status(&self, now: i64) -> GrantStatus {
+        if self.status == GrantStatus::Active
+            && self.refresh_token.is_none()
+            && !self.kept_token_live(now)
+        {
+            GrantStatus::NeedsReauth
+        } else {
+            self.status
+        }
     }
 }

@@ -33,6 +33,50 @@ pub enum TokenAuthMethod {
     ClientSecretPost,
 }
 
+/// How scopes are separated in a provider's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Separator {
+    Space,
+    Comma,
+    /// Spaces or commas (what a granted `scope` is split on unless a profile says otherwise).
+    #[default]
+    Any,
+}
+
+/// How a token request is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRequestFormat {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    #[default]
+    Form,
+    /// A JSON object (Notion).
+    Json,
+}
+
+/// How a provider's token endpoint deviates from RFC 6749 (set from its profile).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenDialect {
+    #[serde(default)]
+    pub request: TokenRequestFormat,
+    /// The object in the response holding the token fields (Slack user tokens: `authed_user`).
+    #[serde(default)]
+    pub token_path: Option<String>,
+    /// A boolean that is false on errors sent with HTTP 200 (Slack: `ok`).
+    #[serde(default)]
+    pub ok_field: Option<String>,
+    /// How the granted `scope` is split.
+    #[serde(default)]
+    pub granted_scope_separator: Separator,
+    /// Non-secret response fields (dotted paths) kept with the grant and given to agents.
+    #[serde(default)]
+    pub metadata: Vec<String>,
+    /// Lifetime of access tokens whose response has no `expires_in`; 0: they do not expire.
+    #[serde(default)]
+    pub token_lifetime_seconds: u32,
+}
+
 /// A client registered at a provider's token endpoint.
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
@@ -41,6 +85,7 @@ pub struct OAuthClient {
     pub client_secret: Option<SecretString>,
     pub auth_method: TokenAuthMethod,
     pub token_url: Url,
+    pub dialect: TokenDialect,
 }
 
 /// The authorization-code grant (RFC 6749 section 4.1) with PKCE; OpenID Connect adds an issuer
@@ -53,6 +98,10 @@ pub struct AuthCode {
     pub issuer: Option<String>,
     pub revocation_url: Option<Url>,
     pub extra_auth_params: BTreeMap<String, String>,
+    /// The authorization parameter carrying scopes (Slack user tokens: `user_scope`).
+    pub scope_param: String,
+    /// How scopes are joined in the authorization request.
+    pub scope_separator: Separator,
 }
 
 /// One validated, kind-specific configuration.

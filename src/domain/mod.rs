@@ -12,7 +12,10 @@ mod scopes;
 pub use caller::{AgentBinding, Caller, Credential, Role};
 pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
-pub use kind::{AuthCode, KindConfig, OAuthClient, ProviderKind, TokenAuthMethod};
+pub use kind::{
+    AuthCode, KindConfig, OAuthClient, ProviderKind, Separator, TokenAuthMethod, TokenDialect,
+    TokenRequestFormat,
+};
 pub use provider::{
     DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft, check_client,
     check_endpoint_url, check_name,

@@ -1,7 +1,8 @@
 //! Provider configuration and its validation rules.
 
 use super::{
-    HandoutPolicy, InvalidInput, KindConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod,
+    HandoutPolicy, InvalidInput, KindConfig, ProviderId, ProviderKind, Scopes, Separator,
+    TokenAuthMethod, TokenDialect,
 };
 use crate::secret::SecretString;
 use std::collections::BTreeMap;
@@ -36,10 +37,20 @@ pub struct ProviderDraft {
     pub revocation_url: String,
     pub default_scopes: Vec<String>,
     pub extra_auth_params: BTreeMap<String, String>,
-    pub token_auth_method: TokenAuthMethod,
+    /// `None`: the profile's, else client_secret_basic.
+    pub token_auth_method: Option<TokenAuthMethod>,
     pub handout_policy: HandoutPolicy,
     /// 0: the default (30 days).
     pub reference_ttl_seconds: u32,
+    /// A profile from the catalogue filling every field left empty.
+    pub profile: String,
+    /// Values for the profile's template variables (e.g. `tenant`).
+    pub profile_vars: BTreeMap<String, String>,
+    /// Set from the profile: how the provider's messages deviate from the RFCs.
+    pub dialect: TokenDialect,
+    /// Set from the profile; empty: `scope`.
+    pub scope_param: String,
+    pub scope_separator: Separator,
 }
 
 /// A provider: common settings plus one kind-specific configuration. The client secret (inside
@@ -49,6 +60,8 @@ pub struct ProviderConfig {
     pub id: ProviderId,
     pub name: String,
     pub kind: KindConfig,
+    /// The profile it was created from, if any.
+    pub profile: Option<String>,
     pub default_scopes: Scopes,
     pub handout_policy: HandoutPolicy,
     /// Lifetime of references issued for this provider's grants.

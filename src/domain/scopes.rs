@@ -57,6 +57,42 @@ impl Scopes {
         other.0.is_subset(&self.0)
     }
 
+    /// The scopes of `self` that `other` lacks.
+    pub fn difference(&self, other: &Scopes) -> Scopes {
+        Scopes(self.0.difference(&other.0).cloned().collect())
+    }
+
+    /// A granted `scope` as a provider wrote it: split on `separator`; tokens that are not valid
+    /// scopes are dropped (a provider's answer never makes a request fail).
+    pub fn parse_granted(raw: &str, separator: super::Separator) -> Self {
+        let split: Vec<&str> = match separator {
+            super::Separator::Space => raw.split(' ').collect(),
+            super::Separator::Comma => raw.split(',').collect(),
+            super::Separator::Any => raw.split([' ', ',']).collect(),
+        };
+        let set = split
+            .into_iter()
+            .map(str::trim)
+            .filter(|s| Self::parse("scope", &[*s]).is_ok())
+            .map(str::to_owned)
+            .take(MAX_SCOPES)
+            .collect();
+        Scopes(set)
+    }
+
+    /// Joins the scopes for an authorization request.
+    pub fn join(&self, separator: super::Separator) -> String {
+        let sep = match separator {
+            super::Separator::Comma => ",",
+            super::Separator::Space | super::Separator::Any => " ",
+        };
+        self.0
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(sep)
+    }
+
     pub fn union(&self, other: &Scopes) -> Scopes {
         Scopes(self.0.union(&other.0).cloned().collect())
     }

@@ -4,9 +4,7 @@
 
 use crate::domain::{AuthCode, Scopes};
 use crate::secret::{ExposeSecret, SecretString};
-use oauth2::{
-    AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-};
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl};
 use url::Url;
 
 /// What goes into one authorization URL.
@@ -38,8 +36,11 @@ pub fn authorization_url(
     let state = r.state.to_owned();
     let mut req = client
         .authorize_url(move || CsrfToken::new(state))
-        .add_scopes(r.scopes.iter().map(|s| Scope::new(s.to_owned())))
         .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
+    // Scopes as the provider reads them: its parameter name and separator.
+    if !r.scopes.is_empty() {
+        req = req.add_extra_param(c.scope_param.clone(), r.scopes.join(c.scope_separator));
+    }
     if let Some(nonce) = r.nonce {
         req = req.add_extra_param("nonce", nonce.expose_secret().to_owned());
     }

@@ -1,52 +1,16 @@
-//! `TokenEndpoint` on the oauth2 crate, with the openidconnect crate for discovery and ID token
-//! verification (signature via the issuer's JWKS, `iss`, `aud`, `exp`, `nonce`).
+//! `TokenEndpoint` for real providers: token requests and responses in `token.rs` (RFC 6749 plus
+//! the provider's dialect), the openidconnect crate for discovery and ID token verification
+//! (signature via the issuer's JWKS, `iss`, `aud`, `exp`, `nonce`).
 
 use super::http::{HttpError, ProviderHttp};
-use super::{Discovered, OAuthError, TokenEndpoint, TokenGrant, TokenSet};
-use crate::domain::{OAuthClient, Scopes, TokenAuthMethod};
+use super::{Discovered, OAuthError, TokenEndpoint, TokenGrant, TokenSet, token};
+use crate::domain::OAuthClient;
 use crate::secret::{ExposeSecret, SecretString};
 use async_trait::async_trait;
-use oauth2::basic::{
-    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
-    BasicTokenIntrospectionResponse,
-};
-use oauth2::{
-    AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
-    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, StandardRevocableToken,
-    TokenResponse, TokenUrl,
-};
-use openidconnect::core::{
-    CoreIdToken, CoreIdTokenVerifier, CoreProviderMetadata, CoreTokenResponse,
-};
+use oauth2::{ClientId, ClientSecret};
+use openidconnect::core::{CoreIdToken, CoreIdTokenVerifier, CoreProviderMetadata};
 use openidconnect::{IssuerUrl, Nonce};
 use std::str::FromStr as _;
-
-/// An oauth2 client whose token responses may carry an OIDC ID token.
-type Client<HasAuth, HasToken> = oauth2::Client<
-    BasicErrorResponse,
-    CoreTokenResponse,
-    BasicTokenIntrospectionResponse,
-    StandardRevocableToken,
-    BasicRevocationErrorResponse,
-    HasAuth,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    HasToken,
->;
-
-fn token_client(c: &OAuthClient) -> Client<EndpointNotSet, EndpointSet> {
-    let mut client = oauth2::Client::new(ClientId::new(c.client_id.clone()))
-        .set_auth_type(match c.auth_method {
-            TokenAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
-            TokenAuthMethod::ClientSecretPost => AuthType::RequestBody,
-        })
-        .set_token_uri(TokenUrl::from_url(c.token_url.clone()));
-    if let Some(secret) = &c.client_secret {
-        client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
-    }
-    client
-}
 
 /// The production token endpoint.
 #[derive(Debug, Clone)]
@@ -80,42 +44,6 @@ fn unavailable(e: &HttpError) -> OAuthError {
     }
 }
 
-/// Maps the oauth2 crate's error without ever including the response body.
-fn classify(e: RequestTokenError<HttpError, BasicErrorResponse>) -> OAuthError {
-    match e {
-        RequestTokenError::ServerResponse(r) => match r.error() {
-            BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant,
-            other => OAuthError::Rejected(other.as_ref().to_owned()),
-        },
-        RequestTokenError::Request(e) => unavailable(&e),
-        RequestTokenError::Parse(_, _) => OAuthError::Protocol(
-            "the token response is not valid JSON of the expected shape".into(),
-        ),
-        RequestTokenError::Other(_) => {
-            OAuthError::Protocol("the token endpoint answered with an unexpected status".into())
-        }
-    }
-}
-
-fn token_set(r: &CoreTokenResponse) -> TokenSet {
-    TokenSet {
-        access_token: SecretString::from(r.access_token().secret().clone()),
-        token_type: r.token_type().as_ref().to_owned(),
-        expires_in: r.expires_in(),
-        refresh_token: r
-            .refresh_token()
-            .map(|t| SecretString::from(t.secret().clone())),
-        scopes: r.scopes().and_then(|s| {
-            let items: Vec<&str> = s.iter().map(|s| s.as_str()).collect();
-            Scopes::parse("scope", &items).ok()
-        }),
-        id_token: r
-            .extra_fields()
-            .id_token()
-            .map(|t| SecretString::from(t.to_string())),
-    }
-}
-
 #[async_trait]
 impl TokenEndpoint for OAuth2TokenEndpoint {
     async fn token(
@@ -123,32 +51,20 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
         client: &OAuthClient,
         grant: TokenGrant<'_>,
     ) -> Result<TokenSet, OAuthError> {
-        let resp = match grant {
-            TokenGrant::AuthorizationCode {
-                code,
-                pkce_verifier,
-                redirect_uri,
-            } => {
-                let redirect = RedirectUrl::new(redirect_uri.to_owned())
-                    .map_err(|e| OAuthError::Protocol(format!("bad redirect URI: {e}")))?;
-                token_client(client)
-                    .set_redirect_uri(redirect)
-                    .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
-                    .set_pkce_verifier(PkceCodeVerifier::new(
-                        pkce_verifier.expose_secret().to_owned(),
-                    ))
-                    .request_async(&self.http)
-                    .await
-            }
-            TokenGrant::RefreshToken(refresh_token) => {
-                let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-                token_client(client)
-                    .exchange_refresh_token(&token)
-                    .request_async(&self.http)
-                    .await
-            }
-        };
-        Ok(token_set(&resp.map_err(classify)?))
+        let req = token::request(client, &grant)?;
+        let resp = self.http.send(req).await.map_err(|e| unavailable(&e))?;
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        token::parse(
+            resp.status().as_u16(),
+            &content_type,
+            resp.body(),
+            &client.dialect,
+        )
     }
 
     async fn verify_id_token(

@@ -74,6 +74,7 @@ impl FakeTokenEndpoint {
             refresh_token: refresh.then(|| SecretString::from(format!("rt-{n}"))),
             scopes: None,
             id_token: None,
+            metadata: Default::default(),
         }
     }
 }

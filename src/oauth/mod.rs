@@ -8,10 +8,12 @@ mod client;
 #[cfg(test)]
 pub(crate) mod fake;
 mod http;
+mod token;
 
 pub use authorize::{AuthorizationRequest, authorization_url};
 pub use client::OAuth2TokenEndpoint;
 pub use http::ProviderHttp;
+pub use token::safe_code;
 
 use crate::domain::{OAuthClient, Scopes};
 use crate::secret::SecretString;
@@ -30,6 +32,8 @@ pub struct TokenSet {
     pub scopes: Option<Scopes>,
     /// The raw ID token (OpenID Connect), still to be verified.
     pub id_token: Option<SecretString>,
+    /// Non-secret response fields the provider's dialect keeps (e.g. `instance_url`).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Endpoints learned from an issuer's discovery document.

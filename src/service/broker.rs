@@ -10,11 +10,10 @@ use crate::domain::{Grant, GrantKey, GrantStatus, ProviderConfig, ProviderId, Sc
 use crate::oauth::{TokenEndpoint, TokenSet};
 use crate::secret::SecretString;
 use crate::store::{Cas, GrantRepo, StoreError};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// Lifetime assumed for an access token whose provider did not say (`expires_in` absent).
-const ASSUMED_TTL: i64 = 300;
 /// Most grants a listing returns.
 const MAX_LISTED: usize = 1000;
 /// Check-and-set retries when a consent's grant write races a replica's refresh.
@@ -25,17 +24,28 @@ const CONSENT_WRITE_ATTEMPTS: u32 = 5;
 pub struct AccessToken {
     pub token: SecretString,
     pub token_type: String,
+    /// Unix seconds; 0: no expiry.
     pub expires_at: i64,
     pub scopes: Scopes,
+    /// Asked for, not granted.
+    pub missing_scopes: Scopes,
+    pub metadata: Arc<BTreeMap<String, String>>,
 }
 
-impl From<&CachedToken> for AccessToken {
-    fn from(t: &CachedToken) -> Self {
+impl AccessToken {
+    /// The cached token as handed out for a request of `requested` scopes.
+    fn handed(t: &CachedToken, requested: &Scopes) -> Self {
         Self {
             token: t.token.clone(),
             token_type: t.token_type.clone(),
             expires_at: t.expires_at,
             scopes: t.scopes.clone(),
+            missing_scopes: if t.scopes.contains_all(requested) {
+                Scopes::default()
+            } else {
+                requested.difference(&t.scopes)
+            },
+            metadata: t.metadata.clone(),
         }
     }
 }
@@ -50,6 +60,8 @@ pub struct GrantInfo {
     pub has_refresh_token: bool,
     pub created_at: i64,
     pub updated_at: i64,
+    pub declined: Scopes,
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What a completed consent brought: the tokens and, for OpenID Connect, the verified subject.
@@ -84,7 +96,8 @@ impl TokenBroker {
         }
     }
 
-    /// A token from the cache, or from a refresh of the stored grant. `None`: consent needed.
+    /// A token from the cache, the grant's kept token, or a refresh of the stored grant.
+    /// `None`: consent needed.
     pub(crate) async fn usable_token(
         &self,
         provider: &ProviderConfig,
@@ -97,7 +110,7 @@ impl TokenBroker {
         let waited_since = Instant::now();
         let now = self.clock.now_unix();
         if let Some(t) = self.cache.usable(key, scopes, now, min_ttl, None) {
-            return Ok(Some(AccessToken::from(&*t)));
+            return Ok(Some(AccessToken::handed(&t, scopes)));
         }
         let _guard = self.cache.lock(key).await;
         let now = self.clock.now_unix();
@@ -105,19 +118,23 @@ impl TokenBroker {
             .cache
             .usable(key, scopes, now, min_ttl, Some(waited_since))
         {
-            return Ok(Some(AccessToken::from(&*t)));
+            return Ok(Some(AccessToken::handed(&t, scopes)));
         }
         let Some((grant, version)) = self.grants.get(key).await? else {
             return Ok(None);
         };
+        let needed = scopes.difference(&grant.declined);
+        if !grant.usable_for(&needed, now) || self.refresher.is_lost(key) {
+            return Ok(None);
+        }
+        if grant.refresh_token.is_none() {
+            return Ok(self.kept_token(grant, scopes, now, min_ttl));
+        }
         let Some(client) = provider.kind.oauth_client() else {
             return Ok(None);
         };
-        if !grant.usable_for(scopes) || self.refresher.is_lost(key) {
-            return Ok(None);
-        }
         match self.refresher.refresh(client, grant, version).await {
-            Ok(Refreshed::Token(set, scopes)) => Ok(Some(self.cache_token(key, set, &scopes))),
+            Ok(Refreshed::Token(set, grant)) => Ok(Some(self.cache_token(&grant, set, scopes))),
             Ok(Refreshed::Gone) => {
                 self.cache.remove(key);
                 Ok(None)
@@ -131,22 +148,58 @@ impl TokenBroker {
         }
     }
 
-    fn cache_token(&self, key: &GrantKey, set: TokenSet, scopes: &Scopes) -> AccessToken {
-        let now = self.clock.now_unix();
-        let ttl = set.expires_in.map_or(ASSUMED_TTL, |d| {
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
-        });
+    /// The access token kept with a grant that has no refresh token, if it lasts `min_ttl`.
+    fn kept_token(
+        &self,
+        grant: Grant,
+        scopes: &Scopes,
+        now: i64,
+        min_ttl: i64,
+    ) -> Option<AccessToken> {
+        let token = grant.access_token?;
+        if grant.expires_at != 0 && grant.expires_at - now < min_ttl {
+            return None;
+        }
         let cached = self.cache.put(
-            key.clone(),
+            grant.key.clone(),
             CachedToken {
-                token: set.access_token,
-                token_type: set.token_type,
-                expires_at: now.saturating_add(ttl),
-                scopes: set.scopes.unwrap_or_else(|| scopes.clone()),
+                token,
+                token_type: grant.token_type.unwrap_or_else(|| "Bearer".into()),
+                expires_at: grant.expires_at,
+                scopes: grant.scopes,
+                declined: grant.declined,
+                metadata: Arc::new(grant.metadata),
                 obtained: Instant::now(),
             },
         );
-        AccessToken::from(&*cached)
+        Some(AccessToken::handed(&cached, scopes))
+    }
+
+    /// Caches a fresh token for `grant` (as stored) and hands it out for `requested`.
+    fn cache_token(&self, grant: &Grant, set: TokenSet, requested: &Scopes) -> AccessToken {
+        let cached = self.cache.put(
+            grant.key.clone(),
+            CachedToken {
+                token: set.access_token,
+                token_type: set.token_type,
+                expires_at: self.expiry(set.expires_in),
+                scopes: grant.scopes.clone(),
+                declined: grant.declined.clone(),
+                metadata: Arc::new(grant.metadata.clone()),
+                obtained: Instant::now(),
+            },
+        );
+        AccessToken::handed(&cached, requested)
+    }
+
+    /// Unix seconds `lifetime` from now; 0 (no expiry) when the provider gave no lifetime: Valet
+    /// never invents one.
+    fn expiry(&self, lifetime: Option<std::time::Duration>) -> i64 {
+        lifetime.map_or(0, |d| {
+            self.clock
+                .now_unix()
+                .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        })
     }
 
     /// The stored grant for `key`, if any.
@@ -154,48 +207,74 @@ impl TokenBroker {
         Ok(self.grants.get(key).await?.map(|(g, _)| g))
     }
 
-    /// Stores the grant a consent produced and caches its access token. Check-and-set against
-    /// the version read, so a replica's concurrent refresh is merged (its newer refresh token
-    /// kept when the provider sent none) rather than overwritten.
-    pub(crate) async fn accept_consent(&self, c: Consented) -> Result<(), Error> {
+    /// Stores the grant a consent produced and caches its access token; returns the scopes
+    /// asked for and not granted. Check-and-set against the version read, so a replica's
+    /// concurrent refresh is merged (its newer refresh token kept when the provider sent none)
+    /// rather than overwritten.
+    pub(crate) async fn accept_consent(&self, c: Consented) -> Result<Scopes, Error> {
         let _guard = self.cache.lock(&c.key).await;
-        let now = self.clock.now_unix();
-        let scopes = c
+        let granted = c
             .tokens
             .scopes
             .clone()
             .unwrap_or_else(|| c.requested.clone());
         let mut attempts = 1;
-        loop {
-            let (cas, created_at, old_refresh, old_subject) = match self.grants.get(&c.key).await? {
-                Some((g, version)) => (
-                    Cas::Version(version),
-                    g.created_at,
-                    g.refresh_token.filter(|_| g.status == GrantStatus::Active),
-                    g.subject,
-                ),
-                None => (Cas::Absent, now, None, None),
-            };
-            let grant = Grant {
-                key: c.key.clone(),
-                scopes: scopes.clone(),
-                subject: c.subject.clone().or(old_subject),
-                // A provider may not re-issue a refresh token on re-consent; keep the one we have.
-                refresh_token: c.tokens.refresh_token.clone().or(old_refresh),
-                status: GrantStatus::Active,
-                created_at,
-                updated_at: now,
-                refreshing: None,
-            };
+        let grant = loop {
+            let previous = self.grants.get(&c.key).await?;
+            let cas = previous
+                .as_ref()
+                .map_or(Cas::Absent, |(_, v)| Cas::Version(*v));
+            let grant = self.consented_grant(&c, granted.clone(), previous.map(|(g, _)| g));
             match self.grants.put(&grant, cas).await {
-                Ok(_) => break,
+                Ok(_) => break grant,
                 Err(StoreError::Conflict) if attempts < CONSENT_WRITE_ATTEMPTS => attempts += 1,
                 Err(e) => return Err(e.into()),
             }
-        }
-        self.cache_token(&c.key, c.tokens, &scopes);
+        };
+        self.cache_token(&grant, c.tokens, &c.requested);
         self.refresher.forget_lost(&c.key);
-        Ok(())
+        Ok(grant.declined)
+    }
+
+    /// The grant a consent leaves, given what was stored before.
+    fn consented_grant(&self, c: &Consented, granted: Scopes, previous: Option<Grant>) -> Grant {
+        let now = self.clock.now_unix();
+        let (created_at, old_refresh, old_subject, old_metadata) = match previous {
+            Some(g) => (
+                g.created_at,
+                g.refresh_token.filter(|_| g.status == GrantStatus::Active),
+                g.subject,
+                g.metadata,
+            ),
+            None => (now, None, None, BTreeMap::new()),
+        };
+        // A provider may not re-issue a refresh token on re-consent; keep the one we have.
+        let refresh_token = c.tokens.refresh_token.clone().or(old_refresh);
+        // Without a refresh token the access token cannot be re-obtained: keep it (sealed).
+        let kept = refresh_token.is_none();
+        Grant {
+            key: c.key.clone(),
+            declined: c.requested.difference(&granted),
+            scopes: granted,
+            subject: c.subject.clone().or(old_subject),
+            refresh_token,
+            status: GrantStatus::Active,
+            created_at,
+            updated_at: now,
+            refreshing: None,
+            access_token: kept.then(|| c.tokens.access_token.clone()),
+            token_type: kept.then(|| c.tokens.token_type.clone()),
+            expires_at: if kept {
+                self.expiry(c.tokens.expires_in)
+            } else {
+                0
+            },
+            metadata: if c.tokens.metadata.is_empty() {
+                old_metadata
+            } else {
+                c.tokens.metadata.clone()
+            },
+        }
     }
 
     /// Removes a grant from the store and the cache. Returns whether one existed.
@@ -219,14 +298,17 @@ impl TokenBroker {
     ) -> Result<Vec<GrantInfo>, Error> {
         let keep = |g: &Grant| user.is_none_or(|u| &g.key.user == u);
         let grants = self.grants.list(provider, keep, MAX_LISTED).await?;
+        let now = self.clock.now_unix();
         Ok(grants
             .into_iter()
             .map(|g| GrantInfo {
                 status: if self.refresher.is_lost(&g.key) {
                     GrantStatus::NeedsReauth
                 } else {
-                    g.status
+                    g.effective_status(now)
                 },
+                declined: g.declined,
+                metadata: g.metadata,
                 has_refresh_token: g.refresh_token.is_some(),
                 key: g.key,
                 scopes: g.scopes,

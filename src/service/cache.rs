@@ -2,7 +2,7 @@
 
 use crate::domain::{GrantKey, ProviderId, Scopes};
 use crate::secret::SecretString;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
@@ -13,8 +13,25 @@ pub(super) struct CachedToken {
     pub token_type: String,
     pub expires_at: i64,
     pub scopes: Scopes,
+    /// Scopes the user declined: a request that lacks only these is still served.
+    pub declined: Scopes,
+    pub metadata: Arc<BTreeMap<String, String>>,
     /// When this token was put in the cache (monotonic).
     pub obtained: Instant,
+}
+
+impl CachedToken {
+    /// Whether it serves a request for `scopes`: every scope not declined is covered.
+    pub(super) fn serves(&self, scopes: &Scopes) -> bool {
+        self.scopes.contains_all(scopes)
+            || (!self.declined.is_empty()
+                && self.scopes.contains_all(&scopes.difference(&self.declined)))
+    }
+
+    /// Whether it has at least `min_ttl` seconds left at `now` (a token without expiry always has).
+    fn lasts(&self, now: i64, min_ttl: i64) -> bool {
+        self.expires_at == 0 || self.expires_at - now >= min_ttl
+    }
 }
 
 /// When cleanup of idle refresh locks starts.
@@ -40,9 +57,8 @@ impl TokenCache {
     ) -> Option<Arc<CachedToken>> {
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
         let t = tokens.get(key)?;
-        let long_enough = t.expires_at - now >= min_ttl;
-        let just_refreshed = fresh_since.is_some_and(|s| t.obtained >= s) && t.expires_at > now;
-        (t.scopes.contains_all(scopes) && (long_enough || just_refreshed)).then(|| t.clone())
+        let just_refreshed = fresh_since.is_some_and(|s| t.obtained >= s) && t.lasts(now, 1);
+        (t.serves(scopes) && (t.lasts(now, min_ttl) || just_refreshed)).then(|| t.clone())
     }
 
     pub(super) fn put(&self, key: GrantKey, token: CachedToken) -> Arc<CachedToken> {

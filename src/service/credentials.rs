@@ -144,8 +144,15 @@ impl Credentials {
                 .hand_out(caller, &provider, &req.key, token, req.handout)
                 .await;
         }
-        self.start_flow(caller, &provider, req.key, scopes, req.handout)
-            .await
+        self.start_flow(
+            caller,
+            &provider,
+            req.key,
+            scopes,
+            req.handout,
+            !req.force_reauth,
+        )
+        .await
     }
 
     /// Starts a consent flow asking for `scopes` plus whatever the existing grant has.
@@ -156,15 +163,16 @@ impl Credentials {
         key: GrantKey,
         scopes: Scopes,
         handout: Handout,
+        join: bool,
     ) -> Result<Outcome, Error> {
         let scopes = match self.broker.grant(&key).await? {
             Some(g) if g.status == GrantStatus::Active => scopes.union(&g.scopes),
             _ => scopes,
         };
         let redirect_uri = self.providers.redirect_uri(&provider.id);
-        let started = self
-            .flows
-            .start(caller, provider, key, scopes, handout, redirect_uri)?;
+        let started =
+            self.flows
+                .start(caller, provider, key, scopes, handout, redirect_uri, join)?;
         Ok(Outcome::Pending {
             auth_url: started.auth_url,
             auth_id: started.auth_id,
@@ -253,17 +261,24 @@ impl Credentials {
         }
     }
 
-    /// Finishes the flow the callback's `state` names. Errors are safe to show on the page.
+    /// Finishes the flow the callback's `state` names; returns the scopes the user did not
+    /// grant. Errors are safe to show on the page.
     pub async fn complete_callback(
         &self,
         provider_id: &str,
         params: CallbackParams,
-    ) -> Result<(), Error> {
+    ) -> Result<Scopes, Error> {
         let provider_id = ProviderId::parse(provider_id)?;
         let taken = self.flows.take(&provider_id, &params)?;
         let result = self.finish(&provider_id, &taken.flow, &params).await;
-        self.flows.report(&taken, &result);
-        result.map(|_| ()).map_err(Error::Flow)
+        self.flows.report(
+            &taken,
+            &result
+                .as_ref()
+                .map(|(key, _)| key.clone())
+                .map_err(Clone::clone),
+        );
+        result.map(|(_, declined)| declined).map_err(Error::Flow)
     }
 
     async fn finish(
@@ -271,7 +286,7 @@ impl Credentials {
         provider_id: &ProviderId,
         flow: &crate::pending::PendingFlow,
         params: &CallbackParams,
-    ) -> Result<GrantKey, FlowFailure> {
+    ) -> Result<(GrantKey, Scopes), FlowFailure> {
         let provider = self
             .providers
             .get(provider_id)
@@ -284,12 +299,12 @@ impl Credentials {
             subject,
             requested: flow.scopes.clone(),
         };
-        self.broker.accept_consent(consented).await.map_err(|e| {
+        let declined = self.broker.accept_consent(consented).await.map_err(|e| {
             // The flow fails with a fixed message; the cause goes to the log here, once.
             tracing::warn!(provider = %provider_id, "storing a new grant failed: {}", e.chain());
             FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"))
         })?;
-        Ok(key)
+        Ok((key, declined))
     }
 
     /// A fresh access token for the grant `reference` names, for the caller it was issued to.

@@ -8,9 +8,10 @@ use crate::clock::Clock;
 use crate::domain::{Caller, GrantKey, Handout, ProviderConfig, ProviderId, Scopes};
 use crate::oauth::{TokenEndpoint, TokenSet};
 use crate::pending::{
-    FlowFailure, FlowOutcome, FlowView, InsertError, PendingFlow, PendingFlows, TakeError, Taken,
+    FlowFailure, FlowOutcome, FlowView, InsertError, Inserted, PendingFlow, PendingFlows,
+    TakeError, Taken,
 };
-use crate::secret::{SecretString, random_token};
+use crate::secret::{SecretString, random_token, sha256};
 use std::sync::Arc;
 
 /// Bytes of randomness in a state, PKCE verifier, nonce and auth id (256 bits).
@@ -24,6 +25,23 @@ pub(crate) struct Started {
     pub auth_url: String,
     pub auth_id: String,
     pub expires_at: i64,
+}
+
+/// Who asked for what, as a digest: equal requests join one live flow.
+fn request_digest(caller: &Caller, key: &GrantKey, scopes: &Scopes, handout: Handout) -> [u8; 32] {
+    // Ids and scopes hold no NUL (ids refuse control characters), so NUL separates unambiguously.
+    let mut s = format!(
+        "{}\0{}\0{}\0{}\0{handout:?}\0",
+        caller.name,
+        key.provider,
+        key.user,
+        key.agent.as_ref().map_or("", |a| a.as_str()),
+    );
+    for scope in scopes.iter() {
+        s.push_str(scope);
+        s.push('\0');
+    }
+    sha256(s.as_bytes())
 }
 
 fn random() -> Result<String, Error> {
@@ -57,6 +75,7 @@ impl Flows {
     }
 
     /// Starts a consent flow for `key` asking for `scopes`; its redirect lands on `redirect_uri`.
+    /// With `join`, the same caller asking the same again while a flow is live gets that flow.
     pub(crate) fn start(
         &self,
         caller: &Caller,
@@ -65,7 +84,9 @@ impl Flows {
         scopes: Scopes,
         handout: Handout,
         redirect_uri: String,
+        join: bool,
     ) -> Result<Started, Error> {
+        let request = join.then(|| request_digest(caller, &key, &scopes, handout));
         let consent = kind::consent(&provider.kind).ok_or(Error::invalid(
             "provider_id",
             "this provider's kind has no consent flow",
@@ -85,19 +106,32 @@ impl Flows {
             redirect_uri,
             owner: caller.name.clone(),
         };
-        let deadline = self
+        let inserted = self
             .pending
-            .insert(&state, &auth_id, begun.auth_url.clone(), flow)
+            .insert_or_join(&state, &auth_id, begun.auth_url.clone(), flow, request)
             .map_err(|e| match e {
                 InsertError::UserFull(_) | InsertError::TableFull(_) => {
                     Error::Exhausted(e.to_string())
                 }
             })?;
-        tracing::info!(provider = %provider.id, "started authorization flow");
-        Ok(Started {
-            auth_url: begun.auth_url,
-            auth_id,
-            expires_at: self.unix_at(deadline),
+        Ok(match inserted {
+            Inserted::New(deadline) => {
+                tracing::info!(provider = %provider.id, "started authorization flow");
+                Started {
+                    auth_url: begun.auth_url,
+                    auth_id,
+                    expires_at: self.unix_at(deadline),
+                }
+            }
+            Inserted::Existing {
+                auth_id,
+                auth_url,
+                deadline,
+            } => Started {
+                auth_url,
+                auth_id,
+                expires_at: self.unix_at(deadline),
+            },
         })
     }
 

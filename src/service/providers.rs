@@ -6,9 +6,10 @@ use super::Error;
 use super::kind::{self, KindContext};
 use super::policy::{self, Action};
 use crate::clock::Clock;
+use crate::profile::{Catalogue, ProfileKind, Separator as ProfileSeparator, TokenRequestFormat};
 use crate::domain::{
     Caller, DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft, ProviderId,
-    Scopes, check_name,
+    ProviderKind, Scopes, Separator, TokenDialect, check_name,
 };
 use crate::oauth::TokenEndpoint;
 use crate::store::{Cas, GrantRepo, ProviderRepo, SecretStore, StoreError};
@@ -19,6 +20,8 @@ use url::Url;
 
 #[derive(Debug)]
 pub struct ProviderRegistry {
+    /// Provider profiles `CreateProvider` may start from.
+    catalogue: Arc<Catalogue>,
     repo: ProviderRepo,
     grants: GrantRepo,
     endpoint: Arc<dyn TokenEndpoint>,
@@ -40,8 +43,10 @@ impl ProviderRegistry {
         clock: Arc<dyn Clock>,
         public_url: Url,
         allow_insecure_urls: bool,
+        catalogue: Arc<Catalogue>,
     ) -> Self {
         Self {
+            catalogue,
             repo: ProviderRepo::new(store.clone()),
             grants: GrantRepo::new(store),
             endpoint,
@@ -208,6 +213,7 @@ impl ProviderRegistry {
         current: Option<&ProviderConfig>,
         now: i64,
     ) -> Result<ProviderConfig, Error> {
+        let d = self.apply_profile(d)?;
         check_name(&d.name)?;
         let default_scopes = Scopes::parse("default_scopes", &d.default_scopes)?;
         if d.reference_ttl_seconds > MAX_REFERENCE_TTL {
@@ -230,6 +236,7 @@ impl ProviderRegistry {
             },
             id,
             kind,
+            profile: (!d.profile.is_empty()).then(|| d.profile.clone()),
             default_scopes,
             handout_policy: d.handout_policy,
             reference_ttl_seconds: if d.reference_ttl_seconds == 0 {
@@ -240,5 +247,73 @@ impl ProviderRegistry {
             created_at: current.map_or(now, |c| c.created_at),
             updated_at: now,
         })
+    }
+
+    /// Fills every field the draft leaves empty from its profile, if it names one.
+    fn apply_profile(&self, mut d: ProviderDraft) -> Result<ProviderDraft, Error> {
+        if d.profile.is_empty() {
+            return Ok(d);
+        }
+        let profile = self.catalogue.get(&d.profile).ok_or_else(|| {
+            Error::invalid(
+                "profile",
+                format!(
+                    "unknown profile '{}'; `valet provider profiles` lists them",
+                    d.profile
+                ),
+            )
+        })?;
+        let p = profile
+            .instantiate(&d.profile_vars)
+            .map_err(|e| Error::invalid("profile_vars", e.to_string()))?;
+        let fill = |slot: &mut String, v: &Option<String>| {
+            if slot.is_empty()
+                && let Some(v) = v
+            {
+                slot.clone_from(v);
+            }
+        };
+        d.kind = d.kind.or(Some(match p.kind {
+            ProfileKind::OAuth2 => ProviderKind::OAuth2,
+            ProfileKind::Oidc => ProviderKind::Oidc,
+        }));
+        fill(&mut d.issuer, &p.issuer);
+        if d.kind == Some(ProviderKind::OAuth2) {
+            fill(&mut d.auth_url, &p.auth_url);
+            fill(&mut d.token_url, &p.token_url);
+        }
+        fill(&mut d.revocation_url, &p.revocation_url);
+        d.token_auth_method = d.token_auth_method.or(Some(p.token_auth_method));
+        if d.default_scopes.is_empty() {
+            d.default_scopes.clone_from(&p.default_scopes);
+        }
+        for (k, v) in &p.extra_auth_params {
+            d.extra_auth_params.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if d.name.is_empty() {
+            d.name.clone_from(&p.title);
+        }
+        d.scope_param.clone_from(&p.scope_param);
+        d.scope_separator = separator(p.scope_separator);
+        d.dialect = TokenDialect {
+            request: match p.token_request {
+                TokenRequestFormat::Form => crate::domain::TokenRequestFormat::Form,
+                TokenRequestFormat::Json => crate::domain::TokenRequestFormat::Json,
+            },
+            token_path: p.token_path.clone(),
+            ok_field: p.ok_field.clone(),
+            granted_scope_separator: separator(p.granted_scope_separator),
+            metadata: p.metadata.clone(),
+            token_lifetime_seconds: p.token_lifetime_seconds,
+        };
+        Ok(d)
+    }
+}
+
+fn separator(s: ProfileSeparator) -> Separator {
+    match s {
+        ProfileSeparator::Space => Separator::Space,
+        ProfileSeparator::Comma => Separator::Comma,
+        ProfileSeparator::Any => Separator::Any,
     }
 }

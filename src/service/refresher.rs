@@ -6,7 +6,7 @@
 
 use super::Error;
 use crate::clock::Clock;
-use crate::domain::{Grant, GrantKey, GrantStatus, OAuthClient, RefreshClaim, Scopes};
+use crate::domain::{Grant, GrantKey, GrantStatus, OAuthClient, RefreshClaim};
 use crate::oauth::{OAuthError, TokenEndpoint, TokenGrant, TokenSet};
 use crate::store::{Cas, GrantRepo, StoreError};
 use std::collections::HashSet;
@@ -32,8 +32,8 @@ enum Claimed {
 /// The result of a refresh.
 #[derive(Debug)]
 pub(crate) enum Refreshed {
-    /// A new access token; the grant (with any rotated refresh token) is stored.
-    Token(TokenSet, Scopes),
+    /// A new access token; the grant (with any rotated refresh token) as stored.
+    Token(TokenSet, Grant),
     /// The grant cannot be refreshed (revoked, or the provider said `invalid_grant`).
     Gone,
 }
@@ -193,10 +193,13 @@ impl Refresher {
         if let Some(scopes) = &set.scopes {
             grant.scopes = scopes.clone();
         }
+        if !set.metadata.is_empty() {
+            grant.metadata = set.metadata.clone();
+        }
         match self.save_with_retry(&grant, version).await {
             Ok(_) => {
                 tracing::info!(provider = %grant.key.provider, "refreshed access token");
-                Ok(Refreshed::Token(set, grant.scopes))
+                Ok(Refreshed::Token(set, grant))
             }
             Err(e) => {
                 // The provider has spent the old refresh token; the new one is lost with this

@@ -87,12 +87,16 @@ fn provider() -> ProviderConfig {
                 client_secret: Some(SecretString::from("secret")),
                 auth_method: TokenAuthMethod::ClientSecretBasic,
                 token_url: url("token"),
+                dialect: Default::default(),
             },
             auth_url: url("auth"),
             issuer: None,
             revocation_url: None,
             extra_auth_params: Default::default(),
+            scope_param: "scope".into(),
+            scope_separator: crate::domain::Separator::Space,
         }),
+        profile: None,
         default_scopes: Scopes::default(),
         handout_policy: HandoutPolicy::Any,
         reference_ttl_seconds: 3600,
@@ -131,6 +135,11 @@ impl World {
             created_at: NOW,
             updated_at: NOW,
             refreshing: None,
+            access_token: None,
+            token_type: None,
+            expires_at: 0,
+            declined: Scopes::default(),
+            metadata: Default::default(),
         };
         GrantRepo::new(w.store.clone())
             .put(&grant, Cas::Absent)
@@ -285,6 +294,7 @@ async fn a_flow_taken_after_its_lease_fails_closed_as_expired() {
             Scopes::default(),
             Handout::Token,
             "http://127.0.0.1/oauth/callback/idp".into(),
+            true,
         )
         .unwrap();
     assert_eq!(started.expires_at, NOW + 60);

@@ -5,7 +5,7 @@
 use super::{Cas, SecretBytes, SecretStore, StoreError, keyspace};
 use crate::domain::{
     AuthCode, Grant, GrantKey, HandoutPolicy, KindConfig, OAuthClient, ProviderConfig, ProviderId,
-    ProviderKind, ReferenceRecord, Scopes, TokenAuthMethod,
+    ProviderKind, ReferenceRecord, Scopes, Separator, TokenAuthMethod, TokenDialect,
 };
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,14 @@ struct ProviderRecord {
     reference_ttl_seconds: u32,
     created_at: i64,
     updated_at: i64,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    dialect: TokenDialect,
+    #[serde(default)]
+    scope_param: Option<String>,
+    #[serde(default)]
+    scope_separator: Option<Separator>,
 }
 
 fn default_reference_ttl() -> u32 {
@@ -94,6 +102,10 @@ impl From<&ProviderConfig> for ProviderRecord {
             reference_ttl_seconds: p.reference_ttl_seconds,
             created_at: p.created_at,
             updated_at: p.updated_at,
+            profile: p.profile.clone(),
+            dialect: c.client.dialect.clone(),
+            scope_param: Some(c.scope_param.clone()),
+            scope_separator: Some(c.scope_separator),
         }
     }
 }
@@ -106,11 +118,14 @@ impl From<ProviderRecord> for ProviderConfig {
                 client_secret: r.client_secret,
                 auth_method: r.token_auth_method,
                 token_url: r.token_url,
+                dialect: r.dialect,
             },
             auth_url: r.auth_url,
             issuer: r.issuer,
             revocation_url: r.revocation_url,
             extra_auth_params: r.extra_auth_params,
+            scope_param: r.scope_param.unwrap_or_else(|| "scope".into()),
+            scope_separator: r.scope_separator.unwrap_or(Separator::Space),
         };
         Self {
             id: r.id,
@@ -119,6 +134,7 @@ impl From<ProviderRecord> for ProviderConfig {
                 ProviderKind::OAuth2 => KindConfig::OAuth2(auth_code),
                 ProviderKind::Oidc => KindConfig::Oidc(auth_code),
             },
+            profile: r.profile,
             default_scopes: r.default_scopes,
             handout_policy: r.handout_policy,
             reference_ttl_seconds: r.reference_ttl_seconds,

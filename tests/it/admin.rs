@@ -280,16 +280,16 @@ async fn per_user_pending_flows_are_bounded() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
+    // Identical requests share one flow; force_reauth asks for a new one each time.
+    let fresh = || pb::AuthenticateRequest {
+        force_reauth: true,
+        ..Fixture::request("idp", "alice", "")
+    };
     for _ in 0..16 {
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await
-            .unwrap();
+        creds.authenticate(fresh()).await.unwrap();
     }
     expect_err(
-        creds
-            .authenticate(Fixture::request("idp", "alice", ""))
-            .await,
+        creds.authenticate(fresh()).await,
         Code::ResourceExhausted,
         "RESOURCE_EXHAUSTED",
     );

@@ -10,6 +10,7 @@ mod canary;
 mod cli;
 mod flow;
 mod lifecycle;
+mod providers;
 mod references;
 mod refresh;
 mod scoping;

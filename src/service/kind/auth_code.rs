@@ -39,13 +39,20 @@ fn auth_code(
         client: OAuthClient {
             client_id: d.client_id.clone(),
             client_secret: client_secret(d, ctx.current),
-            auth_method: d.token_auth_method,
+            auth_method: d.token_auth_method.unwrap_or_default(),
             token_url,
+            dialect: d.dialect.clone(),
         },
         auth_url,
         issuer,
         revocation_url: optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?,
         extra_auth_params: d.extra_auth_params.clone(),
+        scope_param: if d.scope_param.is_empty() {
+            "scope".into()
+        } else {
+            d.scope_param.clone()
+        },
+        scope_separator: d.scope_separator,
     })
 }
 

@@ -30,6 +30,12 @@ pub(super) fn token(t: AccessToken) -> pb::Token {
         token_type: t.token_type,
         expires_at: t.expires_at,
         scopes: t.scopes.to_vec(),
+        missing_scopes: t.missing_scopes.to_vec(),
+        metadata: t
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -56,15 +62,6 @@ pub(super) fn outcome(o: Outcome) -> pb::AuthenticateResponse {
     };
     pb::AuthenticateResponse {
         result: Some(result),
-    }
-}
-
-/// The HTTP authentication scheme for a token type (RFC 6750 spells it `Bearer`).
-pub(super) fn scheme(token_type: &str) -> String {
-    if token_type.eq_ignore_ascii_case("bearer") {
-        "Bearer".into()
-    } else {
-        token_type.to_owned()
     }
 }
 
@@ -135,15 +132,18 @@ pub(super) fn grant(g: GrantInfo) -> pb::Grant {
             GrantStatus::NeedsReauth => pb::GrantStatus::NeedsReauth,
         } as i32,
         has_refresh_token: g.has_refresh_token,
+        declined_scopes: g.declined.to_vec(),
+        metadata: g.metadata.into_iter().collect(),
     }
 }
 
-/// The credential ready to put on an HTTP request.
+/// The credential ready to put on an HTTP request. An OAuth access token is always a bearer
+/// token (RFC 6750), whatever `token_type` a provider spells (Slack says `bot` or `user`).
 pub(super) fn credential(t: &AccessToken) -> pb::Credential {
     pb::Credential {
         location: "header".into(),
         name: "Authorization".into(),
-        value: format!("{} {}", scheme(&t.token_type), t.token.expose_secret()),
+        value: format!("Bearer {}", t.token.expose_secret()),
     }
 }
 
@@ -163,6 +163,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
             HandoutPolicy::ReferenceOnly => pb::HandoutPolicy::ReferenceOnly,
         } as i32,
         reference_ttl_seconds: p.reference_ttl_seconds,
+        profile: p.profile.clone().unwrap_or_default(),
         ..Default::default()
     };
     let (KindConfig::OAuth2(c) | KindConfig::Oidc(c)) = &p.kind;
@@ -193,10 +194,9 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         Err(_) => return Err(Error::invalid("kind", "unknown provider kind")),
     };
     let token_auth_method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {
-        Ok(pb::TokenAuthMethod::Unspecified | pb::TokenAuthMethod::ClientSecretBasic) => {
-            TokenAuthMethod::ClientSecretBasic
-        }
-        Ok(pb::TokenAuthMethod::ClientSecretPost) => TokenAuthMethod::ClientSecretPost,
+        Ok(pb::TokenAuthMethod::Unspecified) => None,
+        Ok(pb::TokenAuthMethod::ClientSecretBasic) => Some(TokenAuthMethod::ClientSecretBasic),
+        Ok(pb::TokenAuthMethod::ClientSecretPost) => Some(TokenAuthMethod::ClientSecretPost),
         Err(_) => return Err(Error::invalid("token_auth_method", "unknown method")),
     };
     let handout_policy = match pb::HandoutPolicy::try_from(p.handout_policy) {
@@ -222,5 +222,8 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         token_auth_method,
         handout_policy,
         reference_ttl_seconds: p.reference_ttl_seconds,
+        profile: p.profile,
+        profile_vars: p.profile_vars.into_iter().collect(),
+        ..ProviderDraft::default()
     })
 }

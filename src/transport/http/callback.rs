@@ -61,13 +61,23 @@ pub(super) async fn callback(
         "outcome",
         result
             .as_ref()
-            .map_or_else(|e| reason_name(e.reason()), |()| "OK"),
+            .map_or_else(|e| reason_name(e.reason()), |_| "OK"),
     );
     match result {
-        Ok(()) => page(
+        Ok(declined) if declined.is_empty() => page(
             StatusCode::OK,
             "Authorization complete",
             "Valet has the credential. You can close this window and return to your agent.",
+        ),
+        Ok(declined) => page(
+            StatusCode::OK,
+            "Authorization complete, with fewer permissions",
+            &format!(
+                "Valet has the credential, but these permissions were not granted: {}. \
+                 Your agent may not be able to do everything it asked for. You can close this \
+                 window and return to your agent.",
+                declined.to_vec().join(", ")
+            ),
         ),
         Err(e) => {
             report(&e);

@@ -1,0 +1,389 @@
+//! Token requests and responses, as real providers speak them. RFC 6749 section 4 and 5 is the
+//! default; a provider's `TokenDialect` (from its profile) covers the documented deviations: JSON
+//! requests (Notion), errors sent with HTTP 200 (`error` field, Slack's `ok: false`), token fields
+//! nested in an object (Slack's `authed_user`), comma-separated scopes (GitHub, Slack),
+//! form-encoded responses (GitHub without `Accept`), absent `expires_in`, and non-secret response
+//! fields the agent needs (`instance_url`, team ids). Error messages never carry the body.
+
+use super::{OAuthError, TokenGrant, TokenSet};
+use crate::domain::{OAuthClient, Scopes, TokenAuthMethod, TokenDialect, TokenRequestFormat};
+use crate::secret::{ExposeSecret, SecretString};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// The body parameters of a token request, secrets included (zeroized when dropped).
+fn params(client: &OAuthClient, grant: &TokenGrant<'_>) -> Vec<(&'static str, Zeroizing<String>)> {
+    let s = |v: &str| Zeroizing::new(v.to_owned());
+    let mut p = match grant {
+        TokenGrant::AuthorizationCode {
+            code,
+            pkce_verifier,
+            redirect_uri,
+        } => vec![
+            ("grant_type", s("authorization_code")),
+            ("code", s(code.expose_secret())),
+            ("redirect_uri", s(redirect_uri)),
+            ("code_verifier", s(pkce_verifier.expose_secret())),
+        ],
+        TokenGrant::RefreshToken(t) => vec![
+            ("grant_type", s("refresh_token")),
+            ("refresh_token", s(t.expose_secret())),
+        ],
+    };
+    match (&client.client_secret, client.auth_method) {
+        (Some(secret), TokenAuthMethod::ClientSecretPost) => {
+            p.push(("client_id", s(&client.client_id)));
+            p.push(("client_secret", s(secret.expose_secret())));
+        }
+        // Basic sends the secret in the header; a public client names itself in the body.
+        (Some(_), TokenAuthMethod::ClientSecretBasic) => {}
+        (None, _) => p.push(("client_id", s(&client.client_id))),
+    }
+    p
+}
+
+/// RFC 6749 section 2.3.1: both halves form-encoded, then base64.
+fn basic_auth(client: &OAuthClient, secret: &SecretString) -> Zeroizing<String> {
+    let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    let pair = Zeroizing::new(format!(
+        "{}:{}",
+        enc(&client.client_id),
+        enc(secret.expose_secret())
+    ));
+    Zeroizing::new(format!("Basic {}", STANDARD.encode(pair.as_bytes())))
+}
+
+/// The HTTP request for `grant` at the client's token endpoint.
+pub(super) fn request(
+    client: &OAuthClient,
+    grant: &TokenGrant<'_>,
+) -> Result<oauth2::HttpRequest, OAuthError> {
+    let params = params(client, grant);
+    let (content_type, body) = match client.dialect.request {
+        TokenRequestFormat::Form => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &params {
+                form.append_pair(k, v);
+            }
+            (
+                "application/x-www-form-urlencoded",
+                form.finish().into_bytes(),
+            )
+        }
+        TokenRequestFormat::Json => {
+            let object: Map<String, Value> = params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::from(v.as_str())))
+                .collect();
+            (
+                "application/json",
+                Value::Object(object).to_string().into_bytes(),
+            )
+        }
+    };
+    let mut builder = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(client.token_url.as_str())
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::ACCEPT, "application/json");
+    if let (Some(secret), TokenAuthMethod::ClientSecretBasic) =
+        (&client.client_secret, client.auth_method)
+    {
+        builder = builder.header(
+            http::header::AUTHORIZATION,
+            basic_auth(client, secret).as_str(),
+        );
+    }
+    builder
+        .body(body)
+        .map_err(|_| OAuthError::Protocol("cannot build the token request".into()))
+}
+
+/// An OAuth error code from a provider, reduced to characters safe to echo and log.
+pub fn safe_code(raw: &str) -> String {
+    let code: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    if code.is_empty() {
+        "unknown_error".into()
+    } else {
+        code
+    }
+}
+
+/// The response body as a JSON object; form-encoded bodies become an object of strings.
+fn body_object(content_type: &str, body: &[u8]) -> Option<Map<String, Value>> {
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        return Some(
+            url::form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
+                .collect(),
+        );
+    }
+    match serde_json::from_slice(body).ok()? {
+        Value::Object(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// The value at a dotted path.
+fn at<'a>(root: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut v = root.get(parts.next()?)?;
+    for p in parts {
+        v = v.as_object()?.get(p)?;
+    }
+    Some(v)
+}
+
+fn string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A provider error in the body (whatever the HTTP status said), mapped.
+fn body_error(root: &Map<String, Value>, dialect: &TokenDialect) -> Option<OAuthError> {
+    let said_not_ok = dialect
+        .ok_field
+        .as_deref()
+        .and_then(|f| root.get(f))
+        .is_some_and(|v| v == &Value::Bool(false));
+    let code = string(root.get("error")).filter(|c| !c.is_empty());
+    if code.is_none() && !said_not_ok {
+        return None;
+    }
+    let code = safe_code(code.as_deref().unwrap_or("unknown_error"));
+    Some(match code.as_str() {
+        // Slack and GitHub spell a dead refresh token their own ways.
+        "invalid_grant" | "invalid_refresh_token" | "bad_refresh_token" => OAuthError::InvalidGrant,
+        _ => OAuthError::Rejected(code),
+    })
+}
+
+/// Parses a token endpoint's answer (the transport already turned 5xx into `Unavailable`).
+pub(super) fn parse(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    dialect: &TokenDialect,
+) -> Result<TokenSet, OAuthError> {
+    let root = body_object(content_type, body).ok_or_else(|| {
+        OAuthError::Protocol(format!(
+            "the token endpoint answered HTTP {status} with a body that is neither JSON nor a form"
+        ))
+    })?;
+    if let Some(e) = body_error(&root, dialect) {
+        return Err(e);
+    }
+    if !(200..300).contains(&status) {
+        return Err(OAuthError::Protocol(format!(
+            "the token endpoint answered HTTP {status} without an OAuth error"
+        )));
+    }
+    let token = match dialect.token_path.as_deref() {
+        None => &root,
+        Some(path) => at(&root, path).and_then(Value::as_object).ok_or_else(|| {
+            OAuthError::Protocol(format!("the token response has no `{path}` object"))
+        })?,
+    };
+    let access_token = string(token.get("access_token"))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| OAuthError::Protocol("the token response has no access_token".into()))?;
+    let expires_in = match token.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|s| *s > 0)
+    .or((dialect.token_lifetime_seconds > 0).then_some(u64::from(dialect.token_lifetime_seconds)))
+    .map(Duration::from_secs);
+    let secret = |k: &str| string(token.get(k).or_else(|| root.get(k))).filter(|t| !t.is_empty());
+    Ok(TokenSet {
+        access_token: SecretString::from(access_token),
+        token_type: string(token.get("token_type")).unwrap_or_else(|| "Bearer".into()),
+        expires_in,
+        refresh_token: secret("refresh_token").map(SecretString::from),
+        scopes: string(token.get("scope"))
+            .map(|s| Scopes::parse_granted(&s, dialect.granted_scope_separator)),
+        id_token: secret("id_token").map(SecretString::from),
+        metadata: metadata(&root, dialect),
+    })
+}
+
+/// The response fields the dialect keeps; a field that looks like a secret is never kept.
+fn metadata(root: &Map<String, Value>, dialect: &TokenDialect) -> BTreeMap<String, String> {
+    dialect
+        .metadata
+        .iter()
+        .filter(|path| !path.ends_with("token") && !path.contains("secret"))
+        .filter_map(|path| {
+            let v = string(at(root, path))?;
+            (v.len() <= 2048).then(|| (path.clone(), v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Separator;
+
+    const JSON: &str = "application/json";
+
+    #[test]
+    fn github_comma_scopes_and_no_expiry() {
+        // https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps
+        let body = br#"{"access_token":"gho_x","scope":"gist,repo","token_type":"bearer"}"#;
+        let t = parse(200, JSON, body, &TokenDialect::default()).unwrap();
+        assert_eq!(t.scopes.unwrap().to_vec(), ["gist", "repo"]);
+        assert!(t.expires_in.is_none() && t.refresh_token.is_none());
+        let form = b"access_token=gho_x&scope=repo%2Cgist&token_type=bearer";
+        let t = parse(
+            200,
+            "application/x-www-form-urlencoded",
+            form,
+            &TokenDialect::default(),
+        )
+        .unwrap();
+        assert_eq!(t.scopes.unwrap().to_vec(), ["gist", "repo"]);
+        // GitHub reports errors with HTTP 200.
+        let err = br#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#;
+        assert!(matches!(
+            parse(200, JSON, err, &TokenDialect::default()),
+            Err(OAuthError::Rejected(c)) if c == "bad_verification_code"
+        ));
+    }
+
+    #[test]
+    fn slack_nested_user_token_ok_false_and_metadata() {
+        // https://api.slack.com/methods/oauth.v2.access
+        let dialect = TokenDialect {
+            token_path: Some("authed_user".into()),
+            ok_field: Some("ok".into()),
+            granted_scope_separator: Separator::Comma,
+            metadata: vec![
+                "team.id".into(),
+                "authed_user.id".into(),
+                "authed_user.access_token".into(),
+            ],
+            ..TokenDialect::default()
+        };
+        let body = br#"{"ok":true,"access_token":"xoxb-bot","token_type":"bot","scope":"commands",
+            "team":{"id":"T1","name":"Acme"},
+            "authed_user":{"id":"U1","scope":"chat:write,channels:history","access_token":"xoxp-user","token_type":"user"}}"#;
+        let t = parse(200, JSON, body, &dialect).unwrap();
+        assert_eq!(t.access_token.expose_secret(), "xoxp-user");
+        assert_eq!(
+            t.scopes.unwrap().to_vec(),
+            ["channels:history", "chat:write"]
+        );
+        assert_eq!(t.metadata.get("team.id").map(String::as_str), Some("T1"));
+        assert_eq!(
+            t.metadata.get("authed_user.id").map(String::as_str),
+            Some("U1")
+        );
+        assert!(
+            !t.metadata.contains_key("authed_user.access_token"),
+            "never a token"
+        );
+        let err = br#"{"ok":false,"error":"invalid_code"}"#;
+        assert!(
+            matches!(parse(200, JSON, err, &dialect), Err(OAuthError::Rejected(c)) if c == "invalid_code")
+        );
+        let refused = br#"{"ok":false,"error":"invalid_refresh_token"}"#;
+        assert!(matches!(
+            parse(200, JSON, refused, &dialect),
+            Err(OAuthError::InvalidGrant)
+        ));
+    }
+
+    #[test]
+    fn invalid_grant_and_hostile_bodies() {
+        let d = TokenDialect::default();
+        assert!(matches!(
+            parse(400, JSON, br#"{"error":"invalid_grant"}"#, &d),
+            Err(OAuthError::InvalidGrant)
+        ));
+        let long = format!(r#"{{"error":"{}\nforged log line"}}"#, "x".repeat(100_000));
+        match parse(400, JSON, long.as_bytes(), &d) {
+            Err(OAuthError::Rejected(c)) => assert!(c.len() <= 64 && !c.contains('\n')),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(200, JSON, b"<html>", &d),
+            Err(OAuthError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse(200, JSON, br#"{"token_type":"bearer"}"#, &d),
+            Err(OAuthError::Protocol(_))
+        ));
+        assert!(matches!(
+            parse(401, JSON, b"{}", &d),
+            Err(OAuthError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn lifetimes_come_from_the_response_or_the_profile_never_invented() {
+        let body = br#"{"access_token":"a","instance_url":"https://na1.salesforce.com","id":"https://login.salesforce.com/id/00D/005"}"#;
+        let d = TokenDialect {
+            metadata: vec!["instance_url".into()],
+            ..TokenDialect::default()
+        };
+        let t = parse(200, JSON, body, &d).unwrap();
+        assert!(t.expires_in.is_none());
+        assert_eq!(
+            t.metadata.get("instance_url").map(String::as_str),
+            Some("https://na1.salesforce.com")
+        );
+        let d = TokenDialect {
+            token_lifetime_seconds: 7200,
+            ..TokenDialect::default()
+        };
+        assert_eq!(
+            parse(200, JSON, body, &d).unwrap().expires_in,
+            Some(Duration::from_secs(7200))
+        );
+        let with = br#"{"access_token":"a","expires_in":"3600"}"#;
+        assert_eq!(
+            parse(200, JSON, with, &d).unwrap().expires_in,
+            Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn requests_authenticate_the_client_as_configured() {
+        let mut client = OAuthClient {
+            client_id: "id:1".into(),
+            client_secret: Some(SecretString::from("s&cret")),
+            auth_method: TokenAuthMethod::ClientSecretBasic,
+            token_url: url::Url::parse("https://idp.example/token").unwrap(),
+            dialect: TokenDialect::default(),
+        };
+        let rt = SecretString::from("rt");
+        let req = request(&client, &TokenGrant::RefreshToken(&rt)).unwrap();
+        let auth = req.headers()[http::header::AUTHORIZATION].to_str().unwrap();
+        assert_eq!(
+            auth,
+            format!("Basic {}", STANDARD.encode("id%3A1:s%26cret"))
+        );
+        assert!(!String::from_utf8_lossy(req.body()).contains("client_secret"));
+        client.auth_method = TokenAuthMethod::ClientSecretPost;
+        client.dialect.request = TokenRequestFormat::Json;
+        let req = request(&client, &TokenGrant::RefreshToken(&rt)).unwrap();
+        let body: Value = serde_json::from_slice(req.body()).unwrap();
+        assert_eq!(body["grant_type"], "refresh_token");
+        assert_eq!(body["client_secret"], "s&cret");
+        assert!(req.headers().get(http::header::AUTHORIZATION).is_none());
+    }
+}

@@ -1,0 +1,372 @@
+//! Real providers' deviations, end to end through the daemon, against loopback doubles that
+//! answer as each provider documents (`support::providers`): a profile names the dialect, the
+//! flow completes, the token works at the provider's API with `Authorization: Bearer`, it
+//! survives a restart, refreshes where the provider refreshes, and errors are clear.
+
+use crate::support::daemon::AGENT_KEY;
+use crate::support::providers::{CLIENT_SECRET, Family, ProviderDouble, client_id};
+use crate::support::{Fixture, expect_err, pending, token};
+use reqwest::StatusCode;
+use tonic::Code;
+use valet::pb;
+
+/// Far above any lifetime the doubles give: forces a refresh.
+const FORCE_REFRESH: u32 = 86_400;
+
+async fn provider_for(f: &Fixture, id: &str, profile: &str, d: &ProviderDouble, secret: &str) {
+    f.create(pb::Provider {
+        provider_id: id.into(),
+        profile: profile.into(),
+        client_id: client_id().into(),
+        client_secret: secret.into(),
+        // The profile's real endpoints, pointed at the double.
+        auth_url: d.auth_url(),
+        token_url: d.token_url(),
+        ..Default::default()
+    })
+    .await;
+}
+
+/// Follows the provider's redirect to the daemon's callback; returns the page.
+async fn consent(auth_url: &str) -> (StatusCode, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = http.get(auth_url).send().await.unwrap();
+    assert!(resp.status().is_redirection(), "{:?}", resp.status());
+    let callback = resp.headers()["location"].to_str().unwrap().to_owned();
+    let page = http.get(callback).send().await.unwrap();
+    (page.status(), page.text().await.unwrap())
+}
+
+fn request(provider: &str, scopes: &[&str]) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Fixture::request(provider, "alice", "")
+    }
+}
+
+/// Authenticate → consent at the double → WaitForCompletion.
+async fn flow(f: &Fixture, req: pb::AuthenticateRequest) -> pb::Token {
+    let p = pending(f.authenticate(AGENT_KEY, req).await);
+    let (status, page) = consent(&p.auth_url).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    token(f.wait(&p.auth_id).await.unwrap().into_inner())
+}
+
+async fn resolve_header(f: &Fixture, provider: &str, scopes: &[&str]) -> String {
+    let r = f
+        .authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                handout: pb::Handout::Reference as i32,
+                ..request(provider, scopes)
+            },
+        )
+        .await;
+    let Some(pb::authenticate_response::Result::Reference(r)) = r.result else {
+        panic!("expected a reference, got {r:?}");
+    };
+    let out = f
+        .valet
+        .credentials(AGENT_KEY)
+        .await
+        .resolve(pb::ResolveRequest {
+            reference: r.reference,
+            min_ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = out.credential.unwrap();
+    assert_eq!(
+        (c.location.as_str(), c.name.as_str()),
+        ("header", "Authorization")
+    );
+    c.value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_oauth_app_comma_scopes_and_a_token_that_never_expires_survive_a_restart() {
+    let d = ProviderDouble::start(Family::GitHubOAuthApp).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "github", "github", &d, CLIENT_SECRET).await;
+    let t = flow(&f, request("github", &["repo", "gist"])).await;
+    assert_eq!(
+        t.scopes,
+        ["gist", "repo"],
+        "the comma-separated grant was understood"
+    );
+    assert!(t.missing_scopes.is_empty());
+    assert_eq!(t.expires_at, 0, "no invented lifetime");
+    // The same request is served, without a new consent, even with a long min_ttl.
+    let again = token(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                min_ttl_seconds: FORCE_REFRESH,
+                ..request("github", &["repo", "gist"])
+            },
+        )
+        .await,
+    );
+    assert_eq!(again.access_token, t.access_token);
+    let f = f.restart();
+    let after = token(
+        f.authenticate(AGENT_KEY, request("github", &["repo"]))
+            .await,
+    );
+    assert_eq!(
+        after.access_token, t.access_token,
+        "kept with the grant across a restart"
+    );
+    assert!(
+        d.api_accepts(&resolve_header(&f, "github", &["repo"]).await)
+            .await
+    );
+    let g = &f.grants("alice").await[0];
+    assert_eq!(g.status, pb::GrantStatus::Active as i32);
+    assert!(!g.has_refresh_token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_app_rotates_refresh_tokens_and_a_revoked_app_needs_consent() {
+    let d = ProviderDouble::start(Family::GitHubApp).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "gh-app", "github-app", &d, CLIENT_SECRET).await;
+    let t = flow(&f, request("gh-app", &[])).await;
+    assert!(t.expires_at > 0);
+    let f = f.restart();
+    let force = pb::AuthenticateRequest {
+        min_ttl_seconds: FORCE_REFRESH - 1,
+        ..request("gh-app", &[])
+    };
+    let refreshed = token(f.authenticate(AGENT_KEY, force.clone()).await);
+    assert_ne!(refreshed.access_token, t.access_token);
+    token(f.authenticate(AGENT_KEY, force.clone()).await);
+    assert_eq!(d.refreshes(), 2);
+    assert_eq!(
+        d.refresh_reuse(),
+        0,
+        "every rotated refresh token was stored and used once"
+    );
+    // `bad_refresh_token` (HTTP 200) marks the grant dead: the next request starts a consent.
+    d.revoke_refresh_tokens();
+    pending(f.authenticate(AGENT_KEY, force).await);
+    assert_eq!(
+        f.grants("alice").await[0].status,
+        pb::GrantStatus::NeedsReauth as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_user_tokens_nested_under_authed_user_are_bearer_tokens_with_team_metadata() {
+    let d = ProviderDouble::start(Family::Slack).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "slack", "slack", &d, CLIENT_SECRET).await;
+    let t = flow(&f, request("slack", &["chat:write", "channels:history"])).await;
+    assert_eq!(t.token_type, "user");
+    assert_eq!(t.scopes, ["channels:history", "chat:write"]);
+    assert_eq!(t.metadata.get("team.id").map(String::as_str), Some("T0001"));
+    assert_eq!(
+        t.metadata.get("authed_user.id").map(String::as_str),
+        Some("U0001")
+    );
+    assert!(
+        t.metadata.values().all(|v| !v.contains("canary")),
+        "never a token"
+    );
+    let header = resolve_header(&f, "slack", &["chat:write"]).await;
+    assert!(header.starts_with("Bearer "), "{header}");
+    assert!(d.api_accepts(&header).await);
+    let refreshed = token(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                min_ttl_seconds: FORCE_REFRESH - 1,
+                ..request("slack", &["chat:write"])
+            },
+        )
+        .await,
+    );
+    assert_ne!(refreshed.access_token, t.access_token);
+    assert_eq!(
+        refreshed.metadata.get("team.id").map(String::as_str),
+        Some("T0001")
+    );
+    let g = &f.grants("alice").await[0];
+    assert_eq!(g.metadata.get("team.id").map(String::as_str), Some("T0001"));
+    let logs = f.valet.logs();
+    for secret in [&t.access_token, &refreshed.access_token, CLIENT_SECRET] {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_instance_url_reaches_the_agent_and_refresh_keeps_the_refresh_token() {
+    let d = ProviderDouble::start(Family::Salesforce).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "sf", "salesforce", &d, CLIENT_SECRET).await;
+    let t = flow(&f, request("sf", &["api", "refresh_token"])).await;
+    assert_eq!(
+        t.metadata.get("instance_url").map(String::as_str),
+        Some("https://acme.my.salesforce.com")
+    );
+    let f = f.restart();
+    let r1 = token(f.authenticate(AGENT_KEY, request("sf", &["api"])).await);
+    assert_eq!(
+        r1.metadata.get("instance_url").map(String::as_str),
+        Some("https://acme.my.salesforce.com")
+    );
+    let force = pb::AuthenticateRequest {
+        min_ttl_seconds: FORCE_REFRESH,
+        ..request("sf", &["api"])
+    };
+    // No expires_in and no rotated refresh token: the old one keeps working, refresh by refresh.
+    let before = d.refreshes();
+    token(f.authenticate(AGENT_KEY, force.clone()).await);
+    assert!(d.refreshes() > before);
+    assert!(f.grants("alice").await[0].has_refresh_token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notion_json_token_requests_and_workspace_metadata() {
+    let d = ProviderDouble::start(Family::Notion).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "notion", "notion", &d, CLIENT_SECRET).await;
+    let t = flow(&f, request("notion", &[])).await;
+    assert_eq!(
+        t.metadata.get("workspace_id").map(String::as_str),
+        Some("w-0001")
+    );
+    assert_eq!(t.expires_at, 0);
+    let f = f.restart();
+    let after = token(f.authenticate(AGENT_KEY, request("notion", &[])).await);
+    assert_eq!(after.access_token, t.access_token);
+    assert!(
+        d.api_accepts(&resolve_header(&f, "notion", &[]).await)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_errors_sent_with_http_200_fail_the_flow_clearly() {
+    for (family, profile, code) in [
+        (Family::GitHubOAuthApp, "github", "invalid_client"),
+        (Family::Slack, "slack", "invalid_client"),
+        (Family::Notion, "notion", "invalid_client"),
+    ] {
+        let d = ProviderDouble::start(family).await;
+        let f = Fixture::new().await;
+        provider_for(&f, "p", profile, &d, "wrong-secret").await;
+        let p = pending(f.authenticate(AGENT_KEY, request("p", &[])).await);
+        let (status, page) = consent(&p.auth_url).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{profile}: {page}");
+        assert!(page.contains(code), "{profile}: {page}");
+        let s = expect_err(
+            f.wait(&p.auth_id).await,
+            Code::FailedPrecondition,
+            "EXCHANGE_FAILED",
+        );
+        assert!(s.message().contains(code), "{profile}: {s:?}");
+        assert!(f.grants("alice").await.is_empty(), "nothing was written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_consent_completes_with_missing_scopes_and_asks_no_second_time() {
+    let d = ProviderDouble::start(Family::GitHubOAuthApp).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "github", "github", &d, CLIENT_SECRET).await;
+    d.decline(&["gist"]);
+    let p = pending(
+        f.authenticate(AGENT_KEY, request("github", &["repo", "gist"]))
+            .await,
+    );
+    let (status, page) = consent(&p.auth_url).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("not granted: gist"), "{page}");
+    let t = token(f.wait(&p.auth_id).await.unwrap().into_inner());
+    assert_eq!(
+        (t.scopes.as_slice(), t.missing_scopes.as_slice()),
+        (&["repo".to_owned()][..], &["gist".to_owned()][..])
+    );
+    // Asking again for the declined scope is answered, not a new consent; a new scope is.
+    let again = token(
+        f.authenticate(AGENT_KEY, request("github", &["repo", "gist"]))
+            .await,
+    );
+    assert_eq!(again.missing_scopes, ["gist"]);
+    let g = &f.grants("alice").await[0];
+    assert_eq!(g.declined_scopes, ["gist"]);
+    pending(
+        f.authenticate(AGENT_KEY, request("github", &["repo", "user"]))
+            .await,
+    );
+    let forced = pb::AuthenticateRequest {
+        force_reauth: true,
+        ..request("github", &["repo", "gist"])
+    };
+    pending(f.authenticate(AGENT_KEY, forced).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_consent_at_the_real_openid_provider_drops_offline_access_without_a_loop() {
+    // oidc-provider grants offline_access only with prompt=consent; without it the scope is
+    // dropped from the grant: a partial consent from a real, certified provider.
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let req = request("idp", &["openid", "email", "offline_access"]);
+    let p = pending(f.authenticate(AGENT_KEY, req.clone()).await);
+    let cb = f.browser.authorize(&p.auth_url, "alice", true).await;
+    let (status, _, page) = f.browser.visit(&cb).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("not granted: offline_access"), "{page}");
+    let t = token(f.wait(&p.auth_id).await.unwrap().into_inner());
+    assert_eq!(t.missing_scopes, ["offline_access"]);
+    assert!(t.scopes.contains(&"email".to_owned()));
+    let again = token(f.authenticate(AGENT_KEY, req).await);
+    assert_eq!(again.access_token, t.access_token, "no second flow");
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_identical_requests_while_consent_is_pending_share_one_flow() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let calls = (0..10).map(|_| f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", "")));
+    let flows: Vec<pb::Pending> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(pending)
+        .collect();
+    assert!(
+        flows
+            .iter()
+            .all(|p| p.auth_id == flows[0].auth_id && p.auth_url == flows[0].auth_url)
+    );
+    // Another agent key, another user or force_reauth gets its own flow.
+    let other = pending(
+        f.authenticate(
+            crate::support::daemon::OTHER_AGENT_KEY,
+            Fixture::request("idp", "alice", ""),
+        )
+        .await,
+    );
+    assert_ne!(other.auth_id, flows[0].auth_id);
+    let forced = pending(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                force_reauth: true,
+                ..Fixture::request("idp", "alice", "")
+            },
+        )
+        .await,
+    );
+    assert_ne!(forced.auth_id, flows[0].auth_id);
+    // Completing the shared flow serves every waiter.
+    f.browser.consent(&flows[0].auth_url, "alice").await;
+    token(f.wait(&flows[0].auth_id).await.unwrap().into_inner());
+}

@@ -1,0 +1,326 @@
+//! Loopback doubles of real OAuth providers (none of them can be reached from here). Each answers
+//! as that provider's public documentation describes, cited per family below; they are doubles,
+//! not the providers. The authorization endpoint consents at once (redirecting to the callback
+//! with a code), the token endpoint speaks the family's dialect, and `/api/me` accepts a live
+//! access token sent as `Authorization: Bearer`. Knobs grant fewer scopes or kill refresh tokens.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// GitHub OAuth App: https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps
+    /// Tokens never expire, no refresh token, `scope` comma-separated, errors with HTTP 200.
+    GitHubOAuthApp,
+    /// GitHub App user tokens: https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/refreshing-user-access-tokens
+    /// `expires_in` 28800, rotating refresh tokens, `bad_refresh_token` with HTTP 200.
+    GitHubApp,
+    /// Slack `oauth.v2.access` user tokens: https://api.slack.com/methods/oauth.v2.access and
+    /// https://api.slack.com/authentication/rotation — the user token under `authed_user`,
+    /// `token_type: "user"`, comma scopes, `{"ok": false}` errors with HTTP 200.
+    Slack,
+    /// Salesforce web-server flow: https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm
+    /// and the refresh token flow (…remoteaccess_oauth_refresh_token_flow.htm): no `expires_in`,
+    /// `instance_url` and `id` in the response, the refresh response has no refresh token.
+    Salesforce,
+    /// Notion: https://developers.notion.com/docs/authorization — a JSON token request with
+    /// HTTP Basic client authentication; `workspace_id`, `bot_id` in the response; no expiry.
+    Notion,
+}
+
+const CLIENT_ID: &str = "double-client";
+pub(crate) const CLIENT_SECRET: &str = "double-client-secret-canary";
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// code → granted scopes
+    codes: HashMap<String, Vec<String>>,
+    /// live refresh tokens
+    refresh: HashSet<String>,
+    /// live access tokens
+    access: HashSet<String>,
+    /// scopes the user will refuse at the next consent
+    decline: Vec<String>,
+    issued: u32,
+    refreshes: u32,
+    refresh_reuse: u32,
+    spent: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ProviderDouble {
+    pub family: Family,
+    pub base: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn query_map(raw: Option<String>) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+impl ProviderDouble {
+    pub(crate) async fn start(family: Family) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let double = Self {
+            family,
+            base,
+            inner: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/authorize", get(authorize))
+            .route("/token", post(token))
+            .route("/api/me", get(me))
+            .with_state(double.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        double
+    }
+
+    pub(crate) fn auth_url(&self) -> String {
+        format!("{}/authorize", self.base)
+    }
+
+    pub(crate) fn token_url(&self) -> String {
+        format!("{}/token", self.base)
+    }
+
+    /// The user refuses these scopes at the next consent.
+    pub(crate) fn decline(&self, scopes: &[&str]) {
+        self.inner.lock().unwrap().decline = scopes.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// Every refresh token stops working (the user revoked the app).
+    pub(crate) fn revoke_refresh_tokens(&self) {
+        self.inner.lock().unwrap().refresh.clear();
+    }
+
+    pub(crate) fn refreshes(&self) -> u32 {
+        self.inner.lock().unwrap().refreshes
+    }
+
+    /// Refresh tokens presented after they were spent.
+    pub(crate) fn refresh_reuse(&self) -> u32 {
+        self.inner.lock().unwrap().refresh_reuse
+    }
+
+    /// Whether `/api/me` accepts `header` as the Authorization header.
+    pub(crate) async fn api_accepts(&self, authorization: &str) -> bool {
+        reqwest::Client::new()
+            .get(format!("{}/api/me", self.base))
+            .header("authorization", authorization)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    }
+
+    fn scope_param(&self) -> &'static str {
+        match self.family {
+            Family::Slack => "user_scope",
+            _ => "scope",
+        }
+    }
+}
+
+/// Consents at once: redirects to `redirect_uri` with a code for the scopes not declined.
+async fn authorize(State(d): State<ProviderDouble>, RawQuery(q): RawQuery) -> Response {
+    let q = query_map(q);
+    if q.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
+        return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
+    }
+    let sep = if d.family == Family::Slack { ',' } else { ' ' };
+    let asked: Vec<String> = q
+        .get(d.scope_param())
+        .map(|s| {
+            s.split(sep)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut inner = d.inner.lock().unwrap();
+    let decline = std::mem::take(&mut inner.decline);
+    let granted = asked.into_iter().filter(|s| !decline.contains(s)).collect();
+    inner.issued += 1;
+    let code = format!("code-{}", inner.issued);
+    inner.codes.insert(code.clone(), granted);
+    let mut target = url::Url::parse(&q["redirect_uri"]).unwrap();
+    target
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", &q["state"]);
+    Redirect::to(target.as_str()).into_response()
+}
+
+/// The request body as key/value pairs (form, or JSON for Notion) and the client it names.
+fn token_params(
+    d: &ProviderDouble,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<BTreeMap<String, String>> {
+    let mut p: BTreeMap<String, String> = if d.family == Family::Notion {
+        let v: Value = serde_json::from_slice(body).ok()?;
+        v.as_object()?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect()
+    } else {
+        url::form_urlencoded::parse(body).into_owned().collect()
+    };
+    if let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(basic)
+            .ok()?;
+        let (id, secret) = String::from_utf8(raw)
+            .ok()?
+            .split_once(':')
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))?;
+        p.insert("client_id".into(), id);
+        p.insert("client_secret".into(), secret);
+    }
+    Some(p)
+}
+
+/// A provider error, in the family's shape.
+fn error(d: &ProviderDouble, code: &str) -> Response {
+    match d.family {
+        Family::GitHubOAuthApp | Family::GitHubApp => {
+            axum::Json(json!({ "error": code, "error_description": "double" })).into_response()
+        }
+        Family::Slack => axum::Json(json!({ "ok": false, "error": code })).into_response(),
+        Family::Salesforce | Family::Notion => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "error": code })),
+        )
+            .into_response(),
+    }
+}
+
+async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(p) = token_params(&d, &headers, &body) else {
+        return (StatusCode::BAD_REQUEST, "unreadable token request").into_response();
+    };
+    if p.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || p.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return error(&d, "invalid_client");
+    }
+    let mut inner = d.inner.lock().unwrap();
+    match p.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let Some(scopes) = p.get("code").and_then(|c| inner.codes.remove(c)) else {
+                let code = match d.family {
+                    Family::GitHubOAuthApp | Family::GitHubApp => "bad_verification_code",
+                    Family::Slack => "invalid_code",
+                    _ => "invalid_grant",
+                };
+                return error(&d, code);
+            };
+            issue(&d, &mut inner, &scopes, true)
+        }
+        Some("refresh_token") => {
+            inner.refreshes += 1;
+            let rt = p.get("refresh_token").cloned().unwrap_or_default();
+            if inner.spent.contains(&rt) {
+                inner.refresh_reuse += 1;
+            }
+            if !inner.refresh.contains(&rt) {
+                let code = match d.family {
+                    Family::GitHubApp => "bad_refresh_token",
+                    Family::Slack => "invalid_refresh_token",
+                    _ => "invalid_grant",
+                };
+                return error(&d, code);
+            }
+            // GitHub Apps and Slack rotate; Salesforce keeps the refresh token.
+            let rotate = matches!(d.family, Family::GitHubApp | Family::Slack);
+            if rotate {
+                inner.refresh.remove(&rt);
+                inner.spent.insert(rt);
+            }
+            issue(&d, &mut inner, &[], rotate)
+        }
+        _ => error(&d, "unsupported_grant_type"),
+    }
+}
+
+/// A token response in the family's shape.
+fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], new_refresh: bool) -> Response {
+    inner.issued += 1;
+    let n = inner.issued;
+    let access = format!("access-{n}-canary");
+    inner.access.insert(access.clone());
+    let refresh = format!("refresh-{n}-canary");
+    let has_refresh =
+        new_refresh && d.family != Family::GitHubOAuthApp && d.family != Family::Notion;
+    if has_refresh {
+        inner.refresh.insert(refresh.clone());
+    }
+    let body = match d.family {
+        Family::GitHubOAuthApp => json!({
+            "access_token": access, "scope": scopes.join(","), "token_type": "bearer"
+        }),
+        Family::GitHubApp => json!({
+            "access_token": access, "expires_in": 28800, "refresh_token": refresh,
+            "refresh_token_expires_in": 15897600, "scope": "", "token_type": "bearer"
+        }),
+        Family::Slack => json!({
+            "ok": true, "app_id": "A0001", "team": { "id": "T0001", "name": "Acme" },
+            "enterprise": null, "is_enterprise_install": false,
+            "authed_user": {
+                "id": "U0001", "scope": scopes.join(","), "access_token": access,
+                "token_type": "user", "expires_in": 43200, "refresh_token": refresh
+            }
+        }),
+        Family::Salesforce => {
+            let mut v = json!({
+                "access_token": access, "signature": "c2lnbmF0dXJl", "scope": "api refresh_token",
+                "instance_url": "https://acme.my.salesforce.com",
+                "id": "https://login.salesforce.com/id/00Dx0000000BV7z/005x00000012Q9P",
+                "token_type": "Bearer", "issued_at": "1278448101416"
+            });
+            if has_refresh {
+                v["refresh_token"] = refresh.into();
+            }
+            v
+        }
+        Family::Notion => json!({
+            "access_token": access, "token_type": "bearer", "bot_id": "b-0001",
+            "workspace_name": "Acme", "workspace_icon": null, "workspace_id": "w-0001",
+            "owner": { "type": "user" }, "duplicated_template_id": null
+        }),
+    };
+    axum::Json(body).into_response()
+}
+
+/// A resource: 200 for a live access token as a bearer token.
+async fn me(State(d): State<ProviderDouble>, headers: HeaderMap) -> StatusCode {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) if d.inner.lock().unwrap().access.contains(t) => StatusCode::OK,
+        _ => StatusCode::UNAUTHORIZED,
+    }
+}
+
+/// The client id the doubles know.
+pub(crate) fn client_id() -> &'static str {
+    CLIENT_ID
+}
