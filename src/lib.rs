@@ -14,6 +14,7 @@ pub mod oauth;
 pub mod ops;
 pub mod pb;
 pub mod pending;
+pub mod profile;
 pub mod secret;
 pub mod service;
 pub mod signal;
