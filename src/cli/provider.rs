@@ -109,9 +109,19 @@ pub(super) fn profiles(dir: Option<&str>) -> anyhow::Result<()> {
         let vars = if p.variables.is_empty() {
             String::new()
         } else {
-            format!("  (--var {})", p.variables.iter().map(|v| format!("{v}=…")).collect::<Vec<_>>().join(" --var "))
+            format!(
+                "  (--var {})",
+                p.variables
+                    .iter()
+                    .map(|v| format!("{v}=…"))
+                    .collect::<Vec<_>>()
+                    .join(" --var ")
+            )
         };
-        println!("{:<14} {}{vars}\n               {}", p.name, p.title, p.docs);
+        println!(
+            "{:<14} {}{vars}\n               {}",
+            p.name, p.title, p.docs
+        );
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use super::Error;
 use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
-use super::flows::Flows;
+use super::flows::{Ask, Flows};
 use super::kind::CallbackParams;
 use super::policy::{self, Action};
 use super::providers::ProviderRegistry;
@@ -170,9 +170,17 @@ impl Credentials {
             _ => scopes,
         };
         let redirect_uri = self.providers.redirect_uri(&provider.id);
-        let started =
-            self.flows
-                .start(caller, provider, key, scopes, handout, redirect_uri, join)?;
+        let started = self.flows.start(
+            caller,
+            provider,
+            Ask {
+                key,
+                scopes,
+                handout,
+                redirect_uri,
+                join,
+            },
+        )?;
         Ok(Outcome::Pending {
             auth_url: started.auth_url,
             auth_id: started.auth_id,

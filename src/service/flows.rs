@@ -19,6 +19,17 @@ const RANDOM_BYTES: usize = 32;
 /// Longest `state` even looked up.
 const MAX_STATE: usize = 128;
 
+/// What a new flow asks for, for whom, and where the browser comes back.
+#[derive(Debug)]
+pub(crate) struct Ask {
+    pub key: GrantKey,
+    pub scopes: Scopes,
+    pub handout: Handout,
+    pub redirect_uri: String,
+    /// Join a live flow for the same request instead of starting another.
+    pub join: bool,
+}
+
 /// A flow that has just been started.
 #[derive(Debug)]
 pub(crate) struct Started {
@@ -74,18 +85,21 @@ impl Flows {
         self.clock.now_unix() + i64::try_from(left.as_secs()).unwrap_or(0)
     }
 
-    /// Starts a consent flow for `key` asking for `scopes`; its redirect lands on `redirect_uri`.
-    /// With `join`, the same caller asking the same again while a flow is live gets that flow.
+    /// Starts a consent flow; with `join`, the same caller asking the same again while a flow is
+    /// live gets that flow.
     pub(crate) fn start(
         &self,
         caller: &Caller,
         provider: &ProviderConfig,
-        key: GrantKey,
-        scopes: Scopes,
-        handout: Handout,
-        redirect_uri: String,
-        join: bool,
+        ask: Ask,
     ) -> Result<Started, Error> {
+        let Ask {
+            key,
+            scopes,
+            handout,
+            redirect_uri,
+            join,
+        } = ask;
         let request = join.then(|| request_digest(caller, &key, &scopes, handout));
         let consent = kind::consent(&provider.kind).ok_or(Error::invalid(
             "provider_id",

@@ -6,12 +6,12 @@ use super::Error;
 use super::kind::{self, KindContext};
 use super::policy::{self, Action};
 use crate::clock::Clock;
-use crate::profile::{Catalogue, ProfileKind, Separator as ProfileSeparator, TokenRequestFormat};
 use crate::domain::{
     Caller, DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft, ProviderId,
     ProviderKind, Scopes, Separator, TokenDialect, check_name,
 };
 use crate::oauth::TokenEndpoint;
+use crate::profile::{Catalogue, ProfileKind, Separator as ProfileSeparator, TokenRequestFormat};
 use crate::store::{Cas, GrantRepo, ProviderRepo, SecretStore, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -288,7 +288,9 @@ impl ProviderRegistry {
             d.default_scopes.clone_from(&p.default_scopes);
         }
         for (k, v) in &p.extra_auth_params {
-            d.extra_auth_params.entry(k.clone()).or_insert_with(|| v.clone());
+            d.extra_auth_params
+                .entry(k.clone())
+                .or_insert_with(|| v.clone());
         }
         if d.name.is_empty() {
             d.name.clone_from(&p.title);

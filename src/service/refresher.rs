@@ -24,7 +24,7 @@ const WRITE_BACKOFF: Duration = Duration::from_millis(100);
 
 enum Claimed {
     /// We hold the claim; the grant as written, at this version.
-    Ours(Grant, u64),
+    Ours(Box<Grant>, u64),
     /// The grant is no longer refreshable (revoked, dead, or lost its refresh token).
     Gone,
 }
@@ -33,7 +33,7 @@ enum Claimed {
 #[derive(Debug)]
 pub(crate) enum Refreshed {
     /// A new access token; the grant (with any rotated refresh token) as stored.
-    Token(TokenSet, Grant),
+    Token(TokenSet, Box<Grant>),
     /// The grant cannot be refreshed (revoked, or the provider said `invalid_grant`).
     Gone,
 }
@@ -106,7 +106,7 @@ impl Refresher {
                     until: now + CLAIM_SECONDS,
                 });
                 match self.grants.put(&grant, Cas::Version(version)).await {
-                    Ok(v) => return Ok(Claimed::Ours(grant, v)),
+                    Ok(v) => return Ok(Claimed::Ours(Box::new(grant), v)),
                     Err(StoreError::Conflict) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -150,7 +150,7 @@ impl Refresher {
         version: u64,
     ) -> Result<Refreshed, Error> {
         let (mut grant, version) = match self.claim(grant, version).await? {
-            Claimed::Ours(g, v) => (g, v),
+            Claimed::Ours(g, v) => (*g, v),
             Claimed::Gone => return Ok(Refreshed::Gone),
         };
         let Some(refresh_token) = grant.refresh_token.clone() else {
@@ -199,7 +199,7 @@ impl Refresher {
         match self.save_with_retry(&grant, version).await {
             Ok(_) => {
                 tracing::info!(provider = %grant.key.provider, "refreshed access token");
-                Ok(Refreshed::Token(set, grant))
+                Ok(Refreshed::Token(set, Box::new(grant)))
             }
             Err(e) => {
                 // The provider has spent the old refresh token; the new one is lost with this

@@ -4,7 +4,7 @@
 
 use super::Error;
 use super::broker::TokenBroker;
-use super::flows::Flows;
+use super::flows::{Ask, Flows};
 use super::kind::CallbackParams;
 use super::references::References;
 use crate::clock::{Clock, ManualClock};
@@ -290,11 +290,13 @@ async fn a_flow_taken_after_its_lease_fails_closed_as_expired() {
         .start(
             &caller,
             &provider(),
-            key("bob"),
-            Scopes::default(),
-            Handout::Token,
-            "http://127.0.0.1/oauth/callback/idp".into(),
-            true,
+            Ask {
+                key: key("bob"),
+                scopes: Scopes::default(),
+                handout: Handout::Token,
+                redirect_uri: "http://127.0.0.1/oauth/callback/idp".into(),
+                join: true,
+            },
         )
         .unwrap();
     assert_eq!(started.expires_at, NOW + 60);

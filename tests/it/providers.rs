@@ -198,8 +198,12 @@ async fn slack_user_tokens_nested_under_authed_user_are_bearer_tokens_with_team_
     let g = &f.grants("alice").await[0];
     assert_eq!(g.metadata.get("team.id").map(String::as_str), Some("T0001"));
     let logs = f.valet.logs();
-    for secret in [&t.access_token, &refreshed.access_token, CLIENT_SECRET] {
-        assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
+    for secret in [
+        t.access_token.as_str(),
+        &refreshed.access_token,
+        CLIENT_SECRET,
+    ] {
+        assert!(!logs.contains(secret), "a secret reached the logs");
     }
 }
 
