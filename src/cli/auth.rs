@@ -71,7 +71,7 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
                 println!("access_token: {}", t.access_token);
                 println!("token_type:   {}", t.token_type);
                 println!("expires_at:   {}", when(t.expires_at));
-                println!("scopes:       {}", t.scopes.join(" "));
+                print_token_details(&t);
                 return Ok(());
             }
             Some(Answer::Reference(r)) => {
@@ -158,6 +158,7 @@ pub(super) async fn resolve(reference: String, min_ttl: u32, conn: &Conn) -> any
     if let Some(t) = r.token {
         println!("access_token: {}", t.access_token);
         println!("expires_at:   {}", when(t.expires_at));
+        print_token_details(&t);
     }
     if let Some(c) = r.credential {
         println!("{}:       {}: {}", c.location, c.name, c.value);
@@ -187,4 +188,20 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Scopes, what the user did not grant, and the provider's metadata.
+fn print_token_details(t: &pb::Token) {
+    println!("scopes:       {}", t.scopes.join(" "));
+    if !t.missing_scopes.is_empty() {
+        println!(
+            "missing:      {}  (not granted by the user; --force asks again)",
+            t.missing_scopes.join(" ")
+        );
+    }
+    let mut metadata: Vec<_> = t.metadata.iter().collect();
+    metadata.sort();
+    for (k, v) in metadata {
+        println!("metadata:     {k}={v}");
+    }
 }

@@ -18,7 +18,7 @@ pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
 /// A Unix time with how far away it is, since that is what a person wants to know.
 pub(super) fn when(unix: i64) -> String {
     if unix == 0 {
-        return "unknown".into();
+        return "never (the provider gave no lifetime)".into();
     }
     let now = SystemClock.now_unix();
     format!("{unix} (in {}s)", unix - now)
@@ -36,6 +36,9 @@ pub(super) fn print_provider(p: &pb::Provider) {
     println!("provider_id:       {}", p.provider_id);
     println!("name:              {}", p.name);
     println!("kind:              {kind}");
+    if !p.profile.is_empty() {
+        println!("profile:           {}", p.profile);
+    }
     println!("client_id:         {}", p.client_id);
     println!(
         "client_secret:     {}",

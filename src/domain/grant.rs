@@ -88,3 +88,54 @@ impl Grant {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(refresh: bool, access: bool, expires_at: i64) -> Grant {
+        Grant {
+            key: GrantKey {
+                provider: ProviderId::parse("p").unwrap(),
+                user: UserId::parse("u").unwrap(),
+                agent: None,
+            },
+            scopes: Scopes::parse("s", &["repo"]).unwrap(),
+            subject: None,
+            refresh_token: refresh.then(|| SecretString::from("rt")),
+            status: GrantStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+            refreshing: None,
+            access_token: access.then(|| SecretString::from("at")),
+            token_type: None,
+            expires_at,
+            declined: Scopes::default(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_grant_that_can_neither_refresh_nor_use_its_token_needs_the_user() {
+        let repo = Scopes::parse("s", &["repo"]).unwrap();
+        // A token that never expires (GitHub OAuth App) stays usable.
+        assert!(grant(false, true, 0).usable_for(&repo, 1_000));
+        assert_eq!(
+            grant(false, true, 0).effective_status(1_000),
+            GrantStatus::Active
+        );
+        // An expired kept token without a refresh token needs a new consent.
+        assert!(!grant(false, true, 999).usable_for(&repo, 1_000));
+        assert_eq!(
+            grant(false, true, 999).effective_status(1_000),
+            GrantStatus::NeedsReauth
+        );
+        assert_eq!(
+            grant(false, false, 0).effective_status(1_000),
+            GrantStatus::NeedsReauth
+        );
+        assert!(grant(true, false, 0).usable_for(&repo, 1_000));
+        let more = Scopes::parse("s", &["repo", "gist"]).unwrap();
+        assert!(!grant(true, false, 0).usable_for(&more, 1_000));
+    }
+}

@@ -126,3 +126,69 @@ async fn quickstart_provider_auth_grants_revoke() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--key or VALET_KEY"));
 }
+
+#[tokio::test]
+async fn provider_profiles_are_listed_and_create_from_one_with_a_variable() {
+    let f = Fixture::new().await;
+    let mut list = cli(&f, ADMIN_KEY);
+    list.args(["provider", "profiles"]);
+    let out = run(list);
+    for name in [
+        "github",
+        "github-app",
+        "google",
+        "microsoft",
+        "slack",
+        "salesforce",
+        "notion",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "{name} missing: {out}"
+        );
+    }
+    assert!(out.contains("--var tenant="), "variables are shown: {out}");
+
+    // The microsoft profile against the real OpenID provider (issuer given, tenant filled).
+    let mut create = cli(&f, ADMIN_KEY);
+    create
+        .args(["provider", "create", "entra", "--profile", "microsoft"])
+        .args([
+            "--var",
+            "tenant=contoso.onmicrosoft.com",
+            "--issuer",
+            &f.idp.issuer,
+        ])
+        .args([
+            "--client-id",
+            "basic-client",
+            "--client-secret-env",
+            "IDP_SECRET",
+        ])
+        .env("IDP_SECRET", secret_of("basic-client"));
+    let out = run(create);
+    assert!(out.contains("profile:           microsoft"), "{out}");
+    assert!(
+        out.contains(&format!("issuer:            {}", f.idp.issuer)),
+        "{out}"
+    );
+
+    // A missing variable is refused with the field and writes nothing.
+    let mut bad = cli(&f, ADMIN_KEY);
+    bad.args(["provider", "create", "entra2", "--profile", "microsoft"])
+        .args(["--client-id", "x", "--client-secret-env", "IDP_SECRET"])
+        .env("IDP_SECRET", "s");
+    let out = bad.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("profile_vars") && err.contains("tenant"),
+        "{err}"
+    );
+    let mut get = cli(&f, ADMIN_KEY);
+    get.args(["provider", "get", "entra2"]);
+    assert!(
+        !get.output().unwrap().status.success(),
+        "nothing was written"
+    );
+}

@@ -374,3 +374,81 @@ async fn ten_identical_requests_while_consent_is_pending_share_one_flow() {
     f.browser.consent(&flows[0].auth_url, "alice").await;
     token(f.wait(&flows[0].auth_id).await.unwrap().into_inner());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_profiles_and_variables_are_refused_naming_the_field_and_write_nothing() {
+    let f = Fixture::new().await;
+    let mut providers = f.valet.providers().await;
+    let cases = [
+        ("nope", vec![], "profile"),
+        ("microsoft", vec![], "profile_vars"),
+        ("microsoft", vec![("tenant", "a/../b")], "profile_vars"),
+        ("github", vec![("tenant", "x")], "profile_vars"),
+    ];
+    for (profile, vars, field) in cases {
+        let s = expect_err(
+            providers
+                .create_provider(pb::CreateProviderRequest {
+                    provider: Some(pb::Provider {
+                        provider_id: "p".into(),
+                        profile: profile.into(),
+                        profile_vars: vars
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect(),
+                        client_id: client_id().into(),
+                        client_secret: CLIENT_SECRET.into(),
+                        ..Default::default()
+                    }),
+                })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert!(s.message().contains(field), "{profile}: {s:?}");
+        assert!(!s.message().contains(CLIENT_SECRET));
+    }
+    let listed = providers
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.providers.is_empty(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_google_profile_runs_against_a_real_openid_provider() {
+    // Google's OIDC quirks that matter to Valet are authorization parameters (offline access,
+    // consent, granular incremental consent); the certified oidc-provider stands in for
+    // accounts.google.com here, with the issuer overridden.
+    let f = Fixture::new().await;
+    let p = f
+        .create(pb::Provider {
+            provider_id: "idp".into(),
+            profile: "google".into(),
+            issuer: f.idp.issuer.clone(),
+            client_id: "basic-client".into(),
+            client_secret: crate::support::idp::secret_of("basic-client"),
+            default_scopes: vec!["openid".into(), "email".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(p.profile, "google");
+    assert_eq!(
+        p.extra_auth_params.get("access_type").map(String::as_str),
+        Some("offline")
+    );
+    let pend = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let url = url::Url::parse(&pend.auth_url).unwrap();
+    let params: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(
+        params.get("include_granted_scopes").map(String::as_str),
+        Some("true")
+    );
+    f.browser.consent(&pend.auth_url, "alice").await;
+    let t = token(f.wait(&pend.auth_id).await.unwrap().into_inner());
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+}
