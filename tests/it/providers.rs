@@ -416,16 +416,19 @@ async fn bad_profiles_and_variables_are_refused_naming_the_field_and_write_nothi
     assert!(listed.providers.is_empty(), "nothing was written");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_google_profile_runs_against_a_real_openid_provider() {
-    // Google's OIDC quirks that matter to Valet are authorization parameters (offline access,
-    // consent, granular incremental consent); the certified oidc-provider stands in for
-    // accounts.google.com here, with the issuer overridden.
+/// An OIDC profile against the real OpenID provider standing in for the provider's issuer:
+/// the profile's authorization parameters reach the provider, the flow completes, the grant
+/// survives a restart and refreshes, and a failing token endpoint is a retryable UNAVAILABLE.
+async fn oidc_profile_round_trip(profile: &str, vars: &[(&str, &str)]) -> Fixture {
     let f = Fixture::new().await;
     let p = f
         .create(pb::Provider {
             provider_id: "idp".into(),
-            profile: "google".into(),
+            profile: profile.into(),
+            profile_vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             issuer: f.idp.issuer.clone(),
             client_id: "basic-client".into(),
             client_secret: crate::support::idp::secret_of("basic-client"),
@@ -433,22 +436,72 @@ async fn the_google_profile_runs_against_a_real_openid_provider() {
             ..Default::default()
         })
         .await;
-    assert_eq!(p.profile, "google");
-    assert_eq!(
-        p.extra_auth_params.get("access_type").map(String::as_str),
-        Some("offline")
-    );
+    assert_eq!(p.profile, profile);
     let pend = pending(
         f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,
     );
     let url = url::Url::parse(&pend.auth_url).unwrap();
     let params: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
-    assert_eq!(
-        params.get("include_granted_scopes").map(String::as_str),
-        Some("true")
-    );
+    for (k, v) in &p.extra_auth_params {
+        assert_eq!(
+            params.get(k),
+            Some(v),
+            "{profile}: {k} reaches the provider"
+        );
+    }
     f.browser.consent(&pend.auth_url, "alice").await;
     let t = token(f.wait(&pend.auth_id).await.unwrap().into_inner());
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+    let f = f.restart();
+    let force = pb::AuthenticateRequest {
+        min_ttl_seconds: 7200,
+        ..Fixture::request("idp", "alice", "")
+    };
+    let refreshed = token(f.authenticate(AGENT_KEY, force.clone()).await);
+    assert_ne!(refreshed.access_token, t.access_token);
+    assert_eq!(f.idp.refreshes().await, 1);
+    f.idp.fail_token(503).await;
+    let s = expect_err(
+        f.try_authenticate(AGENT_KEY, force).await,
+        Code::Unavailable,
+        "PROVIDER_UNAVAILABLE",
+    );
+    assert!(tonic_types::StatusExt::get_details_retry_info(&s).is_some());
+    f.idp.fail_token(0).await;
+    assert!(
+        f.grants("alice").await[0].has_refresh_token,
+        "the grant survived"
+    );
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_google_profile_runs_against_a_real_openid_provider() {
+    let f = oidc_profile_round_trip("google", &[]).await;
+    let p = f
+        .valet
+        .providers()
+        .await
+        .get_provider(pb::GetProviderRequest {
+            provider_id: "idp".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        p.extra_auth_params.get("access_type").map(String::as_str),
+        Some("offline")
+    );
+    assert_eq!(
+        p.extra_auth_params
+            .get("include_granted_scopes")
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_microsoft_profile_with_a_tenant_runs_against_a_real_openid_provider() {
+    oidc_profile_round_trip("microsoft", &[("tenant", "contoso.onmicrosoft.com")]).await;
 }
