@@ -179,14 +179,26 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
         })
         .await
         .map_err(explain)?;
+    let r = r.into_inner();
     println!(
         "{}",
-        if r.get_ref().revoked {
+        if r.revoked {
             "revoked"
         } else {
             "no such grant"
         }
     );
+    match pb::ProviderRevocation::try_from(r.provider_revocation) {
+        Ok(pb::ProviderRevocation::Revoked) => println!("the provider revoked the tokens too"),
+        Ok(pb::ProviderRevocation::NotSupported) if r.revoked => {
+            println!("(the provider has no revocation_url: revoked in Valet only)");
+        }
+        Ok(pb::ProviderRevocation::Failed) => println!(
+            "warning: the provider did not revoke the tokens ({}); the grant is gone from Valet",
+            r.provider_error
+        ),
+        _ => {}
+    }
     Ok(())
 }
 

@@ -97,6 +97,29 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
         Ok(claims.subject().as_str().to_owned())
     }
 
+    async fn revoke(
+        &self,
+        client: &OAuthClient,
+        url: &url::Url,
+        token: &SecretString,
+        hint: &'static str,
+    ) -> Result<(), OAuthError> {
+        // Revocation is idempotent (RFC 7009 section 2.2), so a request lost on a pooled
+        // connection the provider had closed is simply sent again, once.
+        let mut attempt = 0;
+        loop {
+            let req = token::revocation(client, url.as_str(), token, hint)?;
+            match self.http.send(req).await {
+                Ok(resp) => return token::parse_revocation(resp.status().as_u16(), resp.body()),
+                Err(HttpError::Transport(e)) if attempt == 0 => {
+                    tracing::debug!("revocation request failed; retrying once: {e}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(unavailable(&e)),
+            }
+        }
+    }
+
     async fn discover(&self, issuer: &str) -> Result<Discovered, OAuthError> {
         let m = self.metadata(issuer).await?;
         let token_url = m

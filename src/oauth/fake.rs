@@ -118,6 +118,16 @@ impl TokenEndpoint for FakeTokenEndpoint {
         Ok("subject".into())
     }
 
+    async fn revoke(
+        &self,
+        _client: &OAuthClient,
+        _url: &url::Url,
+        _token: &SecretString,
+        _hint: &'static str,
+    ) -> Result<(), OAuthError> {
+        Ok(())
+    }
+
     async fn discover(&self, issuer: &str) -> Result<Discovered, OAuthError> {
         let base = url::Url::parse(issuer).map_err(|e| OAuthError::Protocol(e.to_string()))?;
         let join = |p: &str| {

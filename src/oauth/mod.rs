@@ -111,4 +111,13 @@ pub trait TokenEndpoint: std::fmt::Debug + Send + Sync + 'static {
     ) -> Result<String, OAuthError>;
     /// The issuer's OpenID discovery document.
     async fn discover(&self, issuer: &str) -> Result<Discovered, OAuthError>;
+    /// Revokes `token` at the provider's RFC 7009 endpoint `url`; `hint` is
+    /// `refresh_token` or `access_token`.
+    async fn revoke(
+        &self,
+        client: &OAuthClient,
+        url: &Url,
+        token: &SecretString,
+        hint: &'static str,
+    ) -> Result<(), OAuthError>;
 }

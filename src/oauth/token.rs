@@ -34,6 +34,13 @@ fn params(client: &OAuthClient, grant: &TokenGrant<'_>) -> Vec<(&'static str, Ze
             ("refresh_token", s(t.expose_secret())),
         ],
     };
+    client_params(client, &mut p);
+    p
+}
+
+/// The client's credentials in the body, where its auth method puts them there.
+fn client_params(client: &OAuthClient, p: &mut Vec<(&'static str, Zeroizing<String>)>) {
+    let s = |v: &str| Zeroizing::new(v.to_owned());
     match (&client.client_secret, client.auth_method) {
         (Some(secret), TokenAuthMethod::ClientSecretPost) => {
             p.push(("client_id", s(&client.client_id)));
@@ -43,7 +50,6 @@ fn params(client: &OAuthClient, grant: &TokenGrant<'_>) -> Vec<(&'static str, Ze
         (Some(_), TokenAuthMethod::ClientSecretBasic) => {}
         (None, _) => p.push(("client_id", s(&client.client_id))),
     }
-    p
 }
 
 /// RFC 6749 section 2.3.1: both halves form-encoded, then base64.
@@ -62,11 +68,46 @@ pub(super) fn request(
     client: &OAuthClient,
     grant: &TokenGrant<'_>,
 ) -> Result<oauth2::HttpRequest, OAuthError> {
-    let params = params(client, grant);
+    post(client, client.token_url.as_str(), &params(client, grant))
+}
+
+/// An RFC 7009 revocation request for `token` at `url`.
+pub(super) fn revocation(
+    client: &OAuthClient,
+    url: &str,
+    token: &SecretString,
+    hint: &'static str,
+) -> Result<oauth2::HttpRequest, OAuthError> {
+    let s = |v: &str| Zeroizing::new(v.to_owned());
+    let mut p = vec![
+        ("token", s(token.expose_secret())),
+        ("token_type_hint", s(hint)),
+    ];
+    client_params(client, &mut p);
+    post(client, url, &p)
+}
+
+/// RFC 7009 section 2.2: 200 means revoked (or already invalid); anything else is an error.
+pub(super) fn parse_revocation(status: u16, body: &[u8]) -> Result<(), OAuthError> {
+    if status == 200 {
+        return Ok(());
+    }
+    let code = body_object("application/json", body)
+        .and_then(|root| string(root.get("error")))
+        .map_or_else(|| format!("HTTP {status}"), |c| safe_code(&c));
+    Err(OAuthError::Rejected(code))
+}
+
+/// A POST of `params` to `url`, encoded and authenticated as the client is configured.
+fn post(
+    client: &OAuthClient,
+    url: &str,
+    params: &[(&'static str, Zeroizing<String>)],
+) -> Result<oauth2::HttpRequest, OAuthError> {
     let (content_type, body) = match client.dialect.request {
         TokenRequestFormat::Form => {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &params {
+            for (k, v) in params {
                 form.append_pair(k, v);
             }
             (
@@ -87,7 +128,7 @@ pub(super) fn request(
     };
     let mut builder = http::Request::builder()
         .method(http::Method::POST)
-        .uri(client.token_url.as_str())
+        .uri(url)
         .header(http::header::CONTENT_TYPE, content_type)
         .header(http::header::ACCEPT, "application/json");
     if let (Some(secret), TokenAuthMethod::ClientSecretBasic) =
@@ -100,7 +141,7 @@ pub(super) fn request(
     }
     builder
         .body(body)
-        .map_err(|_| OAuthError::Protocol("cannot build the token request".into()))
+        .map_err(|_| OAuthError::Protocol("cannot build the request to the provider".into()))
 }
 
 /// An OAuth error code from a provider, reduced to characters safe to echo and log.

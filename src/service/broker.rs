@@ -277,6 +277,19 @@ impl TokenBroker {
         }
     }
 
+    /// The grant's refresh token and its current access token (cached or kept), for revoking
+    /// them at the provider before the grant is deleted.
+    pub(crate) async fn tokens_of(
+        &self,
+        key: &GrantKey,
+    ) -> Result<(Option<SecretString>, Option<SecretString>), Error> {
+        let Some((grant, _)) = self.grants.get(key).await? else {
+            return Ok((None, None));
+        };
+        let cached = self.cache.current(key).map(|t| t.token.clone());
+        Ok((grant.refresh_token, cached.or(grant.access_token)))
+    }
+
     /// Removes a grant from the store and the cache. Returns whether one existed.
     pub(crate) async fn revoke(&self, key: &GrantKey) -> Result<bool, Error> {
         let _guard = self.cache.lock(key).await;

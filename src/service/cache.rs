@@ -70,6 +70,15 @@ impl TokenCache {
         token
     }
 
+    /// The cached token of `key`, whatever its scopes or lifetime.
+    pub(super) fn current(&self, key: &GrantKey) -> Option<Arc<CachedToken>> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
     pub(super) fn remove(&self, key: &GrantKey) {
         self.tokens
             .write()

@@ -6,6 +6,7 @@ use super::Error;
 use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
 use super::flows::{Ask, Flows};
 use super::kind::CallbackParams;
+use super::kind::{self, ProviderRevocation};
 use super::policy::{self, Action};
 use super::providers::ProviderRegistry;
 use super::references::References;
@@ -75,6 +76,7 @@ pub struct Credentials {
     broker: TokenBroker,
     flows: Flows,
     references: References,
+    endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
     limits: Limits,
 }
@@ -87,7 +89,8 @@ impl Credentials {
                 p.endpoint.clone(),
                 p.clock.clone(),
             ),
-            flows: Flows::new(p.pending, p.endpoint, p.clock.clone()),
+            flows: Flows::new(p.pending, p.endpoint.clone(), p.clock.clone()),
+            endpoint: p.endpoint,
             references: References::new(
                 ReferenceRepo::new(p.store.clone()),
                 MetaRepo::new(p.store),
@@ -384,17 +387,34 @@ impl Credentials {
         Ok(revoked)
     }
 
-    /// Removes a grant, its cached token and its references. Returns whether anything existed.
-    pub async fn revoke(&self, caller: &Caller, key: &GrantKey) -> Result<bool, Error> {
+    /// Revokes a grant's tokens at the provider when it has a revocation endpoint, then removes
+    /// the grant, its cached token and its references (whatever the provider said). Returns
+    /// whether anything existed here, and what the provider said.
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        key: &GrantKey,
+    ) -> Result<(bool, ProviderRevocation), Error> {
         policy::authorize(caller, Action::RevokeGrant(key))?;
-        self.providers.get(&key.provider)?;
+        let provider = self.providers.get(&key.provider)?;
+        let (refresh, access) = self.broker.tokens_of(key).await?;
+        let at_provider = kind::revoke_at_provider(
+            &*self.endpoint,
+            &provider.kind,
+            refresh.as_ref(),
+            access.as_ref(),
+        )
+        .await;
+        if let ProviderRevocation::Failed(why) = &at_provider {
+            tracing::warn!(provider = %key.provider, "revocation at the provider failed: {why}");
+        }
         let existed = self.broker.revoke(key).await?;
         let refs = self.references.drop_for_grant(key).await?;
         let revoked = existed || refs > 0;
         if revoked {
-            tracing::info!(provider = %key.provider, "grant revoked");
+            tracing::info!(provider = %key.provider, ?at_provider, "grant revoked");
         }
-        Ok(revoked)
+        Ok((revoked, at_provider))
     }
 
     /// Grant metadata, optionally filtered. Agents and admins alike see metadata only.

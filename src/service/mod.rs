@@ -18,7 +18,7 @@ mod refresher;
 pub use broker::{AccessToken, GrantInfo};
 pub use credentials::{AuthRequest, Credentials, Limits, Outcome, Parts};
 pub use error::{Class, Error, Reason};
-pub use kind::CallbackParams;
+pub use kind::{CallbackParams, ProviderRevocation};
 pub use providers::ProviderRegistry;
 pub use references::ReferenceError;
 #[cfg(test)]

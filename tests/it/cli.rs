@@ -117,7 +117,12 @@ async fn quickstart_provider_auth_grants_revoke() {
 
     let mut revoke = cli(&f, AGENT_KEY);
     revoke.args(["revoke", "--provider", "idp", "--user", "alice"]);
-    assert_eq!(run(revoke).trim(), "revoked");
+    let out = run(revoke);
+    assert_eq!(out.lines().next(), Some("revoked"), "{out}");
+    assert!(
+        out.contains("revoked in Valet only"),
+        "no revocation_url: {out}"
+    );
 
     // A missing key says what to do.
     let mut nokey = cli(&f, "");

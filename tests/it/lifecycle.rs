@@ -287,3 +287,89 @@ async fn sigterm_lets_an_in_flight_call_finish() {
             .into_inner(),
     );
 }
+
+/// Revoke a grant as the agent key; returns the response.
+async fn revoke_alice(f: &Fixture) -> pb::RevokeResponse {
+    f.valet
+        .credentials(AGENT_KEY)
+        .await
+        .revoke(pb::RevokeRequest {
+            provider_id: "idp".into(),
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn revoking_a_grant_revokes_its_tokens_at_the_provider_rfc_7009() {
+    let f = Fixture::new().await;
+    f.create(pb::Provider {
+        provider_id: "idp".into(),
+        kind: pb::ProviderKind::Oidc as i32,
+        client_id: "basic-client".into(),
+        client_secret: crate::support::idp::secret_of("basic-client"),
+        issuer: f.idp.issuer.clone(),
+        revocation_url: format!("{}/token/revocation", f.idp.issuer),
+        default_scopes: vec!["openid".into(), "email".into()],
+        ..Default::default()
+    })
+    .await;
+    let t = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    assert_eq!(
+        f.idp.introspect("basic-client", &t.access_token).await["active"],
+        true
+    );
+    let r = revoke_alice(&f).await;
+    assert!(r.revoked);
+    assert_eq!(
+        r.provider_revocation,
+        pb::ProviderRevocation::Revoked as i32,
+        "{r:?}"
+    );
+    assert_eq!(
+        f.idp.introspect("basic-client", &t.access_token).await["active"],
+        false,
+        "the provider no longer honours the token"
+    );
+    assert!(f.grants("alice").await.is_empty());
+    assert!(!f.valet.logs().contains(&t.access_token));
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_revoke_is_reported_and_the_grant_is_gone_anyway() {
+    let f = Fixture::new().await;
+    // A revocation endpoint nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/revoke", closed.local_addr().unwrap());
+    drop(closed);
+    f.create(pb::Provider {
+        provider_id: "idp".into(),
+        kind: pb::ProviderKind::Oidc as i32,
+        client_id: "basic-client".into(),
+        client_secret: crate::support::idp::secret_of("basic-client"),
+        issuer: f.idp.issuer.clone(),
+        revocation_url: dead,
+        default_scopes: vec!["openid".into(), "email".into()],
+        ..Default::default()
+    })
+    .await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let r = revoke_alice(&f).await;
+    assert!(r.revoked);
+    assert_eq!(r.provider_revocation, pb::ProviderRevocation::Failed as i32);
+    assert!(r.provider_error.contains("unreachable"), "{r:?}");
+    assert!(
+        f.grants("alice").await.is_empty(),
+        "the local grant is gone"
+    );
+    pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+}

@@ -58,3 +58,42 @@ pub(crate) fn consent(kind: &KindConfig) -> Option<AuthCodeFlow<'_>> {
         KindConfig::Oidc(c) => Some(AuthCodeFlow::new(c, true)),
     }
 }
+
+/// What revoking a grant's tokens at the provider (RFC 7009) came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderRevocation {
+    /// The provider has no revocation endpoint configured.
+    NotSupported,
+    /// There was no token to revoke.
+    NothingToRevoke,
+    Revoked,
+    /// The provider refused or could not be reached (an OAuth error code or transport failure,
+    /// never a body); the local grant is deleted anyway.
+    Failed(String),
+}
+
+/// Revokes a grant's tokens at the provider, refresh token first (RFC 7009 section 2.1: revoking
+/// it should also end the access tokens of the same grant), then the access token.
+pub(crate) async fn revoke_at_provider(
+    endpoint: &dyn TokenEndpoint,
+    kind: &KindConfig,
+    refresh: Option<&SecretString>,
+    access: Option<&SecretString>,
+) -> ProviderRevocation {
+    let (Some(code), Some(client)) = (kind.auth_code(), kind.oauth_client()) else {
+        return ProviderRevocation::NotSupported;
+    };
+    let Some(url) = &code.revocation_url else {
+        return ProviderRevocation::NotSupported;
+    };
+    let tokens = [(refresh, "refresh_token"), (access, "access_token")];
+    let mut outcome = ProviderRevocation::NothingToRevoke;
+    for (token, hint) in tokens {
+        let Some(token) = token else { continue };
+        match endpoint.revoke(client, url, token, hint).await {
+            Ok(()) => outcome = ProviderRevocation::Revoked,
+            Err(e) => return ProviderRevocation::Failed(e.to_string()),
+        }
+    }
+    outcome
+}

@@ -8,7 +8,7 @@ use crate::domain::{
 };
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
-use crate::service::{AccessToken, AuthRequest, Error, GrantInfo, Outcome};
+use crate::service::{AccessToken, AuthRequest, Error, GrantInfo, Outcome, ProviderRevocation};
 use std::time::Duration;
 use tonic::Request;
 
@@ -226,4 +226,16 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         profile_vars: p.profile_vars.into_iter().collect(),
         ..ProviderDraft::default()
     })
+}
+
+/// What the provider said about revoking a grant's tokens.
+pub(super) fn provider_revocation(r: ProviderRevocation) -> (pb::ProviderRevocation, String) {
+    match r {
+        ProviderRevocation::NotSupported => (pb::ProviderRevocation::NotSupported, String::new()),
+        ProviderRevocation::NothingToRevoke => {
+            (pb::ProviderRevocation::NothingToRevoke, String::new())
+        }
+        ProviderRevocation::Revoked => (pb::ProviderRevocation::Revoked, String::new()),
+        ProviderRevocation::Failed(why) => (pb::ProviderRevocation::Failed, why),
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::{caller, convert, rpc};
 use crate::pb;
-use crate::service::Credentials;
+use crate::service::{Credentials, ProviderRevocation};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -94,18 +94,25 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.get_ref();
-        let revoked = rpc("Revoke", &caller, &r.provider_id, async {
+        let (revoked, at_provider) = rpc("Revoke", &caller, &r.provider_id, async {
             if r.reference.is_empty() {
                 let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
                 self.credentials.revoke(&caller, &key).await
             } else {
-                self.credentials
+                let revoked = self
+                    .credentials
                     .revoke_reference(&caller, &r.reference)
-                    .await
+                    .await?;
+                Ok((revoked, ProviderRevocation::NothingToRevoke))
             }
         })
         .await?;
-        Ok(Response::new(pb::RevokeResponse { revoked }))
+        let (provider_revocation, provider_error) = convert::provider_revocation(at_provider);
+        Ok(Response::new(pb::RevokeResponse {
+            revoked,
+            provider_revocation: provider_revocation as i32,
+            provider_error,
+        }))
     }
 
     async fn list_grants(

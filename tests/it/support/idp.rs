@@ -27,7 +27,7 @@ impl Idp {
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "the OpenID provider peer is not installed: run `npm ci --prefix tests/peers/oidc` \
-             (scripts/test.sh does this) with Node.js >= 20"
+             (./tests/run.sh does this) with Node.js >= 20"
         );
         let opts = serde_json::json!({ "redirect_uris": redirect_uris }).to_string();
         let mut child = Command::new("node")
@@ -40,7 +40,10 @@ impl Idp {
             .expect("cannot run `node`: install Node.js >= 20 to run the integration tests");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let mut out = BufReader::new(stdout);
+        out.read_line(&mut line).unwrap();
+        // Keep draining: a closed pipe would kill node with EPIPE on its next console line.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let issuer = line
             .trim()
             .strip_prefix("oidc-provider listening ")
