@@ -75,8 +75,17 @@ pub(super) fn print_grant(g: &pb::Grant) {
     } else {
         &g.agent_id
     };
+    let mut extra = String::new();
+    if !g.declined_scopes.is_empty() {
+        extra.push_str(&format!("\tdeclined={}", g.declined_scopes.join(" ")));
+    }
+    let mut metadata: Vec<_> = g.metadata.iter().collect();
+    metadata.sort();
+    for (k, v) in metadata {
+        extra.push_str(&format!("\t{k}={v}"));
+    }
     println!(
-        "{}\tuser={}\tagent={agent}\t{status}\tscopes={}\tupdated_at={}",
+        "{}\tuser={}\tagent={agent}\t{status}\tscopes={}\tupdated_at={}{extra}",
         g.provider_id,
         g.user_id,
         g.scopes.join(" "),

@@ -61,6 +61,19 @@ async fn scopes_beyond_the_grant_start_a_consent_for_the_union() {
     let mut scopes: Vec<&str> = scope.split(' ').collect();
     scopes.sort_unstable();
     assert_eq!(scopes, ["email", "openid", "profile"]);
+    // Until the wider consent succeeds, the existing grant keeps serving what it covers.
+    token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    // A refused wider consent leaves it alone too.
+    let cb = f.browser.authorize(&p.auth_url, "alice", false).await;
+    f.browser.visit(&cb).await;
+    token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let p = pending(f.authenticate(AGENT_KEY, wider.clone()).await);
     f.browser.consent(&p.auth_url, "alice").await;
     // Now both the old and the new scopes are served from the one grant.
     let t = token(f.authenticate(AGENT_KEY, wider).await);
