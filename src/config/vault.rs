@@ -53,14 +53,8 @@ fn token_auth(
     Some(VaultAuth::Token(SecretString::from(token)))
 }
 
-/// Validates the `[vault]` section; every problem goes to `errors`.
-pub(super) fn vault_config(
-    v: RawVault,
-    env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut Vec<String>,
-) -> Option<VaultConfig> {
-    let before = errors.len();
-    let address = match v.address.as_deref().map(url::Url::parse) {
+fn address(raw: Option<&str>, errors: &mut Vec<String>) -> Option<url::Url> {
+    match raw.map(url::Url::parse) {
         Some(Ok(u)) if matches!(u.scheme(), "http" | "https") => Some(u),
         Some(_) => {
             errors.push("vault.address must be an http(s) URL".into());
@@ -70,20 +64,31 @@ pub(super) fn vault_config(
             errors.push("vault.address is required (e.g. \"https://vault.example:8200\")".into());
             None
         }
-    };
-    let kv_version = match v.kv_version.unwrap_or(2) {
+    }
+}
+
+fn kv_version(raw: Option<u8>, errors: &mut Vec<String>) -> KvVersion {
+    match raw.unwrap_or(2) {
         1 => KvVersion::V1,
         2 => KvVersion::V2,
         n => {
             errors.push(format!("vault.kv_version = {n}: expected 1 or 2"));
             KvVersion::V2
         }
-    };
-    let mount = v.mount.unwrap_or_else(|| "secret".into());
+    }
+}
+
+/// The mount and the key prefix (always ending in `/` when set).
+fn paths(
+    mount: Option<String>,
+    prefix: Option<String>,
+    errors: &mut Vec<String>,
+) -> (String, String) {
+    let mount = mount.unwrap_or_else(|| "secret".into());
     if !path_ok(&mount) {
         errors.push(format!("vault.mount = {mount:?} is not a valid mount path"));
     }
-    let mut prefix = v.prefix.unwrap_or_else(|| "valet/".into());
+    let mut prefix = prefix.unwrap_or_else(|| "valet/".into());
     if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
     }
@@ -92,9 +97,15 @@ pub(super) fn vault_config(
             "vault.prefix = {prefix:?} is not a valid path prefix"
         ));
     }
-    let timeout = Duration::from_secs(v.timeout_seconds.unwrap_or(10).clamp(1, 300));
-    let a = v.auth;
-    let auth = match a.method.as_deref().unwrap_or("token") {
+    (mount, prefix)
+}
+
+fn auth(
+    a: super::raw::RawVaultAuth,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<VaultAuth> {
+    match a.method.as_deref().unwrap_or("token") {
         "token" => token_auth(&a, env, errors),
         "approle" => match (a.role_id, a.secret_id_file) {
             (Some(role_id), Some(file)) => Some(VaultAuth::AppRole {
@@ -126,7 +137,21 @@ pub(super) fn vault_config(
             ));
             None
         }
-    };
+    }
+}
+
+/// Validates the `[vault]` section; every problem goes to `errors`.
+pub(super) fn vault_config(
+    v: RawVault,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<VaultConfig> {
+    let before = errors.len();
+    let address = address(v.address.as_deref(), errors);
+    let kv_version = kv_version(v.kv_version, errors);
+    let (mount, prefix) = paths(v.mount, v.prefix, errors);
+    let timeout = Duration::from_secs(v.timeout_seconds.unwrap_or(10).clamp(1, 300));
+    let auth = auth(v.auth, env, errors);
     if errors.len() > before {
         return None;
     }
