@@ -16,10 +16,17 @@ use std::time::Duration;
 pub struct AuthArgs {
     #[arg(long)]
     pub provider: String,
+    /// The person the agent acts for (not for client_credentials providers).
     #[arg(long)]
-    pub user: String,
+    pub user: Option<String>,
     #[arg(long)]
     pub agent: Option<String>,
+    /// client_credentials providers: the `audience` parameter.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// client_credentials providers: the RFC 8707 resource indicator (an absolute URI).
+    #[arg(long)]
+    pub resource: Option<String>,
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
     /// Minimum seconds of life the token must have.
@@ -50,8 +57,10 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
         .authenticate(pb::AuthenticateRequest {
             provider_id: a.provider,
             scopes: a.scopes,
-            user_id: a.user,
+            user_id: a.user.unwrap_or_default(),
             agent_id: a.agent.unwrap_or_default(),
+            audience: a.audience.unwrap_or_default(),
+            resource: a.resource.unwrap_or_default(),
             handout: if a.reference {
                 pb::Handout::Reference
             } else {

@@ -27,6 +27,7 @@ pub(super) fn when(unix: i64) -> String {
 pub(super) fn print_provider(p: &pb::Provider) {
     let kind = match pb::ProviderKind::try_from(p.kind) {
         Ok(pb::ProviderKind::Oidc) => "oidc",
+        Ok(pb::ProviderKind::ClientCredentials) => "client_credentials",
         _ => "oauth2",
     };
     let method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {
@@ -51,17 +52,21 @@ pub(super) fn print_provider(p: &pb::Provider) {
     if !p.issuer.is_empty() {
         println!("issuer:            {}", p.issuer);
     }
-    println!("auth_url:          {}", p.auth_url);
+    if !p.auth_url.is_empty() {
+        println!("auth_url:          {}", p.auth_url);
+    }
     println!("token_url:         {}", p.token_url);
     println!("token_auth_method: {method}");
     println!("default_scopes:    {}", p.default_scopes.join(" "));
     for (k, v) in &p.extra_auth_params {
         println!("param:             {k}={v}");
     }
-    println!(
-        "redirect_uri:      {}  (register this at the provider)",
-        p.redirect_uri
-    );
+    if !p.redirect_uri.is_empty() {
+        println!(
+            "redirect_uri:      {}  (register this at the provider)",
+            p.redirect_uri
+        );
+    }
 }
 
 /// One grant on one tab-separated line, for `grep` and `cut`.

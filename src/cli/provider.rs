@@ -32,6 +32,8 @@ pub enum ProviderCmd {
 pub enum Kind {
     Oauth2,
     Oidc,
+    /// A token for the client itself (no user, no consent).
+    ClientCredentials,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -200,6 +202,7 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
         p.kind = match k {
             Kind::Oauth2 => pb::ProviderKind::Oauth2,
             Kind::Oidc => pb::ProviderKind::Oidc,
+            Kind::ClientCredentials => pb::ProviderKind::ClientCredentials,
         } as i32;
     }
     if p.kind == pb::ProviderKind::Oidc as i32 {

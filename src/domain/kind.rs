@@ -14,6 +14,8 @@ pub enum ProviderKind {
     #[serde(rename = "oauth2")]
     OAuth2,
     Oidc,
+    /// The client credentials grant (RFC 6749 section 4.4): a token for the client itself.
+    ClientCredentials,
 }
 
 impl ProviderKind {
@@ -21,6 +23,7 @@ impl ProviderKind {
         match self {
             Self::OAuth2 => "oauth2",
             Self::Oidc => "oidc",
+            Self::ClientCredentials => "client_credentials",
         }
     }
 }
@@ -109,6 +112,8 @@ pub struct AuthCode {
 pub enum KindConfig {
     OAuth2(AuthCode),
     Oidc(AuthCode),
+    /// No user and no consent: the client's own credentials buy the token.
+    ClientCredentials(OAuthClient),
 }
 
 impl KindConfig {
@@ -116,6 +121,7 @@ impl KindConfig {
         match self {
             Self::OAuth2(_) => ProviderKind::OAuth2,
             Self::Oidc(_) => ProviderKind::Oidc,
+            Self::ClientCredentials(_) => ProviderKind::ClientCredentials,
         }
     }
 
@@ -123,6 +129,7 @@ impl KindConfig {
     pub fn oauth_client(&self) -> Option<&OAuthClient> {
         match self {
             Self::OAuth2(c) | Self::Oidc(c) => Some(&c.client),
+            Self::ClientCredentials(c) => Some(c),
         }
     }
 
@@ -130,6 +137,7 @@ impl KindConfig {
     pub fn auth_code(&self) -> Option<&AuthCode> {
         match self {
             Self::OAuth2(c) | Self::Oidc(c) => Some(c),
+            Self::ClientCredentials(_) => None,
         }
     }
 

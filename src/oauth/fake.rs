@@ -93,6 +93,10 @@ impl TokenEndpoint for FakeTokenEndpoint {
                 st.exchanges += 1;
                 true
             }
+            TokenGrant::ClientCredentials { .. } => {
+                st.exchanges += 1;
+                false
+            }
             TokenGrant::RefreshToken(rt) => {
                 st.refreshes += 1;
                 if !st.presented.insert(rt.expose_secret().to_owned()) && self.rotate {

@@ -81,6 +81,12 @@ pub enum TokenGrant<'a> {
         redirect_uri: &'a str,
     },
     RefreshToken(&'a SecretString),
+    /// RFC 6749 section 4.4, with RFC 8707 `resource` and the widespread `audience`.
+    ClientCredentials {
+        scopes: &'a Scopes,
+        audience: Option<&'a str>,
+        resource: Option<&'a str>,
+    },
 }
 
 impl std::fmt::Debug for TokenGrant<'_> {
@@ -88,6 +94,7 @@ impl std::fmt::Debug for TokenGrant<'_> {
         f.write_str(match self {
             Self::AuthorizationCode { .. } => "AuthorizationCode",
             Self::RefreshToken(_) => "RefreshToken",
+            Self::ClientCredentials { .. } => "ClientCredentials",
         })
     }
 }

@@ -33,6 +33,23 @@ fn params(client: &OAuthClient, grant: &TokenGrant<'_>) -> Vec<(&'static str, Ze
             ("grant_type", s("refresh_token")),
             ("refresh_token", s(t.expose_secret())),
         ],
+        TokenGrant::ClientCredentials {
+            scopes,
+            audience,
+            resource,
+        } => {
+            let mut p = vec![("grant_type", s("client_credentials"))];
+            if !scopes.is_empty() {
+                p.push(("scope", s(&scopes.join(crate::domain::Separator::Space))));
+            }
+            if let Some(a) = audience {
+                p.push(("audience", s(a)));
+            }
+            if let Some(r) = resource {
+                p.push(("resource", s(r)));
+            }
+            p
+        }
     };
     client_params(client, &mut p);
     p
@@ -426,5 +443,21 @@ mod tests {
         assert_eq!(body["grant_type"], "refresh_token");
         assert_eq!(body["client_secret"], "s&cret");
         assert!(req.headers().get(http::header::AUTHORIZATION).is_none());
+        client.dialect.request = TokenRequestFormat::Form;
+        let scopes = Scopes::parse("s", &["a", "b"]).unwrap();
+        let grant = TokenGrant::ClientCredentials {
+            scopes: &scopes,
+            audience: Some("api://x"),
+            resource: Some("https://api.example/v1"),
+        };
+        let req = request(&client, &grant).unwrap();
+        let form: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(req.body())
+                .into_owned()
+                .collect();
+        assert_eq!(form["grant_type"], "client_credentials");
+        assert_eq!(form["scope"], "a b");
+        assert_eq!(form["audience"], "api://x");
+        assert_eq!(form["resource"], "https://api.example/v1");
     }
 }

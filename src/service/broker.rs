@@ -6,8 +6,10 @@ use super::Error;
 use super::cache::{CachedToken, TokenCache};
 use super::refresher::{Refreshed, Refresher};
 use crate::clock::Clock;
-use crate::domain::{Grant, GrantKey, GrantStatus, ProviderConfig, ProviderId, Scopes, UserId};
-use crate::oauth::{TokenEndpoint, TokenSet};
+use crate::domain::{
+    Grant, GrantKey, GrantStatus, OAuthClient, ProviderConfig, ProviderId, Scopes, UserId,
+};
+use crate::oauth::{TokenEndpoint, TokenGrant, TokenSet};
 use crate::secret::SecretString;
 use crate::store::{Cas, GrantRepo, StoreError};
 use std::collections::BTreeMap;
@@ -74,11 +76,68 @@ pub(crate) struct Consented {
     pub requested: Scopes,
 }
 
+/// Where a client-credentials token is for: the `audience` parameter and the RFC 8707 resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ClientTarget {
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+}
+
+impl ClientTarget {
+    pub(crate) fn parse(audience: Option<&str>, resource: Option<&str>) -> Result<Self, Error> {
+        if let Some(a) = audience
+            && (a.len() > 512 || a.chars().any(char::is_control))
+        {
+            return Err(Error::invalid(
+                "audience",
+                "must be at most 512 characters without control characters",
+            ));
+        }
+        if let Some(r) = resource {
+            // RFC 8707 section 2: an absolute URI without a fragment.
+            let ok = r.len() <= 2048
+                && url::Url::parse(r)
+                    .is_ok_and(|u| u.fragment().is_none() && !u.cannot_be_a_base());
+            if !ok {
+                return Err(Error::invalid(
+                    "resource",
+                    "must be an absolute URI without a fragment (RFC 8707), at most 2048 characters",
+                ));
+            }
+        }
+        Ok(Self {
+            audience: audience.map(str::to_owned),
+            resource: resource.map(str::to_owned),
+        })
+    }
+
+    /// The cache slot of a client token: per provider, scopes, audience and resource. A
+    /// client-credentials provider has no user grants, so this key meets no real grant.
+    fn cache_key(&self, provider: &ProviderId, scopes: &Scopes) -> Result<GrantKey, Error> {
+        let mut s = String::new();
+        for part in [self.audience.as_deref(), self.resource.as_deref()] {
+            s.push_str(part.unwrap_or(""));
+            s.push('\0');
+        }
+        for scope in scopes.iter() {
+            s.push_str(scope);
+            s.push('\0');
+        }
+        let digest = hex::encode(crate::secret::sha256(s.as_bytes()));
+        Ok(GrantKey {
+            provider: provider.clone(),
+            user: UserId::parse(&format!("=client/{digest}"))?,
+            agent: None,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct TokenBroker {
     cache: TokenCache,
     grants: GrantRepo,
     refresher: Refresher,
+    endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
 }
 
@@ -90,7 +149,8 @@ impl TokenBroker {
     ) -> Self {
         Self {
             cache: TokenCache::default(),
-            refresher: Refresher::new(grants.clone(), endpoint, clock.clone()),
+            refresher: Refresher::new(grants.clone(), endpoint.clone(), clock.clone()),
+            endpoint,
             grants,
             clock,
         }
@@ -146,6 +206,59 @@ impl TokenBroker {
                 Err(e)
             }
         }
+    }
+
+    /// A token for the client itself from the cache, or bought from the token endpoint (one
+    /// request per cache slot at a time). `fresh`: never the cached one.
+    pub(crate) async fn client_token(
+        &self,
+        provider: &ProviderId,
+        client: &OAuthClient,
+        scopes: &Scopes,
+        target: &ClientTarget,
+        min_ttl: i64,
+        fresh: bool,
+    ) -> Result<AccessToken, Error> {
+        let key = target.cache_key(provider, scopes)?;
+        let waited_since = Instant::now();
+        if !fresh
+            && let Some(t) = self
+                .cache
+                .usable(&key, scopes, self.clock.now_unix(), min_ttl, None)
+        {
+            return Ok(AccessToken::handed(&t, scopes));
+        }
+        let _guard = self.cache.lock(&key).await;
+        // Whoever held the lock may just have bought one: take it.
+        let now = self.clock.now_unix();
+        if let Some(t) = self
+            .cache
+            .usable(&key, scopes, now, min_ttl, Some(waited_since))
+            && (!fresh || t.obtained >= waited_since)
+        {
+            return Ok(AccessToken::handed(&t, scopes));
+        }
+        let grant = TokenGrant::ClientCredentials {
+            scopes,
+            audience: target.audience.as_deref(),
+            resource: target.resource.as_deref(),
+        };
+        let set = self.endpoint.token(client, grant).await?;
+        let granted = set.scopes.clone().unwrap_or_else(|| scopes.clone());
+        let cached = self.cache.put(
+            key,
+            CachedToken {
+                token: set.access_token,
+                token_type: set.token_type,
+                expires_at: self.expiry(set.expires_in),
+                declined: scopes.difference(&granted),
+                scopes: granted,
+                metadata: Arc::new(set.metadata),
+                obtained: Instant::now(),
+            },
+        );
+        tracing::info!(%provider, "obtained a client-credentials token");
+        Ok(AccessToken::handed(&cached, scopes))
     }
 
     /// The access token kept with a grant that has no refresh token, if it lasts `min_ttl`.

@@ -3,17 +3,18 @@
 //! flows, and references. None of those parts knows about another.
 
 use super::Error;
+use super::broker::ClientTarget;
 use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
 use super::flows::{Ask, Flows};
 use super::kind::CallbackParams;
-use super::kind::{self, ProviderRevocation};
+use super::kind::{self, Acquisition, ProviderRevocation};
 use super::policy::{self, Action};
 use super::providers::ProviderRegistry;
 use super::references::References;
 use crate::clock::Clock;
 use crate::domain::{
-    Caller, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig, ProviderId, Scopes,
-    UserId,
+    AgentId, Caller, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig, ProviderId,
+    Scopes, UserId,
 };
 use crate::oauth::TokenEndpoint;
 use crate::pending::{FlowFailure, FlowOutcome, PendingFlows};
@@ -34,13 +35,19 @@ pub struct Limits {
 /// A validated Authenticate request.
 #[derive(Debug)]
 pub struct AuthRequest {
-    pub key: GrantKey,
+    pub provider: ProviderId,
+    /// Required for kinds that act for a user; absent for client credentials.
+    pub user: Option<UserId>,
+    pub agent: Option<AgentId>,
     /// Empty: the provider's default scopes.
     pub scopes: Scopes,
     pub handout: Handout,
     /// 0: the daemon default.
     pub min_ttl: u32,
     pub force_reauth: bool,
+    /// Client credentials: the `audience` parameter and the RFC 8707 resource indicator.
+    pub audience: Option<String>,
+    pub resource: Option<String>,
 }
 
 /// What Authenticate and WaitForCompletion answer.
@@ -121,11 +128,11 @@ impl Credentials {
         Ok(i64::from(ttl))
     }
 
-    /// Hands out a token (or a reference) for a usable grant, or starts a consent flow.
+    /// Hands out a token (or a reference) for a usable grant, or starts a consent flow; for
+    /// client-credentials providers, a token for the client itself.
     pub async fn authenticate(&self, caller: &Caller, req: AuthRequest) -> Result<Outcome, Error> {
-        policy::authorize(caller, Action::UseGrant(&req.key))?;
         let min_ttl = self.min_ttl(req.min_ttl)?;
-        let provider = self.providers.get(&req.key.provider)?;
+        let provider = self.providers.get(&req.provider)?;
         if req.handout == Handout::Token && provider.handout_policy == HandoutPolicy::ReferenceOnly
         {
             return Err(Error::PermissionDenied(
@@ -135,27 +142,91 @@ impl Credentials {
         let scopes = if req.scopes.is_empty() {
             provider.default_scopes.clone()
         } else {
-            req.scopes
+            req.scopes.clone()
         };
+        match kind::acquisition(&provider.kind) {
+            Acquisition::Client(client) => {
+                let token = self.client_token(caller, &provider, client, &req, &scopes, min_ttl);
+                Ok(Outcome::Token(token.await?))
+            }
+            Acquisition::Consent(_) => self.for_user(caller, &provider, req, scopes, min_ttl).await,
+        }
+    }
+
+    /// A user's token from their grant, or a consent flow.
+    async fn for_user(
+        &self,
+        caller: &Caller,
+        provider: &ProviderConfig,
+        req: AuthRequest,
+        scopes: Scopes,
+        min_ttl: i64,
+    ) -> Result<Outcome, Error> {
+        let user = req.user.ok_or_else(|| {
+            Error::invalid("user_id", "is required (the person the agent acts for)")
+        })?;
+        if req.audience.is_some() || req.resource.is_some() {
+            return Err(Error::invalid(
+                "audience",
+                "audience and resource apply to client_credentials providers only",
+            ));
+        }
+        let key = GrantKey {
+            provider: req.provider,
+            user,
+            agent: req.agent,
+        };
+        policy::authorize(caller, Action::UseGrant(&key))?;
         if !req.force_reauth
             && let Some(token) = self
                 .broker
-                .usable_token(&provider, &req.key, &scopes, min_ttl)
+                .usable_token(provider, &key, &scopes, min_ttl)
                 .await?
         {
             return self
-                .hand_out(caller, &provider, &req.key, token, req.handout)
+                .hand_out(caller, provider, &key, token, req.handout)
                 .await;
         }
-        self.start_flow(
-            caller,
-            &provider,
-            req.key,
-            scopes,
-            req.handout,
-            !req.force_reauth,
-        )
-        .await
+        let join = !req.force_reauth;
+        self.start_flow(caller, provider, key, scopes, req.handout, join)
+            .await
+    }
+
+    /// A client-credentials token: no user, no agent, no consent, no reference.
+    async fn client_token(
+        &self,
+        caller: &Caller,
+        provider: &ProviderConfig,
+        client: &crate::domain::OAuthClient,
+        req: &AuthRequest,
+        scopes: &Scopes,
+        min_ttl: i64,
+    ) -> Result<AccessToken, Error> {
+        let refuse = |field, why| Err(Error::invalid(field, why));
+        if req.user.is_some() || req.agent.is_some() {
+            return refuse(
+                "user_id",
+                "client_credentials providers act as the client itself: leave user_id and agent_id empty",
+            );
+        }
+        if req.handout != Handout::Token {
+            return refuse(
+                "handout",
+                "references belong to a user's grant; client_credentials tokens are handed out directly",
+            );
+        }
+        let target = ClientTarget::parse(req.audience.as_deref(), req.resource.as_deref())?;
+        policy::authorize(caller, Action::UseClient(&provider.id))?;
+        self.broker
+            .client_token(
+                &provider.id,
+                client,
+                scopes,
+                &target,
+                min_ttl,
+                req.force_reauth,
+            )
+            .await
     }
 
     /// Starts a consent flow asking for `scopes` plus whatever the existing grant has.

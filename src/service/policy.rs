@@ -5,7 +5,7 @@
 //! keys to agent ids, user assertions and audit add rules here.
 
 use super::Error;
-use crate::domain::{Caller, GrantKey, UserId};
+use crate::domain::{Caller, GrantKey, ProviderId, UserId};
 
 /// What a caller is about to do.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +14,8 @@ pub enum Action<'a> {
     ManageProviders,
     /// Obtain a credential from (or start a flow for) a grant.
     UseGrant(&'a GrantKey),
+    /// Obtain a client-credentials token of a provider (no user).
+    UseClient(&'a ProviderId),
     /// Remove a grant.
     RevokeGrant(&'a GrantKey),
     /// List grant metadata, optionally for one user.

@@ -55,7 +55,9 @@ struct ProviderRecord {
     client_id: String,
     #[serde(with = "serde_secret", default)]
     client_secret: Option<SecretString>,
-    auth_url: Url,
+    /// Absent for kinds without an authorization endpoint (client credentials).
+    #[serde(default)]
+    auth_url: Option<Url>,
     token_url: Url,
     issuer: Option<String>,
     revocation_url: Option<Url>,
@@ -84,63 +86,75 @@ fn default_reference_ttl() -> u32 {
 
 impl From<&ProviderConfig> for ProviderRecord {
     fn from(p: &ProviderConfig) -> Self {
-        let (KindConfig::OAuth2(c) | KindConfig::Oidc(c)) = &p.kind;
+        let (client, code) = match &p.kind {
+            KindConfig::OAuth2(c) | KindConfig::Oidc(c) => (&c.client, Some(c)),
+            KindConfig::ClientCredentials(c) => (c, None),
+        };
         Self {
             id: p.id.clone(),
             name: p.name.clone(),
             kind: p.kind.kind(),
-            client_id: c.client.client_id.clone(),
-            client_secret: c.client.client_secret.clone(),
-            auth_url: c.auth_url.clone(),
-            token_url: c.client.token_url.clone(),
-            issuer: c.issuer.clone(),
-            revocation_url: c.revocation_url.clone(),
+            client_id: client.client_id.clone(),
+            client_secret: client.client_secret.clone(),
+            auth_url: code.map(|c| c.auth_url.clone()),
+            token_url: client.token_url.clone(),
+            issuer: code.and_then(|c| c.issuer.clone()),
+            revocation_url: code.and_then(|c| c.revocation_url.clone()),
             default_scopes: p.default_scopes.clone(),
-            extra_auth_params: c.extra_auth_params.clone(),
-            token_auth_method: c.client.auth_method,
+            extra_auth_params: code
+                .map(|c| c.extra_auth_params.clone())
+                .unwrap_or_default(),
+            token_auth_method: client.auth_method,
             handout_policy: p.handout_policy,
             reference_ttl_seconds: p.reference_ttl_seconds,
             created_at: p.created_at,
             updated_at: p.updated_at,
             profile: p.profile.clone(),
-            dialect: c.client.dialect.clone(),
-            scope_param: Some(c.scope_param.clone()),
-            scope_separator: Some(c.scope_separator),
+            dialect: client.dialect.clone(),
+            scope_param: code.map(|c| c.scope_param.clone()),
+            scope_separator: code.map(|c| c.scope_separator),
         }
     }
 }
 
-impl From<ProviderRecord> for ProviderConfig {
-    fn from(r: ProviderRecord) -> Self {
-        let auth_code = AuthCode {
-            client: OAuthClient {
-                client_id: r.client_id,
-                client_secret: r.client_secret,
-                auth_method: r.token_auth_method,
-                token_url: r.token_url,
-                dialect: r.dialect,
-            },
-            auth_url: r.auth_url,
-            issuer: r.issuer,
-            revocation_url: r.revocation_url,
-            extra_auth_params: r.extra_auth_params,
-            scope_param: r.scope_param.unwrap_or_else(|| "scope".into()),
-            scope_separator: r.scope_separator.unwrap_or(Separator::Space),
+impl TryFrom<ProviderRecord> for ProviderConfig {
+    type Error = &'static str;
+
+    fn try_from(r: ProviderRecord) -> Result<Self, Self::Error> {
+        let client = OAuthClient {
+            client_id: r.client_id,
+            client_secret: r.client_secret,
+            auth_method: r.token_auth_method,
+            token_url: r.token_url,
+            dialect: r.dialect,
         };
-        Self {
+        let auth_code = |auth_url: Option<Url>| -> Result<AuthCode, &'static str> {
+            Ok(AuthCode {
+                client: client.clone(),
+                auth_url: auth_url.ok_or("an authorization-code provider without auth_url")?,
+                issuer: r.issuer.clone(),
+                revocation_url: r.revocation_url.clone(),
+                extra_auth_params: r.extra_auth_params.clone(),
+                scope_param: r.scope_param.clone().unwrap_or_else(|| "scope".into()),
+                scope_separator: r.scope_separator.unwrap_or(Separator::Space),
+            })
+        };
+        let kind = match r.kind {
+            ProviderKind::OAuth2 => KindConfig::OAuth2(auth_code(r.auth_url)?),
+            ProviderKind::Oidc => KindConfig::Oidc(auth_code(r.auth_url)?),
+            ProviderKind::ClientCredentials => KindConfig::ClientCredentials(client.clone()),
+        };
+        Ok(Self {
             id: r.id,
             name: r.name,
-            kind: match r.kind {
-                ProviderKind::OAuth2 => KindConfig::OAuth2(auth_code),
-                ProviderKind::Oidc => KindConfig::Oidc(auth_code),
-            },
+            kind,
             profile: r.profile,
             default_scopes: r.default_scopes,
             handout_policy: r.handout_policy,
             reference_ttl_seconds: r.reference_ttl_seconds,
             created_at: r.created_at,
             updated_at: r.updated_at,
-        }
+        })
     }
 }
 
@@ -159,7 +173,11 @@ impl ProviderRepo {
         let mut out = Vec::new();
         for key in self.store.list(keyspace::providers()).await? {
             if let Some((r, _)) = read::<ProviderRecord>(&*self.store, &key).await? {
-                out.push(ProviderConfig::from(r));
+                let p = ProviderConfig::try_from(r).map_err(|reason| StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: reason.into(),
+                })?;
+                out.push(p);
             }
         }
         Ok(out)

@@ -8,6 +8,7 @@
 mod admin;
 mod canary;
 mod cli;
+mod client_credentials;
 mod flow;
 mod lifecycle;
 mod providers;

@@ -4,6 +4,7 @@
 //! function below.
 
 mod auth_code;
+mod client_credentials;
 
 pub(crate) use auth_code::AuthCodeFlow;
 
@@ -47,15 +48,39 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
     match d.kind {
         Some(ProviderKind::OAuth2) => auth_code::validate_oauth2(d, ctx).map(KindConfig::OAuth2),
         Some(ProviderKind::Oidc) => auth_code::validate_oidc(d, ctx).await.map(KindConfig::Oidc),
-        None => Err(Error::invalid("kind", "is required (oauth2 or oidc)")),
+        Some(ProviderKind::ClientCredentials) => {
+            client_credentials::validate(d, ctx).map(KindConfig::ClientCredentials)
+        }
+        None => Err(Error::invalid(
+            "kind",
+            "is required (oauth2, oidc or client_credentials)",
+        )),
+    }
+}
+
+/// How a kind obtains a credential when none is cached.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Acquisition<'a> {
+    /// A user's consent through the authorization-code flow, kept as a grant.
+    Consent(AuthCodeFlow<'a>),
+    /// The client's own credentials, for the client itself.
+    Client(&'a crate::domain::OAuthClient),
+}
+
+/// The one dispatch on how a provider's kind obtains credentials.
+pub(crate) fn acquisition(kind: &KindConfig) -> Acquisition<'_> {
+    match kind {
+        KindConfig::OAuth2(c) => Acquisition::Consent(AuthCodeFlow::new(c, false)),
+        KindConfig::Oidc(c) => Acquisition::Consent(AuthCodeFlow::new(c, true)),
+        KindConfig::ClientCredentials(c) => Acquisition::Client(c),
     }
 }
 
 /// The consent flow a kind runs to obtain a user's credential, if it has one.
 pub(crate) fn consent(kind: &KindConfig) -> Option<AuthCodeFlow<'_>> {
-    match kind {
-        KindConfig::OAuth2(c) => Some(AuthCodeFlow::new(c, false)),
-        KindConfig::Oidc(c) => Some(AuthCodeFlow::new(c, true)),
+    match acquisition(kind) {
+        Acquisition::Consent(flow) => Some(flow),
+        Acquisition::Client(_) => None,
     }
 }
 

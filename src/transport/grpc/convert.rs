@@ -3,7 +3,7 @@
 
 use crate::domain::ProviderDraft;
 use crate::domain::{
-    AgentId, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig, ProviderConfig, ProviderId,
+    AgentId, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig, ProviderId,
     ProviderKind, Scopes, TokenAuthMethod, UserId,
 };
 use crate::pb;
@@ -96,12 +96,21 @@ pub(super) fn auth_request(r: pb::AuthenticateRequest) -> Result<AuthRequest, Er
         },
         Err(_) => return Err(Error::invalid("handout", "unknown handout")),
     };
+    let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Ok(AuthRequest {
-        key: grant_key(&r.provider_id, &r.user_id, &r.agent_id)?,
+        provider: ProviderId::parse(&r.provider_id)?,
+        user: optional(&r.user_id)
+            .map(|u| UserId::parse(&u))
+            .transpose()?,
+        agent: optional(&r.agent_id)
+            .map(|a| AgentId::parse(&a))
+            .transpose()?,
         scopes: Scopes::parse("scopes", &r.scopes)?,
         handout,
         min_ttl: r.min_ttl_seconds,
         force_reauth: r.force_reauth,
+        audience: optional(&r.audience),
+        resource: optional(&r.resource),
     })
 }
 
@@ -155,6 +164,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         kind: match p.kind.kind() {
             ProviderKind::OAuth2 => pb::ProviderKind::Oauth2,
             ProviderKind::Oidc => pb::ProviderKind::Oidc,
+            ProviderKind::ClientCredentials => pb::ProviderKind::ClientCredentials,
         } as i32,
         default_scopes: p.default_scopes.to_vec(),
         redirect_uri,
@@ -166,14 +176,20 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         profile: p.profile.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let (KindConfig::OAuth2(c) | KindConfig::Oidc(c)) = &p.kind;
-    wire.client_id = c.client.client_id.clone();
-    wire.has_client_secret = c.client.client_secret.is_some();
-    wire.token_url = c.client.token_url.to_string();
-    wire.token_auth_method = match c.client.auth_method {
-        TokenAuthMethod::ClientSecretBasic => pb::TokenAuthMethod::ClientSecretBasic,
-        TokenAuthMethod::ClientSecretPost => pb::TokenAuthMethod::ClientSecretPost,
-    } as i32;
+    if let Some(client) = p.kind.oauth_client() {
+        wire.client_id = client.client_id.clone();
+        wire.has_client_secret = client.client_secret.is_some();
+        wire.token_url = client.token_url.to_string();
+        wire.token_auth_method = match client.auth_method {
+            TokenAuthMethod::ClientSecretBasic => pb::TokenAuthMethod::ClientSecretBasic,
+            TokenAuthMethod::ClientSecretPost => pb::TokenAuthMethod::ClientSecretPost,
+        } as i32;
+    }
+    let Some(c) = p.kind.auth_code() else {
+        // No redirect for a kind without consent.
+        wire.redirect_uri.clear();
+        return wire;
+    };
     wire.auth_url = c.auth_url.to_string();
     wire.issuer = c.issuer.clone().unwrap_or_default();
     wire.revocation_url = c
@@ -190,6 +206,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
     let kind = match pb::ProviderKind::try_from(p.kind) {
         Ok(pb::ProviderKind::Oauth2) => Some(ProviderKind::OAuth2),
         Ok(pb::ProviderKind::Oidc) => Some(ProviderKind::Oidc),
+        Ok(pb::ProviderKind::ClientCredentials) => Some(ProviderKind::ClientCredentials),
         Ok(pb::ProviderKind::Unspecified) => None,
         Err(_) => return Err(Error::invalid("kind", "unknown provider kind")),
     };

@@ -231,4 +231,16 @@ impl Fixture {
             .into_inner()
             .revoked
     }
+
+    /// Every grant, as the admin key sees them.
+    pub(crate) async fn grants_for_admin(&self) -> Vec<pb::Grant> {
+        self.valet
+            .credentials(daemon::ADMIN_KEY)
+            .await
+            .list_grants(pb::ListGrantsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .grants
+    }
 }

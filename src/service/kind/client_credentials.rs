@@ -1,0 +1,47 @@
+//! Kind `client_credentials` (RFC 6749 section 4.4): the client's own credentials buy a token for
+//! the client itself. No user, no consent, no grant in the store: the token is cached in memory
+//! per (provider, scopes, audience, resource) and bought again when it runs short.
+
+use super::KindContext;
+use crate::domain::{OAuthClient, ProviderDraft, check_client, check_endpoint_url};
+use crate::service::Error;
+
+pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthClient, Error> {
+    check_client(&d.client_id, &d.extra_auth_params)?;
+    for (field, value) in [
+        ("auth_url", &d.auth_url),
+        ("issuer", &d.issuer),
+        ("revocation_url", &d.revocation_url),
+    ] {
+        if !value.is_empty() {
+            return Err(Error::invalid(
+                field,
+                "is not used by client_credentials providers (no user, no consent); leave it empty",
+            ));
+        }
+    }
+    if !d.extra_auth_params.is_empty() {
+        return Err(Error::invalid(
+            "extra_auth_params",
+            "client_credentials providers have no authorization request",
+        ));
+    }
+    if d.handout_policy == crate::domain::HandoutPolicy::ReferenceOnly {
+        return Err(Error::invalid(
+            "handout_policy",
+            "references belong to a user's grant; client_credentials tokens are handed out directly",
+        ));
+    }
+    let secret = d.client_secret.clone().or_else(|| {
+        ctx.current
+            .and_then(|c| c.kind.oauth_client())
+            .and_then(|c| c.client_secret.clone())
+    });
+    Ok(OAuthClient {
+        client_id: d.client_id.clone(),
+        client_secret: secret,
+        auth_method: d.token_auth_method.unwrap_or_default(),
+        token_url: check_endpoint_url("token_url", &d.token_url, ctx.allow_insecure_urls)?,
+        dialect: d.dialect.clone(),
+    })
+}
