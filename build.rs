@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".valet.v1.ResolveRequest",
             ".valet.v1.RevokeRequest",
             ".valet.v1.Credential",
+            ".valet.v1.PutCredentialRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

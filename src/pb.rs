@@ -46,6 +46,9 @@ impl fmt::Debug for Provider {
             .field("reference_ttl_seconds", &self.reference_ttl_seconds)
             .field("profile", &self.profile)
             .field("profile_vars", &self.profile_vars)
+            .field("credential_location", &self.credential_location)
+            .field("credential_name", &self.credential_name)
+            .field("credential_prefix", &self.credential_prefix)
             .finish()
     }
 }
@@ -98,6 +101,18 @@ impl fmt::Debug for Credential {
             .field("location", &self.location)
             .field("name", &self.name)
             .field("value", &redacted(&self.value))
+            .finish()
+    }
+}
+
+impl fmt::Debug for PutCredentialRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutCredentialRequest")
+            .field("provider_id", &self.provider_id)
+            .field("user_id", &self.user_id)
+            .field("agent_id", &self.agent_id)
+            .field("value", &redacted(&self.value))
+            .field("username", &self.username)
             .finish()
     }
 }

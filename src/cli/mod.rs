@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, reason = "the CLI's output is its interface")]
 
 mod auth;
+mod credential;
 mod key;
 mod print;
 mod provider;
@@ -78,6 +79,13 @@ pub enum Command {
         /// Revoke this reference instead of a grant.
         #[arg(long, conflicts_with_all = ["provider", "user", "agent"])]
         reference: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Static credentials (api_key, http_basic, http_bearer providers).
+    Credential {
+        #[command(subcommand)]
+        cmd: credential::CredentialCmd,
         #[command(flatten)]
         conn: Conn,
     },
@@ -187,6 +195,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
             };
             auth::revoke(target, &conn).await
         }
+        Command::Credential { cmd, conn } => credential::run(cmd, &conn).await,
         Command::Key { cmd } => key::run(cmd),
         Command::Store { cmd } => store::run(cmd).await,
         Command::Serve(_) | Command::CheckConfig(_) => bail!("not a client command"),

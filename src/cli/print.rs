@@ -28,6 +28,9 @@ pub(super) fn print_provider(p: &pb::Provider) {
     let kind = match pb::ProviderKind::try_from(p.kind) {
         Ok(pb::ProviderKind::Oidc) => "oidc",
         Ok(pb::ProviderKind::ClientCredentials) => "client_credentials",
+        Ok(pb::ProviderKind::ApiKey) => "api_key",
+        Ok(pb::ProviderKind::HttpBasic) => "http_basic",
+        Ok(pb::ProviderKind::HttpBearer) => "http_bearer",
         _ => "oauth2",
     };
     let method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {

@@ -34,6 +34,19 @@ pub enum Kind {
     Oidc,
     /// A token for the client itself (no user, no consent).
     ClientCredentials,
+    /// A static API key per user (`valet credential put`), placed per --location/--credential-name.
+    ApiKey,
+    /// Authorization: Basic from a stored username and password.
+    HttpBasic,
+    /// Authorization: Bearer with a stored static token.
+    HttpBearer,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Place {
+    Header,
+    Query,
+    Cookie,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,6 +94,15 @@ pub struct ProviderArgs {
     /// A profile variable `name=value` (repeat), e.g. `tenant=contoso.onmicrosoft.com`.
     #[arg(long = "var")]
     pub vars: Vec<String>,
+    /// api_key: where the key goes.
+    #[arg(long)]
+    pub location: Option<Place>,
+    /// api_key: the header, query parameter or cookie name, e.g. X-API-Key.
+    #[arg(long)]
+    pub credential_name: Option<String>,
+    /// api_key: text before the key, e.g. "token ".
+    #[arg(long)]
+    pub credential_prefix: Option<String>,
 }
 
 type Providers = ProvidersClient<crate::client::AuthedChannel>;
@@ -203,6 +225,9 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             Kind::Oauth2 => pb::ProviderKind::Oauth2,
             Kind::Oidc => pb::ProviderKind::Oidc,
             Kind::ClientCredentials => pb::ProviderKind::ClientCredentials,
+            Kind::ApiKey => pb::ProviderKind::ApiKey,
+            Kind::HttpBasic => pb::ProviderKind::HttpBasic,
+            Kind::HttpBearer => pb::ProviderKind::HttpBearer,
         } as i32;
     }
     if p.kind == pb::ProviderKind::Oidc as i32 {
@@ -237,6 +262,15 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
         } as i32;
     }
     set(&mut p.profile, a.profile);
+    set(&mut p.credential_name, a.credential_name);
+    set(&mut p.credential_prefix, a.credential_prefix);
+    if let Some(l) = a.location {
+        p.credential_location = match l {
+            Place::Header => pb::CredentialLocation::Header,
+            Place::Query => pb::CredentialLocation::Query,
+            Place::Cookie => pb::CredentialLocation::Cookie,
+        } as i32;
+    }
     for kv in a.vars {
         let (k, v) = kv
             .split_once('=')

@@ -16,6 +16,12 @@ pub enum ProviderKind {
     Oidc,
     /// The client credentials grant (RFC 6749 section 4.4): a token for the client itself.
     ClientCredentials,
+    /// A static API key placed in a header, query parameter or cookie (OpenAPI `apiKey`).
+    ApiKey,
+    /// `Authorization: Basic` from a stored username and password (RFC 7617).
+    HttpBasic,
+    /// `Authorization: Bearer` with a stored static token (RFC 6750).
+    HttpBearer,
 }
 
 impl ProviderKind {
@@ -24,6 +30,9 @@ impl ProviderKind {
             Self::OAuth2 => "oauth2",
             Self::Oidc => "oidc",
             Self::ClientCredentials => "client_credentials",
+            Self::ApiKey => "api_key",
+            Self::HttpBasic => "http_basic",
+            Self::HttpBearer => "http_bearer",
         }
     }
 }
@@ -107,6 +116,46 @@ pub struct AuthCode {
     pub scope_separator: Separator,
 }
 
+/// Where a credential goes on an HTTP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Location {
+    #[default]
+    Header,
+    Query,
+    Cookie,
+}
+
+impl Location {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Query => "query",
+            Self::Cookie => "cookie",
+        }
+    }
+}
+
+/// A static credential's kind and where it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticCredential {
+    pub kind: ProviderKind,
+    pub location: Location,
+    /// Header, query parameter or cookie name.
+    pub name: String,
+    /// Put before the value (an API key scheme such as `token `).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// A credential ready to put on an HTTP request.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub location: Location,
+    pub name: String,
+    pub value: SecretString,
+}
+
 /// One validated, kind-specific configuration.
 #[derive(Debug, Clone)]
 pub enum KindConfig {
@@ -114,6 +163,8 @@ pub enum KindConfig {
     Oidc(AuthCode),
     /// No user and no consent: the client's own credentials buy the token.
     ClientCredentials(OAuthClient),
+    /// A value stored per user (or agent) with `PutCredential`, applied as configured.
+    Static(StaticCredential),
 }
 
 impl KindConfig {
@@ -122,6 +173,7 @@ impl KindConfig {
             Self::OAuth2(_) => ProviderKind::OAuth2,
             Self::Oidc(_) => ProviderKind::Oidc,
             Self::ClientCredentials(_) => ProviderKind::ClientCredentials,
+            Self::Static(s) => s.kind,
         }
     }
 
@@ -130,6 +182,7 @@ impl KindConfig {
         match self {
             Self::OAuth2(c) | Self::Oidc(c) => Some(&c.client),
             Self::ClientCredentials(c) => Some(c),
+            Self::Static(_) => None,
         }
     }
 
@@ -137,7 +190,7 @@ impl KindConfig {
     pub fn auth_code(&self) -> Option<&AuthCode> {
         match self {
             Self::OAuth2(c) | Self::Oidc(c) => Some(c),
-            Self::ClientCredentials(_) => None,
+            Self::ClientCredentials(_) | Self::Static(_) => None,
         }
     }
 

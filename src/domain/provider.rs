@@ -48,6 +48,11 @@ pub struct ProviderDraft {
     pub profile_vars: BTreeMap<String, String>,
     /// Set from the profile: how the provider's messages deviate from the RFCs.
     pub dialect: TokenDialect,
+    /// Static credentials: where the value goes (default header), under which name, after
+    /// which prefix.
+    pub credential_location: Option<super::Location>,
+    pub credential_name: String,
+    pub credential_prefix: String,
     /// Set from the profile; empty: `scope`.
     pub scope_param: String,
     pub scope_separator: Separator,

@@ -403,6 +403,47 @@ impl TokenBroker {
         Ok((grant.refresh_token, cached.or(grant.access_token)))
     }
 
+    /// Stores a static credential as the grant's kept token (no refresh, no expiry).
+    pub(crate) async fn put_static(
+        &self,
+        key: &GrantKey,
+        value: SecretString,
+        kind: &str,
+    ) -> Result<(), Error> {
+        let _guard = self.cache.lock(key).await;
+        let now = self.clock.now_unix();
+        let mut attempts = 1;
+        loop {
+            let previous = self.grants.get(key).await?;
+            let (cas, created_at) = previous.as_ref().map_or((Cas::Absent, now), |(g, v)| {
+                (Cas::Version(*v), g.created_at)
+            });
+            let grant = Grant {
+                key: key.clone(),
+                scopes: Scopes::default(),
+                subject: None,
+                refresh_token: None,
+                status: GrantStatus::Active,
+                created_at,
+                updated_at: now,
+                refreshing: None,
+                access_token: Some(value.clone()),
+                token_type: Some(kind.to_owned()),
+                expires_at: 0,
+                declined: Scopes::default(),
+                metadata: BTreeMap::new(),
+            };
+            match self.grants.put(&grant, cas).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict) if attempts < CONSENT_WRITE_ATTEMPTS => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.cache.remove(key);
+        self.refresher.forget_lost(key);
+        Ok(())
+    }
+
     /// Removes a grant from the store and the cache. Returns whether one existed.
     pub(crate) async fn revoke(&self, key: &GrantKey) -> Result<bool, Error> {
         let _guard = self.cache.lock(key).await;

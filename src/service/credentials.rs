@@ -13,8 +13,8 @@ use super::providers::ProviderRegistry;
 use super::references::References;
 use crate::clock::Clock;
 use crate::domain::{
-    AgentId, Caller, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig, ProviderId,
-    Scopes, UserId,
+    AgentId, Applied, Caller, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig,
+    ProviderId, Scopes, UserId,
 };
 use crate::oauth::TokenEndpoint;
 use crate::pending::{FlowFailure, FlowOutcome, PendingFlows};
@@ -150,7 +150,58 @@ impl Credentials {
                 Ok(Outcome::Token(token.await?))
             }
             Acquisition::Consent(_) => self.for_user(caller, &provider, req, scopes, min_ttl).await,
+            Acquisition::Stored(_) => self.stored(caller, &provider, req, min_ttl).await,
         }
+    }
+
+    /// A static credential stored for the user (or agent): never a flow.
+    async fn stored(
+        &self,
+        caller: &Caller,
+        provider: &ProviderConfig,
+        req: AuthRequest,
+        min_ttl: i64,
+    ) -> Result<Outcome, Error> {
+        let key = user_key(req.provider, req.user, req.agent)?;
+        policy::authorize(caller, Action::UseGrant(&key))?;
+        let none = Scopes::default();
+        match self
+            .broker
+            .usable_token(provider, &key, &none, min_ttl)
+            .await?
+        {
+            Some(token) => {
+                self.hand_out(caller, provider, &key, token, req.handout)
+                    .await
+            }
+            None => Err(Error::CredentialMissing {
+                provider: key.provider.to_string(),
+                user: key.user.to_string(),
+            }),
+        }
+    }
+
+    /// Stores a static credential for a user (optionally one agent). Write-only: it is never
+    /// returned except applied to a request.
+    pub async fn put_credential(
+        &self,
+        caller: &Caller,
+        key: &GrantKey,
+        username: &str,
+        value: &SecretString,
+    ) -> Result<(), Error> {
+        policy::authorize(caller, Action::PutCredential(key))?;
+        let provider = self.providers.get(&key.provider)?;
+        let Acquisition::Stored(c) = kind::acquisition(&provider.kind) else {
+            return Err(Error::invalid(
+                "provider_id",
+                "this provider obtains its credentials itself (OAuth); only api_key, http_basic and http_bearer providers take a stored value",
+            ));
+        };
+        let stored = kind::stored_value(c, username, value)?;
+        self.broker.put_static(key, stored, c.kind.as_str()).await?;
+        tracing::info!(provider = %key.provider, "credential stored");
+        Ok(())
     }
 
     /// A user's token from their grant, or a consent flow.
@@ -162,20 +213,13 @@ impl Credentials {
         scopes: Scopes,
         min_ttl: i64,
     ) -> Result<Outcome, Error> {
-        let user = req.user.ok_or_else(|| {
-            Error::invalid("user_id", "is required (the person the agent acts for)")
-        })?;
         if req.audience.is_some() || req.resource.is_some() {
             return Err(Error::invalid(
                 "audience",
                 "audience and resource apply to client_credentials providers only",
             ));
         }
-        let key = GrantKey {
-            provider: req.provider,
-            user,
-            agent: req.agent,
-        };
+        let key = user_key(req.provider, req.user, req.agent)?;
         policy::authorize(caller, Action::UseGrant(&key))?;
         if !req.force_reauth
             && let Some(token) = self
@@ -395,7 +439,7 @@ impl Credentials {
         caller: &Caller,
         reference: &str,
         min_ttl: u32,
-    ) -> Result<AccessToken, Error> {
+    ) -> Result<(AccessToken, Applied), Error> {
         let min_ttl = self.min_ttl(min_ttl)?;
         let found = self.references.find(reference).await?;
         let Some(record) = &found.record else {
@@ -436,7 +480,8 @@ impl Credentials {
         if record.single_use {
             self.references.spend(&found.hash).await?;
         }
-        Ok(token)
+        let applied = kind::apply(&provider.kind, &token.token);
+        Ok((token, applied))
     }
 
     /// Revokes one reference. Only the caller it was issued to, or an admin, may.
@@ -508,4 +553,19 @@ impl Credentials {
         tracing::info!(provider = %id, "provider deleted");
         Ok(())
     }
+}
+
+/// The grant key of a request that acts for a user.
+fn user_key(
+    provider: ProviderId,
+    user: Option<UserId>,
+    agent: Option<AgentId>,
+) -> Result<GrantKey, Error> {
+    let user = user
+        .ok_or_else(|| Error::invalid("user_id", "is required (the person the agent acts for)"))?;
+    Ok(GrantKey {
+        provider,
+        user,
+        agent,
+    })
 }

@@ -26,6 +26,10 @@ pub enum Error {
     Flow(FlowFailure),
     #[error("the provider no longer honours this grant; the user must authorize again")]
     ReauthorizationRequired,
+    #[error(
+        "no credential is stored for provider '{provider}' and user '{user}': store one with PutCredential (`valet credential put`)"
+    )]
+    CredentialMissing { provider: String, user: String },
     /// An OAuth error code from the provider (e.g. `invalid_client`): safe to show.
     #[error("the provider refused the request: {0}")]
     ProviderRejected(String),
@@ -78,6 +82,7 @@ pub enum Reason {
     IdTokenRejected,
     ExchangeFailed,
     ReauthorizationRequired,
+    CredentialMissing,
     ProviderRejected,
     ProviderUnavailable,
     StoreUnavailable,
@@ -104,9 +109,10 @@ impl Error {
             Self::NotFound { .. } => Class::NotFound,
             Self::AlreadyExists { .. } => Class::AlreadyExists,
             Self::PermissionDenied(_) => Class::Denied,
-            Self::Flow(_) | Self::ReauthorizationRequired | Self::ProviderRejected(_) => {
-                Class::Precondition
-            }
+            Self::Flow(_)
+            | Self::ReauthorizationRequired
+            | Self::CredentialMissing { .. }
+            | Self::ProviderRejected(_) => Class::Precondition,
             Self::ProviderUnavailable(_) | Self::RefreshBusy | Self::StoreUnavailable(_) => {
                 Class::Unavailable
             }
@@ -132,6 +138,7 @@ impl Error {
                 FlowFailure::ExchangeFailed(_) => Reason::ExchangeFailed,
             },
             Self::ReauthorizationRequired => Reason::ReauthorizationRequired,
+            Self::CredentialMissing { .. } => Reason::CredentialMissing,
             Self::ProviderRejected(_) => Reason::ProviderRejected,
             Self::ProviderUnavailable(_) | Self::RefreshBusy => Reason::ProviderUnavailable,
             Self::StoreUnavailable(_) => Reason::StoreUnavailable,

@@ -18,6 +18,8 @@ pub enum Action<'a> {
     UseClient(&'a ProviderId),
     /// Remove a grant.
     RevokeGrant(&'a GrantKey),
+    /// Store a static credential for a user (today any caller may; issue-10 binding narrows it).
+    PutCredential(&'a GrantKey),
     /// List grant metadata, optionally for one user.
     ListGrants { user: Option<&'a UserId> },
     /// Resolve a reference issued to `owner`.

@@ -148,9 +148,6 @@ impl ProviderRegistry {
                 id: id.to_string(),
             });
         }
-        if draft.client_secret.is_none() {
-            return Err(Error::invalid("client_secret", "is required"));
-        }
         let now = self.clock.now_unix();
         let config = self.validate(id, draft, None, now).await?;
         self.repo

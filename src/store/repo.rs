@@ -5,7 +5,8 @@
 use super::{Cas, SecretBytes, SecretStore, StoreError, keyspace};
 use crate::domain::{
     AuthCode, Grant, GrantKey, HandoutPolicy, KindConfig, OAuthClient, ProviderConfig, ProviderId,
-    ProviderKind, ReferenceRecord, Scopes, Separator, TokenAuthMethod, TokenDialect,
+    ProviderKind, ReferenceRecord, Scopes, Separator, StaticCredential, TokenAuthMethod,
+    TokenDialect,
 };
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
@@ -58,7 +59,9 @@ struct ProviderRecord {
     /// Absent for kinds without an authorization endpoint (client credentials).
     #[serde(default)]
     auth_url: Option<Url>,
-    token_url: Url,
+    /// Absent for static credentials.
+    #[serde(default)]
+    token_url: Option<Url>,
     issuer: Option<String>,
     revocation_url: Option<Url>,
     default_scopes: Scopes,
@@ -78,6 +81,9 @@ struct ProviderRecord {
     scope_param: Option<String>,
     #[serde(default)]
     scope_separator: Option<Separator>,
+    /// Static credentials: where the value goes.
+    #[serde(default)]
+    credential: Option<StaticCredential>,
 }
 
 fn default_reference_ttl() -> u32 {
@@ -86,33 +92,35 @@ fn default_reference_ttl() -> u32 {
 
 impl From<&ProviderConfig> for ProviderRecord {
     fn from(p: &ProviderConfig) -> Self {
-        let (client, code) = match &p.kind {
-            KindConfig::OAuth2(c) | KindConfig::Oidc(c) => (&c.client, Some(c)),
-            KindConfig::ClientCredentials(c) => (c, None),
+        let (client, code, credential) = match &p.kind {
+            KindConfig::OAuth2(c) | KindConfig::Oidc(c) => (Some(&c.client), Some(c), None),
+            KindConfig::ClientCredentials(c) => (Some(c), None, None),
+            KindConfig::Static(s) => (None, None, Some(s.clone())),
         };
         Self {
             id: p.id.clone(),
             name: p.name.clone(),
             kind: p.kind.kind(),
-            client_id: client.client_id.clone(),
-            client_secret: client.client_secret.clone(),
+            client_id: client.map(|c| c.client_id.clone()).unwrap_or_default(),
+            client_secret: client.and_then(|c| c.client_secret.clone()),
             auth_url: code.map(|c| c.auth_url.clone()),
-            token_url: client.token_url.clone(),
+            token_url: client.map(|c| c.token_url.clone()),
             issuer: code.and_then(|c| c.issuer.clone()),
             revocation_url: code.and_then(|c| c.revocation_url.clone()),
             default_scopes: p.default_scopes.clone(),
             extra_auth_params: code
                 .map(|c| c.extra_auth_params.clone())
                 .unwrap_or_default(),
-            token_auth_method: client.auth_method,
+            token_auth_method: client.map(|c| c.auth_method).unwrap_or_default(),
             handout_policy: p.handout_policy,
             reference_ttl_seconds: p.reference_ttl_seconds,
             created_at: p.created_at,
             updated_at: p.updated_at,
             profile: p.profile.clone(),
-            dialect: client.dialect.clone(),
+            dialect: client.map(|c| c.dialect.clone()).unwrap_or_default(),
             scope_param: code.map(|c| c.scope_param.clone()),
             scope_separator: code.map(|c| c.scope_separator),
+            credential,
         }
     }
 }
@@ -121,16 +129,18 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
     type Error = &'static str;
 
     fn try_from(r: ProviderRecord) -> Result<Self, Self::Error> {
-        let client = OAuthClient {
-            client_id: r.client_id,
-            client_secret: r.client_secret,
-            auth_method: r.token_auth_method,
-            token_url: r.token_url,
-            dialect: r.dialect,
+        let client = |token_url: Option<Url>| -> Result<OAuthClient, &'static str> {
+            Ok(OAuthClient {
+                client_id: r.client_id.clone(),
+                client_secret: r.client_secret.clone(),
+                auth_method: r.token_auth_method,
+                token_url: token_url.ok_or("an OAuth provider without token_url")?,
+                dialect: r.dialect.clone(),
+            })
         };
         let auth_code = |auth_url: Option<Url>| -> Result<AuthCode, &'static str> {
             Ok(AuthCode {
-                client: client.clone(),
+                client: client(r.token_url.clone())?,
                 auth_url: auth_url.ok_or("an authorization-code provider without auth_url")?,
                 issuer: r.issuer.clone(),
                 revocation_url: r.revocation_url.clone(),
@@ -142,7 +152,16 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
         let kind = match r.kind {
             ProviderKind::OAuth2 => KindConfig::OAuth2(auth_code(r.auth_url)?),
             ProviderKind::Oidc => KindConfig::Oidc(auth_code(r.auth_url)?),
-            ProviderKind::ClientCredentials => KindConfig::ClientCredentials(client.clone()),
+            ProviderKind::ClientCredentials => {
+                KindConfig::ClientCredentials(client(r.token_url.clone())?)
+            }
+            ProviderKind::ApiKey | ProviderKind::HttpBasic | ProviderKind::HttpBearer => {
+                KindConfig::Static(
+                    r.credential
+                        .clone()
+                        .ok_or("a static provider without placement")?,
+                )
+            }
         };
         Ok(Self {
             id: r.id,

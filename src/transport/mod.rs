@@ -23,6 +23,7 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::IdTokenRejected => pb::ErrorReason::IdTokenRejected,
         Reason::ExchangeFailed => pb::ErrorReason::ExchangeFailed,
         Reason::ReauthorizationRequired => pb::ErrorReason::ReauthorizationRequired,
+        Reason::CredentialMissing => pb::ErrorReason::CredentialMissing,
         Reason::ProviderRejected => pb::ErrorReason::ProviderRejected,
         Reason::ProviderUnavailable => pb::ErrorReason::ProviderUnavailable,
         Reason::StoreUnavailable => pb::ErrorReason::StoreUnavailable,

@@ -15,5 +15,6 @@ mod providers;
 mod references;
 mod refresh;
 mod scoping;
+mod static_credentials;
 mod support;
 mod vault;

@@ -19,12 +19,19 @@ fn optional_url(field: &'static str, raw: &str, insecure: bool) -> Result<Option
         .transpose()?)
 }
 
-fn client_secret(d: &ProviderDraft, current: Option<&ProviderConfig>) -> Option<SecretString> {
-    d.client_secret.clone().or_else(|| {
-        current
-            .and_then(|c| c.kind.oauth_client())
-            .and_then(|c| c.client_secret.clone())
-    })
+/// The draft's client secret, or on update the stored one. OAuth clients need one.
+pub(super) fn client_secret(
+    d: &ProviderDraft,
+    current: Option<&ProviderConfig>,
+) -> Result<SecretString, Error> {
+    d.client_secret
+        .clone()
+        .or_else(|| {
+            current
+                .and_then(|c| c.kind.oauth_client())
+                .and_then(|c| c.client_secret.clone())
+        })
+        .ok_or_else(|| Error::invalid("client_secret", "is required"))
 }
 
 fn auth_code(
@@ -38,7 +45,7 @@ fn auth_code(
     Ok(AuthCode {
         client: OAuthClient {
             client_id: d.client_id.clone(),
-            client_secret: client_secret(d, ctx.current),
+            client_secret: Some(client_secret(d, ctx.current)?),
             auth_method: d.token_auth_method.unwrap_or_default(),
             token_url,
             dialect: d.dialect.clone(),

@@ -32,11 +32,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthC
             "references belong to a user's grant; client_credentials tokens are handed out directly",
         ));
     }
-    let secret = d.client_secret.clone().or_else(|| {
-        ctx.current
-            .and_then(|c| c.kind.oauth_client())
-            .and_then(|c| c.client_secret.clone())
-    });
+    let secret = Some(super::auth_code::client_secret(d, ctx.current)?);
     Ok(OAuthClient {
         client_id: d.client_id.clone(),
         client_secret: secret,

@@ -5,6 +5,9 @@
 
 mod auth_code;
 mod client_credentials;
+mod static_credential;
+
+pub(crate) use static_credential::stored_value;
 
 pub(crate) use auth_code::AuthCodeFlow;
 
@@ -51,9 +54,12 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
         Some(ProviderKind::ClientCredentials) => {
             client_credentials::validate(d, ctx).map(KindConfig::ClientCredentials)
         }
+        Some(k @ (ProviderKind::ApiKey | ProviderKind::HttpBasic | ProviderKind::HttpBearer)) => {
+            static_credential::validate(d, k, ctx).map(KindConfig::Static)
+        }
         None => Err(Error::invalid(
             "kind",
-            "is required (oauth2, oidc or client_credentials)",
+            "is required (oauth2, oidc, client_credentials, api_key, http_basic or http_bearer)",
         )),
     }
 }
@@ -65,6 +71,8 @@ pub(crate) enum Acquisition<'a> {
     Consent(AuthCodeFlow<'a>),
     /// The client's own credentials, for the client itself.
     Client(&'a crate::domain::OAuthClient),
+    /// A value stored with `PutCredential`.
+    Stored(&'a crate::domain::StaticCredential),
 }
 
 /// The one dispatch on how a provider's kind obtains credentials.
@@ -73,6 +81,25 @@ pub(crate) fn acquisition(kind: &KindConfig) -> Acquisition<'_> {
         KindConfig::OAuth2(c) => Acquisition::Consent(AuthCodeFlow::new(c, false)),
         KindConfig::Oidc(c) => Acquisition::Consent(AuthCodeFlow::new(c, true)),
         KindConfig::ClientCredentials(c) => Acquisition::Client(c),
+        KindConfig::Static(c) => Acquisition::Stored(c),
+    }
+}
+
+/// A credential as it goes on the request: OAuth access tokens are always bearer tokens
+/// (RFC 6750), whatever `token_type` a provider spells; static ones go where configured.
+pub(crate) fn apply(kind: &KindConfig, token: &SecretString) -> crate::domain::Applied {
+    match kind {
+        KindConfig::Static(c) => static_credential::apply(c, token),
+        KindConfig::OAuth2(_) | KindConfig::Oidc(_) | KindConfig::ClientCredentials(_) => {
+            crate::domain::Applied {
+                location: crate::domain::Location::Header,
+                name: "Authorization".into(),
+                value: SecretString::from(format!(
+                    "Bearer {}",
+                    crate::secret::ExposeSecret::expose_secret(token)
+                )),
+            }
+        }
     }
 }
 
@@ -80,7 +107,7 @@ pub(crate) fn acquisition(kind: &KindConfig) -> Acquisition<'_> {
 pub(crate) fn consent(kind: &KindConfig) -> Option<AuthCodeFlow<'_>> {
     match acquisition(kind) {
         Acquisition::Consent(flow) => Some(flow),
-        Acquisition::Client(_) => None,
+        Acquisition::Client(_) | Acquisition::Stored(_) => None,
     }
 }
 

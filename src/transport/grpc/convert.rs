@@ -3,8 +3,8 @@
 
 use crate::domain::ProviderDraft;
 use crate::domain::{
-    AgentId, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig, ProviderId,
-    ProviderKind, Scopes, TokenAuthMethod, UserId,
+    AgentId, Applied, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig, Location,
+    ProviderConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod, UserId,
 };
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
@@ -146,13 +146,12 @@ pub(super) fn grant(g: GrantInfo) -> pb::Grant {
     }
 }
 
-/// The credential ready to put on an HTTP request. An OAuth access token is always a bearer
-/// token (RFC 6750), whatever `token_type` a provider spells (Slack says `bot` or `user`).
-pub(super) fn credential(t: &AccessToken) -> pb::Credential {
+/// The credential ready to put on an HTTP request (the kind decided where and how).
+pub(super) fn credential(a: &Applied) -> pb::Credential {
     pb::Credential {
-        location: "header".into(),
-        name: "Authorization".into(),
-        value: format!("Bearer {}", t.token.expose_secret()),
+        location: a.location.as_str().into(),
+        name: a.name.clone(),
+        value: a.value.expose_secret().to_owned(),
     }
 }
 
@@ -165,6 +164,9 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
             ProviderKind::OAuth2 => pb::ProviderKind::Oauth2,
             ProviderKind::Oidc => pb::ProviderKind::Oidc,
             ProviderKind::ClientCredentials => pb::ProviderKind::ClientCredentials,
+            ProviderKind::ApiKey => pb::ProviderKind::ApiKey,
+            ProviderKind::HttpBasic => pb::ProviderKind::HttpBasic,
+            ProviderKind::HttpBearer => pb::ProviderKind::HttpBearer,
         } as i32,
         default_scopes: p.default_scopes.to_vec(),
         redirect_uri,
@@ -176,6 +178,15 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         profile: p.profile.clone().unwrap_or_default(),
         ..Default::default()
     };
+    if let KindConfig::Static(c) = &p.kind {
+        wire.credential_location = match c.location {
+            Location::Header => pb::CredentialLocation::Header,
+            Location::Query => pb::CredentialLocation::Query,
+            Location::Cookie => pb::CredentialLocation::Cookie,
+        } as i32;
+        wire.credential_name.clone_from(&c.name);
+        wire.credential_prefix.clone_from(&c.prefix);
+    }
     if let Some(client) = p.kind.oauth_client() {
         wire.client_id = client.client_id.clone();
         wire.has_client_secret = client.client_secret.is_some();
@@ -207,6 +218,9 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         Ok(pb::ProviderKind::Oauth2) => Some(ProviderKind::OAuth2),
         Ok(pb::ProviderKind::Oidc) => Some(ProviderKind::Oidc),
         Ok(pb::ProviderKind::ClientCredentials) => Some(ProviderKind::ClientCredentials),
+        Ok(pb::ProviderKind::ApiKey) => Some(ProviderKind::ApiKey),
+        Ok(pb::ProviderKind::HttpBasic) => Some(ProviderKind::HttpBasic),
+        Ok(pb::ProviderKind::HttpBearer) => Some(ProviderKind::HttpBearer),
         Ok(pb::ProviderKind::Unspecified) => None,
         Err(_) => return Err(Error::invalid("kind", "unknown provider kind")),
     };
@@ -241,6 +255,15 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         reference_ttl_seconds: p.reference_ttl_seconds,
         profile: p.profile,
         profile_vars: p.profile_vars.into_iter().collect(),
+        credential_location: match pb::CredentialLocation::try_from(p.credential_location) {
+            Ok(pb::CredentialLocation::Unspecified) => None,
+            Ok(pb::CredentialLocation::Header) => Some(Location::Header),
+            Ok(pb::CredentialLocation::Query) => Some(Location::Query),
+            Ok(pb::CredentialLocation::Cookie) => Some(Location::Cookie),
+            Err(_) => return Err(Error::invalid("credential_location", "unknown location")),
+        },
+        credential_name: p.credential_name,
+        credential_prefix: p.credential_prefix,
         ..ProviderDraft::default()
     })
 }

@@ -3,6 +3,7 @@
 
 use super::{caller, convert, rpc};
 use crate::pb;
+use crate::secret::SecretString;
 use crate::service::{Credentials, ProviderRevocation};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,8 +83,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
                 .await
         })
         .await?;
+        let (t, applied) = t;
         Ok(Response::new(pb::ResolveResponse {
-            credential: Some(convert::credential(&t)),
+            credential: Some(convert::credential(&applied)),
             token: Some(convert::token(t)),
         }))
     }
@@ -130,5 +132,22 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         .await?;
         let grants = grants.into_iter().map(convert::grant).collect();
         Ok(Response::new(pb::ListGrantsResponse { grants }))
+    }
+
+    async fn put_credential(
+        &self,
+        req: Request<pb::PutCredentialRequest>,
+    ) -> Result<Response<pb::PutCredentialResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        rpc("PutCredential", &caller, &r.provider_id, async {
+            let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
+            let value = SecretString::from(r.value);
+            self.credentials
+                .put_credential(&caller, &key, &r.username, &value)
+                .await
+        })
+        .await?;
+        Ok(Response::new(pb::PutCredentialResponse {}))
     }
 }

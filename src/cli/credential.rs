@@ -1,0 +1,68 @@
+//! `valet credential put`: stores a static credential (api_key, http_basic, http_bearer
+//! providers) for a user or one agent. The value comes from a file or an environment variable,
+//! never a flag (flags show up in `ps`), and is never shown again.
+
+use super::Conn;
+use super::print::explain;
+use crate::pb;
+use anyhow::Context as _;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCmd {
+    /// Store (or replace) the value for a user, optionally for one agent only.
+    Put {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        agent: Option<String>,
+        /// http_basic: the username (the value is the password).
+        #[arg(long)]
+        username: Option<String>,
+        /// Name of an environment variable holding the value.
+        #[arg(long, required_unless_present = "value_file")]
+        value_env: Option<String>,
+        /// File holding the value (trailing newline trimmed).
+        #[arg(long, conflicts_with = "value_env")]
+        value_file: Option<String>,
+    },
+}
+
+pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
+    let CredentialCmd::Put {
+        provider,
+        user,
+        agent,
+        username,
+        value_env,
+        value_file,
+    } = cmd;
+    let value = match (value_env, value_file) {
+        (Some(var), _) => {
+            std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?
+        }
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {path}"))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => anyhow::bail!("give the value with --value-env or --value-file"),
+    };
+    conn.connect()
+        .await?
+        .credentials()
+        .put_credential(pb::PutCredentialRequest {
+            provider_id: provider.clone(),
+            user_id: user.clone(),
+            agent_id: agent.unwrap_or_default(),
+            value,
+            username: username.unwrap_or_default(),
+        })
+        .await
+        .map_err(explain)?;
+    println!(
+        "stored the credential for {user} at {provider} (write-only: it is never shown again)"
+    );
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Static credentials (api_key, http_basic, http_bearer): stored write-only per user or agent with
+//! PutCredential, resolved into the right place, isolated, refused clearly, never logged.
+
+use crate::support::daemon::{AGENT_KEY, OTHER_AGENT_KEY};
+use crate::support::{Fixture, expect_err, token};
+use base64::Engine as _;
+use tonic::Code;
+use valet::pb;
+
+const KEY_VALUE: &str = "sk-static-canary-0123456789";
+
+async fn static_provider(f: &Fixture, id: &str, kind: pb::ProviderKind, place: (i32, &str, &str)) {
+    f.create(pb::Provider {
+        provider_id: id.into(),
+        kind: kind as i32,
+        credential_location: place.0,
+        credential_name: place.1.into(),
+        credential_prefix: place.2.into(),
+        ..Default::default()
+    })
+    .await;
+}
+
+fn put(
+    provider: &str,
+    user: &str,
+    agent: &str,
+    value: &str,
+    username: &str,
+) -> pb::PutCredentialRequest {
+    pb::PutCredentialRequest {
+        provider_id: provider.into(),
+        user_id: user.into(),
+        agent_id: agent.into(),
+        value: value.into(),
+        username: username.into(),
+    }
+}
+
+/// Authenticate for a reference, then Resolve it: the applied credential.
+async fn applied(
+    f: &Fixture,
+    key: &str,
+    provider: &str,
+    user: &str,
+    agent: &str,
+) -> pb::Credential {
+    let r = f
+        .authenticate(
+            key,
+            pb::AuthenticateRequest {
+                handout: pb::Handout::Reference as i32,
+                ..Fixture::request(provider, user, agent)
+            },
+        )
+        .await;
+    let Some(pb::authenticate_response::Result::Reference(r)) = r.result else {
+        panic!("expected a reference, got {r:?}");
+    };
+    f.valet
+        .credentials(key)
+        .await
+        .resolve(pb::ResolveRequest {
+            reference: r.reference,
+            min_ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credential
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stored_values_resolve_into_header_query_cookie_basic_and_bearer() {
+    let f = Fixture::new().await;
+    let h = pb::CredentialLocation::Header as i32;
+    static_provider(&f, "hdr", pb::ProviderKind::ApiKey, (h, "X-API-Key", "")).await;
+    static_provider(
+        &f,
+        "qry",
+        pb::ProviderKind::ApiKey,
+        (pb::CredentialLocation::Query as i32, "api_key", ""),
+    )
+    .await;
+    static_provider(
+        &f,
+        "ck",
+        pb::ProviderKind::ApiKey,
+        (pb::CredentialLocation::Cookie as i32, "session", ""),
+    )
+    .await;
+    static_provider(
+        &f,
+        "pre",
+        pb::ProviderKind::ApiKey,
+        (h, "Authorization", "token "),
+    )
+    .await;
+    static_provider(&f, "basic", pb::ProviderKind::HttpBasic, (0, "", "")).await;
+    static_provider(&f, "bearer", pb::ProviderKind::HttpBearer, (0, "", "")).await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    for p in ["hdr", "qry", "ck", "pre", "bearer"] {
+        creds
+            .put_credential(put(p, "alice", "", KEY_VALUE, ""))
+            .await
+            .unwrap();
+    }
+    creds
+        .put_credential(put("basic", "alice", "", "pa55word", "alice@acme"))
+        .await
+        .unwrap();
+    let expect = [
+        ("hdr", "header", "X-API-Key", KEY_VALUE.to_owned()),
+        ("qry", "query", "api_key", KEY_VALUE.to_owned()),
+        ("ck", "cookie", "session", KEY_VALUE.to_owned()),
+        (
+            "pre",
+            "header",
+            "Authorization",
+            format!("token {KEY_VALUE}"),
+        ),
+        (
+            "bearer",
+            "header",
+            "Authorization",
+            format!("Bearer {KEY_VALUE}"),
+        ),
+        (
+            "basic",
+            "header",
+            "Authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("alice@acme:pa55word")
+            ),
+        ),
+    ];
+    for (p, location, name, value) in expect {
+        let c = applied(&f, AGENT_KEY, p, "alice", "").await;
+        assert_eq!(
+            (c.location.as_str(), c.name.as_str(), c.value.as_str()),
+            (location, name, value.as_str()),
+            "{p}"
+        );
+    }
+    // The raw value where the handout policy allows tokens; it survives a restart.
+    let f = f.restart();
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::request("hdr", "alice", ""))
+            .await,
+    );
+    assert_eq!((t.access_token.as_str(), t.expires_at), (KEY_VALUE, 0));
+    // Listings show that a value is set, never the value.
+    let grants = f.grants("alice").await;
+    assert_eq!(grants.len(), 6);
+    assert!(!format!("{grants:?}").contains(KEY_VALUE));
+    assert!(!f.valet.logs().contains(KEY_VALUE) && !f.valet.logs().contains("pa55word"));
+}
+
+#[tokio::test]
+async fn a_missing_value_is_a_clear_precondition_and_values_are_isolated() {
+    let f = Fixture::new().await;
+    static_provider(&f, "hdr", pb::ProviderKind::ApiKey, (0, "X-API-Key", "")).await;
+    let s = expect_err(
+        f.try_authenticate(AGENT_KEY, Fixture::request("hdr", "alice", ""))
+            .await,
+        Code::FailedPrecondition,
+        "CREDENTIAL_MISSING",
+    );
+    assert!(
+        s.message().contains("hdr")
+            && s.message().contains("alice")
+            && s.message().contains("PutCredential"),
+        "{s:?}"
+    );
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    creds
+        .put_credential(put("hdr", "alice", "planner", "agent-only-value", ""))
+        .await
+        .unwrap();
+    // The agent's value is not the user's, and another user has none.
+    expect_err(
+        f.try_authenticate(AGENT_KEY, Fixture::request("hdr", "alice", ""))
+            .await,
+        Code::FailedPrecondition,
+        "CREDENTIAL_MISSING",
+    );
+    expect_err(
+        f.try_authenticate(AGENT_KEY, Fixture::request("hdr", "bob", "planner"))
+            .await,
+        Code::FailedPrecondition,
+        "CREDENTIAL_MISSING",
+    );
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::request("hdr", "alice", "planner"))
+            .await,
+    );
+    assert_eq!(t.access_token, "agent-only-value");
+    // A reference issued to one key is refused to another.
+    let c = applied(&f, AGENT_KEY, "hdr", "alice", "planner").await;
+    assert_eq!(c.value, "agent-only-value");
+    let r = f
+        .authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                handout: pb::Handout::Reference as i32,
+                ..Fixture::request("hdr", "alice", "planner")
+            },
+        )
+        .await;
+    let Some(pb::authenticate_response::Result::Reference(r)) = r.result else {
+        panic!("{r:?}");
+    };
+    expect_err(
+        f.valet
+            .credentials(OTHER_AGENT_KEY)
+            .await
+            .resolve(pb::ResolveRequest {
+                reference: r.reference,
+                min_ttl_seconds: 0,
+            })
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+}
+
+#[tokio::test]
+async fn bad_values_and_placements_are_refused_by_field_and_write_nothing() {
+    let f = Fixture::new().await;
+    static_provider(&f, "hdr", pb::ProviderKind::ApiKey, (0, "X-API-Key", "")).await;
+    static_provider(&f, "basic", pb::ProviderKind::HttpBasic, (0, "", "")).await;
+    f.oidc_provider("idp", "basic-client").await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let cases = [
+        (put("hdr", "alice", "", "", ""), "value"),
+        (put("hdr", "alice", "", "a\nb", ""), "value"),
+        (put("hdr", "alice", "", &"x".repeat(5000), ""), "value"),
+        (put("hdr", "alice", "", "v", "someone"), "username"),
+        (put("basic", "alice", "", "pw", ""), "username"),
+        (put("basic", "alice", "", "pw", "a:b"), "username"),
+        (put("idp", "alice", "", "v", ""), "provider_id"),
+        (put("hdr", "", "", "v", ""), "user_id"),
+    ];
+    for (req, field) in cases {
+        let s = expect_err(
+            creds.put_credential(req).await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert!(s.message().contains(field), "{field}: {s:?}");
+    }
+    assert!(f.grants("alice").await.is_empty(), "nothing was written");
+    let mut providers = f.valet.providers().await;
+    for (p, field) in [
+        (
+            pb::Provider {
+                provider_id: "k1".into(),
+                kind: pb::ProviderKind::ApiKey as i32,
+                ..Default::default()
+            },
+            "credential_name",
+        ),
+        (
+            pb::Provider {
+                provider_id: "k2".into(),
+                kind: pb::ProviderKind::ApiKey as i32,
+                credential_name: "bad name".into(),
+                ..Default::default()
+            },
+            "credential_name",
+        ),
+        (
+            pb::Provider {
+                provider_id: "k3".into(),
+                kind: pb::ProviderKind::HttpBearer as i32,
+                credential_location: pb::CredentialLocation::Query as i32,
+                ..Default::default()
+            },
+            "credential_location",
+        ),
+        (
+            pb::Provider {
+                provider_id: "k4".into(),
+                kind: pb::ProviderKind::ApiKey as i32,
+                credential_name: "X-K".into(),
+                client_secret: "s".into(),
+                ..Default::default()
+            },
+            "client_secret",
+        ),
+    ] {
+        let s = expect_err(
+            providers
+                .create_provider(pb::CreateProviderRequest { provider: Some(p) })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert!(s.message().contains(field), "{field}: {s:?}");
+    }
+    let listed = providers
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.providers.len(), 3, "nothing more was written");
+}
