@@ -460,4 +460,47 @@ mod tests {
         assert_eq!(form["audience"], "api://x");
         assert_eq!(form["resource"], "https://api.example/v1");
     }
+
+    proptest::proptest! {
+        /// Whatever a provider sends, parsing answers (a token or an error) and never panics,
+        /// and no error text is longer than the cap or holds a line break.
+        #[test]
+        fn the_token_response_parser_never_panics(
+            status in 100u16..600,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            form in proptest::prelude::any::<bool>(),
+        ) {
+            let d = TokenDialect {
+                token_path: Some("authed_user".into()),
+                ok_field: Some("ok".into()),
+                metadata: vec!["team.id".into()],
+                ..TokenDialect::default()
+            };
+            let ct = if form { "application/x-www-form-urlencoded" } else { JSON };
+            for dialect in [&TokenDialect::default(), &d] {
+                if let Err(OAuthError::Rejected(code)) = parse(status, ct, &body, dialect) {
+                    proptest::prop_assert!(code.len() <= 64 && !code.contains('\n'));
+                }
+            }
+        }
+
+        #[test]
+        fn json_shaped_answers_never_panic(
+            error in proptest::option::of(".{0,80}"),
+            token in proptest::option::of("[ -~]{0,40}"),
+            expires in proptest::option::of(proptest::prelude::any::<i64>()),
+            scope in proptest::option::of("[ -~]{0,80}"),
+        ) {
+            let mut v = serde_json::Map::new();
+            if let Some(e) = error { v.insert("error".into(), e.into()); }
+            if let Some(t) = token { v.insert("access_token".into(), t.into()); }
+            if let Some(x) = expires { v.insert("expires_in".into(), x.into()); }
+            if let Some(s) = scope { v.insert("scope".into(), s.into()); }
+            let body = Value::Object(v).to_string();
+            if let Ok(t) = parse(200, JSON, body.as_bytes(), &TokenDialect::default()) {
+                proptest::prop_assert!(!t.access_token.expose_secret().is_empty());
+                proptest::prop_assert!(t.expires_in.is_none_or(|d| d.as_secs() > 0));
+            }
+        }
+    }
 }
