@@ -19,6 +19,9 @@ pub enum ProviderCmd {
     Update(ProviderArgs),
     Delete {
         id: String,
+        /// First revoke every grant's tokens at the provider (needs its revocation_url).
+        #[arg(long)]
+        revoke_at_provider: bool,
     },
     /// List the provider profiles (GitHub, Google, Slack, …) `create --profile` can start from.
     Profiles {
@@ -117,7 +120,10 @@ pub(super) async fn run(cmd: ProviderCmd, conn: &Conn) -> anyhow::Result<()> {
         ProviderCmd::Get { id } => get(&mut providers, id).await,
         ProviderCmd::List => list(&mut providers).await,
         ProviderCmd::Update(a) => update(&mut providers, a).await,
-        ProviderCmd::Delete { id } => delete(&mut providers, id).await,
+        ProviderCmd::Delete {
+            id,
+            revoke_at_provider,
+        } => delete(&mut providers, id, revoke_at_provider).await,
         // Read locally, before connecting (above).
         ProviderCmd::Profiles { .. } => Ok(()),
     }
@@ -203,14 +209,22 @@ async fn update(providers: &mut Providers, a: ProviderArgs) -> anyhow::Result<()
     Ok(())
 }
 
-async fn delete(providers: &mut Providers, id: String) -> anyhow::Result<()> {
-    providers
+async fn delete(providers: &mut Providers, id: String, revoke: bool) -> anyhow::Result<()> {
+    let r = providers
         .delete_provider(pb::DeleteProviderRequest {
             provider_id: id.clone(),
+            revoke_at_provider: revoke,
         })
         .await
-        .map_err(explain)?;
+        .map_err(explain)?
+        .into_inner();
     println!("deleted provider {id} and its grants");
+    if revoke {
+        println!(
+            "the provider revoked the tokens of {} grant(s); {} failed (see the daemon log)",
+            r.revoked_at_provider, r.revocation_failures
+        );
+    }
     Ok(())
 }
 

@@ -64,6 +64,10 @@ pub struct GrantInfo {
     pub updated_at: i64,
     pub declined: Scopes,
     pub metadata: BTreeMap<String, String>,
+    pub has_stored_value: bool,
+    /// Filled by the use case from the provider.
+    pub kind: Option<crate::domain::ProviderKind>,
+    pub issuer: Option<String>,
 }
 
 /// What a completed consent brought: the tokens and, for OpenID Connect, the verified subject.
@@ -476,6 +480,9 @@ impl TokenBroker {
                 },
                 declined: g.declined,
                 metadata: g.metadata,
+                has_stored_value: g.access_token.is_some(),
+                kind: None,
+                issuer: None,
                 has_refresh_token: g.refresh_token.is_some(),
                 key: g.key,
                 scopes: g.scopes,

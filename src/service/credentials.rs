@@ -541,17 +541,70 @@ impl Credentials {
         user: Option<&UserId>,
     ) -> Result<Vec<GrantInfo>, Error> {
         policy::authorize(caller, Action::ListGrants { user })?;
-        self.broker.list(provider, user).await
+        let mut grants = self.broker.list(provider, user).await?;
+        for g in &mut grants {
+            if let Ok(p) = self.providers.get(&g.key.provider) {
+                g.kind = Some(p.kind.kind());
+                g.issuer = p.kind.issuer().map(str::to_owned);
+            }
+        }
+        Ok(grants)
     }
 
     /// Deletes a provider, its grants, their cached tokens and their references.
-    pub async fn delete_provider(&self, caller: &Caller, id: &ProviderId) -> Result<(), Error> {
+    /// With `revoke_at_provider`, first revokes every grant's tokens at the provider; returns
+    /// how many grants the provider revoked and how many it did not.
+    pub async fn delete_provider(
+        &self,
+        caller: &Caller,
+        id: &ProviderId,
+        revoke_at_provider: bool,
+    ) -> Result<(u32, u32), Error> {
         policy::authorize(caller, Action::ManageProviders)?;
+        let counts = if revoke_at_provider {
+            self.revoke_all_at_provider(id).await?
+        } else {
+            (0, 0)
+        };
         self.providers.delete(id).await?;
         self.broker.forget_provider(id);
         self.references.drop_for_provider(id).await?;
         tracing::info!(provider = %id, "provider deleted");
-        Ok(())
+        Ok(counts)
+    }
+
+    async fn revoke_all_at_provider(&self, id: &ProviderId) -> Result<(u32, u32), Error> {
+        let provider = self.providers.get(id)?;
+        if provider
+            .kind
+            .auth_code()
+            .is_none_or(|c| c.revocation_url.is_none())
+        {
+            return Err(Error::invalid(
+                "revoke_at_provider",
+                "the provider has no revocation_url",
+            ));
+        }
+        let (mut revoked, mut failed) = (0, 0);
+        for g in self.broker.list(Some(id), None).await? {
+            let (refresh, access) = self.broker.tokens_of(&g.key).await?;
+            let outcome = kind::revoke_at_provider(
+                &*self.endpoint,
+                &provider.kind,
+                refresh.as_ref(),
+                access.as_ref(),
+            )
+            .await;
+            match outcome {
+                ProviderRevocation::Revoked => revoked += 1,
+                ProviderRevocation::Failed(why) => {
+                    tracing::warn!(provider = %id, "revocation at the provider failed: {why}");
+                    failed += 1;
+                }
+                ProviderRevocation::NotSupported | ProviderRevocation::NothingToRevoke => {}
+            }
+        }
+        Ok((revoked, failed))
     }
 }
 

@@ -63,6 +63,7 @@ async fn provider_crud_never_returns_the_client_secret() {
     admin
         .delete_provider(pb::DeleteProviderRequest {
             provider_id: "oauth".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

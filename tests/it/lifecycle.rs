@@ -324,6 +324,22 @@ async fn revoking_a_grant_revokes_its_tokens_at_the_provider_rfc_7009() {
         f.idp.introspect("basic-client", &t.access_token).await["active"],
         true
     );
+    let g = &f.grants("alice").await[0];
+    assert_eq!(
+        (
+            g.kind,
+            g.issuer.as_str(),
+            g.has_refresh_token,
+            g.has_stored_value
+        ),
+        (
+            pb::ProviderKind::Oidc as i32,
+            f.idp.issuer.as_str(),
+            true,
+            false
+        )
+    );
+    assert!(!g.subject.is_empty());
     let r = revoke_alice(&f).await;
     assert!(r.revoked);
     assert_eq!(
@@ -372,4 +388,46 @@ async fn a_provider_that_cannot_revoke_is_reported_and_the_grant_is_gone_anyway(
         f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,
     );
+}
+
+#[tokio::test]
+async fn deleting_a_provider_can_revoke_every_grant_at_the_provider_first() {
+    let f = Fixture::new().await;
+    f.create(pb::Provider {
+        provider_id: "idp".into(),
+        kind: pb::ProviderKind::Oidc as i32,
+        client_id: "basic-client".into(),
+        client_secret: crate::support::idp::secret_of("basic-client"),
+        issuer: f.idp.issuer.clone(),
+        revocation_url: format!("{}/token/revocation", f.idp.issuer),
+        default_scopes: vec!["openid".into(), "email".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for user in ["alice", "bob"] {
+        tokens.push(
+            f.authorize(AGENT_KEY, Fixture::request("idp", user, ""))
+                .await,
+        );
+    }
+    let r = f
+        .valet
+        .providers()
+        .await
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: "idp".into(),
+            revoke_at_provider: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.revoked_at_provider, r.revocation_failures), (2, 0));
+    for t in tokens {
+        assert_eq!(
+            f.idp.introspect("basic-client", &t.access_token).await["active"],
+            false
+        );
+    }
+    assert!(f.grants_for_admin().await.is_empty());
 }

@@ -154,6 +154,13 @@ async fn stored_values_resolve_into_header_query_cookie_basic_and_bearer() {
     // Listings show that a value is set, never the value.
     let grants = f.grants("alice").await;
     assert_eq!(grants.len(), 6);
+    assert!(
+        grants
+            .iter()
+            .all(|g| g.has_stored_value && !g.has_refresh_token && g.updated_at > 0)
+    );
+    let basic = grants.iter().find(|g| g.provider_id == "basic").unwrap();
+    assert_eq!(basic.kind, pb::ProviderKind::HttpBasic as i32);
     assert!(!format!("{grants:?}").contains(KEY_VALUE));
     assert!(!f.valet.logs().contains(KEY_VALUE) && !f.valet.logs().contains("pa55word"));
 }

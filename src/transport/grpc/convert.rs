@@ -143,6 +143,9 @@ pub(super) fn grant(g: GrantInfo) -> pb::Grant {
         has_refresh_token: g.has_refresh_token,
         declined_scopes: g.declined.to_vec(),
         metadata: g.metadata.into_iter().collect(),
+        kind: g.kind.map_or(pb::ProviderKind::Unspecified, wire_kind) as i32,
+        issuer: g.issuer.unwrap_or_default(),
+        has_stored_value: g.has_stored_value,
     }
 }
 
@@ -160,14 +163,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
     let mut wire = pb::Provider {
         provider_id: p.id.to_string(),
         name: p.name.clone(),
-        kind: match p.kind.kind() {
-            ProviderKind::OAuth2 => pb::ProviderKind::Oauth2,
-            ProviderKind::Oidc => pb::ProviderKind::Oidc,
-            ProviderKind::ClientCredentials => pb::ProviderKind::ClientCredentials,
-            ProviderKind::ApiKey => pb::ProviderKind::ApiKey,
-            ProviderKind::HttpBasic => pb::ProviderKind::HttpBasic,
-            ProviderKind::HttpBearer => pb::ProviderKind::HttpBearer,
-        } as i32,
+        kind: wire_kind(p.kind.kind()) as i32,
         default_scopes: p.default_scopes.to_vec(),
         redirect_uri,
         handout_policy: match p.handout_policy {
@@ -277,5 +273,16 @@ pub(super) fn provider_revocation(r: ProviderRevocation) -> (pb::ProviderRevocat
         }
         ProviderRevocation::Revoked => (pb::ProviderRevocation::Revoked, String::new()),
         ProviderRevocation::Failed(why) => (pb::ProviderRevocation::Failed, why),
+    }
+}
+
+fn wire_kind(k: ProviderKind) -> pb::ProviderKind {
+    match k {
+        ProviderKind::OAuth2 => pb::ProviderKind::Oauth2,
+        ProviderKind::Oidc => pb::ProviderKind::Oidc,
+        ProviderKind::ClientCredentials => pb::ProviderKind::ClientCredentials,
+        ProviderKind::ApiKey => pb::ProviderKind::ApiKey,
+        ProviderKind::HttpBasic => pb::ProviderKind::HttpBasic,
+        ProviderKind::HttpBearer => pb::ProviderKind::HttpBearer,
     }
 }

@@ -101,12 +101,16 @@ impl pb::providers_server::Providers for ProvidersApi {
     ) -> Result<Response<pb::DeleteProviderResponse>, Status> {
         let caller = caller(&req)?;
         let id = &req.get_ref().provider_id;
-        rpc("DeleteProvider", &caller, id, async {
+        let revoke = req.get_ref().revoke_at_provider;
+        let (revoked, failed) = rpc("DeleteProvider", &caller, id, async {
             policy::authorize(&caller, Action::ManageProviders)?;
             let id = ProviderId::parse(id).map_err(Error::from)?;
-            self.credentials.delete_provider(&caller, &id).await
+            self.credentials.delete_provider(&caller, &id, revoke).await
         })
         .await?;
-        Ok(Response::new(pb::DeleteProviderResponse {}))
+        Ok(Response::new(pb::DeleteProviderResponse {
+            revoked_at_provider: revoked,
+            revocation_failures: failed,
+        }))
     }
 }
