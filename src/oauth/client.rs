@@ -8,9 +8,37 @@ use crate::domain::OAuthClient;
 use crate::secret::{ExposeSecret, SecretString};
 use async_trait::async_trait;
 use oauth2::{ClientId, ClientSecret};
-use openidconnect::core::{CoreIdToken, CoreIdTokenVerifier, CoreProviderMetadata};
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClientAuthMethod, CoreGrantType,
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
 use openidconnect::{IssuerUrl, Nonce};
 use std::str::FromStr as _;
+
+/// Discovery fields beyond OpenID Connect Discovery 1.0 that Valet uses (RFC 8414).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+struct ExtraMetadata {
+    #[serde(default)]
+    revocation_endpoint: Option<String>,
+}
+
+impl openidconnect::AdditionalProviderMetadata for ExtraMetadata {}
+
+type ProviderMetadata = openidconnect::ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 /// The production token endpoint.
 #[derive(Debug, Clone)]
@@ -23,10 +51,10 @@ impl OAuth2TokenEndpoint {
         Self { http }
     }
 
-    async fn metadata(&self, issuer: &str) -> Result<CoreProviderMetadata, OAuthError> {
+    async fn metadata(&self, issuer: &str) -> Result<ProviderMetadata, OAuthError> {
         let issuer = IssuerUrl::new(issuer.to_owned())
             .map_err(|e| OAuthError::Protocol(format!("invalid issuer URL: {e}")))?;
-        CoreProviderMetadata::discover_async(issuer, &self.http)
+        ProviderMetadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| match e {
                 openidconnect::DiscoveryError::Request(e) => unavailable(&e),
@@ -127,9 +155,15 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
             .ok_or_else(|| OAuthError::Protocol("discovery document has no token_endpoint".into()))?
             .url()
             .clone();
+        let revocation_url = m
+            .additional_metadata()
+            .revocation_endpoint
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok());
         Ok(Discovered {
             auth_url: m.authorization_endpoint().url().clone(),
             token_url,
+            revocation_url,
         })
     }
 }

@@ -141,6 +141,7 @@ impl TokenEndpoint for FakeTokenEndpoint {
         Ok(Discovered {
             auth_url: join("auth")?,
             token_url: join("token")?,
+            revocation_url: None,
         })
     }
 }

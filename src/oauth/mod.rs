@@ -41,6 +41,8 @@ pub struct TokenSet {
 pub struct Discovered {
     pub auth_url: Url,
     pub token_url: Url,
+    /// RFC 7009 revocation endpoint, when advertised (RFC 8414 `revocation_endpoint`).
+    pub revocation_url: Option<Url>,
 }
 
 /// Failures talking to a provider. Messages never include a response body (it may hold tokens).

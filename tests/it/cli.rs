@@ -120,8 +120,8 @@ async fn quickstart_provider_auth_grants_revoke() {
     let out = run(revoke);
     assert_eq!(out.lines().next(), Some("revoked"), "{out}");
     assert!(
-        out.contains("revoked in Valet only"),
-        "no revocation_url: {out}"
+        out.contains("the provider revoked the tokens too"),
+        "the issuer advertises its revocation endpoint: {out}"
     );
 
     // A missing key says what to do.

@@ -431,3 +431,25 @@ async fn deleting_a_provider_can_revoke_every_grant_at_the_provider_first() {
     }
     assert!(f.grants_for_admin().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_oidc_provider_revokes_through_the_endpoint_its_discovery_advertises() {
+    let f = Fixture::new().await;
+    let p = f.oidc_provider("idp", "basic-client").await;
+    assert_eq!(
+        p.revocation_url,
+        format!("{}/token/revocation", f.idp.issuer)
+    );
+    let t = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let r = revoke_alice(&f).await;
+    assert_eq!(
+        r.provider_revocation,
+        pb::ProviderRevocation::Revoked as i32
+    );
+    assert_eq!(
+        f.idp.introspect("basic-client", &t.access_token).await["active"],
+        false
+    );
+}

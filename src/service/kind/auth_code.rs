@@ -40,6 +40,7 @@ fn auth_code(
     auth_url: url::Url,
     token_url: url::Url,
     issuer: Option<String>,
+    discovered_revocation: Option<url::Url>,
 ) -> Result<AuthCode, Error> {
     check_client(&d.client_id, &d.extra_auth_params)?;
     Ok(AuthCode {
@@ -52,7 +53,9 @@ fn auth_code(
         },
         auth_url,
         issuer,
-        revocation_url: optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?,
+        // The operator's setting wins over the issuer's advertised endpoint.
+        revocation_url: optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?
+            .or(discovered_revocation),
         extra_auth_params: d.extra_auth_params.clone(),
         scope_param: if d.scope_param.is_empty() {
             "scope".into()
@@ -70,7 +73,7 @@ pub(super) fn validate_oauth2(d: &ProviderDraft, ctx: KindContext<'_>) -> Result
     let token = check_endpoint_url("token_url", &d.token_url, insecure)?;
     optional_url("issuer", &d.issuer, insecure)?;
     let issuer = (!d.issuer.is_empty()).then(|| d.issuer.clone());
-    auth_code(d, ctx, auth, token, issuer)
+    auth_code(d, ctx, auth, token, issuer, None)
 }
 
 pub(super) async fn validate_oidc(
@@ -98,7 +101,11 @@ pub(super) async fn validate_oidc(
         .map_err(|e| Error::invalid("issuer", format!("OpenID discovery failed: {e}")))?;
     let auth = check_endpoint_url("issuer", found.auth_url.as_str(), insecure)?;
     let token = check_endpoint_url("issuer", found.token_url.as_str(), insecure)?;
-    auth_code(d, ctx, auth, token, Some(d.issuer.clone()))
+    let revocation = found
+        .revocation_url
+        .map(|u| check_endpoint_url("issuer", u.as_str(), insecure))
+        .transpose()?;
+    auth_code(d, ctx, auth, token, Some(d.issuer.clone()), revocation)
 }
 
 /// The authorization request of a flow about to start.
