@@ -271,11 +271,27 @@ pub(super) fn parse(
         token_type: string(token.get("token_type")).unwrap_or_else(|| "Bearer".into()),
         expires_in,
         refresh_token: secret("refresh_token").map(SecretString::from),
-        scopes: string(token.get("scope"))
-            .map(|s| Scopes::parse_granted(&s, dialect.granted_scope_separator)),
+        scopes: granted_scopes(token, dialect),
         id_token: secret("id_token").map(SecretString::from),
         metadata: metadata(&root, dialect),
     })
+}
+
+/// The granted scopes: `scope` as the provider separates it, or a `scopes` array (HubSpot).
+fn granted_scopes(token: &Map<String, Value>, dialect: &TokenDialect) -> Option<Scopes> {
+    if let Some(s) = string(token.get("scope")) {
+        return Some(Scopes::parse_granted(&s, dialect.granted_scope_separator));
+    }
+    let items: Vec<&str> = token
+        .get("scopes")?
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    Some(Scopes::parse_granted(
+        &items.join(" "),
+        crate::domain::Separator::Space,
+    ))
 }
 
 /// The response fields the dialect keeps; a field that looks like a secret is never kept.
@@ -363,6 +379,22 @@ mod tests {
             parse(200, JSON, refused, &dialect),
             Err(OAuthError::InvalidGrant)
         ));
+    }
+
+    #[test]
+    fn a_scopes_array_is_read_too() {
+        // https://developers.hubspot.com/docs/api/oauth/tokens
+        let body = br#"{"access_token":"a","refresh_token":"r","expires_in":1800,"scopes":["oauth","crm.objects.contacts.read"],"hub_id":62515}"#;
+        let d = TokenDialect {
+            metadata: vec!["hub_id".into()],
+            ..TokenDialect::default()
+        };
+        let t = parse(200, JSON, body, &d).unwrap();
+        assert_eq!(
+            t.scopes.unwrap().to_vec(),
+            ["crm.objects.contacts.read", "oauth"]
+        );
+        assert_eq!(t.metadata.get("hub_id").map(String::as_str), Some("62515"));
     }
 
     #[test]
