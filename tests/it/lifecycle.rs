@@ -306,17 +306,7 @@ async fn revoke_alice(f: &Fixture) -> pb::RevokeResponse {
 #[tokio::test]
 async fn revoking_a_grant_revokes_its_tokens_at_the_provider_rfc_7009() {
     let f = Fixture::new().await;
-    f.create(pb::Provider {
-        provider_id: "idp".into(),
-        kind: pb::ProviderKind::Oidc as i32,
-        client_id: "basic-client".into(),
-        client_secret: crate::support::idp::secret_of("basic-client"),
-        issuer: f.idp.issuer.clone(),
-        revocation_url: format!("{}/token/revocation", f.idp.issuer),
-        default_scopes: vec!["openid".into(), "email".into()],
-        ..Default::default()
-    })
-    .await;
+    oidc_with_revocation(&f, format!("{}/token/revocation", f.idp.issuer)).await;
     let t = f
         .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
@@ -363,17 +353,7 @@ async fn a_provider_that_cannot_revoke_is_reported_and_the_grant_is_gone_anyway(
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}/revoke", closed.local_addr().unwrap());
     drop(closed);
-    f.create(pb::Provider {
-        provider_id: "idp".into(),
-        kind: pb::ProviderKind::Oidc as i32,
-        client_id: "basic-client".into(),
-        client_secret: crate::support::idp::secret_of("basic-client"),
-        issuer: f.idp.issuer.clone(),
-        revocation_url: dead,
-        default_scopes: vec!["openid".into(), "email".into()],
-        ..Default::default()
-    })
-    .await;
+    oidc_with_revocation(&f, dead).await;
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
     let r = revoke_alice(&f).await;
@@ -393,17 +373,7 @@ async fn a_provider_that_cannot_revoke_is_reported_and_the_grant_is_gone_anyway(
 #[tokio::test]
 async fn deleting_a_provider_can_revoke_every_grant_at_the_provider_first() {
     let f = Fixture::new().await;
-    f.create(pb::Provider {
-        provider_id: "idp".into(),
-        kind: pb::ProviderKind::Oidc as i32,
-        client_id: "basic-client".into(),
-        client_secret: crate::support::idp::secret_of("basic-client"),
-        issuer: f.idp.issuer.clone(),
-        revocation_url: format!("{}/token/revocation", f.idp.issuer),
-        default_scopes: vec!["openid".into(), "email".into()],
-        ..Default::default()
-    })
-    .await;
+    oidc_with_revocation(&f, format!("{}/token/revocation", f.idp.issuer)).await;
     let mut tokens = Vec::new();
     for user in ["alice", "bob"] {
         tokens.push(
@@ -452,4 +422,19 @@ async fn an_oidc_provider_revokes_through_the_endpoint_its_discovery_advertises(
         f.idp.introspect("basic-client", &t.access_token).await["active"],
         false
     );
+}
+
+/// The `idp` OIDC provider with an explicit revocation endpoint.
+async fn oidc_with_revocation(f: &Fixture, revocation_url: String) {
+    f.create(pb::Provider {
+        provider_id: "idp".into(),
+        kind: pb::ProviderKind::Oidc as i32,
+        client_id: "basic-client".into(),
+        client_secret: crate::support::idp::secret_of("basic-client"),
+        issuer: f.idp.issuer.clone(),
+        revocation_url,
+        default_scopes: vec!["openid".into(), "email".into()],
+        ..Default::default()
+    })
+    .await;
 }

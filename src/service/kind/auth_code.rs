@@ -8,6 +8,7 @@ use crate::domain::{
 };
 use crate::oauth::{
     AuthorizationRequest, OAuthError, TokenEndpoint, TokenGrant, TokenSet, authorization_url,
+    safe_code,
 };
 use crate::pending::{FlowFailure, PendingFlow};
 use crate::secret::SecretString;
@@ -181,7 +182,7 @@ impl<'a> AuthCodeFlow<'a> {
         if let Some(err) = &params.error {
             return Err(match err.as_str() {
                 "access_denied" => FlowFailure::AccessDenied,
-                other => FlowFailure::ProviderError(error_code(other)),
+                other => FlowFailure::ProviderError(safe_code(other)),
             });
         }
         let code = params
@@ -223,19 +224,5 @@ impl<'a> AuthCodeFlow<'a> {
                 OAuthError::IdToken(m) => FlowFailure::IdTokenRejected(m),
                 other => FlowFailure::ExchangeFailed(other.to_string()),
             })
-    }
-}
-
-/// An OAuth error code from the provider, reduced to characters safe to echo.
-fn error_code(raw: &str) -> String {
-    let code: String = raw
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect();
-    if code.is_empty() {
-        "unknown_error".into()
-    } else {
-        code
     }
 }
