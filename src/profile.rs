@@ -105,6 +105,9 @@ pub struct Profile {
     /// Variables the operator must supply; empty after [`Profile::instantiate`].
     pub variables: Vec<String>,
     pub extra_auth_params: BTreeMap<String, String>,
+    /// Granted scope → the scope asked for, where a provider answers with another name (Google:
+    /// `https://www.googleapis.com/auth/userinfo.email` for `email`).
+    pub scope_aliases: BTreeMap<String, String>,
 }
 
 /// A profile that failed to load, naming the profile, the offending field and (when it came from
@@ -194,6 +197,8 @@ struct RawProfile {
     variables: Vec<String>,
     #[serde(default)]
     extra_auth_params: BTreeMap<String, String>,
+    #[serde(default)]
+    scope_aliases: BTreeMap<String, String>,
 }
 
 /// Parses and validates one profile. `name_hint` is the file stem, which the `name` field must
@@ -409,6 +414,7 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         token_lifetime_seconds: raw.token_lifetime_seconds,
         variables,
         extra_auth_params: raw.extra_auth_params,
+        scope_aliases: raw.scope_aliases,
     })
 }
 

@@ -87,6 +87,9 @@ pub struct TokenDialect {
     /// Lifetime of access tokens whose response has no `expires_in`; 0: they do not expire.
     #[serde(default)]
     pub token_lifetime_seconds: u32,
+    /// Granted scope → the scope that was asked for, where the provider renames them.
+    #[serde(default)]
+    pub scope_aliases: std::collections::BTreeMap<String, String>,
 }
 
 /// A client registered at a provider's token endpoint.

@@ -279,19 +279,25 @@ pub(super) fn parse(
 
 /// The granted scopes: `scope` as the provider separates it, or a `scopes` array (HubSpot).
 fn granted_scopes(token: &Map<String, Value>, dialect: &TokenDialect) -> Option<Scopes> {
-    if let Some(s) = string(token.get("scope")) {
-        return Some(Scopes::parse_granted(&s, dialect.granted_scope_separator));
+    let granted = if let Some(s) = string(token.get("scope")) {
+        Scopes::parse_granted(&s, dialect.granted_scope_separator)
+    } else {
+        let items = token.get("scopes")?.as_array()?;
+        let items: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+        Scopes::parse_granted(&items.join(" "), crate::domain::Separator::Space)
+    };
+    if dialect.scope_aliases.is_empty() {
+        return Some(granted);
     }
-    let items: Vec<&str> = token
-        .get("scopes")?
-        .as_array()?
+    // Both names count as granted, so neither looks declined.
+    let asked: Vec<&str> = granted
         .iter()
-        .filter_map(Value::as_str)
+        .filter_map(|s| dialect.scope_aliases.get(s).map(String::as_str))
         .collect();
-    Some(Scopes::parse_granted(
-        &items.join(" "),
+    Some(granted.union(&Scopes::parse_granted(
+        &asked.join(" "),
         crate::domain::Separator::Space,
-    ))
+    )))
 }
 
 /// The response fields the dialect keeps; a field that looks like a secret is never kept.
@@ -379,6 +385,24 @@ mod tests {
             parse(200, JSON, refused, &dialect),
             Err(OAuthError::InvalidGrant)
         ));
+    }
+
+    #[test]
+    fn renamed_scopes_count_as_the_ones_asked_for() {
+        // https://developers.google.com/identity/protocols/oauth2/scopes: `email` is granted as
+        // https://www.googleapis.com/auth/userinfo.email.
+        let body = br#"{"access_token":"a","scope":"openid https://www.googleapis.com/auth/userinfo.email"}"#;
+        let d = TokenDialect {
+            scope_aliases: [(
+                "https://www.googleapis.com/auth/userinfo.email".to_owned(),
+                "email".to_owned(),
+            )]
+            .into(),
+            ..TokenDialect::default()
+        };
+        let granted = parse(200, JSON, body, &d).unwrap().scopes.unwrap();
+        let asked = Scopes::parse("s", &["openid", "email"]).unwrap();
+        assert!(granted.contains_all(&asked), "{granted:?}");
     }
 
     #[test]

@@ -304,6 +304,7 @@ impl ProviderRegistry {
             granted_scope_separator: separator(p.granted_scope_separator),
             metadata: p.metadata.clone(),
             token_lifetime_seconds: p.token_lifetime_seconds,
+            scope_aliases: p.scope_aliases.clone(),
         };
         Ok(d)
     }
