@@ -43,6 +43,19 @@ pub(super) fn print_provider(p: &pb::Provider) {
     if !p.profile.is_empty() {
         println!("profile:           {}", p.profile);
     }
+    if matches!(kind, "api_key" | "http_basic" | "http_bearer") {
+        let location = match pb::CredentialLocation::try_from(p.credential_location) {
+            Ok(pb::CredentialLocation::Query) => "query parameter",
+            Ok(pb::CredentialLocation::Cookie) => "cookie",
+            _ => "header",
+        };
+        println!(
+            "credential:        {location} {} {}",
+            p.credential_name, p.credential_prefix
+        );
+        println!("                   (store values with `valet credential put`)");
+        return;
+    }
     println!("client_id:         {}", p.client_id);
     println!(
         "client_secret:     {}",
