@@ -56,30 +56,9 @@ async fn flow(f: &Fixture, req: pb::AuthenticateRequest) -> pb::Token {
 }
 
 async fn resolve_header(f: &Fixture, provider: &str, scopes: &[&str]) -> String {
-    let r = f
-        .authenticate(
-            AGENT_KEY,
-            pb::AuthenticateRequest {
-                handout: pb::Handout::Reference as i32,
-                ..request(provider, scopes)
-            },
-        )
+    let c = f
+        .resolved_credential(AGENT_KEY, request(provider, scopes))
         .await;
-    let Some(pb::authenticate_response::Result::Reference(r)) = r.result else {
-        panic!("expected a reference, got {r:?}");
-    };
-    let out = f
-        .valet
-        .credentials(AGENT_KEY)
-        .await
-        .resolve(pb::ResolveRequest {
-            reference: r.reference,
-            min_ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let c = out.credential.unwrap();
     assert_eq!(
         (c.location.as_str(), c.name.as_str()),
         ("header", "Authorization")

@@ -37,7 +37,7 @@ fn put(
     }
 }
 
-/// Authenticate for a reference, then Resolve it: the applied credential.
+/// The credential a reference resolves to, for `user` (and `agent`) at `provider`.
 async fn applied(
     f: &Fixture,
     key: &str,
@@ -45,30 +45,8 @@ async fn applied(
     user: &str,
     agent: &str,
 ) -> pb::Credential {
-    let r = f
-        .authenticate(
-            key,
-            pb::AuthenticateRequest {
-                handout: pb::Handout::Reference as i32,
-                ..Fixture::request(provider, user, agent)
-            },
-        )
-        .await;
-    let Some(pb::authenticate_response::Result::Reference(r)) = r.result else {
-        panic!("expected a reference, got {r:?}");
-    };
-    f.valet
-        .credentials(key)
+    f.resolved_credential(key, Fixture::request(provider, user, agent))
         .await
-        .resolve(pb::ResolveRequest {
-            reference: r.reference,
-            min_ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .credential
-        .unwrap()
 }
 
 #[tokio::test]

@@ -243,4 +243,32 @@ impl Fixture {
             .into_inner()
             .grants
     }
+
+    /// `Authenticate` for a reference as `key`, then `Resolve` it: the applied credential.
+    pub(crate) async fn resolved_credential(
+        &self,
+        key: &str,
+        req: pb::AuthenticateRequest,
+    ) -> pb::Credential {
+        let req = pb::AuthenticateRequest {
+            handout: pb::Handout::Reference as i32,
+            ..req
+        };
+        let r = self.authenticate(key, req).await;
+        let Some(pb::authenticate_response::Result::Reference(r)) = r.result else {
+            panic!("expected a reference, got {r:?}");
+        };
+        self.valet
+            .credentials(key)
+            .await
+            .resolve(pb::ResolveRequest {
+                reference: r.reference,
+                min_ttl_seconds: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .credential
+            .unwrap()
+    }
 }
