@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod jwt;
 pub mod oauth;
 pub mod ops;
 pub mod pb;

@@ -49,6 +49,14 @@ impl fmt::Debug for Provider {
             .field("credential_location", &self.credential_location)
             .field("credential_name", &self.credential_name)
             .field("credential_prefix", &self.credential_prefix)
+            .field("private_key", &redacted(&self.private_key))
+            .field("key_id", &self.key_id)
+            .field("assertion_issuer", &self.assertion_issuer)
+            .field("assertion_subject", &self.assertion_subject)
+            .field("assertion_audience", &self.assertion_audience)
+            .field("subject_from_user", &self.subject_from_user)
+            .field("has_private_key", &self.has_private_key)
+            .field("key_algorithm", &self.key_algorithm)
             .finish()
     }
 }

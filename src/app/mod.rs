@@ -75,7 +75,8 @@ impl App {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let provider_http =
             ProviderHttp::new(config.provider_connect_timeout, config.provider_timeout)?;
-        let endpoint: Arc<dyn TokenEndpoint> = Arc::new(OAuth2TokenEndpoint::new(provider_http));
+        let endpoint: Arc<dyn TokenEndpoint> =
+            Arc::new(OAuth2TokenEndpoint::new(provider_http, clock.clone()));
         let catalogue = match &config.profiles_dir {
             Some(dir) => Catalogue::with_dir(dir)?,
             None => Catalogue::builtin()?,

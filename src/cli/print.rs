@@ -31,10 +31,12 @@ pub(super) fn print_provider(p: &pb::Provider) {
         Ok(pb::ProviderKind::ApiKey) => "api_key",
         Ok(pb::ProviderKind::HttpBasic) => "http_basic",
         Ok(pb::ProviderKind::HttpBearer) => "http_bearer",
+        Ok(pb::ProviderKind::ServiceAccount) => "service_account",
         _ => "oauth2",
     };
     let method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {
         Ok(pb::TokenAuthMethod::ClientSecretPost) => "client_secret_post",
+        Ok(pb::TokenAuthMethod::PrivateKeyJwt) => "private_key_jwt",
         _ => "client_secret_basic",
     };
     println!("provider_id:       {}", p.provider_id);
@@ -65,6 +67,24 @@ pub(super) fn print_provider(p: &pb::Provider) {
             "(none)"
         }
     );
+    if p.has_private_key {
+        let kid = if p.key_id.is_empty() {
+            String::new()
+        } else {
+            format!(", kid {}", p.key_id)
+        };
+        println!("private_key:       (set: {}{kid})", p.key_algorithm);
+    }
+    if kind == "service_account" {
+        println!("assertion_issuer:  {}", p.assertion_issuer);
+        if !p.assertion_subject.is_empty() {
+            println!("assertion_subject: {}", p.assertion_subject);
+        }
+        println!("assertion_audience: {}", p.assertion_audience);
+        if p.subject_from_user {
+            println!("subject_from_user: yes (`--user` is impersonated)");
+        }
+    }
     if !p.issuer.is_empty() {
         println!("issuer:            {}", p.issuer);
     }

@@ -10,13 +10,13 @@ use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Debug, Subcommand)]
 pub enum ProviderCmd {
-    Create(ProviderArgs),
+    Create(Box<ProviderArgs>),
     Get {
         id: String,
     },
     List,
     /// Change the given fields; the rest keep their values.
-    Update(ProviderArgs),
+    Update(Box<ProviderArgs>),
     Delete {
         id: String,
         /// First revoke every grant's tokens at the provider (needs its revocation_url).
@@ -43,6 +43,8 @@ pub enum Kind {
     HttpBasic,
     /// Authorization: Bearer with a stored static token.
     HttpBearer,
+    /// The JWT bearer grant (RFC 7523): a signed assertion buys the token (--private-key-file).
+    ServiceAccount,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,6 +58,8 @@ pub enum Place {
 pub enum AuthMethod {
     Basic,
     Post,
+    /// A JWT signed with --private-key-file (RFC 7523 section 2.2).
+    PrivateKeyJwt,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +110,26 @@ pub struct ProviderArgs {
     /// api_key: text before the key, e.g. "token ".
     #[arg(long)]
     pub credential_prefix: Option<String>,
+    /// service_account and --auth-method private-key-jwt: a PEM private key or a Google
+    /// service-account JSON key file.
+    #[arg(long)]
+    pub private_key_file: Option<String>,
+    /// The `kid` of signed assertions (a JSON key's private_key_id otherwise).
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// service_account: the assertion's iss (default: the JSON key's client_email or client id).
+    #[arg(long)]
+    pub assertion_issuer: Option<String>,
+    /// service_account: the assertion's sub (default: the issuer).
+    #[arg(long)]
+    pub assertion_subject: Option<String>,
+    /// service_account: the assertion's aud (default: the token URL).
+    #[arg(long)]
+    pub assertion_audience: Option<String>,
+    /// service_account: `--user` of `valet auth` becomes the assertion's sub (impersonation,
+    /// e.g. Google domain-wide delegation).
+    #[arg(long)]
+    pub subject_from_user: Option<bool>,
 }
 
 type Providers = ProvidersClient<crate::client::AuthedChannel>;
@@ -116,10 +140,10 @@ pub(super) async fn run(cmd: ProviderCmd, conn: &Conn) -> anyhow::Result<()> {
     }
     let mut providers = conn.connect().await?.providers();
     match cmd {
-        ProviderCmd::Create(a) => create(&mut providers, a).await,
+        ProviderCmd::Create(a) => create(&mut providers, *a).await,
         ProviderCmd::Get { id } => get(&mut providers, id).await,
         ProviderCmd::List => list(&mut providers).await,
-        ProviderCmd::Update(a) => update(&mut providers, a).await,
+        ProviderCmd::Update(a) => update(&mut providers, *a).await,
         ProviderCmd::Delete {
             id,
             revoke_at_provider,
@@ -242,6 +266,7 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             Kind::ApiKey => pb::ProviderKind::ApiKey,
             Kind::HttpBasic => pb::ProviderKind::HttpBasic,
             Kind::HttpBearer => pb::ProviderKind::HttpBearer,
+            Kind::ServiceAccount => pb::ProviderKind::ServiceAccount,
         } as i32;
     }
     if p.kind == pb::ProviderKind::Oidc as i32 {
@@ -273,6 +298,7 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
         p.token_auth_method = match m {
             AuthMethod::Basic => pb::TokenAuthMethod::ClientSecretBasic,
             AuthMethod::Post => pb::TokenAuthMethod::ClientSecretPost,
+            AuthMethod::PrivateKeyJwt => pb::TokenAuthMethod::PrivateKeyJwt,
         } as i32;
     }
     set(&mut p.profile, a.profile);
@@ -291,7 +317,21 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             .with_context(|| format!("--var {kv:?} must be name=value"))?;
         p.profile_vars.insert(k.to_owned(), v.to_owned());
     }
+    set(&mut p.key_id, a.key_id);
+    set(&mut p.assertion_issuer, a.assertion_issuer);
+    set(&mut p.assertion_subject, a.assertion_subject);
+    set(&mut p.assertion_audience, a.assertion_audience);
+    if let Some(on) = a.subject_from_user {
+        p.subject_from_user = on;
+    }
     p.client_secret = client_secret(a.client_secret_file, a.client_secret_env)?;
+    // Write-only like the secret: read from a file, never a flag value.
+    p.private_key = match a.private_key_file {
+        Some(path) => {
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?
+        }
+        None => String::new(),
+    };
     Ok(p)
 }
 

@@ -2,6 +2,7 @@
 //! validated, kind-specific configuration. Adding a kind adds a variant here and one module under
 //! `service::kind`; nothing else matches on it.
 
+use crate::jwt::SigningKey;
 use crate::secret::SecretString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,6 +23,9 @@ pub enum ProviderKind {
     HttpBasic,
     /// `Authorization: Bearer` with a stored static token (RFC 6750).
     HttpBearer,
+    /// The JWT bearer grant (RFC 7523 section 2.1): a signed assertion buys a token for a
+    /// service account, optionally impersonating a user (Google domain-wide delegation).
+    ServiceAccount,
 }
 
 impl ProviderKind {
@@ -33,6 +37,7 @@ impl ProviderKind {
             Self::ApiKey => "api_key",
             Self::HttpBasic => "http_basic",
             Self::HttpBearer => "http_bearer",
+            Self::ServiceAccount => "service_account",
         }
     }
 }
@@ -43,6 +48,8 @@ pub enum TokenAuthMethod {
     #[default]
     ClientSecretBasic,
     ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523 section 2.2, OpenID Connect Core 9).
+    PrivateKeyJwt,
 }
 
 /// How scopes are separated in a provider's messages.
@@ -95,10 +102,13 @@ pub struct TokenDialect {
 /// A client registered at a provider's token endpoint.
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
+    /// Empty for a service account whose token endpoint wants no client authentication.
     pub client_id: String,
     /// Write-only at the API; only ever sent to the token endpoint.
     pub client_secret: Option<SecretString>,
     pub auth_method: TokenAuthMethod,
+    /// The key signing `private_key_jwt` client assertions (write-only, like the secret).
+    pub signing_key: Option<SigningKey>,
     pub token_url: Url,
     pub dialect: TokenDialect,
 }
@@ -117,6 +127,25 @@ pub struct AuthCode {
     pub scope_param: String,
     /// How scopes are joined in the authorization request.
     pub scope_separator: Separator,
+}
+
+/// A service account: the JWT bearer grant (RFC 7523 section 2.1) with a signed assertion.
+#[derive(Debug, Clone)]
+pub struct ServiceAccount {
+    /// The token endpoint, and client authentication if the provider wants it.
+    pub client: OAuthClient,
+    /// Signs the assertions; write-only at the API.
+    pub key: SigningKey,
+    /// The assertion's `iss` (a Google key's `client_email`).
+    pub issuer: String,
+    /// The assertion's `sub` when no user is impersonated; `None`: the issuer.
+    pub subject: Option<String>,
+    /// The assertion's `aud`: the token endpoint unless configured.
+    pub audience: String,
+    /// Scopes go in the assertion's `scope` claim (Google) rather than the request.
+    pub scope_in_assertion: bool,
+    /// `Authenticate`'s `user_id` becomes the assertion's `sub` (domain-wide delegation).
+    pub subject_from_user: bool,
 }
 
 /// Where a credential goes on an HTTP request.
@@ -168,6 +197,8 @@ pub enum KindConfig {
     ClientCredentials(OAuthClient),
     /// A value stored per user (or agent) with `PutCredential`, applied as configured.
     Static(StaticCredential),
+    /// A signed assertion buys the token; no consent, no grant in the store.
+    ServiceAccount(ServiceAccount),
 }
 
 impl KindConfig {
@@ -177,6 +208,7 @@ impl KindConfig {
             Self::Oidc(_) => ProviderKind::Oidc,
             Self::ClientCredentials(_) => ProviderKind::ClientCredentials,
             Self::Static(s) => s.kind,
+            Self::ServiceAccount(_) => ProviderKind::ServiceAccount,
         }
     }
 
@@ -185,6 +217,7 @@ impl KindConfig {
         match self {
             Self::OAuth2(c) | Self::Oidc(c) => Some(&c.client),
             Self::ClientCredentials(c) => Some(c),
+            Self::ServiceAccount(s) => Some(&s.client),
             Self::Static(_) => None,
         }
     }
@@ -193,7 +226,7 @@ impl KindConfig {
     pub fn auth_code(&self) -> Option<&AuthCode> {
         match self {
             Self::OAuth2(c) | Self::Oidc(c) => Some(c),
-            Self::ClientCredentials(_) | Self::Static(_) => None,
+            Self::ClientCredentials(_) | Self::Static(_) | Self::ServiceAccount(_) => None,
         }
     }
 

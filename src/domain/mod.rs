@@ -13,7 +13,7 @@ pub use caller::{AgentBinding, Caller, Credential, Role};
 pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
 pub use kind::{
-    Applied, AuthCode, KindConfig, Location, OAuthClient, ProviderKind, Separator,
+    Applied, AuthCode, KindConfig, Location, OAuthClient, ProviderKind, Separator, ServiceAccount,
     StaticCredential, TokenAuthMethod, TokenDialect, TokenRequestFormat,
 };
 pub use provider::{

@@ -53,6 +53,18 @@ pub struct ProviderDraft {
     pub credential_location: Option<super::Location>,
     pub credential_name: String,
     pub credential_prefix: String,
+    /// `service_account` and `private_key_jwt`: a PEM private key or a Google service-account
+    /// JSON key. `None` on update keeps the stored one.
+    pub private_key: Option<SecretString>,
+    /// The `kid` put in signed assertions (a JSON key's `private_key_id` otherwise).
+    pub key_id: String,
+    /// `service_account`: the assertion's `iss`, `sub` and `aud` (defaults: the JSON key's
+    /// `client_email` or the client id; the issuer; the token endpoint).
+    pub assertion_issuer: String,
+    pub assertion_subject: String,
+    pub assertion_audience: String,
+    /// `service_account`: `Authenticate`'s `user_id` becomes the assertion's `sub`.
+    pub subject_from_user: bool,
     /// Set from the profile; empty: `scope`.
     pub scope_param: String,
     pub scope_separator: Separator,

@@ -4,6 +4,7 @@
 
 use super::http::{HttpError, ProviderHttp};
 use super::{Discovered, OAuthError, TokenEndpoint, TokenGrant, TokenSet, token};
+use crate::clock::Clock;
 use crate::domain::OAuthClient;
 use crate::secret::{ExposeSecret, SecretString};
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use openidconnect::core::{
 };
 use openidconnect::{IssuerUrl, Nonce};
 use std::str::FromStr as _;
+use std::sync::Arc;
 
 /// Discovery fields beyond OpenID Connect Discovery 1.0 that Valet uses (RFC 8414).
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
@@ -44,11 +46,13 @@ type ProviderMetadata = openidconnect::ProviderMetadata<
 #[derive(Debug, Clone)]
 pub struct OAuth2TokenEndpoint {
     http: ProviderHttp,
+    /// Dates `private_key_jwt` client assertions.
+    clock: Arc<dyn Clock>,
 }
 
 impl OAuth2TokenEndpoint {
-    pub fn new(http: ProviderHttp) -> Self {
-        Self { http }
+    pub fn new(http: ProviderHttp, clock: Arc<dyn Clock>) -> Self {
+        Self { http, clock }
     }
 
     async fn metadata(&self, issuer: &str) -> Result<ProviderMetadata, OAuthError> {
@@ -79,7 +83,9 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
         client: &OAuthClient,
         grant: TokenGrant<'_>,
     ) -> Result<TokenSet, OAuthError> {
-        let req = token::request(client, &grant)?;
+        let assertion =
+            token::client_assertion(client, client.token_url.as_str(), self.clock.now_unix())?;
+        let req = token::request(client, &grant, assertion.as_ref())?;
         let resp = self.http.send(req).await.map_err(|e| unavailable(&e))?;
         let content_type = resp
             .headers()
@@ -136,7 +142,8 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
         // connection the provider had closed is simply sent again, once.
         let mut attempt = 0;
         loop {
-            let req = token::revocation(client, url.as_str(), token, hint)?;
+            let assertion = token::client_assertion(client, url.as_str(), self.clock.now_unix())?;
+            let req = token::revocation(client, url.as_str(), token, hint, assertion.as_ref())?;
             match self.http.send(req).await {
                 Ok(resp) => return token::parse_revocation(resp.status().as_u16(), resp.body()),
                 Err(HttpError::Transport(e)) if attempt == 0 => {

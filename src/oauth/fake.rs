@@ -93,7 +93,7 @@ impl TokenEndpoint for FakeTokenEndpoint {
                 st.exchanges += 1;
                 true
             }
-            TokenGrant::ClientCredentials { .. } => {
+            TokenGrant::ClientCredentials { .. } | TokenGrant::JwtBearer { .. } => {
                 st.exchanges += 1;
                 false
             }

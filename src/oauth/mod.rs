@@ -89,6 +89,12 @@ pub enum TokenGrant<'a> {
         audience: Option<&'a str>,
         resource: Option<&'a str>,
     },
+    /// RFC 7523 section 2.1: a signed assertion; `scopes` in the request unless the
+    /// assertion carries them.
+    JwtBearer {
+        assertion: &'a SecretString,
+        scopes: Option<&'a Scopes>,
+    },
 }
 
 impl std::fmt::Debug for TokenGrant<'_> {
@@ -97,6 +103,7 @@ impl std::fmt::Debug for TokenGrant<'_> {
             Self::AuthorizationCode { .. } => "AuthorizationCode",
             Self::RefreshToken(_) => "RefreshToken",
             Self::ClientCredentials { .. } => "ClientCredentials",
+            Self::JwtBearer { .. } => "JwtBearer",
         })
     }
 }

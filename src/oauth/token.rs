@@ -16,7 +16,11 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// The body parameters of a token request, secrets included (zeroized when dropped).
-fn params(client: &OAuthClient, grant: &TokenGrant<'_>) -> Vec<(&'static str, Zeroizing<String>)> {
+fn params(
+    client: &OAuthClient,
+    grant: &TokenGrant<'_>,
+    assertion: Option<&SecretString>,
+) -> Vec<(&'static str, Zeroizing<String>)> {
     let s = |v: &str| Zeroizing::new(v.to_owned());
     let mut p = match grant {
         TokenGrant::AuthorizationCode {
@@ -50,22 +54,70 @@ fn params(client: &OAuthClient, grant: &TokenGrant<'_>) -> Vec<(&'static str, Ze
             }
             p
         }
+        TokenGrant::JwtBearer { assertion, scopes } => {
+            let mut p = vec![
+                ("grant_type", s(JWT_BEARER)),
+                ("assertion", s(assertion.expose_secret())),
+            ];
+            if let Some(scopes) = scopes.filter(|s| !s.is_empty()) {
+                p.push(("scope", s(&scopes.join(crate::domain::Separator::Space))));
+            }
+            p
+        }
     };
-    client_params(client, &mut p);
+    client_params(client, assertion, &mut p);
     p
 }
 
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A `private_key_jwt` client assertion (RFC 7523 section 3, OpenID Connect Core section 9):
+/// `iss` and `sub` the client id, `aud` the endpoint it is sent to.
+pub(super) fn client_assertion(
+    client: &OAuthClient,
+    audience: &str,
+    now: i64,
+) -> Result<Option<SecretString>, OAuthError> {
+    let Some(key) = client
+        .signing_key
+        .as_ref()
+        .filter(|_| client.auth_method == TokenAuthMethod::PrivateKeyJwt)
+    else {
+        return Ok(None);
+    };
+    let failed = |e: crate::jwt::KeyError| OAuthError::Protocol(format!("client assertion: {e}"));
+    let claims = crate::jwt::claims(&client.client_id, &client.client_id, audience, now, &[])
+        .map_err(failed)?;
+    key.sign(&claims).map(Some).map_err(failed)
+}
+
 /// The client's credentials in the body, where its auth method puts them there.
-fn client_params(client: &OAuthClient, p: &mut Vec<(&'static str, Zeroizing<String>)>) {
+fn client_params(
+    client: &OAuthClient,
+    assertion: Option<&SecretString>,
+    p: &mut Vec<(&'static str, Zeroizing<String>)>,
+) {
     let s = |v: &str| Zeroizing::new(v.to_owned());
+    if let Some(a) = assertion {
+        p.push(("client_id", s(&client.client_id)));
+        p.push(("client_assertion_type", s(CLIENT_ASSERTION_TYPE)));
+        p.push(("client_assertion", s(a.expose_secret())));
+        return;
+    }
     match (&client.client_secret, client.auth_method) {
         (Some(secret), TokenAuthMethod::ClientSecretPost) => {
             p.push(("client_id", s(&client.client_id)));
             p.push(("client_secret", s(secret.expose_secret())));
         }
-        // Basic sends the secret in the header; a public client names itself in the body.
+        // Basic sends the secret in the header; a public client names itself in the body
+        // (a service account without a client names nothing).
         (Some(_), TokenAuthMethod::ClientSecretBasic) => {}
-        (None, _) => p.push(("client_id", s(&client.client_id))),
+        (None, _) | (_, TokenAuthMethod::PrivateKeyJwt) => {
+            if !client.client_id.is_empty() {
+                p.push(("client_id", s(&client.client_id)));
+            }
+        }
     }
 }
 
@@ -80,12 +132,15 @@ fn basic_auth(client: &OAuthClient, secret: &SecretString) -> Zeroizing<String> 
     Zeroizing::new(format!("Basic {}", STANDARD.encode(pair.as_bytes())))
 }
 
-/// The HTTP request for `grant` at the client's token endpoint.
+/// The HTTP request for `grant` at the client's token endpoint; `assertion` authenticates a
+/// `private_key_jwt` client.
 pub(super) fn request(
     client: &OAuthClient,
     grant: &TokenGrant<'_>,
+    assertion: Option<&SecretString>,
 ) -> Result<oauth2::HttpRequest, OAuthError> {
-    post(client, client.token_url.as_str(), &params(client, grant))
+    let p = params(client, grant, assertion);
+    post(client, client.token_url.as_str(), &p)
 }
 
 /// An RFC 7009 revocation request for `token` at `url`.
@@ -94,13 +149,14 @@ pub(super) fn revocation(
     url: &str,
     token: &SecretString,
     hint: &'static str,
+    assertion: Option<&SecretString>,
 ) -> Result<oauth2::HttpRequest, OAuthError> {
     let s = |v: &str| Zeroizing::new(v.to_owned());
     let mut p = vec![
         ("token", s(token.expose_secret())),
         ("token_type_hint", s(hint)),
     ];
-    client_params(client, &mut p);
+    client_params(client, assertion, &mut p);
     post(client, url, &p)
 }
 
@@ -481,11 +537,12 @@ mod tests {
             client_id: "id:1".into(),
             client_secret: Some(SecretString::from("s&cret")),
             auth_method: TokenAuthMethod::ClientSecretBasic,
+            signing_key: None,
             token_url: url::Url::parse("https://idp.example/token").unwrap(),
             dialect: TokenDialect::default(),
         };
         let rt = SecretString::from("rt");
-        let req = request(&client, &TokenGrant::RefreshToken(&rt)).unwrap();
+        let req = request(&client, &TokenGrant::RefreshToken(&rt), None).unwrap();
         let auth = req.headers()[http::header::AUTHORIZATION].to_str().unwrap();
         assert_eq!(
             auth,
@@ -494,7 +551,7 @@ mod tests {
         assert!(!String::from_utf8_lossy(req.body()).contains("client_secret"));
         client.auth_method = TokenAuthMethod::ClientSecretPost;
         client.dialect.request = TokenRequestFormat::Json;
-        let req = request(&client, &TokenGrant::RefreshToken(&rt)).unwrap();
+        let req = request(&client, &TokenGrant::RefreshToken(&rt), None).unwrap();
         let body: Value = serde_json::from_slice(req.body()).unwrap();
         assert_eq!(body["grant_type"], "refresh_token");
         assert_eq!(body["client_secret"], "s&cret");
@@ -506,7 +563,7 @@ mod tests {
             audience: Some("api://x"),
             resource: Some("https://api.example/v1"),
         };
-        let req = request(&client, &grant).unwrap();
+        let req = request(&client, &grant, None).unwrap();
         let form: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(req.body())
                 .into_owned()
@@ -515,6 +572,75 @@ mod tests {
         assert_eq!(form["scope"], "a b");
         assert_eq!(form["audience"], "api://x");
         assert_eq!(form["resource"], "https://api.example/v1");
+    }
+
+    fn form_of(req: &oauth2::HttpRequest) -> std::collections::HashMap<String, String> {
+        url::form_urlencoded::parse(req.body())
+            .into_owned()
+            .collect()
+    }
+
+    #[test]
+    fn private_key_jwt_sends_a_signed_assertion_and_no_secret() {
+        let pem = include_str!("../../tests/fixtures/test-ec-p256.pem");
+        let key = crate::jwt::SigningKey::from_pem(&pem.into(), Some("k1".into())).unwrap();
+        let client = OAuthClient {
+            client_id: "pk-client".into(),
+            client_secret: None,
+            auth_method: TokenAuthMethod::PrivateKeyJwt,
+            signing_key: Some(key),
+            token_url: url::Url::parse("https://idp.example/token").unwrap(),
+            dialect: TokenDialect::default(),
+        };
+        let assertion = client_assertion(&client, "https://idp.example/token", 1_000)
+            .unwrap()
+            .expect("an assertion for private_key_jwt");
+        let rt = SecretString::from("rt");
+        let req = request(&client, &TokenGrant::RefreshToken(&rt), Some(&assertion)).unwrap();
+        assert!(req.headers().get(http::header::AUTHORIZATION).is_none());
+        let form = form_of(&req);
+        assert_eq!(form["client_id"], "pk-client");
+        assert_eq!(form["client_assertion_type"], CLIENT_ASSERTION_TYPE);
+        let claims = form["client_assertion"].split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["iss"], "pk-client");
+        assert_eq!(claims["sub"], "pk-client");
+        assert_eq!(claims["aud"], "https://idp.example/token");
+        let basic = OAuthClient {
+            auth_method: TokenAuthMethod::ClientSecretBasic,
+            ..client
+        };
+        assert!(client_assertion(&basic, "aud", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn jwt_bearer_requests_carry_the_assertion_and_scopes_only_when_asked() {
+        let client = OAuthClient {
+            client_id: String::new(),
+            client_secret: None,
+            auth_method: TokenAuthMethod::ClientSecretBasic,
+            signing_key: None,
+            token_url: url::Url::parse("https://idp.example/token").unwrap(),
+            dialect: TokenDialect::default(),
+        };
+        let assertion = SecretString::from("a.b.c");
+        let scopes = Scopes::parse("s", &["x"]).unwrap();
+        for (scopes, want) in [(Some(&scopes), Some("x")), (None, None)] {
+            let grant = TokenGrant::JwtBearer {
+                assertion: &assertion,
+                scopes,
+            };
+            let form = form_of(&request(&client, &grant, None).unwrap());
+            assert_eq!(form["grant_type"], JWT_BEARER);
+            assert_eq!(form["assertion"], "a.b.c");
+            assert_eq!(form.get("scope").map(String::as_str), want);
+            assert!(!form.contains_key("client_id"), "no client to name");
+        }
     }
 
     proptest::proptest! {

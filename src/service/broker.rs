@@ -4,12 +4,11 @@
 
 use super::Error;
 use super::cache::{CachedToken, TokenCache};
+use super::kind::{self, ClientGrant};
 use super::refresher::{Refreshed, Refresher};
 use crate::clock::Clock;
-use crate::domain::{
-    Grant, GrantKey, GrantStatus, OAuthClient, ProviderConfig, ProviderId, Scopes, UserId,
-};
-use crate::oauth::{TokenEndpoint, TokenGrant, TokenSet};
+use crate::domain::{Grant, GrantKey, GrantStatus, ProviderConfig, ProviderId, Scopes, UserId};
+use crate::oauth::{OAuthError, TokenEndpoint, TokenGrant, TokenSet};
 use crate::secret::SecretString;
 use crate::store::{Cas, GrantRepo, StoreError};
 use std::collections::BTreeMap;
@@ -80,11 +79,13 @@ pub(crate) struct Consented {
     pub requested: Scopes,
 }
 
-/// Where a client-credentials token is for: the `audience` parameter and the RFC 8707 resource.
+/// Where a client token is for: the `audience` parameter and the RFC 8707 resource; for a
+/// service account, the user it impersonates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ClientTarget {
     pub audience: Option<String>,
     pub resource: Option<String>,
+    pub subject: Option<String>,
 }
 
 impl ClientTarget {
@@ -112,6 +113,7 @@ impl ClientTarget {
         Ok(Self {
             audience: audience.map(str::to_owned),
             resource: resource.map(str::to_owned),
+            subject: None,
         })
     }
 
@@ -119,7 +121,11 @@ impl ClientTarget {
     /// client-credentials provider has no user grants, so this key meets no real grant.
     fn cache_key(&self, provider: &ProviderId, scopes: &Scopes) -> Result<GrantKey, Error> {
         let mut s = String::new();
-        for part in [self.audience.as_deref(), self.resource.as_deref()] {
+        for part in [
+            self.audience.as_deref(),
+            self.resource.as_deref(),
+            self.subject.as_deref(),
+        ] {
             s.push_str(part.unwrap_or(""));
             s.push('\0');
         }
@@ -217,7 +223,7 @@ impl TokenBroker {
     pub(crate) async fn client_token(
         &self,
         provider: &ProviderId,
-        client: &OAuthClient,
+        source: ClientGrant<'_>,
         scopes: &Scopes,
         target: &ClientTarget,
         min_ttl: i64,
@@ -242,12 +248,34 @@ impl TokenBroker {
         {
             return Ok(AccessToken::handed(&t, scopes));
         }
-        let grant = TokenGrant::ClientCredentials {
-            scopes,
-            audience: target.audience.as_deref(),
-            resource: target.resource.as_deref(),
+        let assertion;
+        let grant = match source {
+            ClientGrant::Credentials(_) => TokenGrant::ClientCredentials {
+                scopes,
+                audience: target.audience.as_deref(),
+                resource: target.resource.as_deref(),
+            },
+            ClientGrant::JwtBearer(sa) => {
+                let user = target.subject.as_deref();
+                assertion = kind::assertion(sa, scopes, user, self.clock.now_unix())?;
+                TokenGrant::JwtBearer {
+                    assertion: &assertion,
+                    scopes: (!sa.scope_in_assertion).then_some(scopes),
+                }
+            }
         };
-        let set = self.endpoint.token(client, grant).await?;
+        let set = self
+            .endpoint
+            .token(source.client(), grant)
+            .await
+            .map_err(|e| match e {
+                // No user grant died: the client's own credentials or assertion were refused.
+                OAuthError::InvalidGrant => Error::ProviderRejected(format!(
+                    "the provider refused the {} request (invalid_grant): check the client's credentials, or the service account's key, issuer, subject and audience",
+                    source.name()
+                )),
+                other => other.into(),
+            })?;
         let granted = set.scopes.clone().unwrap_or_else(|| scopes.clone());
         let cached = self.cache.put(
             key,
@@ -261,7 +289,7 @@ impl TokenBroker {
                 obtained: Instant::now(),
             },
         );
-        tracing::info!(%provider, "obtained a client-credentials token");
+        tracing::info!(%provider, grant = source.name(), "obtained a token for the client itself");
         Ok(AccessToken::handed(&cached, scopes))
     }
 

@@ -7,6 +7,7 @@ use super::broker::ClientTarget;
 use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
 use super::flows::{Ask, Flows};
 use super::kind::CallbackParams;
+use super::kind::ClientGrant;
 use super::kind::{self, Acquisition, ProviderRevocation};
 use super::policy::{self, Action};
 use super::providers::ProviderRegistry;
@@ -236,35 +237,64 @@ impl Credentials {
             .await
     }
 
-    /// A client-credentials token: no user, no agent, no consent, no reference.
+    /// A token for the client (or service account) itself: no consent, no reference; a service
+    /// account with delegation may act as the named user.
     async fn client_token(
         &self,
         caller: &Caller,
         provider: &ProviderConfig,
-        client: &crate::domain::OAuthClient,
+        source: ClientGrant<'_>,
         req: &AuthRequest,
         scopes: &Scopes,
         min_ttl: i64,
     ) -> Result<AccessToken, Error> {
         let refuse = |field, why| Err(Error::invalid(field, why));
-        if req.user.is_some() || req.agent.is_some() {
+        let kind = provider.kind.kind().as_str();
+        if req.agent.is_some() {
+            return refuse(
+                "agent_id",
+                "tokens for the client itself belong to no agent: leave agent_id empty",
+            );
+        }
+        if req.user.is_some() && !source.impersonates() {
             return refuse(
                 "user_id",
-                "client_credentials providers act as the client itself: leave user_id and agent_id empty",
+                match source {
+                    ClientGrant::Credentials(_) => {
+                        "client_credentials providers act as the client itself: leave user_id and agent_id empty"
+                    }
+                    ClientGrant::JwtBearer(_) => {
+                        "this service_account provider does not impersonate users (subject_from_user is off): leave user_id empty"
+                    }
+                },
             );
         }
         if req.handout != Handout::Token {
-            return refuse(
+            return Err(Error::invalid(
                 "handout",
-                "references belong to a user's grant; client_credentials tokens are handed out directly",
+                format!(
+                    "references belong to a user's grant; {kind} tokens are handed out directly"
+                ),
+            ));
+        }
+        let mut target = ClientTarget::parse(req.audience.as_deref(), req.resource.as_deref())?;
+        if matches!(source, ClientGrant::JwtBearer(_)) && target != ClientTarget::default() {
+            return refuse(
+                "audience",
+                "audience and resource apply to client_credentials providers; a service account's audience is configured (assertion_audience)",
             );
         }
-        let target = ClientTarget::parse(req.audience.as_deref(), req.resource.as_deref())?;
         policy::authorize(caller, Action::UseClient(&provider.id))?;
+        if let Some(user) = &req.user {
+            // Impersonating a user is acting for them: the same rule as using their grant.
+            let key = user_key(req.provider.clone(), Some(user.clone()), None)?;
+            policy::authorize(caller, Action::UseGrant(&key))?;
+            target.subject = Some(user.to_string());
+        }
         self.broker
             .client_token(
                 &provider.id,
-                client,
+                source,
                 scopes,
                 &target,
                 min_ttl,

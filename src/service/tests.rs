@@ -83,6 +83,7 @@ fn provider() -> ProviderConfig {
         name: "idp".into(),
         kind: KindConfig::OAuth2(AuthCode {
             client: OAuthClient {
+                signing_key: None,
                 client_id: "client".into(),
                 client_secret: Some(SecretString::from("secret")),
                 auth_method: TokenAuthMethod::ClientSecretBasic,

@@ -3,11 +3,13 @@
 //! when dropped; decode errors report kind and position only, never the (secret) value.
 
 use super::{Cas, SecretBytes, SecretStore, StoreError, keyspace};
+use crate::domain::ServiceAccount;
 use crate::domain::{
     AuthCode, Grant, GrantKey, HandoutPolicy, KindConfig, OAuthClient, ProviderConfig, ProviderId,
     ProviderKind, ReferenceRecord, Scopes, Separator, StaticCredential, TokenAuthMethod,
     TokenDialect,
 };
+use crate::jwt::SigningKey;
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -84,6 +86,23 @@ struct ProviderRecord {
     /// Static credentials: where the value goes.
     #[serde(default)]
     credential: Option<StaticCredential>,
+    /// `private_key_jwt` and service accounts: the PEM private key and its `kid`.
+    #[serde(with = "serde_secret", default)]
+    private_key: Option<SecretString>,
+    #[serde(default)]
+    key_id: Option<String>,
+    /// Service accounts: how the assertion is made.
+    #[serde(default)]
+    assertion: Option<AssertionRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AssertionRecord {
+    issuer: String,
+    subject: Option<String>,
+    audience: String,
+    scope_in_assertion: bool,
+    subject_from_user: bool,
 }
 
 fn default_reference_ttl() -> u32 {
@@ -95,7 +114,21 @@ impl From<&ProviderConfig> for ProviderRecord {
         let (client, code, credential) = match &p.kind {
             KindConfig::OAuth2(c) | KindConfig::Oidc(c) => (Some(&c.client), Some(c), None),
             KindConfig::ClientCredentials(c) => (Some(c), None, None),
+            KindConfig::ServiceAccount(s) => (Some(&s.client), None, None),
             KindConfig::Static(s) => (None, None, Some(s.clone())),
+        };
+        let (key, assertion) = match &p.kind {
+            KindConfig::ServiceAccount(s) => (
+                Some(&s.key),
+                Some(AssertionRecord {
+                    issuer: s.issuer.clone(),
+                    subject: s.subject.clone(),
+                    audience: s.audience.clone(),
+                    scope_in_assertion: s.scope_in_assertion,
+                    subject_from_user: s.subject_from_user,
+                }),
+            ),
+            _ => (client.and_then(|c| c.signing_key.as_ref()), None),
         };
         Self {
             id: p.id.clone(),
@@ -121,6 +154,9 @@ impl From<&ProviderConfig> for ProviderRecord {
             scope_param: code.map(|c| c.scope_param.clone()),
             scope_separator: code.map(|c| c.scope_separator),
             credential,
+            private_key: key.map(|k| k.pem().clone()),
+            key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
+            assertion,
         }
     }
 }
@@ -129,11 +165,18 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
     type Error = &'static str;
 
     fn try_from(r: ProviderRecord) -> Result<Self, Self::Error> {
+        let key = r
+            .private_key
+            .as_ref()
+            .map(|pem| SigningKey::from_pem(pem, r.key_id.clone()))
+            .transpose()
+            .map_err(|_| "a private key that no longer parses")?;
         let client = |token_url: Option<Url>| -> Result<OAuthClient, &'static str> {
             Ok(OAuthClient {
                 client_id: r.client_id.clone(),
                 client_secret: r.client_secret.clone(),
                 auth_method: r.token_auth_method,
+                signing_key: key.clone().filter(|_| r.assertion.is_none()),
                 token_url: token_url.ok_or("an OAuth provider without token_url")?,
                 dialect: r.dialect.clone(),
             })
@@ -154,6 +197,23 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
             ProviderKind::Oidc => KindConfig::Oidc(auth_code(r.auth_url)?),
             ProviderKind::ClientCredentials => {
                 KindConfig::ClientCredentials(client(r.token_url.clone())?)
+            }
+            ProviderKind::ServiceAccount => {
+                let a = r
+                    .assertion
+                    .as_ref()
+                    .ok_or("a service account without assertion settings")?;
+                KindConfig::ServiceAccount(ServiceAccount {
+                    client: client(r.token_url.clone())?,
+                    key: key
+                        .clone()
+                        .ok_or("a service account without a private key")?,
+                    issuer: a.issuer.clone(),
+                    subject: a.subject.clone(),
+                    audience: a.audience.clone(),
+                    scope_in_assertion: a.scope_in_assertion,
+                    subject_from_user: a.subject_from_user,
+                })
             }
             ProviderKind::ApiKey | ProviderKind::HttpBasic | ProviderKind::HttpBearer => {
                 KindConfig::Static(

@@ -15,6 +15,7 @@ mod providers;
 mod references;
 mod refresh;
 mod scoping;
+mod service_accounts;
 mod static_credentials;
 mod support;
 mod vault;

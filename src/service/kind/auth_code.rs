@@ -4,7 +4,7 @@
 
 use super::{CallbackParams, KindContext};
 use crate::domain::{
-    AuthCode, OAuthClient, ProviderConfig, ProviderDraft, Scopes, check_client, check_endpoint_url,
+    AuthCode, OAuthClient, ProviderDraft, Scopes, check_client, check_endpoint_url,
 };
 use crate::oauth::{
     AuthorizationRequest, OAuthError, TokenEndpoint, TokenGrant, TokenSet, authorization_url,
@@ -20,21 +20,6 @@ fn optional_url(field: &'static str, raw: &str, insecure: bool) -> Result<Option
         .transpose()?)
 }
 
-/// The draft's client secret, or on update the stored one. OAuth clients need one.
-pub(super) fn client_secret(
-    d: &ProviderDraft,
-    current: Option<&ProviderConfig>,
-) -> Result<SecretString, Error> {
-    d.client_secret
-        .clone()
-        .or_else(|| {
-            current
-                .and_then(|c| c.kind.oauth_client())
-                .and_then(|c| c.client_secret.clone())
-        })
-        .ok_or_else(|| Error::invalid("client_secret", "is required"))
-}
-
 fn auth_code(
     d: &ProviderDraft,
     ctx: KindContext<'_>,
@@ -44,11 +29,13 @@ fn auth_code(
     discovered_revocation: Option<url::Url>,
 ) -> Result<AuthCode, Error> {
     check_client(&d.client_id, &d.extra_auth_params)?;
+    let auth = super::client_auth::client_auth(d, ctx.current)?;
     Ok(AuthCode {
         client: OAuthClient {
             client_id: d.client_id.clone(),
-            client_secret: Some(client_secret(d, ctx.current)?),
-            auth_method: d.token_auth_method.unwrap_or_default(),
+            client_secret: auth.secret,
+            auth_method: auth.method,
+            signing_key: auth.key,
             token_url,
             dialect: d.dialect.clone(),
         },

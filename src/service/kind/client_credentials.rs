@@ -32,11 +32,12 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthC
             "references belong to a user's grant; client_credentials tokens are handed out directly",
         ));
     }
-    let secret = Some(super::auth_code::client_secret(d, ctx.current)?);
+    let auth = super::client_auth::client_auth(d, ctx.current)?;
     Ok(OAuthClient {
         client_id: d.client_id.clone(),
-        client_secret: secret,
-        auth_method: d.token_auth_method.unwrap_or_default(),
+        client_secret: auth.secret,
+        auth_method: auth.method,
+        signing_key: auth.key,
         token_url: check_endpoint_url("token_url", &d.token_url, ctx.allow_insecure_urls)?,
         dialect: d.dialect.clone(),
     })

@@ -4,8 +4,12 @@
 //! function below.
 
 mod auth_code;
+mod client_auth;
 mod client_credentials;
+mod service_account;
 mod static_credential;
+
+pub(crate) use service_account::assertion;
 
 pub(crate) use static_credential::stored_value;
 
@@ -54,12 +58,15 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
         Some(ProviderKind::ClientCredentials) => {
             client_credentials::validate(d, ctx).map(KindConfig::ClientCredentials)
         }
+        Some(ProviderKind::ServiceAccount) => {
+            service_account::validate(d, ctx).map(KindConfig::ServiceAccount)
+        }
         Some(k @ (ProviderKind::ApiKey | ProviderKind::HttpBasic | ProviderKind::HttpBearer)) => {
             static_credential::validate(d, k, ctx).map(KindConfig::Static)
         }
         None => Err(Error::invalid(
             "kind",
-            "is required (oauth2, oidc, client_credentials, api_key, http_basic or http_bearer)",
+            "is required (oauth2, oidc, client_credentials, service_account, api_key, http_basic or http_bearer)",
         )),
     }
 }
@@ -69,10 +76,40 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
 pub(crate) enum Acquisition<'a> {
     /// A user's consent through the authorization-code flow, kept as a grant.
     Consent(AuthCodeFlow<'a>),
-    /// The client's own credentials, for the client itself.
-    Client(&'a crate::domain::OAuthClient),
+    /// The client's own credentials (or a service account's assertion), for itself.
+    Client(ClientGrant<'a>),
     /// A value stored with `PutCredential`.
     Stored(&'a crate::domain::StaticCredential),
+}
+
+/// How a token for the client itself (no consent, no stored grant) is bought.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ClientGrant<'a> {
+    /// RFC 6749 section 4.4.
+    Credentials(&'a crate::domain::OAuthClient),
+    /// RFC 7523 section 2.1, signed by `service_account::assertion`.
+    JwtBearer(&'a crate::domain::ServiceAccount),
+}
+
+impl<'a> ClientGrant<'a> {
+    pub(crate) fn client(self) -> &'a crate::domain::OAuthClient {
+        match self {
+            Self::Credentials(c) => c,
+            Self::JwtBearer(s) => &s.client,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Credentials(_) => "client_credentials",
+            Self::JwtBearer(_) => "jwt_bearer",
+        }
+    }
+
+    /// Whether `Authenticate` may name a user: the service account impersonates them.
+    pub(crate) fn impersonates(self) -> bool {
+        matches!(self, Self::JwtBearer(s) if s.subject_from_user)
+    }
 }
 
 /// The one dispatch on how a provider's kind obtains credentials.
@@ -80,7 +117,8 @@ pub(crate) fn acquisition(kind: &KindConfig) -> Acquisition<'_> {
     match kind {
         KindConfig::OAuth2(c) => Acquisition::Consent(AuthCodeFlow::new(c, false)),
         KindConfig::Oidc(c) => Acquisition::Consent(AuthCodeFlow::new(c, true)),
-        KindConfig::ClientCredentials(c) => Acquisition::Client(c),
+        KindConfig::ClientCredentials(c) => Acquisition::Client(ClientGrant::Credentials(c)),
+        KindConfig::ServiceAccount(s) => Acquisition::Client(ClientGrant::JwtBearer(s)),
         KindConfig::Static(c) => Acquisition::Stored(c),
     }
 }
@@ -90,16 +128,17 @@ pub(crate) fn acquisition(kind: &KindConfig) -> Acquisition<'_> {
 pub(crate) fn apply(kind: &KindConfig, token: &SecretString) -> crate::domain::Applied {
     match kind {
         KindConfig::Static(c) => static_credential::apply(c, token),
-        KindConfig::OAuth2(_) | KindConfig::Oidc(_) | KindConfig::ClientCredentials(_) => {
-            crate::domain::Applied {
-                location: crate::domain::Location::Header,
-                name: "Authorization".into(),
-                value: SecretString::from(format!(
-                    "Bearer {}",
-                    crate::secret::ExposeSecret::expose_secret(token)
-                )),
-            }
-        }
+        KindConfig::OAuth2(_)
+        | KindConfig::Oidc(_)
+        | KindConfig::ClientCredentials(_)
+        | KindConfig::ServiceAccount(_) => crate::domain::Applied {
+            location: crate::domain::Location::Header,
+            name: "Authorization".into(),
+            value: SecretString::from(format!(
+                "Bearer {}",
+                crate::secret::ExposeSecret::expose_secret(token)
+            )),
+        },
     }
 }
 

@@ -190,7 +190,16 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         wire.token_auth_method = match client.auth_method {
             TokenAuthMethod::ClientSecretBasic => pb::TokenAuthMethod::ClientSecretBasic,
             TokenAuthMethod::ClientSecretPost => pb::TokenAuthMethod::ClientSecretPost,
+            TokenAuthMethod::PrivateKeyJwt => pb::TokenAuthMethod::PrivateKeyJwt,
         } as i32;
+        signing_key(&mut wire, client.signing_key.as_ref());
+    }
+    if let KindConfig::ServiceAccount(s) = &p.kind {
+        signing_key(&mut wire, Some(&s.key));
+        wire.assertion_issuer.clone_from(&s.issuer);
+        wire.assertion_subject = s.subject.clone().unwrap_or_default();
+        wire.assertion_audience.clone_from(&s.audience);
+        wire.subject_from_user = s.subject_from_user;
     }
     let Some(c) = p.kind.auth_code() else {
         // No redirect for a kind without consent.
@@ -208,6 +217,15 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
     wire
 }
 
+/// What may be shown of a private key: that it is there, its algorithm and key id.
+fn signing_key(wire: &mut pb::Provider, key: Option<&crate::jwt::SigningKey>) {
+    if let Some(k) = key {
+        wire.has_private_key = true;
+        wire.key_algorithm = k.algorithm().into();
+        wire.key_id = k.key_id().unwrap_or_default().into();
+    }
+}
+
 pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
     let p = p.ok_or_else(|| Error::invalid("provider", "is required"))?;
     let kind = match pb::ProviderKind::try_from(p.kind) {
@@ -217,6 +235,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         Ok(pb::ProviderKind::ApiKey) => Some(ProviderKind::ApiKey),
         Ok(pb::ProviderKind::HttpBasic) => Some(ProviderKind::HttpBasic),
         Ok(pb::ProviderKind::HttpBearer) => Some(ProviderKind::HttpBearer),
+        Ok(pb::ProviderKind::ServiceAccount) => Some(ProviderKind::ServiceAccount),
         Ok(pb::ProviderKind::Unspecified) => None,
         Err(_) => return Err(Error::invalid("kind", "unknown provider kind")),
     };
@@ -224,6 +243,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         Ok(pb::TokenAuthMethod::Unspecified) => None,
         Ok(pb::TokenAuthMethod::ClientSecretBasic) => Some(TokenAuthMethod::ClientSecretBasic),
         Ok(pb::TokenAuthMethod::ClientSecretPost) => Some(TokenAuthMethod::ClientSecretPost),
+        Ok(pb::TokenAuthMethod::PrivateKeyJwt) => Some(TokenAuthMethod::PrivateKeyJwt),
         Err(_) => return Err(Error::invalid("token_auth_method", "unknown method")),
     };
     let handout_policy = match pb::HandoutPolicy::try_from(p.handout_policy) {
@@ -233,6 +253,9 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
     };
     if p.client_secret.len() > 4096 {
         return Err(Error::invalid("client_secret", "is longer than 4096 bytes"));
+    }
+    if p.private_key.len() > 16384 {
+        return Err(Error::invalid("private_key", "is longer than 16384 bytes"));
     }
     Ok(ProviderDraft {
         id: p.provider_id,
@@ -260,6 +283,12 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         },
         credential_name: p.credential_name,
         credential_prefix: p.credential_prefix,
+        private_key: (!p.private_key.is_empty()).then(|| SecretString::from(p.private_key)),
+        key_id: p.key_id,
+        assertion_issuer: p.assertion_issuer,
+        assertion_subject: p.assertion_subject,
+        assertion_audience: p.assertion_audience,
+        subject_from_user: p.subject_from_user,
         ..ProviderDraft::default()
     })
 }
@@ -284,5 +313,6 @@ fn wire_kind(k: ProviderKind) -> pb::ProviderKind {
         ProviderKind::ApiKey => pb::ProviderKind::ApiKey,
         ProviderKind::HttpBasic => pb::ProviderKind::HttpBasic,
         ProviderKind::HttpBearer => pb::ProviderKind::HttpBearer,
+        ProviderKind::ServiceAccount => pb::ProviderKind::ServiceAccount,
     }
 }
