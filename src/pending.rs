@@ -24,6 +24,24 @@ pub struct PendingFlow {
     pub redirect_uri: String,
     /// The caller (API key name) that started it; only it may wait on it.
     pub owner: String,
+    /// Device flow: what the user is shown.
+    pub prompt: Option<DevicePrompt>,
+}
+
+/// What a device flow (RFC 8628) shows the user: the code to enter and where.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DevicePrompt {
+    pub user_code: String,
+    pub verification_uri: String,
+}
+
+impl std::fmt::Debug for DevicePrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The user code binds an account to the flow until it is used: not for logs.
+        f.debug_struct("DevicePrompt")
+            .field("verification_uri", &self.verification_uri)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PendingFlow {
@@ -102,6 +120,7 @@ pub struct FlowView {
     pub outcome: watch::Receiver<FlowOutcome>,
     pub handout: Handout,
     pub scopes: Scopes,
+    pub prompt: Option<DevicePrompt>,
 }
 
 #[derive(Debug)]
@@ -117,6 +136,7 @@ struct Entry {
     outcome: Arc<watch::Sender<FlowOutcome>>,
     /// The digest of the request that started it, for joining repeats.
     request: Option<[u8; 32]>,
+    prompt: Option<DevicePrompt>,
 }
 
 /// What `insert_or_join` did.
@@ -128,6 +148,7 @@ pub enum Inserted {
         auth_id: String,
         auth_url: String,
         deadline: Instant,
+        prompt: Option<DevicePrompt>,
     },
 }
 
@@ -234,6 +255,7 @@ impl PendingFlows {
                 owner: flow.owner.clone(),
                 handout: flow.handout,
                 scopes: flow.scopes.clone(),
+                prompt: flow.prompt.clone(),
                 flow: Some(flow),
                 auth_url,
                 deadline,
@@ -253,7 +275,13 @@ impl PendingFlows {
             auth_id: auth_id.clone(),
             auth_url: e.auth_url.clone(),
             deadline: e.deadline,
+            prompt: e.prompt.clone(),
         })
+    }
+
+    /// The live flow started for `request`, if any (`Inserted::Existing`).
+    pub fn live(&self, request: &[u8; 32]) -> Option<Inserted> {
+        Self::live_for(&self.lock(), request, Instant::now())
     }
 
     /// Takes the flow for `state` once, before its deadline, on the provider it was issued for.
@@ -306,6 +334,7 @@ impl PendingFlows {
             outcome: entry.outcome.subscribe(),
             handout: entry.handout,
             scopes: entry.scopes.clone(),
+            prompt: entry.prompt.clone(),
         })
     }
 
@@ -387,6 +416,7 @@ mod tests {
             nonce: None,
             redirect_uri: "http://127.0.0.1/cb".into(),
             owner: "agent".into(),
+            prompt: None,
         }
     }
 

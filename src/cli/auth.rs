@@ -101,10 +101,17 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
 }
 
 fn show_consent(p: &pb::Pending) {
-    println!(
-        "Open this URL in a browser to grant access:\n\n  {}\n",
-        p.auth_url
-    );
+    if p.user_code.is_empty() {
+        println!(
+            "Open this URL in a browser to grant access:\n\n  {}\n",
+            p.auth_url
+        );
+    } else {
+        println!(
+            "On any device, open {}\nand enter the code {}\n(or open {} directly)\n",
+            p.verification_uri, p.user_code, p.auth_url
+        );
+    }
     println!(
         "Waiting for consent (the flow expires at {})...",
         when(p.expires_at)

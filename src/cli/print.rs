@@ -97,7 +97,9 @@ pub(super) fn print_provider(p: &pb::Provider) {
     for (k, v) in &p.extra_auth_params {
         println!("param:             {k}={v}");
     }
-    if !p.redirect_uri.is_empty() {
+    if p.consent_flow == pb::ConsentFlow::Device as i32 {
+        println!("consent_flow:      device ({})", p.device_authorization_url);
+    } else if !p.redirect_uri.is_empty() {
         println!(
             "redirect_uri:      {}  (register this at the provider)",
             p.redirect_uri

@@ -48,6 +48,14 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Flow {
+    /// The browser comes back to Valet's callback.
+    Browser,
+    /// The user enters a code at the provider (RFC 8628).
+    Device,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Place {
     Header,
     Query,
@@ -110,6 +118,12 @@ pub struct ProviderArgs {
     /// api_key: text before the key, e.g. "token ".
     #[arg(long)]
     pub credential_prefix: Option<String>,
+    /// oauth2 and oidc: how users consent (device: RFC 8628 user codes, no browser callback).
+    #[arg(long)]
+    pub consent_flow: Option<Flow>,
+    /// The RFC 8628 device authorization endpoint (oidc discovers it).
+    #[arg(long)]
+    pub device_authorization_url: Option<String>,
     /// service_account and --auth-method private-key-jwt: a PEM private key or a Google
     /// service-account JSON key file.
     #[arg(long)]
@@ -317,6 +331,13 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             .with_context(|| format!("--var {kv:?} must be name=value"))?;
         p.profile_vars.insert(k.to_owned(), v.to_owned());
     }
+    if let Some(flow) = a.consent_flow {
+        p.consent_flow = match flow {
+            Flow::Browser => pb::ConsentFlow::Browser,
+            Flow::Device => pb::ConsentFlow::Device,
+        } as i32;
+    }
+    set(&mut p.device_authorization_url, a.device_authorization_url);
     set(&mut p.key_id, a.key_id);
     set(&mut p.assertion_issuer, a.assertion_issuer);
     set(&mut p.assertion_subject, a.assertion_subject);

@@ -127,6 +127,23 @@ pub struct AuthCode {
     pub scope_param: String,
     /// How scopes are joined in the authorization request.
     pub scope_separator: Separator,
+    /// Where the user consents: in a browser that comes back to the callback, or on another
+    /// device with a user code (RFC 8628).
+    pub consent_flow: ConsentFlow,
+    /// RFC 8628 device authorization endpoint (configured or discovered).
+    pub device_authorization_url: Option<Url>,
+}
+
+/// How a user's consent is collected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentFlow {
+    /// The authorization-code flow: the browser comes back to Valet's callback.
+    #[default]
+    Browser,
+    /// The device authorization grant (RFC 8628): a user code entered at the provider while
+    /// Valet polls; for agents and providers without a browser callback.
+    Device,
 }
 
 /// A service account: the JWT bearer grant (RFC 7523 section 2.1) with a signed assertion.

@@ -65,6 +65,10 @@ pub struct ProviderDraft {
     pub assertion_audience: String,
     /// `service_account`: `Authenticate`'s `user_id` becomes the assertion's `sub`.
     pub subject_from_user: bool,
+    /// oauth2 and oidc: browser (default) or device (RFC 8628).
+    pub consent_flow: super::ConsentFlow,
+    /// RFC 8628 device authorization endpoint; oidc discovers it.
+    pub device_authorization_url: String,
     /// Set from the profile; empty: `scope`.
     pub scope_param: String,
     pub scope_separator: Separator,

@@ -23,6 +23,8 @@ use std::sync::Arc;
 struct ExtraMetadata {
     #[serde(default)]
     revocation_endpoint: Option<String>,
+    #[serde(default)]
+    device_authorization_endpoint: Option<String>,
 }
 
 impl openidconnect::AdditionalProviderMetadata for ExtraMetadata {}
@@ -67,6 +69,14 @@ impl OAuth2TokenEndpoint {
     }
 }
 
+fn content_type(resp: &oauth2::HttpResponse) -> String {
+    resp.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned()
+}
+
 fn unavailable(e: &HttpError) -> OAuthError {
     match e {
         HttpError::TooLarge | HttpError::Malformed(_) => OAuthError::Protocol(e.to_string()),
@@ -87,15 +97,9 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
             token::client_assertion(client, client.token_url.as_str(), self.clock.now_unix())?;
         let req = token::request(client, &grant, assertion.as_ref())?;
         let resp = self.http.send(req).await.map_err(|e| unavailable(&e))?;
-        let content_type = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_owned();
         token::parse(
             resp.status().as_u16(),
-            &content_type,
+            &content_type(&resp),
             resp.body(),
             &client.dialect,
         )
@@ -106,7 +110,7 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
         issuer: &str,
         client: &OAuthClient,
         id_token: &SecretString,
-        nonce: &SecretString,
+        nonce: Option<&SecretString>,
     ) -> Result<String, OAuthError> {
         // Fetched now, so a key rotation at the provider is picked up.
         let metadata = self.metadata(issuer).await?;
@@ -124,11 +128,25 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
             ),
             None => CoreIdTokenVerifier::new_public_client(client_id, issuer, keys),
         };
-        let nonce = Nonce::new(nonce.expose_secret().to_owned());
-        let claims = id_token
-            .claims(&verifier, &nonce)
-            .map_err(|e| OAuthError::IdToken(e.to_string()))?;
+        let claims = match nonce {
+            Some(n) => id_token.claims(&verifier, &Nonce::new(n.expose_secret().to_owned())),
+            // No authorization request carried a nonce (the device flow), so none is checked.
+            None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+        }
+        .map_err(|e| OAuthError::IdToken(e.to_string()))?;
         Ok(claims.subject().as_str().to_owned())
+    }
+
+    async fn device_authorization(
+        &self,
+        client: &OAuthClient,
+        url: &url::Url,
+        scopes: &crate::domain::Scopes,
+    ) -> Result<super::DeviceAuthorization, OAuthError> {
+        let assertion = token::client_assertion(client, url.as_str(), self.clock.now_unix())?;
+        let req = token::device_request(client, url.as_str(), scopes, assertion.as_ref())?;
+        let resp = self.http.send(req).await.map_err(|e| unavailable(&e))?;
+        token::parse_device(resp.status().as_u16(), &content_type(&resp), resp.body())
     }
 
     async fn revoke(
@@ -162,15 +180,13 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
             .ok_or_else(|| OAuthError::Protocol("discovery document has no token_endpoint".into()))?
             .url()
             .clone();
-        let revocation_url = m
-            .additional_metadata()
-            .revocation_endpoint
-            .as_deref()
-            .and_then(|u| url::Url::parse(u).ok());
+        let extra = m.additional_metadata();
+        let parse = |u: &Option<String>| u.as_deref().and_then(|u| url::Url::parse(u).ok());
         Ok(Discovered {
             auth_url: m.authorization_endpoint().url().clone(),
             token_url,
-            revocation_url,
+            revocation_url: parse(&extra.revocation_endpoint),
+            device_authorization_url: parse(&extra.device_authorization_endpoint),
         })
     }
 }

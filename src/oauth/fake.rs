@@ -93,7 +93,9 @@ impl TokenEndpoint for FakeTokenEndpoint {
                 st.exchanges += 1;
                 true
             }
-            TokenGrant::ClientCredentials { .. } | TokenGrant::JwtBearer { .. } => {
+            TokenGrant::ClientCredentials { .. }
+            | TokenGrant::JwtBearer { .. }
+            | TokenGrant::DeviceCode(_) => {
                 st.exchanges += 1;
                 false
             }
@@ -117,9 +119,18 @@ impl TokenEndpoint for FakeTokenEndpoint {
         _issuer: &str,
         _client: &OAuthClient,
         _id_token: &SecretString,
-        _nonce: &SecretString,
+        _nonce: Option<&SecretString>,
     ) -> Result<String, OAuthError> {
         Ok("subject".into())
+    }
+
+    async fn device_authorization(
+        &self,
+        _client: &OAuthClient,
+        _url: &url::Url,
+        _scopes: &crate::domain::Scopes,
+    ) -> Result<super::DeviceAuthorization, OAuthError> {
+        Err(OAuthError::Protocol("the fake has no device flow".into()))
     }
 
     async fn revoke(
@@ -142,6 +153,7 @@ impl TokenEndpoint for FakeTokenEndpoint {
             auth_url: join("auth")?,
             token_url: join("token")?,
             revocation_url: None,
+            device_authorization_url: None,
         })
     }
 }

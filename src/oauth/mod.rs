@@ -43,6 +43,30 @@ pub struct Discovered {
     pub token_url: Url,
     /// RFC 7009 revocation endpoint, when advertised (RFC 8414 `revocation_endpoint`).
     pub revocation_url: Option<Url>,
+    /// RFC 8628 device authorization endpoint, when advertised.
+    pub device_authorization_url: Option<Url>,
+}
+
+/// A device authorization response (RFC 8628 section 3.2): what the user is shown, and the
+/// device code Valet polls with.
+pub struct DeviceAuthorization {
+    pub device_code: SecretString,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: Duration,
+    /// Seconds between polls; 5 when the provider does not say (section 3.2).
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for DeviceAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAuthorization")
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Failures talking to a provider. Messages never include a response body (it may hold tokens).
@@ -95,6 +119,8 @@ pub enum TokenGrant<'a> {
         assertion: &'a SecretString,
         scopes: Option<&'a Scopes>,
     },
+    /// RFC 8628 section 3.4: polling with the device code.
+    DeviceCode(&'a SecretString),
 }
 
 impl std::fmt::Debug for TokenGrant<'_> {
@@ -104,6 +130,7 @@ impl std::fmt::Debug for TokenGrant<'_> {
             Self::RefreshToken(_) => "RefreshToken",
             Self::ClientCredentials { .. } => "ClientCredentials",
             Self::JwtBearer { .. } => "JwtBearer",
+            Self::DeviceCode(_) => "DeviceCode",
         })
     }
 }
@@ -117,14 +144,22 @@ pub trait TokenEndpoint: std::fmt::Debug + Send + Sync + 'static {
         client: &OAuthClient,
         grant: TokenGrant<'_>,
     ) -> Result<TokenSet, OAuthError>;
-    /// Verifies an ID token against the issuer's current keys; returns its `sub`.
+    /// Verifies an ID token against the issuer's current keys; returns its `sub`. `nonce`:
+    /// the one the authorization request sent (the device flow sends none).
     async fn verify_id_token(
         &self,
         issuer: &str,
         client: &OAuthClient,
         id_token: &SecretString,
-        nonce: &SecretString,
+        nonce: Option<&SecretString>,
     ) -> Result<String, OAuthError>;
+    /// Starts a device authorization (RFC 8628 section 3.1) at `url` for `scopes`.
+    async fn device_authorization(
+        &self,
+        client: &OAuthClient,
+        url: &Url,
+        scopes: &Scopes,
+    ) -> Result<DeviceAuthorization, OAuthError>;
     /// The issuer's OpenID discovery document.
     async fn discover(&self, issuer: &str) -> Result<Discovered, OAuthError>;
     /// Revokes `token` at the provider's RFC 7009 endpoint `url`; `hint` is

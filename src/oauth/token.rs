@@ -54,6 +54,10 @@ fn params(
             }
             p
         }
+        TokenGrant::DeviceCode(code) => vec![
+            ("grant_type", s(DEVICE_CODE)),
+            ("device_code", s(code.expose_secret())),
+        ],
         TokenGrant::JwtBearer { assertion, scopes } => {
             let mut p = vec![
                 ("grant_type", s(JWT_BEARER)),
@@ -70,6 +74,73 @@ fn params(
 }
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// An RFC 8628 device authorization request for `scopes` at `url`.
+pub(super) fn device_request(
+    client: &OAuthClient,
+    url: &str,
+    scopes: &Scopes,
+    assertion: Option<&SecretString>,
+) -> Result<oauth2::HttpRequest, OAuthError> {
+    let mut p = Vec::new();
+    if !scopes.is_empty() {
+        p.push((
+            "scope",
+            Zeroizing::new(scopes.join(crate::domain::Separator::Space)),
+        ));
+    }
+    client_params(client, assertion, &mut p);
+    // RFC 8628 section 3.1: a public client names itself; a confidential one authenticates as
+    // at the token endpoint.
+    if !p.iter().any(|(k, _)| *k == "client_id") && client.client_secret.is_none() {
+        p.push(("client_id", Zeroizing::new(client.client_id.clone())));
+    }
+    post(client, url, &p)
+}
+
+/// Parses a device authorization response (RFC 8628 section 3.2).
+pub(super) fn parse_device(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> Result<super::DeviceAuthorization, OAuthError> {
+    let root = body_object(content_type, body).ok_or_else(|| {
+        OAuthError::Protocol(format!(
+            "the device authorization endpoint answered HTTP {status} with a body that is not JSON"
+        ))
+    })?;
+    if let Some(e) = body_error(&root, &TokenDialect::default()) {
+        return Err(e);
+    }
+    if !(200..300).contains(&status) {
+        return Err(OAuthError::Protocol(format!(
+            "the device authorization endpoint answered HTTP {status} without an OAuth error"
+        )));
+    }
+    let field = |k: &str| {
+        string(root.get(k))
+            .filter(|v| !v.is_empty() && v.len() <= 2048)
+            .ok_or_else(|| {
+                OAuthError::Protocol(format!("the device authorization response has no {k}"))
+            })
+    };
+    let seconds = |k: &str| match root.get(k) {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    };
+    Ok(super::DeviceAuthorization {
+        device_code: SecretString::from(field("device_code")?),
+        user_code: field("user_code")?,
+        verification_uri: field("verification_uri")?,
+        verification_uri_complete: field("verification_uri_complete").ok(),
+        expires_in: Duration::from_secs(seconds("expires_in").ok_or_else(|| {
+            OAuthError::Protocol("the device authorization response has no expires_in".into())
+        })?),
+        interval: Duration::from_secs(seconds("interval").unwrap_or(5).clamp(1, 300)),
+    })
+}
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A `private_key_jwt` client assertion (RFC 7523 section 3, OpenID Connect Core section 9):
@@ -203,6 +274,9 @@ fn post(
         .method(http::Method::POST)
         .uri(url)
         .header(http::header::CONTENT_TYPE, content_type)
+        // Said even when 0: an empty POST without a length is refused by some servers
+        // (oidc-provider answers `invalid_request`).
+        .header(http::header::CONTENT_LENGTH, body.len())
         .header(http::header::ACCEPT, "application/json");
     if let (Some(secret), TokenAuthMethod::ClientSecretBasic) =
         (&client.client_secret, client.auth_method)

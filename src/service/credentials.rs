@@ -5,6 +5,7 @@
 use super::Error;
 use super::broker::ClientTarget;
 use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
+use super::device::DevicePoll;
 use super::flows::{Ask, Flows};
 use super::kind::CallbackParams;
 use super::kind::ClientGrant;
@@ -64,6 +65,8 @@ pub enum Outcome {
         auth_url: String,
         auth_id: String,
         expires_at: i64,
+        /// Device flow: the user code and where to enter it.
+        prompt: Option<crate::pending::DevicePrompt>,
     },
 }
 
@@ -81,7 +84,7 @@ pub struct Parts {
 #[derive(Debug)]
 pub struct Credentials {
     providers: Arc<ProviderRegistry>,
-    broker: TokenBroker,
+    broker: Arc<TokenBroker>,
     flows: Flows,
     references: References,
     endpoint: Arc<dyn TokenEndpoint>,
@@ -92,11 +95,11 @@ pub struct Credentials {
 impl Credentials {
     pub fn new(p: Parts) -> Self {
         Self {
-            broker: TokenBroker::new(
+            broker: Arc::new(TokenBroker::new(
                 GrantRepo::new(p.store.clone()),
                 p.endpoint.clone(),
                 p.clock.clone(),
-            ),
+            )),
             flows: Flows::new(p.pending, p.endpoint.clone(), p.clock.clone()),
             endpoint: p.endpoint,
             references: References::new(
@@ -318,21 +321,29 @@ impl Credentials {
             _ => scopes,
         };
         let redirect_uri = self.providers.redirect_uri(&provider.id);
-        let started = self.flows.start(
-            caller,
-            provider,
-            Ask {
-                key,
-                scopes,
-                handout,
-                redirect_uri,
-                join,
-            },
-        )?;
+        let ask = Ask {
+            key,
+            scopes,
+            handout,
+            redirect_uri,
+            join,
+        };
+        let (started, polling) = self.flows.start(caller, provider, ask).await?;
+        if let Some(polling) = polling {
+            DevicePoll {
+                endpoint: self.endpoint.clone(),
+                pending: self.flows.pending(),
+                broker: self.broker.clone(),
+                provider: provider.clone(),
+                polling,
+            }
+            .spawn();
+        }
         Ok(Outcome::Pending {
             auth_url: started.auth_url,
             auth_id: started.auth_id,
             expires_at: started.expires_at,
+            prompt: started.prompt,
         })
     }
 
@@ -402,6 +413,7 @@ impl Credentials {
                 expires_at: self.flows.expires_at(&view),
                 auth_url: view.auth_url,
                 auth_id: auth_id.to_owned(),
+                prompt: view.prompt,
             }),
             Some(FlowOutcome::Completed(key)) => {
                 let provider = self.providers.get(&key.provider)?;
@@ -427,7 +439,7 @@ impl Credentials {
         let provider_id = ProviderId::parse(provider_id)?;
         let taken = self.flows.take(&provider_id, &params)?;
         let result = self.finish(&provider_id, &taken.flow, &params).await;
-        self.flows.report(
+        super::flows::report(
             &taken,
             &result
                 .as_ref()

@@ -201,6 +201,7 @@ impl From<OAuthError> for Error {
         match e {
             OAuthError::InvalidGrant => Self::ReauthorizationRequired,
             OAuthError::Unavailable(_) => Self::ProviderUnavailable(Box::new(e)),
+            OAuthError::Rejected(code) => Self::ProviderRejected(code),
             other => Self::ProviderRejected(other.to_string()),
         }
     }

@@ -8,8 +8,8 @@ use crate::clock::Clock;
 use crate::domain::{Caller, GrantKey, Handout, ProviderConfig, ProviderId, Scopes};
 use crate::oauth::{TokenEndpoint, TokenSet};
 use crate::pending::{
-    FlowFailure, FlowOutcome, FlowView, InsertError, Inserted, PendingFlow, PendingFlows,
-    TakeError, Taken,
+    DevicePrompt, FlowFailure, FlowOutcome, FlowView, InsertError, Inserted, PendingFlow,
+    PendingFlows, TakeError, Taken,
 };
 use crate::secret::{SecretString, random_token, sha256};
 use std::sync::Arc;
@@ -36,6 +36,32 @@ pub(crate) struct Started {
     pub auth_url: String,
     pub auth_id: String,
     pub expires_at: i64,
+    /// Device flow: the user code and where to enter it.
+    pub prompt: Option<DevicePrompt>,
+}
+
+/// A new device flow's polling (RFC 8628 section 3.4), for `device::poll`.
+#[derive(Debug)]
+pub(crate) struct Polling {
+    /// Finds the pending flow; never leaves the daemon.
+    pub state: String,
+    pub auth_id: String,
+    pub device_code: SecretString,
+    pub interval: std::time::Duration,
+    /// The earlier of the flow's deadline and the device code's expiry.
+    pub deadline: tokio::time::Instant,
+}
+
+/// Reports how a taken flow ended to whoever waits on it (failures are logged once, by the
+/// callback or poller that reports them).
+pub(crate) fn report(taken: &Taken, result: &Result<GrantKey, FlowFailure>) {
+    match result {
+        Ok(key) => {
+            tracing::info!(provider = %taken.flow.provider, "authorization flow completed");
+            taken.finish(FlowOutcome::Completed(key.clone()));
+        }
+        Err(f) => taken.finish(FlowOutcome::Failed(f.clone())),
+    }
 }
 
 /// Who asked for what, as a digest: equal requests join one live flow.
@@ -85,14 +111,32 @@ impl Flows {
         self.clock.now_unix() + i64::try_from(left.as_secs()).unwrap_or(0)
     }
 
+    fn joined(&self, existing: Inserted) -> Option<Started> {
+        match existing {
+            Inserted::New(_) => None,
+            Inserted::Existing {
+                auth_id,
+                auth_url,
+                deadline,
+                prompt,
+            } => Some(Started {
+                auth_url,
+                auth_id,
+                expires_at: self.unix_at(deadline),
+                prompt,
+            }),
+        }
+    }
+
     /// Starts a consent flow; with `join`, the same caller asking the same again while a flow is
-    /// live gets that flow.
-    pub(crate) fn start(
+    /// live gets that flow. A device flow (RFC 8628) first asks the provider for a user code and
+    /// also returns what its poller needs.
+    pub(crate) async fn start(
         &self,
         caller: &Caller,
         provider: &ProviderConfig,
         ask: Ask,
-    ) -> Result<Started, Error> {
+    ) -> Result<(Started, Option<Polling>), Error> {
         let Ask {
             key,
             scopes,
@@ -101,6 +145,12 @@ impl Flows {
             join,
         } = ask;
         let request = join.then(|| request_digest(caller, &key, &scopes, handout));
+        if let Some(started) = request
+            .and_then(|r| self.pending.live(&r))
+            .and_then(|e| self.joined(e))
+        {
+            return Ok((started, None));
+        }
         let consent = kind::consent(&provider.kind).ok_or(Error::invalid(
             "provider_id",
             "this provider's kind has no consent flow",
@@ -108,45 +158,69 @@ impl Flows {
         let state = random()?;
         let auth_id = random()?;
         let verifier = SecretString::from(random()?);
-        let begun = consent.begin(scopes, &redirect_uri, &state, &verifier, random)?;
+        let (auth_url, scopes, nonce, device) = match consent.device_url() {
+            None => {
+                let begun = consent.begin(scopes, &redirect_uri, &state, &verifier, random)?;
+                (begun.auth_url, begun.scopes, begun.nonce, None)
+            }
+            Some(url) => {
+                let scopes = consent.scopes_for(scopes)?;
+                let d = self
+                    .endpoint
+                    .device_authorization(consent.client(), url, &scopes)
+                    .await?;
+                let shown = d.verification_uri_complete.clone();
+                (
+                    shown.unwrap_or_else(|| d.verification_uri.clone()),
+                    scopes,
+                    None,
+                    Some(d),
+                )
+            }
+        };
+        let prompt = device.as_ref().map(|d| DevicePrompt {
+            user_code: d.user_code.clone(),
+            verification_uri: d.verification_uri.clone(),
+        });
         let flow = PendingFlow {
             provider: provider.id.clone(),
             user: key.user,
             agent: key.agent,
-            scopes: begun.scopes,
+            scopes,
             handout,
             pkce_verifier: verifier,
-            nonce: begun.nonce,
+            nonce,
             redirect_uri,
             owner: caller.name.clone(),
+            prompt: prompt.clone(),
         };
         let inserted = self
             .pending
-            .insert_or_join(&state, &auth_id, begun.auth_url.clone(), flow, request)
+            .insert_or_join(&state, &auth_id, auth_url.clone(), flow, request)
             .map_err(|e| match e {
                 InsertError::UserFull(_) | InsertError::TableFull(_) => {
                     Error::Exhausted(e.to_string())
                 }
             })?;
-        Ok(match inserted {
-            Inserted::New(deadline) => {
-                tracing::info!(provider = %provider.id, "started authorization flow");
-                Started {
-                    auth_url: begun.auth_url,
-                    auth_id,
-                    expires_at: self.unix_at(deadline),
-                }
-            }
-            Inserted::Existing {
-                auth_id,
-                auth_url,
-                deadline,
-            } => Started {
-                auth_url,
-                auth_id,
-                expires_at: self.unix_at(deadline),
-            },
-        })
+        let Inserted::New(deadline) = inserted else {
+            // Another call started the same flow meanwhile: that one, and its poller.
+            return Ok((self.joined(inserted).ok_or(Error::internal("join"))?, None));
+        };
+        tracing::info!(provider = %provider.id, device = device.is_some(), "started authorization flow");
+        let polling = device.map(|d| Polling {
+            state,
+            auth_id: auth_id.clone(),
+            device_code: d.device_code,
+            interval: d.interval,
+            deadline: deadline.min(tokio::time::Instant::now() + d.expires_in),
+        });
+        let started = Started {
+            auth_url,
+            auth_id,
+            expires_at: self.unix_at(deadline),
+            prompt,
+        };
+        Ok((started, polling))
     }
 
     /// Takes the flow the callback's `state` names, once, on the provider it was issued for.
@@ -182,17 +256,9 @@ impl Flows {
         consent.finish(&*self.endpoint, flow, params).await
     }
 
-    /// Reports how a taken flow ended to whoever waits on it.
-    pub(crate) fn report(&self, taken: &Taken, result: &Result<GrantKey, FlowFailure>) {
-        let provider = &taken.flow.provider;
-        match result {
-            Ok(key) => {
-                tracing::info!(%provider, "authorization flow completed");
-                taken.finish(FlowOutcome::Completed(key.clone()));
-            }
-            // Logged once, by the callback that reports it.
-            Err(f) => taken.finish(FlowOutcome::Failed(f.clone())),
-        }
+    /// The pending table, for device-flow pollers.
+    pub(crate) fn pending(&self) -> Arc<PendingFlows> {
+        self.pending.clone()
     }
 
     /// The flow `auth_id`, if any.

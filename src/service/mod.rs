@@ -7,6 +7,7 @@
 mod broker;
 mod cache;
 mod credentials;
+mod device;
 mod error;
 mod flows;
 mod kind;

@@ -95,6 +95,8 @@ fn provider() -> ProviderConfig {
             revocation_url: None,
             extra_auth_params: Default::default(),
             scope_param: "scope".into(),
+            consent_flow: Default::default(),
+            device_authorization_url: None,
             scope_separator: crate::domain::Separator::Space,
         }),
         profile: None,
@@ -299,7 +301,10 @@ async fn a_flow_taken_after_its_lease_fails_closed_as_expired() {
                 join: true,
             },
         )
+        .await
         .unwrap();
+    let (started, polling) = started;
+    assert!(polling.is_none(), "a browser flow has no poller");
     assert_eq!(started.expires_at, NOW + 60);
     let state = url::Url::parse(&started.auth_url)
         .unwrap()

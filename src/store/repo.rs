@@ -3,12 +3,12 @@
 //! when dropped; decode errors report kind and position only, never the (secret) value.
 
 use super::{Cas, SecretBytes, SecretStore, StoreError, keyspace};
-use crate::domain::ServiceAccount;
 use crate::domain::{
     AuthCode, Grant, GrantKey, HandoutPolicy, KindConfig, OAuthClient, ProviderConfig, ProviderId,
     ProviderKind, ReferenceRecord, Scopes, Separator, StaticCredential, TokenAuthMethod,
     TokenDialect,
 };
+use crate::domain::{ConsentFlow, ServiceAccount};
 use crate::jwt::SigningKey;
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,10 @@ struct ProviderRecord {
     /// Service accounts: how the assertion is made.
     #[serde(default)]
     assertion: Option<AssertionRecord>,
+    #[serde(default)]
+    consent_flow: ConsentFlow,
+    #[serde(default)]
+    device_authorization_url: Option<Url>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -154,6 +158,8 @@ impl From<&ProviderConfig> for ProviderRecord {
             scope_param: code.map(|c| c.scope_param.clone()),
             scope_separator: code.map(|c| c.scope_separator),
             credential,
+            consent_flow: code.map(|c| c.consent_flow).unwrap_or_default(),
+            device_authorization_url: code.and_then(|c| c.device_authorization_url.clone()),
             private_key: key.map(|k| k.pem().clone()),
             key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
             assertion,
@@ -190,6 +196,8 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
                 extra_auth_params: r.extra_auth_params.clone(),
                 scope_param: r.scope_param.clone().unwrap_or_else(|| "scope".into()),
                 scope_separator: r.scope_separator.unwrap_or(Separator::Space),
+                consent_flow: r.consent_flow,
+                device_authorization_url: r.device_authorization_url.clone(),
             })
         };
         let kind = match r.kind {

@@ -4,7 +4,7 @@
 
 use super::{CallbackParams, KindContext};
 use crate::domain::{
-    AuthCode, OAuthClient, ProviderDraft, Scopes, check_client, check_endpoint_url,
+    AuthCode, ConsentFlow, OAuthClient, ProviderDraft, Scopes, check_client, check_endpoint_url,
 };
 use crate::oauth::{
     AuthorizationRequest, OAuthError, TokenEndpoint, TokenGrant, TokenSet, authorization_url,
@@ -20,15 +20,34 @@ fn optional_url(field: &'static str, raw: &str, insecure: bool) -> Result<Option
         .transpose()?)
 }
 
+/// Endpoints an issuer's discovery document advertised beyond the authorization and token ones.
+#[derive(Debug, Default)]
+struct Advertised {
+    revocation: Option<url::Url>,
+    device_authorization: Option<url::Url>,
+}
+
 fn auth_code(
     d: &ProviderDraft,
     ctx: KindContext<'_>,
     auth_url: url::Url,
     token_url: url::Url,
     issuer: Option<String>,
-    discovered_revocation: Option<url::Url>,
+    advertised: Advertised,
 ) -> Result<AuthCode, Error> {
     check_client(&d.client_id, &d.extra_auth_params)?;
+    let device_authorization_url = optional_url(
+        "device_authorization_url",
+        &d.device_authorization_url,
+        ctx.allow_insecure_urls,
+    )?
+    .or(advertised.device_authorization);
+    if d.consent_flow == ConsentFlow::Device && device_authorization_url.is_none() {
+        return Err(Error::invalid(
+            "device_authorization_url",
+            "is required for consent_flow device: the provider's RFC 8628 device authorization endpoint (the issuer does not advertise one)",
+        ));
+    }
     let auth = super::client_auth::client_auth(d, ctx.current)?;
     Ok(AuthCode {
         client: OAuthClient {
@@ -43,7 +62,7 @@ fn auth_code(
         issuer,
         // The operator's setting wins over the issuer's advertised endpoint.
         revocation_url: optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?
-            .or(discovered_revocation),
+            .or(advertised.revocation),
         extra_auth_params: d.extra_auth_params.clone(),
         scope_param: if d.scope_param.is_empty() {
             "scope".into()
@@ -51,6 +70,8 @@ fn auth_code(
             d.scope_param.clone()
         },
         scope_separator: d.scope_separator,
+        consent_flow: d.consent_flow,
+        device_authorization_url,
     })
 }
 
@@ -61,7 +82,7 @@ pub(super) fn validate_oauth2(d: &ProviderDraft, ctx: KindContext<'_>) -> Result
     let token = check_endpoint_url("token_url", &d.token_url, insecure)?;
     optional_url("issuer", &d.issuer, insecure)?;
     let issuer = (!d.issuer.is_empty()).then(|| d.issuer.clone());
-    auth_code(d, ctx, auth, token, issuer, None)
+    auth_code(d, ctx, auth, token, issuer, Advertised::default())
 }
 
 pub(super) async fn validate_oidc(
@@ -89,11 +110,15 @@ pub(super) async fn validate_oidc(
         .map_err(|e| Error::invalid("issuer", format!("OpenID discovery failed: {e}")))?;
     let auth = check_endpoint_url("issuer", found.auth_url.as_str(), insecure)?;
     let token = check_endpoint_url("issuer", found.token_url.as_str(), insecure)?;
-    let revocation = found
-        .revocation_url
-        .map(|u| check_endpoint_url("issuer", u.as_str(), insecure))
-        .transpose()?;
-    auth_code(d, ctx, auth, token, Some(d.issuer.clone()), revocation)
+    let advertised = |u: Option<url::Url>| {
+        u.map(|u| check_endpoint_url("issuer", u.as_str(), insecure))
+            .transpose()
+    };
+    let advertised = Advertised {
+        revocation: advertised(found.revocation_url)?,
+        device_authorization: advertised(found.device_authorization_url)?,
+    };
+    auth_code(d, ctx, auth, token, Some(d.issuer.clone()), advertised)
 }
 
 /// The authorization request of a flow about to start.
@@ -117,6 +142,40 @@ impl<'a> AuthCodeFlow<'a> {
         Self { config, openid }
     }
 
+    /// The RFC 8628 endpoint, when this provider's users consent on another device.
+    pub(crate) fn device_url(&self) -> Option<&'a url::Url> {
+        match self.config.consent_flow {
+            ConsentFlow::Device => self.config.device_authorization_url.as_ref(),
+            ConsentFlow::Browser => None,
+        }
+    }
+
+    pub(crate) fn client(&self) -> &'a OAuthClient {
+        &self.config.client
+    }
+
+    /// What is asked for: OpenID Connect adds `openid`.
+    pub(crate) fn scopes_for(&self, scopes: Scopes) -> Result<Scopes, Error> {
+        Ok(if self.openid {
+            scopes.union(&Scopes::parse("scopes", &["openid"])?)
+        } else {
+            scopes
+        })
+    }
+
+    /// The subject of a device flow's tokens: for OpenID Connect, the verified ID token's (no
+    /// nonce was sent, so none is checked).
+    pub(crate) async fn device_subject(
+        &self,
+        endpoint: &dyn TokenEndpoint,
+        tokens: &TokenSet,
+    ) -> Result<Option<String>, FlowFailure> {
+        let Some(issuer) = self.config.issuer.as_deref().filter(|_| self.openid) else {
+            return Ok(None);
+        };
+        self.verify(endpoint, issuer, None, tokens).await.map(Some)
+    }
+
     /// Builds the authorization URL for `scopes`; `fresh` supplies 256-bit random values.
     pub(crate) fn begin(
         &self,
@@ -126,12 +185,11 @@ impl<'a> AuthCodeFlow<'a> {
         pkce_verifier: &SecretString,
         fresh: impl FnOnce() -> Result<String, Error>,
     ) -> Result<Begun, Error> {
-        let (scopes, nonce) = if self.openid {
-            let openid = Scopes::parse("scopes", &["openid"])?;
-            (scopes.union(&openid), Some(SecretString::from(fresh()?)))
-        } else {
-            (scopes, None)
-        };
+        let scopes = self.scopes_for(scopes)?;
+        let nonce = self
+            .openid
+            .then(|| fresh().map(SecretString::from))
+            .transpose()?;
         let url = authorization_url(
             self.config,
             &AuthorizationRequest {
@@ -187,7 +245,7 @@ impl<'a> AuthCodeFlow<'a> {
             .map_err(|e| FlowFailure::ExchangeFailed(e.to_string()))?;
         let subject = match (&self.config.issuer, &flow.nonce) {
             (Some(issuer), Some(nonce)) if self.openid => {
-                Some(self.verify(endpoint, issuer, nonce, &tokens).await?)
+                Some(self.verify(endpoint, issuer, Some(nonce), &tokens).await?)
             }
             _ => None,
         };
@@ -198,7 +256,7 @@ impl<'a> AuthCodeFlow<'a> {
         &self,
         endpoint: &dyn TokenEndpoint,
         issuer: &str,
-        nonce: &SecretString,
+        nonce: Option<&SecretString>,
         tokens: &TokenSet,
     ) -> Result<String, FlowFailure> {
         let id_token = tokens.id_token.as_ref().ok_or_else(|| {

@@ -52,6 +52,16 @@ pub(crate) struct KindContext<'a> {
 
 /// Validates the kind-specific part of a draft into its typed configuration.
 pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<KindConfig, Error> {
+    let consents = matches!(d.kind, Some(ProviderKind::OAuth2 | ProviderKind::Oidc));
+    if !consents
+        && (d.consent_flow != crate::domain::ConsentFlow::Browser
+            || !d.device_authorization_url.is_empty())
+    {
+        return Err(Error::invalid(
+            "consent_flow",
+            "the device flow applies to oauth2 and oidc providers, whose users consent",
+        ));
+    }
     match d.kind {
         Some(ProviderKind::OAuth2) => auth_code::validate_oauth2(d, ctx).map(KindConfig::OAuth2),
         Some(ProviderKind::Oidc) => auth_code::validate_oidc(d, ctx).await.map(KindConfig::Oidc),

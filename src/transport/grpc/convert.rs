@@ -3,8 +3,8 @@
 
 use crate::domain::ProviderDraft;
 use crate::domain::{
-    AgentId, Applied, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig, Location,
-    ProviderConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod, UserId,
+    AgentId, Applied, ConsentFlow, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig,
+    Location, ProviderConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod, UserId,
 };
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
@@ -54,11 +54,18 @@ pub(super) fn outcome(o: Outcome) -> pb::AuthenticateResponse {
             auth_url,
             auth_id,
             expires_at,
-        } => R::Pending(pb::Pending {
-            auth_url,
-            auth_id,
-            expires_at,
-        }),
+            prompt,
+        } => {
+            let (user_code, verification_uri) =
+                prompt.map_or_else(Default::default, |p| (p.user_code, p.verification_uri));
+            R::Pending(pb::Pending {
+                auth_url,
+                auth_id,
+                expires_at,
+                user_code,
+                verification_uri,
+            })
+        }
     };
     pb::AuthenticateResponse {
         result: Some(result),
@@ -214,6 +221,15 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         .map(ToString::to_string)
         .unwrap_or_default();
     wire.extra_auth_params = c.extra_auth_params.clone().into_iter().collect();
+    wire.consent_flow = match c.consent_flow {
+        ConsentFlow::Browser => pb::ConsentFlow::Browser,
+        ConsentFlow::Device => pb::ConsentFlow::Device,
+    } as i32;
+    wire.device_authorization_url = c
+        .device_authorization_url
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     wire
 }
 
@@ -289,6 +305,12 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         assertion_subject: p.assertion_subject,
         assertion_audience: p.assertion_audience,
         subject_from_user: p.subject_from_user,
+        consent_flow: match pb::ConsentFlow::try_from(p.consent_flow) {
+            Ok(pb::ConsentFlow::Unspecified | pb::ConsentFlow::Browser) => ConsentFlow::Browser,
+            Ok(pb::ConsentFlow::Device) => ConsentFlow::Device,
+            Err(_) => return Err(Error::invalid("consent_flow", "unknown consent flow")),
+        },
+        device_authorization_url: p.device_authorization_url,
         ..ProviderDraft::default()
     })
 }

@@ -73,6 +73,63 @@ impl Browser {
         panic!("the provider did not redirect to the callback");
     }
 
+    /// The device flow's end-user side (RFC 8628 section 3.3) at the provider: opens
+    /// `verification_uri_complete` (which posts the user code), confirms it, signs in as `login`
+    /// and approves. Returns the final page, the provider's success page.
+    pub(crate) async fn device_consent(
+        &self,
+        verification_uri_complete: &str,
+        login: &str,
+    ) -> String {
+        let mut url = Url::parse(verification_uri_complete).unwrap();
+        let mut form: Option<Vec<(String, String)>> = None;
+        for _ in 0..20 {
+            let resp = match form.take() {
+                Some(fields) => self.http.post(url.clone()).form(&fields).send().await,
+                None => self.http.get(url.clone()).send().await,
+            }
+            .unwrap();
+            if resp.status().is_redirection() {
+                let loc = resp.headers()["location"].to_str().unwrap();
+                url = url.join(loc).unwrap();
+                continue;
+            }
+            let status = resp.status();
+            let html = resp.text().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "provider page failed: {html}");
+            let Some(action) = attr(&html, "action=\"") else {
+                return html;
+            };
+            let submit = url.join(action).unwrap();
+            let hidden = |name: &str| {
+                attr(&html, &format!("name=\"{name}\" value=\""))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            form = Some(if html.contains("name=\"xsrf\"") {
+                // The user-code form (auto-posted) and then its confirmation.
+                let mut f = vec![
+                    ("xsrf".into(), hidden("xsrf")),
+                    ("user_code".into(), hidden("user_code")),
+                ];
+                if html.contains("name=\"confirm\"") {
+                    f.push(("confirm".into(), "yes".into()));
+                }
+                f
+            } else if html.contains("name=\"login\"") {
+                vec![
+                    ("prompt".into(), "login".into()),
+                    ("login".into(), login.into()),
+                    ("password".into(), "any".into()),
+                ]
+            } else {
+                vec![("prompt".into(), "consent".into())]
+            });
+            url = submit;
+        }
+        panic!("the device verification did not finish");
+    }
+
     /// Visits a URL (the callback) and returns the status and page.
     pub(crate) async fn visit(
         &self,

@@ -29,13 +29,40 @@ const client = (id, method) => ({
   client_id: id,
   client_secret: `${id}-secret-canary-0123456789`,
   redirect_uris: redirectUris,
-  grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+  grant_types: [
+    'authorization_code',
+    'refresh_token',
+    'client_credentials',
+    'urn:ietf:params:oauth:grant-type:device_code',
+  ],
   response_types: ['code'],
   token_endpoint_auth_method: method,
 });
 
+// A client authenticating with private_key_jwt (RFC 7523 section 2.2): the public half of
+// tests/fixtures/test-ec-p256.pem, a test-only key.
+const pkjwtClient = {
+  ...client('pkjwt-client', 'private_key_jwt'),
+  client_secret: undefined,
+  token_endpoint_auth_signing_alg: 'ES256',
+  jwks: {
+    keys: [{
+      kty: 'EC',
+      crv: 'P-256',
+      x: 'gqiOarERHXAqoYv5d-wwBAXUfFvky0XhozMw1jmUjc8',
+      y: 'Otv7A6nVNkFmBWs3pPpLCXVZhDDRhVVBEri0IoWjLms',
+      kid: 'valet-test-ec',
+      use: 'sig',
+    }],
+  },
+};
+
 const provider = new Provider(issuer, {
-  clients: [client('basic-client', 'client_secret_basic'), client('post-client', 'client_secret_post')],
+  clients: [
+    client('basic-client', 'client_secret_basic'),
+    client('post-client', 'client_secret_post'),
+    pkjwtClient,
+  ],
   scopes: ['openid', 'offline_access', 'profile', 'email', 'api.read', 'api.write'],
   claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
   findAccount: async (ctx, sub) => ({
