@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".valet.v1.RevokeRequest",
             ".valet.v1.Credential",
             ".valet.v1.PutCredentialRequest",
+            ".valet.v1.AuthenticateRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

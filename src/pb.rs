@@ -57,6 +57,28 @@ impl fmt::Debug for Provider {
             .field("subject_from_user", &self.subject_from_user)
             .field("has_private_key", &self.has_private_key)
             .field("key_algorithm", &self.key_algorithm)
+            .field("consent_flow", &self.consent_flow)
+            .field("device_authorization_url", &self.device_authorization_url)
+            .field("token_exchange", &self.token_exchange)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AuthenticateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthenticateRequest")
+            .field("provider_id", &self.provider_id)
+            .field("scopes", &self.scopes)
+            .field("user_id", &self.user_id)
+            .field("agent_id", &self.agent_id)
+            .field("handout", &self.handout)
+            .field("min_ttl_seconds", &self.min_ttl_seconds)
+            .field("force_reauth", &self.force_reauth)
+            .field("single_use", &self.single_use)
+            .field("audience", &self.audience)
+            .field("resource", &self.resource)
+            .field("subject_token", &redacted(&self.subject_token))
+            .field("subject_token_type", &self.subject_token_type)
             .finish()
     }
 }

@@ -21,10 +21,10 @@ pub struct AuthArgs {
     pub user: Option<String>,
     #[arg(long)]
     pub agent: Option<String>,
-    /// client_credentials providers: the `audience` parameter.
+    /// client_credentials providers (or token_exchange ones): the `audience` parameter.
     #[arg(long)]
     pub audience: Option<String>,
-    /// client_credentials providers: the RFC 8707 resource indicator (an absolute URI).
+    /// client_credentials providers (or token_exchange ones): the RFC 8707 resource (an absolute URI).
     #[arg(long)]
     pub resource: Option<String>,
     #[arg(long = "scope")]
@@ -55,6 +55,8 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
     let mut creds = conn.connect().await?.credentials();
     let mut resp = creds
         .authenticate(pb::AuthenticateRequest {
+            subject_token: String::new(),
+            subject_token_type: String::new(),
             provider_id: a.provider,
             scopes: a.scopes,
             user_id: a.user.unwrap_or_default(),

@@ -93,6 +93,9 @@ pub(super) fn print_provider(p: &pb::Provider) {
     }
     println!("token_url:         {}", p.token_url);
     println!("token_auth_method: {method}");
+    if p.token_exchange {
+        println!("token_exchange:    yes (RFC 8693)");
+    }
     println!("default_scopes:    {}", p.default_scopes.join(" "));
     for (k, v) in &p.extra_auth_params {
         println!("param:             {k}={v}");

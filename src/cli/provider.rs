@@ -118,6 +118,10 @@ pub struct ProviderArgs {
     /// api_key: text before the key, e.g. "token ".
     #[arg(long)]
     pub credential_prefix: Option<String>,
+    /// The token endpoint does token exchange (RFC 8693): `valet auth --audience` exchanges the
+    /// user's grant token (oauth2, oidc) or an agent's token (client_credentials).
+    #[arg(long)]
+    pub token_exchange: Option<bool>,
     /// oauth2 and oidc: how users consent (device: RFC 8628 user codes, no browser callback).
     #[arg(long)]
     pub consent_flow: Option<Flow>,
@@ -338,6 +342,9 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
         } as i32;
     }
     set(&mut p.device_authorization_url, a.device_authorization_url);
+    if let Some(on) = a.token_exchange {
+        p.token_exchange = on;
+    }
     set(&mut p.key_id, a.key_id);
     set(&mut p.assertion_issuer, a.assertion_issuer);
     set(&mut p.assertion_subject, a.assertion_subject);

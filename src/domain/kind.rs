@@ -109,6 +109,8 @@ pub struct OAuthClient {
     pub auth_method: TokenAuthMethod,
     /// The key signing `private_key_jwt` client assertions (write-only, like the secret).
     pub signing_key: Option<SigningKey>,
+    /// The token endpoint does token exchange (RFC 8693).
+    pub token_exchange: bool,
     pub token_url: Url,
     pub dialect: TokenDialect,
 }

@@ -65,6 +65,8 @@ pub struct ProviderDraft {
     pub assertion_audience: String,
     /// `service_account`: `Authenticate`'s `user_id` becomes the assertion's `sub`.
     pub subject_from_user: bool,
+    /// The token endpoint does token exchange (RFC 8693).
+    pub token_exchange: bool,
     /// oauth2 and oidc: browser (default) or device (RFC 8628).
     pub consent_flow: super::ConsentFlow,
     /// RFC 8628 device authorization endpoint; oidc discovers it.

@@ -95,7 +95,8 @@ impl TokenEndpoint for FakeTokenEndpoint {
             }
             TokenGrant::ClientCredentials { .. }
             | TokenGrant::JwtBearer { .. }
-            | TokenGrant::DeviceCode(_) => {
+            | TokenGrant::DeviceCode(_)
+            | TokenGrant::TokenExchange { .. } => {
                 st.exchanges += 1;
                 false
             }

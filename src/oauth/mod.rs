@@ -13,7 +13,7 @@ mod token;
 pub use authorize::{AuthorizationRequest, authorization_url};
 pub use client::OAuth2TokenEndpoint;
 pub use http::ProviderHttp;
-pub use token::safe_code;
+pub use token::{ACCESS_TOKEN_TYPE, safe_code};
 
 use crate::domain::{OAuthClient, Scopes};
 use crate::secret::SecretString;
@@ -121,6 +121,15 @@ pub enum TokenGrant<'a> {
     },
     /// RFC 8628 section 3.4: polling with the device code.
     DeviceCode(&'a SecretString),
+    /// RFC 8693 section 2.1: `subject_token` (of type `subject_token_type`) exchanged for an
+    /// access token for `audience`/`resource` with `scopes`.
+    TokenExchange {
+        subject_token: &'a SecretString,
+        subject_token_type: &'a str,
+        scopes: &'a Scopes,
+        audience: Option<&'a str>,
+        resource: Option<&'a str>,
+    },
 }
 
 impl std::fmt::Debug for TokenGrant<'_> {
@@ -131,6 +140,7 @@ impl std::fmt::Debug for TokenGrant<'_> {
             Self::ClientCredentials { .. } => "ClientCredentials",
             Self::JwtBearer { .. } => "JwtBearer",
             Self::DeviceCode(_) => "DeviceCode",
+            Self::TokenExchange { .. } => "TokenExchange",
         })
     }
 }

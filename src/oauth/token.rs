@@ -54,6 +54,30 @@ fn params(
             }
             p
         }
+        TokenGrant::TokenExchange {
+            subject_token,
+            subject_token_type,
+            scopes,
+            audience,
+            resource,
+        } => {
+            let mut p = vec![
+                ("grant_type", s(TOKEN_EXCHANGE)),
+                ("subject_token", s(subject_token.expose_secret())),
+                ("subject_token_type", s(subject_token_type)),
+                ("requested_token_type", s(ACCESS_TOKEN_TYPE)),
+            ];
+            if !scopes.is_empty() {
+                p.push(("scope", s(&scopes.join(crate::domain::Separator::Space))));
+            }
+            if let Some(a) = audience {
+                p.push(("audience", s(a)));
+            }
+            if let Some(r) = resource {
+                p.push(("resource", s(r)));
+            }
+            p
+        }
         TokenGrant::DeviceCode(code) => vec![
             ("grant_type", s(DEVICE_CODE)),
             ("device_code", s(code.expose_secret())),
@@ -75,6 +99,9 @@ fn params(
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 section 3: the token type of an OAuth access token.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// An RFC 8628 device authorization request for `scopes` at `url`.
 pub(super) fn device_request(
@@ -612,6 +639,7 @@ mod tests {
             client_secret: Some(SecretString::from("s&cret")),
             auth_method: TokenAuthMethod::ClientSecretBasic,
             signing_key: None,
+            token_exchange: false,
             token_url: url::Url::parse("https://idp.example/token").unwrap(),
             dialect: TokenDialect::default(),
         };
@@ -663,6 +691,7 @@ mod tests {
             client_secret: None,
             auth_method: TokenAuthMethod::PrivateKeyJwt,
             signing_key: Some(key),
+            token_exchange: false,
             token_url: url::Url::parse("https://idp.example/token").unwrap(),
             dialect: TokenDialect::default(),
         };
@@ -699,6 +728,7 @@ mod tests {
             client_secret: None,
             auth_method: TokenAuthMethod::ClientSecretBasic,
             signing_key: None,
+            token_exchange: false,
             token_url: url::Url::parse("https://idp.example/token").unwrap(),
             dialect: TokenDialect::default(),
         };

@@ -255,6 +255,17 @@ impl TokenBroker {
                 audience: target.audience.as_deref(),
                 resource: target.resource.as_deref(),
             },
+            ClientGrant::Exchange {
+                subject_token,
+                subject_token_type,
+                ..
+            } => TokenGrant::TokenExchange {
+                subject_token,
+                subject_token_type,
+                scopes,
+                audience: target.audience.as_deref(),
+                resource: target.resource.as_deref(),
+            },
             ClientGrant::JwtBearer(sa) => {
                 let user = target.subject.as_deref();
                 assertion = kind::assertion(sa, scopes, user, self.clock.now_unix())?;

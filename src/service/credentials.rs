@@ -50,6 +50,22 @@ pub struct AuthRequest {
     /// Client credentials: the `audience` parameter and the RFC 8707 resource indicator.
     pub audience: Option<String>,
     pub resource: Option<String>,
+    /// On-behalf-of: a token the agent presents for exchange (RFC 8693).
+    pub subject_token: Option<SubjectToken>,
+}
+
+/// A token to exchange (RFC 8693 section 2.1): the token and its type URI.
+pub struct SubjectToken {
+    pub token: SecretString,
+    pub kind: &'static str,
+}
+
+impl std::fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubjectToken")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What Authenticate and WaitForCompletion answer.
@@ -217,14 +233,64 @@ impl Credentials {
         scopes: Scopes,
         min_ttl: i64,
     ) -> Result<Outcome, Error> {
-        if req.audience.is_some() || req.resource.is_some() {
+        if req.subject_token.is_some() {
             return Err(Error::invalid(
-                "audience",
-                "audience and resource apply to client_credentials providers only",
+                "subject_token",
+                "is for on-behalf-of exchange at client_credentials providers; a user's grant is exchanged by asking for an audience or resource",
             ));
         }
-        let key = user_key(req.provider, req.user, req.agent)?;
+        let exchange = if req.audience.is_some() || req.resource.is_some() {
+            let client = provider
+                .kind
+                .oauth_client()
+                .filter(|c| c.token_exchange)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "audience",
+                        "audience and resource apply to client_credentials providers, or to providers with token_exchange (RFC 8693)",
+                    )
+                })?;
+            if req.handout != Handout::Token {
+                return Err(Error::invalid(
+                    "handout",
+                    "exchanged tokens are handed out directly; a reference resolves to the grant's own token",
+                ));
+            }
+            Some(client)
+        } else {
+            None
+        };
+        let key = user_key(req.provider.clone(), req.user.clone(), req.agent.clone())?;
         policy::authorize(caller, Action::UseGrant(&key))?;
+        if let Some(client) = exchange
+            && !req.force_reauth
+        {
+            // The grant must be usable now (a revoked grant's exchanged tokens are not served).
+            let none = Scopes::default();
+            if let Some(grant_token) = self
+                .broker
+                .usable_token(provider, &key, &none, min_ttl)
+                .await?
+            {
+                let mut target =
+                    ClientTarget::parse(req.audience.as_deref(), req.resource.as_deref())?;
+                target.subject = Some(format!(
+                    "grant/{}/{}",
+                    key.user,
+                    key.agent.as_ref().map_or("", |a| a.as_str())
+                ));
+                let source = ClientGrant::Exchange {
+                    client,
+                    subject_token: &grant_token.token,
+                    subject_token_type: crate::oauth::ACCESS_TOKEN_TYPE,
+                };
+                let token = self
+                    .broker
+                    .client_token(&provider.id, source, &scopes, &target, min_ttl, false)
+                    .await?;
+                return Ok(Outcome::Token(token));
+            }
+        }
         if !req.force_reauth
             && let Some(token) = self
                 .broker
@@ -269,6 +335,7 @@ impl Credentials {
                     ClientGrant::JwtBearer(_) => {
                         "this service_account provider does not impersonate users (subject_from_user is off): leave user_id empty"
                     }
+                    ClientGrant::Exchange { .. } => "leave user_id empty",
                 },
             );
         }
@@ -288,6 +355,28 @@ impl Credentials {
             );
         }
         policy::authorize(caller, Action::UseClient(&provider.id))?;
+        let mut source = source;
+        if let Some(st) = &req.subject_token {
+            let client = match source {
+                ClientGrant::Credentials(c) if c.token_exchange => c,
+                _ => {
+                    return refuse(
+                        "subject_token",
+                        "on-behalf-of exchange needs a client_credentials provider with token_exchange (RFC 8693)",
+                    );
+                }
+            };
+            source = ClientGrant::Exchange {
+                client,
+                subject_token: &st.token,
+                subject_token_type: st.kind,
+            };
+            // Each presented token is its own cache slot; only its digest is kept.
+            let digest = crate::secret::sha256(
+                crate::secret::ExposeSecret::expose_secret(&st.token).as_bytes(),
+            );
+            target.subject = Some(format!("obo/{}", hex::encode(digest)));
+        }
         if let Some(user) = &req.user {
             // Impersonating a user is acting for them: the same rule as using their grant.
             let key = user_key(req.provider.clone(), Some(user.clone()), None)?;

@@ -17,7 +17,7 @@ mod references;
 mod refresher;
 
 pub use broker::{AccessToken, GrantInfo};
-pub use credentials::{AuthRequest, Credentials, Limits, Outcome, Parts};
+pub use credentials::{AuthRequest, Credentials, Limits, Outcome, Parts, SubjectToken};
 pub use error::{Class, Error, Reason};
 pub use kind::{CallbackParams, ProviderRevocation};
 pub use providers::ProviderRegistry;

@@ -84,6 +84,7 @@ fn provider() -> ProviderConfig {
         kind: KindConfig::OAuth2(AuthCode {
             client: OAuthClient {
                 signing_key: None,
+                token_exchange: false,
                 client_id: "client".into(),
                 client_secret: Some(SecretString::from("secret")),
                 auth_method: TokenAuthMethod::ClientSecretBasic,

@@ -95,6 +95,8 @@ struct ProviderRecord {
     #[serde(default)]
     assertion: Option<AssertionRecord>,
     #[serde(default)]
+    token_exchange: bool,
+    #[serde(default)]
     consent_flow: ConsentFlow,
     #[serde(default)]
     device_authorization_url: Option<Url>,
@@ -158,6 +160,7 @@ impl From<&ProviderConfig> for ProviderRecord {
             scope_param: code.map(|c| c.scope_param.clone()),
             scope_separator: code.map(|c| c.scope_separator),
             credential,
+            token_exchange: client.is_some_and(|c| c.token_exchange),
             consent_flow: code.map(|c| c.consent_flow).unwrap_or_default(),
             device_authorization_url: code.and_then(|c| c.device_authorization_url.clone()),
             private_key: key.map(|k| k.pem().clone()),
@@ -183,6 +186,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
                 client_secret: r.client_secret.clone(),
                 auth_method: r.token_auth_method,
                 signing_key: key.clone().filter(|_| r.assertion.is_none()),
+                token_exchange: r.token_exchange,
                 token_url: token_url.ok_or("an OAuth provider without token_url")?,
                 dialect: r.dialect.clone(),
             })

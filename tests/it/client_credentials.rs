@@ -198,3 +198,44 @@ async fn a_refused_client_secret_is_a_clear_provider_rejection() {
     assert!(s.message().contains("invalid_client"), "{s:?}");
     assert!(!s.message().contains("wrong-secret-canary"));
 }
+
+#[tokio::test]
+async fn a_resource_indicator_buys_a_token_for_that_api_only() {
+    let f = Fixture::new().await;
+    client_provider(&f, "svc", &secret_of("basic-client")).await;
+    let api = "https://api.valet.test";
+    let for_api = pb::AuthenticateRequest {
+        resource: api.into(),
+        ..request(&["api.read"])
+    };
+    let t = token(f.authenticate(AGENT_KEY, for_api.clone()).await);
+    let info = f.idp.introspect("basic-client", &t.access_token).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(
+        info["aud"], api,
+        "the token is for the API named (RFC 8707)"
+    );
+    let plain = token(f.authenticate(AGENT_KEY, request(&["api.read"])).await);
+    assert_ne!(
+        plain.access_token, t.access_token,
+        "each resource is its own cache slot"
+    );
+    let info = f.idp.introspect("basic-client", &plain.access_token).await;
+    assert_ne!(info["aud"], api, "{info}");
+    let again = token(f.authenticate(AGENT_KEY, for_api).await);
+    assert_eq!(again.access_token, t.access_token);
+    // A resource the provider does not serve is its refusal, named.
+    let s = expect_err(
+        f.try_authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                resource: "https://elsewhere.example".into(),
+                ..request(&["api.read"])
+            },
+        )
+        .await,
+        Code::FailedPrecondition,
+        "PROVIDER_REJECTED",
+    );
+    assert!(s.message().contains("invalid_target"), "{s:?}");
+}

@@ -20,4 +20,5 @@ mod scoping;
 mod service_accounts;
 mod static_credentials;
 mod support;
+mod token_exchange;
 mod vault;

@@ -55,6 +55,7 @@ fn auth_code(
             client_secret: auth.secret,
             auth_method: auth.method,
             signing_key: auth.key,
+            token_exchange: d.token_exchange,
             token_url,
             dialect: d.dialect.clone(),
         },

@@ -38,6 +38,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthC
         client_secret: auth.secret,
         auth_method: auth.method,
         signing_key: auth.key,
+        token_exchange: d.token_exchange,
         token_url: check_endpoint_url("token_url", &d.token_url, ctx.allow_insecure_urls)?,
         dialect: d.dialect.clone(),
     })

@@ -99,12 +99,19 @@ pub(crate) enum ClientGrant<'a> {
     Credentials(&'a crate::domain::OAuthClient),
     /// RFC 7523 section 2.1, signed by `service_account::assertion`.
     JwtBearer(&'a crate::domain::ServiceAccount),
+    /// RFC 8693: a subject token (a user's grant token, or one the agent presents) exchanged
+    /// for one for the target's audience or resource.
+    Exchange {
+        client: &'a crate::domain::OAuthClient,
+        subject_token: &'a SecretString,
+        subject_token_type: &'a str,
+    },
 }
 
 impl<'a> ClientGrant<'a> {
     pub(crate) fn client(self) -> &'a crate::domain::OAuthClient {
         match self {
-            Self::Credentials(c) => c,
+            Self::Credentials(c) | Self::Exchange { client: c, .. } => c,
             Self::JwtBearer(s) => &s.client,
         }
     }
@@ -113,6 +120,7 @@ impl<'a> ClientGrant<'a> {
         match self {
             Self::Credentials(_) => "client_credentials",
             Self::JwtBearer(_) => "jwt_bearer",
+            Self::Exchange { .. } => "token_exchange",
         }
     }
 

@@ -103,6 +103,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<Servic
             client_secret: client_secret(d, ctx.current),
             auth_method: d.token_auth_method.unwrap_or_default(),
             signing_key: None,
+            token_exchange: false,
             token_url,
             dialect: d.dialect.clone(),
         },

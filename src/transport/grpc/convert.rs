@@ -8,7 +8,9 @@ use crate::domain::{
 };
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
-use crate::service::{AccessToken, AuthRequest, Error, GrantInfo, Outcome, ProviderRevocation};
+use crate::service::{
+    AccessToken, AuthRequest, Error, GrantInfo, Outcome, ProviderRevocation, SubjectToken,
+};
 use std::time::Duration;
 use tonic::Request;
 
@@ -118,7 +120,43 @@ pub(super) fn auth_request(r: pb::AuthenticateRequest) -> Result<AuthRequest, Er
         force_reauth: r.force_reauth,
         audience: optional(&r.audience),
         resource: optional(&r.resource),
+        subject_token: subject_token(&r.subject_token, &r.subject_token_type)?,
     })
+}
+
+/// An agent-presented RFC 8693 subject token and its type.
+fn subject_token(token: &str, kind: &str) -> Result<Option<SubjectToken>, Error> {
+    const TYPES: [&str; 3] = [
+        "urn:ietf:params:oauth:token-type:access_token",
+        "urn:ietf:params:oauth:token-type:id_token",
+        "urn:ietf:params:oauth:token-type:jwt",
+    ];
+    if token.is_empty() {
+        if !kind.is_empty() {
+            return Err(Error::invalid(
+                "subject_token_type",
+                "is given without a subject_token",
+            ));
+        }
+        return Ok(None);
+    }
+    if token.len() > 16384 || token.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "subject_token",
+            "must be at most 16384 characters without control characters",
+        ));
+    }
+    let kind = if kind.is_empty() { TYPES[0] } else { kind };
+    let kind = TYPES.into_iter().find(|t| *t == kind).ok_or_else(|| {
+        Error::invalid(
+            "subject_token_type",
+            format!("must be one of {}", TYPES.join(", ")),
+        )
+    })?;
+    Ok(Some(SubjectToken {
+        token: SecretString::from(token.to_owned()),
+        kind,
+    }))
 }
 
 /// ListGrants filters; empty means no filter.
@@ -200,6 +238,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
             TokenAuthMethod::PrivateKeyJwt => pb::TokenAuthMethod::PrivateKeyJwt,
         } as i32;
         signing_key(&mut wire, client.signing_key.as_ref());
+        wire.token_exchange = client.token_exchange;
     }
     if let KindConfig::ServiceAccount(s) = &p.kind {
         signing_key(&mut wire, Some(&s.key));
@@ -311,6 +350,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
             Err(_) => return Err(Error::invalid("consent_flow", "unknown consent flow")),
         },
         device_authorization_url: p.device_authorization_url,
+        token_exchange: p.token_exchange,
         ..ProviderDraft::default()
     })
 }

@@ -33,6 +33,13 @@ pub(crate) enum Family {
     /// Notion: https://developers.notion.com/docs/authorization — a JSON token request with
     /// HTTP Basic client authentication; `workspace_id`, `bot_id` in the response; no expiry.
     Notion,
+    /// No single provider: an authorization server following RFC 6749 that also does token
+    /// exchange as RFC 8693 section 2 specifies (https://www.rfc-editor.org/rfc/rfc8693#section-2):
+    /// `subject_token` must be one of its live access tokens with `subject_token_type`
+    /// `…:access_token`, requested scopes must be within the subject token's (`invalid_scope`),
+    /// an audience it does not serve is `invalid_target`, and the response carries
+    /// `issued_token_type`. Written for these tests; no real one runs here.
+    Rfc8693,
 }
 
 const CLIENT_ID: &str = "double-client";
@@ -52,6 +59,10 @@ struct Inner {
     refreshes: u32,
     refresh_reuse: u32,
     spent: HashSet<String>,
+    /// access token → its scopes
+    scopes_of: HashMap<String, Vec<String>>,
+    /// Token exchanges answered: (subject token, audience, resource, scope).
+    exchanges: Vec<(String, String, String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +133,23 @@ impl ProviderDouble {
             .unwrap()
             .status()
             .is_success()
+    }
+
+    /// An access token for `scopes`, as if a user had consented elsewhere (a subject token an
+    /// agent holds, for on-behalf-of exchange).
+    pub(crate) fn mint(&self, scopes: &[&str]) -> String {
+        let mut inner = self.inner.lock().unwrap();
+        inner.issued += 1;
+        let token = format!("minted-{}-canary", inner.issued);
+        inner.access.insert(token.clone());
+        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        inner.scopes_of.insert(token.clone(), scopes);
+        token
+    }
+
+    /// The token exchanges answered: (subject token, audience, resource, scope).
+    pub(crate) fn exchanges(&self) -> Vec<(String, String, String, String)> {
+        self.inner.lock().unwrap().exchanges.clone()
     }
 
     fn scope_param(&self) -> &'static str {
@@ -203,7 +231,7 @@ fn error(d: &ProviderDouble, code: &str) -> Response {
             axum::Json(json!({ "error": code, "error_description": "double" })).into_response()
         }
         Family::Slack => axum::Json(json!({ "ok": false, "error": code })).into_response(),
-        Family::Salesforce | Family::Notion => (
+        Family::Salesforce | Family::Notion | Family::Rfc8693 => (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({ "error": code })),
         )
@@ -255,8 +283,51 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
             }
             issue(&d, &mut inner, &[], rotate)
         }
+        Some("urn:ietf:params:oauth:grant-type:token-exchange") if d.family == Family::Rfc8693 => {
+            exchange(&d, &mut inner, &p)
+        }
         _ => error(&d, "unsupported_grant_type"),
     }
+}
+
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// RFC 8693 section 2.1 to 2.3.
+fn exchange(d: &ProviderDouble, inner: &mut Inner, p: &BTreeMap<String, String>) -> Response {
+    let get = |k: &str| p.get(k).cloned().unwrap_or_default();
+    let subject = get("subject_token");
+    if get("subject_token_type") != ACCESS_TOKEN_TYPE || !inner.access.contains(&subject) {
+        return error(d, "invalid_request");
+    }
+    let audience = get("audience");
+    if audience == "https://not-served.example" {
+        return error(d, "invalid_target");
+    }
+    let held = inner.scopes_of.get(&subject).cloned().unwrap_or_default();
+    let asked: Vec<String> = get("scope")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if asked.iter().any(|s| !held.contains(s)) {
+        return error(d, "invalid_scope");
+    }
+    let scopes = if asked.is_empty() { held } else { asked };
+    inner
+        .exchanges
+        .push((subject, audience.clone(), get("resource"), scopes.join(" ")));
+    inner.issued += 1;
+    let access = format!("exchanged-{}-for-{audience}-canary", inner.issued);
+    inner.access.insert(access.clone());
+    inner.scopes_of.insert(access.clone(), scopes.clone());
+    axum::Json(json!({
+        "access_token": access,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "scope": scopes.join(" "),
+    }))
+    .into_response()
 }
 
 /// A token response in the family's shape.
@@ -265,6 +336,7 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], new_refresh: 
     let n = inner.issued;
     let access = format!("access-{n}-canary");
     inner.access.insert(access.clone());
+    inner.scopes_of.insert(access.clone(), scopes.to_vec());
     let refresh = format!("refresh-{n}-canary");
     let has_refresh =
         new_refresh && d.family != Family::GitHubOAuthApp && d.family != Family::Notion;
@@ -299,6 +371,10 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], new_refresh: 
             }
             v
         }
+        Family::Rfc8693 => json!({
+            "access_token": access, "token_type": "Bearer", "expires_in": 3600,
+            "refresh_token": refresh, "scope": scopes.join(" ")
+        }),
         Family::Notion => json!({
             "access_token": access, "token_type": "bearer", "bot_id": "b-0001",
             "workspace_name": "Acme", "workspace_icon": null, "workspace_id": "w-0001",

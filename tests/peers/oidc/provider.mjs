@@ -6,7 +6,7 @@
 // GET /__test/fail-token?status=N makes the token endpoint answer N until set back to 0;
 // GET /__test/tamper-nonce?on=1 rewrites the nonce of authorization requests;
 // GET /__test/delay-token?ms=N slows the token endpoint down.
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import { createServer } from 'node:http';
 
 const opts = JSON.parse(process.argv[2] || '{}');
@@ -75,6 +75,17 @@ const provider = new Provider(issuer, {
     revocation: { enabled: true },
     clientCredentials: { enabled: true },
     deviceFlow: { enabled: true },
+    // RFC 8707: one resource server, https://api.valet.test; any other resource is
+    // invalid_target. Requests without a resource behave as before.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async (ctx, client, oneOf) => oneOf,
+      useGrantedResource: async () => false,
+      getResourceServerInfo: async (ctx, resource) => {
+        if (resource !== 'https://api.valet.test') throw new errors.InvalidTarget();
+        return { scope: 'api.read api.write', audience: resource, accessTokenFormat: 'opaque' };
+      },
+    },
   },
   // Issue refresh tokens whenever the client may use them (not only for offline_access).
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
