@@ -17,6 +17,9 @@ struct State {
     presented: HashSet<String>,
     reused: usize,
     failures: VecDeque<OAuthError>,
+    /// Scripted device-code poll answers (`None`: tokens), and when each poll came.
+    device_answers: VecDeque<Option<OAuthError>>,
+    device_polls: Vec<tokio::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -59,6 +62,17 @@ impl FakeTokenEndpoint {
         self.state().exchanges
     }
 
+    /// The next device-code polls answer these (`None`: the tokens); once they run out, every
+    /// poll answers `authorization_pending`.
+    pub(crate) fn script_device(&self, answers: Vec<Option<OAuthError>>) {
+        self.state().device_answers = answers.into();
+    }
+
+    /// When each device-code poll came.
+    pub(crate) fn device_polls(&self) -> Vec<tokio::time::Instant> {
+        self.state().device_polls.clone()
+    }
+
     /// Refresh tokens presented a second time.
     pub(crate) fn reused(&self) -> usize {
         self.state().reused
@@ -93,9 +107,16 @@ impl TokenEndpoint for FakeTokenEndpoint {
                 st.exchanges += 1;
                 true
             }
+            TokenGrant::DeviceCode(_) => {
+                st.device_polls.push(tokio::time::Instant::now());
+                let pending = || Some(OAuthError::Rejected("authorization_pending".into()));
+                if let Some(e) = st.device_answers.pop_front().unwrap_or_else(pending) {
+                    return Err(e);
+                }
+                true
+            }
             TokenGrant::ClientCredentials { .. }
             | TokenGrant::JwtBearer { .. }
-            | TokenGrant::DeviceCode(_)
             | TokenGrant::TokenExchange { .. } => {
                 st.exchanges += 1;
                 false
@@ -131,7 +152,14 @@ impl TokenEndpoint for FakeTokenEndpoint {
         _url: &url::Url,
         _scopes: &crate::domain::Scopes,
     ) -> Result<super::DeviceAuthorization, OAuthError> {
-        Err(OAuthError::Protocol("the fake has no device flow".into()))
+        Ok(super::DeviceAuthorization {
+            device_code: SecretString::from("device-code"),
+            user_code: "WDJB-MJHT".into(),
+            verification_uri: "https://idp.example/device".into(),
+            verification_uri_complete: None,
+            expires_in: Duration::from_secs(600),
+            interval: Duration::from_secs(5),
+        })
     }
 
     async fn revoke(

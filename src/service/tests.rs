@@ -13,7 +13,7 @@ use crate::domain::{
     OAuthClient, ProviderConfig, ProviderId, Role, Scopes, TokenAuthMethod, UserId,
 };
 use crate::oauth::fake::FakeTokenEndpoint;
-use crate::pending::{FlowFailure, PendingFlows, PendingLimits};
+use crate::pending::{FlowFailure, FlowOutcome, PendingFlows, PendingLimits};
 use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{
     Cas, GrantRepo, MemoryStore, MetaRepo, ReferenceRepo, SecretBytes, SecretStore, StoreError,
@@ -367,4 +367,113 @@ async fn a_single_use_reference_is_spent_by_exactly_one_caller() {
             .is_none()
     );
     w.clock.advance(1);
+}
+
+/// A provider whose users consent with the device flow.
+fn device_provider() -> ProviderConfig {
+    let mut p = provider();
+    if let KindConfig::OAuth2(c) = &mut p.kind {
+        c.consent_flow = crate::domain::ConsentFlow::Device;
+        c.device_authorization_url =
+            Some(url::Url::parse("https://idp.example/device/auth").unwrap());
+    }
+    p
+}
+
+/// Starts a device flow for bob and its poller; returns the flow's outcome once it ends.
+async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError>>) -> FlowOutcome {
+    w.endpoint.script_device(answers);
+    let pending = Arc::new(PendingFlows::new(PendingLimits {
+        ttl: Duration::from_secs(60),
+        max_total: 10,
+        max_per_user: 10,
+        keep_outcome: Duration::from_secs(60),
+    }));
+    let flows = Flows::new(pending.clone(), w.endpoint.clone(), w.clock.clone());
+    let ask = Ask {
+        key: key("bob"),
+        scopes: Scopes::default(),
+        handout: Handout::Token,
+        redirect_uri: String::new(),
+        join: true,
+    };
+    let caller = Caller::api_key("agent-a", Role::Agent);
+    let (started, polling) = flows.start(&caller, &device_provider(), ask).await.unwrap();
+    assert_eq!(
+        started.prompt.as_ref().map(|p| p.user_code.as_str()),
+        Some("WDJB-MJHT")
+    );
+    assert_eq!(started.auth_url, "https://idp.example/device");
+    let mut outcome = pending.view(&started.auth_id).unwrap().outcome;
+    super::device::DevicePoll {
+        endpoint: w.endpoint.clone(),
+        pending,
+        broker: Arc::new(w.broker()),
+        provider: device_provider(),
+        polling: polling.expect("a device flow has a poller"),
+    }
+    .spawn();
+    outcome
+        .wait_for(|o| *o != FlowOutcome::Pending)
+        .await
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_device_poller_waits_slows_down_and_stores_the_grant() {
+    let w = World::new().await;
+    let start = tokio::time::Instant::now();
+    let pending = || {
+        Some(crate::oauth::OAuthError::Rejected(
+            "authorization_pending".into(),
+        ))
+    };
+    let slow_down = Some(crate::oauth::OAuthError::Rejected("slow_down".into()));
+    let outcome = run_device_flow(&w, vec![pending(), slow_down, pending(), None]).await;
+    assert_eq!(outcome, FlowOutcome::Completed(key("bob")));
+    // Polls every 5 s; after slow_down every 10 s (RFC 8628 section 3.5). Each poll takes the
+    // fake's 50 ms.
+    let gaps: Vec<u64> = w
+        .endpoint
+        .device_polls()
+        .iter()
+        .scan(start, |last, t| {
+            let gap = t.duration_since(*last).as_secs();
+            *last = *t;
+            Some(gap)
+        })
+        .collect();
+    assert_eq!(gaps, [5, 5, 10, 10]);
+    let stored = GrantRepo::new(w.store.clone())
+        .get(&key("bob"))
+        .await
+        .unwrap();
+    assert!(stored.is_some(), "the grant is stored as a callback would");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_device_poller_reports_denial_and_stops_at_expiry() {
+    let w = World::new().await;
+    let denied = Some(crate::oauth::OAuthError::Rejected("access_denied".into()));
+    let outcome = run_device_flow(&w, vec![denied]).await;
+    assert_eq!(outcome, FlowOutcome::Failed(FlowFailure::AccessDenied));
+    // Nobody consents: the flow fails closed at its deadline (60 s), having polled until then.
+    let w = World::new().await;
+    let start = tokio::time::Instant::now();
+    let outcome = run_device_flow(&w, vec![]).await;
+    assert_eq!(outcome, FlowOutcome::Failed(FlowFailure::Expired));
+    assert!(start.elapsed() >= Duration::from_secs(60));
+    assert_eq!(
+        w.endpoint.device_polls().len(),
+        11,
+        "every 5 s until the deadline"
+    );
+    assert!(
+        GrantRepo::new(w.store.clone())
+            .get(&key("bob"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
