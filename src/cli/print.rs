@@ -58,15 +58,19 @@ pub(super) fn print_provider(p: &pb::Provider) {
         println!("                   (store values with `valet credential put`)");
         return;
     }
-    println!("client_id:         {}", p.client_id);
-    println!(
-        "client_secret:     {}",
-        if p.has_client_secret {
-            "(set)"
-        } else {
-            "(none)"
-        }
-    );
+    // A service account without a client of its own authenticates with its assertion alone.
+    let has_client = !(kind == "service_account" && p.client_id.is_empty());
+    if has_client {
+        println!("client_id:         {}", p.client_id);
+        println!(
+            "client_secret:     {}",
+            if p.has_client_secret {
+                "(set)"
+            } else {
+                "(none)"
+            }
+        );
+    }
     if p.has_private_key {
         let kid = if p.key_id.is_empty() {
             String::new()
@@ -92,7 +96,9 @@ pub(super) fn print_provider(p: &pb::Provider) {
         println!("auth_url:          {}", p.auth_url);
     }
     println!("token_url:         {}", p.token_url);
-    println!("token_auth_method: {method}");
+    if has_client {
+        println!("token_auth_method: {method}");
+    }
     if p.token_exchange {
         println!("token_exchange:    yes (RFC 8693)");
     }
