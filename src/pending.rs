@@ -71,6 +71,11 @@ pub enum FlowFailure {
     IdTokenRejected(String),
     #[error("the code exchange failed: {0}")]
     ExchangeFailed(String),
+    /// Account substitution: another provider account consented than the grant's.
+    #[error(
+        "the consent was given by another account than the one this grant belongs to; nothing was stored (revoke the grant first to connect another account)"
+    )]
+    AccountMismatch,
 }
 
 /// Where a flow stands, as watchers see it.
@@ -97,6 +102,11 @@ pub enum TakeError {
 pub enum InsertError {
     #[error("too many pending authorization flows for this user (limit {0})")]
     UserFull(usize),
+    /// One caller may hold at most half of a user's pending flows, so it cannot lock others out.
+    #[error(
+        "this caller has too many pending authorization flows for this user (limit {0}); finish or let one expire"
+    )]
+    CallerFull(usize),
     #[error("too many pending authorization flows in total (limit {0})")]
     TableFull(usize),
 }
@@ -160,6 +170,8 @@ struct Inner {
     /// request digest → auth_id of its live flow.
     by_request: HashMap<[u8; 32], String>,
     per_user: HashMap<UserId, usize>,
+    /// (owner, user) → live flows.
+    per_caller: HashMap<(String, UserId), usize>,
     pending: usize,
 }
 
@@ -238,6 +250,13 @@ impl PendingFlows {
         if user_count >= self.limits.max_per_user {
             return Err(InsertError::UserFull(self.limits.max_per_user));
         }
+        let caller_limit = self.limits.max_per_user.div_ceil(2);
+        let slot = (flow.owner.clone(), flow.user.clone());
+        let caller_count = inner.per_caller.get(&slot).copied().unwrap_or(0);
+        if caller_count >= caller_limit {
+            return Err(InsertError::CallerFull(caller_limit));
+        }
+        inner.per_caller.insert(slot, caller_count + 1);
         let deadline = now + self.limits.ttl;
         let (tx, _) = watch::channel(FlowOutcome::Pending);
         inner.per_user.insert(flow.user.clone(), user_count + 1);
@@ -307,7 +326,7 @@ impl PendingFlows {
         if let Some(r) = request {
             inner.by_request.remove(&r);
         }
-        Self::release_locked(&mut inner, &flow.user);
+        Self::release_locked(&mut inner, &flow.owner, &flow.user);
         if expired {
             reporter.send_replace(FlowOutcome::Failed(FlowFailure::Expired));
             return Err(TakeError::Expired);
@@ -348,12 +367,19 @@ impl PendingFlows {
         Self::sweep_locked(&mut self.lock(), Instant::now())
     }
 
-    fn release_locked(inner: &mut Inner, user: &UserId) {
+    fn release_locked(inner: &mut Inner, owner: &str, user: &UserId) {
         inner.pending = inner.pending.saturating_sub(1);
         if let Some(n) = inner.per_user.get_mut(user) {
             *n -= 1;
             if *n == 0 {
                 inner.per_user.remove(user);
+            }
+        }
+        let slot = (owner.to_owned(), user.clone());
+        if let Some(n) = inner.per_caller.get_mut(&slot) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_caller.remove(&slot);
             }
         }
     }
@@ -365,11 +391,11 @@ impl PendingFlows {
                 entry
                     .outcome
                     .send_replace(FlowOutcome::Failed(FlowFailure::Expired));
-                expired_users.push(entry.user.clone());
+                expired_users.push((entry.owner.clone(), entry.user.clone()));
             }
         }
-        for user in &expired_users {
-            Self::release_locked(inner, user);
+        for (owner, user) in &expired_users {
+            Self::release_locked(inner, owner, user);
         }
         inner.by_auth.retain(|_, e| now < e.forget_at);
         let live = &inner.by_auth;
@@ -479,14 +505,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn bounded_per_user_and_in_total() {
+    async fn bounded_per_user_per_caller_and_in_total() {
+        let by = |owner: &str, user: &str| PendingFlow {
+            owner: owner.into(),
+            ..flow(user, "p")
+        };
         let t = table(3, 2);
-        t.insert("s1", "a1", "u".into(), flow("alice", "p"))
+        t.insert("s1", "a1", "u".into(), by("agent-a", "alice"))
             .unwrap();
-        t.insert("s2", "a2", "u".into(), flow("alice", "p"))
+        // One caller holds at most half of a user's flows: another can still start one.
+        assert_eq!(
+            t.insert("s2", "a2", "u".into(), by("agent-a", "alice")),
+            Err(InsertError::CallerFull(1))
+        );
+        t.insert("s2", "a2", "u".into(), by("agent-b", "alice"))
             .unwrap();
         assert_eq!(
-            t.insert("s3", "a3", "u".into(), flow("alice", "p")),
+            t.insert("s3", "a3", "u".into(), by("agent-c", "alice")),
             Err(InsertError::UserFull(2))
         );
         t.insert("s4", "a4", "u".into(), flow("bob", "p")).unwrap();

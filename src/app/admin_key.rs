@@ -22,6 +22,7 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
         name: "admin".into(),
         role: Role::Admin,
         key_sha256,
+        agents: crate::domain::AgentBinding::Any,
     };
     if let Some(path) = &config.admin_key_file {
         let key = std::fs::read_to_string(path)

@@ -130,6 +130,7 @@ impl App {
                 name: c.name.clone(),
                 role: c.role,
                 key_sha256: c.key_sha256,
+                agents: c.agents.clone(),
             })
             .collect();
         keys.extend(admin_key::admin_key(config)?);

@@ -428,11 +428,13 @@ secret_id_file = "/run/secrets/sid"
 name = "ops"
 role = "admin"
 key_sha256 = "00000000…(redacted)"
+agents = ["*"]
 
 [[callers]]
 name = "bot"
 role = "agent"
 key_sha256 = "abababab…(redacted)"
+agents = []
 "#;
         assert_eq!(c.render(), expected);
     }

@@ -98,6 +98,10 @@ pub struct RawCaller {
     pub role: String,
     /// Hex SHA-256 of the API key; the key itself is never configured.
     pub key_sha256: String,
+    /// Agent ids this caller may act as (exact, or a prefix followed by `*`; `*`: any). Absent:
+    /// user-wide grants only (admins: any).
+    #[serde(default)]
+    pub agents: Option<Vec<String>>,
 }
 
 /// Command-line flags that override everything else.

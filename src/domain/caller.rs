@@ -22,12 +22,44 @@ impl Role {
     }
 }
 
-/// Which agent ids a caller may act as. Today every caller may name any agent id; binding a key
-/// to its agents adds a variant here and a rule in the policy, nothing else.
+/// Which agent ids a caller may act as (the `agents` of its `[[callers]]` entry).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AgentBinding {
+    /// Admins, and callers configured with `agents = ["*"]`.
     #[default]
     Any,
+    /// These agent ids (exact, or a prefix ending in `*`); none: user-wide grants only.
+    Only(Vec<String>),
+}
+
+impl AgentBinding {
+    /// Reads `agents` patterns: agent ids, or prefixes followed by `*` (`*` alone: any).
+    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+        if patterns.iter().any(|p| p == "*") {
+            return Ok(Self::Any);
+        }
+        for p in patterns {
+            let id = p.strip_suffix('*').unwrap_or(p);
+            if id.is_empty() || id.contains('*') || super::AgentId::parse(id).is_err() {
+                return Err(format!(
+                    "{p:?} is not an agent id or a prefix followed by `*` (e.g. \"support-*\")"
+                ));
+            }
+        }
+        Ok(Self::Only(patterns.to_vec()))
+    }
+
+    /// Whether a grant for `agent` (none: user-wide) may be used.
+    pub fn allows(&self, agent: Option<&super::AgentId>) -> bool {
+        let (Self::Only(patterns), Some(agent)) = (self, agent) else {
+            return true;
+        };
+        let agent = agent.as_str();
+        patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => agent.starts_with(prefix),
+            None => p == agent,
+        })
+    }
 }
 
 /// How the caller proved who it is. API keys today; mTLS adds a variant.
@@ -56,6 +88,11 @@ impl Caller {
             agents: AgentBinding::Any,
             credential: Credential::ApiKey,
         }
+    }
+
+    /// Bound to `agents`.
+    pub fn with_agents(self, agents: AgentBinding) -> Self {
+        Self { agents, ..self }
     }
 
     pub fn is_admin(&self) -> bool {

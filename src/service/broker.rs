@@ -377,6 +377,14 @@ impl TokenBroker {
         let mut attempts = 1;
         let grant = loop {
             let previous = self.grants.get(&c.key).await?;
+            // The grant keeps its account: a consent by another subject never replaces it.
+            if let (Some((old, _)), Some(new)) = (&previous, &c.subject)
+                && old.status == GrantStatus::Active
+                && old.subject.as_ref().is_some_and(|s| s != new)
+            {
+                tracing::warn!(provider = %c.key.provider, "refused a consent by another account than the grant's");
+                return Err(Error::Flow(crate::pending::FlowFailure::AccountMismatch));
+            }
             let cas = previous
                 .as_ref()
                 .map_or(Cas::Absent, |(_, v)| Cas::Version(*v));

@@ -556,11 +556,11 @@ impl Credentials {
             subject,
             requested: flow.scopes.clone(),
         };
-        let declined = self.broker.accept_consent(consented).await.map_err(|e| {
-            // The flow fails with a fixed message; the cause goes to the log here, once.
-            tracing::warn!(provider = %provider_id, "storing a new grant failed: {}", e.chain());
-            FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"))
-        })?;
+        let declined = self
+            .broker
+            .accept_consent(consented)
+            .await
+            .map_err(|e| stored_failure(provider_id, e))?;
         Ok((key, declined))
     }
 
@@ -673,6 +673,7 @@ impl Credentials {
     ) -> Result<Vec<GrantInfo>, Error> {
         policy::authorize(caller, Action::ListGrants { user })?;
         let mut grants = self.broker.list(provider, user).await?;
+        grants.retain(|g| policy::may_see(caller, &g.key));
         for g in &mut grants {
             if let Ok(p) = self.providers.get(&g.key.provider) {
                 g.kind = Some(p.kind.kind());
@@ -740,6 +741,18 @@ impl Credentials {
 }
 
 /// The grant key of a request that acts for a user.
+/// How a consent whose grant could not be stored fails its flow.
+pub(crate) fn stored_failure(provider: &ProviderId, e: Error) -> FlowFailure {
+    match e {
+        Error::Flow(f) => f,
+        e => {
+            // The flow fails with a fixed message; the cause goes to the log here, once.
+            tracing::warn!(%provider, "storing a new grant failed: {}", e.chain());
+            FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"))
+        }
+    }
+}
+
 fn user_key(
     provider: ProviderId,
     user: Option<UserId>,

@@ -108,10 +108,7 @@ impl DevicePoll {
         self.broker
             .accept_consent(consented)
             .await
-            .map_err(|e| {
-                tracing::warn!(provider = %self.provider.id, "storing a new grant failed: {}", e.chain());
-                FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"))
-            })?;
+            .map_err(|e| super::credentials::stored_failure(&self.provider.id, e))?;
         Ok(key)
     }
 }

@@ -198,9 +198,9 @@ impl Flows {
             .pending
             .insert_or_join(&state, &auth_id, auth_url.clone(), flow, request)
             .map_err(|e| match e {
-                InsertError::UserFull(_) | InsertError::TableFull(_) => {
-                    Error::Exhausted(e.to_string())
-                }
+                InsertError::UserFull(_)
+                | InsertError::TableFull(_)
+                | InsertError::CallerFull(_) => Error::Exhausted(e.to_string()),
             })?;
         let Inserted::New(deadline) = inserted else {
             // Another call started the same flow meanwhile: that one, and its poller.

@@ -37,6 +37,19 @@ pub fn reference_denied() -> Error {
     )
 }
 
+/// The caller's `[[callers]]` entry does not list the agent id it named.
+pub fn agent_denied() -> Error {
+    Error::PermissionDenied(
+        "this caller may not act as that agent_id: add it (or a prefix pattern) to the caller's `agents` in [[callers]]",
+    )
+}
+
+/// Whether `caller` may see the grant `key` in a listing (the agents it may act as, and
+/// user-wide grants).
+pub fn may_see(caller: &Caller, key: &crate::domain::GrantKey) -> bool {
+    caller.is_admin() || caller.agents.allows(key.agent.as_ref())
+}
+
 pub fn flow_not_found() -> Error {
     Error::NotFound {
         what: "authorization flow",
@@ -46,6 +59,11 @@ pub fn flow_not_found() -> Error {
 /// Allows `action` for `caller`, or says why not.
 pub fn authorize(caller: &Caller, action: Action<'_>) -> Result<(), Error> {
     match action {
+        Action::UseGrant(key) | Action::RevokeGrant(key) | Action::PutCredential(key)
+            if !caller.agents.allows(key.agent.as_ref()) =>
+        {
+            Err(agent_denied())
+        }
         Action::ManageProviders if !caller.is_admin() => {
             Err(Error::PermissionDenied("this RPC needs an admin API key"))
         }
@@ -66,7 +84,7 @@ pub fn authorize(caller: &Caller, action: Action<'_>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Role;
+    use crate::domain::{AgentBinding, Role};
 
     #[test]
     fn todays_rules() {
@@ -89,5 +107,47 @@ mod tests {
             authorize(&admin, Action::WatchFlow { owner: "agent-a" }),
             Err(Error::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn bound_callers_act_only_as_their_agents() {
+        let key = |agent: Option<&str>| crate::domain::GrantKey {
+            provider: crate::domain::ProviderId::parse("p").unwrap(),
+            user: UserId::parse("alice").unwrap(),
+            agent: agent.map(|a| crate::domain::AgentId::parse(a).unwrap()),
+        };
+        let patterns = ["support-*".to_owned(), "helpdesk".to_owned()];
+        let bound = Caller::api_key("support", Role::Agent)
+            .with_agents(AgentBinding::parse(&patterns).unwrap());
+        let none =
+            Caller::api_key("plain", Role::Agent).with_agents(AgentBinding::parse(&[]).unwrap());
+        for (caller, agent, ok) in [
+            (&bound, Some("support-1"), true),
+            (&bound, Some("helpdesk"), true),
+            (&bound, Some("helpdesk-2"), false),
+            (&bound, Some("billing"), false),
+            (&bound, None, true),
+            (&none, None, true),
+            (&none, Some("support-1"), false),
+        ] {
+            let k = key(agent);
+            for action in [
+                Action::UseGrant(&k),
+                Action::RevokeGrant(&k),
+                Action::PutCredential(&k),
+            ] {
+                assert_eq!(
+                    authorize(caller, action).is_ok(),
+                    ok,
+                    "{} {agent:?}",
+                    caller.name
+                );
+            }
+            assert_eq!(may_see(caller, &k), ok);
+        }
+        assert_eq!(AgentBinding::parse(&["*".into()]), Ok(AgentBinding::Any));
+        for bad in ["", "sup*port", "bad\nid", "**"] {
+            assert!(AgentBinding::parse(&[bad.to_owned()]).is_err(), "{bad:?}");
+        }
     }
 }

@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 
 const KEY_FILE: &str = "store.key";
 const DATA_FILE: &str = "store.json";
+const LOCK_FILE: &str = "valet.lock";
 const FORMAT: &str = "valet-embedded-v1";
 
 #[derive(Serialize, Deserialize)]
@@ -41,6 +42,9 @@ pub struct EmbeddedStore {
     key: LessSafeKey,
     rng: SystemRandom,
     records: Mutex<BTreeMap<String, (u64, String)>>,
+    /// Held while the store is open: one process per data directory, so two daemons never
+    /// overwrite each other's writes (a rotated refresh token lost is a dead grant).
+    _lock: fs::File,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -53,6 +57,28 @@ impl std::fmt::Debug for EmbeddedStore {
 
 fn setup(what: impl std::fmt::Display) -> StoreError {
     StoreError::Setup(what.to_string())
+}
+
+/// Takes the data directory's exclusive lock (`valet.lock`), or says who to stop.
+fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| setup(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(setup(format!(
+            "the data directory {} is in use by another valet process (a running daemon, or `valet store copy`); stop it first: two processes on one embedded store overwrite each other's writes",
+            dir.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(setup(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -68,6 +94,7 @@ impl EmbeddedStore {
                     dir.display()
                 ))
             })?;
+        let lock = lock_dir(dir)?;
         let rng = SystemRandom::new();
         let key_bytes = load_or_create_key(&dir.join(KEY_FILE), &rng)?;
         let unbound = UnboundKey::new(&AES_256_GCM, &key_bytes)
@@ -98,6 +125,7 @@ impl EmbeddedStore {
             path,
             key: LessSafeKey::new(unbound),
             rng,
+            _lock: lock,
             records: Mutex::new(records),
         })
     }

@@ -24,6 +24,7 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::ExchangeFailed => pb::ErrorReason::ExchangeFailed,
         Reason::ReauthorizationRequired => pb::ErrorReason::ReauthorizationRequired,
         Reason::CredentialMissing => pb::ErrorReason::CredentialMissing,
+        Reason::AccountMismatch => pb::ErrorReason::AccountMismatch,
         Reason::ProviderRejected => pb::ErrorReason::ProviderRejected,
         Reason::ProviderUnavailable => pb::ErrorReason::ProviderUnavailable,
         Reason::StoreUnavailable => pb::ErrorReason::StoreUnavailable,

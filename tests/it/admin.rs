@@ -1,7 +1,7 @@
 //! Provider administration, caller authentication, and every bad input refused with a clear
 //! error that names the field, with nothing written.
 
-use crate::support::daemon::{ADMIN_KEY, AGENT_KEY};
+use crate::support::daemon::{ADMIN_KEY, AGENT_KEY, OTHER_AGENT_KEY};
 use crate::support::{Fixture, expect_err, reason};
 use tonic::Code;
 use valet::pb;
@@ -286,14 +286,26 @@ async fn per_user_pending_flows_are_bounded() {
         force_reauth: true,
         ..Fixture::request("idp", "alice", "")
     };
-    for _ in 0..16 {
+    // One caller may hold half of a user's 16 pending flows, so it cannot lock others out.
+    for _ in 0..8 {
         creds.authenticate(fresh()).await.unwrap();
     }
-    expect_err(
+    let s = expect_err(
         creds.authenticate(fresh()).await,
         Code::ResourceExhausted,
         "RESOURCE_EXHAUSTED",
     );
+    assert!(s.message().contains("this caller"), "{s:?}");
+    let mut other = f.valet.credentials(OTHER_AGENT_KEY).await;
+    for _ in 0..8 {
+        other.authenticate(fresh()).await.unwrap();
+    }
+    let s = expect_err(
+        other.authenticate(fresh()).await,
+        Code::ResourceExhausted,
+        "RESOURCE_EXHAUSTED",
+    );
+    assert!(s.message().contains("for this user (limit 16)"), "{s:?}");
     // Other users are unaffected.
     creds
         .authenticate(Fixture::request("idp", "bob", ""))

@@ -6,6 +6,7 @@
 )]
 
 mod admin;
+mod adversarial;
 mod canary;
 mod cli;
 mod client_credentials;

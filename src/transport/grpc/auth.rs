@@ -2,7 +2,7 @@
 //! SHA-256 hashes in constant time. The interceptor attaches a `Caller` to the request; mTLS and
 //! agent-id binding can attach the same type later without touching the services.
 
-use crate::domain::{Caller, Role};
+use crate::domain::{AgentBinding, Caller, Role};
 use crate::secret::sha256;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -14,6 +14,7 @@ pub struct CallerKey {
     pub name: String,
     pub role: Role,
     pub key_sha256: [u8; 32],
+    pub agents: AgentBinding,
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +34,7 @@ impl CallerAuth {
         let mut found = None;
         for k in self.keys.iter() {
             if bool::from(k.key_sha256.ct_eq(&hash)) {
-                found = Some(Caller::api_key(k.name.clone(), k.role));
+                found = Some(Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone()));
             }
         }
         found
@@ -70,6 +71,7 @@ mod tests {
             name: "ops".into(),
             role: Role::Admin,
             key_sha256: sha256(b"k1"),
+            agents: AgentBinding::Any,
         }]);
         assert_eq!(auth.identify("k1").unwrap().name, "ops");
         assert!(auth.identify("k2").is_none());

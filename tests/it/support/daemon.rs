@@ -79,11 +79,13 @@ key_sha256 = "{admin}"
 name = "agent-a"
 role = "agent"
 key_sha256 = "{agent}"
+agents = ["planner", "writer", "research-*"]
 
 [[callers]]
 name = "agent-b"
 role = "agent"
 key_sha256 = "{other}"
+agents = ["reviewer"]
 
 {extra}
 "#,

@@ -1,0 +1,205 @@
+//! The adversarial suite: what an attacker holding an agent key, a browser or a copy of the
+//! daemon would try, each refused at its trust boundary. (More cases live next to the feature
+//! they attack: `flow.rs` for state, issuer and nonce tampering, `references.rs` for forged and
+//! foreign references, `canary.rs` for secrets in output.)
+
+use crate::support::daemon::{ADMIN_KEY, AGENT_KEY, OTHER_AGENT_KEY};
+use crate::support::{Browser, Fixture, ValetOptions, expect_err, pending, token};
+use tonic::Code;
+use valet::pb;
+
+const PLAIN_KEY: &str = "test-plain-agent-key-canary-4";
+
+/// A daemon with a third agent caller, `plain`, configured without an `agents` list.
+async fn fixture() -> Fixture {
+    let hash = hex::encode(valet::secret::sha256(PLAIN_KEY.as_bytes()));
+    Fixture::with(ValetOptions {
+        extra_toml: format!(
+            "[[callers]]\nname = \"plain\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\n"
+        ),
+        ..Default::default()
+    })
+    .await
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) {
+    let s = expect_err(r, Code::PermissionDenied, "PERMISSION_DENIED");
+    assert!(
+        s.message().contains("agents"),
+        "says how to allow it: {s:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_key_acts_only_as_the_agents_it_is_configured_for() {
+    let f = fixture().await;
+    f.oidc_provider("idp", "basic-client").await;
+    // agent-a (agents: planner, writer, research-*) holds alice's planner grant.
+    let mine = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", "planner"))
+        .await;
+    // agent-b (agents: reviewer) and plain (no list) name that agent id: refused, no flow.
+    for key in [OTHER_AGENT_KEY, PLAIN_KEY] {
+        let mut creds = f.valet.credentials(key).await;
+        denied(
+            creds
+                .authenticate(Fixture::request("idp", "alice", "planner"))
+                .await,
+        );
+        denied(
+            creds
+                .revoke(pb::RevokeRequest {
+                    provider_id: "idp".into(),
+                    user_id: "alice".into(),
+                    agent_id: "planner".into(),
+                    ..Default::default()
+                })
+                .await,
+        );
+        let listed = creds
+            .list_grants(pb::ListGrantsRequest {
+                user_id: "alice".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            listed.grants.is_empty(),
+            "another agent's grant is not listed"
+        );
+    }
+    // Prefix patterns, and user-wide grants for everyone.
+    pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", "research-7"))
+            .await,
+    );
+    pending(
+        f.authenticate(PLAIN_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    // The grant survived every attempt and agent-a still sees and uses it.
+    let again = token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", "planner"))
+            .await,
+    );
+    assert_eq!(again.access_token, mine.access_token);
+    let seen = f.grants("alice").await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].agent_id, "planner");
+    // Admins may act for any agent.
+    let admin = f
+        .valet
+        .credentials(ADMIN_KEY)
+        .await
+        .authenticate(Fixture::request("idp", "alice", "planner"))
+        .await;
+    assert!(admin.is_ok(), "{admin:?}");
+}
+
+#[tokio::test]
+async fn a_consent_by_another_account_never_replaces_the_grant() {
+    let f = fixture().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let alice = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    // Another caller forces a new consent for alice, and mallory gives it in her own browser.
+    let p = pending(
+        f.authenticate(
+            OTHER_AGENT_KEY,
+            pb::AuthenticateRequest {
+                force_reauth: true,
+                ..Fixture::request("idp", "alice", "")
+            },
+        )
+        .await,
+    );
+    let mallory = Browser::new();
+    let cb = mallory.authorize(&p.auth_url, "mallory", true).await;
+    let (status, _, page) = mallory.visit(&cb).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("another account"), "{page}");
+    let s = expect_err(
+        f.valet
+            .credentials(OTHER_AGENT_KEY)
+            .await
+            .wait_for_completion(pb::WaitForCompletionRequest {
+                auth_id: p.auth_id,
+                timeout_seconds: 5,
+            })
+            .await,
+        Code::FailedPrecondition,
+        "ACCOUNT_MISMATCH",
+    );
+    assert!(s.message().contains("revoke the grant first"), "{s:?}");
+    // alice's grant is untouched: same subject, same token.
+    let after = token(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    assert_eq!(after.access_token, alice.access_token);
+    let info = f.idp.introspect("basic-client", &after.access_token).await;
+    assert_eq!(info["sub"], "alice", "{info}");
+    assert_eq!(f.grants("alice").await[0].subject, "alice");
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_data_directory_is_refused() {
+    let f = fixture().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .arg("serve")
+        .arg("--config")
+        .arg(f.valet.dir.path().join("valet.toml"))
+        .env_remove("VALET_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another valet process"),
+        "{stderr}"
+    );
+    // The first daemon is unaffected.
+    let listed = f
+        .valet
+        .providers()
+        .await
+        .list_providers(pb::ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.providers.len(), 1);
+}
+
+#[tokio::test]
+async fn a_configured_caller_cannot_take_a_built_in_identity_or_an_unusable_agent_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = "ab".repeat(32);
+    for (toml, want) in [
+        (
+            format!("[[callers]]\nname = \"admin\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\n"),
+            "reserved for the admin key",
+        ),
+        (
+            format!(
+                "[[callers]]\nname = \"bot\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nagents = [\"sup*port\"]\n"
+            ),
+            "callers[0].agents",
+        ),
+    ] {
+        let path = dir.path().join("valet.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("VALET_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
+}
