@@ -253,7 +253,10 @@ async fn an_admin_key_file_replaces_the_generated_key() {
         .list_providers(req)
         .await
         .expect("the key from the file is the admin key");
-    terminate(child);
+    // Off the runtime, so the client's connection can close and the daemon drains at once.
+    tokio::task::spawn_blocking(move || terminate(child))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
