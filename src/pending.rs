@@ -65,7 +65,7 @@ pub enum FlowFailure {
     ProviderError(String),
     #[error("the callback came from the wrong provider for this flow")]
     WrongProvider,
-    #[error("the issuer in the callback does not match the provider")]
+    #[error("the issuer in the callback is missing or does not match the provider (RFC 9207)")]
     IssuerMismatch,
     #[error("the ID token was rejected: {0}")]
     IdTokenRejected(String),

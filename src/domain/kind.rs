@@ -134,6 +134,9 @@ pub struct AuthCode {
     pub consent_flow: ConsentFlow,
     /// RFC 8628 device authorization endpoint (configured or discovered).
     pub device_authorization_url: Option<Url>,
+    /// The issuer advertises RFC 9207 `iss` in authorization responses, so a callback without
+    /// one is refused (RFC 9207 section 2.4).
+    pub iss_required: bool,
 }
 
 /// How a user's consent is collected.

@@ -25,6 +25,8 @@ struct ExtraMetadata {
     revocation_endpoint: Option<String>,
     #[serde(default)]
     device_authorization_endpoint: Option<String>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 impl openidconnect::AdditionalProviderMetadata for ExtraMetadata {}
@@ -187,6 +189,7 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
             token_url,
             revocation_url: parse(&extra.revocation_endpoint),
             device_authorization_url: parse(&extra.device_authorization_endpoint),
+            iss_in_response: extra.authorization_response_iss_parameter_supported,
         })
     }
 }

@@ -183,6 +183,7 @@ impl TokenEndpoint for FakeTokenEndpoint {
             token_url: join("token")?,
             revocation_url: None,
             device_authorization_url: None,
+            iss_in_response: false,
         })
     }
 }

@@ -45,6 +45,8 @@ pub struct Discovered {
     pub revocation_url: Option<Url>,
     /// RFC 8628 device authorization endpoint, when advertised.
     pub device_authorization_url: Option<Url>,
+    /// RFC 9207 `authorization_response_iss_parameter_supported`: every callback carries `iss`.
+    pub iss_in_response: bool,
 }
 
 /// A device authorization response (RFC 8628 section 3.2): what the user is shown, and the

@@ -98,6 +98,7 @@ fn provider() -> ProviderConfig {
             scope_param: "scope".into(),
             consent_flow: Default::default(),
             device_authorization_url: None,
+            iss_required: false,
             scope_separator: crate::domain::Separator::Space,
         }),
         profile: None,

@@ -100,6 +100,8 @@ struct ProviderRecord {
     consent_flow: ConsentFlow,
     #[serde(default)]
     device_authorization_url: Option<Url>,
+    #[serde(default)]
+    iss_required: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -163,6 +165,7 @@ impl From<&ProviderConfig> for ProviderRecord {
             token_exchange: client.is_some_and(|c| c.token_exchange),
             consent_flow: code.map(|c| c.consent_flow).unwrap_or_default(),
             device_authorization_url: code.and_then(|c| c.device_authorization_url.clone()),
+            iss_required: code.is_some_and(|c| c.iss_required),
             private_key: key.map(|k| k.pem().clone()),
             key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
             assertion,
@@ -202,6 +205,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
                 scope_separator: r.scope_separator.unwrap_or(Separator::Space),
                 consent_flow: r.consent_flow,
                 device_authorization_url: r.device_authorization_url.clone(),
+                iss_required: r.iss_required,
             })
         };
         let kind = match r.kind {

@@ -208,6 +208,26 @@ async fn a_callback_with_a_foreign_issuer_is_refused() {
 }
 
 #[tokio::test]
+async fn a_callback_without_the_issuer_the_provider_always_sends_is_refused() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let (auth_id, cb) = callback_for(&f, "idp").await;
+    assert!(cb.query_pairs().any(|(k, _)| k == "iss"), "the peer sends iss");
+    let mut stripped = cb.clone();
+    let pairs: Vec<(String, String)> = cb
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    stripped.query_pairs_mut().clear().extend_pairs(pairs);
+    let (status, _, body) = f.browser.visit(&stripped).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("issuer"), "{body}");
+    wait_err(&f, auth_id, "ISSUER_MISMATCH").await;
+    no_grants(&f).await;
+}
+
+#[tokio::test]
 async fn access_denied_fails_the_flow_with_that_reason() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;

@@ -25,6 +25,7 @@ fn optional_url(field: &'static str, raw: &str, insecure: bool) -> Result<Option
 struct Advertised {
     revocation: Option<url::Url>,
     device_authorization: Option<url::Url>,
+    iss_in_response: bool,
 }
 
 fn auth_code(
@@ -73,6 +74,7 @@ fn auth_code(
         scope_separator: d.scope_separator,
         consent_flow: d.consent_flow,
         device_authorization_url,
+        iss_required: advertised.iss_in_response,
     })
 }
 
@@ -118,6 +120,7 @@ pub(super) async fn validate_oidc(
     let advertised = Advertised {
         revocation: advertised(found.revocation_url)?,
         device_authorization: advertised(found.device_authorization_url)?,
+        iss_in_response: found.iss_in_response,
     };
     auth_code(d, ctx, auth, token, Some(d.issuer.clone()), advertised)
 }
@@ -223,6 +226,11 @@ impl<'a> AuthCodeFlow<'a> {
         if let (Some(iss), Some(expected)) = (&params.iss, &self.config.issuer)
             && iss != expected
         {
+            return Err(FlowFailure::IssuerMismatch);
+        }
+        // Section 2.4: a provider that says it sends `iss` always does; a callback without it
+        // may be a mix-up attack.
+        if params.iss.is_none() && self.config.iss_required {
             return Err(FlowFailure::IssuerMismatch);
         }
         if let Some(err) = &params.error {
