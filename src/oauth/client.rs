@@ -85,6 +85,9 @@ fn unavailable(e: &HttpError) -> OAuthError {
         HttpError::Transport(_) | HttpError::ServerError(_) => {
             OAuthError::Unavailable(e.to_string())
         }
+        HttpError::RateLimited(after) => {
+            OAuthError::RateLimited(after.map(std::time::Duration::from_secs))
+        }
     }
 }
 

@@ -12,6 +12,9 @@ pub enum HttpError {
     Transport(#[source] reqwest::Error),
     #[error("provider answered HTTP {0}")]
     ServerError(u16),
+    /// HTTP 429, with the `Retry-After` it gave in seconds (capped at an hour).
+    #[error("provider is rate limiting (HTTP 429)")]
+    RateLimited(Option<u64>),
     #[error("response body larger than {MAX_BODY} bytes")]
     TooLarge,
     #[error("malformed response: {0}")]
@@ -46,6 +49,16 @@ impl ProviderHttp {
             .await
             .map_err(|e| HttpError::Transport(e.without_url()))?;
         let status = resp.status();
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            // RFC 9110 section 10.2.3; only the delay-seconds form is read.
+            let after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| s.min(3600));
+            return Err(HttpError::RateLimited(after));
+        }
         if status.is_server_error() {
             return Err(HttpError::ServerError(status.as_u16()));
         }

@@ -83,6 +83,9 @@ pub enum OAuthError {
     /// Network failure, timeout or 5xx: transient, worth retrying.
     #[error("the provider is unreachable or failing: {0}")]
     Unavailable(String),
+    /// HTTP 429: transient; retry after the provider's `Retry-After` when it gave one.
+    #[error("the provider is rate limiting requests (HTTP 429)")]
+    RateLimited(Option<Duration>),
     /// The ID token failed verification (signature, issuer, audience, expiry or nonce).
     #[error("ID token verification failed: {0}")]
     IdToken(String),
@@ -96,7 +99,7 @@ impl OAuthError {
         matches!(self, Self::InvalidGrant)
     }
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::RateLimited(_))
     }
 }
 

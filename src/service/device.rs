@@ -79,6 +79,8 @@ impl DevicePoll {
                     "expired_token" => return Err(FlowFailure::Expired),
                     other => return Err(FlowFailure::ProviderError(other.to_owned())),
                 },
+                // Rate limited: back off as for slow_down.
+                Err(OAuthError::RateLimited(_)) => interval += SLOW_DOWN,
                 // Transient: keep polling until the code expires.
                 Err(OAuthError::Unavailable(e)) => {
                     tracing::debug!(provider = %self.provider.id, "device poll failed: {e}");

@@ -152,6 +152,12 @@ impl Error {
 
     /// When retrying may succeed, after about how long.
     pub fn retry_after(&self) -> Option<Duration> {
+        // The provider's own Retry-After, when it rate limits.
+        if let Self::ProviderUnavailable(source) = self
+            && let Some(OAuthError::RateLimited(Some(after))) = source.downcast_ref::<OAuthError>()
+        {
+            return Some(*after);
+        }
         match self.class() {
             Class::Unavailable => Some(Duration::from_secs(2)),
             Class::Conflict => Some(Duration::from_millis(100)),
@@ -202,7 +208,9 @@ impl From<OAuthError> for Error {
     fn from(e: OAuthError) -> Self {
         match e {
             OAuthError::InvalidGrant => Self::ReauthorizationRequired,
-            OAuthError::Unavailable(_) => Self::ProviderUnavailable(Box::new(e)),
+            OAuthError::Unavailable(_) | OAuthError::RateLimited(_) => {
+                Self::ProviderUnavailable(Box::new(e))
+            }
             OAuthError::Rejected(code) => Self::ProviderRejected(code),
             other => Self::ProviderRejected(other.to_string()),
         }

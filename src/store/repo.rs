@@ -323,7 +323,16 @@ impl GrantRepo {
     ) -> Result<Vec<Grant>, StoreError> {
         let mut out = Vec::new();
         for key in self.store.list(&keyspace::grants(provider)).await? {
-            if let Some((g, _)) = read::<Grant>(&*self.store, &key).await?
+            let found = match read::<Grant>(&*self.store, &key).await {
+                // One unreadable record (tampered, or from a newer version) is reported and
+                // skipped; it never takes the listing down for everyone.
+                Err(StoreError::Corrupt { key, reason }) => {
+                    tracing::warn!(%key, "skipping an unreadable grant record: {reason}");
+                    continue;
+                }
+                other => other?,
+            };
+            if let Some((g, _)) = found
                 && keep(&g)
             {
                 out.push(g);

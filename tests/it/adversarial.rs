@@ -203,3 +203,55 @@ async fn a_configured_caller_cannot_take_a_built_in_identity_or_an_unusable_agen
         assert!(stderr.contains(want), "{want}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_tampered_record_is_skipped_in_listings_and_named_to_nobody() {
+    let f = fixture().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let Fixture {
+        mut valet,
+        idp,
+        browser,
+    } = f;
+    valet.stop();
+    tamper_record(&valet.dir.path().join("data/store.json"), "grants/");
+    let f = Fixture {
+        valet: valet.start_again(),
+        idp,
+        browser,
+    };
+    f.authorize(AGENT_KEY, Fixture::request("idp", "bob", ""))
+        .await;
+    // bob's grant is listed; alice's unreadable one is skipped, not fatal to the listing.
+    let all = f.grants_for_admin().await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].user_id, "bob");
+    // Using it is an internal error that names no store key.
+    let s = expect_err(
+        f.try_authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+        Code::Internal,
+        "INTERNAL",
+    );
+    assert!(!s.message().contains("grants/"), "{s:?}");
+    assert!(!s.message().contains("store.json"), "{s:?}");
+}
+
+/// Flips one character of the sealed value of the first record whose key starts with `prefix`.
+fn tamper_record(store: &std::path::Path, prefix: &str) {
+    let mut image: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store).unwrap()).unwrap();
+    let records = image["records"].as_object_mut().unwrap();
+    let (_, record) = records
+        .iter_mut()
+        .find(|(k, _)| k.starts_with(prefix))
+        .expect("a grant record");
+    let sealed = record["sealed"].as_str().unwrap().to_owned();
+    let mut bytes = sealed.into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    record["sealed"] = serde_json::Value::from(String::from_utf8(bytes).unwrap());
+    std::fs::write(store, serde_json::to_vec(&image).unwrap()).unwrap();
+}

@@ -212,7 +212,10 @@ async fn a_callback_without_the_issuer_the_provider_always_sends_is_refused() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
     let (auth_id, cb) = callback_for(&f, "idp").await;
-    assert!(cb.query_pairs().any(|(k, _)| k == "iss"), "the peer sends iss");
+    assert!(
+        cb.query_pairs().any(|(k, _)| k == "iss"),
+        "the peer sends iss"
+    );
     let mut stripped = cb.clone();
     let pairs: Vec<(String, String)> = cb
         .query_pairs()

@@ -82,6 +82,28 @@ async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_refresh_is_unavailable_with_the_providers_retry_after() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    f.idp.fail_token_retry_after(429, 7).await;
+    let s = expect_err(
+        creds.authenticate(fresh_request()).await,
+        Code::Unavailable,
+        "PROVIDER_UNAVAILABLE",
+    );
+    use tonic_types::StatusExt;
+    let retry = s.get_details_retry_info().expect("retry info");
+    assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(7)));
+    // The grant is kept: once the provider lets us, the refresh works.
+    f.idp.fail_token(0).await;
+    let t = token(f.authenticate(AGENT_KEY, fresh_request()).await);
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+}
+
+#[tokio::test]
 async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;

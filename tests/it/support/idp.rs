@@ -92,6 +92,14 @@ impl Idp {
         self.control(&format!("fail-token?status={status}")).await;
     }
 
+    /// The token endpoint answers `status` with `Retry-After: retry_after` until reset.
+    pub(crate) async fn fail_token_retry_after(&self, status: u16, retry_after: u32) {
+        self.control(&format!(
+            "fail-token?status={status}&retry_after={retry_after}"
+        ))
+        .await;
+    }
+
     async fn control(&self, what: &str) {
         let r = self
             .http

@@ -3,7 +3,8 @@
 // Configured by one JSON argument: { redirect_uris: [...], access_token_ttl, clients? }.
 // Listens on 127.0.0.1:0 and prints `oidc-provider listening http://127.0.0.1:PORT` on stdout.
 // GET /__test/stats returns token endpoint counters so tests can count refreshes;
-// GET /__test/fail-token?status=N makes the token endpoint answer N until set back to 0;
+// GET /__test/fail-token?status=N[&retry_after=S] makes the token endpoint answer N (with a
+// Retry-After header when given) until set back to 0;
 // GET /__test/tamper-nonce?on=1 rewrites the nonce of authorization requests;
 // GET /__test/delay-token?ms=N slows the token endpoint down.
 import Provider, { errors } from 'oidc-provider';
@@ -14,6 +15,7 @@ const redirectUris = opts.redirect_uris || [];
 const stats = { token_requests: 0, grants: {} };
 // Set through GET /__test/fail-token?status=503 to make the token endpoint fail; 0 restores it.
 let failTokenStatus = 0;
+let failRetryAfter;
 // Set through GET /__test/tamper-nonce?on=1: /auth then sees a different nonce than Valet sent,
 // so the ID token it issues carries the wrong one.
 let tamperNonce = false;
@@ -120,6 +122,7 @@ provider.use(async (ctx, next) => {
   if (ctx.path === '/token' && ctx.method === 'POST') stats.token_requests += 1;
   if (ctx.path === '/__test/fail-token') {
     failTokenStatus = Number(ctx.query.status || 0);
+    failRetryAfter = ctx.query.retry_after;
     ctx.body = { fail_token_status: failTokenStatus };
     return;
   }
@@ -141,6 +144,7 @@ provider.use(async (ctx, next) => {
   }
   if (failTokenStatus && ctx.path === '/token') {
     ctx.status = failTokenStatus;
+    if (failRetryAfter) ctx.set('Retry-After', failRetryAfter);
     ctx.body = 'failing on purpose';
     return;
   }
