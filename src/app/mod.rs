@@ -18,7 +18,7 @@ use crate::profile::Catalogue;
 use crate::service::{Credentials, Limits, Parts, ProviderRegistry};
 use crate::store::{SecretStore, VaultStore};
 use crate::transport::grpc::{CallerAuth, CallerKey, CredentialsApi, ProvidersApi};
-use crate::transport::http::{HttpState, router};
+use crate::transport::http::{ConnectionLimits, GuardedListener, HttpState, router};
 use anyhow::Context as _;
 use std::future::Future;
 use std::io::Write as _;
@@ -166,9 +166,12 @@ impl App {
             self.credentials.clone(),
             self.auth.clone(),
             health,
+            // The longest call is a WaitForCompletion long poll.
+            self.config.flows.wait_max + Duration::from_secs(30),
             stopped(stop_rx.clone()),
         )?;
-        let http = axum::serve(self.http, router(state)).with_graceful_shutdown(stopped(stop_rx));
+        let http = GuardedListener::new(self.http, ConnectionLimits::default());
+        let http = axum::serve(http, router(state)).with_graceful_shutdown(stopped(stop_rx));
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(async move { http.await });
         tracing::info!(%grpc_addr, %http_addr, store = backend, providers, "valet serving");
@@ -229,29 +232,40 @@ fn grpc_server(
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    request_timeout: Duration,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Requests are small: a provider with a private key is a few KiB, everything else less.
+    let providers = ProvidersServer::new(ProvidersApi::new(credentials.clone()))
+        .max_decoding_message_size(MAX_PROVIDER_MESSAGE);
+    let creds = CredentialsServer::new(CredentialsApi::new(credentials))
+        .max_decoding_message_size(MAX_MESSAGE);
     Ok(tonic::transport::Server::builder()
+        .timeout(request_timeout)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_service(health)
         .add_service(InterceptedService::new(reflection, auth.clone()))
-        .add_service(ProvidersServer::with_interceptor(
-            ProvidersApi::new(credentials.clone()),
-            auth.clone(),
-        ))
-        .add_service(CredentialsServer::with_interceptor(
-            CredentialsApi::new(credentials),
-            auth,
-        ))
+        .add_service(InterceptedService::new(providers, auth.clone()))
+        .add_service(InterceptedService::new(creds, auth))
         .serve_with_incoming_shutdown(
             // No Nagle: small gRPC frames must not wait for a delayed ACK.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop,
         ))
 }
+
+/// Largest `valet.v1.Credentials` request accepted (tokens, references and ids are far smaller).
+const MAX_MESSAGE: usize = 32 * 1024;
+/// Largest `valet.v1.Providers` request (a PEM or JSON private key is the biggest field).
+const MAX_PROVIDER_MESSAGE: usize = 64 * 1024;
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)

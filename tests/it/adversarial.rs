@@ -255,3 +255,45 @@ fn tamper_record(store: &std::path::Path, prefix: &str) {
     record["sealed"] = serde_json::Value::from(String::from_utf8(bytes).unwrap());
     std::fs::write(store, serde_json::to_vec(&image).unwrap()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_half_sent_requests_neither_exhaust_the_daemon_nor_hold_it() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = fixture().await;
+    let addr = f.valet.http_addr;
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Headers that never end.
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: valet\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The daemon holds at most its connection cap, far below the descriptor limit.
+    let fds = f.valet.open_fds();
+    assert!(fds < 256 + 64, "{fds} open descriptors");
+    // gRPC, on its own listener, answers at once.
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(f.valet.raw_channel().await);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, 1, "SERVING");
+    // The stalled connections are cut after the idle timeout, and /healthz answers again.
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), slow[0].read(&mut buf))
+        .await
+        .expect("the server closed the stalled connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

@@ -3,6 +3,9 @@
 
 mod callback;
 mod health;
+mod listener;
+
+pub use listener::{ConnectionLimits, GuardedListener};
 
 use crate::service::{Class, Credentials};
 use crate::store::SecretStore;

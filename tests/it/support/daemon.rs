@@ -165,6 +165,16 @@ agents = ["reviewer"]
         }
     }
 
+    /// The daemon's open file descriptors (Linux).
+    #[allow(
+        dead_code,
+        reason = "used by the tests, not by benches/handout.rs, which shares this harness"
+    )]
+    pub(crate) fn open_fds(&self) -> usize {
+        let pid = self.child.as_ref().expect("running").id();
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+    }
+
     /// The daemon's resident memory in KiB (Linux), for the benchmarks.
     #[allow(
         dead_code,
