@@ -78,6 +78,22 @@ pub enum FlowFailure {
     AccountMismatch,
 }
 
+impl FlowFailure {
+    /// The stable reason name (as in the proto's `ErrorReason`), for the audit trail.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Expired => "FLOW_EXPIRED",
+            Self::AccessDenied => "ACCESS_DENIED",
+            Self::ProviderError(_) => "PROVIDER_ERROR",
+            Self::WrongProvider => "WRONG_PROVIDER",
+            Self::IssuerMismatch => "ISSUER_MISMATCH",
+            Self::IdTokenRejected(_) => "ID_TOKEN_REJECTED",
+            Self::ExchangeFailed(_) => "EXCHANGE_FAILED",
+            Self::AccountMismatch => "ACCOUNT_MISMATCH",
+        }
+    }
+}
+
 /// Where a flow stands, as watchers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowOutcome {

@@ -6,6 +6,7 @@
 mod admin_key;
 mod health;
 
+use crate::audit::Audit;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::oauth::{OAuth2TokenEndpoint, ProviderHttp, TokenEndpoint};
@@ -95,6 +96,19 @@ impl App {
             max_per_user: config.flows.max_pending_per_user,
             keep_outcome: config.flows.wait_max.max(Duration::from_secs(60)),
         }));
+        let audit = Arc::new(
+            Audit::open(config.audit_file.as_deref(), clock.clone()).with_context(|| {
+                format!(
+                    "cannot open the audit file {}",
+                    config
+                        .audit_file
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                )
+            })?,
+        );
+        load_audit_key(&audit, &store).await;
         let credentials = Arc::new(Credentials::new(Parts {
             providers: registry.clone(),
             store: store.clone(),
@@ -107,6 +121,7 @@ impl App {
                 default_wait: config.flows.wait_default,
                 max_wait: config.flows.wait_max,
             },
+            audit,
         }));
         Ok(Self {
             config,
@@ -205,6 +220,22 @@ impl App {
         if let Some(vault) = &self.vault {
             tokio::spawn(vault.clone().run_renewal(stopped(stop.clone())));
         }
+    }
+}
+
+/// The audit trail's user-hash key from the store (shared by replicas). With the store down, the
+/// trail records users as `unkeyed` until a restart; it never falls back to clear ids.
+async fn load_audit_key(audit: &Audit, store: &Arc<dyn crate::store::SecretStore>) {
+    let fresh = match crate::secret::random_token(32) {
+        Ok(k) => zeroize::Zeroizing::new(k.into_bytes()),
+        Err(_) => return,
+    };
+    match crate::store::MetaRepo::new(store.clone())
+        .audit_user_key(fresh)
+        .await
+    {
+        Ok(key) => audit.set_user_key(&key),
+        Err(e) => tracing::warn!("the audit trail cannot hash users yet (store unavailable): {e}"),
     }
 }
 

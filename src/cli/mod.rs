@@ -99,6 +99,17 @@ pub enum Command {
         #[command(subcommand)]
         cmd: StoreCmd,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check an audit file's hash chain: a removed, reordered or edited line is reported.
+    Verify { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -198,6 +209,13 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Credential { cmd, conn } => credential::run(cmd, &conn).await,
         Command::Key { cmd } => key::run(cmd),
         Command::Store { cmd } => store::run(cmd).await,
+        Command::Audit {
+            cmd: AuditCmd::Verify { file },
+        } => {
+            let lines = crate::audit::verify(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}: {lines} event(s), chain intact", file.display());
+            Ok(())
+        }
         Command::Serve(_) | Command::CheckConfig(_) => bail!("not a client command"),
     }
 }

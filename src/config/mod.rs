@@ -38,6 +38,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// The audit trail's file; `None`: the log.
+    pub audit_file: Option<PathBuf>,
     pub flows: FlowConfig,
     pub default_min_ttl: u32,
     pub max_min_ttl: u32,
@@ -136,6 +138,7 @@ impl Config {
             shutdown_grace: server.shutdown_grace,
             log_format: server.log_format,
             log_level: server.log_level,
+            audit_file: raw.audit.file.as_ref().map(PathBuf::from),
             flows: flows.flows,
             default_min_ttl: flows.default_min_ttl,
             max_min_ttl: flows.max_min_ttl,
@@ -155,6 +158,9 @@ impl Config {
         provider_http::render(self, &mut s);
         if let StoreKind::Vault(v) = &self.store {
             vault::render(v, &mut s);
+        }
+        if let Some(f) = &self.audit_file {
+            s.push_str(&format!("\n[audit]\nfile = \"{}\"\n", f.display()));
         }
         callers::render(&self.callers, &mut s);
         s

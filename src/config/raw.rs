@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
     pub flows: RawFlows,
     #[serde(default)]
     pub tokens: RawTokens,
@@ -65,6 +67,13 @@ pub struct RawVaultAuth {
 pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// A JSON-lines file (append-only, 0600); absent: the log, target `valet::audit`.
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -95,6 +95,7 @@ pub struct Parts {
     pub clock: Arc<dyn Clock>,
     pub pending: Arc<PendingFlows>,
     pub limits: Limits,
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 #[derive(Debug)]
@@ -106,6 +107,7 @@ pub struct Credentials {
     endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    audit: Arc<crate::audit::Audit>,
 }
 
 impl Credentials {
@@ -126,7 +128,13 @@ impl Credentials {
             clock: p.clock,
             providers: p.providers,
             limits: p.limits,
+            audit: p.audit,
         }
+    }
+
+    /// The audit trail every call and flow is recorded in.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.audit
     }
 
     pub fn providers(&self) -> &Arc<ProviderRegistry> {
@@ -423,6 +431,7 @@ impl Credentials {
                 endpoint: self.endpoint.clone(),
                 pending: self.flows.pending(),
                 broker: self.broker.clone(),
+                audit: self.audit.clone(),
                 provider: provider.clone(),
                 polling,
             }
@@ -529,6 +538,7 @@ impl Credentials {
         let taken = self.flows.take(&provider_id, &params)?;
         let result = self.finish(&provider_id, &taken.flow, &params).await;
         super::flows::report(
+            &self.audit,
             &taken,
             &result
                 .as_ref()

@@ -22,6 +22,7 @@ pub(crate) struct DevicePoll {
     pub endpoint: Arc<dyn TokenEndpoint>,
     pub pending: Arc<PendingFlows>,
     pub broker: Arc<TokenBroker>,
+    pub audit: Arc<crate::audit::Audit>,
     pub provider: ProviderConfig,
     pub polling: Polling,
 }
@@ -44,7 +45,7 @@ impl DevicePoll {
         if let Err(f) = &result {
             tracing::info!(provider = %self.provider.id, "device authorization failed: {f}");
         }
-        report(&taken, &result);
+        report(&self.audit, &taken, &result);
     }
 
     /// Whether anyone can still collect the flow's outcome.

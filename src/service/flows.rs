@@ -54,7 +54,19 @@ pub(crate) struct Polling {
 
 /// Reports how a taken flow ended to whoever waits on it (failures are logged once, by the
 /// callback or poller that reports them).
-pub(crate) fn report(taken: &Taken, result: &Result<GrantKey, FlowFailure>) {
+pub(crate) fn report(
+    audit: &crate::audit::Audit,
+    taken: &Taken,
+    result: &Result<GrantKey, FlowFailure>,
+) {
+    let f = &taken.flow;
+    let subject = crate::audit::Subject {
+        provider: f.provider.as_str(),
+        user: f.user.as_str(),
+        agent: f.agent.as_ref().map_or("", |a| a.as_str()),
+    };
+    let outcome = result.as_ref().map_or_else(FlowFailure::code, |_| "ok");
+    audit.record("FlowCompleted", &f.owner, subject, outcome);
     match result {
         Ok(key) => {
             tracing::info!(provider = %taken.flow.provider, "authorization flow completed");

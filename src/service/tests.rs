@@ -410,6 +410,7 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
         endpoint: w.endpoint.clone(),
         pending,
         broker: Arc::new(w.broker()),
+        audit: Arc::new(crate::audit::Audit::open(None, w.clock.clone()).unwrap()),
         provider: device_provider(),
         polling: polling.expect("a device flow has a poller"),
     }

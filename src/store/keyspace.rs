@@ -98,6 +98,11 @@ pub fn reference_master_key() -> String {
     format!("{META}reference-key")
 }
 
+/// The key users are hashed under in the audit trail.
+pub fn audit_user_key() -> String {
+    format!("{META}audit-user-key")
+}
+
 pub fn reference_index_marker() -> String {
     format!("{META}reference-index-v1")
 }

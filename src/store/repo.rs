@@ -475,7 +475,20 @@ impl MetaRepo {
     /// The reference master key, created from `fresh` on first use; a replica that lost the race
     /// takes the winner's.
     pub async fn reference_key(&self, fresh: SecretBytes) -> Result<SecretBytes, StoreError> {
-        let key = keyspace::reference_master_key();
+        self.deployment_key(keyspace::reference_master_key(), fresh)
+            .await
+    }
+
+    /// The audit trail's user-hash key, created from `fresh` on first use like the reference key.
+    pub async fn audit_user_key(&self, fresh: SecretBytes) -> Result<SecretBytes, StoreError> {
+        self.deployment_key(keyspace::audit_user_key(), fresh).await
+    }
+
+    async fn deployment_key(
+        &self,
+        key: String,
+        fresh: SecretBytes,
+    ) -> Result<SecretBytes, StoreError> {
         if let Some(rec) = self.store.get(&key).await? {
             return Ok(rec.value);
         }

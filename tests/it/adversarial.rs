@@ -297,3 +297,85 @@ async fn three_hundred_half_sent_requests_neither_exhaust_the_daemon_nor_hold_it
         .expect("the server closed the stalled connection");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+#[tokio::test]
+async fn the_audit_trail_records_who_did_what_and_detects_edits() {
+    let logs = tempfile::tempdir().unwrap();
+    let trail = logs.path().join("audit.jsonl");
+    let f = Fixture::with(ValetOptions {
+        extra_toml: format!("[audit]\nfile = \"{}\"\n", trail.display()),
+        ..Default::default()
+    })
+    .await;
+    f.oidc_provider("idp", "basic-client").await;
+    let t = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", "planner"))
+        .await;
+    denied(
+        f.valet
+            .credentials(OTHER_AGENT_KEY)
+            .await
+            .authenticate(Fixture::request("idp", "alice", "planner"))
+            .await,
+    );
+    f.valet
+        .credentials(AGENT_KEY)
+        .await
+        .revoke(pb::RevokeRequest {
+            provider_id: "idp".into(),
+            user_id: "alice".into(),
+            agent_id: "planner".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |event: &str, caller: &str, outcome: &str| {
+        events
+            .iter()
+            .find(|e| e["event"] == event && e["caller"] == caller && e["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {event}/{caller}/{outcome} in {text}"))
+    };
+    find("CreateProvider", "ops", "ok");
+    let started = find("Authenticate", "agent-a", "flow_started");
+    assert_eq!(started["provider"], "idp");
+    assert_eq!(started["agent"], "planner");
+    find("FlowCompleted", "agent-a", "ok");
+    let refused = find("Authenticate", "agent-b", "PERMISSION_DENIED");
+    find("Revoke", "agent-a", "revoked");
+    // The user is the same keyed hash in every event, never the id.
+    assert_eq!(started["user"], refused["user"]);
+    assert!(
+        !text.contains("alice") && !text.contains(&t.access_token),
+        "{text}"
+    );
+
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+            .args(["audit", "verify"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&trail);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("chain intact"));
+    // Someone removes the refused call from a copy of the trail: detected.
+    let copy = logs.path().join("edited.jsonl");
+    let edited: String = text
+        .lines()
+        .filter(|l| !l.contains("PERMISSION_DENIED"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&copy, edited).unwrap();
+    let bad = verify(&copy);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("removed, reordered or inserted"),
+        "{bad:?}"
+    );
+}

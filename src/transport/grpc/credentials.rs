@@ -2,6 +2,7 @@
 //! calls the credentials use case inside its span, and maps the answer back.
 
 use super::{caller, convert, rpc};
+use crate::audit::Subject;
 use crate::pb;
 use crate::secret::SecretString;
 use crate::service::{Credentials, ProviderRevocation};
@@ -17,6 +18,18 @@ pub struct CredentialsApi {
 impl CredentialsApi {
     pub fn new(credentials: Arc<Credentials>) -> Self {
         Self { credentials }
+    }
+
+    fn audit(&self) -> &crate::audit::Audit {
+        self.credentials.audit()
+    }
+}
+
+fn subject<'a>(provider: &'a str, user: &'a str, agent: &'a str) -> Subject<'a> {
+    Subject {
+        provider,
+        user,
+        agent,
     }
 }
 
@@ -46,7 +59,12 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let provider = r.provider_id.clone();
-        let o = rpc("Authenticate", &caller, &provider, async {
+        let subject = Subject {
+            provider: &provider,
+            user: &r.user_id.clone(),
+            agent: &r.agent_id.clone(),
+        };
+        let o = rpc(self.audit(), "Authenticate", &caller, subject, async {
             self.credentials
                 .authenticate(&caller, convert::auth_request(r)?)
                 .await
@@ -62,11 +80,17 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         let caller = caller(&req)?;
         let timeout = wait_timeout(&req, req.get_ref().timeout_seconds);
         let auth_id = &req.get_ref().auth_id;
-        let o = rpc("WaitForCompletion", &caller, "", async {
-            self.credentials
-                .wait_for_completion(&caller, auth_id, timeout)
-                .await
-        })
+        let o = rpc(
+            self.audit(),
+            "WaitForCompletion",
+            &caller,
+            Subject::default(),
+            async {
+                self.credentials
+                    .wait_for_completion(&caller, auth_id, timeout)
+                    .await
+            },
+        )
         .await?;
         Ok(Response::new(convert::outcome(o)))
     }
@@ -77,11 +101,17 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::ResolveResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.get_ref();
-        let t = rpc("Resolve", &caller, "", async {
-            self.credentials
-                .resolve(&caller, &r.reference, r.min_ttl_seconds)
-                .await
-        })
+        let t = rpc(
+            self.audit(),
+            "Resolve",
+            &caller,
+            Subject::default(),
+            async {
+                self.credentials
+                    .resolve(&caller, &r.reference, r.min_ttl_seconds)
+                    .await
+            },
+        )
         .await?;
         let (t, applied) = t;
         Ok(Response::new(pb::ResolveResponse {
@@ -96,18 +126,24 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.get_ref();
-        let (revoked, at_provider) = rpc("Revoke", &caller, &r.provider_id, async {
-            if r.reference.is_empty() {
-                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
-                self.credentials.revoke(&caller, &key).await
-            } else {
-                let revoked = self
-                    .credentials
-                    .revoke_reference(&caller, &r.reference)
-                    .await?;
-                Ok((revoked, ProviderRevocation::NothingToRevoke))
-            }
-        })
+        let (revoked, at_provider) = rpc(
+            self.audit(),
+            "Revoke",
+            &caller,
+            subject(&r.provider_id, &r.user_id, &r.agent_id),
+            async {
+                if r.reference.is_empty() {
+                    let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
+                    self.credentials.revoke(&caller, &key).await
+                } else {
+                    let revoked = self
+                        .credentials
+                        .revoke_reference(&caller, &r.reference)
+                        .await?;
+                    Ok((revoked, ProviderRevocation::NothingToRevoke))
+                }
+            },
+        )
         .await?;
         let (provider_revocation, provider_error) = convert::provider_revocation(at_provider);
         Ok(Response::new(pb::RevokeResponse {
@@ -123,12 +159,18 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.get_ref();
-        let grants = rpc("ListGrants", &caller, &r.provider_id, async {
-            let (provider, user) = convert::grant_filters(r)?;
-            self.credentials
-                .list_grants(&caller, provider.as_ref(), user.as_ref())
-                .await
-        })
+        let grants = rpc(
+            self.audit(),
+            "ListGrants",
+            &caller,
+            subject(&r.provider_id, &r.user_id, ""),
+            async {
+                let (provider, user) = convert::grant_filters(r)?;
+                self.credentials
+                    .list_grants(&caller, provider.as_ref(), user.as_ref())
+                    .await
+            },
+        )
         .await?;
         let grants = grants.into_iter().map(convert::grant).collect();
         Ok(Response::new(pb::ListGrantsResponse { grants }))
@@ -140,13 +182,19 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::PutCredentialResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.into_inner();
-        rpc("PutCredential", &caller, &r.provider_id, async {
-            let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
-            let value = SecretString::from(r.value);
-            self.credentials
-                .put_credential(&caller, &key, &r.username, &value)
-                .await
-        })
+        rpc(
+            self.audit(),
+            "PutCredential",
+            &caller,
+            subject(&r.provider_id, &r.user_id, &r.agent_id),
+            async {
+                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
+                let value = SecretString::from(r.value);
+                self.credentials
+                    .put_credential(&caller, &key, &r.username, &value)
+                    .await
+            },
+        )
         .await?;
         Ok(Response::new(pb::PutCredentialResponse {}))
     }

@@ -26,13 +26,51 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("missing caller identity"))
 }
 
-/// Runs one RPC in its span and maps its error to a status (logged once, there).
-async fn rpc<T>(
+/// What an RPC's success is called in the audit trail.
+trait Labelled {
+    fn label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl Labelled for () {}
+impl Labelled for (u32, u32) {}
+impl<T> Labelled for Vec<T> {}
+impl<A, B> Labelled for (crate::service::AccessToken, A, B) {}
+impl<A> Labelled for (crate::service::AccessToken, A) {}
+impl Labelled for crate::domain::ProviderConfig {}
+impl<T> Labelled for std::sync::Arc<T> {}
+
+impl Labelled for crate::service::Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Token(_) => "token",
+            Self::Reference { .. } => "reference",
+            Self::Pending { .. } => "flow_started",
+        }
+    }
+}
+
+impl Labelled for (bool, crate::service::ProviderRevocation) {
+    fn label(&self) -> &'static str {
+        if self.0 {
+            "revoked"
+        } else {
+            "nothing_to_revoke"
+        }
+    }
+}
+
+/// Runs one RPC in its span, records it in the audit trail, and maps its error to a status
+/// (logged once, there). `subject` names the provider, user and agent as the request did.
+async fn rpc<T: Labelled>(
+    audit: &crate::audit::Audit,
     method: &'static str,
     caller: &Caller,
-    provider: &str,
+    subject: crate::audit::Subject<'_>,
     call: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Status> {
+    let provider = subject.provider;
     // Only a well-formed provider id is recorded; anything else is input, not a label.
     let provider = ProviderId::parse(provider)
         .map(|p| p.to_string())
@@ -51,6 +89,23 @@ async fn rpc<T>(
             Err(e) => crate::transport::reason_name(e.reason()),
         };
         tracing::Span::current().record("outcome", outcome);
+        // Only well-formed ids reach the trail; anything else is input, not a record.
+        let id = |raw: &'_ str, ok: bool| if ok { raw.to_owned() } else { String::new() };
+        let user = id(
+            subject.user,
+            crate::domain::UserId::parse(subject.user).is_ok(),
+        );
+        let agent = id(
+            subject.agent,
+            crate::domain::AgentId::parse(subject.agent).is_ok(),
+        );
+        let audited = crate::audit::Subject {
+            provider: &provider,
+            user: &user,
+            agent: &agent,
+        };
+        let label = result.as_ref().map_or(outcome, Labelled::label);
+        audit.record(method, &caller.name, audited, label);
         result.map_err(|e| to_status(&e))
     }
     .instrument(span)

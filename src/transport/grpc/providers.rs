@@ -27,6 +27,13 @@ impl ProvidersApi {
     }
 }
 
+fn for_provider(provider: &str) -> crate::audit::Subject<'_> {
+    crate::audit::Subject {
+        provider,
+        ..Default::default()
+    }
+}
+
 fn provider_id(p: &Option<pb::Provider>) -> &str {
     p.as_ref().map_or("", |p| p.provider_id.as_str())
 }
@@ -40,13 +47,19 @@ impl pb::providers_server::Providers for ProvidersApi {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let id = provider_id(&r.provider).to_owned();
-        let p = rpc("CreateProvider", &caller, &id, async {
-            // Refused callers learn nothing about their input.
-            policy::authorize(&caller, Action::ManageProviders)?;
-            self.registry
-                .create(&caller, convert::draft(r.provider)?)
-                .await
-        })
+        let p = rpc(
+            self.credentials.audit(),
+            "CreateProvider",
+            &caller,
+            for_provider(&id),
+            async {
+                // Refused callers learn nothing about their input.
+                policy::authorize(&caller, Action::ManageProviders)?;
+                self.registry
+                    .create(&caller, convert::draft(r.provider)?)
+                    .await
+            },
+        )
         .await?;
         Ok(Response::new(self.wire(&p)))
     }
@@ -57,10 +70,16 @@ impl pb::providers_server::Providers for ProvidersApi {
     ) -> Result<Response<pb::Provider>, Status> {
         let caller = caller(&req)?;
         let id = &req.get_ref().provider_id;
-        let p = rpc("GetProvider", &caller, id, async {
-            policy::authorize(&caller, Action::ManageProviders)?;
-            self.registry.describe(&caller, &ProviderId::parse(id)?)
-        })
+        let p = rpc(
+            self.credentials.audit(),
+            "GetProvider",
+            &caller,
+            for_provider(id),
+            async {
+                policy::authorize(&caller, Action::ManageProviders)?;
+                self.registry.describe(&caller, &ProviderId::parse(id)?)
+            },
+        )
         .await?;
         Ok(Response::new(self.wire(&p)))
     }
@@ -70,9 +89,13 @@ impl pb::providers_server::Providers for ProvidersApi {
         req: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
         let caller = caller(&req)?;
-        let all = rpc("ListProviders", &caller, "", async {
-            self.registry.list(&caller)
-        })
+        let all = rpc(
+            self.credentials.audit(),
+            "ListProviders",
+            &caller,
+            for_provider(""),
+            async { self.registry.list(&caller) },
+        )
         .await?;
         let providers = all.iter().map(|p| self.wire(p)).collect();
         Ok(Response::new(pb::ListProvidersResponse { providers }))
@@ -85,12 +108,18 @@ impl pb::providers_server::Providers for ProvidersApi {
         let caller = caller(&req)?;
         let r = req.into_inner();
         let id = provider_id(&r.provider).to_owned();
-        let p = rpc("UpdateProvider", &caller, &id, async {
-            policy::authorize(&caller, Action::ManageProviders)?;
-            self.registry
-                .update(&caller, convert::draft(r.provider)?)
-                .await
-        })
+        let p = rpc(
+            self.credentials.audit(),
+            "UpdateProvider",
+            &caller,
+            for_provider(&id),
+            async {
+                policy::authorize(&caller, Action::ManageProviders)?;
+                self.registry
+                    .update(&caller, convert::draft(r.provider)?)
+                    .await
+            },
+        )
         .await?;
         Ok(Response::new(self.wire(&p)))
     }
@@ -102,11 +131,17 @@ impl pb::providers_server::Providers for ProvidersApi {
         let caller = caller(&req)?;
         let id = &req.get_ref().provider_id;
         let revoke = req.get_ref().revoke_at_provider;
-        let (revoked, failed) = rpc("DeleteProvider", &caller, id, async {
-            policy::authorize(&caller, Action::ManageProviders)?;
-            let id = ProviderId::parse(id).map_err(Error::from)?;
-            self.credentials.delete_provider(&caller, &id, revoke).await
-        })
+        let (revoked, failed) = rpc(
+            self.credentials.audit(),
+            "DeleteProvider",
+            &caller,
+            for_provider(id),
+            async {
+                policy::authorize(&caller, Action::ManageProviders)?;
+                let id = ProviderId::parse(id).map_err(Error::from)?;
+                self.credentials.delete_provider(&caller, &id, revoke).await
+            },
+        )
         .await?;
         Ok(Response::new(pb::DeleteProviderResponse {
             revoked_at_provider: revoked,

@@ -1,0 +1,223 @@
+//! The audit trail: one JSON line per security-relevant call (who did what, for which provider,
+//! user and agent, with which outcome), hash-chained so that a removed, reordered or edited line
+//! is detected (`valet audit verify FILE`). Users appear only as a keyed hash (HMAC-SHA256 under
+//! a deployment key kept in the store, so replicas agree); no token, reference, code or secret is
+//! ever recorded. Written to its own append-only 0600 file (`[audit] file`) or, by default, to the
+//! log under target `valet::audit`.
+//!
+//! Each line: `{"ts", "event", "caller", "provider", "user", "agent", "outcome", "prev", "hash"}`
+//! where `hash` = SHA-256 of `prev` followed by the line's JSON without `hash` (hex), and `prev`
+//! is the previous line's `hash` (64 zeros for the first).
+
+use crate::clock::Clock;
+use crate::secret::sha256;
+use ring::hmac;
+use serde_json::{Map, Value};
+use std::io::{BufRead as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What an event is about. Empty fields are left out of the line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Subject<'a> {
+    pub provider: &'a str,
+    pub user: &'a str,
+    pub agent: &'a str,
+}
+
+#[derive(Debug)]
+struct Chain {
+    prev: String,
+    file: Option<std::fs::File>,
+}
+
+/// The audit sink, shared by every caller of `record`.
+pub struct Audit {
+    path: Option<PathBuf>,
+    chain: Mutex<Chain>,
+    user_key: OnceLock<hmac::Key>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `hash` of the last line of an existing trail, to continue its chain.
+fn last_hash(path: &Path) -> std::io::Result<String> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(GENESIS.into()),
+        Err(e) => return Err(e),
+    };
+    let mut last = GENESIS.to_owned();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        if let Some(h) = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["hash"].as_str().map(str::to_owned))
+        {
+            last = h;
+        }
+    }
+    Ok(last)
+}
+
+impl Audit {
+    /// To `path` (created 0600, appended to, its chain continued), or to the log.
+    pub fn open(path: Option<&Path>, clock: Arc<dyn Clock>) -> std::io::Result<Self> {
+        let (prev, file) = match path {
+            Some(p) => {
+                let prev = last_hash(p)?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)?;
+                (prev, Some(file))
+            }
+            None => (GENESIS.to_owned(), None),
+        };
+        Ok(Self {
+            path: path.map(Path::to_path_buf),
+            chain: Mutex::new(Chain { prev, file }),
+            user_key: OnceLock::new(),
+            clock,
+        })
+    }
+
+    /// Sets the key users are hashed under (once; later calls are ignored).
+    pub fn set_user_key(&self, key: &[u8]) {
+        let _ = self.user_key.set(hmac::Key::new(hmac::HMAC_SHA256, key));
+    }
+
+    /// The keyed hash of a user id: stable per deployment, not reversible without the key.
+    fn user_hash(&self, user: &str) -> String {
+        match self.user_key.get() {
+            Some(k) => hex::encode(&hmac::sign(k, user.as_bytes()).as_ref()[..16]),
+            None => "unkeyed".into(),
+        }
+    }
+
+    /// Appends one event.
+    pub fn record(&self, event: &str, caller: &str, subject: Subject<'_>, outcome: &str) {
+        let mut line = Map::new();
+        line.insert("ts".into(), Value::from(self.clock.now_unix()));
+        line.insert("event".into(), Value::from(event));
+        line.insert("caller".into(), Value::from(caller));
+        for (k, v) in [("provider", subject.provider), ("agent", subject.agent)] {
+            if !v.is_empty() {
+                line.insert(k.into(), Value::from(v));
+            }
+        }
+        if !subject.user.is_empty() {
+            line.insert("user".into(), Value::from(self.user_hash(subject.user)));
+        }
+        line.insert("outcome".into(), Value::from(outcome));
+        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        line.insert("prev".into(), Value::from(chain.prev.as_str()));
+        let hash = link_hash(&chain.prev, &line);
+        line.insert("hash".into(), Value::from(hash.as_str()));
+        let text = Value::Object(line).to_string();
+        chain.prev = hash;
+        match &mut chain.file {
+            Some(f) => {
+                if let Err(e) = writeln!(f, "{text}") {
+                    tracing::error!("cannot append to the audit file: {e}");
+                }
+            }
+            None => tracing::info!(target: "valet::audit", "{text}"),
+        }
+    }
+}
+
+/// SHA-256 (hex) of `prev` followed by the line without its `hash`.
+fn link_hash(prev: &str, line: &Map<String, Value>) -> String {
+    let body = Value::Object(line.clone()).to_string();
+    hex::encode(sha256(format!("{prev}{body}").as_bytes()))
+}
+
+/// Checks a trail's chain; returns how many lines it holds, or the first broken line.
+pub fn verify(path: &Path) -> Result<usize, String> {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut prev = GENESIS.to_owned();
+    let mut n = 0;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let no = i + 1;
+        let line = line.map_err(|e| format!("line {no}: cannot read: {e}"))?;
+        let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&line) else {
+            return Err(format!("line {no}: not a JSON object"));
+        };
+        let hash = fields
+            .remove("hash")
+            .and_then(|h| h.as_str().map(str::to_owned))
+            .ok_or_else(|| format!("line {no}: no hash"))?;
+        if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+            return Err(format!(
+                "line {no}: does not follow line {} (a line was removed, reordered or inserted)",
+                no - 1
+            ));
+        }
+        if link_hash(&prev, &fields) != hash {
+            return Err(format!("line {no}: its content was changed"));
+        }
+        prev = hash;
+        n = no;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn a_trail_verifies_and_every_edit_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let clock = Arc::new(ManualClock::at(1_800_000_000));
+        let audit = Audit::open(Some(&path), clock.clone()).unwrap();
+        audit.set_user_key(b"deployment key");
+        let who = Subject {
+            provider: "github",
+            user: "alice@example.com",
+            agent: "planner",
+        };
+        audit.record("Authenticate", "agent-a", who, "token");
+        audit.record("Revoke", "agent-b", who, "PERMISSION_DENIED");
+        drop(audit);
+        // Reopened, the chain continues.
+        let audit = Audit::open(Some(&path), clock).unwrap();
+        audit.record("Resolve", "agent-a", Subject::default(), "ok");
+        assert_eq!(verify(&path), Ok(3));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("alice"), "users are hashed: {text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let check = |lines: Vec<String>| {
+            std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+            verify(&path)
+        };
+        let owned = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let removed = check(owned(&[lines[0], lines[2]])).unwrap_err();
+        assert!(removed.contains("line 2"), "{removed}");
+        let edited = owned(&lines)
+            .into_iter()
+            .map(|l| l.replace("PERMISSION_DENIED", "ok"))
+            .collect();
+        let edited = check(edited).unwrap_err();
+        assert!(
+            edited.contains("line 2: its content was changed"),
+            "{edited}"
+        );
+        assert_eq!(check(owned(&lines)), Ok(3));
+    }
+}
