@@ -498,18 +498,18 @@ impl StoreMove {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_copy_moves_a_dev_store_to_vault_idempotently() {
-    // A daemon on the embedded store with a provider and a grant.
+    // A daemon on the embedded store with a provider, a grant and its audit key.
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
     let m = StoreMove::from(f).await;
-    assert!(m.copy(true).await.contains("would copy 2 records"));
+    assert!(m.copy(true).await.contains("would copy 3 records"));
     assert_eq!(m.vault.writes(), 0, "a dry run writes nothing");
-    assert!(m.copy(false).await.contains("copied 2 records"));
+    assert!(m.copy(false).await.contains("copied 3 records"));
     let text = m.copy(false).await;
     assert!(
-        text.contains("copied 0 records") && text.contains("2 already identical"),
+        text.contains("copied 0 records") && text.contains("3 already identical"),
         "{text}"
     );
 
