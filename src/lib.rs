@@ -5,6 +5,7 @@
 //! short-lived access tokens. See ARCHITECTURE.md for the map of this crate.
 
 pub mod app;
+pub mod assertion;
 pub mod audit;
 pub mod cli;
 pub mod client;

@@ -76,8 +76,10 @@ impl App {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let provider_http =
             ProviderHttp::new(config.provider_connect_timeout, config.provider_timeout)?;
-        let endpoint: Arc<dyn TokenEndpoint> =
-            Arc::new(OAuth2TokenEndpoint::new(provider_http, clock.clone()));
+        let endpoint: Arc<dyn TokenEndpoint> = Arc::new(OAuth2TokenEndpoint::new(
+            provider_http.clone(),
+            clock.clone(),
+        ));
         let catalogue = match &config.profiles_dir {
             Some(dir) => Catalogue::with_dir(dir)?,
             None => Catalogue::builtin()?,
@@ -109,6 +111,13 @@ impl App {
             })?,
         );
         load_audit_key(&audit, &store).await;
+        let assertions = config.user_assertions.clone().map(|a| {
+            Arc::new(crate::assertion::UserAssertions::new(
+                a,
+                provider_http.clone(),
+                clock.clone(),
+            ))
+        });
         let credentials = Arc::new(Credentials::new(Parts {
             providers: registry.clone(),
             store: store.clone(),
@@ -122,6 +131,7 @@ impl App {
                 max_wait: config.flows.wait_max,
             },
             audit,
+            assertions,
         }));
         Ok(Self {
             config,
@@ -146,6 +156,7 @@ impl App {
                 role: c.role,
                 key_sha256: c.key_sha256,
                 agents: c.agents.clone(),
+                require_user_assertion: c.require_user_assertion,
             })
             .collect();
         keys.extend(admin_key::admin_key(config)?);

@@ -2,6 +2,7 @@
 //! of its API key; the key itself is never configured, so a leaked config grants nothing.
 
 use super::raw::RawConfig;
+use crate::assertion::AssertionConfig;
 use crate::domain::{AgentBinding, Role};
 use std::fmt::Write as _;
 
@@ -11,6 +12,7 @@ pub struct CallerConfig {
     pub role: Role,
     pub key_sha256: [u8; 32],
     pub agents: AgentBinding,
+    pub require_user_assertion: bool,
 }
 
 /// Names Valet gives its own identities (the admin key of `--admin-key-file` and dev mode).
@@ -67,6 +69,7 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             role,
             key_sha256: hash,
             agents,
+            require_user_assertion: c.require_user_assertion,
         });
     }
     if callers.is_empty() && !raw.dev.unwrap_or(false) && raw.admin_key_file.is_none() {
@@ -92,5 +95,63 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
             c.name,
             &hex::encode(c.key_sha256)[..8]
         );
+        if c.require_user_assertion {
+            let _ = writeln!(s, "require_user_assertion = true");
+        }
     }
+}
+
+/// `[user_assertions]`: the operator's identity provider, required when a caller needs
+/// assertions.
+pub(super) fn validate_assertions(
+    raw: &RawConfig,
+    callers: &[CallerConfig],
+    errors: &mut Vec<String>,
+) -> Option<AssertionConfig> {
+    let needed = callers.iter().any(|c| c.require_user_assertion);
+    let Some(a) = &raw.user_assertions else {
+        if needed {
+            errors.push(
+                "a caller has require_user_assertion but [user_assertions] (issuer, audience, jwks_url) is not configured".into(),
+            );
+        }
+        return None;
+    };
+    let mut field = |name: &str, v: &Option<String>| match v.as_deref() {
+        Some(v) if !v.is_empty() && v.len() <= 2048 && !v.chars().any(char::is_control) => {
+            Some(v.to_owned())
+        }
+        _ => {
+            errors.push(format!("user_assertions.{name} is required"));
+            None
+        }
+    };
+    let (issuer, audience, jwks) = (
+        field("issuer", &a.issuer),
+        field("audience", &a.audience),
+        field("jwks_url", &a.jwks_url),
+    );
+    let insecure = raw.dev.unwrap_or(false) || raw.allow_insecure_provider_urls.unwrap_or(false);
+    let jwks_url = match jwks.map(|u| crate::domain::check_endpoint_url("jwks_url", &u, insecure)) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => {
+            errors.push(format!("user_assertions.{e}"));
+            None
+        }
+        None => None,
+    };
+    Some(AssertionConfig {
+        issuer: issuer?,
+        audience: audience?,
+        jwks_url: jwks_url?,
+        claim: a.claim.clone().unwrap_or_else(|| "sub".into()),
+    })
+}
+
+pub(super) fn render_assertions(a: &AssertionConfig, s: &mut String) {
+    let _ = writeln!(
+        s,
+        "\n[user_assertions]\nissuer = \"{}\"\naudience = \"{}\"\njwks_url = \"{}\"\nclaim = \"{}\"",
+        a.issuer, a.audience, a.jwks_url, a.claim
+    );
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub log_level: String,
     /// The audit trail's file; `None`: the log.
     pub audit_file: Option<PathBuf>,
+    /// The identity provider user assertions are verified against.
+    pub user_assertions: Option<crate::assertion::AssertionConfig>,
     pub flows: FlowConfig,
     pub default_min_ttl: u32,
     pub max_min_ttl: u32,
@@ -124,6 +126,7 @@ impl Config {
         let flows = flows::validate(&raw.flows, &raw.tokens, errors);
         let provider_http = provider_http::validate(&raw.provider_http, errors);
         let callers = callers::validate(&raw, errors);
+        let user_assertions = callers::validate_assertions(&raw, &callers, errors);
         let server = server?;
         Some(Self {
             grpc_listen: server.grpc_listen,
@@ -139,6 +142,7 @@ impl Config {
             log_format: server.log_format,
             log_level: server.log_level,
             audit_file: raw.audit.file.as_ref().map(PathBuf::from),
+            user_assertions,
             flows: flows.flows,
             default_min_ttl: flows.default_min_ttl,
             max_min_ttl: flows.max_min_ttl,
@@ -161,6 +165,9 @@ impl Config {
         }
         if let Some(f) = &self.audit_file {
             s.push_str(&format!("\n[audit]\nfile = \"{}\"\n", f.display()));
+        }
+        if let Some(a) = &self.user_assertions {
+            callers::render_assertions(a, &mut s);
         }
         callers::render(&self.callers, &mut s);
         s

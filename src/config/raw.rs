@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub audit: RawAudit,
+    pub user_assertions: Option<RawUserAssertions>,
     #[serde(default)]
     pub flows: RawFlows,
     #[serde(default)]
@@ -71,6 +72,15 @@ pub struct RawLog {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawUserAssertions {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub claim: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// A JSON-lines file (append-only, 0600); absent: the log, target `valet::audit`.
     pub file: Option<String>,
@@ -111,6 +121,9 @@ pub struct RawCaller {
     /// user-wide grants only (admins: any).
     #[serde(default)]
     pub agents: Option<Vec<String>>,
+    /// Requests naming a user must carry a user assertion (`[user_assertions]`).
+    #[serde(default)]
+    pub require_user_assertion: bool,
 }
 
 /// Command-line flags that override everything else.

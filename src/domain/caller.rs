@@ -69,6 +69,25 @@ pub enum Credential {
     ApiKey,
 }
 
+/// A user assertion as presented (a JWT; secret: never printed).
+#[derive(Clone)]
+pub struct Presented(pub crate::secret::SecretString);
+
+impl std::fmt::Debug for Presented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Presented(<redacted>)")
+    }
+}
+
+impl PartialEq for Presented {
+    fn eq(&self, other: &Self) -> bool {
+        use crate::secret::ExposeSecret as _;
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+}
+
+impl Eq for Presented {}
+
 /// An authenticated caller, as the transport established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -77,6 +96,10 @@ pub struct Caller {
     pub role: Role,
     pub agents: AgentBinding,
     pub credential: Credential,
+    /// Requests naming a user must carry an assertion for that user.
+    pub requires_user_assertion: bool,
+    /// The user assertion sent with this request, if any.
+    pub user_assertion: Option<Presented>,
 }
 
 impl Caller {
@@ -87,6 +110,8 @@ impl Caller {
             role,
             agents: AgentBinding::Any,
             credential: Credential::ApiKey,
+            requires_user_assertion: false,
+            user_assertion: None,
         }
     }
 

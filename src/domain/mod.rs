@@ -9,7 +9,7 @@ mod provider;
 mod reference;
 mod scopes;
 
-pub use caller::{AgentBinding, Caller, Credential, Role};
+pub use caller::{AgentBinding, Caller, Credential, Presented, Role};
 pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
 pub use kind::{

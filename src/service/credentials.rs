@@ -96,6 +96,8 @@ pub struct Parts {
     pub pending: Arc<PendingFlows>,
     pub limits: Limits,
     pub audit: Arc<crate::audit::Audit>,
+    /// Verifies user assertions, when callers are configured to need them.
+    pub assertions: Option<Arc<crate::assertion::UserAssertions>>,
 }
 
 #[derive(Debug)]
@@ -108,6 +110,7 @@ pub struct Credentials {
     clock: Arc<dyn Clock>,
     limits: Limits,
     audit: Arc<crate::audit::Audit>,
+    assertions: Option<Arc<crate::assertion::UserAssertions>>,
 }
 
 impl Credentials {
@@ -129,6 +132,32 @@ impl Credentials {
             providers: p.providers,
             limits: p.limits,
             audit: p.audit,
+            assertions: p.assertions,
+        }
+    }
+
+    /// For a caller that must prove its user: the request's user assertion is valid and names
+    /// `user`.
+    async fn check_user(&self, caller: &Caller, user: &UserId) -> Result<(), Error> {
+        if !caller.requires_user_assertion {
+            return Ok(());
+        }
+        let Some(presented) = &caller.user_assertion else {
+            return Err(Error::PermissionDenied(
+                "this caller must prove the user: send a user assertion in the x-valet-user-assertion metadata",
+            ));
+        };
+        let Some(assertions) = &self.assertions else {
+            return Err(Error::internal(
+                "user assertions are required but not configured",
+            ));
+        };
+        match assertions.user_of(&presented.0).await {
+            Ok(u) if u == user.as_str() => Ok(()),
+            Ok(_) => Err(Error::PermissionDenied(
+                "the user assertion is for another user than user_id",
+            )),
+            Err(crate::assertion::Refused(why)) => Err(Error::PermissionDenied(why)),
         }
     }
 
@@ -160,6 +189,9 @@ impl Credentials {
     /// client-credentials providers, a token for the client itself.
     pub async fn authenticate(&self, caller: &Caller, req: AuthRequest) -> Result<Outcome, Error> {
         let min_ttl = self.min_ttl(req.min_ttl)?;
+        if let Some(user) = &req.user {
+            self.check_user(caller, user).await?;
+        }
         let provider = self.providers.get(&req.provider)?;
         if req.handout == Handout::Token && provider.handout_policy == HandoutPolicy::ReferenceOnly
         {
@@ -219,6 +251,7 @@ impl Credentials {
         value: &SecretString,
     ) -> Result<(), Error> {
         policy::authorize(caller, Action::PutCredential(key))?;
+        self.check_user(caller, &key.user).await?;
         let provider = self.providers.get(&key.provider)?;
         let Acquisition::Stored(c) = kind::acquisition(&provider.kind) else {
             return Err(Error::invalid(
@@ -653,6 +686,7 @@ impl Credentials {
         key: &GrantKey,
     ) -> Result<(bool, ProviderRevocation), Error> {
         policy::authorize(caller, Action::RevokeGrant(key))?;
+        self.check_user(caller, &key.user).await?;
         let provider = self.providers.get(&key.provider)?;
         let (refresh, access) = self.broker.tokens_of(key).await?;
         let at_provider = kind::revoke_at_provider(
@@ -682,6 +716,9 @@ impl Credentials {
         user: Option<&UserId>,
     ) -> Result<Vec<GrantInfo>, Error> {
         policy::authorize(caller, Action::ListGrants { user })?;
+        if let Some(user) = user {
+            self.check_user(caller, user).await?;
+        }
         let mut grants = self.broker.list(provider, user).await?;
         grants.retain(|g| policy::may_see(caller, &g.key));
         for g in &mut grants {

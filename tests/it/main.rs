@@ -22,4 +22,5 @@ mod service_accounts;
 mod static_credentials;
 mod support;
 mod token_exchange;
+mod user_assertions;
 mod vault;

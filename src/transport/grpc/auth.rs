@@ -2,7 +2,11 @@
 //! SHA-256 hashes in constant time. The interceptor attaches a `Caller` to the request; mTLS and
 //! agent-id binding can attach the same type later without touching the services.
 
-use crate::domain::{AgentBinding, Caller, Role};
+use crate::domain::{AgentBinding, Caller, Presented, Role};
+use crate::secret::SecretString;
+
+/// The gRPC metadata carrying a user assertion (a JWT from the operator's identity provider).
+pub const USER_ASSERTION: &str = "x-valet-user-assertion";
 use crate::secret::sha256;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -15,6 +19,7 @@ pub struct CallerKey {
     pub role: Role,
     pub key_sha256: [u8; 32],
     pub agents: AgentBinding,
+    pub require_user_assertion: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -34,7 +39,10 @@ impl CallerAuth {
         let mut found = None;
         for k in self.keys.iter() {
             if bool::from(k.key_sha256.ct_eq(&hash)) {
-                found = Some(Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone()));
+                let mut caller =
+                    Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone());
+                caller.requires_user_assertion = k.require_user_assertion;
+                found = Some(caller);
             }
         }
         found
@@ -53,9 +61,14 @@ impl tonic::service::Interceptor for CallerAuth {
             .ok_or_else(|| {
                 Status::unauthenticated("malformed authorization metadata: expected `Bearer <key>`")
             })?;
-        let caller = self
+        let mut caller = self
             .identify(key.trim())
             .ok_or_else(|| Status::unauthenticated("unknown API key"))?;
+        caller.user_assertion = req
+            .metadata()
+            .get(USER_ASSERTION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| Presented(SecretString::from(v.trim().to_owned())));
         req.extensions_mut().insert(caller);
         Ok(req)
     }
@@ -72,6 +85,7 @@ mod tests {
             role: Role::Admin,
             key_sha256: sha256(b"k1"),
             agents: AgentBinding::Any,
+            require_user_assertion: false,
         }]);
         assert_eq!(auth.identify("k1").unwrap().name, "ops");
         assert!(auth.identify("k2").is_none());

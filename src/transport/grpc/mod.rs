@@ -7,7 +7,7 @@ mod credentials;
 mod providers;
 mod status;
 
-pub use auth::{CallerAuth, CallerKey};
+pub use auth::{CallerAuth, CallerKey, USER_ASSERTION};
 pub use credentials::CredentialsApi;
 pub use providers::ProvidersApi;
 pub use status::to_status;
