@@ -80,10 +80,16 @@ impl Config {
                     // The message and line only: toml's own rendering quotes the source line,
                     // which may hold a token.
                     Err(e) => {
-                        let line = e
-                            .span()
-                            .map(|sp| text[..sp.start.min(text.len())].lines().count().max(1));
-                        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                        let start = e.span().map(|sp| sp.start.min(text.len()));
+                        let at = start
+                            .map(|s| {
+                                let line = text[..s].lines().count().max(1);
+                                match setting_at(&text, s) {
+                                    Some(k) => format!(" (line {line}, {k})"),
+                                    None => format!(" (line {line})"),
+                                }
+                            })
+                            .unwrap_or_default();
                         return Err(ConfigError(vec![format!("{p}{at}: {}", e.message())]));
                     }
                 },
@@ -172,6 +178,33 @@ impl Config {
         callers::render(&self.callers, &mut s);
         s
     }
+}
+
+/// The setting (`section.key`) on the line holding byte `offset`, when it is a plain `key = …`
+/// line: names only, never the value (it may be a secret).
+fn setting_at(text: &str, offset: usize) -> Option<String> {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    };
+    if !bare(key) {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim())
+        .filter(|s| bare(s));
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_owned(),
+    })
 }
 
 /// A numeric setting: its name in the file, its default, and the values it may take.
@@ -516,5 +549,31 @@ timeout_seconds = 15
         let out = c.render();
         assert!(out.contains("(redacted)"));
         assert!(!out.contains(&"0".repeat(64)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any file content loads or is refused with every problem listed; nothing panics.
+        #[test]
+        fn the_config_loader_never_panics(text in "[ -~\n]{0,300}") {
+            if let Err(e) = load(&text, &[], Overrides::default()) {
+                proptest::prop_assert!(!e.0.is_empty());
+            }
+        }
+
+        /// A numeric setting loads to its value, or is refused naming the setting.
+        #[test]
+        fn flow_settings_load_or_name_themselves(ttl in proptest::prelude::any::<i64>()) {
+            let text = format!("dev = true\n[flows]\nttl_seconds = {ttl}\n");
+            match load(&text, &[], Overrides::default()) {
+                Ok(c) => proptest::prop_assert_eq!(c.flows.ttl.as_secs() as i64, ttl),
+                Err(e) => proptest::prop_assert!(
+                    e.0.iter().any(|m| m.contains("ttl_seconds")),
+                    "{:?}",
+                    e.0
+                ),
+            }
+        }
     }
 }

@@ -151,4 +151,42 @@ mod tests {
     fn escapes_html() {
         assert_eq!(escape("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
     }
+
+    proptest::proptest! {
+        /// Whatever a browser (or attacker) puts in the query, parsing answers and never panics.
+        #[test]
+        fn the_callback_parser_never_panics(raw in proptest::prelude::any::<String>()) {
+            let _ = parse_query(Some(&raw));
+        }
+
+        /// Encoded parameters come back exactly; a repeated one is refused.
+        #[test]
+        fn callback_parameters_round_trip(
+            state in "[ -~]{0,64}",
+            code in "[ -~]{0,64}",
+            iss in proptest::option::of("[ -~]{0,64}"),
+            repeat in proptest::prelude::any::<bool>(),
+        ) {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("state", &state).append_pair("code", &code);
+            if let Some(i) = &iss {
+                q.append_pair("iss", i);
+            }
+            if repeat {
+                q.append_pair("state", "again");
+            }
+            let parsed = parse_query(Some(&q.finish()));
+            if repeat {
+                proptest::prop_assert!(parsed.is_err());
+            } else {
+                let p = parsed.unwrap();
+                proptest::prop_assert_eq!(p.state.as_deref(), Some(state.as_str()));
+                proptest::prop_assert_eq!(
+                    p.code.as_ref().map(crate::secret::ExposeSecret::expose_secret),
+                    Some(code.as_str())
+                );
+                proptest::prop_assert_eq!(p.iss, iss);
+            }
+        }
+    }
 }
