@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".valet.v1.Credential",
             ".valet.v1.PutCredentialRequest",
             ".valet.v1.AuthenticateRequest",
+            ".valet.v1.CompleteAuthorizationRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

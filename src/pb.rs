@@ -60,6 +60,7 @@ impl fmt::Debug for Provider {
             .field("consent_flow", &self.consent_flow)
             .field("device_authorization_url", &self.device_authorization_url)
             .field("token_exchange", &self.token_exchange)
+            .field("consent_return_url", &self.consent_return_url)
             .finish()
     }
 }
@@ -79,6 +80,15 @@ impl fmt::Debug for AuthenticateRequest {
             .field("resource", &self.resource)
             .field("subject_token", &redacted(&self.subject_token))
             .field("subject_token_type", &self.subject_token_type)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CompleteAuthorizationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompleteAuthorizationRequest")
+            .field("session", &redacted(&self.session))
+            .field("user_id", &self.user_id)
             .finish()
     }
 }

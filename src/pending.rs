@@ -76,6 +76,11 @@ pub enum FlowFailure {
         "the consent was given by another account than the one this grant belongs to; nothing was stored (revoke the grant first to connect another account)"
     )]
     AccountMismatch,
+    /// Consent binding: the operator's app vouched for another user than the flow's.
+    #[error(
+        "the consent was completed by another user than the one the flow was started for; nothing was stored"
+    )]
+    UserMismatch,
 }
 
 impl FlowFailure {
@@ -90,6 +95,7 @@ impl FlowFailure {
             Self::IdTokenRejected(_) => "ID_TOKEN_REJECTED",
             Self::ExchangeFailed(_) => "EXCHANGE_FAILED",
             Self::AccountMismatch => "ACCOUNT_MISMATCH",
+            Self::UserMismatch => "USER_MISMATCH",
         }
     }
 }

@@ -106,6 +106,12 @@ pub(super) fn print_provider(p: &pb::Provider) {
     for (k, v) in &p.extra_auth_params {
         println!("param:             {k}={v}");
     }
+    if !p.consent_return_url.is_empty() {
+        println!(
+            "consent_return_url: {}  (grants are stored after CompleteAuthorization)",
+            p.consent_return_url
+        );
+    }
     if p.consent_flow == pb::ConsentFlow::Device as i32 {
         println!("consent_flow:      device ({})", p.device_authorization_url);
     } else if !p.redirect_uri.is_empty() {

@@ -122,6 +122,10 @@ pub struct ProviderArgs {
     /// user's grant token (oauth2, oidc) or an agent's token (client_credentials).
     #[arg(long)]
     pub token_exchange: Option<bool>,
+    /// oauth2 and oidc: consent binding. After consent the browser goes to this URL (your app)
+    /// with a one-time `session`; your app calls CompleteAuthorization(session, user_id).
+    #[arg(long)]
+    pub consent_return_url: Option<String>,
     /// oauth2 and oidc: how users consent (device: RFC 8628 user codes, no browser callback).
     #[arg(long)]
     pub consent_flow: Option<Flow>,
@@ -342,6 +346,7 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
         } as i32;
     }
     set(&mut p.device_authorization_url, a.device_authorization_url);
+    set(&mut p.consent_return_url, a.consent_return_url);
     if let Some(on) = a.token_exchange {
         p.token_exchange = on;
     }

@@ -137,6 +137,9 @@ pub struct AuthCode {
     /// The issuer advertises RFC 9207 `iss` in authorization responses, so a callback without
     /// one is refused (RFC 9207 section 2.4).
     pub iss_required: bool,
+    /// Consent binding: where the browser goes after consent, with a one-time session, for the
+    /// operator's app to confirm the user (`CompleteAuthorization`) before the grant is stored.
+    pub consent_return_url: Option<Url>,
 }
 
 /// How a user's consent is collected.

@@ -67,6 +67,8 @@ pub struct ProviderDraft {
     pub subject_from_user: bool,
     /// The token endpoint does token exchange (RFC 8693).
     pub token_exchange: bool,
+    /// oauth2 and oidc: consent binding's return URL (the operator's app).
+    pub consent_return_url: String,
     /// oauth2 and oidc: browser (default) or device (RFC 8628).
     pub consent_flow: super::ConsentFlow,
     /// RFC 8628 device authorization endpoint; oidc discovers it.

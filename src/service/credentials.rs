@@ -54,6 +54,15 @@ pub struct AuthRequest {
     pub subject_token: Option<SubjectToken>,
 }
 
+/// How a callback ended.
+#[derive(Debug)]
+pub enum CallbackDone {
+    /// The grant is stored; these scopes were not granted.
+    Stored(Scopes),
+    /// Consent binding: send the browser here (the operator's app, with the one-time session).
+    Bind(url::Url),
+}
+
 /// A token to exchange (RFC 8693 section 2.1): the token and its type URI.
 pub struct SubjectToken {
     pub token: SecretString,
@@ -111,10 +120,12 @@ pub struct Credentials {
     limits: Limits,
     audit: Arc<crate::audit::Audit>,
     assertions: Option<Arc<crate::assertion::UserAssertions>>,
+    bindings: super::binding::Bindings,
 }
 
 impl Credentials {
     pub fn new(p: Parts) -> Self {
+        let max_parked = p.pending.limits().max_total;
         Self {
             broker: Arc::new(TokenBroker::new(
                 GrantRepo::new(p.store.clone()),
@@ -133,6 +144,7 @@ impl Credentials {
             limits: p.limits,
             audit: p.audit,
             assertions: p.assertions,
+            bindings: super::binding::Bindings::new(max_parked),
         }
     }
 
@@ -560,16 +572,50 @@ impl Credentials {
         }
     }
 
-    /// Finishes the flow the callback's `state` names; returns the scopes the user did not
-    /// grant. Errors are safe to show on the page.
+    /// Finishes the flow the callback's `state` names: stores the grant and returns the scopes
+    /// the user did not grant, or with consent binding parks it and names the operator's return
+    /// URL. Errors are safe to show on the page.
     pub async fn complete_callback(
         &self,
         provider_id: &str,
         params: CallbackParams,
-    ) -> Result<Scopes, Error> {
+    ) -> Result<CallbackDone, Error> {
         let provider_id = ProviderId::parse(provider_id)?;
         let taken = self.flows.take(&provider_id, &params)?;
-        let result = self.finish(&provider_id, &taken.flow, &params).await;
+        let provider = self.providers.get(&provider_id).ok();
+        let exchanged = match &provider {
+            Some(p) => self.exchange(p, &taken.flow, &params).await,
+            None => Err(FlowFailure::ProviderError(
+                "the provider was deleted".into(),
+            )),
+        };
+        let consented = match exchanged {
+            Ok(c) => c,
+            Err(f) => {
+                super::flows::report(&self.audit, &taken, &Err(f.clone()));
+                return Err(Error::Flow(f));
+            }
+        };
+        let return_url = provider
+            .as_ref()
+            .and_then(|p| p.kind.auth_code())
+            .and_then(|c| c.consent_return_url.clone());
+        if let Some(mut url) = return_url {
+            let deadline = tokio::time::Instant::now() + self.flows.pending().limits().ttl;
+            return match self.bindings.park(taken, consented, deadline) {
+                Ok(session) => {
+                    url.query_pairs_mut().append_pair("session", &session);
+                    Ok(CallbackDone::Bind(url))
+                }
+                Err(failed) => {
+                    let (taken, e) = *failed;
+                    let f = FlowFailure::ExchangeFailed(e.to_string());
+                    super::flows::report(&self.audit, &taken, &Err(f));
+                    Err(e)
+                }
+            };
+        }
+        let result = self.store_consent(&provider_id, consented).await;
         super::flows::report(
             &self.audit,
             &taken,
@@ -578,27 +624,65 @@ impl Credentials {
                 .map(|(key, _)| key.clone())
                 .map_err(Clone::clone),
         );
-        result.map(|(_, declined)| declined).map_err(Error::Flow)
+        result
+            .map(|(_, declined)| CallbackDone::Stored(declined))
+            .map_err(Error::Flow)
     }
 
-    async fn finish(
+    /// Consent binding: stores the parked consent `session` names if `user` is its flow's user.
+    pub async fn complete_authorization(
         &self,
-        provider_id: &ProviderId,
+        caller: &Caller,
+        session: &str,
+        user: &UserId,
+    ) -> Result<ProviderId, Error> {
+        policy::authorize(caller, Action::BindConsent)?;
+        self.check_user(caller, user).await?;
+        let parked = self.bindings.take(session).ok_or(Error::NotFound {
+            what: "authorization session (unknown, already used, or expired)",
+        })?;
+        let super::binding::Parked {
+            taken,
+            consented,
+            deadline,
+        } = parked;
+        let provider = taken.flow.provider.clone();
+        let result = if tokio::time::Instant::now() >= deadline {
+            Err(FlowFailure::Expired)
+        } else if &consented.key.user != user {
+            tracing::warn!(%provider, "consent binding refused: another user vouched for");
+            Err(FlowFailure::UserMismatch)
+        } else {
+            self.store_consent(&provider, consented)
+                .await
+                .map(|(key, _)| key)
+        };
+        super::flows::report(&self.audit, &taken, &result);
+        result.map(|_| provider).map_err(Error::Flow)
+    }
+
+    /// Exchanges the callback's code and verifies what came back.
+    async fn exchange(
+        &self,
+        provider: &ProviderConfig,
         flow: &crate::pending::PendingFlow,
         params: &CallbackParams,
-    ) -> Result<(GrantKey, Scopes), FlowFailure> {
-        let provider = self
-            .providers
-            .get(provider_id)
-            .map_err(|_| FlowFailure::ProviderError("the provider was deleted".into()))?;
-        let (tokens, subject) = self.flows.exchange(&provider, flow, params).await?;
-        let key = flow.grant_key();
-        let consented = Consented {
-            key: key.clone(),
+    ) -> Result<Consented, FlowFailure> {
+        let (tokens, subject) = self.flows.exchange(provider, flow, params).await?;
+        Ok(Consented {
+            key: flow.grant_key(),
             tokens,
             subject,
             requested: flow.scopes.clone(),
-        };
+        })
+    }
+
+    async fn store_consent(
+        &self,
+        provider_id: &ProviderId,
+        consented: Consented,
+    ) -> Result<(GrantKey, Scopes), FlowFailure> {
+        let key = consented.key.clone();
         let declined = self
             .broker
             .accept_consent(consented)

@@ -4,6 +4,7 @@
 //! credential `kind` seam dispatches on a provider's kind; `providers` administers them. `Error`
 //! is the one transport-agnostic error and its one classification.
 
+mod binding;
 mod broker;
 mod cache;
 mod credentials;
@@ -17,7 +18,9 @@ mod references;
 mod refresher;
 
 pub use broker::{AccessToken, GrantInfo};
-pub use credentials::{AuthRequest, Credentials, Limits, Outcome, Parts, SubjectToken};
+pub use credentials::{
+    AuthRequest, CallbackDone, Credentials, Limits, Outcome, Parts, SubjectToken,
+};
 pub use error::{Class, Error, Reason};
 pub use kind::{CallbackParams, ProviderRevocation};
 pub use providers::ProviderRegistry;

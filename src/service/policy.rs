@@ -26,6 +26,8 @@ pub enum Action<'a> {
     ResolveReference { owner: &'a str },
     /// Revoke a reference issued to `owner`.
     RevokeReference { owner: &'a str },
+    /// Complete a bound consent (the session proves knowledge of it; any caller).
+    BindConsent,
     /// Wait on a flow started by `owner`.
     WatchFlow { owner: &'a str },
 }

@@ -99,6 +99,7 @@ fn provider() -> ProviderConfig {
             consent_flow: Default::default(),
             device_authorization_url: None,
             iss_required: false,
+            consent_return_url: None,
             scope_separator: crate::domain::Separator::Space,
         }),
         profile: None,

@@ -102,6 +102,8 @@ struct ProviderRecord {
     device_authorization_url: Option<Url>,
     #[serde(default)]
     iss_required: bool,
+    #[serde(default)]
+    consent_return_url: Option<Url>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -166,6 +168,7 @@ impl From<&ProviderConfig> for ProviderRecord {
             consent_flow: code.map(|c| c.consent_flow).unwrap_or_default(),
             device_authorization_url: code.and_then(|c| c.device_authorization_url.clone()),
             iss_required: code.is_some_and(|c| c.iss_required),
+            consent_return_url: code.and_then(|c| c.consent_return_url.clone()),
             private_key: key.map(|k| k.pem().clone()),
             key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
             assertion,
@@ -206,6 +209,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
                 consent_flow: r.consent_flow,
                 device_authorization_url: r.device_authorization_url.clone(),
                 iss_required: r.iss_required,
+                consent_return_url: r.consent_return_url.clone(),
             })
         };
         let kind = match r.kind {

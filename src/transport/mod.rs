@@ -25,6 +25,7 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::ReauthorizationRequired => pb::ErrorReason::ReauthorizationRequired,
         Reason::CredentialMissing => pb::ErrorReason::CredentialMissing,
         Reason::AccountMismatch => pb::ErrorReason::AccountMismatch,
+        Reason::UserMismatch => pb::ErrorReason::UserMismatch,
         Reason::ProviderRejected => pb::ErrorReason::ProviderRejected,
         Reason::ProviderUnavailable => pb::ErrorReason::ProviderUnavailable,
         Reason::StoreUnavailable => pb::ErrorReason::StoreUnavailable,

@@ -379,3 +379,112 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
         "{bad:?}"
     );
 }
+
+fn bound_provider(f: &Fixture, return_url: &str) -> pb::Provider {
+    pb::Provider {
+        provider_id: "idp".into(),
+        kind: pb::ProviderKind::Oidc as i32,
+        client_id: "basic-client".into(),
+        client_secret: crate::support::idp::secret_of("basic-client"),
+        issuer: f.idp.issuer.clone(),
+        default_scopes: vec!["openid".into()],
+        consent_return_url: return_url.into(),
+        ..Default::default()
+    }
+}
+
+/// Consents as `login` and returns the session the callback hands to the operator's app.
+async fn bound_consent(f: &Fixture, p: &pb::Pending, login: &str, return_url: &str) -> String {
+    let cb = f.browser.authorize(&p.auth_url, login, true).await;
+    let (status, headers, _) = f.browser.visit(&cb).await;
+    assert_eq!(status, 303);
+    let to = headers["location"].to_str().unwrap();
+    assert!(to.starts_with(&format!("{return_url}&session=")), "{to}");
+    url::Url::parse(to)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "session")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+#[tokio::test]
+async fn a_bound_consent_is_stored_only_for_the_user_the_operators_app_vouches_for() {
+    let f = fixture().await;
+    let return_url = "http://127.0.0.1:9/app/return?tenant=acme";
+    f.create(bound_provider(&f, return_url)).await;
+    let mut app = f.valet.credentials(OTHER_AGENT_KEY).await;
+    let complete = |session: &str, user: &str| pb::CompleteAuthorizationRequest {
+        session: session.into(),
+        user_id: user.into(),
+    };
+
+    // mallory's app session vouches for bob, but the flow was alice's: nothing is stored.
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let session = bound_consent(&f, &p, "alice", return_url).await;
+    assert!(
+        f.grants("alice").await.is_empty(),
+        "not stored before the app vouches"
+    );
+    let s = expect_err(
+        app.complete_authorization(complete(&session, "bob")).await,
+        Code::FailedPrecondition,
+        "USER_MISMATCH",
+    );
+    assert!(s.message().contains("another user"), "{s:?}");
+    expect_err(
+        app.complete_authorization(complete(&session, "alice"))
+            .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    let s = expect_err(
+        f.wait(&p.auth_id).await,
+        Code::FailedPrecondition,
+        "USER_MISMATCH",
+    );
+    assert!(s.message().contains("nothing was stored"), "{s:?}");
+    assert!(f.grants("alice").await.is_empty());
+
+    // The right user: stored, and the agent's wait completes with the token.
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let session = bound_consent(&f, &p, "alice", return_url).await;
+    let done = app
+        .complete_authorization(complete(&session, "alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.provider_id, "idp");
+    let t = token(f.wait(&p.auth_id).await.unwrap().into_inner());
+    assert_eq!(f.grants("alice").await.len(), 1);
+    assert!(!f.valet.logs().contains(&session) && !f.valet.logs().contains(&t.access_token));
+
+    // Return URLs come from config only and must be plain https (or loopback) URLs.
+    let mut providers = f.valet.providers_as(ADMIN_KEY).await;
+    for bad in [
+        "javascript:alert(1)",
+        "https://app.example/return#frag",
+        "https://user:pw@app.example/",
+        "http://app.example/return",
+    ] {
+        let p = pb::Provider {
+            provider_id: "idp2".into(),
+            ..bound_provider(&f, bad)
+        };
+        let s = expect_err(
+            providers
+                .create_provider(pb::CreateProviderRequest { provider: Some(p) })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert!(s.message().contains("consent_return_url"), "{bad}: {s:?}");
+    }
+}

@@ -53,6 +53,12 @@ pub(crate) struct KindContext<'a> {
 /// Validates the kind-specific part of a draft into its typed configuration.
 pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<KindConfig, Error> {
     let consents = matches!(d.kind, Some(ProviderKind::OAuth2 | ProviderKind::Oidc));
+    if !consents && !d.consent_return_url.is_empty() {
+        return Err(Error::invalid(
+            "consent_return_url",
+            "consent binding applies to oauth2 and oidc providers, whose users consent",
+        ));
+    }
     if !consents
         && (d.consent_flow != crate::domain::ConsentFlow::Browser
             || !d.device_authorization_url.is_empty())

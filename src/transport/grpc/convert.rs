@@ -264,6 +264,11 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         ConsentFlow::Browser => pb::ConsentFlow::Browser,
         ConsentFlow::Device => pb::ConsentFlow::Device,
     } as i32;
+    wire.consent_return_url = c
+        .consent_return_url
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     wire.device_authorization_url = c
         .device_authorization_url
         .as_ref()
@@ -351,6 +356,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         },
         device_authorization_url: p.device_authorization_url,
         token_exchange: p.token_exchange,
+        consent_return_url: p.consent_return_url,
         ..ProviderDraft::default()
     })
 }

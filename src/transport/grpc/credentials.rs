@@ -176,6 +176,31 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         Ok(Response::new(pb::ListGrantsResponse { grants }))
     }
 
+    async fn complete_authorization(
+        &self,
+        req: Request<pb::CompleteAuthorizationRequest>,
+    ) -> Result<Response<pb::CompleteAuthorizationResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.get_ref();
+        let subject = subject("", &r.user_id, "");
+        let provider = rpc(
+            self.audit(),
+            "CompleteAuthorization",
+            &caller,
+            subject,
+            async {
+                let user = crate::domain::UserId::parse(&r.user_id)?;
+                self.credentials
+                    .complete_authorization(&caller, &r.session, &user)
+                    .await
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::CompleteAuthorizationResponse {
+            provider_id: provider.to_string(),
+        }))
+    }
+
     async fn put_credential(
         &self,
         req: Request<pb::PutCredentialRequest>,

@@ -39,6 +39,7 @@ impl<T> Labelled for Vec<T> {}
 impl<A, B> Labelled for (crate::service::AccessToken, A, B) {}
 impl<A> Labelled for (crate::service::AccessToken, A) {}
 impl Labelled for crate::domain::ProviderConfig {}
+impl Labelled for crate::domain::ProviderId {}
 impl<T> Labelled for std::sync::Arc<T> {}
 
 impl Labelled for crate::service::Outcome {

@@ -3,7 +3,7 @@
 
 use super::{HttpState, http_status};
 use crate::secret::SecretString;
-use crate::service::CallbackParams;
+use crate::service::{CallbackDone, CallbackParams};
 use crate::transport::{reason_name, report};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -64,12 +64,13 @@ pub(super) async fn callback(
             .map_or_else(|e| reason_name(e.reason()), |_| "OK"),
     );
     match result {
-        Ok(declined) if declined.is_empty() => page(
+        Ok(CallbackDone::Bind(to)) => bind_redirect(&to),
+        Ok(CallbackDone::Stored(declined)) if declined.is_empty() => page(
             StatusCode::OK,
             "Authorization complete",
             "Valet has the credential. You can close this window and return to your agent.",
         ),
-        Ok(declined) => page(
+        Ok(CallbackDone::Stored(declined)) => page(
             StatusCode::OK,
             "Authorization complete, with fewer permissions",
             &format!(
@@ -101,6 +102,27 @@ fn escape(s: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+/// Consent binding: 303 to the operator's configured return URL (never a URL from the request),
+/// carrying the one-time session; nothing cached, no referrer leaked.
+fn bind_redirect(to: &url::Url) -> Response {
+    let Ok(location) = HeaderValue::from_str(to.as_str()) else {
+        return page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Authorization failed",
+            "The return URL is not a valid header value.",
+        );
+    };
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 pub(super) fn page(status: StatusCode, title: &str, message: &str) -> Response {
