@@ -157,6 +157,7 @@ impl App {
                 key_sha256: c.key_sha256,
                 agents: c.agents.clone(),
                 require_user_assertion: c.require_user_assertion,
+                rate_limit: c.rate_limit,
             })
             .collect();
         keys.extend(admin_key::admin_key(config)?);

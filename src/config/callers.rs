@@ -13,7 +13,12 @@ pub struct CallerConfig {
     pub key_sha256: [u8; 32],
     pub agents: AgentBinding,
     pub require_user_assertion: bool,
+    /// Requests per second (bursts of twice that); 0: unlimited.
+    pub rate_limit: u32,
 }
+
+/// The default per-caller rate: far above any agent's need, low enough to blunt a runaway loop.
+const DEFAULT_RATE_LIMIT: u32 = 200;
 
 /// Names Valet gives its own identities (the admin key of `--admin-key-file` and dev mode).
 const RESERVED_NAMES: &[&str] = &["admin"];
@@ -70,6 +75,7 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             key_sha256: hash,
             agents,
             require_user_assertion: c.require_user_assertion,
+            rate_limit: c.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
         });
     }
     if callers.is_empty() && !raw.dev.unwrap_or(false) && raw.admin_key_file.is_none() {
@@ -97,6 +103,9 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
         );
         if c.require_user_assertion {
             let _ = writeln!(s, "require_user_assertion = true");
+        }
+        if c.rate_limit != DEFAULT_RATE_LIMIT {
+            let _ = writeln!(s, "rate_limit = {}", c.rate_limit);
         }
     }
 }

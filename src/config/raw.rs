@@ -124,6 +124,8 @@ pub struct RawCaller {
     /// Requests naming a user must carry a user assertion (`[user_assertions]`).
     #[serde(default)]
     pub require_user_assertion: bool,
+    /// Requests per second this caller may make (bursts of twice that); 0: unlimited.
+    pub rate_limit: Option<u32>,
 }
 
 /// Command-line flags that override everything else.

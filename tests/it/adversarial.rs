@@ -488,3 +488,35 @@ async fn a_bound_consent_is_stored_only_for_the_user_the_operators_app_vouches_f
         assert!(s.message().contains("consent_return_url"), "{bad}: {s:?}");
     }
 }
+
+#[tokio::test]
+async fn a_caller_beyond_its_rate_limit_is_refused_and_others_are_not() {
+    const LIMITED_KEY: &str = "test-limited-agent-key-canary-6";
+    let hash = hex::encode(valet::secret::sha256(LIMITED_KEY.as_bytes()));
+    let f = Fixture::with(ValetOptions {
+        extra_toml: format!(
+            "[[callers]]\nname = \"limited\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nrate_limit = 3\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let list = || pb::ListGrantsRequest {
+        user_id: "alice".into(),
+        ..Default::default()
+    };
+    let mut limited = f.valet.credentials(LIMITED_KEY).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..12 {
+        outcomes.push(limited.list_grants(list()).await);
+    }
+    let ok = outcomes.iter().filter(|r| r.is_ok()).count();
+    assert!((6..=7).contains(&ok), "a burst of twice the rate: {ok}");
+    let refused = outcomes.into_iter().find(|r| r.is_err()).unwrap();
+    let s = expect_err(refused, Code::ResourceExhausted, "RESOURCE_EXHAUSTED");
+    assert!(s.message().contains("rate limit"), "{s:?}");
+    // Other callers are unaffected, and the limited one recovers.
+    let mut other = f.valet.credentials(AGENT_KEY).await;
+    assert!(other.list_grants(list()).await.is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(limited.list_grants(list()).await.is_ok());
+}

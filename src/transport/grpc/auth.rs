@@ -20,21 +20,60 @@ pub struct CallerKey {
     pub key_sha256: [u8; 32],
     pub agents: AgentBinding,
     pub require_user_assertion: bool,
+    /// Requests per second (bursts of twice that); 0: unlimited.
+    pub rate_limit: u32,
+}
+
+/// A token bucket per caller.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
 pub struct CallerAuth {
     keys: Arc<[CallerKey]>,
+    buckets: Arc<std::sync::Mutex<std::collections::HashMap<String, Bucket>>>,
 }
 
 impl CallerAuth {
     pub fn new(keys: Vec<CallerKey>) -> Self {
-        Self { keys: keys.into() }
+        Self {
+            keys: keys.into(),
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Takes one request from `name`'s bucket (`rate` per second, bursts of `2 × rate`).
+    fn admit(&self, name: &str, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let (rate, burst) = (f64::from(rate), 2.0 * f64::from(rate));
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = buckets.entry(name.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// The caller whose key hashes to the presented key's hash. Every configured key is compared,
     /// so the time taken does not depend on which one matched.
     pub fn identify(&self, presented: &str) -> Option<Caller> {
+        self.identify_with_rate(presented).map(|(c, _)| c)
+    }
+
+    fn identify_with_rate(&self, presented: &str) -> Option<(Caller, u32)> {
         let hash = sha256(presented.as_bytes());
         let mut found = None;
         for k in self.keys.iter() {
@@ -42,7 +81,7 @@ impl CallerAuth {
                 let mut caller =
                     Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone());
                 caller.requires_user_assertion = k.require_user_assertion;
-                found = Some(caller);
+                found = Some((caller, k.rate_limit));
             }
         }
         found
@@ -61,9 +100,16 @@ impl tonic::service::Interceptor for CallerAuth {
             .ok_or_else(|| {
                 Status::unauthenticated("malformed authorization metadata: expected `Bearer <key>`")
             })?;
-        let mut caller = self
-            .identify(key.trim())
+        let (mut caller, rate) = self
+            .identify_with_rate(key.trim())
             .ok_or_else(|| Status::unauthenticated("unknown API key"))?;
+        if !self.admit(&caller.name, rate) {
+            return Err(super::to_status(&crate::service::Error::Exhausted(
+                format!(
+                    "this caller's rate limit ({rate} requests per second) is exceeded; retry shortly"
+                ),
+            )));
+        }
         caller.user_assertion = req
             .metadata()
             .get(USER_ASSERTION)
@@ -86,9 +132,21 @@ mod tests {
             key_sha256: sha256(b"k1"),
             agents: AgentBinding::Any,
             require_user_assertion: false,
+            rate_limit: 2,
         }]);
         assert_eq!(auth.identify("k1").unwrap().name, "ops");
         assert!(auth.identify("k2").is_none());
         assert!(auth.identify("").is_none());
+    }
+
+    #[test]
+    fn a_caller_beyond_its_rate_is_refused_until_its_bucket_refills() {
+        let auth = CallerAuth::new(Vec::new());
+        let admitted = (0..10).filter(|_| auth.admit("ops", 2)).count();
+        assert_eq!(admitted, 4, "a burst of twice the rate");
+        assert!(auth.admit("other", 2), "buckets are per caller");
+        assert!(auth.admit("anyone", 0), "0 is unlimited");
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(auth.admit("ops", 2), "refilled");
     }
 }

@@ -74,18 +74,22 @@ ttl_seconds = {ttl}
 name = "ops"
 role = "admin"
 key_sha256 = "{admin}"
+# Tests and benchmarks measure the daemon, not the per-caller limiter.
+rate_limit = 0
 
 [[callers]]
 name = "agent-a"
 role = "agent"
 key_sha256 = "{agent}"
 agents = ["planner", "writer", "research-*"]
+rate_limit = 0
 
 [[callers]]
 name = "agent-b"
 role = "agent"
 key_sha256 = "{other}"
 agents = ["reviewer"]
+rate_limit = 0
 
 {extra}
 "#,
