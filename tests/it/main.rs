@@ -12,6 +12,7 @@ mod cli;
 mod client_credentials;
 mod device_flow;
 mod flow;
+mod id_tokens;
 mod lifecycle;
 mod private_key_jwt;
 mod providers;

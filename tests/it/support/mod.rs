@@ -5,6 +5,7 @@ pub(crate) mod browser;
 pub(crate) mod daemon;
 pub(crate) mod idp;
 pub(crate) mod jwt_bearer;
+pub(crate) mod oidc_double;
 pub(crate) mod providers;
 pub(crate) mod rvault;
 pub(crate) mod vault;
