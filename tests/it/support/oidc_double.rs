@@ -47,7 +47,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub(crate) struct OidcDouble {
     pub issuer: String,
-    inner: Arc<Mutex<Inner>>,
 }
 
 impl OidcDouble {
@@ -68,9 +67,9 @@ impl OidcDouble {
             )
             .route("/authorize", get(authorize))
             .route("/token", post(token))
-            .with_state(inner.clone());
+            .with_state(inner);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { issuer, inner }
+        Self { issuer }
     }
 }
 
