@@ -41,6 +41,7 @@ pub struct App {
     config: Config,
     grpc: TcpListener,
     http: TcpListener,
+    unix: Option<tokio::net::UnixListener>,
     store: Arc<dyn SecretStore>,
     vault: Option<Arc<VaultStore>>,
     registry: Arc<ProviderRegistry>,
@@ -69,6 +70,7 @@ impl App {
         let auth = Self::callers(&config)?;
         let grpc = bind(config.grpc_listen, "gRPC").await?;
         let http = bind(config.http_listen, "HTTP").await?;
+        let unix = config.grpc_socket.as_deref().map(bind_socket).transpose()?;
         let public_url = match &config.public_url {
             Some(u) => u.clone(),
             None => url::Url::parse(&format!("http://{}", http.local_addr()?))?,
@@ -137,6 +139,7 @@ impl App {
             config,
             grpc,
             http,
+            unix,
             store,
             vault,
             registry,
@@ -158,6 +161,7 @@ impl App {
                 agents: c.agents.clone(),
                 require_user_assertion: c.require_user_assertion,
                 rate_limit: c.rate_limit,
+                unix_uid: c.unix_uid,
             })
             .collect();
         keys.extend(admin_key::admin_key(config)?);
@@ -188,15 +192,36 @@ impl App {
             serving: serving.clone(),
         };
         let (grace, backend) = (self.config.shutdown_grace, self.store.backend());
-        let grpc = grpc_server(
-            self.grpc,
-            self.credentials.clone(),
-            self.auth.clone(),
-            health,
-            // The longest call is a WaitForCompletion long poll.
-            self.config.flows.wait_max + Duration::from_secs(30),
+        // The longest call is a WaitForCompletion long poll.
+        let timeout = self.config.flows.wait_max + Duration::from_secs(30);
+        let routes = || {
+            grpc_routes(
+                self.credentials.clone(),
+                self.auth.clone(),
+                health.clone(),
+                timeout,
+            )
+        };
+        let tcp = routes()?.serve_with_incoming_shutdown(
+            // No Nagle: small gRPC frames must not wait for a delayed ACK.
+            tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
-        )?;
+        );
+        let unix = match self.unix {
+            Some(l) => Some(
+                routes()?.serve_with_incoming_shutdown(unix_incoming(l), stopped(stop_rx.clone())),
+            ),
+            None => None,
+        };
+        let grpc = async move {
+            match unix {
+                Some(unix) => {
+                    let (a, b) = tokio::join!(tcp, unix);
+                    a.and(b)
+                }
+                None => tcp.await,
+            }
+        };
         let http = GuardedListener::new(self.http, ConnectionLimits::default());
         let http = axum::serve(http, router(state)).with_graceful_shutdown(stopped(stop_rx));
         let grpc = tokio::spawn(grpc);
@@ -267,17 +292,49 @@ async fn load_providers(registry: &ProviderRegistry) -> anyhow::Result<usize> {
     }
 }
 
-/// The gRPC server: health, reflection and the two `valet.v1` services behind the caller check.
-fn grpc_server(
-    listener: TcpListener,
+/// Accepted Unix-socket connections; accept errors (out of descriptors) back off, never spin.
+fn unix_incoming(
+    listener: tokio::net::UnixListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => return Some((Ok(s), l)),
+                Err(e) => {
+                    tracing::warn!("accepting on the gRPC socket failed: {e}; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Binds the Unix socket (mode 0660), replacing a stale socket file but nothing else.
+fn bind_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "grpc_socket {} exists and is not a socket; refusing to replace it",
+            path.display()
+        );
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the gRPC socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// The gRPC routes: health, reflection and the two `valet.v1` services behind the caller check.
+fn grpc_routes(
     credentials: Arc<Credentials>,
     auth: CallerAuth,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     request_timeout: Duration,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+) -> anyhow::Result<tonic::transport::server::Router> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -296,12 +353,7 @@ fn grpc_server(
         .add_service(health)
         .add_service(InterceptedService::new(reflection, auth.clone()))
         .add_service(InterceptedService::new(providers, auth.clone()))
-        .add_service(InterceptedService::new(creds, auth))
-        .serve_with_incoming_shutdown(
-            // No Nagle: small gRPC frames must not wait for a delayed ACK.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop,
-        ))
+        .add_service(InterceptedService::new(creds, auth)))
 }
 
 /// Largest `valet.v1.Credentials` request accepted (tokens, references and ids are far smaller).

@@ -15,6 +15,8 @@ pub struct CallerConfig {
     pub require_user_assertion: bool,
     /// Requests per second (bursts of twice that); 0: unlimited.
     pub rate_limit: u32,
+    /// On the Unix socket, the peer uid that is this caller.
+    pub unix_uid: Option<u32>,
 }
 
 /// The default per-caller rate: far above any agent's need, low enough to blunt a runaway loop.
@@ -66,6 +68,11 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             ));
             continue;
         }
+        if let Some(uid) = c.unix_uid
+            && callers.iter().any(|k| k.unix_uid == Some(uid))
+        {
+            errors.push(format!("callers[{i}].unix_uid {uid} is used twice"));
+        }
         if callers.iter().any(|k| k.name == c.name) {
             errors.push(format!("callers[{i}].name {:?} is used twice", c.name));
         }
@@ -76,6 +83,7 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             agents,
             require_user_assertion: c.require_user_assertion,
             rate_limit: c.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+            unix_uid: c.unix_uid,
         });
     }
     if callers.is_empty() && !raw.dev.unwrap_or(false) && raw.admin_key_file.is_none() {
@@ -103,6 +111,9 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
         );
         if c.require_user_assertion {
             let _ = writeln!(s, "require_user_assertion = true");
+        }
+        if let Some(uid) = c.unix_uid {
+            let _ = writeln!(s, "unix_uid = {uid}");
         }
         if c.rate_limit != DEFAULT_RATE_LIMIT {
             let _ = writeln!(s, "rate_limit = {}", c.rate_limit);

@@ -38,6 +38,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// A Unix socket serving gRPC as well.
+    pub grpc_socket: Option<PathBuf>,
     /// The audit trail's file; `None`: the log.
     pub audit_file: Option<PathBuf>,
     /// The identity provider user assertions are verified against.
@@ -148,6 +150,7 @@ impl Config {
             log_format: server.log_format,
             log_level: server.log_level,
             audit_file: raw.audit.file.as_ref().map(PathBuf::from),
+            grpc_socket: raw.grpc_socket.as_ref().map(PathBuf::from),
             user_assertions,
             flows: flows.flows,
             default_min_ttl: flows.default_min_ttl,
@@ -168,6 +171,9 @@ impl Config {
         provider_http::render(self, &mut s);
         if let StoreKind::Vault(v) = &self.store {
             vault::render(v, &mut s);
+        }
+        if let Some(p) = &self.grpc_socket {
+            s.push_str(&format!("\ngrpc_socket = \"{}\"\n", p.display()));
         }
         if let Some(f) = &self.audit_file {
             s.push_str(&format!("\n[audit]\nfile = \"{}\"\n", f.display()));

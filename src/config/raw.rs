@@ -7,6 +7,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub grpc_listen: Option<String>,
+    /// A Unix socket serving gRPC too (mode 0660), for sidecars; callers may match by uid.
+    pub grpc_socket: Option<String>,
     pub http_listen: Option<String>,
     pub public_url: Option<String>,
     pub data_dir: Option<String>,
@@ -126,6 +128,8 @@ pub struct RawCaller {
     pub require_user_assertion: bool,
     /// Requests per second this caller may make (bursts of twice that); 0: unlimited.
     pub rate_limit: Option<u32>,
+    /// On the Unix socket, a peer process running as this uid is this caller without a key.
+    pub unix_uid: Option<u32>,
 }
 
 /// Command-line flags that override everything else.

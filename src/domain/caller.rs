@@ -67,6 +67,8 @@ impl AgentBinding {
 pub enum Credential {
     #[default]
     ApiKey,
+    /// A process on the Unix socket whose uid is configured for the caller.
+    UnixPeer,
 }
 
 /// A user assertion as presented (a JWT; secret: never printed).

@@ -520,3 +520,67 @@ async fn a_caller_beyond_its_rate_limit_is_refused_and_others_are_not() {
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(limited.list_grants(list()).await.is_ok());
 }
+
+/// A gRPC channel over the Unix socket at `path`.
+async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_static("http://valet.sock")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sidecar_on_the_unix_socket_is_its_uid_s_caller_and_no_one_else() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let uid = std::fs::metadata(dir.path()).unwrap().uid();
+    let start = |uid: u32| {
+        let socket = dir.path().join(format!("valet-{uid}.sock"));
+        let hash = "cd".repeat(32);
+        let opts = ValetOptions {
+            top_toml: format!("grpc_socket = \"{}\"", socket.display()),
+            extra_toml: format!(
+                "[[callers]]\nname = \"sidecar\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nunix_uid = {uid}\n"
+            ),
+            ..Default::default()
+        };
+        (socket, opts)
+    };
+    let list = || pb::ListGrantsRequest {
+        user_id: "alice".into(),
+        ..Default::default()
+    };
+    let (socket, opts) = start(uid);
+    let f = Fixture::with(opts).await;
+    f.oidc_provider("idp", "basic-client").await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let mut sidecar =
+        pb::credentials_client::CredentialsClient::new(unix_channel(socket.clone()).await);
+    let listed = sidecar.list_grants(list()).await;
+    assert!(
+        listed.is_ok(),
+        "no key needed for the configured uid: {listed:?}"
+    );
+    // The sidecar caller has no agents: another agent's grant stays out of reach.
+    let s = sidecar
+        .authenticate(Fixture::request("idp", "alice", "planner"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    drop(f);
+
+    // A socket whose configured uid is not ours: no caller without a key.
+    let (socket, opts) = start(uid + 1);
+    let _f = Fixture::with(opts).await;
+    let mut stranger = pb::credentials_client::CredentialsClient::new(unix_channel(socket).await);
+    let s = stranger.list_grants(list()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(s.message().contains("unix_uid"), "{s:?}");
+}

@@ -22,6 +22,8 @@ pub struct CallerKey {
     pub require_user_assertion: bool,
     /// Requests per second (bursts of twice that); 0: unlimited.
     pub rate_limit: u32,
+    /// On the Unix socket, the peer uid that is this caller.
+    pub unix_uid: Option<u32>,
 }
 
 /// A token bucket per caller.
@@ -73,6 +75,15 @@ impl CallerAuth {
         self.identify_with_rate(presented).map(|(c, _)| c)
     }
 
+    /// The caller a Unix-socket peer running as `uid` is.
+    fn identify_uid(&self, uid: u32) -> Option<(Caller, u32)> {
+        let k = self.keys.iter().find(|k| k.unix_uid == Some(uid))?;
+        let mut caller = Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone());
+        caller.requires_user_assertion = k.require_user_assertion;
+        caller.credential = crate::domain::Credential::UnixPeer;
+        Some((caller, k.rate_limit))
+    }
+
     fn identify_with_rate(&self, presented: &str) -> Option<(Caller, u32)> {
         let hash = sha256(presented.as_bytes());
         let mut found = None;
@@ -90,19 +101,36 @@ impl CallerAuth {
 
 impl tonic::service::Interceptor for CallerAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("missing API key: send metadata `authorization: Bearer <key>`")
-        })?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("malformed authorization metadata: expected `Bearer <key>`")
-            })?;
-        let (mut caller, rate) = self
-            .identify_with_rate(key.trim())
-            .ok_or_else(|| Status::unauthenticated("unknown API key"))?;
+        let peer_uid = req
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .map(|c| c.uid());
+        let (mut caller, rate) = match (req.metadata().get("authorization"), peer_uid) {
+            (None, Some(uid)) => self.identify_uid(uid).ok_or_else(|| {
+                Status::unauthenticated(
+                    "this socket peer's uid is no caller's unix_uid: send an API key or configure one",
+                )
+            })?,
+            (None, None) => {
+                return Err(Status::unauthenticated(
+                    "missing API key: send metadata `authorization: Bearer <key>`",
+                ));
+            }
+            (Some(header), _) => {
+                let key = header
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        Status::unauthenticated(
+                            "malformed authorization metadata: expected `Bearer <key>`",
+                        )
+                    })?;
+                self.identify_with_rate(key.trim())
+                    .ok_or_else(|| Status::unauthenticated("unknown API key"))?
+            }
+        };
         if !self.admit(&caller.name, rate) {
             return Err(super::to_status(&crate::service::Error::Exhausted(
                 format!(
@@ -133,6 +161,7 @@ mod tests {
             agents: AgentBinding::Any,
             require_user_assertion: false,
             rate_limit: 2,
+            unix_uid: None,
         }]);
         assert_eq!(auth.identify("k1").unwrap().name, "ops");
         assert!(auth.identify("k2").is_none());

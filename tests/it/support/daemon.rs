@@ -24,6 +24,8 @@ pub(crate) struct ValetOptions {
     pub store: String,
     /// Appended after everything else (sections such as `[vault]`).
     pub extra_toml: String,
+    /// Top-level settings, before any table (e.g. `grpc_socket = "…"`).
+    pub top_toml: String,
 }
 
 impl Default for ValetOptions {
@@ -34,6 +36,7 @@ impl Default for ValetOptions {
             http_listen: None,
             store: r#"store = "embedded""#.into(),
             extra_toml: String::new(),
+            top_toml: String::new(),
         }
     }
 }
@@ -60,6 +63,7 @@ impl Valet {
         let config = format!(
             r#"data_dir = "{data}"
 {store}
+{top}
 grpc_listen = "127.0.0.1:0"
 http_listen = "{http}"
 shutdown_grace_seconds = 5
@@ -99,6 +103,7 @@ rate_limit = 0
                 .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
             store = opts.store,
             extra = opts.extra_toml,
+            top = opts.top_toml,
             level = opts.log_level,
             ttl = opts.flow_ttl_seconds,
             admin = hash(ADMIN_KEY),
