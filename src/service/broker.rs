@@ -149,6 +149,8 @@ pub(crate) struct TokenBroker {
     refresher: Refresher,
     endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
+    /// Where refreshes are recorded (the daemon's trail; none in service tests).
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl TokenBroker {
@@ -163,6 +165,27 @@ impl TokenBroker {
             endpoint,
             grants,
             clock,
+            audit: None,
+        }
+    }
+
+    /// Records every refresh in `audit`.
+    pub(crate) fn with_audit(self, audit: Arc<crate::audit::Audit>) -> Self {
+        Self {
+            audit: Some(audit),
+            ..self
+        }
+    }
+
+    /// A refresh, in the audit trail (by the daemon itself, on behalf of whoever asked).
+    fn audit_refresh(&self, key: &GrantKey, outcome: &str) {
+        if let Some(audit) = &self.audit {
+            let subject = crate::audit::Subject {
+                provider: key.provider.as_str(),
+                user: key.user.as_str(),
+                agent: key.agent.as_ref().map_or("", |a| a.as_str()),
+            };
+            audit.record("GrantRefreshed", "valet", subject, outcome);
         }
     }
 
@@ -204,12 +227,17 @@ impl TokenBroker {
             return Ok(None);
         };
         match self.refresher.refresh(client, grant, version).await {
-            Ok(Refreshed::Token(set, grant)) => Ok(Some(self.cache_token(&grant, set, scopes))),
+            Ok(Refreshed::Token(set, grant)) => {
+                self.audit_refresh(key, "ok");
+                Ok(Some(self.cache_token(&grant, set, scopes)))
+            }
             Ok(Refreshed::Gone) => {
+                self.audit_refresh(key, "REAUTHORIZATION_REQUIRED");
                 self.cache.remove(key);
                 Ok(None)
             }
             Err(e) => {
+                self.audit_refresh(key, "failed");
                 if self.refresher.is_lost(key) {
                     self.cache.remove(key);
                 }

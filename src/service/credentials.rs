@@ -127,11 +127,14 @@ impl Credentials {
     pub fn new(p: Parts) -> Self {
         let max_parked = p.pending.limits().max_total;
         Self {
-            broker: Arc::new(TokenBroker::new(
-                GrantRepo::new(p.store.clone()),
-                p.endpoint.clone(),
-                p.clock.clone(),
-            )),
+            broker: Arc::new(
+                TokenBroker::new(
+                    GrantRepo::new(p.store.clone()),
+                    p.endpoint.clone(),
+                    p.clock.clone(),
+                )
+                .with_audit(p.audit.clone()),
+            ),
             flows: Flows::new(p.pending, p.endpoint.clone(), p.clock.clone()),
             endpoint: p.endpoint,
             references: References::new(

@@ -318,6 +318,15 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
             .authenticate(Fixture::request("idp", "alice", "planner"))
             .await,
     );
+    // A refresh (asked for more life than the token has) is recorded as the daemon's own act.
+    f.authenticate(
+        AGENT_KEY,
+        pb::AuthenticateRequest {
+            min_ttl_seconds: 7200,
+            ..Fixture::request("idp", "alice", "planner")
+        },
+    )
+    .await;
     f.valet
         .credentials(AGENT_KEY)
         .await
@@ -347,6 +356,8 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
     find("FlowCompleted", "agent-a", "ok");
     let refused = find("Authenticate", "agent-b", "PERMISSION_DENIED");
     find("Revoke", "agent-a", "revoked");
+    let refreshed = find("GrantRefreshed", "valet", "ok");
+    assert_eq!(refreshed["agent"], "planner");
     // The user is the same keyed hash in every event, never the id.
     assert_eq!(started["user"], refused["user"]);
     assert!(
