@@ -113,6 +113,7 @@ impl App {
             })?,
         );
         load_audit_key(&audit, &store).await;
+        let auth = auth.with_audit(audit.clone());
         let assertions = config.user_assertions.clone().map(|a| {
             Arc::new(crate::assertion::UserAssertions::new(
                 a,

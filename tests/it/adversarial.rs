@@ -338,6 +338,14 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
         })
         .await
         .unwrap();
+    // A call without a key is refused, and recorded too.
+    let nokey = f
+        .valet
+        .raw_credentials()
+        .await
+        .list_grants(pb::ListGrantsRequest::default())
+        .await;
+    assert_eq!(nokey.unwrap_err().code(), Code::Unauthenticated);
     let text = std::fs::read_to_string(&trail).unwrap();
     let events: Vec<serde_json::Value> = text
         .lines()
@@ -356,6 +364,7 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
     find("FlowCompleted", "agent-a", "ok");
     let refused = find("Authenticate", "agent-b", "PERMISSION_DENIED");
     find("Revoke", "agent-a", "revoked");
+    find("Refused", "-", "UNAUTHENTICATED");
     let refreshed = find("GrantRefreshed", "valet", "ok");
     assert_eq!(refreshed["agent"], "planner");
     // The user is the same keyed hash in every event, never the id.
@@ -594,4 +603,56 @@ async fn a_sidecar_on_the_unix_socket_is_its_uid_s_caller_and_no_one_else() {
     let s = stranger.list_grants(list()).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
     assert!(s.message().contains("unix_uid"), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_concurrent_waits_leave_health_answering() {
+    let f = fixture().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(f.valet.credentials(AGENT_KEY).await);
+    }
+    let waits: Vec<_> = (0..2000)
+        .map(|i| {
+            let mut c = clients[i % clients.len()].clone();
+            let auth_id = p.auth_id.clone();
+            tokio::spawn(async move {
+                c.wait_for_completion(pb::WaitForCompletionRequest {
+                    auth_id,
+                    timeout_seconds: 4,
+                })
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // While every wait is parked, health answers on both listeners.
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(f.valet.raw_channel().await);
+    let r = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, 1, "SERVING");
+    let http = reqwest::get(format!("http://{}/healthz", f.valet.http_addr))
+        .await
+        .unwrap();
+    assert!(http.status().is_success());
+    assert!(
+        waits.iter().all(|w| !w.is_finished()),
+        "health answered while all 2,000 waits were still parked"
+    );
+    let mut answered = 0;
+    for w in waits {
+        let r = w.await.unwrap().unwrap().into_inner();
+        pending(r);
+        answered += 1;
+    }
+    assert_eq!(answered, 2000, "every wait answered pending at its timeout");
 }

@@ -37,6 +37,8 @@ struct Bucket {
 pub struct CallerAuth {
     keys: Arc<[CallerKey]>,
     buckets: Arc<std::sync::Mutex<std::collections::HashMap<String, Bucket>>>,
+    /// Where refused calls are recorded.
+    audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl CallerAuth {
@@ -44,7 +46,27 @@ impl CallerAuth {
         Self {
             keys: keys.into(),
             buckets: Arc::default(),
+            audit: None,
         }
+    }
+
+    /// Records refused calls (unknown keys, rate limits) in `audit`.
+    pub fn with_audit(self, audit: Arc<crate::audit::Audit>) -> Self {
+        Self {
+            audit: Some(audit),
+            ..self
+        }
+    }
+
+    fn refused(&self, caller: &str, status: Status) -> Status {
+        if let Some(a) = &self.audit {
+            let outcome = match status.code() {
+                tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+                _ => "UNAUTHENTICATED",
+            };
+            a.record("Refused", caller, crate::audit::Subject::default(), outcome);
+        }
+        status
     }
 
     /// Takes one request from `name`'s bucket (`rate` per second, bursts of `2 × rate`).
@@ -100,7 +122,16 @@ impl CallerAuth {
 }
 
 impl tonic::service::Interceptor for CallerAuth {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        self.admit_request(req)
+            .map_err(|(caller, status)| self.refused(&caller, status))
+    }
+}
+
+impl CallerAuth {
+    /// The request with its caller attached, or who was refused (`-`: unknown) and why.
+    fn admit_request(&self, mut req: Request<()>) -> Result<Request<()>, (String, Status)> {
+        let unknown = |s: Status| ("-".to_owned(), s);
         let peer_uid = req
             .extensions()
             .get::<tonic::transport::server::UdsConnectInfo>()
@@ -108,14 +139,14 @@ impl tonic::service::Interceptor for CallerAuth {
             .map(|c| c.uid());
         let (mut caller, rate) = match (req.metadata().get("authorization"), peer_uid) {
             (None, Some(uid)) => self.identify_uid(uid).ok_or_else(|| {
-                Status::unauthenticated(
+                unknown(Status::unauthenticated(
                     "this socket peer's uid is no caller's unix_uid: send an API key or configure one",
-                )
+                ))
             })?,
             (None, None) => {
-                return Err(Status::unauthenticated(
+                return Err(unknown(Status::unauthenticated(
                     "missing API key: send metadata `authorization: Bearer <key>`",
-                ));
+                )));
             }
             (Some(header), _) => {
                 let key = header
@@ -123,20 +154,19 @@ impl tonic::service::Interceptor for CallerAuth {
                     .ok()
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .ok_or_else(|| {
-                        Status::unauthenticated(
+                        unknown(Status::unauthenticated(
                             "malformed authorization metadata: expected `Bearer <key>`",
-                        )
+                        ))
                     })?;
                 self.identify_with_rate(key.trim())
-                    .ok_or_else(|| Status::unauthenticated("unknown API key"))?
+                    .ok_or_else(|| unknown(Status::unauthenticated("unknown API key")))?
             }
         };
         if !self.admit(&caller.name, rate) {
-            return Err(super::to_status(&crate::service::Error::Exhausted(
-                format!(
-                    "this caller's rate limit ({rate} requests per second) is exceeded; retry shortly"
-                ),
+            let status = super::to_status(&crate::service::Error::Exhausted(format!(
+                "this caller's rate limit ({rate} requests per second) is exceeded; retry shortly"
             )));
+            return Err((caller.name, status));
         }
         caller.user_assertion = req
             .metadata()
