@@ -690,7 +690,7 @@ impl Credentials {
             .broker
             .accept_consent(consented)
             .await
-            .map_err(|e| stored_failure(provider_id, e))?;
+            .map_err(|e| super::flows::stored_failure(provider_id, e))?;
         Ok((key, declined))
     }
 
@@ -875,18 +875,6 @@ impl Credentials {
 }
 
 /// The grant key of a request that acts for a user.
-/// How a consent whose grant could not be stored fails its flow.
-pub(crate) fn stored_failure(provider: &ProviderId, e: Error) -> FlowFailure {
-    match e {
-        Error::Flow(f) => f,
-        e => {
-            // The flow fails with a fixed message; the cause goes to the log here, once.
-            tracing::warn!(%provider, "storing a new grant failed: {}", e.chain());
-            FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"))
-        }
-    }
-}
-
 fn user_key(
     provider: ProviderId,
     user: Option<UserId>,

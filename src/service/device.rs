@@ -111,7 +111,7 @@ impl DevicePoll {
         self.broker
             .accept_consent(consented)
             .await
-            .map_err(|e| super::credentials::stored_failure(&self.provider.id, e))?;
+            .map_err(|e| super::flows::stored_failure(&self.provider.id, e))?;
         Ok(key)
     }
 }

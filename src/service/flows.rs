@@ -76,6 +76,18 @@ pub(crate) fn report(
     }
 }
 
+/// How a consent whose grant could not be stored fails its flow.
+pub(crate) fn stored_failure(provider: &ProviderId, e: Error) -> FlowFailure {
+    match e {
+        Error::Flow(f) => f,
+        e => {
+            // The flow fails with a fixed message; the cause goes to the log here, once.
+            tracing::warn!(%provider, "storing a new grant failed: {}", e.chain());
+            FlowFailure::ExchangeFailed(format!("could not store the grant: {e}"))
+        }
+    }
+}
+
 /// Who asked for what, as a digest: equal requests join one live flow.
 fn request_digest(caller: &Caller, key: &GrantKey, scopes: &Scopes, handout: Handout) -> [u8; 32] {
     // Ids and scopes hold no NUL (ids refuse control characters), so NUL separates unambiguously.

@@ -8,30 +8,7 @@ use crate::service::Error;
 
 pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthClient, Error> {
     check_client(&d.client_id, &d.extra_auth_params)?;
-    for (field, value) in [
-        ("auth_url", &d.auth_url),
-        ("issuer", &d.issuer),
-        ("revocation_url", &d.revocation_url),
-    ] {
-        if !value.is_empty() {
-            return Err(Error::invalid(
-                field,
-                "is not used by client_credentials providers (no user, no consent); leave it empty",
-            ));
-        }
-    }
-    if !d.extra_auth_params.is_empty() {
-        return Err(Error::invalid(
-            "extra_auth_params",
-            "client_credentials providers have no authorization request",
-        ));
-    }
-    if d.handout_policy == crate::domain::HandoutPolicy::ReferenceOnly {
-        return Err(Error::invalid(
-            "handout_policy",
-            "references belong to a user's grant; client_credentials tokens are handed out directly",
-        ));
-    }
+    super::refuse_consent_settings(d, "client_credentials")?;
     let auth = super::client_auth::client_auth(d, ctx.current)?;
     Ok(OAuthClient {
         client_id: d.client_id.clone(),

@@ -87,6 +87,36 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
     }
 }
 
+/// For kinds that buy tokens for the client itself: no authorization request, no user grant, so
+/// consent settings and reference-only handout are refused, naming the field.
+pub(super) fn refuse_consent_settings(d: &ProviderDraft, kind: &str) -> Result<(), Error> {
+    for (field, value) in [
+        ("auth_url", &d.auth_url),
+        ("issuer", &d.issuer),
+        ("revocation_url", &d.revocation_url),
+    ] {
+        if !value.is_empty() {
+            return Err(Error::invalid(
+                field,
+                format!("is not used by {kind} providers (no user consent); leave it empty"),
+            ));
+        }
+    }
+    if !d.extra_auth_params.is_empty() {
+        return Err(Error::invalid(
+            "extra_auth_params",
+            format!("{kind} providers have no authorization request"),
+        ));
+    }
+    if d.handout_policy == crate::domain::HandoutPolicy::ReferenceOnly {
+        return Err(Error::invalid(
+            "handout_policy",
+            format!("references belong to a user's grant; {kind} tokens are handed out directly"),
+        ));
+    }
+    Ok(())
+}
+
 /// How a kind obtains a credential when none is cached.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Acquisition<'a> {

@@ -8,8 +8,8 @@
 use super::KindContext;
 use super::client_auth::{client_secret, read_key};
 use crate::domain::{
-    HandoutPolicy, KindConfig, OAuthClient, ProviderDraft, Scopes, Separator, ServiceAccount,
-    TokenAuthMethod, check_endpoint_url,
+    KindConfig, OAuthClient, ProviderDraft, Scopes, Separator, ServiceAccount, TokenAuthMethod,
+    check_endpoint_url,
 };
 use crate::jwt;
 use crate::secret::SecretString;
@@ -26,30 +26,7 @@ fn text(field: &'static str, value: &str) -> Result<Option<String>, Error> {
 }
 
 pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<ServiceAccount, Error> {
-    for (field, value) in [
-        ("auth_url", &d.auth_url),
-        ("issuer", &d.issuer),
-        ("revocation_url", &d.revocation_url),
-    ] {
-        if !value.is_empty() {
-            return Err(Error::invalid(
-                field,
-                "is not used by service_account providers (no user consent); leave it empty",
-            ));
-        }
-    }
-    if !d.extra_auth_params.is_empty() {
-        return Err(Error::invalid(
-            "extra_auth_params",
-            "service_account providers have no authorization request",
-        ));
-    }
-    if d.handout_policy == HandoutPolicy::ReferenceOnly {
-        return Err(Error::invalid(
-            "handout_policy",
-            "references belong to a user's grant; service_account tokens are handed out directly",
-        ));
-    }
+    super::refuse_consent_settings(d, "service_account")?;
     if d.token_auth_method == Some(TokenAuthMethod::PrivateKeyJwt) {
         return Err(Error::invalid(
             "token_auth_method",
