@@ -62,7 +62,8 @@ impl AgentBinding {
     }
 }
 
-/// How the caller proved who it is. API keys today; mTLS adds a variant.
+/// How the caller proved who it is: an API key, or its uid on the Unix socket (mTLS would add a
+/// variant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Credential {
     #[default]

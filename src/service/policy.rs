@@ -18,7 +18,7 @@ pub enum Action<'a> {
     UseClient(&'a ProviderId),
     /// Remove a grant.
     RevokeGrant(&'a GrantKey),
-    /// Store a static credential for a user (today any caller may; issue-10 binding narrows it).
+    /// Store a static credential for a user (or one of the caller's agents).
     PutCredential(&'a GrantKey),
     /// List grant metadata, optionally for one user.
     ListGrants { user: Option<&'a UserId> },

@@ -1,6 +1,7 @@
-//! Caller authentication: `authorization: Bearer <api key>` metadata, checked against configured
-//! SHA-256 hashes in constant time. The interceptor attaches a `Caller` to the request; mTLS and
-//! agent-id binding can attach the same type later without touching the services.
+//! Caller authentication: `authorization: Bearer <api key>` metadata checked against configured
+//! SHA-256 hashes in constant time, or on the Unix socket the peer's uid; then the caller's rate
+//! limit. The interceptor attaches a `Caller` (role, agent binding, user assertion) to the
+//! request; refusals are recorded in the audit trail.
 
 use crate::domain::{AgentBinding, Caller, Presented, Role};
 use crate::secret::SecretString;
