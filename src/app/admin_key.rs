@@ -26,6 +26,7 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
         require_user_assertion: false,
         rate_limit: 0,
         unix_uid: None,
+        tls_identity: None,
     };
     if let Some(path) = &config.admin_key_file {
         let key = std::fs::read_to_string(path)

@@ -163,6 +163,7 @@ impl App {
                 require_user_assertion: c.require_user_assertion,
                 rate_limit: c.rate_limit,
                 unix_uid: c.unix_uid,
+                tls_identity: c.tls_identity.clone(),
             })
             .collect();
         keys.extend(admin_key::admin_key(config)?);
@@ -201,9 +202,21 @@ impl App {
                 self.auth.clone(),
                 health.clone(),
                 timeout,
+                None,
             )
         };
-        let tcp = routes()?.serve_with_incoming_shutdown(
+        let tls = match &self.config.grpc_tls {
+            Some(t) => Some(tls_config(t)?),
+            None => None,
+        };
+        let tcp = grpc_routes(
+            self.credentials.clone(),
+            self.auth.clone(),
+            health.clone(),
+            timeout,
+            tls,
+        )?
+        .serve_with_incoming_shutdown(
             // No Nagle: small gRPC frames must not wait for a delayed ACK.
             tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
@@ -293,6 +306,23 @@ async fn load_providers(registry: &ProviderRegistry) -> anyhow::Result<usize> {
     }
 }
 
+/// The gRPC listener's TLS: its certificate, and with a client CA, optional client certificates
+/// (a caller may still use an API key; a certificate names a caller by `tls_identity`).
+fn tls_config(t: &crate::config::GrpcTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&t.cert_file)?, read(&t.key_file)?));
+    if let Some(ca) = &t.client_ca_file {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(tls)
+}
+
 /// Accepted Unix-socket connections; accept errors (out of descriptors) back off, never spin.
 fn unix_incoming(
     listener: tokio::net::UnixListener,
@@ -335,6 +365,7 @@ fn grpc_routes(
         impl tonic_health::pb::health_server::Health,
     >,
     request_timeout: Duration,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> anyhow::Result<tonic::transport::server::Router> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -345,7 +376,11 @@ fn grpc_routes(
         .max_decoding_message_size(MAX_PROVIDER_MESSAGE);
     let creds = CredentialsServer::new(CredentialsApi::new(credentials))
         .max_decoding_message_size(MAX_MESSAGE);
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder
         .timeout(request_timeout)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

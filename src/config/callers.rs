@@ -17,6 +17,17 @@ pub struct CallerConfig {
     pub rate_limit: u32,
     /// On the Unix socket, the peer uid that is this caller.
     pub unix_uid: Option<u32>,
+    /// The client-certificate SAN (URI or DNS) that is this caller.
+    pub tls_identity: Option<String>,
+}
+
+/// `[grpc_tls]`: the gRPC listener's certificate, and the CA client certificates are checked
+/// against (mTLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 /// The default per-caller rate: far above any agent's need, low enough to blunt a runaway loop.
@@ -84,6 +95,7 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             require_user_assertion: c.require_user_assertion,
             rate_limit: c.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
             unix_uid: c.unix_uid,
+            tls_identity: c.tls_identity.clone(),
         });
     }
     if callers.is_empty() && !raw.dev.unwrap_or(false) && raw.admin_key_file.is_none() {
@@ -114,6 +126,9 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
         }
         if let Some(uid) = c.unix_uid {
             let _ = writeln!(s, "unix_uid = {uid}");
+        }
+        if let Some(id) = &c.tls_identity {
+            let _ = writeln!(s, "tls_identity = \"{id}\"");
         }
         if c.rate_limit != DEFAULT_RATE_LIMIT {
             let _ = writeln!(s, "rate_limit = {}", c.rate_limit);
@@ -174,4 +189,34 @@ pub(super) fn render_assertions(a: &AssertionConfig, s: &mut String) {
         "\n[user_assertions]\nissuer = \"{}\"\naudience = \"{}\"\njwks_url = \"{}\"\nclaim = \"{}\"",
         a.issuer, a.audience, a.jwks_url, a.claim
     );
+}
+
+/// `[grpc_tls]`, when given: certificate and key are required; callers with `tls_identity` need
+/// the client CA.
+pub(super) fn validate_tls(
+    raw: &RawConfig,
+    callers: &[CallerConfig],
+    errors: &mut Vec<String>,
+) -> Option<GrpcTls> {
+    let needs_ca = callers.iter().any(|c| c.tls_identity.is_some());
+    let Some(t) = &raw.grpc_tls else {
+        if needs_ca {
+            errors.push(
+                "a caller has tls_identity but [grpc_tls] client_ca_file is not configured".into(),
+            );
+        }
+        return None;
+    };
+    let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+        errors.push("grpc_tls needs cert_file and key_file".into());
+        return None;
+    };
+    if needs_ca && t.client_ca_file.is_none() {
+        errors.push("a caller has tls_identity but grpc_tls.client_ca_file is not set".into());
+    }
+    Some(GrpcTls {
+        cert_file: cert.into(),
+        key_file: key.into(),
+        client_ca_file: t.client_ca_file.as_ref().map(Into::into),
+    })
 }

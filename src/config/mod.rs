@@ -12,7 +12,7 @@ mod raw;
 mod server;
 mod vault;
 
-pub use callers::CallerConfig;
+pub use callers::{CallerConfig, GrpcTls};
 pub use flows::FlowConfig;
 pub use raw::{CLIENT_ENV_VARS, ENV_VARS, Overrides, RawConfig, RawVault};
 pub use server::{LogFormat, StoreKind};
@@ -38,6 +38,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// TLS (and mTLS callers) on the gRPC listener.
+    pub grpc_tls: Option<callers::GrpcTls>,
     /// A Unix socket serving gRPC as well.
     pub grpc_socket: Option<PathBuf>,
     /// The audit trail's file; `None`: the log.
@@ -135,6 +137,7 @@ impl Config {
         let provider_http = provider_http::validate(&raw.provider_http, errors);
         let callers = callers::validate(&raw, errors);
         let user_assertions = callers::validate_assertions(&raw, &callers, errors);
+        let grpc_tls = callers::validate_tls(&raw, &callers, errors);
         let server = server?;
         Some(Self {
             grpc_listen: server.grpc_listen,
@@ -152,6 +155,7 @@ impl Config {
             audit_file: raw.audit.file.as_ref().map(PathBuf::from),
             grpc_socket: raw.grpc_socket.as_ref().map(PathBuf::from),
             user_assertions,
+            grpc_tls,
             flows: flows.flows,
             default_min_ttl: flows.default_min_ttl,
             max_min_ttl: flows.max_min_ttl,
@@ -172,8 +176,15 @@ impl Config {
         if let StoreKind::Vault(v) = &self.store {
             vault::render(v, &mut s);
         }
-        if let Some(p) = &self.grpc_socket {
-            s.push_str(&format!("\ngrpc_socket = \"{}\"\n", p.display()));
+        if let Some(t) = &self.grpc_tls {
+            s.push_str(&format!(
+                "\n[grpc_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                t.cert_file.display(),
+                t.key_file.display()
+            ));
+            if let Some(ca) = &t.client_ca_file {
+                s.push_str(&format!("client_ca_file = \"{}\"\n", ca.display()));
+            }
         }
         if let Some(f) = &self.audit_file {
             s.push_str(&format!("\n[audit]\nfile = \"{}\"\n", f.display()));

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub audit: RawAudit,
+    pub grpc_tls: Option<RawGrpcTls>,
     pub user_assertions: Option<RawUserAssertions>,
     #[serde(default)]
     pub flows: RawFlows,
@@ -83,6 +84,15 @@ pub struct RawUserAssertions {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawGrpcTls {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// Client certificates signed by this CA identify callers by `tls_identity` (mTLS).
+    pub client_ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// A JSON-lines file (append-only, 0600); absent: the log, target `valet::audit`.
     pub file: Option<String>,
@@ -130,6 +140,9 @@ pub struct RawCaller {
     pub rate_limit: Option<u32>,
     /// On the Unix socket, a peer process running as this uid is this caller without a key.
     pub unix_uid: Option<u32>,
+    /// With `[grpc_tls] client_ca_file`: a client certificate whose URI or DNS SAN is this
+    /// (e.g. a SPIFFE id) is this caller without a key.
+    pub tls_identity: Option<String>,
 }
 
 /// Command-line flags that override everything else.

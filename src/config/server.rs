@@ -203,6 +203,9 @@ pub(super) fn render(c: &Config, s: &mut String) {
         c.allow_insecure_provider_urls
     );
     let _ = writeln!(s, "shutdown_grace_seconds = {}", c.shutdown_grace.as_secs());
+    if let Some(p) = &c.grpc_socket {
+        let _ = writeln!(s, "grpc_socket = \"{}\"", p.display());
+    }
     let format = match c.log_format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",

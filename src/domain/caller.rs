@@ -70,6 +70,8 @@ pub enum Credential {
     ApiKey,
     /// A process on the Unix socket whose uid is configured for the caller.
     UnixPeer,
+    /// A client certificate (mTLS) whose SAN is configured for the caller.
+    ClientCertificate,
 }
 
 /// A user assertion as presented (a JWT; secret: never printed).

@@ -656,3 +656,95 @@ async fn two_thousand_concurrent_waits_leave_health_answering() {
     }
     assert_eq!(answered, 2000, "every wait answered pending at its timeout");
 }
+
+/// A TLS channel to the daemon trusting the test CA, with `client` (cert, key) if given.
+async fn tls_channel(
+    f: &Fixture,
+    client: Option<(&str, &str)>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let fixture = |name: &str| {
+        std::fs::read(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(fixture("tls-ca.pem")))
+        .domain_name("localhost");
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(fixture(cert), fixture(key)));
+    }
+    let url = f.valet.grpc_url.replace("http://", "https://");
+    Endpoint::from_shared(url)
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_the_configured_ca_is_its_san_s_caller() {
+    let dir = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let hash = "ef".repeat(32);
+    let f = Fixture::with(ValetOptions {
+        extra_toml: format!(
+            "[[callers]]\nname = \"meshed\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\ntls_identity = \"spiffe://valet.test/sidecar\"\n\n[grpc_tls]\ncert_file = \"{dir}/tls-server.pem\"\nkey_file = \"{dir}/tls-server.key\"\nclient_ca_file = \"{dir}/tls-ca.pem\"\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    let list = || pb::ListGrantsRequest {
+        user_id: "alice".into(),
+        ..Default::default()
+    };
+    // The sidecar's certificate (SAN spiffe://valet.test/sidecar) is the `meshed` caller.
+    let channel = tls_channel(
+        &f,
+        Some(("tls-client-sidecar.pem", "tls-client-sidecar.key")),
+    )
+    .await
+    .unwrap();
+    let mut meshed = pb::credentials_client::CredentialsClient::new(channel);
+    let listed = meshed.list_grants(list()).await;
+    assert!(listed.is_ok(), "{listed:?}");
+    // Bound like any caller: no agents listed, so another agent's grant is out of reach.
+    let s = meshed
+        .revoke(pb::RevokeRequest {
+            provider_id: "idp".into(),
+            user_id: "alice".into(),
+            agent_id: "planner".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+
+    // The same SAN from another CA never gets past the handshake.
+    let foreign = match tls_channel(
+        &f,
+        Some(("tls-client-foreign.pem", "tls-client-foreign.key")),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(ch) => pb::credentials_client::CredentialsClient::new(ch)
+            .list_grants(list())
+            .await
+            .is_err(),
+    };
+    assert!(foreign, "a certificate from another CA is refused");
+
+    // Without a certificate: an API key still works over TLS; nothing at all is refused.
+    let plain = tls_channel(&f, None).await.unwrap();
+    let mut anonymous = pb::credentials_client::CredentialsClient::new(plain.clone());
+    let s = anonymous.list_grants(list()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let mut req = tonic::Request::new(list());
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {AGENT_KEY}").parse().unwrap(),
+    );
+    assert!(anonymous.list_grants(req).await.is_ok());
+}

@@ -25,6 +25,28 @@ pub struct CallerKey {
     pub rate_limit: u32,
     /// On the Unix socket, the peer uid that is this caller.
     pub unix_uid: Option<u32>,
+    /// The verified client-certificate SAN (URI or DNS) that is this caller.
+    pub tls_identity: Option<String>,
+}
+
+/// The URI and DNS subject alternative names of a (verified) client certificate.
+fn cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some((*u).to_owned()),
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A token bucket per caller.
@@ -98,6 +120,20 @@ impl CallerAuth {
         self.identify_with_rate(presented).map(|(c, _)| c)
     }
 
+    /// The caller a verified client certificate names (its URI or DNS SAN).
+    fn identify_cert(&self, der: &[u8]) -> Option<(Caller, u32)> {
+        let names = cert_names(der);
+        let k = self.keys.iter().find(|k| {
+            k.tls_identity
+                .as_ref()
+                .is_some_and(|id| names.iter().any(|n| n == id))
+        })?;
+        let mut caller = Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone());
+        caller.requires_user_assertion = k.require_user_assertion;
+        caller.credential = crate::domain::Credential::ClientCertificate;
+        Some((caller, k.rate_limit))
+    }
+
     /// The caller a Unix-socket peer running as `uid` is.
     fn identify_uid(&self, uid: u32) -> Option<(Caller, u32)> {
         let k = self.keys.iter().find(|k| k.unix_uid == Some(uid))?;
@@ -138,7 +174,16 @@ impl CallerAuth {
             .get::<tonic::transport::server::UdsConnectInfo>()
             .and_then(|i| i.peer_cred)
             .map(|c| c.uid());
+        let cert = req.peer_certs().and_then(|c| c.first().map(|c| c.to_vec()));
         let (mut caller, rate) = match (req.metadata().get("authorization"), peer_uid) {
+            (None, _) if cert.is_some() => cert
+                .as_deref()
+                .and_then(|der| self.identify_cert(der))
+                .ok_or_else(|| {
+                    unknown(Status::unauthenticated(
+                        "this client certificate names no caller's tls_identity: send an API key or configure one",
+                    ))
+                })?,
             (None, Some(uid)) => self.identify_uid(uid).ok_or_else(|| {
                 unknown(Status::unauthenticated(
                     "this socket peer's uid is no caller's unix_uid: send an API key or configure one",
@@ -193,6 +238,7 @@ mod tests {
             require_user_assertion: false,
             rate_limit: 2,
             unix_uid: None,
+            tls_identity: None,
         }]);
         assert_eq!(auth.identify("k1").unwrap().name, "ops");
         assert!(auth.identify("k2").is_none());
