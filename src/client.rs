@@ -49,6 +49,14 @@ pub struct Client {
     credentials: CredentialsClient<AuthedChannel>,
 }
 
+/// The files a TLS connection uses: the CA that signed the daemon's certificate, and for mTLS the
+/// client certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 impl Client {
     /// Connects to the daemon at `server` (e.g. `http://127.0.0.1:50051`). Every call sends `key`
     /// as a bearer token; `None` sends no key. Errors say what to check, for a person at a shell.
@@ -59,6 +67,34 @@ impl Client {
             .await
             .with_context(|| {
                 format!("cannot reach valet at {server} (is `valet serve` running?)")
+            })?;
+        Self::over(channel, server, key)
+    }
+
+    /// Like `connect`, over TLS to an `https://` server: trusting `tls.ca`, and presenting a
+    /// client certificate (mTLS) when one is given.
+    pub async fn connect_tls(
+        server: &str,
+        key: Option<&str>,
+        tls: &TlsFiles,
+    ) -> anyhow::Result<Self> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        let channel = Channel::from_shared(server.to_owned())
+            .context("--server must be a URL like https://valet.example:50051")?
+            .tls_config(config)
+            .context("the TLS settings are not usable")?
+            .connect()
+            .await
+            .with_context(|| {
+                format!("cannot reach valet at {server} over TLS (is the CA the right one?)")
             })?;
         Self::over(channel, server, key)
     }

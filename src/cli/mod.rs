@@ -168,11 +168,30 @@ pub struct Conn {
     /// API key (prefer the env var: flags show up in `ps`).
     #[arg(long, env = "VALET_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// For an https:// server: the CA certificate (PEM) that signed the daemon's certificate.
+    #[arg(long, env = "VALET_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// mTLS: this client certificate (PEM), whose SAN is a caller's tls_identity (no key needed).
+    #[arg(long, env = "VALET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// mTLS: the client certificate's private key (PEM).
+    #[arg(long, env = "VALET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Conn {
     async fn connect(&self) -> anyhow::Result<Client> {
-        Client::connect(&self.server, self.key.as_deref()).await
+        let Some(ca) = &self.tls_ca else {
+            if self.tls_cert.is_some() {
+                bail!("--tls-cert needs --tls-ca (the CA that signed the daemon's certificate)");
+            }
+            return Client::connect(&self.server, self.key.as_deref()).await;
+        };
+        let tls = crate::client::TlsFiles {
+            ca: ca.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        };
+        Client::connect_tls(&self.server, self.key.as_deref(), &tls).await
     }
 }
 

@@ -179,7 +179,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 ];
 
 /// Variables the CLI client reads; not daemon settings, but not unknown either.
-pub const CLIENT_ENV_VARS: &[&str] = &["VALET_SERVER", "VALET_KEY"];
+pub const CLIENT_ENV_VARS: &[&str] = &[
+    "VALET_SERVER",
+    "VALET_KEY",
+    "VALET_TLS_CA",
+    "VALET_TLS_CERT",
+    "VALET_TLS_KEY",
+];
 
 impl RawConfig {
     /// Applies `VALET_*` variables from `env`; parse problems go to `errors`.

@@ -747,4 +747,21 @@ async fn a_client_certificate_from_the_configured_ca_is_its_san_s_caller() {
         format!("Bearer {AGENT_KEY}").parse().unwrap(),
     );
     assert!(anonymous.list_grants(req).await.is_ok());
+
+    // The CLI speaks mTLS too: a sidecar's certificate, no key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["grants", "--user", "alice", "--server"])
+        .arg(f.valet.grpc_url.replace("http://", "https://"))
+        .args(["--tls-ca", &format!("{dir}/tls-ca.pem")])
+        .args(["--tls-cert", &format!("{dir}/tls-client-sidecar.pem")])
+        .args(["--tls-key", &format!("{dir}/tls-client-sidecar.key")])
+        .env_remove("VALET_KEY")
+        .env_remove("VALET_SERVER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
