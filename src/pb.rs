@@ -61,6 +61,7 @@ impl fmt::Debug for Provider {
             .field("device_authorization_url", &self.device_authorization_url)
             .field("token_exchange", &self.token_exchange)
             .field("consent_return_url", &self.consent_return_url)
+            .field("allow_account_change", &self.allow_account_change)
             .finish()
     }
 }

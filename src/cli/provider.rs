@@ -126,6 +126,10 @@ pub struct ProviderArgs {
     /// with a one-time `session`; your app calls CompleteAuthorization(session, user_id).
     #[arg(long)]
     pub consent_return_url: Option<String>,
+    /// oauth2 and oidc: a re-consent by another provider account replaces the grant (audited)
+    /// instead of being refused.
+    #[arg(long)]
+    pub allow_account_change: Option<bool>,
     /// oauth2 and oidc: how users consent (device: RFC 8628 user codes, no browser callback).
     #[arg(long)]
     pub consent_flow: Option<Flow>,
@@ -347,6 +351,9 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
     }
     set(&mut p.device_authorization_url, a.device_authorization_url);
     set(&mut p.consent_return_url, a.consent_return_url);
+    if let Some(on) = a.allow_account_change {
+        p.allow_account_change = on;
+    }
     if let Some(on) = a.token_exchange {
         p.token_exchange = on;
     }

@@ -140,6 +140,9 @@ pub struct AuthCode {
     /// Consent binding: where the browser goes after consent, with a one-time session, for the
     /// operator's app to confirm the user (`CompleteAuthorization`) before the grant is stored.
     pub consent_return_url: Option<Url>,
+    /// A re-consent by another provider account replaces the grant (audited) instead of being
+    /// refused with `ACCOUNT_MISMATCH`.
+    pub allow_account_change: bool,
 }
 
 /// How a user's consent is collected.

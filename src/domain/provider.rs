@@ -69,6 +69,8 @@ pub struct ProviderDraft {
     pub token_exchange: bool,
     /// oauth2 and oidc: consent binding's return URL (the operator's app).
     pub consent_return_url: String,
+    /// oauth2 and oidc: a re-consent by another account replaces the grant.
+    pub allow_account_change: bool,
     /// oauth2 and oidc: browser (default) or device (RFC 8628).
     pub consent_flow: super::ConsentFlow,
     /// RFC 8628 device authorization endpoint; oidc discovers it.

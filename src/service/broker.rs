@@ -77,6 +77,8 @@ pub(crate) struct Consented {
     pub subject: Option<String>,
     /// The scopes asked for, used when the provider does not say what it granted.
     pub requested: Scopes,
+    /// The provider lets a re-consent by another account replace the grant (audited).
+    pub replace_account: bool,
 }
 
 /// Where a client token is for: the `audience` parameter and the RFC 8707 resource; for a
@@ -177,16 +179,21 @@ impl TokenBroker {
         }
     }
 
-    /// A refresh, in the audit trail (by the daemon itself, on behalf of whoever asked).
-    fn audit_refresh(&self, key: &GrantKey, outcome: &str) {
+    /// A change to a grant the daemon made itself (a refresh, an account replaced), in the
+    /// audit trail.
+    fn audit_grant(&self, key: &GrantKey, event: &str, outcome: &str) {
         if let Some(audit) = &self.audit {
             let subject = crate::audit::Subject {
                 provider: key.provider.as_str(),
                 user: key.user.as_str(),
                 agent: key.agent.as_ref().map_or("", |a| a.as_str()),
             };
-            audit.record("GrantRefreshed", "valet", subject, outcome);
+            audit.record(event, "valet", subject, outcome);
         }
+    }
+
+    fn audit_refresh(&self, key: &GrantKey, outcome: &str) {
+        self.audit_grant(key, "GrantRefreshed", outcome);
     }
 
     /// A token from the cache, the grant's kept token, or a refresh of the stored grant.
@@ -410,8 +417,12 @@ impl TokenBroker {
                 && old.status == GrantStatus::Active
                 && old.subject.as_ref().is_some_and(|s| s != new)
             {
-                tracing::warn!(provider = %c.key.provider, "refused a consent by another account than the grant's");
-                return Err(Error::Flow(crate::pending::FlowFailure::AccountMismatch));
+                if !c.replace_account {
+                    tracing::warn!(provider = %c.key.provider, "refused a consent by another account than the grant's");
+                    return Err(Error::Flow(crate::pending::FlowFailure::AccountMismatch));
+                }
+                tracing::warn!(provider = %c.key.provider, "a consent by another account replaces the grant's (allow_account_change)");
+                self.audit_grant(&c.key, "AccountReplaced", "ok");
             }
             let cas = previous
                 .as_ref()

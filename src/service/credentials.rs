@@ -677,6 +677,10 @@ impl Credentials {
             tokens,
             subject,
             requested: flow.scopes.clone(),
+            replace_account: provider
+                .kind
+                .auth_code()
+                .is_some_and(|c| c.allow_account_change),
         })
     }
 

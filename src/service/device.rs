@@ -107,6 +107,11 @@ impl DevicePoll {
             tokens,
             subject,
             requested: taken.flow.scopes.clone(),
+            replace_account: self
+                .provider
+                .kind
+                .auth_code()
+                .is_some_and(|c| c.allow_account_change),
         };
         self.broker
             .accept_consent(consented)

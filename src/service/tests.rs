@@ -100,6 +100,7 @@ fn provider() -> ProviderConfig {
             device_authorization_url: None,
             iss_required: false,
             consent_return_url: None,
+            allow_account_change: false,
             scope_separator: crate::domain::Separator::Space,
         }),
         profile: None,

@@ -104,6 +104,8 @@ struct ProviderRecord {
     iss_required: bool,
     #[serde(default)]
     consent_return_url: Option<Url>,
+    #[serde(default)]
+    allow_account_change: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -169,6 +171,7 @@ impl From<&ProviderConfig> for ProviderRecord {
             device_authorization_url: code.and_then(|c| c.device_authorization_url.clone()),
             iss_required: code.is_some_and(|c| c.iss_required),
             consent_return_url: code.and_then(|c| c.consent_return_url.clone()),
+            allow_account_change: code.is_some_and(|c| c.allow_account_change),
             private_key: key.map(|k| k.pem().clone()),
             key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
             assertion,
@@ -210,6 +213,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
                 device_authorization_url: r.device_authorization_url.clone(),
                 iss_required: r.iss_required,
                 consent_return_url: r.consent_return_url.clone(),
+                allow_account_change: r.allow_account_change,
             })
         };
         let kind = match r.kind {

@@ -98,7 +98,7 @@ async fn an_agent_key_acts_only_as_the_agents_it_is_configured_for() {
 }
 
 #[tokio::test]
-async fn a_consent_by_another_account_never_replaces_the_grant() {
+async fn a_consent_by_another_account_replaces_the_grant_only_where_allowed() {
     let f = fixture().await;
     f.oidc_provider("idp", "basic-client").await;
     let alice = f
@@ -142,6 +142,38 @@ async fn a_consent_by_another_account_never_replaces_the_grant() {
     let info = f.idp.introspect("basic-client", &after.access_token).await;
     assert_eq!(info["sub"], "alice", "{info}");
     assert_eq!(f.grants("alice").await[0].subject, "alice");
+
+    // A provider that allows it lets the new account replace the grant, and the trail says so.
+    f.create(pb::Provider {
+        provider_id: "idp2".into(),
+        kind: pb::ProviderKind::Oidc as i32,
+        client_id: "basic-client".into(),
+        client_secret: crate::support::idp::secret_of("basic-client"),
+        issuer: f.idp.issuer.clone(),
+        default_scopes: vec!["openid".into()],
+        allow_account_change: true,
+        ..Default::default()
+    })
+    .await;
+    f.authorize(AGENT_KEY, Fixture::request("idp2", "alice", ""))
+        .await;
+    let p = pending(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                force_reauth: true,
+                ..Fixture::request("idp2", "alice", "")
+            },
+        )
+        .await,
+    );
+    let other = Browser::new();
+    other.consent(&p.auth_url, "mallory").await;
+    token(f.wait(&p.auth_id).await.unwrap().into_inner());
+    let replaced = f.grants("alice").await;
+    let idp2 = replaced.iter().find(|g| g.provider_id == "idp2").unwrap();
+    assert_eq!(idp2.subject, "mallory");
+    assert!(f.valet.logs().contains("AccountReplaced"));
 }
 
 #[tokio::test]

@@ -75,6 +75,7 @@ fn auth_code(
         consent_flow: d.consent_flow,
         device_authorization_url,
         iss_required: advertised.iss_in_response,
+        allow_account_change: d.allow_account_change,
         consent_return_url: optional_url(
             "consent_return_url",
             &d.consent_return_url,

@@ -264,6 +264,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         ConsentFlow::Browser => pb::ConsentFlow::Browser,
         ConsentFlow::Device => pb::ConsentFlow::Device,
     } as i32;
+    wire.allow_account_change = c.allow_account_change;
     wire.consent_return_url = c
         .consent_return_url
         .as_ref()
@@ -357,6 +358,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         device_authorization_url: p.device_authorization_url,
         token_exchange: p.token_exchange,
         consent_return_url: p.consent_return_url,
+        allow_account_change: p.allow_account_change,
         ..ProviderDraft::default()
     })
 }
