@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use std::io::{BufRead as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -28,17 +28,34 @@ pub struct Subject<'a> {
     pub agent: &'a str,
 }
 
+/// One event on its way to the writer thread.
 #[derive(Debug)]
-struct Chain {
-    prev: String,
-    file: Option<std::fs::File>,
+struct Event {
+    ts: i64,
+    event: String,
+    caller: String,
+    provider: String,
+    agent: String,
+    user: String,
+    outcome: String,
 }
 
-/// The audit sink, shared by every caller of `record`.
+enum Message {
+    Event(Event),
+    /// Answered once everything sent before it is written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Queued events beyond this make `record` wait for the writer (backpressure, never loss).
+const QUEUE: usize = 65_536;
+
+/// The audit sink. `record` only queues the event: hashing, chaining and writing happen on one
+/// writer thread, so a handout never waits on the trail.
 pub struct Audit {
     path: Option<PathBuf>,
-    chain: Mutex<Chain>,
-    user_key: OnceLock<hmac::Key>,
+    tx: Option<std::sync::mpsc::SyncSender<Message>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    user_key: Arc<OnceLock<hmac::Key>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -70,6 +87,82 @@ fn last_hash(path: &Path) -> std::io::Result<String> {
     Ok(last)
 }
 
+/// The keyed hash of a user id: stable per deployment, not reversible without the key.
+fn user_hash(key: &OnceLock<hmac::Key>, user: &str) -> String {
+    match key.get() {
+        Some(k) => hex::encode(&hmac::sign(k, user.as_bytes()).as_ref()[..16]),
+        None => "unkeyed".into(),
+    }
+}
+
+/// The writer thread: turns events into chained lines, in order.
+struct Writer {
+    prev: String,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    user_key: Arc<OnceLock<hmac::Key>>,
+}
+
+impl Writer {
+    fn write(&mut self, e: Event) {
+        let mut line = Map::new();
+        line.insert("ts".into(), Value::from(e.ts));
+        line.insert("event".into(), Value::from(e.event));
+        line.insert("caller".into(), Value::from(e.caller));
+        for (k, v) in [("provider", e.provider), ("agent", e.agent)] {
+            if !v.is_empty() {
+                line.insert(k.into(), Value::from(v));
+            }
+        }
+        if !e.user.is_empty() {
+            line.insert(
+                "user".into(),
+                Value::from(user_hash(&self.user_key, &e.user)),
+            );
+        }
+        line.insert("outcome".into(), Value::from(e.outcome));
+        line.insert("prev".into(), Value::from(self.prev.as_str()));
+        let hash = link_hash(&self.prev, &line);
+        line.insert("hash".into(), Value::from(hash.as_str()));
+        let text = Value::Object(line).to_string();
+        self.prev = hash;
+        match &mut self.file {
+            Some(f) => {
+                if let Err(e) = writeln!(f, "{text}") {
+                    tracing::error!("cannot append to the audit file: {e}");
+                }
+            }
+            None => tracing::info!(target: "valet::audit", "{text}"),
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(f) = &mut self.file
+            && let Err(e) = f.flush()
+        {
+            tracing::error!("cannot flush the audit file: {e}");
+        }
+    }
+
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Message>) {
+        while let Ok(m) = rx.recv() {
+            let mut next = Some(m);
+            // Everything queued is written before the file is flushed once.
+            while let Some(m) = next.take() {
+                match m {
+                    Message::Event(e) => self.write(e),
+                    Message::Flush(done) => {
+                        self.flush();
+                        let _ = done.send(());
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            self.flush();
+        }
+        self.flush();
+    }
+}
+
 impl Audit {
     /// To `path` (created 0600, appended to, its chain continued), or to the log.
     pub fn open(path: Option<&Path>, clock: Arc<dyn Clock>) -> std::io::Result<Self> {
@@ -81,14 +174,25 @@ impl Audit {
                     .append(true)
                     .mode(0o600)
                     .open(p)?;
-                (prev, Some(file))
+                (prev, Some(std::io::BufWriter::new(file)))
             }
             None => (GENESIS.to_owned(), None),
         };
+        let user_key = Arc::new(OnceLock::new());
+        let writer = Writer {
+            prev,
+            file,
+            user_key: user_key.clone(),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("valet-audit".into())
+            .spawn(move || writer.run(rx))?;
         Ok(Self {
             path: path.map(Path::to_path_buf),
-            chain: Mutex::new(Chain { prev, file }),
-            user_key: OnceLock::new(),
+            tx: Some(tx),
+            writer: Some(writer),
+            user_key,
             clock,
         })
     }
@@ -98,42 +202,39 @@ impl Audit {
         let _ = self.user_key.set(hmac::Key::new(hmac::HMAC_SHA256, key));
     }
 
-    /// The keyed hash of a user id: stable per deployment, not reversible without the key.
-    fn user_hash(&self, user: &str) -> String {
-        match self.user_key.get() {
-            Some(k) => hex::encode(&hmac::sign(k, user.as_bytes()).as_ref()[..16]),
-            None => "unkeyed".into(),
+    /// Queues one event.
+    pub fn record(&self, event: &str, caller: &str, subject: Subject<'_>, outcome: &str) {
+        let e = Event {
+            ts: self.clock.now_unix(),
+            event: event.to_owned(),
+            caller: caller.to_owned(),
+            provider: subject.provider.to_owned(),
+            agent: subject.agent.to_owned(),
+            user: subject.user.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Message::Event(e));
         }
     }
 
-    /// Appends one event.
-    pub fn record(&self, event: &str, caller: &str, subject: Subject<'_>, outcome: &str) {
-        let mut line = Map::new();
-        line.insert("ts".into(), Value::from(self.clock.now_unix()));
-        line.insert("event".into(), Value::from(event));
-        line.insert("caller".into(), Value::from(caller));
-        for (k, v) in [("provider", subject.provider), ("agent", subject.agent)] {
-            if !v.is_empty() {
-                line.insert(k.into(), Value::from(v));
-            }
+    /// Waits until every event recorded so far is written.
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if let Some(tx) = &self.tx
+            && tx.send(Message::Flush(done)).is_ok()
+        {
+            let _ = wait.recv();
         }
-        if !subject.user.is_empty() {
-            line.insert("user".into(), Value::from(self.user_hash(subject.user)));
-        }
-        line.insert("outcome".into(), Value::from(outcome));
-        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-        line.insert("prev".into(), Value::from(chain.prev.as_str()));
-        let hash = link_hash(&chain.prev, &line);
-        line.insert("hash".into(), Value::from(hash.as_str()));
-        let text = Value::Object(line).to_string();
-        chain.prev = hash;
-        match &mut chain.file {
-            Some(f) => {
-                if let Err(e) = writeln!(f, "{text}") {
-                    tracing::error!("cannot append to the audit file: {e}");
-                }
-            }
-            None => tracing::info!(target: "valet::audit", "{text}"),
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer drain it and end.
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
         }
     }
 }
@@ -198,6 +299,7 @@ mod tests {
         // Reopened, the chain continues.
         let audit = Audit::open(Some(&path), clock).unwrap();
         audit.record("Resolve", "agent-a", Subject::default(), "ok");
+        audit.flush();
         assert_eq!(verify(&path), Ok(3));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("alice"), "users are hashed: {text}");

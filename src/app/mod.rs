@@ -252,6 +252,7 @@ impl App {
         set_not_serving(&reporter).await;
         let _ = stop_tx.send(true);
         drain(grace, grpc, http).await;
+        self.credentials.audit().flush();
         tracing::info!("stopped");
         Ok(())
     }

@@ -173,7 +173,16 @@ async fn a_consent_by_another_account_replaces_the_grant_only_where_allowed() {
     let replaced = f.grants("alice").await;
     let idp2 = replaced.iter().find(|g| g.provider_id == "idp2").unwrap();
     assert_eq!(idp2.subject, "mallory");
-    assert!(f.valet.logs().contains("AccountReplaced"));
+    // The trail's writer thread logs it a moment later.
+    let mut audited = false;
+    for _ in 0..100 {
+        audited = f.valet.logs().contains("AccountReplaced");
+        if audited {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(audited, "the replacement is in the audit trail");
 }
 
 #[tokio::test]
@@ -378,7 +387,15 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
         .list_grants(pb::ListGrantsRequest::default())
         .await;
     assert_eq!(nokey.unwrap_err().code(), Code::Unauthenticated);
-    let text = std::fs::read_to_string(&trail).unwrap();
+    // The trail is written by its own thread: wait for the last event to land.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&trail).unwrap_or_default();
+        if text.contains("\"Refused\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let events: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
