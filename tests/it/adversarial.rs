@@ -464,7 +464,17 @@ fn bound_provider(f: &Fixture, return_url: &str) -> pb::Provider {
 
 /// Consents as `login` and returns the session the callback hands to the operator's app.
 async fn bound_consent(f: &Fixture, p: &pb::Pending, login: &str, return_url: &str) -> String {
-    let cb = f.browser.authorize(&p.auth_url, login, true).await;
+    let mut cb = f.browser.authorize(&p.auth_url, login, true).await;
+    // Open-redirect payloads riding along on the callback change nothing: the only place Valet
+    // redirects to is the configured URL.
+    for (k, v) in [
+        ("next", "//evil.example"),
+        ("return_url", "/\\evil.example"),
+        ("redirect_uri", "https://evil.example\t"),
+        ("continue", "https://app.example.evil.example/"),
+    ] {
+        cb.query_pairs_mut().append_pair(k, v);
+    }
     let (status, headers, _) = f.browser.visit(&cb).await;
     assert_eq!(status, 303);
     let to = headers["location"].to_str().unwrap();
