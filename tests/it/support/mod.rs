@@ -234,6 +234,34 @@ impl Fixture {
             .revoked
     }
 
+    /// Creates each provider expecting `INVALID_ARGUMENT` whose message names its field; returns
+    /// the refusals (for further checks) and how many providers exist afterwards, so callers can
+    /// show a refusal wrote nothing.
+    pub(crate) async fn refused_providers(
+        &self,
+        cases: Vec<(pb::Provider, &str)>,
+    ) -> (Vec<tonic::Status>, usize) {
+        let mut providers = self.valet.providers_as(daemon::ADMIN_KEY).await;
+        let mut refusals = Vec::new();
+        for (p, field) in cases {
+            let s = expect_err(
+                providers
+                    .create_provider(pb::CreateProviderRequest { provider: Some(p) })
+                    .await,
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            );
+            assert!(s.message().contains(field), "{field}: {s:?}");
+            refusals.push(s);
+        }
+        let listed = providers
+            .list_providers(pb::ListProvidersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        (refusals, listed.providers.len())
+    }
+
     /// Every grant, as the admin key sees them.
     pub(crate) async fn grants_for_admin(&self) -> Vec<pb::Grant> {
         self.valet
