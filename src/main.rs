@@ -40,7 +40,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             valet::telemetry::init(config.log_format, &config.log_level);
-            runtime.block_on(valet::App::run(config, valet::signal::shutdown()))
+            // The signal handlers go in before anything is bound or announced.
+            runtime.block_on(async { valet::App::run(config, valet::signal::shutdown()).await })
         }
         Command::CheckConfig(args) => {
             let config = match load_config(&args) {

@@ -13,6 +13,7 @@ mod token;
 pub use authorize::{AuthorizationRequest, authorization_url};
 pub use client::OAuth2TokenEndpoint;
 pub use http::ProviderHttp;
+pub(crate) use token::parse as parse_token_response;
 pub use token::{ACCESS_TOKEN_TYPE, safe_code};
 
 use crate::domain::{OAuthClient, Scopes};

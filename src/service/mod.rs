@@ -25,5 +25,6 @@ pub use error::{Class, Error, Reason};
 pub use kind::{CallbackParams, ProviderRevocation};
 pub use providers::ProviderRegistry;
 pub use references::ReferenceError;
+pub(crate) use references::ReferenceKeys;
 #[cfg(test)]
 mod tests;

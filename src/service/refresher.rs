@@ -88,8 +88,10 @@ impl Refresher {
     }
 
     /// Marks `grant` as being refreshed by this instance (check-and-set), waiting out another
-    /// instance's live claim.
+    /// instance's live claim. On a store no other process uses, another instance's claim was
+    /// left by a killed predecessor and is taken over at once.
     async fn claim(&self, mut grant: Grant, mut version: u64) -> Result<Claimed, Error> {
+        let shared = !self.grants.exclusive();
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
             if grant.status != GrantStatus::Active || grant.refresh_token.is_none() {
@@ -99,7 +101,7 @@ impl Refresher {
             let busy = grant
                 .refreshing
                 .as_ref()
-                .is_some_and(|c| c.owner != self.instance && c.until > now);
+                .is_some_and(|c| shared && c.owner != self.instance && c.until > now);
             if !busy {
                 grant.refreshing = Some(RefreshClaim {
                     owner: self.instance.clone(),

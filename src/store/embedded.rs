@@ -275,6 +275,10 @@ fn load_or_create_key(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u
 
 #[async_trait]
 impl SecretStore for EmbeddedStore {
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     fn backend(&self) -> &'static str {
         "embedded"
     }

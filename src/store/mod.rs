@@ -83,6 +83,11 @@ impl StoreError {
 pub trait SecretStore: std::fmt::Debug + Send + Sync + 'static {
     /// Backend name for logs and health.
     fn backend(&self) -> &'static str;
+    /// Whether this process is the only one using the store (the embedded store's directory
+    /// lock): a record marked by another process (a refresh claim) was then left by a dead one.
+    fn exclusive(&self) -> bool {
+        false
+    }
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
     /// Writes `value`; returns the new version.
     async fn put(&self, key: &str, value: SecretBytes, cas: Cas) -> Result<u64, StoreError>;

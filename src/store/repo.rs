@@ -308,6 +308,11 @@ impl GrantRepo {
         Self { store }
     }
 
+    /// Whether no other process uses the store (see `SecretStore::exclusive`).
+    pub fn exclusive(&self) -> bool {
+        self.store.exclusive()
+    }
+
     /// The grant and the version it was read at.
     pub async fn get(&self, key: &GrantKey) -> Result<Option<(Grant, u64)>, StoreError> {
         read(&*self.store, &keyspace::grant(key)).await

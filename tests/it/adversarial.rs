@@ -824,3 +824,101 @@ async fn a_client_certificate_from_the_configured_ca_is_its_san_s_caller() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The provider's access tokens live 3600 s; asking for more forces a refresh.
+fn refresh_request() -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        min_ttl_seconds: 7200,
+        ..Fixture::request("idp", "alice", "")
+    }
+}
+
+/// Starts a refresh for alice that the provider holds for `delay_ms`, and returns once the
+/// request has reached the token endpoint.
+async fn refresh_in_flight(
+    f: &Fixture,
+    delay_ms: u64,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::AuthenticateResponse>, tonic::Status>> {
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let before = f.idp.token_requests().await;
+    f.idp.delay_token(delay_ms).await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let call = tokio::spawn(async move { creds.authenticate(refresh_request()).await });
+    while f.idp.token_requests().await == before {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    call
+}
+
+/// SIGTERM while a refresh is in flight: the daemon finishes it, stores the rotated refresh
+/// token, answers the caller, then exits; after a restart the grant refreshes with the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exiting() {
+    let f = Fixture::new().await;
+    let call = refresh_in_flight(&f, 800).await;
+    let Fixture {
+        mut valet,
+        idp,
+        browser,
+    } = f;
+    let valet = tokio::task::spawn_blocking(move || {
+        assert!(valet.stop().success());
+        valet
+    })
+    .await
+    .unwrap();
+    let t = token(
+        call.await
+            .unwrap()
+            .expect("the in-flight refresh answered")
+            .into_inner(),
+    );
+    assert!(idp.userinfo(&t.access_token).await.status().is_success());
+    idp.delay_token(0).await;
+    let f = Fixture {
+        valet: valet.start_again(),
+        idp,
+        browser,
+    };
+    let t = token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+    let stats = f.idp.stats().await;
+    assert_eq!(stats["grants"]["refresh_token"], 2, "{stats}");
+    f.idp.assert_no_refresh_token_reuse().await;
+}
+
+/// SIGKILL while a refresh is in flight, before the provider answered: nothing was written
+/// half-way, the data directory opens again, the dead process's refresh claim does not block
+/// the new one, and the stored grant refreshes with the refresh token it had. (A kill after a rotating provider answered and before the store write loses the
+/// rotated token; that grant then asks for consent again, never silently fails: see
+/// `a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow` and SECURITY.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_refresh_leaves_the_grant_usable_after_a_restart() {
+    let f = Fixture::new().await;
+    let call = refresh_in_flight(&f, 1500).await;
+    let Fixture {
+        mut valet,
+        idp,
+        browser,
+    } = f;
+    valet.kill();
+    assert!(
+        call.await.unwrap().is_err(),
+        "the caller saw the daemon die"
+    );
+    // Past the provider's delay: the abandoned request was dropped, not processed.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    idp.delay_token(0).await;
+    let f = Fixture {
+        valet: valet.start_again(),
+        idp,
+        browser,
+    };
+    let t = token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+    let stats = f.idp.stats().await;
+    assert_eq!(stats["grants"]["refresh_token"], 1, "{stats}");
+    f.idp.assert_no_refresh_token_reuse().await;
+}

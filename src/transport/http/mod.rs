@@ -5,6 +5,7 @@ mod callback;
 mod health;
 mod listener;
 
+pub(crate) use callback::parse_query as parse_callback_query;
 pub use listener::{ConnectionLimits, GuardedListener};
 
 use crate::service::{Class, Credentials};

@@ -250,6 +250,13 @@ rate_limit = 0
         child.wait().unwrap()
     }
 
+    /// Kills the daemon with SIGKILL: no shutdown and no flush, as a crash or the OOM killer.
+    pub(crate) fn kill(&mut self) {
+        let mut child = self.child.take().expect("already stopped");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Stops and starts again on the same data directory and HTTP address.
     pub(crate) fn restart(mut self) -> Self {
         let status = self.stop();

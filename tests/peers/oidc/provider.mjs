@@ -133,6 +133,9 @@ provider.use(async (ctx, next) => {
   }
   if (tokenDelayMs && ctx.path === '/token') {
     await new Promise((resolve) => setTimeout(resolve, tokenDelayMs));
+    // A client that went away meanwhile (a killed daemon) never reached the grant: nothing is
+    // consumed, as when a connection drops before the request is processed.
+    if (ctx.req.socket.destroyed) return;
   }
   if (ctx.path === '/__test/tamper-nonce') {
     tamperNonce = ctx.query.on === '1';
