@@ -30,3 +30,18 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "==> cargo test --all-targets"
 cargo test --all-targets
+
+# The fuzz targets (fuzz/, cargo-fuzz layout) are built and each run briefly from its seeds; a
+# campaign with coverage is `cargo install cargo-fuzz && cargo fuzz run <target> -s none`.
+echo "==> fuzz targets (build, short run)"
+cargo build -p valet-fuzz --bins
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+for target in callback_query token_response reference config; do
+  mkdir -p "$scratch/$target"
+  "target/debug/$target" -runs=20000 -max_len=4096 -seed=1 "$scratch/$target" "fuzz/seeds/$target" 2>"$scratch/$target.log" \
+    || { cat "$scratch/$target.log" >&2; echo "error: fuzz target $target failed" >&2; exit 1; }
+done
+
+echo "==> Python client (clients/python)"
+./tests/python.sh

@@ -1,0 +1,220 @@
+"""The blocking client: one gRPC channel, the caller's API key on every call.
+
+Requests and answers are built and parsed in `_wire`, shared with `AsyncClient`; this module
+only runs them. Errors come out as the typed exceptions of `valet.errors`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from valet import _wire
+from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
+from valet.errors import from_rpc_error
+from valet.types import AuthResult, Grant, Handout, Resolved, RevokeResult
+from valet.v1 import valet_pb2 as pb
+from valet.v1 import valet_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class Client:
+    """A connection to a Valet daemon.
+
+    `target` is the daemon's URL (`http://host:port`, or `https://` for TLS) and `api_key` the
+    caller's key; each falls back to `VALET_SERVER` / `VALET_KEY` (and TLS files to
+    `VALET_TLS_CA`, `VALET_TLS_CERT`, `VALET_TLS_KEY`), as for the `valet` CLI.
+    `root_certificates`, `certificate_chain` and `private_key` are PEM bytes. `timeout` is the
+    deadline in seconds of each call except `wait_for_completion`'s long polls.
+
+    Thread-safe; share one per process. Use as a context manager or call `close()`.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        api_key: str | None = None,
+        *,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._endpoint: Endpoint = resolve_endpoint(
+            target,
+            api_key,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+        )
+        self._timeout = timeout
+        e = self._endpoint
+        self._channel = (
+            grpc.secure_channel(e.address, e.credentials, options=CHANNEL_OPTIONS)
+            if e.credentials is not None
+            else grpc.insecure_channel(e.address, options=CHANNEL_OPTIONS)
+        )
+        self._stubs: dict[str, Any] = {
+            "credentials": pb_grpc.CredentialsStub(self._channel),
+            "providers": pb_grpc.ProvidersStub(self._channel),
+        }
+
+    @property
+    def server(self) -> str:
+        """The daemon's URL."""
+        return self._endpoint.server
+
+    def _run(self, call: _wire.Call[T]) -> T:
+        method = getattr(self._stubs[call.service], call.method)
+        try:
+            answer = method(
+                call.request,
+                metadata=self._endpoint.metadata(),
+                timeout=call.timeout or self._timeout,
+            )
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        return call.parse(answer)
+
+    # Credentials: what agents call.
+
+    def authenticate(
+        self,
+        provider: str,
+        scopes: Iterable[str] = (),
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        *,
+        handout: Handout = "token",
+        min_ttl: _wire.Seconds | None = None,
+        force_reauth: bool = False,
+        single_use: bool = False,
+        audience: str | None = None,
+        resource: str | None = None,
+        subject_token: str | None = None,
+        subject_token_type: str | None = None,
+    ) -> AuthResult:
+        """A token (or with `handout="reference"` a reference) for `user_id` at `provider`, or
+        a pending consent flow to show the user.
+
+        `scopes` empty means the provider's defaults. `agent_id` set: the grant belongs to that
+        agent only; None: to every agent of the user. `min_ttl` (seconds) is the life the token
+        must have left. While a flow is pending, the same request returns the same flow.
+        """
+        return self._run(
+            _wire.authenticate(
+                provider,
+                scopes,
+                user_id,
+                agent_id,
+                handout,
+                min_ttl,
+                force_reauth,
+                single_use,
+                audience,
+                resource,
+                subject_token,
+                subject_token_type,
+            )
+        )
+
+    def wait_for_completion(self, auth_id: str, timeout: float = 300.0) -> AuthResult:
+        """Waits up to `timeout` seconds for the flow `auth_id` to complete.
+
+        Returns the completed result as soon as the consent lands, or the still-pending flow at
+        the timeout. A flow that failed raises its `FlowFailed` subclass.
+        """
+        deadline = time.monotonic() + timeout
+        left: float | None = timeout
+        while True:
+            result = self._run(_wire.wait_for_completion(auth_id, left or 1.0))
+            left = _wire.remaining(deadline)
+            if result.status == "completed" or left is None:
+                return result
+
+    def resolve(self, reference: str, min_ttl: _wire.Seconds | None = None) -> Resolved:
+        """A fresh access token for the grant `reference` names, and the credential to apply.
+        Only the caller the reference was issued to may resolve it."""
+        return self._run(_wire.resolve(reference, min_ttl))
+
+    def revoke(
+        self,
+        provider: str | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        *,
+        reference: str | None = None,
+    ) -> RevokeResult:
+        """Removes a grant (and revokes its tokens at the provider where it can), or with
+        `reference` that one reference."""
+        return self._run(_wire.revoke(provider, user_id, agent_id, reference))
+
+    def list_grants(self, provider: str | None = None, user_id: str | None = None) -> list[Grant]:
+        """Grant metadata (never tokens), optionally for one provider and/or user."""
+        return self._run(_wire.list_grants(provider, user_id))
+
+    def put_credential(
+        self,
+        provider: str,
+        user_id: str,
+        value: str,
+        *,
+        agent_id: str | None = None,
+        username: str | None = None,
+    ) -> None:
+        """Stores a static credential (api_key, http_basic, http_bearer providers)."""
+        self._run(_wire.put_credential(provider, user_id, value, agent_id, username))
+
+    def complete_authorization(self, session: str, user_id: str) -> str:
+        """Consent binding: vouches that `user_id` gave the consent `session` names. Returns
+        the provider id."""
+        return self._run(_wire.complete_authorization(session, user_id))
+
+    # Providers: what operators call (admin key).
+
+    def create_provider(self, provider: pb.Provider | None = None, **fields: Any) -> pb.Provider:
+        """Creates a provider from a `Provider` message and/or its fields as keywords (enum
+        fields take short words: `kind="oidc"`). Returns it as stored (no secrets)."""
+        return self._run(_wire.create_provider(_wire.provider_message(provider, fields)))
+
+    def get_provider(self, provider_id: str) -> pb.Provider:
+        return self._run(_wire.get_provider(provider_id))
+
+    def list_providers(self) -> list[pb.Provider]:
+        return self._run(_wire.list_providers())
+
+    def update_provider(self, provider: pb.Provider | None = None, **fields: Any) -> pb.Provider:
+        """Replaces a provider's configuration; an empty client_secret keeps the stored one."""
+        return self._run(_wire.update_provider(_wire.provider_message(provider, fields)))
+
+    def delete_provider(
+        self, provider_id: str, *, revoke_at_provider: bool = False
+    ) -> pb.DeleteProviderResponse:
+        return self._run(_wire.delete_provider(provider_id, revoke_at_provider))
+
+    # Lifecycle.
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        key = "<redacted>" if self._endpoint.key else None
+        return f"Client(server={self.server!r}, api_key={key!r})"

@@ -1,0 +1,273 @@
+"""The client against the real daemon and the real OpenID provider: handouts, the consent round
+trip, resolve, revoke, grants, provider admin calls, configuration and TLS."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+import valet
+from valet import errors
+from valet.v1 import valet_pb2 as pb
+
+from conftest import Stack
+from support import ADMIN_KEY, AGENT_KEY, FIXTURES, OTHER_AGENT_KEY
+
+
+def consented(stack: Stack, client: valet.Client, user: str, **kwargs: object) -> valet.AuthResult:
+    """Authenticate → consent in the browser → WaitForCompletion, checking each step."""
+    pending = client.authenticate("idp", user_id=user, **kwargs)  # type: ignore[arg-type]
+    assert pending.status == "pending" and pending.needs_auth
+    stack.consent(pending.auth_url or "", user)
+    assert pending.auth_id
+    done = client.wait_for_completion(pending.auth_id, timeout=10)
+    assert done.status == "completed", done
+    return done
+
+
+def test_token_handout_pends_until_consent_then_hands_out_a_live_token(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    pending = agent.authenticate("idp", ["openid", "email"], user)
+    assert pending.status == "pending"
+    assert pending.token is None and pending.reference is None
+    assert (pending.auth_url or "").startswith(f"{stack.idp.issuer}/auth?")
+    assert pending.auth_id and pending.expires_at and pending.expires_at > time.time()
+    # While pending, the same request returns the same flow (a resumed node re-asks).
+    again = agent.authenticate("idp", ["openid", "email"], user)
+    assert (again.auth_id, again.auth_url) == (pending.auth_id, pending.auth_url)
+
+    stack.consent(pending.auth_url or "", user)
+    done = agent.wait_for_completion(pending.auth_id, timeout=10)
+    assert done.status == "completed" and not done.needs_auth
+    assert done.token and done.token_type and done.reference is None
+    assert {"openid", "email"} <= set(done.scopes) and done.missing_scopes == ()
+    assert done.expires_at and done.expires_at > time.time()
+    assert stack.idp.userinfo_status(done.token) == 200
+
+    cached = agent.authenticate("idp", ["openid", "email"], user)
+    assert cached.status == "completed" and cached.token == done.token
+
+
+def test_wait_for_completion_returns_the_pending_flow_at_its_timeout(
+    agent: valet.Client, user: str
+) -> None:
+    pending = agent.authenticate("idp", user_id=user)
+    started = time.monotonic()
+    still = agent.wait_for_completion(pending.auth_id or "", timeout=1)
+    waited = time.monotonic() - started
+    assert still.status == "pending" and still.auth_id == pending.auth_id
+    assert 0.9 <= waited < 5, waited
+
+
+async def test_async_client_runs_the_same_round_trip(stack: Stack, user: str) -> None:
+    async with stack.async_client() as client:
+        pending = await client.authenticate("idp", user_id=user, handout="reference")
+        assert pending.status == "pending"
+        stack.consent(pending.auth_url or "", user)
+        done = await client.wait_for_completion(pending.auth_id or "", timeout=10)
+        assert done.status == "completed" and (done.reference or "").startswith("vref_")
+        resolved = await client.resolve(done.reference or "")
+        assert stack.idp.userinfo_status(resolved.token) == 200
+        grants = await client.list_grants("idp", user)
+        assert [g.user_id for g in grants] == [user]
+
+
+def test_reference_handout_resolves_to_a_live_token_and_its_credential(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    done = consented(stack, agent, user, handout="reference")
+    assert done.token is None
+    assert (done.reference or "").startswith("vref_")
+    assert done.expires_at and done.expires_at > time.time()
+
+    resolved = agent.resolve(done.reference or "", min_ttl=60)
+    assert stack.idp.userinfo_status(resolved.token) == 200
+    assert resolved.expires_at and resolved.expires_at > time.time() + 60
+    c = resolved.credential
+    assert (c.location, c.name, c.value) == ("header", "Authorization", f"Bearer {resolved.token}")
+    headers, params = resolved.apply({"Accept": "application/json"})
+    assert headers == {"Accept": "application/json", "Authorization": f"Bearer {resolved.token}"}
+    assert params == {}
+    # References are bound to the key that got them.
+    with pytest.raises(errors.PermissionDenied):
+        with valet.Client(stack.daemon.grpc_url, OTHER_AGENT_KEY) as other:
+            other.resolve(done.reference or "")
+
+
+def test_a_single_use_reference_resolves_once(stack: Stack, agent: valet.Client, user: str) -> None:
+    consented(stack, agent, user)
+    ref = agent.authenticate("idp", user_id=user, handout="reference", single_use=True)
+    agent.resolve(ref.reference or "")
+    with pytest.raises(errors.PermissionDenied):
+        agent.resolve(ref.reference or "")
+
+
+def test_applied_credentials_go_where_their_location_says() -> None:
+    query = valet.AppliedCredential(location="query", name="api_key", value="k-1")
+    assert query.apply({"A": "b"}) == ({"A": "b"}, {"api_key": "k-1"})
+    cookie = valet.AppliedCredential(location="cookie", name="sid", value="k-2")
+    assert cookie.apply({"Cookie": "theme=dark"})[0] == {"Cookie": "theme=dark; sid=k-2"}
+    header = valet.AppliedCredential(location="header", name="X-API-Key", value="k-3")
+    headers: dict[str, str] = {}
+    header.apply(headers)
+    assert headers == {"X-API-Key": "k-3"}, "applied in place"
+
+
+def test_revoking_a_grant_revokes_it_at_the_provider_and_asks_for_consent_again(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    token = consented(stack, agent, user).token or ""
+    [grant] = agent.list_grants("idp", user)
+    assert (grant.status, grant.kind, grant.agent_id) == ("active", "oidc", "")
+    assert grant.has_refresh_token and grant.subject == user
+
+    revoked = agent.revoke("idp", user)
+    assert revoked == valet.RevokeResult(revoked=True, provider_revocation="revoked")
+    assert agent.list_grants("idp", user) == []
+    assert stack.idp.userinfo_status(token) == 401
+    assert agent.authenticate("idp", user_id=user).status == "pending"
+    nothing = agent.revoke("idp", user)
+    assert not nothing.revoked
+
+
+def test_revoking_one_reference_leaves_the_grant(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    ref = consented(stack, agent, user, handout="reference").reference or ""
+    assert agent.revoke(reference=ref).revoked
+    # A revoked reference is refused like an unknown one (no oracle for which references exist).
+    with pytest.raises(errors.PermissionDenied):
+        agent.resolve(ref)
+    assert agent.authenticate("idp", user_id=user).status == "completed"
+    with pytest.raises(ValueError):
+        agent.revoke("idp", reference=ref)
+
+
+def test_an_agent_scoped_grant_is_separate_from_the_user_wide_one(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    consented(stack, agent, user, agent_id="planner")
+    assert agent.authenticate("idp", user_id=user, agent_id="planner").status == "completed"
+    assert agent.authenticate("idp", user_id=user).status == "pending"
+    [grant] = agent.list_grants("idp", user)
+    assert grant.agent_id == "planner"
+
+
+def test_provider_admin_calls_round_trip_without_returning_secrets(
+    stack: Stack, admin: valet.Client
+) -> None:
+    created = admin.create_provider(
+        provider_id="oauth",
+        kind="oauth2",
+        client_id="post-client",
+        client_secret="post-client-secret-canary-0123456789",
+        auth_url=f"{stack.idp.issuer}/auth",
+        token_url=f"{stack.idp.issuer}/token",
+        token_auth_method="client_secret_post",
+        default_scopes=["api.read"],
+        extra_auth_params={"prompt": "consent"},
+    )
+    try:
+        assert created.kind == pb.PROVIDER_KIND_OAUTH2
+        assert created.token_auth_method == pb.TOKEN_AUTH_METHOD_CLIENT_SECRET_POST
+        assert created.has_client_secret and created.client_secret == ""
+        assert created.redirect_uri == stack.daemon.callback_url("oauth")
+        assert admin.get_provider("oauth").token_url == f"{stack.idp.issuer}/token"
+        assert "oauth" in [p.provider_id for p in admin.list_providers()]
+        updated = admin.update_provider(created, name="Renamed", default_scopes=["api.write"])
+        assert (updated.name, list(updated.default_scopes)) == ("Renamed", ["api.write"])
+        assert updated.has_client_secret, "an empty client_secret keeps the stored one"
+    finally:
+        admin.delete_provider("oauth")
+    with pytest.raises(errors.NotFound):
+        admin.get_provider("oauth")
+
+
+def test_static_credentials_are_stored_then_resolved_where_the_provider_says(
+    stack: Stack, admin: valet.Client, agent: valet.Client, user: str
+) -> None:
+    admin.create_provider(
+        provider_id=f"weather-{user[-6:]}",
+        kind="api_key",
+        credential_location="query",
+        credential_name="appid",
+    )
+    provider = f"weather-{user[-6:]}"
+    with pytest.raises(errors.CredentialMissing):
+        agent.authenticate(provider, user_id=user)
+    agent.put_credential(provider, user, "weather-key-canary-5")
+    ref = agent.authenticate(provider, user_id=user, handout="reference").reference or ""
+    resolved = agent.resolve(ref)
+    assert resolved.credential.apply()[1] == {"appid": "weather-key-canary-5"}
+
+
+def test_server_and_key_come_from_the_environment(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, user: str
+) -> None:
+    monkeypatch.setenv("VALET_SERVER", stack.daemon.grpc_url)
+    monkeypatch.setenv("VALET_KEY", AGENT_KEY)
+    with valet.Client() as client:
+        assert client.server == stack.daemon.grpc_url
+        assert client.list_grants(user_id=user) == []
+    monkeypatch.delenv("VALET_KEY")
+    with valet.Client() as anonymous, pytest.raises(errors.Unauthenticated) as e:
+        anonymous.list_grants(user_id=user)
+    assert e.value.reason is None and e.value.code.name == "UNAUTHENTICATED"
+    monkeypatch.setenv("VALET_KEY", "no-such-key")
+    with valet.Client() as stranger, pytest.raises(errors.Unauthenticated):
+        stranger.list_grants(user_id=user)
+    # Arguments win over the environment.
+    with valet.Client(api_key=ADMIN_KEY) as admin:
+        assert "idp" in [p.provider_id for p in admin.list_providers()]
+
+
+def test_configuration_mistakes_are_clear_and_never_echo_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VALET_SERVER", raising=False)
+    with valet.Client(api_key="k") as c:
+        assert c.server == "http://127.0.0.1:50051", "the CLI's default"
+    for bad in ("127.0.0.1:50051", "ftp://x:1", "http://x:1/path", "http://x:port"):
+        with pytest.raises(ValueError, match="URL"):
+            valet.Client(bad)
+    with pytest.raises(ValueError) as e:
+        valet.Client("http://127.0.0.1:1", "secret-key-canary-9\n")
+    assert "secret-key-canary-9" not in str(e.value)
+    with pytest.raises(ValueError, match="https"):
+        valet.Client("http://127.0.0.1:1", root_certificates=b"pem")
+    monkeypatch.setenv("VALET_TLS_CERT", "/x.pem")
+    with pytest.raises(ValueError, match="VALET_TLS_KEY"):
+        valet.Client("https://127.0.0.1:1")
+
+
+def test_tls_with_the_daemon_ca_and_mtls_from_the_environment(
+    make_stack: Callable[..., Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meshed = (
+        '[[callers]]\nname = "meshed"\nrole = "agent"\nkey_sha256 = "' + "ef" * 32 + '"\n'
+        'tls_identity = "spiffe://valet.test/sidecar"\n\n'
+        f'[grpc_tls]\ncert_file = "{FIXTURES}/tls-server.pem"\n'
+        f'key_file = "{FIXTURES}/tls-server.key"\nclient_ca_file = "{FIXTURES}/tls-ca.pem"\n'
+    )
+    s = make_stack(extra_toml=meshed)
+    server = s.daemon.grpc_url.replace("http://", "https://")
+    ca = (FIXTURES / "tls-ca.pem").read_bytes()
+    with valet.Client(server, AGENT_KEY, root_certificates=ca) as client:
+        assert client.list_grants(user_id="alice") == []
+    # The sidecar's certificate is the `meshed` caller: no key needed.
+    monkeypatch.setenv("VALET_SERVER", server)
+    monkeypatch.setenv("VALET_TLS_CA", str(FIXTURES / "tls-ca.pem"))
+    monkeypatch.setenv("VALET_TLS_CERT", str(FIXTURES / "tls-client-sidecar.pem"))
+    monkeypatch.setenv("VALET_TLS_KEY", str(FIXTURES / "tls-client-sidecar.key"))
+    monkeypatch.delenv("VALET_KEY", raising=False)
+    with valet.Client() as sidecar:
+        assert sidecar.list_grants(user_id="alice") == []
+    # Plaintext to a TLS listener does not get through.
+    for name in ("VALET_TLS_CA", "VALET_TLS_CERT", "VALET_TLS_KEY"):
+        monkeypatch.delenv(name)
+    with valet.Client(s.daemon.grpc_url, AGENT_KEY, timeout=5) as plain:
+        with pytest.raises(errors.ValetError):
+            plain.list_grants(user_id="alice")
