@@ -57,6 +57,7 @@ pub struct Audit {
     writer: Option<std::thread::JoinHandle<()>>,
     user_key: Arc<OnceLock<hmac::Key>>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -164,8 +165,13 @@ impl Writer {
 }
 
 impl Audit {
-    /// To `path` (created 0600, appended to, its chain continued), or to the log.
-    pub fn open(path: Option<&Path>, clock: Arc<dyn Clock>) -> std::io::Result<Self> {
+    /// To `path` (created 0600, appended to, its chain continued), or to the log. Every event
+    /// is also counted in `metrics`.
+    pub fn open(
+        path: Option<&Path>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<Self> {
         let (prev, file) = match path {
             Some(p) => {
                 let prev = last_hash(p)?;
@@ -194,6 +200,7 @@ impl Audit {
             writer: Some(writer),
             user_key,
             clock,
+            metrics,
         })
     }
 
@@ -202,8 +209,14 @@ impl Audit {
         let _ = self.user_key.set(hmac::Key::new(hmac::HMAC_SHA256, key));
     }
 
-    /// Queues one event.
+    /// The metrics the events are counted in (durations are observed through it too).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Counts one event and queues it for the trail.
     pub fn record(&self, event: &str, caller: &str, subject: Subject<'_>, outcome: &str) {
+        self.metrics.event(event, subject.provider, outcome);
         let e = Event {
             ts: self.clock.now_unix(),
             event: event.to_owned(),
@@ -286,7 +299,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let clock = Arc::new(ManualClock::at(1_800_000_000));
-        let audit = Audit::open(Some(&path), clock.clone()).unwrap();
+        let audit = Audit::open(Some(&path), clock.clone(), Arc::default()).unwrap();
         audit.set_user_key(b"deployment key");
         let who = Subject {
             provider: "github",
@@ -297,7 +310,7 @@ mod tests {
         audit.record("Revoke", "agent-b", who, "PERMISSION_DENIED");
         drop(audit);
         // Reopened, the chain continues.
-        let audit = Audit::open(Some(&path), clock).unwrap();
+        let audit = Audit::open(Some(&path), clock, Arc::default()).unwrap();
         audit.record("Resolve", "agent-a", Subject::default(), "ok");
         audit.flush();
         assert_eq!(verify(&path), Ok(3));

@@ -218,6 +218,15 @@ pub struct PendingFlows {
 }
 
 impl PendingFlows {
+    /// Flows waiting for their callback.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).pending
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn new(limits: PendingLimits) -> Self {
         Self {
             limits,

@@ -13,6 +13,7 @@ pub fn init(format: LogFormat, level: &str) {
     // Err: a subscriber is already installed (tests embedding the app); keep that one.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        // Event fields at the top level of each line, where log pipelines look for them.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }

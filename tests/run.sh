@@ -31,17 +31,28 @@ cargo clippy --all-targets -- -D warnings
 echo "==> cargo test --all-targets"
 cargo test --all-targets
 
-# The fuzz targets (fuzz/, cargo-fuzz layout) are built and each run briefly from its seeds; a
-# campaign with coverage is `cargo install cargo-fuzz && cargo fuzz run <target> -s none`.
-echo "==> fuzz targets (build, short run)"
-cargo build -p valet-fuzz --bins
+# The fuzz targets (fuzz/, cargo-fuzz layout), built with libFuzzer's coverage instrumentation
+# (what `cargo fuzz build -s none` passes; its own target dir, so the test build stays as it is),
+# then run from their seeds for a fixed number of inputs. A long campaign is
+# `cargo install cargo-fuzz && cargo fuzz run <target> -s none`.
+echo "==> fuzz targets (instrumented build, 100,000 inputs each)"
+host=$(rustc -vV | sed -n 's/^host: //p')
+CARGO_TARGET_DIR=target/fuzz RUSTFLAGS="-Cpasses=sancov-module \
+-Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+-Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares \
+--cfg fuzzing" cargo build -p valet-fuzz --bins --target "$host"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for target in callback_query token_response reference config; do
   mkdir -p "$scratch/$target"
-  "target/debug/$target" -runs=20000 -max_len=4096 -seed=1 "$scratch/$target" "fuzz/seeds/$target" 2>"$scratch/$target.log" \
-    || { cat "$scratch/$target.log" >&2; echo "error: fuzz target $target failed" >&2; exit 1; }
+  "target/fuzz/$host/debug/$target" -runs=100000 -max_len=4096 -seed=1 \
+    "$scratch/$target" "fuzz/seeds/$target" 2>"$scratch/$target.log" \
+    || { tail -40 "$scratch/$target.log" >&2; echo "error: fuzz target $target failed" >&2; exit 1; }
+  grep -E "^#[0-9]+ +DONE" "$scratch/$target.log" | sed "s/^/    $target: /"
 done
+
+echo "==> deploy files against their validators (tests/deploy.sh)"
+./tests/deploy.sh
 
 echo "==> Python client (clients/python)"
 ./tests/python.sh

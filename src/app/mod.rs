@@ -66,7 +66,10 @@ impl App {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let OpenStore { store, vault } = open_store(&config).await?;
+        let store: Arc<dyn SecretStore> =
+            Arc::new(crate::store::MeteredStore::new(store, metrics.clone()));
         let auth = Self::callers(&config)?;
         let grpc = bind(config.grpc_listen, "gRPC").await?;
         let http = bind(config.http_listen, "HTTP").await?;
@@ -78,9 +81,12 @@ impl App {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let provider_http =
             ProviderHttp::new(config.provider_connect_timeout, config.provider_timeout)?;
-        let endpoint: Arc<dyn TokenEndpoint> = Arc::new(OAuth2TokenEndpoint::new(
-            provider_http.clone(),
-            clock.clone(),
+        let endpoint: Arc<dyn TokenEndpoint> = Arc::new(crate::oauth::MeteredEndpoint::new(
+            Arc::new(OAuth2TokenEndpoint::new(
+                provider_http.clone(),
+                clock.clone(),
+            )),
+            metrics.clone(),
         ));
         let catalogue = match &config.profiles_dir {
             Some(dir) => Catalogue::with_dir(dir)?,
@@ -101,16 +107,18 @@ impl App {
             keep_outcome: config.flows.wait_max.max(Duration::from_secs(60)),
         }));
         let audit = Arc::new(
-            Audit::open(config.audit_file.as_deref(), clock.clone()).with_context(|| {
-                format!(
-                    "cannot open the audit file {}",
-                    config
-                        .audit_file
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new(""))
-                        .display()
-                )
-            })?,
+            Audit::open(config.audit_file.as_deref(), clock.clone(), metrics).with_context(
+                || {
+                    format!(
+                        "cannot open the audit file {}",
+                        config
+                            .audit_file
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new(""))
+                            .display()
+                    )
+                },
+            )?,
         );
         load_audit_key(&audit, &store).await;
         let auth = auth.with_audit(audit.clone());

@@ -526,7 +526,8 @@ agents = []
             dev: true,
             ..Overrides::default()
         };
-        let c = load("", &[], dev).unwrap();
+        // The log format's default follows the terminal; pinned so the rendering is stable.
+        let c = load("", &[("VALET_LOG_FORMAT", "text")], dev).unwrap();
         let expected = r#"grpc_listen = "127.0.0.1:50051"
 http_listen = "127.0.0.1:8080"
 # public_url: derived from the bound http address

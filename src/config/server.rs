@@ -151,11 +151,14 @@ fn store(
     }
 }
 
+/// Unset: text for a person at a terminal, JSON lines for a log pipeline.
 fn log_format(v: Option<&str>, errors: &mut Vec<String>) -> Option<LogFormat> {
-    match v.unwrap_or("text") {
-        "text" => Some(LogFormat::Text),
-        "json" => Some(LogFormat::Json),
-        other => {
+    use std::io::IsTerminal as _;
+    match v {
+        None if std::io::stderr().is_terminal() => Some(LogFormat::Text),
+        None | Some("json") => Some(LogFormat::Json),
+        Some("text") => Some(LogFormat::Text),
+        Some(other) => {
             errors.push(format!(
                 "log.format = {other:?}: expected \"text\" or \"json\""
             ));

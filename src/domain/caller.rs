@@ -105,6 +105,9 @@ pub struct Caller {
     pub requires_user_assertion: bool,
     /// The user assertion sent with this request, if any.
     pub user_assertion: Option<Presented>,
+    /// This request's id in the logs: the client's `x-request-id` when well-formed, else one
+    /// made up by the transport.
+    pub request_id: String,
 }
 
 impl Caller {
@@ -117,6 +120,7 @@ impl Caller {
             credential: Credential::ApiKey,
             requires_user_assertion: false,
             user_assertion: None,
+            request_id: String::new(),
         }
     }
 

@@ -102,6 +102,8 @@ pub struct TokenDialect {
 /// A client registered at a provider's token endpoint.
 #[derive(Debug, Clone)]
 pub struct OAuthClient {
+    /// The provider this client belongs to (a metrics label, never sent anywhere).
+    pub provider: String,
     /// Empty for a service account whose token endpoint wants no client authentication.
     pub client_id: String,
     /// Write-only at the API; only ever sent to the token endpoint.

@@ -8,11 +8,13 @@ mod client;
 #[cfg(test)]
 pub(crate) mod fake;
 mod http;
+mod metered;
 mod token;
 
 pub use authorize::{AuthorizationRequest, authorization_url};
 pub use client::OAuth2TokenEndpoint;
 pub use http::ProviderHttp;
+pub use metered::MeteredEndpoint;
 pub(crate) use token::parse as parse_token_response;
 pub use token::{ACCESS_TOKEN_TYPE, safe_code};
 

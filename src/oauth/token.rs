@@ -635,6 +635,7 @@ mod tests {
     #[test]
     fn requests_authenticate_the_client_as_configured() {
         let mut client = OAuthClient {
+            provider: "idp".into(),
             client_id: "id:1".into(),
             client_secret: Some(SecretString::from("s&cret")),
             auth_method: TokenAuthMethod::ClientSecretBasic,
@@ -687,6 +688,7 @@ mod tests {
         let pem = include_str!("../../tests/fixtures/test-ec-p256.pem");
         let key = crate::jwt::SigningKey::from_pem(&pem.into(), Some("k1".into())).unwrap();
         let client = OAuthClient {
+            provider: "idp".into(),
             client_id: "pk-client".into(),
             client_secret: None,
             auth_method: TokenAuthMethod::PrivateKeyJwt,
@@ -724,6 +726,7 @@ mod tests {
     #[test]
     fn jwt_bearer_requests_carry_the_assertion_and_scopes_only_when_asked() {
         let client = OAuthClient {
+            provider: "idp".into(),
             client_id: String::new(),
             client_secret: None,
             auth_method: TokenAuthMethod::ClientSecretBasic,

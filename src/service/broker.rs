@@ -233,7 +233,14 @@ impl TokenBroker {
         let Some(client) = provider.kind.oauth_client() else {
             return Ok(None);
         };
-        match self.refresher.refresh(client, grant, version).await {
+        let started = std::time::Instant::now();
+        let refreshed = self.refresher.refresh(client, grant, version).await;
+        if let Some(audit) = &self.audit {
+            audit
+                .metrics()
+                .refresh_took(key.provider.as_str(), started.elapsed());
+        }
+        match refreshed {
             Ok(Refreshed::Token(set, grant)) => {
                 self.audit_refresh(key, "ok");
                 Ok(Some(self.cache_token(&grant, set, scopes)))
@@ -244,7 +251,8 @@ impl TokenBroker {
                 Ok(None)
             }
             Err(e) => {
-                self.audit_refresh(key, "failed");
+                let transient = e.class() == super::Class::Unavailable;
+                self.audit_refresh(key, if transient { "unavailable" } else { "failed" });
                 if self.refresher.is_lost(key) {
                     self.cache.remove(key);
                 }

@@ -176,6 +176,11 @@ impl Credentials {
         }
     }
 
+    /// Consent flows waiting for their callback.
+    pub fn pending_flows(&self) -> usize {
+        self.flows.pending().len()
+    }
+
     /// The audit trail every call and flow is recorded in.
     pub fn audit(&self) -> &crate::audit::Audit {
         &self.audit

@@ -83,6 +83,7 @@ fn provider() -> ProviderConfig {
         name: "idp".into(),
         kind: KindConfig::OAuth2(AuthCode {
             client: OAuthClient {
+                provider: "idp".into(),
                 signing_key: None,
                 token_exchange: false,
                 client_id: "client".into(),
@@ -412,7 +413,7 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
         endpoint: w.endpoint.clone(),
         pending,
         broker: Arc::new(w.broker()),
-        audit: Arc::new(crate::audit::Audit::open(None, w.clock.clone()).unwrap()),
+        audit: Arc::new(crate::audit::Audit::open(None, w.clock.clone(), Arc::default()).unwrap()),
         provider: device_provider(),
         polling: polling.expect("a device flow has a poller"),
     }

@@ -8,11 +8,13 @@ pub mod conformance;
 mod embedded;
 pub mod keyspace;
 mod memory;
+mod metered;
 mod repo;
 mod vault;
 
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
+pub use metered::MeteredStore;
 pub use repo::{GrantRepo, MetaRepo, ProviderRepo, ReferenceRepo};
 pub use vault::{KvVersion, VaultAuth, VaultConfig, VaultStore};
 

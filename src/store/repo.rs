@@ -191,6 +191,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
             .map_err(|_| "a private key that no longer parses")?;
         let client = |token_url: Option<Url>| -> Result<OAuthClient, &'static str> {
             Ok(OAuthClient {
+                provider: r.id.to_string(),
                 client_id: r.client_id.clone(),
                 client_secret: r.client_secret.clone(),
                 auth_method: r.token_auth_method,

@@ -825,14 +825,6 @@ async fn a_client_certificate_from_the_configured_ca_is_its_san_s_caller() {
     );
 }
 
-/// The provider's access tokens live 3600 s; asking for more forces a refresh.
-fn refresh_request() -> pb::AuthenticateRequest {
-    pb::AuthenticateRequest {
-        min_ttl_seconds: 7200,
-        ..Fixture::request("idp", "alice", "")
-    }
-}
-
 /// Starts a refresh for alice that the provider holds for `delay_ms`, and returns once the
 /// request has reached the token endpoint.
 async fn refresh_in_flight(
@@ -845,7 +837,11 @@ async fn refresh_in_flight(
     let before = f.idp.token_requests().await;
     f.idp.delay_token(delay_ms).await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
-    let call = tokio::spawn(async move { creds.authenticate(refresh_request()).await });
+    let call = tokio::spawn(async move {
+        creds
+            .authenticate(Fixture::refresh_request("idp", "alice", ""))
+            .await
+    });
     while f.idp.token_requests().await == before {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -882,7 +878,10 @@ async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exiting() {
         idp,
         browser,
     };
-    let t = token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
     let stats = f.idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token"], 2, "{stats}");
@@ -916,7 +915,10 @@ async fn sigkill_during_a_refresh_leaves_the_grant_usable_after_a_restart() {
         idp,
         browser,
     };
-    let t = token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
     let stats = f.idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token"], 1, "{stats}");

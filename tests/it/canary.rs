@@ -1,5 +1,5 @@
 //! Secret canary: the whole flow, a refresh and some failures with TRACE logging captured; no
-//! token, code, verifier, state, client secret or API key may appear in the logs.
+//! token, code, verifier, state, client secret or API key may appear in the logs or the metrics.
 
 use crate::support::daemon::{ADMIN_KEY, AGENT_KEY};
 use crate::support::idp::secret_of;
@@ -63,6 +63,13 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         })
         .await;
 
+    let metrics = reqwest::get(format!("http://{}/metrics", f.valet.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("valet_refreshes_total"), "{metrics}");
     let mut valet = f.valet;
     assert!(valet.stop().success());
     let logs = valet.logs();
@@ -91,6 +98,10 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
     for (what, value) in secrets {
         assert!(value.len() >= 8, "{what} is a real value");
         assert!(!logs.contains(value), "the {what} leaked into the logs");
+        assert!(
+            !metrics.contains(value),
+            "the {what} leaked into the metrics"
+        );
     }
     assert!(
         !logs.contains("code_verifier"),

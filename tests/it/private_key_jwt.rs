@@ -64,14 +64,8 @@ async fn client_credentials_and_consent_flows_authenticate_with_a_signed_asserti
     let info = f.idp.introspect("basic-client", &user.access_token).await;
     assert_eq!(info["active"], true, "{info}");
     let refreshed = token(
-        f.authenticate(
-            AGENT_KEY,
-            pb::AuthenticateRequest {
-                min_ttl_seconds: 7200,
-                ..Fixture::request("idp", "alice", "")
-            },
-        )
-        .await,
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
     );
     assert_ne!(
         refreshed.access_token, user.access_token,

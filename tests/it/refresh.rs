@@ -5,16 +5,6 @@ use crate::support::{Fixture, expect_err, pending, token};
 use tonic::Code;
 use valet::pb;
 
-/// The provider's access tokens live 3600 s; asking for more forces a refresh.
-const FORCE_REFRESH: u32 = 7200;
-
-fn fresh_request() -> pb::AuthenticateRequest {
-    pb::AuthenticateRequest {
-        min_ttl_seconds: FORCE_REFRESH,
-        ..Fixture::request("idp", "alice", "")
-    }
-}
-
 #[tokio::test]
 async fn refresh_rotates_and_the_newest_refresh_token_is_used_each_time() {
     let f = Fixture::new().await;
@@ -22,8 +12,14 @@ async fn refresh_rotates_and_the_newest_refresh_token_is_used_each_time() {
     let t0 = f
         .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
-    let t1 = token(f.authenticate(AGENT_KEY, fresh_request()).await);
-    let t2 = token(f.authenticate(AGENT_KEY, fresh_request()).await);
+    let t1 = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
+    let t2 = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     assert_ne!(t0.access_token, t1.access_token);
     assert_ne!(t1.access_token, t2.access_token);
     // Two successful refreshes and no refused one: each used the rotated refresh token (the
@@ -46,7 +42,14 @@ async fn two_hundred_concurrent_requests_on_an_expired_grant_cause_one_refresh()
     f.idp.delay_token(1000).await;
     let calls = (0..200).map(|_| {
         let mut c = creds.clone();
-        async move { token(c.authenticate(fresh_request()).await.unwrap().into_inner()) }
+        async move {
+            token(
+                c.authenticate(Fixture::refresh_request("idp", "alice", ""))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+        }
     });
     let tokens = futures::future::join_all(calls).await;
     assert_eq!(
@@ -70,14 +73,19 @@ async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
     let mut creds = f.valet.credentials(AGENT_KEY).await;
     f.idp.fail_token(503).await;
     let s = expect_err(
-        creds.authenticate(fresh_request()).await,
+        creds
+            .authenticate(Fixture::refresh_request("idp", "alice", ""))
+            .await,
         Code::Unavailable,
         "PROVIDER_UNAVAILABLE",
     );
     use tonic_types::StatusExt;
     assert!(s.get_details_retry_info().is_some(), "retry info: {s:?}");
     f.idp.fail_token(0).await;
-    let t = token(f.authenticate(AGENT_KEY, fresh_request()).await);
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
 }
 
@@ -90,7 +98,9 @@ async fn a_rate_limited_refresh_is_unavailable_with_the_providers_retry_after() 
     let mut creds = f.valet.credentials(AGENT_KEY).await;
     f.idp.fail_token_retry_after(429, 7).await;
     let s = expect_err(
-        creds.authenticate(fresh_request()).await,
+        creds
+            .authenticate(Fixture::refresh_request("idp", "alice", ""))
+            .await,
         Code::Unavailable,
         "PROVIDER_UNAVAILABLE",
     );
@@ -99,7 +109,10 @@ async fn a_rate_limited_refresh_is_unavailable_with_the_providers_retry_after() 
     assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(7)));
     // The grant is kept: once the provider lets us, the refresh works.
     f.idp.fail_token(0).await;
-    let t = token(f.authenticate(AGENT_KEY, fresh_request()).await);
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
 }
 
@@ -113,7 +126,10 @@ async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
     // put the old store back: the daemon now holds a refresh token the provider saw used.
     let data = f.valet.dir.path().join("data/store.json");
     let old = std::fs::read(&data).unwrap();
-    token(f.authenticate(AGENT_KEY, fresh_request()).await);
+    token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     let Fixture {
         valet,
         idp,
@@ -129,7 +145,10 @@ async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
         browser,
     };
 
-    let p = pending(f.authenticate(AGENT_KEY, fresh_request()).await);
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     let stats = f.idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token:invalid_grant"], 1, "{stats}");
     let grants = f.grants("alice").await;

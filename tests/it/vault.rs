@@ -28,8 +28,6 @@ fn config(address: &str, kv: KvVersion, token: &str) -> VaultConfig {
     }
 }
 
-const FORCE_REFRESH: u32 = 7200;
-
 /// A daemon on the double with `auth`, logging at TRACE, after its first login, with a provider.
 async fn traced(d: &VaultDouble, auth: &str) -> Fixture {
     let mut opts = options(&d.address, 2, auth);
@@ -38,13 +36,6 @@ async fn traced(d: &VaultDouble, auth: &str) -> Fixture {
     assert_eq!(d.logins(), 1);
     f.oidc_provider("idp", "basic-client").await;
     f
-}
-
-fn refresh_request() -> pb::AuthenticateRequest {
-    pb::AuthenticateRequest {
-        min_ttl_seconds: FORCE_REFRESH,
-        ..Fixture::request("idp", "alice", "")
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +205,8 @@ async fn a_cached_token_outlives_a_vault_outage_and_a_failed_refresh_keeps_the_g
     assert_eq!(cached.access_token, t.access_token);
     let before = f.idp.refreshes().await;
     expect_err(
-        f.try_authenticate(AGENT_KEY, refresh_request()).await,
+        f.try_authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
         Code::Unavailable,
         "STORE_UNAVAILABLE",
     );
@@ -224,7 +216,10 @@ async fn a_cached_token_outlives_a_vault_outage_and_a_failed_refresh_keeps_the_g
         "no refresh without the store"
     );
     d.seal(false);
-    let fresh = token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    let fresh = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     assert!(
         f.idp
             .userinfo(&fresh.access_token)
@@ -243,9 +238,15 @@ async fn a_rotated_refresh_token_is_stored_after_transient_write_failures() {
         .await;
     // The claim write succeeds, then the first two writes of the rotated token fail.
     d.fail_writes(1, 2);
-    token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     // The stored token is the rotated one: the next refresh is accepted by the provider.
-    token(f.authenticate(AGENT_KEY, refresh_request()).await);
+    token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
     let stats = f.idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token"], 2, "{stats}");
     f.idp.assert_no_refresh_token_reuse().await;
@@ -261,7 +262,8 @@ async fn a_rotated_refresh_token_that_cannot_be_stored_asks_for_consent_again() 
         .await;
     d.fail_writes(1, 1000);
     let s = expect_err(
-        f.try_authenticate(AGENT_KEY, refresh_request()).await,
+        f.try_authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
         Code::Unavailable,
         "STORE_UNAVAILABLE",
     );
@@ -297,7 +299,7 @@ async fn two_daemons_sharing_kv2_never_present_a_refresh_token_twice() {
     let calls = (0..20).map(|i| {
         let mut c = if i % 2 == 0 { a.clone() } else { b.clone() };
         async move {
-            c.authenticate(refresh_request())
+            c.authenticate(Fixture::refresh_request("idp", "alice", ""))
                 .await
                 .map(|r| token(r.into_inner()))
         }
@@ -312,13 +314,13 @@ async fn two_daemons_sharing_kv2_never_present_a_refresh_token_twice() {
     let mut a = a;
     let mut b = b;
     token(
-        a.authenticate(refresh_request())
+        a.authenticate(Fixture::refresh_request("idp", "alice", ""))
             .await
             .unwrap()
             .into_inner(),
     );
     token(
-        b.authenticate(refresh_request())
+        b.authenticate(Fixture::refresh_request("idp", "alice", ""))
             .await
             .unwrap()
             .into_inner(),

@@ -52,6 +52,7 @@ fn auth_code(
     let auth = super::client_auth::client_auth(d, ctx.current)?;
     Ok(AuthCode {
         client: OAuthClient {
+            provider: d.id.clone(),
             client_id: d.client_id.clone(),
             client_secret: auth.secret,
             auth_method: auth.method,

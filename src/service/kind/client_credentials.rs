@@ -11,6 +11,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthC
     super::refuse_consent_settings(d, "client_credentials")?;
     let auth = super::client_auth::client_auth(d, ctx.current)?;
     Ok(OAuthClient {
+        provider: d.id.clone(),
         client_id: d.client_id.clone(),
         client_secret: auth.secret,
         auth_method: auth.method,

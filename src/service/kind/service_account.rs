@@ -76,6 +76,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<Servic
     };
     Ok(ServiceAccount {
         client: OAuthClient {
+            provider: d.id.clone(),
             client_id: d.client_id.clone(),
             client_secret: client_secret(d, ctx.current),
             auth_method: d.token_auth_method.unwrap_or_default(),

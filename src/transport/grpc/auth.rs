@@ -158,6 +158,23 @@ impl CallerAuth {
     }
 }
 
+/// The client's `x-request-id` when it is 1-64 of `[A-Za-z0-9._-]` (anything else is input, not
+/// a log field), else a new random one.
+fn request_id<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .map_or_else(
+            || crate::secret::random_token(12).unwrap_or_default(),
+            str::to_owned,
+        )
+}
+
 impl tonic::service::Interceptor for CallerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         self.admit_request(req)
@@ -219,6 +236,7 @@ impl CallerAuth {
             .get(USER_ASSERTION)
             .and_then(|v| v.to_str().ok())
             .map(|v| Presented(SecretString::from(v.trim().to_owned())));
+        caller.request_id = request_id(&req);
         req.extensions_mut().insert(caller);
         Ok(req)
     }

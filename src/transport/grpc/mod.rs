@@ -84,12 +84,31 @@ async fn rpc<T: Labelled>(
         outcome = tracing::field::Empty,
     );
     async move {
+        let started = std::time::Instant::now();
         let result = call.await;
+        let took = started.elapsed();
         let outcome = match &result {
-            Ok(_) => "OK",
+            Ok(_) => "ok",
             Err(e) => crate::transport::reason_name(e.reason()),
         };
         tracing::Span::current().record("outcome", outcome);
+        let denied = result.as_ref().err().is_some_and(|e| {
+            matches!(
+                e.class(),
+                crate::service::Class::Denied | crate::service::Class::Exhausted
+            )
+        });
+        audit.metrics().rpc(method, outcome, denied, took);
+        tracing::info!(
+            target: "valet::request",
+            method,
+            caller = %caller.name,
+            provider = %provider,
+            outcome,
+            latency_ms = took.as_secs_f64() * 1000.0,
+            request_id = %caller.request_id,
+            "rpc"
+        );
         // Only well-formed ids reach the trail; anything else is input, not a record.
         let id = |raw: &'_ str, ok: bool| if ok { raw.to_owned() } else { String::new() };
         let user = id(

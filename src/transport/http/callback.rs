@@ -48,20 +48,30 @@ pub(super) async fn callback(
         provider = tracing::field::Empty,
         outcome = tracing::field::Empty
     );
-    if let Ok(id) = crate::domain::ProviderId::parse(&provider_id) {
-        span.record("provider", id.as_str());
-    }
+    // Only a well-formed id is recorded; anything else is input, not a log field.
+    let provider = crate::domain::ProviderId::parse(&provider_id)
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    span.record("provider", provider.as_str());
+    let started = std::time::Instant::now();
     let result = s
         .credentials
         .complete_callback(&provider_id, params)
         .instrument(span.clone())
         .await;
     let _entered = span.enter();
-    span.record(
-        "outcome",
-        result
-            .as_ref()
-            .map_or_else(|e| reason_name(e.reason()), |_| "OK"),
+    let outcome = result
+        .as_ref()
+        .map_or_else(|e| reason_name(e.reason()), |_| "ok");
+    span.record("outcome", outcome);
+    tracing::info!(
+        target: "valet::request",
+        method = "callback",
+        provider = %provider,
+        outcome,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id = %crate::secret::random_token(12).unwrap_or_default(),
+        "callback"
     );
     match result {
         Ok(CallbackDone::Bind(to)) => bind_redirect(&to),

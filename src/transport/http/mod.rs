@@ -4,6 +4,7 @@
 mod callback;
 mod health;
 mod listener;
+mod metrics;
 
 pub(crate) use callback::parse_query as parse_callback_query;
 pub use listener::{ConnectionLimits, GuardedListener};
@@ -28,6 +29,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/oauth/callback/{provider_id}", get(callback::callback))
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::metrics))
         .with_state(state)
 }
 

@@ -26,6 +26,8 @@ pub(crate) struct ValetOptions {
     pub extra_toml: String,
     /// Top-level settings, before any table (e.g. `grpc_socket = "…"`).
     pub top_toml: String,
+    /// `[log] format`; empty leaves the default (JSON lines, stderr not being a terminal).
+    pub log_format: &'static str,
 }
 
 impl Default for ValetOptions {
@@ -37,6 +39,7 @@ impl Default for ValetOptions {
             store: r#"store = "embedded""#.into(),
             extra_toml: String::new(),
             top_toml: String::new(),
+            log_format: "text",
         }
     }
 }
@@ -70,6 +73,7 @@ shutdown_grace_seconds = 5
 
 [log]
 level = "{level}"
+{format}
 
 [flows]
 ttl_seconds = {ttl}
@@ -105,6 +109,11 @@ rate_limit = 0
             extra = opts.extra_toml,
             top = opts.top_toml,
             level = opts.log_level,
+            format = if opts.log_format.is_empty() {
+                String::new()
+            } else {
+                format!("format = \"{}\"", opts.log_format)
+            },
             ttl = opts.flow_ttl_seconds,
             admin = hash(ADMIN_KEY),
             agent = hash(AGENT_KEY),

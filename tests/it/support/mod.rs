@@ -137,6 +137,19 @@ impl Fixture {
         }
     }
 
+    /// `request` asking for a token that outlives the one held: the OpenID provider peer's
+    /// access tokens live 3600 s, so this forces a refresh.
+    pub(crate) fn refresh_request(
+        provider: &str,
+        user: &str,
+        agent: &str,
+    ) -> pb::AuthenticateRequest {
+        pb::AuthenticateRequest {
+            min_ttl_seconds: 7200,
+            ..Self::request(provider, user, agent)
+        }
+    }
+
     /// Runs the whole flow as `key`: Authenticate → consent in the browser → WaitForCompletion.
     pub(crate) async fn complete_flow(
         &self,

@@ -1,0 +1,191 @@
+//! Operating Valet: `/metrics` after a consent flow, a refresh and a denied call, read with a
+//! Prometheus text-format parser; request logs as JSON lines with the documented fields; and
+//! neither names a user, a token or a secret.
+
+use crate::support::daemon::{AGENT_KEY, OTHER_AGENT_KEY};
+use crate::support::idp::secret_of;
+use crate::support::{Fixture, ValetOptions, expect_err, token};
+use tonic::Code;
+use valet::pb;
+
+/// The value of the sample `name` whose labels include `labels` (0 when absent: a counter that
+/// never moved is not exported).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a plain sample"),
+        })
+        .sum()
+}
+
+async fn scrape(f: &Fixture) -> (String, prometheus_parse::Scrape) {
+    let resp = reqwest::get(format!("http://{}/metrics", f.valet.http_addr))
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = resp.text().await.unwrap();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
+    (text, parsed)
+}
+
+#[tokio::test]
+async fn metrics_and_request_logs_follow_a_flow_a_refresh_and_a_denied_call() {
+    // The default log format: stderr is a pipe here, so JSON lines.
+    let f = Fixture::with(ValetOptions {
+        log_format: "",
+        ..Default::default()
+    })
+    .await;
+    f.oidc_provider("idp", "basic-client").await;
+    let (_, before) = scrape(&f).await;
+    assert_eq!(sample(&before, "valet_build_info", &[]), 1.0);
+    assert_eq!(sample(&before, "valet_flows_started_total", &[]), 0.0);
+
+    let first = f
+        .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let refreshed = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
+    assert_ne!(first.access_token, refreshed.access_token);
+    let mut other = f.valet.credentials(OTHER_AGENT_KEY).await;
+    expect_err(
+        other
+            .authenticate(Fixture::request("idp", "alice", "planner"))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+
+    let (text, after) = scrape(&f).await;
+    let idp = [("provider", "idp")];
+    assert_eq!(sample(&after, "valet_flows_started_total", &idp), 1.0);
+    assert_eq!(sample(&after, "valet_flows_completed_total", &idp), 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            "valet_refreshes_total",
+            &[("provider", "idp"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert!(sample(&after, "valet_refresh_duration_seconds_count", &idp) >= 1.0);
+    // The code exchange and the refresh.
+    assert!(sample(&after, "valet_token_endpoint_duration_seconds_count", &idp) >= 2.0);
+    assert!(
+        sample(
+            &after,
+            "valet_handouts_total",
+            &[("provider", "idp"), ("kind", "token")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "valet_denied_calls_total",
+            &[("reason", "PERMISSION_DENIED")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "valet_rpc_requests_total",
+            &[("method", "Authenticate"), ("outcome", "PERMISSION_DENIED")]
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "valet_store_operation_duration_seconds_count",
+            &[("backend", "embedded"), ("operation", "put")]
+        ) >= 2.0,
+        "the grant was written, then its rotation"
+    );
+    assert_eq!(sample(&after, "valet_pending_flows", &[]), 0.0);
+    for secret in [
+        "alice",
+        "planner",
+        first.access_token.as_str(),
+        refreshed.access_token.as_str(),
+        AGENT_KEY,
+        &secret_of("basic-client"),
+    ] {
+        assert!(!text.contains(secret), "the exposition names {secret:?}");
+    }
+
+    // One JSON line per RPC with the documented fields, and every line is JSON.
+    let logs = f.valet.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "valet::request")
+        .collect();
+    let denied = requests
+        .iter()
+        .find(|l| l["outcome"] == "PERMISSION_DENIED")
+        .expect("the denied call's request line");
+    assert_eq!(denied["method"], "Authenticate");
+    assert_eq!(denied["caller"], "agent-b");
+    assert_eq!(denied["provider"], "idp");
+    assert!(denied["latency_ms"].as_f64().is_some(), "{denied}");
+    assert!(
+        denied["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{denied}"
+    );
+    assert!(denied["timestamp"].is_string() && denied["level"] == "INFO");
+    assert!(
+        requests.len() >= 4,
+        "create provider, two Authenticates before consent and after, the refresh, the denial"
+    );
+}
+
+#[tokio::test]
+async fn a_clients_request_id_is_logged_and_a_malformed_one_replaced() {
+    let f = Fixture::with(ValetOptions {
+        log_format: "json",
+        ..Default::default()
+    })
+    .await;
+    let mut providers = f.valet.providers().await;
+    for id in ["trace-0123456789abcdef", "bad id with spaces"] {
+        let mut req = tonic::Request::new(pb::ListProvidersRequest {});
+        req.metadata_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        providers.list_providers(req).await.unwrap();
+    }
+    let logs = f.valet.logs();
+    let ids: Vec<String> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "valet::request" && l["method"] == "ListProviders")
+        .map(|l| l["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "{logs}");
+    assert_eq!(ids[0], "trace-0123456789abcdef");
+    assert!(
+        !ids[1].contains(' ') && !ids[1].is_empty(),
+        "replaced: {}",
+        ids[1]
+    );
+}
