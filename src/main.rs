@@ -39,9 +39,21 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            valet::telemetry::init(config.log_format, &config.log_level);
+            // The OTLP exporter is built on the runtime.
+            let telemetry = {
+                let _entered = runtime.enter();
+                valet::telemetry::init(
+                    config.log_format,
+                    &config.log_level,
+                    config.otlp_endpoint.as_ref(),
+                )
+            };
             // The signal handlers go in before anything is bound or announced.
-            runtime.block_on(async { valet::App::run(config, valet::signal::shutdown()).await })
+            let served = runtime
+                .block_on(async { valet::App::run(config, valet::signal::shutdown()).await });
+            // The runtime's workers still run the exporter's connection while it flushes.
+            telemetry.shutdown();
+            served
         }
         Command::CheckConfig(args) => {
             let config = match load_config(&args) {

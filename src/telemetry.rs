@@ -1,19 +1,131 @@
 //! tracing set-up: text or JSON lines on stderr (stdout carries the `valet listening` line and the
-//! one-time admin key, which scripts read).
+//! one-time admin key, which scripts read), and, with `[telemetry] otlp_endpoint`, the `grpc`,
+//! `rpc` and `callback` spans exported as OpenTelemetry traces over OTLP/gRPC, each request a
+//! child of the caller's W3C `traceparent` when it sends one.
 
 use crate::config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, Registry};
 
-pub fn init(format: LogFormat, level: &str) {
+/// Whether spans are exported: request spans are only made (and `traceparent` read) then.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The trace pipeline, flushed by `shutdown`. Inert when nothing is exported.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still queued (waits up to 5 s). Call it outside the runtime's workers.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            tracing::warn!("could not flush the trace export: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber. `otlp_endpoint`: where traces go (OTLP/gRPC); building the
+/// exporter needs the Tokio runtime entered.
+pub fn init(format: LogFormat, level: &str, otlp_endpoint: Option<&url::Url>) -> Telemetry {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true);
-    // Err: a subscriber is already installed (tests embedding the app); keep that one.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
+    let fmt: Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => fmt.boxed(),
         // Event fields at the top level of each line, where log pipelines look for them.
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let provider = otlp_endpoint.and_then(|e| match tracer_provider(e) {
+        Ok(p) => Some(p),
+        Err(err) => {
+            eprintln!("valet: trace export disabled: {err}");
+            None
+        }
+    });
+    // Valet's own spans only, whatever the log level: a quiet log still traces every call.
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("valet"))
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && m.target().starts_with("valet")
+            }))
+    });
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
+    // Err: a subscriber is already installed (tests embedding the app); keep that one.
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init();
+    Telemetry { provider }
+}
+
+fn tracer_provider(
+    endpoint: &url::Url,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.as_str())
+        .with_timeout(Duration::from_secs(3))
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_resource(
+            opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name("valet")
+                .build(),
+        )
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// The span one gRPC request runs in (the transport's `trace_fn`), a child of the caller's
+/// trace when it sent a valid W3C `traceparent`. No span when nothing is exported.
+pub fn request_span(req: &http::Request<()>) -> tracing::Span {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("grpc", path = %req.uri().path());
+    adopt_parent(&span, req.headers());
+    span
+}
+
+/// Makes `span` a child of the trace named by `headers`' `traceparent`, if any. Call it before
+/// the span is first entered.
+pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return;
+    }
+    let cx = TraceContextPropagator::new()
+        .extract_with_context(&opentelemetry::Context::new(), &Headers(headers));
+    if cx.span().span_context().is_valid() {
+        // Err: no OpenTelemetry layer on this subscriber (an embedding test); nothing to adopt.
+        let _ = span.set_parent(cx);
+    }
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
 }

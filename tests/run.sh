@@ -48,7 +48,7 @@ for target in callback_query token_response reference config; do
   "target/fuzz/$host/debug/$target" -runs=100000 -max_len=4096 -seed=1 \
     "$scratch/$target" "fuzz/seeds/$target" 2>"$scratch/$target.log" \
     || { tail -40 "$scratch/$target.log" >&2; echo "error: fuzz target $target failed" >&2; exit 1; }
-  grep -E "^#[0-9]+ +DONE" "$scratch/$target.log" | sed "s/^/    $target: /"
+  grep -E "^#[0-9]+[[:space:]]+DONE" "$scratch/$target.log" | sed "s/^/    $target: /" || true
 done
 
 echo "==> deploy files against their validators (tests/deploy.sh)"

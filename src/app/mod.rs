@@ -391,6 +391,7 @@ fn grpc_routes(
     }
     Ok(builder
         .timeout(request_timeout)
+        .trace_fn(crate::telemetry::request_span)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

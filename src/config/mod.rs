@@ -37,6 +37,8 @@ pub struct Config {
     pub allow_insecure_provider_urls: bool,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// Where spans are exported (OTLP/gRPC); none: no trace export.
+    pub otlp_endpoint: Option<url::Url>,
     pub log_level: String,
     /// TLS (and mTLS callers) on the gRPC listener.
     pub grpc_tls: Option<callers::GrpcTls>,
@@ -170,6 +172,7 @@ impl Config {
             shutdown_grace: server.shutdown_grace,
             log_format: server.log_format,
             log_level: server.log_level,
+            otlp_endpoint: server.otlp_endpoint,
             audit_file: raw.audit.file.as_ref().map(PathBuf::from),
             grpc_socket: raw.grpc_socket.as_ref().map(PathBuf::from),
             user_assertions,
@@ -585,6 +588,36 @@ timeout_seconds = 15
         let out = c.render();
         assert!(out.contains("(redacted)"));
         assert!(!out.contains(&"0".repeat(64)));
+    }
+
+    #[test]
+    fn an_otlp_endpoint_must_be_an_http_url() {
+        let dev = || Overrides {
+            dev: true,
+            ..Overrides::default()
+        };
+        let e = load(
+            "[telemetry]\notlp_endpoint = \"collector:4317\"\n",
+            &[],
+            dev(),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.iter().any(|m| m.contains("telemetry.otlp_endpoint")),
+            "{:?}",
+            e.0
+        );
+        let c = load(
+            "",
+            &[("VALET_OTLP_ENDPOINT", "http://127.0.0.1:4317")],
+            dev(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.otlp_endpoint.as_ref().map(url::Url::as_str),
+            Some("http://127.0.0.1:4317/")
+        );
+        assert!(c.render().contains("[telemetry]\notlp_endpoint"));
     }
 
     proptest::proptest! {

@@ -21,6 +21,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub telemetry: RawTelemetry,
+    #[serde(default)]
     pub audit: RawAudit,
     pub grpc_tls: Option<RawGrpcTls>,
     pub user_assertions: Option<RawUserAssertions>,
@@ -64,6 +66,13 @@ pub struct RawVaultAuth {
     pub secret_id_file: Option<String>,
     pub role: Option<String>,
     pub jwt_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/gRPC collector the spans are exported to, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +181,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("VALET_ADMIN_KEY_FILE", "admin_key_file"),
     ("VALET_LOG_FORMAT", "log.format"),
     ("VALET_LOG_LEVEL", "log.level"),
+    ("VALET_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("VALET_FLOW_TTL_SECONDS", "flows.ttl_seconds"),
     ("VALET_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
     ("VALET_VAULT_ADDR", "vault.address"),
@@ -202,6 +212,7 @@ impl RawConfig {
         set_str("VALET_STORE", &mut self.store);
         set_str("VALET_ADMIN_KEY_FILE", &mut self.admin_key_file);
         set_str("VALET_LOG_FORMAT", &mut self.log.format);
+        set_str("VALET_OTLP_ENDPOINT", &mut self.telemetry.otlp_endpoint);
         set_str("VALET_LOG_LEVEL", &mut self.log.level);
         if env("VALET_VAULT_ADDR").is_some() || env("VALET_VAULT_TOKEN_FILE").is_some() {
             let vault = self.vault.get_or_insert_with(RawVault::default);

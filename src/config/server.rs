@@ -39,6 +39,7 @@ pub(super) struct Server {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub otlp_endpoint: Option<Url>,
 }
 
 /// Validates the section; every problem goes to `errors`. `vault` is the `[vault]` section,
@@ -71,6 +72,11 @@ pub(super) fn validate(
     let store = store(raw.store.as_deref(), vault, env, errors);
     let log_format = log_format(raw.log.format.as_deref(), errors);
     let log_level = log_level(raw.log.level.as_deref(), errors);
+    let otlp_endpoint = raw
+        .telemetry
+        .otlp_endpoint
+        .as_deref()
+        .and_then(|u| otlp_endpoint(u, errors));
     let shutdown_grace = SHUTDOWN_GRACE.secs(raw.shutdown_grace_seconds, errors);
     Some(Server {
         grpc_listen: grpc_listen?,
@@ -85,6 +91,7 @@ pub(super) fn validate(
         shutdown_grace,
         log_format: log_format?,
         log_level,
+        otlp_endpoint,
     })
 }
 
@@ -108,6 +115,20 @@ fn listen_addr(
         Ok(a) => Some(a),
         Err(_) => {
             errors.push(format!("{field} = {v:?} is not an IP:port address"));
+            None
+        }
+    }
+}
+
+/// An OTLP/gRPC collector over plain http/2: an agent or sidecar next to the daemon (the
+/// exporter is built without TLS).
+fn otlp_endpoint(u: &str, errors: &mut Vec<String>) -> Option<Url> {
+    match Url::parse(u) {
+        Ok(url) if url.scheme() == "http" && url.host().is_some() => Some(url),
+        _ => {
+            errors.push(format!(
+                "telemetry.otlp_endpoint = {u:?} must be an http URL such as \"http://127.0.0.1:4317\" (a collector next to the daemon; TLS is not supported)"
+            ));
             None
         }
     }
@@ -218,4 +239,7 @@ pub(super) fn render(c: &Config, s: &mut String) {
         "\n[log]\nformat = \"{format}\"\nlevel = \"{}\"",
         c.log_level
     );
+    if let Some(u) = &c.otlp_endpoint {
+        let _ = writeln!(s, "\n[telemetry]\notlp_endpoint = \"{u}\"");
+    }
 }

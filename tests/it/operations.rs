@@ -1,10 +1,17 @@
 //! Operating Valet: `/metrics` after a consent flow, a refresh and a denied call, read with a
-//! Prometheus text-format parser; request logs as JSON lines with the documented fields; and
-//! neither names a user, a token or a secret.
+//! Prometheus text-format parser; request logs as JSON lines with the documented fields; neither
+//! names a user, a token or a secret; and spans exported over OTLP to a collector double.
 
-use crate::support::daemon::{AGENT_KEY, OTHER_AGENT_KEY};
+use crate::support::daemon::{ADMIN_KEY, AGENT_KEY, OTHER_AGENT_KEY};
 use crate::support::idp::secret_of;
 use crate::support::{Fixture, ValetOptions, expect_err, token};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use tonic::Code;
 use valet::pb;
 
@@ -188,4 +195,87 @@ async fn a_clients_request_id_is_logged_and_a_malformed_one_replaced() {
         "replaced: {}",
         ids[1]
     );
+}
+
+/// A collector double: the OpenTelemetry protocol's own `TraceService` (opentelemetry-proto) on
+/// 127.0.0.1:0, keeping every span it is sent.
+struct Collector(tokio::sync::mpsc::UnboundedSender<Span>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        for span in spans {
+            let _ = self.0.send(span);
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+async fn start_collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Span>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (endpoint, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_otlp_collector_as_children_of_the_callers_traceparent() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let (endpoint, mut received) = start_collector().await;
+    let f = Fixture::with(ValetOptions {
+        extra_toml: format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\n"),
+        ..Default::default()
+    })
+    .await;
+    let mut req = tonic::Request::new(pb::ListProvidersRequest {});
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+    );
+    f.valet.providers().await.list_providers(req).await.unwrap();
+    // Stopping flushes what the batch processor still holds.
+    let mut valet = f.valet;
+    tokio::task::spawn_blocking(move || assert!(valet.stop().success()))
+        .await
+        .unwrap();
+    let mut spans = Vec::new();
+    while let Ok(Some(span)) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), received.recv()).await
+    {
+        spans.push(span);
+        if spans.iter().any(|s| s.name == "rpc") && spans.iter().any(|s| s.name == "grpc") {
+            break;
+        }
+    }
+    let grpc = spans
+        .iter()
+        .find(|s| s.name == "grpc" && hex::encode(&s.trace_id) == TRACE)
+        .unwrap_or_else(|| panic!("the request span in the caller's trace: {spans:?}"));
+    assert_eq!(hex::encode(&grpc.parent_span_id), PARENT);
+    let rpc = spans
+        .iter()
+        .find(|s| s.name == "rpc")
+        .expect("the rpc span");
+    assert_eq!(rpc.trace_id, grpc.trace_id);
+    assert_eq!(rpc.parent_span_id, grpc.span_id);
+    let exported = format!("{spans:?}");
+    assert!(exported.contains("ListProviders"), "{exported}");
+    assert!(!exported.contains(ADMIN_KEY), "no key in a span");
 }

@@ -36,6 +36,7 @@ pub(crate) fn parse_query(raw: Option<&str>) -> Result<CallbackParams, &'static 
 
 pub(super) async fn callback(
     State(s): State<HttpState>,
+    headers: axum::http::HeaderMap,
     Path(provider_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -48,6 +49,7 @@ pub(super) async fn callback(
         provider = tracing::field::Empty,
         outcome = tracing::field::Empty
     );
+    crate::telemetry::adopt_parent(&span, &headers);
     // Only a well-formed id is recorded; anything else is input, not a log field.
     let provider = crate::domain::ProviderId::parse(&provider_id)
         .map(|id| id.to_string())
