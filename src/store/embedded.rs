@@ -1,62 +1,84 @@
-//! The zero-setup store: one JSON file in the data directory whose every value is sealed with
-//! AES-256-GCM (ring) under a 256-bit key file created 0600 on first start. The record key and
-//! version are the AEAD's associated data, so records cannot be swapped or rolled back one by one.
-//! Writes replace the file atomically (write, fsync, rename), so a crash never leaves half a file.
+//! The zero-setup store: one redb database file in the data directory (`store.redb`: ACID,
+//! copy-on-write B-trees, crash-safe commits), whose every value is sealed with AES-256-GCM (ring)
+//! under a 256-bit key file created 0600 on first start. The record key and version are the
+//! AEAD's associated data, so records cannot be swapped or rolled back one by one. A write is one
+//! transaction touching O(log n) pages, whatever the number of records. A `store.json` left by an
+//! earlier version is migrated into the database on first open and kept as
+//! `store.json.migrated` until the operator deletes it.
 
-use super::memory::{apply_put, keys_with_prefix};
+use super::memory::next_version;
 use super::{Cas, SecretBytes, SecretStore, StoreError, Versioned, check_key};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use redb::{ReadableTable as _, ReadableTableMetadata as _, TableDefinition};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use tokio::sync::Mutex;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 const KEY_FILE: &str = "store.key";
-const DATA_FILE: &str = "store.json";
+const DATA_FILE: &str = "store.redb";
+const LEGACY_FILE: &str = "store.json";
+const LEGACY_BACKUP: &str = "store.json.migrated";
 const LOCK_FILE: &str = "valet.lock";
-const FORMAT: &str = "valet-embedded-v1";
+const LEGACY_FORMAT: &str = "valet-embedded-v1";
 
-#[derive(Serialize, Deserialize)]
-struct FileImage {
+/// Record key → (version, nonce ‖ ciphertext ‖ tag).
+const RECORDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("records");
+
+/// The file format of the JSON store this one replaces (read only, to migrate it).
+#[derive(Deserialize)]
+struct LegacyImage {
     format: String,
-    records: BTreeMap<String, Record>,
+    records: BTreeMap<String, LegacyRecord>,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
-struct Record {
+#[derive(Deserialize)]
+struct LegacyRecord {
     version: u64,
     /// base64(nonce || ciphertext || tag)
     sealed: String,
 }
 
 pub struct EmbeddedStore {
-    path: PathBuf,
-    key: LessSafeKey,
-    rng: SystemRandom,
-    records: Mutex<BTreeMap<String, (u64, String)>>,
+    inner: Arc<Inner>,
     /// Held while the store is open: one process per data directory, so two daemons never
     /// overwrite each other's writes (a rotated refresh token lost is a dead grant).
     _lock: fs::File,
 }
 
+struct Inner {
+    path: PathBuf,
+    db: redb::Database,
+    key: LessSafeKey,
+    rng: SystemRandom,
+}
+
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedStore")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
 
 fn setup(what: impl std::fmt::Display) -> StoreError {
     StoreError::Setup(what.to_string())
+}
+
+/// A database failure on a request path: the caller may retry; the cause goes to the log.
+fn unavailable(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(
+        "the embedded store's database failed".into(),
+        Some(Box::new(e.into())),
+    )
 }
 
 /// Takes the data directory's exclusive lock (`valet.lock`), or says who to stop.
@@ -82,7 +104,8 @@ fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir`. Refuses a key file readable by group or others.
+    /// Opens (or creates) the store in `dir`, migrating a `store.json` found there. Refuses a
+    /// key file readable by group or others.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::DirBuilder::new()
             .recursive(true)
@@ -100,36 +123,109 @@ impl EmbeddedStore {
         let unbound = UnboundKey::new(&AES_256_GCM, &key_bytes)
             .map_err(|_| setup("the store key is not a valid AES-256 key"))?;
         let path = dir.join(DATA_FILE);
-        let records = match fs::read(&path) {
-            Ok(bytes) => {
-                let image: FileImage = serde_json::from_slice(&bytes).map_err(|e| {
-                    setup(format!("{} is not a Valet store file: {e}", path.display()))
-                })?;
-                if image.format != FORMAT {
-                    return Err(setup(format!(
-                        "{} has format {:?}, expected {FORMAT:?}",
-                        path.display(),
-                        image.format
-                    )));
-                }
-                image
-                    .records
-                    .into_iter()
-                    .map(|(k, r)| (k, (r.version, r.sealed)))
-                    .collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(setup(format!("cannot read {}: {e}", path.display()))),
-        };
-        Ok(Self {
-            path,
-            key: LessSafeKey::new(unbound),
-            rng,
+        // Created 0600 before redb initialises it (redb would use the umask).
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| setup(format!("cannot create {}: {e}", path.display())))?;
+        let db = redb::Database::create(&path).map_err(|e| {
+            setup(format!(
+                "{} is not a Valet store database: {e}",
+                path.display()
+            ))
+        })?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                key: LessSafeKey::new(unbound),
+                rng,
+            }),
             _lock: lock,
-            records: Mutex::new(records),
-        })
+        };
+        store.create_table()?;
+        store.migrate_legacy(dir)?;
+        Ok(store)
     }
 
+    /// The records table exists from the first open on, so readers never meet its absence.
+    fn create_table(&self) -> Result<(), StoreError> {
+        let fail = |e: redb::Error| setup(format!("cannot initialise the store database: {e}"));
+        let txn = self.inner.db.begin_write().map_err(|e| fail(e.into()))?;
+        txn.open_table(RECORDS).map_err(|e| fail(e.into()))?;
+        txn.commit().map_err(|e| fail(e.into()))
+    }
+
+    /// Moves the records of a `store.json` (the earlier file format, sealed the same way under
+    /// the same key) into the database in one transaction, then renames the file out of the way.
+    fn migrate_legacy(&self, dir: &Path) -> Result<(), StoreError> {
+        let legacy = dir.join(LEGACY_FILE);
+        let bytes = match fs::read(&legacy) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(setup(format!("cannot read {}: {e}", legacy.display()))),
+        };
+        let image: LegacyImage = serde_json::from_slice(&bytes).map_err(|e| {
+            setup(format!(
+                "{} is not a Valet store file: {e}",
+                legacy.display()
+            ))
+        })?;
+        if image.format != LEGACY_FORMAT {
+            return Err(setup(format!(
+                "{} has format {:?}, expected {LEGACY_FORMAT:?}",
+                legacy.display(),
+                image.format
+            )));
+        }
+        let fail = |e: redb::Error| setup(format!("cannot migrate {}: {e}", legacy.display()));
+        let txn = self.inner.db.begin_write().map_err(|e| fail(e.into()))?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(|e| fail(e.into()))?;
+            if !table.is_empty().map_err(|e| fail(e.into()))? {
+                return Err(setup(format!(
+                    "{} holds records and {} is there too: move one of them out of the data directory (an old store.json restored next to the database is not merged)",
+                    self.inner.path.display(),
+                    legacy.display()
+                )));
+            }
+            for (key, record) in &image.records {
+                let sealed = STANDARD.decode(&record.sealed).map_err(|_| {
+                    setup(format!("{}: record {key} is not base64", legacy.display()))
+                })?;
+                table
+                    .insert(key.as_str(), (record.version, sealed.as_slice()))
+                    .map_err(|e| fail(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| fail(e.into()))?;
+        let backup = dir.join(LEGACY_BACKUP);
+        fs::rename(&legacy, &backup)
+            .map_err(|e| setup(format!("cannot rename {}: {e}", legacy.display())))?;
+        tracing::warn!(
+            records = image.records.len(),
+            backup = %backup.display(),
+            "migrated the embedded store from store.json; delete the backup once the daemon runs well"
+        );
+        Ok(())
+    }
+
+    /// Runs a blocking database call off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}"), None))?
+    }
+}
+
+impl Inner {
     fn aad(key: &str, version: u64) -> Vec<u8> {
         let mut aad = key.as_bytes().to_vec();
         aad.push(0);
@@ -137,7 +233,7 @@ impl EmbeddedStore {
         aad
     }
 
-    fn seal(&self, key: &str, version: u64, plain: &[u8]) -> Result<String, StoreError> {
+    fn seal(&self, key: &str, version: u64, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
@@ -152,20 +248,14 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::Unavailable("sealing failed".into(), None))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
-        Ok(STANDARD.encode(out))
+        Ok(out)
     }
 
-    fn open_record(
-        &self,
-        key: &str,
-        version: u64,
-        sealed: &str,
-    ) -> Result<SecretBytes, StoreError> {
+    fn open_record(&self, key: &str, version: u64, raw: &[u8]) -> Result<SecretBytes, StoreError> {
         let corrupt = |reason: &str| StoreError::Corrupt {
             key: key.to_owned(),
             reason: reason.to_owned(),
         };
-        let raw = STANDARD.decode(sealed).map_err(|_| corrupt("not base64"))?;
         if raw.len() < NONCE_LEN {
             return Err(corrupt("too short"));
         }
@@ -181,51 +271,63 @@ impl EmbeddedStore {
         Ok(Zeroizing::new(plain.to_vec()))
     }
 
-    async fn persist(&self, records: &BTreeMap<String, (u64, String)>) -> Result<(), StoreError> {
-        let image = FileImage {
-            format: FORMAT.to_owned(),
-            records: records
-                .iter()
-                .map(|(k, (version, sealed))| {
-                    (
-                        k.clone(),
-                        Record {
-                            version: *version,
-                            sealed: sealed.clone(),
-                        },
-                    )
-                })
-                .collect(),
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(RECORDS).map_err(unavailable)?;
+        let Some(found) = table.get(key).map_err(unavailable)? else {
+            return Ok(None);
         };
-        let bytes = serde_json::to_vec(&image)
-            .map_err(|e| StoreError::Unavailable(format!("encoding failed: {e}"), None))?;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}"), None))?
-            .map_err(|e| {
-                StoreError::Unavailable("cannot write the store file".into(), Some(Box::new(e)))
-            })
+        let (version, sealed) = found.value();
+        Ok(Some(Versioned {
+            value: self.open_record(key, version, sealed)?,
+            version,
+        }))
     }
-}
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    /// Check-and-set, seal and commit in one write transaction (redb runs one at a time).
+    fn put(&self, key: &str, value: &[u8], cas: Cas) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        let version = {
+            let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
+            let current = table
+                .get(key)
+                .map_err(unavailable)?
+                .map(|found| found.value().0);
+            let version = next_version(current, cas)?;
+            let sealed = self.seal(key, version, value)?;
+            table
+                .insert(key, (version, sealed.as_slice()))
+                .map_err(unavailable)?;
+            version
+        };
+        txn.commit().map_err(unavailable)?;
+        Ok(version)
     }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
+
+    fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        let existed = {
+            let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
+            table.remove(key).map_err(unavailable)?.is_some()
+        };
+        txn.commit().map_err(unavailable)?;
+        Ok(existed)
     }
-    Ok(())
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(RECORDS).map_err(unavailable)?;
+        let mut keys = Vec::new();
+        for entry in table.range(prefix..).map_err(unavailable)? {
+            let (key, _) = entry.map_err(unavailable)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            keys.push(key.to_owned());
+        }
+        Ok(keys)
+    }
 }
 
 fn load_or_create_key(path: &Path, rng: &SystemRandom) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -285,48 +387,30 @@ impl SecretStore for EmbeddedStore {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         check_key(key)?;
-        let records = self.records.lock().await;
-        match records.get(key) {
-            None => Ok(None),
-            Some((version, sealed)) => Ok(Some(Versioned {
-                value: self.open_record(key, *version, sealed)?,
-                version: *version,
-            })),
-        }
+        let key = key.to_owned();
+        self.blocking(move |s| s.get(&key)).await
     }
 
     async fn put(&self, key: &str, value: SecretBytes, cas: Cas) -> Result<u64, StoreError> {
         check_key(key)?;
-        let mut records = self.records.lock().await;
-        let mut next = records.clone();
-        let version = apply_put(&mut next, key, String::new(), cas)?;
-        let sealed = self.seal(key, version, &value)?;
-        next.insert(key.to_owned(), (version, sealed));
-        // Memory changes only after the file is durably replaced: a failed write changes nothing.
-        self.persist(&next).await?;
-        *records = next;
-        Ok(version)
+        let key = key.to_owned();
+        self.blocking(move |s| s.put(&key, &value, cas)).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         check_key(key)?;
-        let mut records = self.records.lock().await;
-        if !records.contains_key(key) {
-            return Ok(false);
-        }
-        let mut next = records.clone();
-        next.remove(key);
-        self.persist(&next).await?;
-        *records = next;
-        Ok(true)
+        let key = key.to_owned();
+        self.blocking(move |s| s.delete(&key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        Ok(keys_with_prefix(&*self.records.lock().await, prefix))
+        let prefix = prefix.to_owned();
+        self.blocking(move |s| s.list(&prefix)).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        Ok(())
+        self.blocking(|s| s.db.begin_read().map(drop).map_err(unavailable))
+            .await
     }
 }
 
@@ -353,13 +437,18 @@ mod tests {
             .await
             .unwrap();
         drop(store);
-        let raw = fs::read_to_string(dir.path().join(DATA_FILE)).unwrap();
-        assert!(!raw.contains("canary-refresh-token"));
-        let mode = fs::metadata(dir.path().join(KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let raw = fs::read(dir.path().join(DATA_FILE)).unwrap();
+        assert!(
+            !raw.windows(20).any(|w| w == b"canary-refresh-token"),
+            "sealed on disk"
+        );
+        for file in [KEY_FILE, DATA_FILE] {
+            let mode = fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let got = store.get("a/b").await.unwrap().unwrap();
         assert_eq!(&got.value[..], b"canary-refresh-token");
@@ -381,14 +470,95 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
 
-        // Move a record under another key: the AAD binding makes it unreadable.
-        let data = dir.path().join(DATA_FILE);
-        let raw = fs::read_to_string(&data).unwrap();
-        fs::write(&data, raw.replace("\"k\"", "\"j\"")).unwrap();
+        // Copy a record under another key: the AAD binding makes it unreadable.
+        {
+            let db = redb::Database::create(dir.path().join(DATA_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(RECORDS).unwrap();
+                let (version, sealed) = {
+                    let found = table.get("k").unwrap().unwrap();
+                    let (v, s) = found.value();
+                    (v, s.to_vec())
+                };
+                table.insert("j", (version, sealed.as_slice())).unwrap();
+            }
+            txn.commit().unwrap();
+        }
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert!(matches!(
             store.get("j").await,
             Err(StoreError::Corrupt { .. })
         ));
+        assert_eq!(&store.get("k").await.unwrap().unwrap().value[..], b"v");
+    }
+
+    /// A data directory from before the database: its records, sealed as they were, are moved
+    /// in once, readable, and the old file is kept aside; a second open changes nothing.
+    #[tokio::test]
+    async fn a_store_json_is_migrated_once_and_kept_as_a_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        // Seal two records the way the JSON store did, under the key the directory will use.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let sealed = |key: &str, version: u64, value: &[u8]| {
+            STANDARD.encode(store.inner.seal(key, version, value).unwrap())
+        };
+        let legacy = serde_json::json!({
+            "format": LEGACY_FORMAT,
+            "records": {
+                "grants/g1": { "version": 3, "sealed": sealed("grants/g1", 3, b"grant one") },
+                "providers/p": { "version": 1, "sealed": sealed("providers/p", 1, b"provider") },
+            }
+        });
+        drop(store);
+        fs::remove_file(dir.path().join(DATA_FILE)).unwrap();
+        fs::write(dir.path().join(LEGACY_FILE), legacy.to_string()).unwrap();
+
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let g1 = store.get("grants/g1").await.unwrap().unwrap();
+        assert_eq!((&g1.value[..], g1.version), (&b"grant one"[..], 3));
+        assert_eq!(
+            store.list("").await.unwrap(),
+            vec!["grants/g1".to_owned(), "providers/p".to_owned()]
+        );
+        // The next write continues the version; the JSON file is kept aside, not read again.
+        let v = store
+            .put(
+                "grants/g1",
+                Zeroizing::new(b"rotated".to_vec()),
+                Cas::Version(3),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v, 4);
+        assert!(!dir.path().join(LEGACY_FILE).exists());
+        assert!(dir.path().join(LEGACY_BACKUP).exists());
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(
+            &store.get("grants/g1").await.unwrap().unwrap().value[..],
+            b"rotated"
+        );
+        // An old file put back next to a database with records is refused, not merged.
+        drop(store);
+        fs::copy(dir.path().join(LEGACY_BACKUP), dir.path().join(LEGACY_FILE)).unwrap();
+        let err = EmbeddedStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("move one of them"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_legacy_file_that_is_not_a_store_is_refused_and_nothing_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(LEGACY_FILE),
+            "{\"format\":\"something-else\",\"records\":{}}",
+        )
+        .unwrap();
+        let err = EmbeddedStore::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("expected \"valet-embedded-v1\""),
+            "{err}"
+        );
+        assert!(dir.path().join(LEGACY_FILE).exists(), "left in place");
     }
 }

@@ -21,14 +21,9 @@ impl MemoryStore {
     }
 }
 
-/// Applies a check-and-set write to a versioned map; shared by the in-process backends.
-pub(super) fn apply_put<V>(
-    map: &mut BTreeMap<String, (u64, V)>,
-    key: &str,
-    value: V,
-    cas: Cas,
-) -> Result<u64, StoreError> {
-    let current = map.get(key).map(|(v, _)| *v);
+/// The version a check-and-set write gets over a record at `current` (none: absent), or
+/// `Conflict`; shared by the in-process backends.
+pub(super) fn next_version(current: Option<u64>, cas: Cas) -> Result<u64, StoreError> {
     let allowed = match cas {
         Cas::Any => true,
         Cas::Absent => current.is_none(),
@@ -37,13 +32,23 @@ pub(super) fn apply_put<V>(
     if !allowed {
         return Err(StoreError::Conflict);
     }
-    let version = current.unwrap_or(0) + 1;
+    Ok(current.unwrap_or(0) + 1)
+}
+
+/// Applies a check-and-set write to a versioned map.
+fn apply_put<V>(
+    map: &mut BTreeMap<String, (u64, V)>,
+    key: &str,
+    value: V,
+    cas: Cas,
+) -> Result<u64, StoreError> {
+    let version = next_version(map.get(key).map(|(v, _)| *v), cas)?;
     map.insert(key.to_owned(), (version, value));
     Ok(version)
 }
 
 /// Keys of a map under `prefix`, in order.
-pub(super) fn keys_with_prefix<V>(map: &BTreeMap<String, V>, prefix: &str) -> Vec<String> {
+fn keys_with_prefix<V>(map: &BTreeMap<String, V>, prefix: &str) -> Vec<String> {
     map.range(prefix.to_owned()..)
         .take_while(|(k, _)| k.starts_with(prefix))
         .map(|(k, _)| k.clone())

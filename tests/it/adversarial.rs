@@ -257,7 +257,7 @@ async fn a_tampered_record_is_skipped_in_listings_and_named_to_nobody() {
         browser,
     } = f;
     valet.stop();
-    tamper_record(&valet.dir.path().join("data/store.json"), "grants/");
+    tamper_record(&valet.dir.path().join("data/store.redb"), "grants/");
     let f = Fixture {
         valet: valet.start_again(),
         idp,
@@ -277,24 +277,34 @@ async fn a_tampered_record_is_skipped_in_listings_and_named_to_nobody() {
         "INTERNAL",
     );
     assert!(!s.message().contains("grants/"), "{s:?}");
-    assert!(!s.message().contains("store.json"), "{s:?}");
+    assert!(!s.message().contains("store.redb"), "{s:?}");
 }
 
-/// Flips one character of the sealed value of the first record whose key starts with `prefix`.
+/// Flips one byte of the sealed value of the first record whose key starts with `prefix`, as an
+/// attacker with write access to the data directory could (`store.redb`, table `records`: key →
+/// (version, nonce ‖ ciphertext ‖ tag)).
 fn tamper_record(store: &std::path::Path, prefix: &str) {
-    let mut image: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store).unwrap()).unwrap();
-    let records = image["records"].as_object_mut().unwrap();
-    let (_, record) = records
-        .iter_mut()
-        .find(|(k, _)| k.starts_with(prefix))
-        .expect("a grant record");
-    let sealed = record["sealed"].as_str().unwrap().to_owned();
-    let mut bytes = sealed.into_bytes();
-    let i = bytes.len() / 2;
-    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
-    record["sealed"] = serde_json::Value::from(String::from_utf8(bytes).unwrap());
-    std::fs::write(store, serde_json::to_vec(&image).unwrap()).unwrap();
+    use redb::ReadableTable as _;
+    const RECORDS: redb::TableDefinition<&str, (u64, &[u8])> =
+        redb::TableDefinition::new("records");
+    let db = redb::Database::open(store).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(RECORDS).unwrap();
+        let (key, version, mut sealed) = {
+            let mut range = table.range(prefix..).unwrap();
+            let (k, v) = range.next().expect("a record").unwrap();
+            let (version, sealed) = v.value();
+            (k.value().to_owned(), version, sealed.to_vec())
+        };
+        assert!(key.starts_with(prefix), "{key}");
+        let i = sealed.len() / 2;
+        sealed[i] ^= 1;
+        table
+            .insert(key.as_str(), (version, sealed.as_slice()))
+            .unwrap();
+    }
+    txn.commit().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,8 +108,13 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         "a PKCE verifier parameter leaked"
     );
     // And the store file itself holds none of them in clear.
-    let raw = std::fs::read_to_string(valet.dir.path().join("data/store.json")).unwrap();
-    assert!(!raw.contains(&refresh_token) && !raw.contains(&secret_of("basic-client")));
+    let raw = std::fs::read(valet.dir.path().join("data/store.redb")).unwrap();
+    for secret in [
+        refresh_token.as_bytes(),
+        secret_of("basic-client").as_bytes(),
+    ] {
+        assert!(!raw.windows(secret.len()).any(|w| w == secret));
+    }
 }
 
 #[test]

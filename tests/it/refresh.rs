@@ -124,7 +124,7 @@ async fn a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow() {
         .await;
     // Snapshot the store (as a restored backup would be), refresh once (rotation), stop, and
     // put the old store back: the daemon now holds a refresh token the provider saw used.
-    let data = f.valet.dir.path().join("data/store.json");
+    let data = f.valet.dir.path().join("data/store.redb");
     let old = std::fs::read(&data).unwrap();
     token(
         f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
