@@ -280,6 +280,32 @@ impl App {
         if let Some(vault) = &self.vault {
             tokio::spawn(vault.clone().run_renewal(stopped(stop.clone())));
         }
+        tokio::spawn(reap_references(
+            self.credentials.clone(),
+            stopped(stop.clone()),
+        ));
+    }
+}
+
+/// How often dead references are deleted (once at start, then at this interval).
+const REAP_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes expired and spent references at start and every `REAP_EVERY`, so the store does not
+/// grow with every agent session ever started (30-day references, one per session). Replicas
+/// each reap; deleting twice is harmless. A failure is logged and retried next round.
+async fn reap_references(credentials: Arc<Credentials>, stop: impl Future) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => match credentials.reap_references().await {
+                Ok(0) => {}
+                Ok(reaped) => tracing::info!(reaped, "deleted expired and spent references"),
+                Err(e) => tracing::warn!("reaping references failed; retrying later: {e}"),
+            },
+        }
     }
 }
 

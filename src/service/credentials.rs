@@ -176,6 +176,11 @@ impl Credentials {
         }
     }
 
+    /// Deletes expired and spent references from the store; returns how many.
+    pub async fn reap_references(&self) -> Result<usize, Error> {
+        self.references.reap().await
+    }
+
     /// Consent flows waiting for their callback.
     pub fn pending_flows(&self) -> usize {
         self.flows.pending().len()

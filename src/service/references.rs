@@ -202,6 +202,12 @@ impl References {
         records.insert(hash, Arc::new(record));
     }
 
+    /// Deletes the references that can never resolve again (expired or spent) from the store;
+    /// the background reaper's round.
+    pub(crate) async fn reap(&self) -> Result<usize, Error> {
+        Ok(self.repo.reap(self.clock.now_unix()).await?)
+    }
+
     /// Drops a record from memory (revoked, spent, or its grant is gone).
     pub(crate) fn forget(&self, hash: &str) {
         self.records

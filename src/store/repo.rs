@@ -448,6 +448,28 @@ impl ReferenceRepo {
         Ok(n)
     }
 
+    /// Deletes the references that can never resolve again (expired at `now`, or single-use
+    /// and spent) with their index entries; returns how many. An unreadable record is left for
+    /// an operator (listings report it).
+    pub async fn reap(&self, now: i64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.store.list(keyspace::references()).await? {
+            let Some(hash) = keyspace::reference_hash(&key) else {
+                continue;
+            };
+            match read::<ReferenceRecord>(&*self.store, &key).await {
+                Ok(Some((r, _))) if r.expires_at <= now || r.used => {
+                    if self.delete(hash, &r.grant).await? {
+                        n += 1;
+                    }
+                }
+                Ok(_) | Err(StoreError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
     /// Indexes references written before the index existed; once per store (a marker records it).
     pub async fn ensure_indexed(&self) -> Result<usize, StoreError> {
         let marker = keyspace::reference_index_marker();
@@ -514,5 +536,52 @@ impl MetaRepo {
             },
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ProviderId, Scopes, UserId};
+
+    fn reference(user: &str, expires_at: i64, used: bool) -> ReferenceRecord {
+        ReferenceRecord {
+            grant: GrantKey {
+                provider: ProviderId::parse("idp").unwrap(),
+                user: UserId::parse(user).unwrap(),
+                agent: None,
+            },
+            scopes: Scopes::default(),
+            owner: "agent-a".into(),
+            created_at: 0,
+            expires_at,
+            single_use: used,
+            used,
+        }
+    }
+
+    /// Expired and spent references go with their index entries; live ones and their entries
+    /// stay.
+    #[tokio::test]
+    async fn the_reaper_deletes_dead_references_and_their_index_entries() {
+        let store: Arc<dyn SecretStore> = Arc::new(crate::store::MemoryStore::default());
+        let repo = ReferenceRepo::new(store.clone());
+        let now = 1_000;
+        for (hash, r) in [
+            ("expired", reference("alice", now, false)),
+            ("spent", reference("bob", now + 60, true)),
+            ("live", reference("carol", now + 60, false)),
+        ] {
+            repo.create(hash, &r).await.unwrap();
+        }
+        assert_eq!(repo.reap(now).await.unwrap(), 2);
+        assert_eq!(
+            store.list(keyspace::references()).await.unwrap(),
+            vec![keyspace::reference("live")]
+        );
+        let index = store.list("ref-index/").await.unwrap();
+        assert_eq!(index.len(), 1, "{index:?}");
+        assert!(index[0].ends_with("/live"), "{index:?}");
+        assert_eq!(repo.reap(now).await.unwrap(), 0, "nothing left to reap");
     }
 }

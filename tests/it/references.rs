@@ -364,3 +364,60 @@ async fn resolving_a_cached_token_never_touches_the_store() {
         "STORE_UNAVAILABLE",
     );
 }
+
+/// Spent single-use references are deleted from the store by the reaper (at start, then every
+/// ten minutes) with their index entries; live ones stay and still resolve.
+#[tokio::test]
+async fn spent_references_are_reaped_from_the_store_and_live_ones_kept() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let live = consent_for_reference(&f, AGENT_KEY, "alice").await;
+    let once = reference(
+        f.authenticate(AGENT_KEY, reference_request("alice", true))
+            .await,
+    );
+    resolve(&f, AGENT_KEY, &once.reference, 0).await.unwrap();
+    let count = |dir: &std::path::Path| {
+        let dir = dir.to_owned();
+        async move {
+            let store = valet::store::EmbeddedStore::open(&dir).unwrap();
+            (
+                store.list("refs/").await.unwrap().len(),
+                store.list("ref-index/").await.unwrap().len(),
+            )
+        }
+    };
+    let data = f.valet.dir.path().join("data");
+    let f = {
+        let Fixture {
+            mut valet,
+            idp,
+            browser,
+        } = f;
+        assert!(valet.stop().success());
+        assert_eq!(
+            count(&data).await,
+            (2, 2),
+            "both stored before the reaper runs"
+        );
+        Fixture {
+            valet: valet.start_again(),
+            idp,
+            browser,
+        }
+    };
+    // The reaper's first round runs at start; wait for it to show in the log.
+    for _ in 0..100 {
+        if f.valet
+            .logs()
+            .contains("deleted expired and spent references")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    resolve(&f, AGENT_KEY, &live.reference, 0).await.unwrap();
+    let Fixture { mut valet, .. } = f;
+    assert!(valet.stop().success());
+    assert_eq!(count(&data).await, (1, 1), "the spent one is gone");
+}
