@@ -142,21 +142,31 @@ pub(super) async fn grants(
     user: Option<String>,
     conn: &Conn,
 ) -> anyhow::Result<()> {
-    let list = conn
-        .connect()
-        .await?
-        .credentials()
-        .list_grants(pb::ListGrantsRequest {
-            provider_id: provider.unwrap_or_default(),
-            user_id: user.unwrap_or_default(),
-        })
-        .await
-        .map_err(explain)?;
-    if list.get_ref().grants.is_empty() {
-        println!("no grants");
+    let mut credentials = conn.connect().await?.credentials();
+    let (mut page_token, mut shown) = (String::new(), 0);
+    loop {
+        let page = credentials
+            .list_grants(pb::ListGrantsRequest {
+                provider_id: provider.clone().unwrap_or_default(),
+                user_id: user.clone().unwrap_or_default(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(explain)?
+            .into_inner();
+        for g in &page.grants {
+            print_grant(g);
+        }
+        shown += page.grants.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
     }
-    for g in &list.get_ref().grants {
-        print_grant(g);
+    if shown == 0 {
+        println!("no grants");
     }
     Ok(())
 }

@@ -7,7 +7,9 @@ use super::cache::{CachedToken, TokenCache};
 use super::kind::{self, ClientGrant};
 use super::refresher::{Refreshed, Refresher};
 use crate::clock::Clock;
-use crate::domain::{Grant, GrantKey, GrantStatus, ProviderConfig, ProviderId, Scopes, UserId};
+use crate::domain::{
+    AgentId, Grant, GrantKey, GrantStatus, ProviderConfig, ProviderId, Scopes, UserId,
+};
 use crate::oauth::{OAuthError, TokenEndpoint, TokenGrant, TokenSet};
 use crate::secret::SecretString;
 use crate::store::{Cas, GrantRepo, StoreError};
@@ -16,7 +18,6 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 /// Most grants a listing returns.
-const MAX_LISTED: usize = 1000;
 /// Check-and-set retries when a consent's grant write races a replica's refresh.
 const CONSENT_WRITE_ATTEMPTS: u32 = 5;
 
@@ -51,7 +52,23 @@ impl AccessToken {
     }
 }
 
-/// Grant metadata for listings: never a token.
+/// Which grants `ListGrants` wants (`None`: any) and which page.
+#[derive(Debug, Clone, Default)]
+pub struct GrantQuery {
+    pub provider: Option<ProviderId>,
+    pub user: Option<UserId>,
+    pub agent: Option<AgentId>,
+    pub status: Option<GrantStatus>,
+    /// Grants per page, 1 to `MAX_PAGE`.
+    pub page_size: usize,
+    /// Where the previous page stopped (decoded from its token).
+    pub after: Option<String>,
+}
+
+/// The most grants one `ListGrants` page holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// Grant metadata for listings. Never a token.
 #[derive(Debug, Clone)]
 pub struct GrantInfo {
     pub key: GrantKey,
@@ -555,23 +572,41 @@ impl TokenBroker {
         self.cache.remove_provider(id);
     }
 
-    /// Grant metadata, optionally filtered by provider and user.
+    /// One page of grant metadata: the grants of `providers` (`None`: all) matching `q`.
     pub(crate) async fn list(
         &self,
-        provider: Option<&ProviderId>,
-        user: Option<&UserId>,
-    ) -> Result<Vec<GrantInfo>, Error> {
-        let keep = |g: &Grant| user.is_none_or(|u| &g.key.user == u);
-        let grants = self.grants.list(provider, keep, MAX_LISTED).await?;
+        providers: Option<&[ProviderId]>,
+        q: &GrantQuery,
+    ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
         let now = self.clock.now_unix();
-        Ok(grants
+        let status = |g: &Grant| {
+            if self.refresher.is_lost(&g.key) {
+                GrantStatus::NeedsReauth
+            } else {
+                g.effective_status(now)
+            }
+        };
+        let keep = |g: &Grant| {
+            q.user.as_ref().is_none_or(|u| &g.key.user == u)
+                && q.agent
+                    .as_ref()
+                    .is_none_or(|a| g.key.agent.as_ref() == Some(a))
+                && q.status.is_none_or(|s| status(g) == s)
+        };
+        let (grants, next) = self
+            .grants
+            .page(
+                providers,
+                q.user.as_ref(),
+                q.after.as_deref(),
+                q.page_size,
+                keep,
+            )
+            .await?;
+        let grants = grants
             .into_iter()
             .map(|g| GrantInfo {
-                status: if self.refresher.is_lost(&g.key) {
-                    GrantStatus::NeedsReauth
-                } else {
-                    g.effective_status(now)
-                },
+                status: status(&g),
                 declined: g.declined,
                 metadata: g.metadata,
                 has_stored_value: g.access_token.is_some(),
@@ -584,6 +619,7 @@ impl TokenBroker {
                 created_at: g.created_at,
                 updated_at: g.updated_at,
             })
-            .collect())
+            .collect();
+        Ok((grants, next))
     }
 }

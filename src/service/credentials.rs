@@ -4,7 +4,7 @@
 
 use super::Error;
 use super::broker::ClientTarget;
-use super::broker::{AccessToken, Consented, GrantInfo, TokenBroker};
+use super::broker::{AccessToken, Consented, GrantInfo, GrantQuery, MAX_PAGE, TokenBroker};
 use super::device::DevicePoll;
 use super::flows::{Ask, Flows};
 use super::kind::CallbackParams;
@@ -810,17 +810,28 @@ impl Credentials {
     }
 
     /// Grant metadata, optionally filtered. Agents and admins alike see metadata only.
+    /// One page of the grants `q` asks for that `caller` may see, and the token of the next
+    /// page. A user filter without a provider reads that user's key range at each provider.
     pub async fn list_grants(
         &self,
         caller: &Caller,
-        provider: Option<&ProviderId>,
-        user: Option<&UserId>,
-    ) -> Result<Vec<GrantInfo>, Error> {
-        policy::authorize(caller, Action::ListGrants { user })?;
-        if let Some(user) = user {
+        q: GrantQuery,
+    ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
+        policy::authorize(
+            caller,
+            Action::ListGrants {
+                user: q.user.as_ref(),
+            },
+        )?;
+        if let Some(user) = &q.user {
             self.check_user(caller, user).await?;
         }
-        let mut grants = self.broker.list(provider, user).await?;
+        let providers: Option<Vec<ProviderId>> = match (&q.provider, &q.user) {
+            (Some(p), _) => Some(vec![p.clone()]),
+            (None, Some(_)) => Some(self.providers.ids()?),
+            (None, None) => None,
+        };
+        let (mut grants, next) = self.broker.list(providers.as_deref(), &q).await?;
         grants.retain(|g| policy::may_see(caller, &g.key));
         for g in &mut grants {
             if let Ok(p) = self.providers.get(&g.key.provider) {
@@ -828,7 +839,7 @@ impl Credentials {
                 g.issuer = p.kind.issuer().map(str::to_owned);
             }
         }
-        Ok(grants)
+        Ok((grants, next))
     }
 
     /// Deletes a provider, its grants, their cached tokens and their references.
@@ -866,22 +877,34 @@ impl Credentials {
             ));
         }
         let (mut revoked, mut failed) = (0, 0);
-        for g in self.broker.list(Some(id), None).await? {
-            let (refresh, access) = self.broker.tokens_of(&g.key).await?;
-            let outcome = kind::revoke_at_provider(
-                &*self.endpoint,
-                &provider.kind,
-                refresh.as_ref(),
-                access.as_ref(),
-            )
-            .await;
-            match outcome {
-                ProviderRevocation::Revoked => revoked += 1,
-                ProviderRevocation::Failed(why) => {
-                    tracing::warn!(provider = %id, "revocation at the provider failed: {why}");
-                    failed += 1;
+        // Page by page, so a provider with a million grants never sits in memory at once.
+        let mut q = GrantQuery {
+            page_size: MAX_PAGE,
+            ..GrantQuery::default()
+        };
+        loop {
+            let (page, next) = self.broker.list(Some(std::slice::from_ref(id)), &q).await?;
+            for g in page {
+                let (refresh, access) = self.broker.tokens_of(&g.key).await?;
+                let outcome = kind::revoke_at_provider(
+                    &*self.endpoint,
+                    &provider.kind,
+                    refresh.as_ref(),
+                    access.as_ref(),
+                )
+                .await;
+                match outcome {
+                    ProviderRevocation::Revoked => revoked += 1,
+                    ProviderRevocation::Failed(why) => {
+                        tracing::warn!(provider = %id, "revocation at the provider failed: {why}");
+                        failed += 1;
+                    }
+                    ProviderRevocation::NotSupported | ProviderRevocation::NothingToRevoke => {}
                 }
-                ProviderRevocation::NotSupported | ProviderRevocation::NothingToRevoke => {}
+            }
+            match next {
+                Some(after) => q.after = Some(after),
+                None => break,
             }
         }
         Ok((revoked, failed))

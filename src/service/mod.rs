@@ -17,7 +17,7 @@ mod providers;
 mod references;
 mod refresher;
 
-pub use broker::{AccessToken, GrantInfo};
+pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};
 pub use credentials::{
     AuthRequest, CallbackDone, Credentials, Limits, Outcome, Parts, SubjectToken,
 };

@@ -111,6 +111,11 @@ impl ProviderRegistry {
             .ok_or(Error::NotFound { what: "provider" })
     }
 
+    /// Every provider id, sorted.
+    pub fn ids(&self) -> Result<Vec<ProviderId>, Error> {
+        Ok(self.all()?.iter().map(|p| p.id.clone()).collect())
+    }
+
     fn all(&self) -> Result<Vec<Arc<ProviderConfig>>, Error> {
         self.ensure_loaded()?;
         let mut all: Vec<_> = self

@@ -229,7 +229,11 @@ async fn a_lost_rotation_hands_out_nothing_and_never_reuses_the_spent_token() {
     assert!(again.is_none());
     assert_eq!(w.endpoint.refreshes(), 1);
     assert_eq!(w.endpoint.reused(), 0);
-    let listed = broker.list(None, None).await.unwrap();
+    let query = super::GrantQuery {
+        page_size: 10,
+        ..Default::default()
+    };
+    let (listed, _) = broker.list(None, &query).await.unwrap();
     assert_eq!(listed[0].status, GrantStatus::NeedsReauth);
 }
 

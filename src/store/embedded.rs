@@ -314,14 +314,28 @@ impl Inner {
         Ok(existed)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    /// Keys under `prefix` after `after`, at most `limit`: one B-tree range walk.
+    fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound;
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(RECORDS).map_err(unavailable)?;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
         let mut keys = Vec::new();
-        for entry in table.range(prefix..).map_err(unavailable)? {
+        for entry in table
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(unavailable)?
+        {
             let (key, _) = entry.map_err(unavailable)?;
             let key = key.value();
-            if !key.starts_with(prefix) {
+            if !key.starts_with(prefix) || keys.len() >= limit {
                 break;
             }
             keys.push(key.to_owned());
@@ -405,7 +419,19 @@ impl SecretStore for EmbeddedStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking(move |s| s.list(&prefix)).await
+        self.blocking(move |s| s.list(&prefix, None, usize::MAX))
+            .await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        self.blocking(move |s| s.list(&prefix, after.as_deref(), limit))
+            .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {

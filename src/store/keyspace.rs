@@ -14,7 +14,7 @@
 //! User and agent ids are base64url-encoded so any id is path-safe; unpadded base64url never
 //! produces `=`, so no agent id can collide with the user-wide segment.
 
-use crate::domain::{GrantKey, ProviderId};
+use crate::domain::{GrantKey, ProviderId, UserId};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -52,6 +52,20 @@ fn grant_path(key: &GrantKey) -> String {
 
 pub fn grant(key: &GrantKey) -> String {
     format!("{GRANTS}{}", grant_path(key))
+}
+
+/// Prefix of one user's grants at one provider (user-wide and agent-scoped).
+pub fn grants_of_user(provider: &ProviderId, user: &UserId) -> String {
+    format!(
+        "{GRANTS}{}/{}/",
+        provider.as_str(),
+        URL_SAFE_NO_PAD.encode(user.as_str())
+    )
+}
+
+/// Whether `key` is a grant record's key (a listing cursor must be one).
+pub fn is_grant(key: &str) -> bool {
+    key.starts_with(GRANTS)
 }
 
 /// Prefix of every grant, or of one provider's grants.

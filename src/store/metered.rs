@@ -61,6 +61,17 @@ impl SecretStore for MeteredStore {
         self.observe("list", started, self.inner.list(prefix).await)
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let started = Instant::now();
+        let keys = self.inner.list_page(prefix, after, limit).await;
+        self.observe("list", started, keys)
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         self.observe("check", started, self.inner.check().await)

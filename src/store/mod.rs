@@ -97,6 +97,21 @@ pub trait SecretStore: std::fmt::Debug + Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
     /// Every key starting with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// At most `limit` keys starting with `prefix` that sort after `after`, in order. Backends
+    /// with ordered keys answer without listing the whole prefix.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut keys = self.list(prefix).await?;
+        if let Some(after) = after {
+            keys.retain(|k| k.as_str() > after);
+        }
+        keys.truncate(limit);
+        Ok(keys)
+    }
     /// Cheap liveness check for health reporting.
     async fn check(&self) -> Result<(), StoreError>;
 }

@@ -6,7 +6,7 @@ use super::{Cas, SecretBytes, SecretStore, StoreError, keyspace};
 use crate::domain::{
     AuthCode, Grant, GrantKey, HandoutPolicy, KindConfig, OAuthClient, ProviderConfig, ProviderId,
     ProviderKind, ReferenceRecord, Scopes, Separator, StaticCredential, TokenAuthMethod,
-    TokenDialect,
+    TokenDialect, UserId,
 };
 use crate::domain::{ConsentFlow, ServiceAccount};
 use crate::jwt::SigningKey;
@@ -328,34 +328,73 @@ impl GrantRepo {
         self.store.delete(&keyspace::grant(key)).await
     }
 
-    /// Every grant, or one provider's, in key order; `keep` filters before `limit` counts.
-    pub async fn list(
+    /// Whether `cursor` can resume a listing (it is a grant's key).
+    pub fn is_cursor(cursor: &str) -> bool {
+        keyspace::is_grant(cursor)
+    }
+
+    /// One page of the grants of `providers` (sorted; `None`: every grant) and, within them, of
+    /// `user`, whose keys sort after `after`; those `keep` accepts, at most `size`. Only the
+    /// key ranges of those providers and that user are read, and at most ten pages' worth of
+    /// records, so a selective filter cannot make one call read the whole store. Returns the
+    /// grants and the key to resume after when more may follow.
+    pub async fn page(
         &self,
-        provider: Option<&ProviderId>,
+        providers: Option<&[ProviderId]>,
+        user: Option<&UserId>,
+        after: Option<&str>,
+        size: usize,
         keep: impl Fn(&Grant) -> bool,
-        limit: usize,
-    ) -> Result<Vec<Grant>, StoreError> {
-        let mut out = Vec::new();
-        for key in self.store.list(&keyspace::grants(provider)).await? {
-            let found = match read::<Grant>(&*self.store, &key).await {
-                // One unreadable record (tampered, or from a newer version) is reported and
-                // skipped; it never takes the listing down for everyone.
-                Err(StoreError::Corrupt { key, reason }) => {
-                    tracing::warn!(%key, "skipping an unreadable grant record: {reason}");
-                    continue;
-                }
-                other => other?,
+    ) -> Result<(Vec<Grant>, Option<String>), StoreError> {
+        let prefixes: Vec<String> = match providers {
+            None => vec![keyspace::grants(None)],
+            Some(ids) => ids
+                .iter()
+                .map(|p| match user {
+                    Some(u) => keyspace::grants_of_user(p, u),
+                    None => keyspace::grants(Some(p)),
+                })
+                .collect(),
+        };
+        let size = size.max(1);
+        let budget = size.saturating_mul(10);
+        let (mut out, mut scanned) = (Vec::new(), 0);
+        for prefix in prefixes {
+            let mut cursor = match after {
+                Some(a) if a.starts_with(prefix.as_str()) => Some(a.to_owned()),
+                // The resume point lies beyond this prefix's keys.
+                Some(a) if a > prefix.as_str() => continue,
+                _ => None,
             };
-            if let Some((g, _)) = found
-                && keep(&g)
-            {
-                out.push(g);
-                if out.len() >= limit {
+            loop {
+                let keys = self
+                    .store
+                    .list_page(prefix.as_str(), cursor.as_deref(), size)
+                    .await?;
+                let more = keys.len() == size;
+                for key in keys {
+                    scanned += 1;
+                    match read::<Grant>(&*self.store, &key).await {
+                        // One unreadable record (tampered, or from a newer version) is reported
+                        // and skipped; it never takes the listing down for everyone.
+                        Err(StoreError::Corrupt { key, reason }) => {
+                            tracing::warn!(%key, "skipping an unreadable grant record: {reason}");
+                        }
+                        Err(e) => return Err(e),
+                        Ok(Some((g, _))) if keep(&g) => out.push(g),
+                        Ok(_) => {}
+                    }
+                    if out.len() >= size || scanned >= budget {
+                        return Ok((out, Some(key)));
+                    }
+                    cursor = Some(key);
+                }
+                if !more {
                     break;
                 }
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Deletes every grant of `provider`; returns how many.
@@ -558,6 +597,69 @@ mod tests {
             single_use: used,
             used,
         }
+    }
+
+    fn grant(provider: &str, user: &str) -> Grant {
+        Grant {
+            key: GrantKey {
+                provider: ProviderId::parse(provider).unwrap(),
+                user: UserId::parse(user).unwrap(),
+                agent: None,
+            },
+            scopes: Scopes::default(),
+            subject: None,
+            refresh_token: None,
+            status: crate::domain::GrantStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+            refreshing: None,
+            access_token: None,
+            token_type: None,
+            expires_at: 0,
+            declined: Scopes::default(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// A user's grants across providers come one page at a time, resuming across the
+    /// providers' key ranges, and only that user's records are read.
+    #[tokio::test]
+    async fn pages_resume_across_providers_and_read_only_the_users_range() {
+        let store = Arc::new(crate::store::MemoryStore::default());
+        let repo = GrantRepo::new(store.clone());
+        for (p, u) in [
+            ("a", "alice"),
+            ("a", "bob"),
+            ("ab", "alice"),
+            ("b", "alice"),
+        ] {
+            repo.put(&grant(p, u), Cas::Absent).await.unwrap();
+        }
+        let ids: Vec<ProviderId> = ["a", "ab", "b"]
+            .iter()
+            .map(|p| ProviderId::parse(p).unwrap())
+            .collect();
+        let alice = UserId::parse("alice").unwrap();
+        let read = std::sync::atomic::AtomicUsize::new(0);
+        let keep = |_: &Grant| {
+            read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            true
+        };
+        let mut after = None;
+        let mut providers = Vec::new();
+        loop {
+            let (page, next) = repo
+                .page(Some(&ids), Some(&alice), after.as_deref(), 1, &keep)
+                .await
+                .unwrap();
+            providers.extend(page.iter().map(|g| g.key.provider.to_string()));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(providers, ["a", "ab", "b"]);
+        assert_eq!(read.into_inner(), 3, "bob's grant is never read");
     }
 
     /// Expired and spent references go with their index entries; live ones and their entries

@@ -9,8 +9,11 @@ use crate::domain::{
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::service::{
-    AccessToken, AuthRequest, Error, GrantInfo, Outcome, ProviderRevocation, SubjectToken,
+    AccessToken, AuthRequest, Error, GrantInfo, GrantQuery, MAX_PAGE, Outcome, ProviderRevocation,
+    SubjectToken,
 };
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::time::Duration;
 use tonic::Request;
 
@@ -159,17 +162,57 @@ fn subject_token(token: &str, kind: &str) -> Result<Option<SubjectToken>, Error>
     }))
 }
 
-/// ListGrants filters; empty means no filter.
-pub(super) fn grant_filters(
-    r: &pb::ListGrantsRequest,
-) -> Result<(Option<ProviderId>, Option<UserId>), Error> {
+/// ListGrants filters (empty: no filter) and page.
+pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error> {
     let provider = (!r.provider_id.is_empty())
         .then(|| ProviderId::parse(&r.provider_id))
         .transpose()?;
     let user = (!r.user_id.is_empty())
         .then(|| UserId::parse(&r.user_id))
         .transpose()?;
-    Ok((provider, user))
+    let agent = (!r.agent_id.is_empty())
+        .then(|| AgentId::parse(&r.agent_id))
+        .transpose()?;
+    let status = match pb::GrantStatus::try_from(r.status) {
+        Ok(pb::GrantStatus::Unspecified) => None,
+        Ok(pb::GrantStatus::Active) => Some(GrantStatus::Active),
+        Ok(pb::GrantStatus::NeedsReauth) => Some(GrantStatus::NeedsReauth),
+        Err(_) => return Err(Error::invalid("status", "is not a GrantStatus")),
+    };
+    let page_size = match r.page_size {
+        0 => 100,
+        n => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
+    };
+    let after = (!r.page_token.is_empty())
+        .then(|| page_cursor(&r.page_token))
+        .transpose()?;
+    Ok(GrantQuery {
+        provider,
+        user,
+        agent,
+        status,
+        page_size,
+        after,
+    })
+}
+
+/// A page token is where the previous page stopped, encoded; anything else is refused.
+fn page_cursor(token: &str) -> Result<String, Error> {
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|c| crate::store::GrantRepo::is_cursor(c))
+        .ok_or_else(|| {
+            Error::invalid(
+                "page_token",
+                "is not a next_page_token from a ListGrants response",
+            )
+        })
+}
+
+pub(super) fn page_token(cursor: Option<String>) -> String {
+    cursor.map_or_else(String::new, |c| URL_SAFE_NO_PAD.encode(c))
 }
 
 pub(super) fn grant(g: GrantInfo) -> pb::Grant {

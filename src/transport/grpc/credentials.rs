@@ -159,21 +159,22 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         let caller = caller(&req)?;
         let r = req.get_ref();
-        let grants = rpc(
+        let (grants, next) = rpc(
             self.audit(),
             "ListGrants",
             &caller,
-            subject(&r.provider_id, &r.user_id, ""),
+            subject(&r.provider_id, &r.user_id, &r.agent_id),
             async {
-                let (provider, user) = convert::grant_filters(r)?;
                 self.credentials
-                    .list_grants(&caller, provider.as_ref(), user.as_ref())
+                    .list_grants(&caller, convert::grant_query(r)?)
                     .await
             },
         )
         .await?;
-        let grants = grants.into_iter().map(convert::grant).collect();
-        Ok(Response::new(pb::ListGrantsResponse { grants }))
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: grants.into_iter().map(convert::grant).collect(),
+            next_page_token: convert::page_token(next),
+        }))
     }
 
     async fn complete_authorization(

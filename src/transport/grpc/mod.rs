@@ -36,6 +36,7 @@ trait Labelled {
 impl Labelled for () {}
 impl Labelled for (u32, u32) {}
 impl<T> Labelled for Vec<T> {}
+impl<T> Labelled for (Vec<T>, Option<String>) {}
 impl<A, B> Labelled for (crate::service::AccessToken, A, B) {}
 impl<A> Labelled for (crate::service::AccessToken, A) {}
 impl Labelled for crate::domain::ProviderConfig {}

@@ -147,9 +147,18 @@ class AsyncClient:
         return await self._run(_wire.revoke(provider, user_id, agent_id, reference))
 
     async def list_grants(
-        self, provider: str | None = None, user_id: str | None = None
+        self,
+        provider: str | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
     ) -> list[Grant]:
-        return await self._run(_wire.list_grants(provider, user_id))
+        grants: list[Grant] = []
+        token = ""
+        while True:
+            page, token = await self._run(_wire.list_grants(provider, user_id, agent_id, token))
+            grants.extend(page)
+            if not token:
+                return grants
 
     async def put_credential(
         self,

@@ -156,9 +156,21 @@ class Client:
         `reference` that one reference."""
         return self._run(_wire.revoke(provider, user_id, agent_id, reference))
 
-    def list_grants(self, provider: str | None = None, user_id: str | None = None) -> list[Grant]:
-        """Grant metadata (never tokens), optionally for one provider and/or user."""
-        return self._run(_wire.list_grants(provider, user_id))
+    def list_grants(
+        self,
+        provider: str | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+    ) -> list[Grant]:
+        """Grant metadata (never tokens), optionally for one provider, user and/or agent; every
+        page of the daemon's listing."""
+        grants: list[Grant] = []
+        token = ""
+        while True:
+            page, token = self._run(_wire.list_grants(provider, user_id, agent_id, token))
+            grants.extend(page)
+            if not token:
+                return grants
 
     def put_credential(
         self,

@@ -213,9 +213,23 @@ def _grant(g: pb.Grant) -> Grant:
     )
 
 
-def list_grants(provider: str | None, user_id: str | None) -> Call[list[Grant]]:
-    request = pb.ListGrantsRequest(provider_id=provider or "", user_id=user_id or "")
-    return Call("credentials", "ListGrants", request, lambda r: [_grant(g) for g in r.grants])
+def list_grants(
+    provider: str | None, user_id: str | None, agent_id: str | None, page_token: str
+) -> Call[tuple[list[Grant], str]]:
+    """One page (the largest the daemon serves); the clients follow `next_page_token`."""
+    request = pb.ListGrantsRequest(
+        provider_id=provider or "",
+        user_id=user_id or "",
+        agent_id=agent_id or "",
+        page_size=1000,
+        page_token=page_token,
+    )
+    return Call(
+        "credentials",
+        "ListGrants",
+        request,
+        lambda r: ([_grant(g) for g in r.grants], r.next_page_token),
+    )
 
 
 def put_credential(
