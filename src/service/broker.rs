@@ -247,6 +247,14 @@ impl TokenBroker {
         if grant.refresh_token.is_none() {
             return Ok(self.kept_token(grant, scopes, now, min_ttl));
         }
+        // The access token the last refresh stored (by this process before a restart, or by a
+        // replica) serves while it lives long enough.
+        if grant.access_token.is_some()
+            && grant.refreshing.is_none()
+            && let Some(t) = self.kept_token(grant.clone(), scopes, now, min_ttl)
+        {
+            return Ok(Some(t));
+        }
         let Some(client) = provider.kind.oauth_client() else {
             return Ok(None);
         };
@@ -262,6 +270,9 @@ impl TokenBroker {
                 self.audit_refresh(key, "ok");
                 Ok(Some(self.cache_token(&grant, set, scopes)))
             }
+            // Refreshed by another replica after this call began: fresh for it whatever its
+            // `min_ttl`, as a refresh by this process would be.
+            Ok(Refreshed::Shared(grant)) => Ok(self.kept_token(*grant, scopes, now, 0)),
             Ok(Refreshed::Gone) => {
                 self.audit_refresh(key, "REAUTHORIZATION_REQUIRED");
                 self.cache.remove(key);
@@ -609,7 +620,9 @@ impl TokenBroker {
                 status: status(&g),
                 declined: g.declined,
                 metadata: g.metadata,
-                has_stored_value: g.access_token.is_some(),
+                // A token that cannot be re-obtained without the user; the access token a
+                // refresh keeps for replicas is not a stored value in this sense.
+                has_stored_value: g.access_token.is_some() && g.refresh_token.is_none(),
                 kind: None,
                 issuer: None,
                 has_refresh_token: g.refresh_token.is_some(),

@@ -25,6 +25,8 @@ const WRITE_BACKOFF: Duration = Duration::from_millis(100);
 enum Claimed {
     /// We hold the claim; the grant as written, at this version.
     Ours(Box<Grant>, u64),
+    /// Another instance refreshed while this call waited: its token is in the grant.
+    Shared(Box<Grant>),
     /// The grant is no longer refreshable (revoked, dead, or lost its refresh token).
     Gone,
 }
@@ -34,6 +36,9 @@ enum Claimed {
 pub(crate) enum Refreshed {
     /// A new access token; the grant (with any rotated refresh token) as stored.
     Token(TokenSet, Box<Grant>),
+    /// Another instance sharing the store refreshed it while this call waited: the grant holds
+    /// that access token, which serves this call too (one provider call for all replicas).
+    Shared(Box<Grant>),
     /// The grant cannot be refreshed (revoked, or the provider said `invalid_grant`).
     Gone,
 }
@@ -88,16 +93,27 @@ impl Refresher {
     }
 
     /// Marks `grant` as being refreshed by this instance (check-and-set), waiting out another
-    /// instance's live claim. On a store no other process uses, another instance's claim was
-    /// left by a killed predecessor and is taken over at once.
+    /// instance's live claim; when that instance stored a new access token meanwhile, that token
+    /// is the answer (a refresh that lands while a call waits is fresh for it). On a store no
+    /// other process uses, another instance's claim was left by a killed predecessor and is
+    /// taken over at once.
     async fn claim(&self, mut grant: Grant, mut version: u64) -> Result<Claimed, Error> {
         let shared = !self.grants.exclusive();
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        // The access token (its digest) the grant held when another instance's claim was first
+        // seen; `None` until this call waits.
+        let mut before_wait: Option<Option<[u8; 32]>> = None;
         loop {
             if grant.status != GrantStatus::Active || grant.refresh_token.is_none() {
                 return Ok(Claimed::Gone);
             }
             let now = self.clock.now_unix();
+            if grant.refreshing.is_none()
+                && before_wait.is_some_and(|before| access_digest(&grant) != before)
+                && grant.kept_token_live(now)
+            {
+                return Ok(Claimed::Shared(Box::new(grant)));
+            }
             let busy = grant
                 .refreshing
                 .as_ref()
@@ -115,6 +131,7 @@ impl Refresher {
             } else if tokio::time::Instant::now() >= deadline {
                 return Err(Error::RefreshBusy);
             } else {
+                before_wait.get_or_insert_with(|| access_digest(&grant));
                 tokio::time::sleep(CLAIM_POLL).await;
             }
             match self.grants.get(&grant.key).await? {
@@ -153,6 +170,7 @@ impl Refresher {
     ) -> Result<Refreshed, Error> {
         let (mut grant, version) = match self.claim(grant, version).await? {
             Claimed::Ours(g, v) => (*g, v),
+            Claimed::Shared(g) => return Ok(Refreshed::Shared(g)),
             Claimed::Gone => return Ok(Refreshed::Gone),
         };
         let Some(refresh_token) = grant.refresh_token.clone() else {
@@ -192,6 +210,15 @@ impl Refresher {
         if let Some(rotated) = set.refresh_token.clone() {
             grant.refresh_token = Some(rotated);
         }
+        // The access token is kept (sealed) with the grant: replicas waiting on this refresh,
+        // and this process after a restart, use it instead of calling the provider again.
+        grant.access_token = Some(set.access_token.clone());
+        grant.token_type = Some(set.token_type.clone());
+        grant.expires_at = set.expires_in.map_or(0, |d| {
+            grant
+                .updated_at
+                .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        });
         if let Some(scopes) = &set.scopes {
             grant.scopes = scopes.clone();
         }
@@ -212,4 +239,13 @@ impl Refresher {
             }
         }
     }
+}
+
+/// A digest of the grant's stored access token, to tell a new one from the one seen before.
+fn access_digest(grant: &Grant) -> Option<[u8; 32]> {
+    use crate::secret::ExposeSecret as _;
+    grant
+        .access_token
+        .as_ref()
+        .map(|t| crate::secret::sha256(t.expose_secret().as_bytes()))
 }

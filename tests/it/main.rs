@@ -19,6 +19,7 @@ mod private_key_jwt;
 mod providers;
 mod references;
 mod refresh;
+mod replicas;
 mod scoping;
 mod service_accounts;
 mod static_credentials;

@@ -309,8 +309,8 @@ async fn two_daemons_sharing_kv2_never_present_a_refresh_token_twice() {
         assert!(r.is_ok(), "{r:?}");
     }
     f.idp.assert_no_refresh_token_reuse().await;
-    assert!(f.idp.refreshes().await >= 2);
-    // Both still hold the newest refresh token.
+    // However the calls interleave (one shared refresh, or one per wave), none reused a token;
+    // replicas.rs pins the storm to exactly one. Both still hold the newest refresh token:
     let mut a = a;
     let mut b = b;
     token(

@@ -1,0 +1,121 @@
+//! Replicas: several daemons on one Vault KV v2 store (the replica model; the embedded store is
+//! single-replica by its directory lock). A refresh storm over three of them costs the provider
+//! one refresh, and a replica killed while it holds a refresh claim loses nothing.
+
+use crate::support::daemon::AGENT_KEY;
+use crate::support::vault::{ROOT_TOKEN, VaultDouble, options, token_auth};
+use crate::support::{Fixture, Valet, token};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_over_three_replicas_cost_one_provider_refresh() {
+    let d = VaultDouble::start("secret").await;
+    let opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
+    let f = Fixture::with(opts.clone()).await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let (b, c) = (Valet::start(opts.clone()), Valet::start(opts));
+    let replicas = [
+        f.valet.credentials(AGENT_KEY).await,
+        b.credentials(AGENT_KEY).await,
+        c.credentials(AGENT_KEY).await,
+    ];
+    let before = f.idp.token_requests().await;
+    // A slow provider keeps the one refresh in flight while every call arrives.
+    f.idp.delay_token(1500).await;
+    let calls = (0..1000).map(|i| {
+        let mut creds = replicas[i % 3].clone();
+        async move {
+            creds
+                .authenticate(Fixture::refresh_request("idp", "alice", ""))
+                .await
+                .map(|r| token(r.into_inner()))
+        }
+    });
+    let tokens: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every caller gets a token"))
+        .collect();
+    assert_eq!(
+        f.idp.token_requests().await - before,
+        1,
+        "one provider refresh for three replicas"
+    );
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.access_token == tokens[0].access_token)
+    );
+    f.idp.delay_token(0).await;
+    assert!(
+        f.idp
+            .userinfo(&tokens[0].access_token)
+            .await
+            .status()
+            .is_success()
+    );
+    f.idp.assert_no_refresh_token_reuse().await;
+}
+
+/// SIGKILL of the replica holding the refresh claim, before the provider answered: the other
+/// replica is told to retry (UNAVAILABLE with retry info) while the claim holds, takes over once
+/// it lapses (30 s), and refreshes with the stored refresh token, presented once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_the_claim_is_taken_over_after_the_claims_timeout() {
+    let d = VaultDouble::start("secret").await;
+    let opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
+    let f = Fixture::with(opts.clone()).await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let survivor = Valet::start(opts);
+    let before = f.idp.token_requests().await;
+    f.idp.delay_token(3000).await;
+    let mut doomed = f.valet.credentials(AGENT_KEY).await;
+    let call = tokio::spawn(async move {
+        doomed
+            .authenticate(Fixture::refresh_request("idp", "alice", ""))
+            .await
+    });
+    while f.idp.token_requests().await == before {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let crate::support::Fixture { mut valet, idp, .. } = f;
+    valet.kill();
+    assert!(
+        call.await.unwrap().is_err(),
+        "the caller saw its replica die"
+    );
+    // Past the provider's delay: the abandoned request was dropped unprocessed.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    idp.delay_token(0).await;
+
+    let mut creds = survivor.credentials(AGENT_KEY).await;
+    let started = std::time::Instant::now();
+    let mut told_to_retry = 0;
+    let t = loop {
+        match creds
+            .authenticate(Fixture::refresh_request("idp", "alice", ""))
+            .await
+        {
+            Ok(r) => break token(r.into_inner()),
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                use tonic_types::StatusExt as _;
+                assert!(s.get_details_retry_info().is_some(), "{s:?}");
+                told_to_retry += 1;
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(60),
+                    "the claim never lapsed"
+                );
+            }
+        }
+    };
+    assert!(told_to_retry >= 1, "the live claim was respected first");
+    assert!(idp.userinfo(&t.access_token).await.status().is_success());
+    let stats = idp.stats().await;
+    assert_eq!(stats["grants"]["refresh_token"], 1, "{stats}");
+    idp.assert_no_refresh_token_reuse().await;
+}
