@@ -87,6 +87,31 @@ pub async fn run(store: &dyn SecretStore) {
     store.put(k, bytes("again"), Cas::Absent).await.unwrap();
     assert_eq!(&store.get(k).await.unwrap().unwrap().value[..], b"again");
 
+    // Paging through a prefix, and deleting many at once (absent keys are not counted).
+    assert_eq!(
+        store
+            .list_page("conformance/grants/", Some("conformance/grants/a"), 10)
+            .await
+            .unwrap(),
+        vec!["conformance/grants/b".to_owned()]
+    );
+    assert_eq!(
+        store
+            .list_page("conformance/", None, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let many = ["conformance/many/1", "conformance/many/2"];
+    for key in many {
+        store.put(key, bytes("m"), Cas::Any).await.unwrap();
+    }
+    let mut doomed: Vec<String> = many.iter().map(|k| (*k).to_owned()).collect();
+    doomed.push("conformance/many/absent".to_owned());
+    assert_eq!(store.delete_many(&doomed).await.unwrap(), 2);
+    assert!(store.list("conformance/many/").await.unwrap().is_empty());
+
     // Binary-safe values and invalid keys.
     let blob: Vec<u8> = (0..=255u8).collect();
     store

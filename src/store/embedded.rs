@@ -304,12 +304,16 @@ impl Inner {
         Ok(version)
     }
 
-    fn delete(&self, key: &str) -> Result<bool, StoreError> {
+    /// Removes `keys` in one transaction; returns how many existed.
+    fn delete(&self, keys: &[String]) -> Result<usize, StoreError> {
         let txn = self.db.begin_write().map_err(unavailable)?;
-        let existed = {
+        let mut existed = 0;
+        {
             let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
-            table.remove(key).map_err(unavailable)?.is_some()
-        };
+            for key in keys {
+                existed += usize::from(table.remove(key.as_str()).map_err(unavailable)?.is_some());
+            }
+        }
         txn.commit().map_err(unavailable)?;
         Ok(existed)
     }
@@ -413,8 +417,16 @@ impl SecretStore for EmbeddedStore {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         check_key(key)?;
-        let key = key.to_owned();
-        self.blocking(move |s| s.delete(&key)).await
+        let keys = vec![key.to_owned()];
+        Ok(self.blocking(move |s| s.delete(&keys)).await? == 1)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError> {
+        for key in keys {
+            check_key(key)?;
+        }
+        let keys = keys.to_vec();
+        self.blocking(move |s| s.delete(&keys)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {

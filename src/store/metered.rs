@@ -56,6 +56,12 @@ impl SecretStore for MeteredStore {
         self.observe("delete", started, self.inner.delete(key).await)
     }
 
+    async fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError> {
+        let started = Instant::now();
+        let deleted = self.inner.delete_many(keys).await;
+        self.observe("delete", started, deleted)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let started = Instant::now();
         self.observe("list", started, self.inner.list(prefix).await)

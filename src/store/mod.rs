@@ -95,6 +95,15 @@ pub trait SecretStore: std::fmt::Debug + Send + Sync + 'static {
     async fn put(&self, key: &str, value: SecretBytes, cas: Cas) -> Result<u64, StoreError>;
     /// Removes the record; returns whether it existed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Removes every record in `keys`; returns how many existed. Backends with transactions
+    /// do it in one (revoking a grant with thousands of references is one commit).
+    async fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in keys {
+            n += usize::from(self.delete(key).await?);
+        }
+        Ok(n)
+    }
     /// Every key starting with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// At most `limit` keys starting with `prefix` that sort after `after`, in order. Backends

@@ -474,16 +474,17 @@ impl ReferenceRepo {
             .await
     }
 
+    /// Deletes the references the index entries under `prefix` point at, then the entries:
+    /// two batched deletes (one transaction each on the embedded store), whatever the count.
     async fn delete_indexed(&self, prefix: &str) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for entry in self.store.list(prefix).await? {
-            if let Some(hash) = keyspace::indexed_hash(&entry)
-                && self.store.delete(&keyspace::reference(hash)).await?
-            {
-                n += 1;
-            }
-            self.store.delete(&entry).await?;
-        }
+        let entries = self.store.list(prefix).await?;
+        let references: Vec<String> = entries
+            .iter()
+            .filter_map(|e| keyspace::indexed_hash(e))
+            .map(keyspace::reference)
+            .collect();
+        let n = self.store.delete_many(&references).await?;
+        self.store.delete_many(&entries).await?;
         Ok(n)
     }
 
@@ -660,6 +661,31 @@ mod tests {
         }
         assert_eq!(providers, ["a", "ab", "b"]);
         assert_eq!(read.into_inner(), 3, "bob's grant is never read");
+    }
+
+    /// Revoking a grant deletes all of its references in two batched deletes (one
+    /// transaction each on the embedded store) and leaves other grants' references alone.
+    #[tokio::test]
+    async fn a_grants_references_go_in_one_batch_and_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SecretStore> =
+            Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+        let repo = ReferenceRepo::new(store.clone());
+        for i in 0..300 {
+            repo.create(&format!("a{i}"), &reference("alice", 10, false))
+                .await
+                .unwrap();
+        }
+        repo.create("b0", &reference("bob", 10, false))
+            .await
+            .unwrap();
+        let alice = reference("alice", 10, false).grant;
+        assert_eq!(repo.delete_for_grant(&alice).await.unwrap(), 300);
+        assert_eq!(
+            store.list(keyspace::references()).await.unwrap(),
+            vec![keyspace::reference("b0")]
+        );
+        assert_eq!(store.list("ref-index/").await.unwrap().len(), 1);
     }
 
     /// Expired and spent references go with their index entries; live ones and their entries
