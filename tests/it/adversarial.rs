@@ -4,7 +4,8 @@
 //! foreign references, `canary.rs` for secrets in output.)
 
 use crate::support::daemon::{ADMIN_KEY, AGENT_KEY, OTHER_AGENT_KEY};
-use crate::support::{Browser, Fixture, ValetOptions, expect_err, pending, token};
+use crate::support::idp::Idp;
+use crate::support::{Browser, Fixture, Valet, ValetOptions, expect_err, pending, token};
 use tonic::Code;
 use valet::pb;
 
@@ -858,6 +859,25 @@ async fn refresh_in_flight(
     call
 }
 
+/// Starts the stopped daemon again and checks the grant refreshes with the refresh token the
+/// store holds: a live token, `refreshes` successful refreshes in all, none presented twice.
+async fn refreshes_after_restart(valet: Valet, idp: Idp, browser: Browser, refreshes: u64) {
+    idp.delay_token(0).await;
+    let f = Fixture {
+        valet: valet.start_again(),
+        idp,
+        browser,
+    };
+    let t = token(
+        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
+            .await,
+    );
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+    let stats = f.idp.stats().await;
+    assert_eq!(stats["grants"]["refresh_token"], refreshes, "{stats}");
+    f.idp.assert_no_refresh_token_reuse().await;
+}
+
 /// SIGTERM while a refresh is in flight: the daemon finishes it, stores the rotated refresh
 /// token, answers the caller, then exits; after a restart the grant refreshes with the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -882,26 +902,14 @@ async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exiting() {
             .into_inner(),
     );
     assert!(idp.userinfo(&t.access_token).await.status().is_success());
-    idp.delay_token(0).await;
-    let f = Fixture {
-        valet: valet.start_again(),
-        idp,
-        browser,
-    };
-    let t = token(
-        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
-            .await,
-    );
-    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
-    let stats = f.idp.stats().await;
-    assert_eq!(stats["grants"]["refresh_token"], 2, "{stats}");
-    f.idp.assert_no_refresh_token_reuse().await;
+    refreshes_after_restart(valet, idp, browser, 2).await;
 }
 
 /// SIGKILL while a refresh is in flight, before the provider answered: nothing was written
 /// half-way, the data directory opens again, the dead process's refresh claim does not block
-/// the new one, and the stored grant refreshes with the refresh token it had. (A kill after a rotating provider answered and before the store write loses the
-/// rotated token; that grant then asks for consent again, never silently fails: see
+/// the new one, and the stored grant refreshes with the refresh token it had. (A kill after a
+/// rotating provider answered and before the store write loses the rotated token; that grant
+/// then asks for consent again, never silently fails: see
 /// `a_reused_refresh_token_marks_the_grant_dead_and_starts_a_new_flow` and SECURITY.md.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_refresh_leaves_the_grant_usable_after_a_restart() {
@@ -919,18 +927,5 @@ async fn sigkill_during_a_refresh_leaves_the_grant_usable_after_a_restart() {
     );
     // Past the provider's delay: the abandoned request was dropped, not processed.
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-    idp.delay_token(0).await;
-    let f = Fixture {
-        valet: valet.start_again(),
-        idp,
-        browser,
-    };
-    let t = token(
-        f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
-            .await,
-    );
-    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
-    let stats = f.idp.stats().await;
-    assert_eq!(stats["grants"]["refresh_token"], 1, "{stats}");
-    f.idp.assert_no_refresh_token_reuse().await;
+    refreshes_after_restart(valet, idp, browser, 1).await;
 }
