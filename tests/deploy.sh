@@ -361,8 +361,8 @@ def cmd_wiring(overlay, built, toml_out, facts_out):
     elif overlay == "vault":
         if cfg.get("store") != "vault":
             bad(f"the vault overlay's config says store = {cfg.get('store')!r}")
-        if replicas < 2:
-            bad(f"the vault overlay runs {replicas} replica(s); it exists to run several")
+        if replicas != 1:
+            bad(f"the vault overlay runs {replicas} replicas: a consent callback would reach a replica that did not start the flow (docs/operations.md)")
         auth = cfg.get("vault", {}).get("auth", {})
         if auth.get("method") != "kubernetes":
             bad(f"vault.auth.method = {auth.get('method')!r}, not kubernetes")
