@@ -361,8 +361,11 @@ def cmd_wiring(overlay, built, toml_out, facts_out):
     elif overlay == "vault":
         if cfg.get("store") != "vault":
             bad(f"the vault overlay's config says store = {cfg.get('store')!r}")
-        if replicas != 1:
-            bad(f"the vault overlay runs {replicas} replicas: a consent callback would reach a replica that did not start the flow (docs/operations.md)")
+        if replicas < 2:
+            bad(f"the vault overlay runs {replicas} replica(s); it exists to run several")
+        env = {e["name"]: e for e in c.get("env", [])}
+        if "VALET_REPLICA_URL" not in env:
+            bad("the vault overlay's replicas set no VALET_REPLICA_URL: a consent callback on the wrong replica would fail")
         auth = cfg.get("vault", {}).get("auth", {})
         if auth.get("method") != "kubernetes":
             bad(f"vault.auth.method = {auth.get('method')!r}, not kubernetes")

@@ -143,7 +143,13 @@ impl App {
             },
             audit,
             assertions,
+            replica_url: config.replica_url.clone(),
         }));
+        if let Err(e) = credentials.register_replica().await {
+            tracing::warn!(
+                "this replica's address is not registered (the store is unavailable): consent callbacks for its flows that land on another replica will fail until it restarts: {e}"
+            );
+        }
         Ok(Self {
             config,
             grpc,
@@ -200,6 +206,7 @@ impl App {
             credentials: self.credentials.clone(),
             store: self.store.clone(),
             serving: serving.clone(),
+            replicas: crate::transport::http::replica_client()?,
         };
         let (grace, backend) = (self.config.shutdown_grace, self.store.backend());
         // The longest call is a WaitForCompletion long poll.

@@ -28,6 +28,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// `None`: derived from the bound HTTP address.
     pub public_url: Option<Url>,
+    /// This replica's HTTP address for the other replicas (callback forwarding); Vault only.
+    pub replica_url: Option<Url>,
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub dev: bool,
@@ -163,6 +165,7 @@ impl Config {
             grpc_listen: server.grpc_listen,
             http_listen: server.http_listen,
             public_url: server.public_url,
+            replica_url: server.replica_url,
             data_dir: server.data_dir,
             store: server.store,
             dev: server.dev,
@@ -588,6 +591,21 @@ timeout_seconds = 15
         let out = c.render();
         assert!(out.contains("(redacted)"));
         assert!(!out.contains(&"0".repeat(64)));
+    }
+
+    #[test]
+    fn a_replica_url_needs_the_vault_store_and_no_path() {
+        let dev = || Overrides {
+            dev: true,
+            ..Overrides::default()
+        };
+        let e = load("replica_url = \"http://10.0.0.7:8080\"\n", &[], dev()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|m| m.contains("replica_url") && m.contains("vault")),
+            "{:?}",
+            e.0
+        );
     }
 
     #[test]

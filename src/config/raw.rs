@@ -11,6 +11,8 @@ pub struct RawConfig {
     pub grpc_socket: Option<String>,
     pub http_listen: Option<String>,
     pub public_url: Option<String>,
+    /// This replica's HTTP address as the other replicas reach it (Vault store only).
+    pub replica_url: Option<String>,
     pub data_dir: Option<String>,
     pub store: Option<String>,
     pub dev: Option<bool>,
@@ -175,6 +177,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("VALET_GRPC_LISTEN", "grpc_listen"),
     ("VALET_HTTP_LISTEN", "http_listen"),
     ("VALET_PUBLIC_URL", "public_url"),
+    ("VALET_REPLICA_URL", "replica_url"),
     ("VALET_DATA_DIR", "data_dir"),
     ("VALET_STORE", "store"),
     ("VALET_DEV", "dev"),
@@ -208,6 +211,7 @@ impl RawConfig {
         set_str("VALET_GRPC_LISTEN", &mut self.grpc_listen);
         set_str("VALET_HTTP_LISTEN", &mut self.http_listen);
         set_str("VALET_PUBLIC_URL", &mut self.public_url);
+        set_str("VALET_REPLICA_URL", &mut self.replica_url);
         set_str("VALET_DATA_DIR", &mut self.data_dir);
         set_str("VALET_STORE", &mut self.store);
         set_str("VALET_ADMIN_KEY_FILE", &mut self.admin_key_file);

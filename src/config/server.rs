@@ -30,6 +30,7 @@ pub(super) struct Server {
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub public_url: Option<Url>,
+    pub replica_url: Option<Url>,
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub dev: bool,
@@ -70,6 +71,10 @@ pub(super) fn validate(
         .as_deref()
         .and_then(|u| public_url(u, errors));
     let store = store(raw.store.as_deref(), vault, env, errors);
+    let replica_url = raw
+        .replica_url
+        .as_deref()
+        .and_then(|u| replica_url(u, store.as_ref(), errors));
     let log_format = log_format(raw.log.format.as_deref(), errors);
     let log_level = log_level(raw.log.level.as_deref(), errors);
     let otlp_endpoint = raw
@@ -82,6 +87,7 @@ pub(super) fn validate(
         grpc_listen: grpc_listen?,
         http_listen: http_listen?,
         public_url,
+        replica_url,
         data_dir: PathBuf::from(raw.data_dir.as_deref().unwrap_or("./valet-data")),
         store: store?,
         dev,
@@ -115,6 +121,33 @@ fn listen_addr(
         Ok(a) => Some(a),
         Err(_) => {
             errors.push(format!("{field} = {v:?} is not an IP:port address"));
+            None
+        }
+    }
+}
+
+/// Where the other replicas reach this one's HTTP listener (a consent callback that lands on
+/// another replica is forwarded here). Only a shared (Vault) store has replicas.
+fn replica_url(u: &str, store: Option<&StoreKind>, errors: &mut Vec<String>) -> Option<Url> {
+    if !matches!(store, Some(StoreKind::Vault(_))) {
+        errors.push(format!(
+            "replica_url = {u:?} needs store = \"vault\": only a shared store has replicas (the embedded store is one process per data directory)"
+        ));
+        return None;
+    }
+    match Url::parse(u) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.path() == "/"
+                && url.query().is_none() =>
+        {
+            Some(url)
+        }
+        _ => {
+            errors.push(format!(
+                "replica_url = {u:?} must be this replica's http(s) address without a path, e.g. \"http://10.0.0.7:8080\""
+            ));
             None
         }
     }
@@ -207,6 +240,9 @@ pub(super) fn render(c: &Config, s: &mut String) {
         Some(u) => writeln!(s, "public_url = \"{u}\""),
         None => writeln!(s, "# public_url: derived from the bound http address"),
     };
+    if let Some(u) = &c.replica_url {
+        let _ = writeln!(s, "replica_url = \"{u}\"");
+    }
     let _ = writeln!(s, "data_dir = \"{}\"", c.data_dir.display());
     let store = match &c.store {
         StoreKind::Embedded => "embedded",

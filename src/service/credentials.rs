@@ -107,6 +107,9 @@ pub struct Parts {
     pub audit: Arc<crate::audit::Audit>,
     /// Verifies user assertions, when callers are configured to need them.
     pub assertions: Option<Arc<crate::assertion::UserAssertions>>,
+    /// This replica's HTTP address for the others (`replica_url`): callbacks that land on
+    /// another replica come here.
+    pub replica_url: Option<url::Url>,
 }
 
 #[derive(Debug)]
@@ -121,11 +124,15 @@ pub struct Credentials {
     audit: Arc<crate::audit::Audit>,
     assertions: Option<Arc<crate::assertion::UserAssertions>>,
     bindings: super::binding::Bindings,
+    replica: Option<super::replicas::Replica>,
 }
 
 impl Credentials {
     pub fn new(p: Parts) -> Self {
         let max_parked = p.pending.limits().max_total;
+        let replica = p
+            .replica_url
+            .map(|url| super::replicas::Replica::new(url, MetaRepo::new(p.store.clone())));
         Self {
             broker: Arc::new(
                 TokenBroker::new(
@@ -135,7 +142,12 @@ impl Credentials {
                 )
                 .with_audit(p.audit.clone()),
             ),
-            flows: Flows::new(p.pending, p.endpoint.clone(), p.clock.clone()),
+            flows: Flows::new(
+                p.pending,
+                p.endpoint.clone(),
+                p.clock.clone(),
+                replica.as_ref().map(|r| r.tag().to_owned()),
+            ),
             endpoint: p.endpoint,
             references: References::new(
                 ReferenceRepo::new(p.store.clone()),
@@ -148,6 +160,30 @@ impl Credentials {
             audit: p.audit,
             assertions: p.assertions,
             bindings: super::binding::Bindings::new(max_parked),
+            replica,
+        }
+    }
+
+    /// Publishes this replica's address for callback forwarding (nothing without
+    /// `replica_url`).
+    pub async fn register_replica(&self) -> Result<(), Error> {
+        match &self.replica {
+            Some(r) => r.register().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The address of the replica that started the flow `state` names, when that is another
+    /// replica: the callback belongs there. A store failure is logged and the callback is tried
+    /// here (it then fails as an unknown state).
+    pub async fn callback_owner(&self, state: Option<&str>) -> Option<url::Url> {
+        let (replica, state) = (self.replica.as_ref()?, state?);
+        match replica.owner_of(state).await {
+            Ok(owner) => owner,
+            Err(e) => {
+                tracing::warn!("cannot look up the replica a callback belongs to: {e}");
+                None
+            }
         }
     }
 

@@ -114,6 +114,8 @@ pub(crate) struct Flows {
     pending: Arc<PendingFlows>,
     endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
+    /// This replica's tag, put before every state it issues (`replicas.rs`).
+    state_prefix: Option<String>,
 }
 
 impl Flows {
@@ -121,11 +123,13 @@ impl Flows {
         pending: Arc<PendingFlows>,
         endpoint: Arc<dyn TokenEndpoint>,
         clock: Arc<dyn Clock>,
+        state_prefix: Option<String>,
     ) -> Self {
         Self {
             pending,
             endpoint,
             clock,
+            state_prefix,
         }
     }
 
@@ -179,7 +183,10 @@ impl Flows {
             "provider_id",
             "this provider's kind has no consent flow",
         ))?;
-        let state = random()?;
+        let state = match &self.state_prefix {
+            Some(tag) => format!("{tag}.{}", random()?),
+            None => random()?,
+        };
         let auth_id = random()?;
         let verifier = SecretString::from(random()?);
         let (auth_url, scopes, nonce, device) = match consent.device_url() {

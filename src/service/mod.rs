@@ -16,6 +16,7 @@ pub mod policy;
 mod providers;
 mod references;
 mod refresher;
+mod replicas;
 
 pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};
 pub use credentials::{

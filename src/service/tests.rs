@@ -303,7 +303,7 @@ async fn a_flow_taken_after_its_lease_fails_closed_as_expired() {
         max_per_user: 10,
         keep_outcome: Duration::from_secs(60),
     }));
-    let flows = Flows::new(pending, w.endpoint.clone(), w.clock.clone());
+    let flows = Flows::new(pending, w.endpoint.clone(), w.clock.clone(), None);
     let caller = Caller::api_key("agent-a", Role::Agent);
     let started = flows
         .start(
@@ -404,7 +404,7 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
         max_per_user: 10,
         keep_outcome: Duration::from_secs(60),
     }));
-    let flows = Flows::new(pending.clone(), w.endpoint.clone(), w.clock.clone());
+    let flows = Flows::new(pending.clone(), w.endpoint.clone(), w.clock.clone(), None);
     let ask = Ask {
         key: key("bob"),
         scopes: Scopes::default(),

@@ -8,6 +8,7 @@
 //!                                                  empty marker: finds a grant's references
 //! meta/reference-key                               the deployment's reference master key
 //! meta/reference-index-v1                          marker: every reference has its index entry
+//! meta/replicas/{tag}                              a replica's HTTP address (callback forwarding)
 //! check/probe-{random}                             check-config's write probe, deleted at once
 //! ```
 //!
@@ -115,6 +116,11 @@ pub fn reference_master_key() -> String {
 /// The key users are hashed under in the audit trail.
 pub fn audit_user_key() -> String {
     format!("{META}audit-user-key")
+}
+
+/// Where replica `tag` (hex) registers its HTTP address.
+pub fn replica(tag: &str) -> String {
+    format!("{META}replicas/{tag}")
 }
 
 pub fn reference_index_marker() -> String {

@@ -555,6 +555,34 @@ impl MetaRepo {
             .await
     }
 
+    /// Records that replica `tag` answers at `url` (written by the replica itself at start).
+    pub async fn register_replica(&self, tag: &str, url: &Url) -> Result<(), StoreError> {
+        self.store
+            .put(
+                &keyspace::replica(tag),
+                Zeroizing::new(url.as_str().as_bytes().to_vec()),
+                Cas::Any,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// The HTTP address replica `tag` registered, if any.
+    pub async fn replica(&self, tag: &str) -> Result<Option<Url>, StoreError> {
+        let key = keyspace::replica(tag);
+        let Some(rec) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&rec.value).map_err(|_| StoreError::Corrupt {
+            key: key.clone(),
+            reason: "not UTF-8".into(),
+        })?;
+        Url::parse(text).map(Some).map_err(|_| StoreError::Corrupt {
+            key,
+            reason: "not a URL".into(),
+        })
+    }
+
     /// The audit trail's user-hash key, created from `fresh` on first use like the reference key.
     pub async fn audit_user_key(&self, fresh: SecretBytes) -> Result<SecretBytes, StoreError> {
         self.deployment_key(keyspace::audit_user_key(), fresh).await

@@ -4,7 +4,7 @@
 
 use crate::support::daemon::AGENT_KEY;
 use crate::support::vault::{ROOT_TOKEN, VaultDouble, options, token_auth};
-use crate::support::{Fixture, Valet, token};
+use crate::support::{Fixture, Valet, ValetOptions, token};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,4 +118,76 @@ async fn a_replica_killed_holding_the_claim_is_taken_over_after_the_claims_timeo
     let stats = idp.stats().await;
     assert_eq!(stats["grants"]["refresh_token"], 1, "{stats}");
     idp.assert_no_refresh_token_reuse().await;
+}
+
+/// A free loopback address (bound and released), so a replica's `replica_url` is known before
+/// it starts.
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn replica(d: &VaultDouble) -> ValetOptions {
+    let addr = free_addr();
+    ValetOptions {
+        http_listen: Some(addr),
+        top_toml: format!("replica_url = \"http://{addr}\"\n"),
+        ..options(&d.address, 2, &token_auth(ROOT_TOKEN))
+    }
+}
+
+/// A consent started on replica A whose callback the load balancer sends to replica B: B
+/// forwards it to A (the address A registered in the store), A completes the flow, and the
+/// browser gets A's page through B. A state naming an unregistered replica is not forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_lands_on_another_replica_completes_the_flow_where_it_started() {
+    let d = VaultDouble::start("secret").await;
+    let f = Fixture::with(replica(&d)).await;
+    f.oidc_provider("idp", "basic-client").await;
+    let b = Valet::start(replica(&d));
+    let p = crate::support::pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let cb = f.browser.authorize(&p.auth_url, "alice", true).await;
+    let state = cb
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert!(state.contains('.'), "the state carries A's tag: {state}");
+    let mut at_b = cb.clone();
+    at_b.set_port(Some(b.http_addr.port())).unwrap();
+    let (status, _, page) = f.browser.visit(&at_b).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    assert!(page.contains("Authorization complete"), "{page}");
+    let t = token(
+        f.valet
+            .credentials(AGENT_KEY)
+            .await
+            .wait_for_completion(valet::pb::WaitForCompletionRequest {
+                auth_id: p.auth_id,
+                timeout_seconds: 5,
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+
+    // A tag no replica registered: B answers it itself (an unknown state), nothing forwarded.
+    let mut forged = at_b.clone();
+    forged
+        .query_pairs_mut()
+        .clear()
+        .append_pair("state", "0123456789abcdef.forged")
+        .append_pair("code", "x");
+    let (status, _, page) = f.browser.visit(&forged).await;
+    assert!(status.is_client_error(), "{status}: {page}");
+    assert!(
+        !b.logs().contains("forwarding a callback"),
+        "no forwarding attempt"
+    );
 }

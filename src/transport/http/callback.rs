@@ -44,6 +44,14 @@ pub(super) async fn callback(
         Ok(p) => p,
         Err(msg) => return page(StatusCode::BAD_REQUEST, "Authorization failed", msg),
     };
+    // A flow another replica started is completed there (one hop; the owner's address comes
+    // from the store, never from the request).
+    if !super::forward::was_forwarded(&headers)
+        && crate::domain::ProviderId::parse(&provider_id).is_ok()
+        && let Some(owner) = s.credentials.callback_owner(params.state.as_deref()).await
+    {
+        return super::forward::to_owner(&s.replicas, &owner, &provider_id, query.as_deref()).await;
+    }
     let span = tracing::info_span!(
         "callback",
         provider = tracing::field::Empty,

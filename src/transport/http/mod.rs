@@ -2,11 +2,13 @@
 //! codes come from the one error classification.
 
 mod callback;
+mod forward;
 mod health;
 mod listener;
 mod metrics;
 
 pub(crate) use callback::parse_query as parse_callback_query;
+pub use forward::client as replica_client;
 pub use listener::{ConnectionLimits, GuardedListener};
 
 use crate::service::{Class, Credentials};
@@ -23,6 +25,8 @@ pub struct HttpState {
     pub store: Arc<dyn SecretStore>,
     /// Cleared when shutdown starts, so load balancers stop sending traffic.
     pub serving: Arc<AtomicBool>,
+    /// Forwards consent callbacks to the replica that started their flow.
+    pub replicas: reqwest::Client,
 }
 
 pub fn router(state: HttpState) -> Router {
