@@ -6,7 +6,8 @@
 //!   (`grpc.health.v1.Health/Check`, the floor of the transport);
 //! - cached handout vs reading a token straight from a Vault API server (RustyVault);
 //! - N concurrent requests on one expired grant → provider refreshes;
-//! - pending flows: daemon memory per flow and flow-start rate.
+//! - pending flows: daemon memory per flow and flow-start rate;
+//! - the embedded store's read and write latency at 1,000, 100,000 and 1,000,000 records.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -35,6 +36,8 @@ struct Sizes {
     concurrency: usize,
     herd: usize,
     flows: usize,
+    /// Record counts the embedded store is measured at.
+    records: &'static [usize],
 }
 
 struct Run {
@@ -98,6 +101,7 @@ fn main() {
             concurrency: 32,
             herd: 1_000,
             flows: 100_000,
+            records: &[1_000, 100_000, 1_000_000],
         }
     } else {
         Sizes {
@@ -105,16 +109,78 @@ fn main() {
             concurrency: 4,
             herd: 20,
             flows: 200,
+            records: &[100, 1_000],
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(sizes));
+    rt.block_on(run(&sizes));
+    rt.block_on(store_scaling(sizes.records, sizes.calls));
 }
 
-async fn run(s: Sizes) {
+/// The embedded store's read and write latency as it grows: each size is filled in bulk, then
+/// `samples` reads and overwrites of random records are timed one at a time.
+async fn store_scaling(sizes: &[usize], samples: usize) {
+    use std::sync::Arc;
+    use valet::store::{Cas, EmbeddedStore, SecretStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    // A grant-sized value.
+    let value = || zeroize::Zeroizing::new(vec![b'v'; 400]);
+    let key = |i: usize| format!("grants/bench/{i:09}/=");
+    println!(
+        "== embedded store: one record read and one write as the store grows ({samples} each)"
+    );
+    let mut filled = 0;
+    for &n in sizes {
+        while filled < n {
+            let end = (filled + 10_000).min(n);
+            let batch = (filled..end).map(|i| (key(i), value())).collect();
+            store.put_many(batch).await.unwrap();
+            filled = end;
+        }
+        let pick = move || key(rand_index(n));
+        let s = store.clone();
+        let read = measure(samples, 1, move || {
+            let s = s.clone();
+            async move {
+                s.get(&pick()).await.unwrap().unwrap();
+            }
+        })
+        .await;
+        let s = store.clone();
+        let write = measure(samples, 1, move || {
+            let s = s.clone();
+            async move {
+                s.put(&pick(), value(), Cas::Any).await.unwrap();
+            }
+        })
+        .await;
+        let mib = std::fs::metadata(dir.path().join("store.redb"))
+            .map(|m| m.len() as f64 / 1_048_576.0)
+            .unwrap_or(0.0);
+        println!(
+            "{n:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  write p50 {:>8.1?} p99 {:>8.1?}",
+            read.p50, read.p99, write.p50, write.p99
+        );
+    }
+    println!();
+}
+
+/// A pseudo-random index below `n` (the benchmark needs spread, not secrecy).
+fn rand_index(n: usize) -> usize {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x % n as u64) as usize
+}
+
+async fn run(s: &Sizes) {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
     let granted = f

@@ -213,6 +213,15 @@ impl EmbeddedStore {
         Ok(())
     }
 
+    /// Writes many records (each as `Cas::Any`) in one transaction: bulk imports and the
+    /// benchmark's million-record store.
+    pub async fn put_many(&self, records: Vec<(String, SecretBytes)>) -> Result<(), StoreError> {
+        for (key, _) in &records {
+            check_key(key)?;
+        }
+        self.blocking(move |s| s.put_many(&records)).await
+    }
+
     /// Runs a blocking database call off the async workers.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -305,6 +314,25 @@ impl Inner {
     }
 
     /// Removes `keys` in one transaction; returns how many existed.
+    fn put_many(&self, records: &[(String, SecretBytes)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
+            for (key, value) in records {
+                let current = table
+                    .get(key.as_str())
+                    .map_err(unavailable)?
+                    .map(|found| found.value().0);
+                let version = next_version(current, Cas::Any)?;
+                let sealed = self.seal(key, version, value)?;
+                table
+                    .insert(key.as_str(), (version, sealed.as_slice()))
+                    .map_err(unavailable)?;
+            }
+        }
+        txn.commit().map_err(unavailable)
+    }
+
     fn delete(&self, keys: &[String]) -> Result<usize, StoreError> {
         let txn = self.db.begin_write().map_err(unavailable)?;
         let mut existed = 0;
@@ -455,6 +483,34 @@ impl SecretStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn put_many_writes_every_record_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .put("bulk/0", Zeroizing::new(b"old".to_vec()), Cas::Absent)
+            .await
+            .unwrap();
+        let records = (0..100)
+            .map(|i| {
+                (
+                    format!("bulk/{i}"),
+                    Zeroizing::new(format!("v{i}").into_bytes()),
+                )
+            })
+            .collect();
+        store.put_many(records).await.unwrap();
+        assert_eq!(store.list("bulk/").await.unwrap().len(), 100);
+        let first = store.get("bulk/0").await.unwrap().unwrap();
+        assert_eq!((&first.value[..], first.version), (&b"v0"[..], 2));
+        assert!(
+            store
+                .put_many(vec![("../x".into(), Zeroizing::new(vec![]))])
+                .await
+                .is_err()
+        );
+    }
 
     #[tokio::test]
     async fn conformance() {
