@@ -98,7 +98,7 @@ fn main() {
     let sizes = if full {
         Sizes {
             calls: 20_000,
-            concurrency: 32,
+            concurrency: 64,
             herd: 1_000,
             flows: 100_000,
             records: &[1_000, 100_000, 1_000_000],
@@ -190,29 +190,6 @@ async fn run(s: &Sizes) {
     let creds = f.valet.credentials(AGENT_KEY).await;
 
     let health = HealthClient::new(channel);
-    let floor = measure(s.calls, s.concurrency, move || {
-        let mut h = health.clone();
-        async move {
-            h.check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap();
-        }
-    })
-    .await;
-
-    let c = creds.clone();
-    let auth = measure(s.calls, s.concurrency, move || {
-        let mut c = c.clone();
-        async move {
-            c.authenticate(Fixture::request("idp", "alice", ""))
-                .await
-                .unwrap();
-        }
-    })
-    .await;
-
     let reference = match f
         .authenticate(
             AGENT_KEY,
@@ -227,20 +204,47 @@ async fn run(s: &Sizes) {
         Some(pb::authenticate_response::Result::Reference(r)) => r.reference,
         other => panic!("expected a reference: {other:?}"),
     };
-    let c = creds.clone();
-    let resolve = measure(s.calls, s.concurrency, move || {
-        let mut c = c.clone();
-        let reference = reference.clone();
-        async move {
-            c.resolve(pb::ResolveRequest {
-                reference,
-                min_ttl_seconds: 0,
-            })
-            .await
-            .unwrap();
-        }
-    })
-    .await;
+    // One caller at a time, then many: the handout against the transport floor at each.
+    let mut by_concurrency = Vec::new();
+    for concurrency in [1, s.concurrency] {
+        let h = health.clone();
+        let floor = measure(s.calls, concurrency, move || {
+            let mut h = h.clone();
+            async move {
+                h.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+        let c = creds.clone();
+        let auth = measure(s.calls, concurrency, move || {
+            let mut c = c.clone();
+            async move {
+                c.authenticate(Fixture::request("idp", "alice", ""))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        let (c, reference) = (creds.clone(), reference.clone());
+        let resolve = measure(s.calls, concurrency, move || {
+            let mut c = c.clone();
+            let reference = reference.clone();
+            async move {
+                c.resolve(pb::ResolveRequest {
+                    reference,
+                    min_ttl_seconds: 0,
+                })
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+        by_concurrency.push((concurrency, floor, auth, resolve));
+    }
 
     // What an agent would do without Valet: read the token from a Vault API server.
     let rv = RustyVault::start().await;
@@ -268,15 +272,21 @@ async fn run(s: &Sizes) {
     })
     .await;
 
+    for (concurrency, floor, auth, resolve) in &by_concurrency {
+        println!(
+            "\n== cached handout vs the transport floor ({} calls, {concurrency} in flight)",
+            s.calls
+        );
+        row("grpc.health Check (floor)", floor, floor);
+        row("Credentials/Authenticate (cached)", auth, floor);
+        row("Credentials/Resolve (cached)", resolve, floor);
+    }
+    let (_, floor, auth, _) = by_concurrency.last().expect("measured");
     println!(
-        "\n== cached handout vs the transport floor ({} calls, {} in flight)",
-        s.calls, s.concurrency
+        "\n== cached handout vs reading the token from Vault (RustyVault KV v1, {} in flight)",
+        s.concurrency
     );
-    row("grpc.health Check (floor)", &floor, &floor);
-    row("Credentials/Authenticate (cached)", &auth, &floor);
-    row("Credentials/Resolve (cached)", &resolve, &floor);
-    println!("\n== cached handout vs reading the token from Vault (RustyVault KV v1)");
-    row("Vault API read (no Valet)", &vault, &floor);
+    row("Vault API read (no Valet)", &vault, floor);
     println!(
         "Authenticate is {:.1}x the throughput of a Vault read; p99 {:.2}x",
         auth.per_sec / vault.per_sec,
