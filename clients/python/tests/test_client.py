@@ -271,3 +271,65 @@ def test_tls_with_the_daemon_ca_and_mtls_from_the_environment(
     with valet.Client(s.daemon.grpc_url, AGENT_KEY, timeout=5) as plain:
         with pytest.raises(errors.ValetError):
             plain.list_grants(user_id="alice")
+
+
+def test_user_assertions_are_sent_for_callers_that_must_prove_the_user(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """A caller with require_user_assertion gets nothing for a user without a JWT from the
+    operator's identity provider naming that user; `user_assertion=` sends one. The identity
+    provider is a loopback JWKS endpoint serving tests/fixtures/test-jwks.json; the assertions
+    are signed with the matching fixture key."""
+    import hashlib
+    import http.server
+    import threading
+
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    jwks = (FIXTURES / "test-jwks.json").read_bytes()
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key_name = "test-asserted-agent-key-canary-5"
+    issuer = "https://login.operator.test"
+    asserted_caller = (
+        f'[[callers]]\nname = "asserted"\nrole = "agent"\n'
+        f'key_sha256 = "{hashlib.sha256(key_name.encode()).hexdigest()}"\nagents = ["*"]\n'
+        "require_user_assertion = true\n\n"
+        f'[user_assertions]\nissuer = "{issuer}"\naudience = "valet"\n'
+        f'jwks_url = "http://127.0.0.1:{server.server_address[1]}/jwks"\n'
+    )
+    try:
+        s = make_stack(extra_toml=asserted_caller)
+        s.oidc_provider("idp")
+        signing = RSAKey.import_key((FIXTURES / "test-rsa-2048.pem").read_bytes())
+
+        def assertion(sub: str) -> str:
+            now = int(time.time())
+            claims = {"iss": issuer, "sub": sub, "aud": "valet", "iat": now, "exp": now + 300}
+            return jwt.encode({"alg": "RS256", "kid": "rsa-1"}, claims, signing)
+
+        with s.client(key_name) as client:
+            with pytest.raises(errors.PermissionDenied) as missing:
+                client.authenticate("idp", user_id="alice")
+            assert "x-valet-user-assertion" in str(missing.value)
+            with pytest.raises(errors.PermissionDenied):
+                client.authenticate("idp", user_id="alice", user_assertion=assertion("mallory"))
+            ok = client.authenticate("idp", user_id="alice", user_assertion=assertion("alice"))
+            assert ok.status == "pending" and ok.auth_url
+            assert client.list_grants(user_id="alice", user_assertion=assertion("alice")) == []
+            with pytest.raises(ValueError):
+                client.authenticate("idp", user_id="alice", user_assertion="a\nb")
+    finally:
+        server.shutdown()

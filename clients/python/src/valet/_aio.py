@@ -84,7 +84,7 @@ class AsyncClient:
         try:
             answer = await method(
                 call.request,
-                metadata=self._endpoint.metadata(),
+                metadata=_wire.call_metadata(self._endpoint.metadata(), call),
                 timeout=call.timeout or self._timeout,
             )
         except grpc.aio.AioRpcError as e:
@@ -106,9 +106,11 @@ class AsyncClient:
         resource: str | None = None,
         subject_token: str | None = None,
         subject_token_type: str | None = None,
+        user_assertion: str | None = None,
     ) -> AuthResult:
         return await self._run(
-            _wire.authenticate(
+            _wire.asserted(
+                _wire.authenticate(
                 provider,
                 scopes,
                 user_id,
@@ -121,6 +123,8 @@ class AsyncClient:
                 resource,
                 subject_token,
                 subject_token_type,
+                ),
+                user_assertion,
             )
         )
 
@@ -133,8 +137,14 @@ class AsyncClient:
             if result.status == "completed" or left is None:
                 return result
 
-    async def resolve(self, reference: str, min_ttl: _wire.Seconds | None = None) -> Resolved:
-        return await self._run(_wire.resolve(reference, min_ttl))
+    async def resolve(
+        self,
+        reference: str,
+        min_ttl: _wire.Seconds | None = None,
+        *,
+        user_assertion: str | None = None,
+    ) -> Resolved:
+        return await self._run(_wire.asserted(_wire.resolve(reference, min_ttl), user_assertion))
 
     async def revoke(
         self,
@@ -143,19 +153,26 @@ class AsyncClient:
         agent_id: str | None = None,
         *,
         reference: str | None = None,
+        user_assertion: str | None = None,
     ) -> RevokeResult:
-        return await self._run(_wire.revoke(provider, user_id, agent_id, reference))
+        return await self._run(
+            _wire.asserted(_wire.revoke(provider, user_id, agent_id, reference), user_assertion)
+        )
 
     async def list_grants(
         self,
         provider: str | None = None,
         user_id: str | None = None,
         agent_id: str | None = None,
+        *,
+        user_assertion: str | None = None,
     ) -> list[Grant]:
         grants: list[Grant] = []
         token = ""
         while True:
-            page, token = await self._run(_wire.list_grants(provider, user_id, agent_id, token))
+            page, token = await self._run(
+                _wire.asserted(_wire.list_grants(provider, user_id, agent_id, token), user_assertion)
+            )
             grants.extend(page)
             if not token:
                 return grants
@@ -168,8 +185,13 @@ class AsyncClient:
         *,
         agent_id: str | None = None,
         username: str | None = None,
+        user_assertion: str | None = None,
     ) -> None:
-        await self._run(_wire.put_credential(provider, user_id, value, agent_id, username))
+        await self._run(
+            _wire.asserted(
+                _wire.put_credential(provider, user_id, value, agent_id, username), user_assertion
+            )
+        )
 
     async def complete_authorization(self, session: str, user_id: str) -> str:
         return await self._run(_wire.complete_authorization(session, user_id))

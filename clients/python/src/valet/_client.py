@@ -76,7 +76,7 @@ class Client:
         try:
             answer = method(
                 call.request,
-                metadata=self._endpoint.metadata(),
+                metadata=_wire.call_metadata(self._endpoint.metadata(), call),
                 timeout=call.timeout or self._timeout,
             )
         except grpc.RpcError as e:
@@ -100,6 +100,7 @@ class Client:
         resource: str | None = None,
         subject_token: str | None = None,
         subject_token_type: str | None = None,
+        user_assertion: str | None = None,
     ) -> AuthResult:
         """A token (or with `handout="reference"` a reference) for `user_id` at `provider`, or
         a pending consent flow to show the user.
@@ -109,7 +110,8 @@ class Client:
         must have left. While a flow is pending, the same request returns the same flow.
         """
         return self._run(
-            _wire.authenticate(
+            _wire.asserted(
+                _wire.authenticate(
                 provider,
                 scopes,
                 user_id,
@@ -122,6 +124,8 @@ class Client:
                 resource,
                 subject_token,
                 subject_token_type,
+                ),
+                user_assertion,
             )
         )
 
@@ -139,10 +143,16 @@ class Client:
             if result.status == "completed" or left is None:
                 return result
 
-    def resolve(self, reference: str, min_ttl: _wire.Seconds | None = None) -> Resolved:
+    def resolve(
+        self,
+        reference: str,
+        min_ttl: _wire.Seconds | None = None,
+        *,
+        user_assertion: str | None = None,
+    ) -> Resolved:
         """A fresh access token for the grant `reference` names, and the credential to apply.
         Only the caller the reference was issued to may resolve it."""
-        return self._run(_wire.resolve(reference, min_ttl))
+        return self._run(_wire.asserted(_wire.resolve(reference, min_ttl), user_assertion))
 
     def revoke(
         self,
@@ -151,23 +161,30 @@ class Client:
         agent_id: str | None = None,
         *,
         reference: str | None = None,
+        user_assertion: str | None = None,
     ) -> RevokeResult:
         """Removes a grant (and revokes its tokens at the provider where it can), or with
         `reference` that one reference."""
-        return self._run(_wire.revoke(provider, user_id, agent_id, reference))
+        return self._run(
+            _wire.asserted(_wire.revoke(provider, user_id, agent_id, reference), user_assertion)
+        )
 
     def list_grants(
         self,
         provider: str | None = None,
         user_id: str | None = None,
         agent_id: str | None = None,
+        *,
+        user_assertion: str | None = None,
     ) -> list[Grant]:
         """Grant metadata (never tokens), optionally for one provider, user and/or agent; every
         page of the daemon's listing."""
         grants: list[Grant] = []
         token = ""
         while True:
-            page, token = self._run(_wire.list_grants(provider, user_id, agent_id, token))
+            page, token = self._run(
+                _wire.asserted(_wire.list_grants(provider, user_id, agent_id, token), user_assertion)
+            )
             grants.extend(page)
             if not token:
                 return grants
@@ -180,9 +197,14 @@ class Client:
         *,
         agent_id: str | None = None,
         username: str | None = None,
+        user_assertion: str | None = None,
     ) -> None:
         """Stores a static credential (api_key, http_basic, http_bearer providers)."""
-        self._run(_wire.put_credential(provider, user_id, value, agent_id, username))
+        self._run(
+            _wire.asserted(
+                _wire.put_credential(provider, user_id, value, agent_id, username), user_assertion
+            )
+        )
 
     def complete_authorization(self, session: str, user_id: str) -> str:
         """Consent binding: vouches that `user_id` gave the consent `session` names. Returns

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar
 
@@ -34,6 +34,28 @@ class Call(Generic[T]):
     request: Message = field(repr=False)
     parse: Callable[[Any], T] = field(repr=False)
     timeout: float | None = None
+    # A JWT from the operator's identity provider naming the request's user, for callers the
+    # daemon configures with require_user_assertion. Never printed.
+    user_assertion: str | None = field(default=None, repr=False)
+
+
+USER_ASSERTION = "x-valet-user-assertion"
+
+
+def asserted(call: Call[T], user_assertion: str | None) -> Call[T]:
+    """`call` carrying `user_assertion` (unchanged without one)."""
+    if user_assertion is None:
+        return call
+    if not user_assertion or not user_assertion.isascii() or not user_assertion.isprintable():
+        raise ValueError("user_assertion must be a JWT (printable ASCII)")
+    return replace(call, user_assertion=user_assertion)
+
+
+def call_metadata(base: tuple[tuple[str, str], ...], call: Call[Any]) -> tuple[tuple[str, str], ...]:
+    """The connection's metadata plus the call's user assertion, if any."""
+    if call.user_assertion is None:
+        return base
+    return (*base, (USER_ASSERTION, call.user_assertion))
 
 
 def seconds(value: Seconds | None, what: str) -> int:
