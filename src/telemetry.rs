@@ -19,21 +19,25 @@ use tracing_subscriber::{EnvFilter, Layer as _, Registry};
 /// Whether spans are exported: request spans are only made (and `traceparent` read) then.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-/// The trace pipeline, flushed by `shutdown`. Inert when nothing is exported.
+/// The log writer and trace pipeline, flushed by `shutdown`.
 #[derive(Debug, Default)]
 #[must_use]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Dropping it writes out the log lines still queued.
+    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Telemetry {
-    /// Sends the spans still queued (waits up to 5 s). Call it outside the runtime's workers.
+    /// Sends the spans still queued (waits up to 5 s) and writes the queued log lines. Call it
+    /// outside the runtime's workers.
     pub fn shutdown(self) {
         if let Some(p) = self.provider
             && let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5))
         {
             tracing::warn!("could not flush the trace export: {e}");
         }
+        drop(self.log_writer);
     }
 }
 
@@ -41,8 +45,14 @@ impl Telemetry {
 /// exporter needs the Tokio runtime entered.
 pub fn init(format: LogFormat, level: &str, otlp_endpoint: Option<&url::Url>) -> Telemetry {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Formatting stays on the calling thread; the write to stderr happens on a worker, so a
+    // slow log consumer never holds a request. Lossless: a full queue blocks, it never drops
+    // (audit events may go to this log).
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(true);
     let fmt: Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => fmt.boxed(),
@@ -72,7 +82,10 @@ pub fn init(format: LogFormat, level: &str, otlp_endpoint: Option<&url::Url>) ->
         .with(fmt.with_filter(filter))
         .with(otel)
         .try_init();
-    Telemetry { provider }
+    Telemetry {
+        provider,
+        log_writer: Some(log_writer),
+    }
 }
 
 fn tracer_provider(

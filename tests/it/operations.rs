@@ -137,7 +137,10 @@ async fn metrics_and_request_logs_follow_a_flow_a_refresh_and_a_denied_call() {
     }
 
     // One JSON line per RPC with the documented fields, and every line is JSON.
-    let logs = f.valet.logs();
+    let logs = f
+        .valet
+        .logs_once_they_contain("\"outcome\":\"PERMISSION_DENIED\"")
+        .await;
     let lines: Vec<serde_json::Value> = logs
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -175,20 +178,21 @@ async fn a_clients_request_id_is_logged_and_a_malformed_one_replaced() {
     })
     .await;
     let mut providers = f.valet.providers().await;
-    for id in ["trace-0123456789abcdef", "bad id with spaces"] {
+    for id in ["trace-0123456789abcdef", "bad id with spaces", "trace-last"] {
         let mut req = tonic::Request::new(pb::ListProvidersRequest {});
         req.metadata_mut()
             .insert("x-request-id", id.parse().unwrap());
         providers.list_providers(req).await.unwrap();
     }
-    let logs = f.valet.logs();
+    // Lines are written in order: once the last call's line is there, so are the others.
+    let logs = f.valet.logs_once_they_contain("trace-last").await;
     let ids: Vec<String> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|l| l["target"] == "valet::request" && l["method"] == "ListProviders")
         .map(|l| l["request_id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids.len(), 2, "{logs}");
+    assert_eq!(ids.len(), 3, "{logs}");
     assert_eq!(ids[0], "trace-0123456789abcdef");
     assert!(
         !ids[1].contains(' ') && !ids[1].is_empty(),

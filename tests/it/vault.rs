@@ -141,7 +141,13 @@ async fn a_sealed_vault_at_start_is_ridden_out_and_service_resumes_when_unsealed
         credentials_status(&f).await,
         ServingStatus::NotServing as i32
     );
-    assert!(f.valet.logs().contains("sealed"), "the reason is logged");
+    assert!(
+        f.valet
+            .logs_once_they_contain("sealed")
+            .await
+            .contains("sealed"),
+        "the reason is logged"
+    );
     let s = expect_err(
         f.try_authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,

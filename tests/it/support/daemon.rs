@@ -214,6 +214,19 @@ rate_limit = 0
         format!("http://{}/oauth/callback/{provider_id}", self.http_addr)
     }
 
+    /// The log once it holds `needle` (lines arrive from the daemon's log writer a moment after
+    /// what logged them), or as it is after five seconds.
+    pub(crate) async fn logs_once_they_contain(&self, needle: &str) -> String {
+        for _ in 0..100 {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.logs()
+    }
+
     pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
