@@ -140,7 +140,8 @@ fn replica(d: &VaultDouble) -> ValetOptions {
 
 /// A consent started on replica A whose callback the load balancer sends to replica B: B
 /// forwards it to A (the address A registered in the store), A completes the flow, and the
-/// browser gets A's page through B. A state naming an unregistered replica is not forwarded.
+/// browser gets A's page through B. A state naming an unregistered replica is not forwarded; a
+/// callback for A while A is down gets a clear 502 page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_that_lands_on_another_replica_completes_the_flow_where_it_started() {
     let d = VaultDouble::start("secret").await;
@@ -190,4 +191,15 @@ async fn a_callback_that_lands_on_another_replica_completes_the_flow_where_it_st
         !b.logs().contains("forwarding a callback"),
         "no forwarding attempt"
     );
+
+    // A callback for A's flow while A is down: B cannot reach it and says so.
+    let Fixture {
+        mut valet, browser, ..
+    } = f;
+    tokio::task::spawn_blocking(move || assert!(valet.stop().success()))
+        .await
+        .unwrap();
+    let (status, _, page) = browser.visit(&at_b).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_GATEWAY, "{page}");
+    assert!(page.contains("cannot be reached"), "{page}");
 }

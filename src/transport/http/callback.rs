@@ -50,7 +50,15 @@ pub(super) async fn callback(
         && crate::domain::ProviderId::parse(&provider_id).is_ok()
         && let Some(owner) = s.credentials.callback_owner(params.state.as_deref()).await
     {
-        return super::forward::to_owner(&s.replicas, &owner, &provider_id, query.as_deref()).await;
+        return super::forward::to_owner(&s.replicas, &owner, &provider_id, query.as_deref())
+            .await
+            .unwrap_or_else(|| {
+                page(
+                    StatusCode::BAD_GATEWAY,
+                    "Authorization failed",
+                    "The Valet replica that started this authorization cannot be reached. Start again from your agent.",
+                )
+            });
     }
     let span = tracing::info_span!(
         "callback",

@@ -2,9 +2,8 @@
 //! the same path and query, one hop (marked, never forwarded again), no redirects followed, and
 //! the owner's page handed back to the browser as it came.
 
-use super::callback::page;
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use std::time::Duration;
 use url::Url;
@@ -37,37 +36,26 @@ pub(super) fn was_forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
 }
 
-/// Sends the callback to `owner` and answers with its page.
+/// Sends the callback to `owner` and answers with its page; `None` when the owner cannot be
+/// reached (the caller shows its own page).
 pub(super) async fn to_owner(
     client: &reqwest::Client,
     owner: &Url,
     provider: &str,
     query: Option<&str>,
-) -> Response {
-    let unreachable = || {
-        page(
-            StatusCode::BAD_GATEWAY,
-            "Authorization failed",
-            "The Valet replica that started this authorization cannot be reached. Start again from your agent.",
-        )
-    };
-    let Ok(mut url) = owner.join(&format!("oauth/callback/{provider}")) else {
-        return unreachable();
-    };
+) -> Option<Response> {
+    let mut url = owner.join(&format!("oauth/callback/{provider}")).ok()?;
     url.set_query(query);
     let answer = match client.get(url).header(FORWARDED, "1").send().await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!("forwarding a callback to its replica failed: {e}");
-            return unreachable();
+            return None;
         }
     };
     let status = answer.status();
     let headers = answer.headers().clone();
-    let body = match answer.bytes().await {
-        Ok(b) if b.len() <= MAX_PAGE => b,
-        _ => return unreachable(),
-    };
+    let body = answer.bytes().await.ok().filter(|b| b.len() <= MAX_PAGE)?;
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     for name in RELAYED {
@@ -75,5 +63,5 @@ pub(super) async fn to_owner(
             resp.headers_mut().insert(name, v.clone());
         }
     }
-    resp
+    Some(resp)
 }
