@@ -10,11 +10,7 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_over_three_replicas_cost_one_provider_refresh() {
     let d = VaultDouble::start("secret").await;
-    let opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
-    let f = Fixture::with(opts.clone()).await;
-    f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
-        .await;
+    let (f, opts) = crate::support::vault::replica_with_grant(&d).await;
     let (b, c) = (Valet::start(opts.clone()), Valet::start(opts));
     let replicas = [
         f.valet.credentials(AGENT_KEY).await,
@@ -65,11 +61,7 @@ async fn a_thousand_requests_over_three_replicas_cost_one_provider_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_holding_the_claim_is_taken_over_after_the_claims_timeout() {
     let d = VaultDouble::start("secret").await;
-    let opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
-    let f = Fixture::with(opts.clone()).await;
-    f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
-        .await;
+    let (f, opts) = crate::support::vault::replica_with_grant(&d).await;
     let survivor = Valet::start(opts);
     let before = f.idp.token_requests().await;
     f.idp.delay_token(3000).await;

@@ -294,11 +294,7 @@ async fn a_rotated_refresh_token_that_cannot_be_stored_asks_for_consent_again() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_sharing_kv2_never_present_a_refresh_token_twice() {
     let d = VaultDouble::start("secret").await;
-    let opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
-    let f = Fixture::with(opts.clone()).await;
-    f.oidc_provider("idp", "basic-client").await;
-    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
-        .await;
+    let (f, opts) = crate::support::vault::replica_with_grant(&d).await;
     let other = crate::support::Valet::start(opts);
     let a = f.valet.credentials(AGENT_KEY).await;
     let b = other.credentials(AGENT_KEY).await;

@@ -312,6 +312,20 @@ pub(crate) fn options(address: &str, kv: u8, auth: &str) -> super::ValetOptions 
     }
 }
 
+/// A daemon on the double (KV v2, root token) holding alice's grant at the OpenID provider, and
+/// its options, to start more replicas like it.
+pub(crate) async fn replica_with_grant(d: &VaultDouble) -> (super::Fixture, super::ValetOptions) {
+    let opts = options(&d.address, 2, &token_auth(ROOT_TOKEN));
+    let f = super::Fixture::with(opts.clone()).await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(
+        super::daemon::AGENT_KEY,
+        super::Fixture::request("idp", "alice", ""),
+    )
+    .await;
+    (f, opts)
+}
+
 pub(crate) fn token_auth(token: &str) -> String {
     format!("method = \"token\"\ntoken = \"{token}\"")
 }
