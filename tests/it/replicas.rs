@@ -194,4 +194,16 @@ async fn a_callback_that_lands_on_another_replica_completes_the_flow_where_it_st
     let (status, _, page) = browser.visit(&at_b).await;
     assert_eq!(status, reqwest::StatusCode::BAD_GATEWAY, "{page}");
     assert!(page.contains("cannot be reached"), "{page}");
+    // The failure is logged without the URL, whose query holds the code and the state.
+    let logs = b.logs_once_they_contain("forwarding a callback").await;
+    assert!(
+        logs.contains("forwarding a callback"),
+        "the failure is logged"
+    );
+    let code = cb
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert!(!logs.contains(&state) && !logs.contains(&code), "{logs}");
 }

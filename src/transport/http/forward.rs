@@ -49,7 +49,11 @@ pub(super) async fn to_owner(
     let answer = match client.get(url).header(FORWARDED, "1").send().await {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!("forwarding a callback to its replica failed: {e}");
+            // Without the URL: its query holds the authorization code and state.
+            tracing::warn!(
+                "forwarding a callback to its replica failed: {}",
+                e.without_url()
+            );
             return None;
         }
     };
