@@ -6,8 +6,12 @@
 //!   (`grpc.health.v1.Health/Check`, the floor of the transport);
 //! - cached handout vs reading a token straight from a Vault API server (RustyVault);
 //! - N concurrent requests on one expired grant → provider refreshes;
+//! - the same over the Unix socket (a sidecar) against loopback TCP;
+//! - N concurrent requests on one expired grant spread over three replicas sharing a Vault KV v2
+//!   store (the Vault API double) → provider refreshes;
 //! - pending flows: daemon memory per flow and flow-start rate;
-//! - the embedded store's read and write latency at 1,000, 100,000 and 1,000,000 records.
+//! - the embedded store at 1,000, 100,000 and 1,000,000 grants: read and write latency, then the
+//!   daemon on that store: start-up time, resident memory, a `ListGrants` page and a revoke.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -24,9 +28,9 @@ mod support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
-use support::daemon::AGENT_KEY;
+use support::daemon::{ADMIN_KEY, AGENT_KEY};
 use support::rvault::RustyVault;
-use support::{Fixture, token};
+use support::{Fixture, Valet, ValetOptions, token, unix_channel};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use valet::pb;
@@ -82,6 +86,23 @@ where
     }
 }
 
+/// Rounds the cached handout and its floor are measured in, interleaved.
+const ROUNDS: usize = 5;
+
+/// Each figure's median over the rounds.
+fn median(runs: Vec<Run>) -> Run {
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let secs = |f: fn(&Run) -> Duration| mid(runs.iter().map(|r| f(r).as_secs_f64()).collect());
+    Run {
+        per_sec: mid(runs.iter().map(|r| r.per_sec).collect()),
+        p50: Duration::from_secs_f64(secs(|r| r.p50)),
+        p99: Duration::from_secs_f64(secs(|r| r.p99)),
+    }
+}
+
 fn row(name: &str, r: &Run, floor: &Run) {
     println!(
         "{name:<34} {:>10.0}/s  p50 {:>8.1?}  p99 {:>8.1?}  throughput {:>5.2}x  p99 {:>5.2}x",
@@ -117,36 +138,72 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(&sizes));
+    rt.block_on(replica_storm(sizes.herd));
     rt.block_on(store_scaling(sizes.records, sizes.calls));
 }
 
-/// The embedded store's read and write latency as it grows: each size is filled in bulk, then
-/// `samples` reads and overwrites of random records are timed one at a time.
+/// A live grant of provider `bench` for user `i`, as the daemon stores it.
+fn bench_grant(i: usize) -> (String, zeroize::Zeroizing<Vec<u8>>) {
+    use valet::domain::{Grant, GrantKey, GrantStatus, ProviderId, Scopes, UserId};
+    let key = GrantKey {
+        provider: ProviderId::parse("bench").unwrap(),
+        user: UserId::parse(&format!("user-{i:09}")).unwrap(),
+        agent: None,
+    };
+    let grant = Grant {
+        key: key.clone(),
+        scopes: Scopes::parse("scopes", &["read", "write"]).unwrap(),
+        subject: Some(format!("subject-{i}")),
+        refresh_token: Some(format!("bench-refresh-token-{i:09}-0123456789abcdef").into()),
+        status: GrantStatus::Active,
+        created_at: 1_760_000_000,
+        updated_at: 1_760_000_000,
+        refreshing: None,
+        access_token: None,
+        token_type: None,
+        expires_at: 0,
+        declined: Scopes::default(),
+        metadata: std::collections::BTreeMap::new(),
+    };
+    (
+        valet::store::keyspace::grant(&key),
+        zeroize::Zeroizing::new(serde_json::to_vec(&grant).unwrap()),
+    )
+}
+
+/// The embedded store as it grows: each size is filled in bulk with grants, then `samples`
+/// reads and overwrites of random records are timed one at a time; then the daemon is started on
+/// that store (start-up time to `valet listening`, resident memory) and a `ListGrants` page and
+/// a revoke are timed through it.
 async fn store_scaling(sizes: &[usize], samples: usize) {
     use std::sync::Arc;
     use valet::store::{Cas, EmbeddedStore, SecretStore as _};
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    // A grant-sized value.
-    let value = || zeroize::Zeroizing::new(vec![b'v'; 400]);
-    let key = |i: usize| format!("grants/bench/{i:09}/=");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let data = dir.path().join("data");
+    let key = |i: usize| bench_grant(i).0;
+    let value = |i: usize| bench_grant(i).1;
     println!(
         "== embedded store: one record read and one write as the store grows ({samples} each)"
     );
     let mut filled = 0;
+    let mut daemon = Vec::new();
+    let mut revoked = Vec::new();
     for &n in sizes {
+        let store = Arc::new(EmbeddedStore::open(&data).unwrap());
+        // The grants the last size's daemon revoked are put back.
+        let back: Vec<_> = revoked.drain(..).map(bench_grant).collect();
+        store.put_many(back).await.unwrap();
         while filled < n {
             let end = (filled + 10_000).min(n);
-            let batch = (filled..end).map(|i| (key(i), value())).collect();
+            let batch = (filled..end).map(bench_grant).collect();
             store.put_many(batch).await.unwrap();
             filled = end;
         }
-        let pick = move || key(rand_index(n));
         let s = store.clone();
         let read = measure(samples, 1, move || {
             let s = s.clone();
             async move {
-                s.get(&pick()).await.unwrap().unwrap();
+                s.get(&key(rand_index(n))).await.unwrap().unwrap();
             }
         })
         .await;
@@ -154,19 +211,165 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
         let write = measure(samples, 1, move || {
             let s = s.clone();
             async move {
-                s.put(&pick(), value(), Cas::Any).await.unwrap();
+                let i = rand_index(n);
+                s.put(&key(i), value(i), Cas::Any).await.unwrap();
             }
         })
         .await;
-        let mib = std::fs::metadata(dir.path().join("store.redb"))
+        let mib = std::fs::metadata(data.join("store.redb"))
             .map(|m| m.len() as f64 / 1_048_576.0)
             .unwrap_or(0.0);
         println!(
             "{n:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  write p50 {:>8.1?} p99 {:>8.1?}",
             read.p50, read.p99, write.p50, write.p99
         );
+        // The daemon takes the directory lock: the store must be closed first.
+        drop(store);
+        let (d, gone) = on_the_daemon(dir.clone(), n, samples).await;
+        daemon.push((n, d));
+        revoked = gone;
+    }
+    println!(
+        "\n== the daemon on the embedded store: start-up, memory, a ListGrants page (100 grants), a revoke"
+    );
+    for (n, d) in daemon {
+        println!(
+            "{n:>9} grants  start-up {:>7.1?}  RSS {:>6} KiB  ListGrants p50 {:>8.1?} p99 {:>8.1?}  revoke p50 {:>8.1?} p99 {:>8.1?}",
+            d.start_up, d.rss_kib, d.list.p50, d.list.p99, d.revoke.p50, d.revoke.p99
+        );
     }
     println!();
+}
+
+struct OnDaemon {
+    start_up: Duration,
+    rss_kib: u64,
+    list: Run,
+    revoke: Run,
+}
+
+/// Starts the daemon on `dir`'s store of `n` grants and times it; revokes `samples / 10` of them
+/// (returned, for the caller to put back).
+async fn on_the_daemon(
+    dir: std::sync::Arc<tempfile::TempDir>,
+    n: usize,
+    samples: usize,
+) -> (OnDaemon, Vec<usize>) {
+    let t = Instant::now();
+    let valet = Valet::start_in(dir, ValetOptions::default());
+    let start_up = t.elapsed();
+    let rss_kib = valet.rss_kib();
+    // The provider the grants belong to (kept in the store from the first size on).
+    let created = valet
+        .providers()
+        .await
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(pb::Provider {
+                provider_id: "bench".into(),
+                kind: pb::ProviderKind::Oauth2 as i32,
+                client_id: "bench-client".into(),
+                client_secret: "bench-client-secret".into(),
+                auth_url: "https://bench.invalid/authorize".into(),
+                token_url: "https://bench.invalid/token".into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+    if let Err(s) = created {
+        assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}");
+    }
+    let admin = valet.credentials(ADMIN_KEY).await;
+    let c = admin.clone();
+    let list = measure((samples / 20).max(10), 1, move || {
+        let mut c = c.clone();
+        async move {
+            let page = c
+                .list_grants(pb::ListGrantsRequest {
+                    provider_id: "bench".into(),
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.grants.len(), 100);
+        }
+    })
+    .await;
+    let revokes = (samples / 10).min(n / 10).max(1);
+    let spread = move |k: usize| k * (n / revokes) + n / revokes / 2;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = admin.clone();
+    let revoke = measure(revokes, 1, move || {
+        let (mut c, next) = (c.clone(), next.clone());
+        async move {
+            // Spread over the store, each grant once.
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let i = spread(k);
+            let answer = c
+                .revoke(pb::RevokeRequest {
+                    provider_id: "bench".into(),
+                    user_id: format!("user-{i:09}"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(answer.revoked, "grant {i} was there to revoke");
+        }
+    })
+    .await;
+    // A clean stop: the next size reopens this store.
+    let mut valet = valet;
+    assert!(valet.stop().success());
+    let d = OnDaemon {
+        start_up,
+        rss_kib,
+        list,
+        revoke,
+    };
+    (d, (0..revokes).map(spread).collect())
+}
+
+/// A refresh storm spread over three replicas on one Vault KV v2 store (the Vault API double):
+/// provider refreshes (the bar: one) and the time until every caller has its token.
+async fn replica_storm(herd: usize) {
+    let d = support::vault::VaultDouble::start("secret").await;
+    let (f, opts) = support::vault::replica_with_grant(&d).await;
+    let (b, c) = (Valet::start(opts.clone()), Valet::start(opts));
+    let replicas = [
+        f.valet.credentials(AGENT_KEY).await,
+        b.credentials(AGENT_KEY).await,
+        c.credentials(AGENT_KEY).await,
+    ];
+    let before = f.idp.token_requests().await;
+    // The provider takes 500 ms to answer, so the storm arrives while the refresh is in flight.
+    f.idp.delay_token(500).await;
+    let calls = (0..herd).map(|i| {
+        let mut creds = replicas[i % 3].clone();
+        async move {
+            token(
+                creds
+                    .authenticate(Fixture::refresh_request("idp", "alice", ""))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+        }
+    });
+    let t = Instant::now();
+    let tokens = futures::future::join_all(calls).await;
+    let took = t.elapsed();
+    let refreshes = f.idp.token_requests().await - before;
+    f.idp.delay_token(0).await;
+    println!(
+        "== {herd} requests on one expired grant over three replicas (Vault KV v2 double, provider answers in 500 ms): {refreshes} provider refresh(es), {} distinct tokens, all served in {took:.1?}\n",
+        tokens
+            .iter()
+            .map(|t| &t.access_token)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+    );
 }
 
 /// A pseudo-random index below `n` (the benchmark needs spread, not secrecy).
@@ -181,7 +384,22 @@ fn rand_index(n: usize) -> usize {
 }
 
 async fn run(s: &Sizes) {
-    let f = Fixture::new().await;
+    // The daemon also listens on a Unix socket, where this process's uid is a sidecar caller.
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("valet.sock");
+    let uid = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(socket_dir.path()).unwrap().uid()
+    };
+    let f = Fixture::with(ValetOptions {
+        top_toml: format!("grpc_socket = \"{}\"", socket.display()),
+        extra_toml: format!(
+            "[[callers]]\nname = \"sidecar\"\nrole = \"agent\"\nkey_sha256 = \"{}\"\nunix_uid = {uid}\nrate_limit = 0\n",
+            "cd".repeat(32)
+        ),
+        ..Default::default()
+    })
+    .await;
     f.oidc_provider("idp", "basic-client").await;
     let granted = f
         .authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
@@ -190,6 +408,9 @@ async fn run(s: &Sizes) {
     let creds = f.valet.credentials(AGENT_KEY).await;
 
     let health = HealthClient::new(channel);
+    let unix = unix_channel(socket).await;
+    let unix_health = HealthClient::new(unix.clone());
+    let unix_creds = pb::credentials_client::CredentialsClient::new(unix);
     let reference = match f
         .authenticate(
             AGENT_KEY,
@@ -204,46 +425,95 @@ async fn run(s: &Sizes) {
         Some(pb::authenticate_response::Result::Reference(r)) => r.reference,
         other => panic!("expected a reference: {other:?}"),
     };
-    // One caller at a time, then many: the handout against the transport floor at each.
+    // One caller at a time, then many: the handout against the transport floor at each. The
+    // three are measured in interleaved rounds and each reported by its median round, so a
+    // burst of noise on this shared machine does not land on one side of a ratio.
     let mut by_concurrency = Vec::new();
     for concurrency in [1, s.concurrency] {
-        let h = health.clone();
-        let floor = measure(s.calls, concurrency, move || {
-            let mut h = h.clone();
-            async move {
-                h.check(HealthCheckRequest {
-                    service: String::new(),
+        let (mut floors, mut auths, mut resolves) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut unix_floors, mut unix_auths) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let calls = s.calls / ROUNDS;
+            let h = health.clone();
+            floors.push(
+                measure(calls, concurrency, move || {
+                    let mut h = h.clone();
+                    async move {
+                        h.check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .unwrap();
+                    }
                 })
-                .await
-                .unwrap();
-            }
-        })
-        .await;
-        let c = creds.clone();
-        let auth = measure(s.calls, concurrency, move || {
-            let mut c = c.clone();
-            async move {
-                c.authenticate(Fixture::request("idp", "alice", ""))
-                    .await
-                    .unwrap();
-            }
-        })
-        .await;
-        let (c, reference) = (creds.clone(), reference.clone());
-        let resolve = measure(s.calls, concurrency, move || {
-            let mut c = c.clone();
-            let reference = reference.clone();
-            async move {
-                c.resolve(pb::ResolveRequest {
-                    reference,
-                    min_ttl_seconds: 0,
+                .await,
+            );
+            let c = creds.clone();
+            auths.push(
+                measure(calls, concurrency, move || {
+                    let mut c = c.clone();
+                    async move {
+                        c.authenticate(Fixture::request("idp", "alice", ""))
+                            .await
+                            .unwrap();
+                    }
                 })
-                .await
-                .unwrap();
-            }
-        })
-        .await;
-        by_concurrency.push((concurrency, floor, auth, resolve));
+                .await,
+            );
+            let (c, reference) = (creds.clone(), reference.clone());
+            resolves.push(
+                measure(calls, concurrency, move || {
+                    let mut c = c.clone();
+                    let reference = reference.clone();
+                    async move {
+                        c.resolve(pb::ResolveRequest {
+                            reference,
+                            min_ttl_seconds: 0,
+                        })
+                        .await
+                        .unwrap();
+                    }
+                })
+                .await,
+            );
+        }
+        for _ in 0..ROUNDS {
+            let calls = s.calls / ROUNDS;
+            let h = unix_health.clone();
+            unix_floors.push(
+                measure(calls, concurrency, move || {
+                    let mut h = h.clone();
+                    async move {
+                        h.check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .unwrap();
+                    }
+                })
+                .await,
+            );
+            let c = unix_creds.clone();
+            unix_auths.push(
+                measure(calls, concurrency, move || {
+                    let mut c = c.clone();
+                    async move {
+                        c.authenticate(Fixture::request("idp", "alice", ""))
+                            .await
+                            .unwrap();
+                    }
+                })
+                .await,
+            );
+        }
+        by_concurrency.push((
+            concurrency,
+            median(floors),
+            median(auths),
+            median(resolves),
+            median(unix_floors),
+            median(unix_auths),
+        ));
     }
 
     // What an agent would do without Valet: read the token from a Vault API server.
@@ -272,16 +542,18 @@ async fn run(s: &Sizes) {
     })
     .await;
 
-    for (concurrency, floor, auth, resolve) in &by_concurrency {
+    for (concurrency, floor, auth, resolve, unix_floor, unix_auth) in &by_concurrency {
         println!(
-            "\n== cached handout vs the transport floor ({} calls, {concurrency} in flight)",
+            "\n== cached handout vs the transport floor ({} calls, {concurrency} in flight; ratios to the TCP floor)",
             s.calls
         );
         row("grpc.health Check (floor)", floor, floor);
         row("Credentials/Authenticate (cached)", auth, floor);
         row("Credentials/Resolve (cached)", resolve, floor);
+        row("Unix socket: grpc.health Check", unix_floor, floor);
+        row("Unix socket: Authenticate", unix_auth, floor);
     }
-    let (_, floor, auth, _) = by_concurrency.last().expect("measured");
+    let (_, floor, auth, ..) = by_concurrency.last().expect("measured");
     println!(
         "\n== cached handout vs reading the token from Vault (RustyVault KV v1, {} in flight)",
         s.concurrency

@@ -8,7 +8,7 @@ use crate::secret::{SecretString, sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// A pending authorization: everything the callback needs to finish it.
@@ -108,6 +108,54 @@ pub enum FlowOutcome {
     Failed(FlowFailure),
 }
 
+/// A flow's outcome as it changes, for its waiters: far smaller than a watch channel (a pending
+/// flow holds one, and a table holds 100,000 of them).
+#[derive(Debug)]
+pub struct OutcomeCell {
+    value: Mutex<FlowOutcome>,
+    changed: Notify,
+}
+
+impl OutcomeCell {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            value: Mutex::new(FlowOutcome::Pending),
+            changed: Notify::new(),
+        })
+    }
+
+    /// The outcome now.
+    pub fn get(&self) -> FlowOutcome {
+        self.value
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, outcome: FlowOutcome) {
+        *self
+            .value
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = outcome;
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the flow is no longer pending, with its outcome.
+    pub async fn finished(&self) -> FlowOutcome {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check: a change between the two is not missed.
+            changed.as_mut().enable();
+            let now = self.get();
+            if now != FlowOutcome::Pending {
+                return now;
+            }
+            changed.await;
+        }
+    }
+}
+
 /// Why `take` refused a state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TakeError {
@@ -149,23 +197,36 @@ pub struct FlowView {
     pub owner: String,
     pub auth_url: String,
     pub expires_at: Instant,
-    pub outcome: watch::Receiver<FlowOutcome>,
+    pub outcome: Arc<OutcomeCell>,
     pub handout: Handout,
     pub scopes: Scopes,
     pub prompt: Option<DevicePrompt>,
 }
 
+/// The part of a `PendingFlow` its entry does not already hold (the rest is put back by `take`):
+/// each field is kept once.
+#[derive(Debug)]
+struct Parked {
+    provider: ProviderId,
+    agent: Option<AgentId>,
+    pkce_verifier: SecretString,
+    nonce: Option<SecretString>,
+    redirect_uri: String,
+}
+
 #[derive(Debug)]
 struct Entry {
-    flow: Option<PendingFlow>,
+    /// Taken once, by the callback (or failed by the sweeper).
+    flow: Option<Parked>,
     user: UserId,
     owner: String,
     handout: Handout,
     scopes: Scopes,
-    auth_url: String,
+    /// Boxed: no spare capacity kept for the table's lifetime.
+    auth_url: Box<str>,
     deadline: Instant,
     forget_at: Instant,
-    outcome: Arc<watch::Sender<FlowOutcome>>,
+    outcome: Arc<OutcomeCell>,
     /// The digest of the request that started it, for joining repeats.
     request: Option<[u8; 32]>,
     prompt: Option<DevicePrompt>,
@@ -187,10 +248,11 @@ pub enum Inserted {
 #[derive(Debug, Default)]
 struct Inner {
     /// sha256(state) → auth_id; the state itself is never kept.
-    by_state: HashMap<[u8; 32], String>,
-    by_auth: HashMap<String, Entry>,
+    by_state: HashMap<[u8; 32], Arc<str>>,
+    /// One allocation of each auth id, shared by the three maps.
+    by_auth: HashMap<Arc<str>, Entry>,
     /// request digest → auth_id of its live flow.
-    by_request: HashMap<[u8; 32], String>,
+    by_request: HashMap<[u8; 32], Arc<str>>,
     per_user: HashMap<UserId, usize>,
     /// (owner, user) → live flows.
     per_caller: HashMap<(String, UserId), usize>,
@@ -202,12 +264,12 @@ struct Inner {
 pub struct Taken {
     pub flow: PendingFlow,
     pub auth_id: String,
-    reporter: Arc<watch::Sender<FlowOutcome>>,
+    reporter: Arc<OutcomeCell>,
 }
 
 impl Taken {
     pub fn finish(&self, outcome: FlowOutcome) {
-        self.reporter.send_replace(outcome);
+        self.reporter.set(outcome);
     }
 }
 
@@ -289,28 +351,46 @@ impl PendingFlows {
         }
         inner.per_caller.insert(slot, caller_count + 1);
         let deadline = now + self.limits.ttl;
-        let (tx, _) = watch::channel(FlowOutcome::Pending);
         inner.per_user.insert(flow.user.clone(), user_count + 1);
         inner.pending += 1;
+        let auth_id: Arc<str> = Arc::from(auth_id);
         inner
             .by_state
-            .insert(sha256(state.as_bytes()), auth_id.to_owned());
+            .insert(sha256(state.as_bytes()), auth_id.clone());
         if let Some(r) = request {
-            inner.by_request.insert(r, auth_id.to_owned());
+            inner.by_request.insert(r, auth_id.clone());
         }
+        let PendingFlow {
+            provider,
+            user,
+            agent,
+            scopes,
+            handout,
+            pkce_verifier,
+            nonce,
+            redirect_uri,
+            owner,
+            prompt,
+        } = flow;
         inner.by_auth.insert(
-            auth_id.to_owned(),
+            auth_id,
             Entry {
-                user: flow.user.clone(),
-                owner: flow.owner.clone(),
-                handout: flow.handout,
-                scopes: flow.scopes.clone(),
-                prompt: flow.prompt.clone(),
-                flow: Some(flow),
-                auth_url,
+                user,
+                owner,
+                handout,
+                scopes,
+                prompt,
+                flow: Some(Parked {
+                    provider,
+                    agent,
+                    pkce_verifier,
+                    nonce,
+                    redirect_uri,
+                }),
+                auth_url: auth_url.into_boxed_str(),
                 deadline,
                 forget_at: deadline + self.limits.keep_outcome,
-                outcome: Arc::new(tx),
+                outcome: OutcomeCell::new(),
                 request,
             },
         );
@@ -322,8 +402,8 @@ impl PendingFlows {
         let auth_id = inner.by_request.get(request)?;
         let e = inner.by_auth.get(auth_id)?;
         (e.flow.is_some() && now < e.deadline).then(|| Inserted::Existing {
-            auth_id: auth_id.clone(),
-            auth_url: e.auth_url.clone(),
+            auth_id: auth_id.to_string(),
+            auth_url: e.auth_url.to_string(),
             deadline: e.deadline,
             prompt: e.prompt.clone(),
         })
@@ -345,7 +425,19 @@ impl PendingFlows {
             .ok_or(TakeError::Unknown)?;
         let (flow, reporter, expired, request) = {
             let entry = inner.by_auth.get_mut(&auth_id).ok_or(TakeError::Unknown)?;
-            let flow = entry.flow.take().ok_or(TakeError::Unknown)?;
+            let parked = entry.flow.take().ok_or(TakeError::Unknown)?;
+            let flow = PendingFlow {
+                provider: parked.provider,
+                user: entry.user.clone(),
+                agent: parked.agent,
+                scopes: entry.scopes.clone(),
+                handout: entry.handout,
+                pkce_verifier: parked.pkce_verifier,
+                nonce: parked.nonce,
+                redirect_uri: parked.redirect_uri,
+                owner: entry.owner.clone(),
+                prompt: entry.prompt.clone(),
+            };
             entry.forget_at = now + self.limits.keep_outcome;
             (
                 flow,
@@ -359,16 +451,16 @@ impl PendingFlows {
         }
         Self::release_locked(&mut inner, &flow.owner, &flow.user);
         if expired {
-            reporter.send_replace(FlowOutcome::Failed(FlowFailure::Expired));
+            reporter.set(FlowOutcome::Failed(FlowFailure::Expired));
             return Err(TakeError::Expired);
         }
         if &flow.provider != provider {
-            reporter.send_replace(FlowOutcome::Failed(FlowFailure::WrongProvider));
+            reporter.set(FlowOutcome::Failed(FlowFailure::WrongProvider));
             return Err(TakeError::WrongProvider);
         }
         Ok(Taken {
             flow,
-            auth_id,
+            auth_id: auth_id.to_string(),
             reporter,
         })
     }
@@ -379,9 +471,9 @@ impl PendingFlows {
         let entry = inner.by_auth.get(auth_id)?;
         Some(FlowView {
             owner: entry.owner.clone(),
-            auth_url: entry.auth_url.clone(),
+            auth_url: entry.auth_url.to_string(),
             expires_at: entry.deadline,
-            outcome: entry.outcome.subscribe(),
+            outcome: entry.outcome.clone(),
             handout: entry.handout,
             scopes: entry.scopes.clone(),
             prompt: entry.prompt.clone(),
@@ -419,9 +511,7 @@ impl PendingFlows {
         let mut expired_users = Vec::new();
         for entry in inner.by_auth.values_mut() {
             if now >= entry.deadline && entry.flow.take().is_some() {
-                entry
-                    .outcome
-                    .send_replace(FlowOutcome::Failed(FlowFailure::Expired));
+                entry.outcome.set(FlowOutcome::Failed(FlowFailure::Expired));
                 expired_users.push((entry.owner.clone(), entry.user.clone()));
             }
         }
@@ -505,7 +595,7 @@ mod tests {
         let p = ProviderId::parse("p").unwrap();
         assert_eq!(t.take("s1", &p).err(), Some(TakeError::Expired));
         assert_eq!(
-            *view.outcome.borrow(),
+            view.outcome.get(),
             FlowOutcome::Failed(FlowFailure::Expired)
         );
     }

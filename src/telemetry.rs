@@ -10,6 +10,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -25,7 +26,7 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     /// Dropping it writes out the log lines still queued.
-    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+    log_writer: Option<LogFlusher>,
 }
 
 impl Telemetry {
@@ -45,12 +46,7 @@ impl Telemetry {
 /// exporter needs the Tokio runtime entered.
 pub fn init(format: LogFormat, level: &str, otlp_endpoint: Option<&url::Url>) -> Telemetry {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    // Formatting stays on the calling thread; the write to stderr happens on a worker, so a
-    // slow log consumer never holds a request. Lossless: a full queue blocks, it never drops
-    // (audit events may go to this log).
-    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    let (writer, log_writer) = batched(std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_target(true);
@@ -88,6 +84,139 @@ pub fn init(format: LogFormat, level: &str, otlp_endpoint: Option<&url::Url>) ->
     }
 }
 
+/// Log lines, formatted on the calling thread, are appended to a shared buffer that one flusher
+/// thread writes to stderr in batches: a request costs a copy under a short lock, never a
+/// system call or a thread wake-up (the flusher is woken once per batch, when the buffer was
+/// empty). Lossless: past `HIGH_WATER` queued bytes a writer waits for the flusher.
+#[derive(Debug, Clone)]
+pub struct BatchWriter {
+    shared: Arc<LogBuffer>,
+}
+
+#[derive(Debug, Default)]
+struct LogBuffer {
+    state: Mutex<LogState>,
+    /// Signalled when the buffer gets its first bytes, and at shutdown.
+    filled: Condvar,
+    /// Signalled when the flusher has taken the buffer.
+    drained: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+/// Queued bytes beyond which writers wait for the flusher.
+const HIGH_WATER: usize = 4 << 20;
+/// How long the flusher lets lines gather after the first one of a batch.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// Writes the buffered lines when dropped (and stops the flusher).
+#[derive(Debug)]
+pub struct LogFlusher {
+    shared: Arc<LogBuffer>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogFlusher {
+    fn drop(&mut self) {
+        lock(&self.shared.state).closed = true;
+        self.shared.filled.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock(m: &Mutex<LogState>) -> std::sync::MutexGuard<'_, LogState> {
+    // A writer that panicked mid-append leaves whole lines behind; keep logging.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A batching writer over `out` and the guard that flushes it.
+pub fn batched<W: std::io::Write + Send + 'static>(mut out: W) -> (BatchWriter, LogFlusher) {
+    let shared = Arc::new(LogBuffer::default());
+    let buffer = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("valet-log".into())
+        .spawn(move || {
+            let mut batch = Vec::new();
+            loop {
+                let mut state = lock(&buffer.state);
+                while state.bytes.is_empty() && !state.closed {
+                    state = buffer
+                        .filled
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                let closed = state.closed;
+                if !closed {
+                    // Let the lines of a burst gather into one write.
+                    drop(state);
+                    std::thread::sleep(BATCH_WINDOW);
+                    state = lock(&buffer.state);
+                }
+                std::mem::swap(&mut batch, &mut state.bytes);
+                drop(state);
+                buffer.drained.notify_all();
+                // Nowhere left to report a failed write to stderr.
+                let _ = out.write_all(&batch).and_then(|()| out.flush());
+                batch.clear();
+                if closed && lock(&buffer.state).bytes.is_empty() {
+                    return;
+                }
+            }
+        })
+        .ok();
+    if thread.is_none() {
+        eprintln!("valet: cannot start the log writer thread; logging synchronously");
+        lock(&shared.state).closed = true;
+    }
+    let writer = BatchWriter {
+        shared: shared.clone(),
+    };
+    (writer, LogFlusher { shared, thread })
+}
+
+impl std::io::Write for BatchWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut state = lock(&self.shared.state);
+        while state.bytes.len() > HIGH_WATER && !state.closed {
+            state = self
+                .shared
+                .drained
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if state.closed {
+            // Past shutdown (or no flusher thread): write through.
+            drop(state);
+            return std::io::stderr().write(buf);
+        }
+        let was_empty = state.bytes.is_empty();
+        state.bytes.extend_from_slice(buf);
+        drop(state);
+        if was_empty {
+            self.shared.filled.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchWriter {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 fn tracer_provider(
     endpoint: &url::Url,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
@@ -104,6 +233,11 @@ fn tracer_provider(
         )
         .with_batch_exporter(exporter)
         .build())
+}
+
+/// Whether spans are exported (`otlp_endpoint` set and its exporter built).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// The span one gRPC request runs in (the transport's `trace_fn`), a child of the caller's

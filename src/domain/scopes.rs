@@ -2,13 +2,23 @@
 
 use super::InvalidInput;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 
 pub(super) const MAX_SCOPES: usize = 64;
 pub(super) const MAX_SCOPE_LEN: usize = 256;
 
+/// Sorted, without duplicates. A boxed slice rather than a set: a pending flow or cached token
+/// holds a few scopes, and a tree node costs several times their size.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Scopes(BTreeSet<String>);
+#[serde(from = "Vec<String>")]
+pub struct Scopes(Box<[String]>);
+
+impl From<Vec<String>> for Scopes {
+    fn from(mut items: Vec<String>) -> Self {
+        items.sort_unstable();
+        items.dedup();
+        Self(items.into_boxed_slice())
+    }
+}
 
 impl Scopes {
     /// Parses scope tokens; `field` names the request field in errors.
@@ -19,7 +29,7 @@ impl Scopes {
                 format!("at most {MAX_SCOPES} scopes are allowed"),
             ));
         }
-        let mut set = BTreeSet::new();
+        let mut set = Vec::with_capacity(items.len());
         for item in items {
             let s = item.as_ref();
             if s.is_empty() || s.len() > MAX_SCOPE_LEN {
@@ -38,9 +48,9 @@ impl Scopes {
                     "a scope may only hold visible ASCII other than '\"' and '\\' (no spaces)",
                 ));
             }
-            set.insert(s.to_owned());
+            set.push(s.to_owned());
         }
-        Ok(Self(set))
+        Ok(Self::from(set))
     }
 
     /// Parses a space-separated scope string as a provider returns it.
@@ -53,13 +63,23 @@ impl Scopes {
         self.0.is_empty()
     }
 
+    fn contains(&self, scope: &String) -> bool {
+        self.0.binary_search(scope).is_ok()
+    }
+
     pub fn contains_all(&self, other: &Scopes) -> bool {
-        other.0.is_subset(&self.0)
+        other.0.iter().all(|s| self.contains(s))
     }
 
     /// The scopes of `self` that `other` lacks.
     pub fn difference(&self, other: &Scopes) -> Scopes {
-        Scopes(self.0.difference(&other.0).cloned().collect())
+        Scopes(
+            self.0
+                .iter()
+                .filter(|s| !other.contains(s))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// A granted `scope` as a provider wrote it: split on `separator`; tokens that are not valid
@@ -70,14 +90,14 @@ impl Scopes {
             super::Separator::Comma => raw.split(',').collect(),
             super::Separator::Any => raw.split([' ', ',']).collect(),
         };
-        let set = split
+        let set: Vec<String> = split
             .into_iter()
             .map(str::trim)
             .filter(|s| Self::parse("scope", &[*s]).is_ok())
             .map(str::to_owned)
             .take(MAX_SCOPES)
             .collect();
-        Scopes(set)
+        Scopes::from(set)
     }
 
     /// Joins the scopes for an authorization request.
@@ -94,7 +114,13 @@ impl Scopes {
     }
 
     pub fn union(&self, other: &Scopes) -> Scopes {
-        Scopes(self.0.union(&other.0).cloned().collect())
+        Scopes::from(
+            self.0
+                .iter()
+                .chain(other.0.iter())
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
@@ -102,7 +128,7 @@ impl Scopes {
     }
 
     pub fn to_vec(&self) -> Vec<String> {
-        self.0.iter().cloned().collect()
+        self.0.to_vec()
     }
 }
 

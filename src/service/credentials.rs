@@ -589,17 +589,9 @@ impl Credentials {
             .view(auth_id)
             .ok_or_else(policy::flow_not_found)?;
         policy::authorize(caller, Action::WatchFlow { owner: &view.owner })?;
-        let mut rx = view.outcome.clone();
-        let outcome = match tokio::time::timeout(
-            timeout,
-            rx.wait_for(|o| *o != FlowOutcome::Pending),
-        )
-        .await
-        {
-            Err(_) => None,
-            Ok(Ok(o)) => Some(o.clone()),
-            Ok(Err(_)) => return Err(policy::flow_not_found()),
-        };
+        let outcome = tokio::time::timeout(timeout, view.outcome.finished())
+            .await
+            .ok();
         match outcome {
             None | Some(FlowOutcome::Pending) => Ok(Outcome::Pending {
                 expires_at: self.flows.expires_at(&view),

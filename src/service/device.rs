@@ -52,7 +52,7 @@ impl DevicePoll {
     fn abandoned(&self) -> bool {
         self.pending
             .view(&self.polling.auth_id)
-            .is_none_or(|v| *v.outcome.borrow() != FlowOutcome::Pending)
+            .is_none_or(|v| v.outcome.get() != FlowOutcome::Pending)
     }
 
     async fn wait(&self) -> Result<TokenSet, FlowFailure> {

@@ -419,7 +419,7 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
         Some("WDJB-MJHT")
     );
     assert_eq!(started.auth_url, "https://idp.example/device");
-    let mut outcome = pending.view(&started.auth_id).unwrap().outcome;
+    let outcome = pending.view(&started.auth_id).unwrap().outcome;
     super::device::DevicePoll {
         endpoint: w.endpoint.clone(),
         pending,
@@ -429,11 +429,7 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
         polling: polling.expect("a device flow has a poller"),
     }
     .spawn();
-    outcome
-        .wait_for(|o| *o != FlowOutcome::Pending)
-        .await
-        .unwrap()
-        .clone()
+    outcome.finished().await
 }
 
 #[tokio::test(start_paused = true)]

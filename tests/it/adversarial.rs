@@ -5,7 +5,9 @@
 
 use crate::support::daemon::{ADMIN_KEY, AGENT_KEY, OTHER_AGENT_KEY};
 use crate::support::idp::Idp;
-use crate::support::{Browser, Fixture, Valet, ValetOptions, expect_err, pending, token};
+use crate::support::{
+    Browser, Fixture, Valet, ValetOptions, expect_err, pending, token, unix_channel,
+};
 use tonic::Code;
 use valet::pb;
 
@@ -609,20 +611,6 @@ async fn a_caller_beyond_its_rate_limit_is_refused_and_others_are_not() {
     assert!(other.list_grants(list()).await.is_ok());
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert!(limited.list_grants(list()).await.is_ok());
-}
-
-/// A gRPC channel over the Unix socket at `path`.
-async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_static("http://valet.sock")
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -63,6 +63,16 @@ impl Labelled for (bool, crate::service::ProviderRevocation) {
     }
 }
 
+fn rpc_span(method: &'static str, caller: &Caller, provider: &str) -> tracing::Span {
+    tracing::info_span!(
+        "rpc",
+        method,
+        caller = %caller.name,
+        provider = %provider,
+        outcome = tracing::field::Empty,
+    )
+}
+
 /// Runs one RPC in its span, records it in the audit trail, and maps its error to a status
 /// (logged once, there). `subject` names the provider, user and agent as the request did.
 async fn rpc<T: Labelled>(
@@ -77,13 +87,14 @@ async fn rpc<T: Labelled>(
     let provider = ProviderId::parse(provider)
         .map(|p| p.to_string())
         .unwrap_or_default();
-    let span = tracing::info_span!(
-        "rpc",
-        method,
-        caller = %caller.name,
-        provider = %provider,
-        outcome = tracing::field::Empty,
-    );
+    // The span is made only when traces are exported: the request line below carries the same
+    // fields, and a span on every call costs the log formatter more than the call itself. A
+    // failure is still logged inside one (`in_span`).
+    let span = if crate::telemetry::exporting() {
+        rpc_span(method, caller, &provider)
+    } else {
+        tracing::Span::none()
+    };
     async move {
         let started = std::time::Instant::now();
         let result = call.await;
@@ -127,7 +138,15 @@ async fn rpc<T: Labelled>(
         };
         let label = result.as_ref().map_or(outcome, Labelled::label);
         audit.record(method, &caller.name, audited, label);
-        result.map_err(|e| to_status(&e))
+        result.map_err(|e| {
+            if tracing::Span::current().is_none() {
+                let span = rpc_span(method, caller, &provider);
+                span.record("outcome", outcome);
+                span.in_scope(|| to_status(&e))
+            } else {
+                to_status(&e)
+            }
+        })
     }
     .instrument(span)
     .await

@@ -62,7 +62,8 @@ impl Valet {
         Self::start_in(Arc::new(tempfile::tempdir().unwrap()), opts)
     }
 
-    fn start_in(dir: Arc<tempfile::TempDir>, opts: ValetOptions) -> Self {
+    /// Starts the daemon with `dir/data` as its data directory (which may already hold a store).
+    pub(crate) fn start_in(dir: Arc<tempfile::TempDir>, opts: ValetOptions) -> Self {
         let config = format!(
             r#"data_dir = "{data}"
 {store}

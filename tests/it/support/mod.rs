@@ -315,3 +315,17 @@ impl Fixture {
             .unwrap()
     }
 }
+
+/// A gRPC channel over the Unix socket at `path`.
+pub(crate) async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_static("http://valet.sock")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }))
+        .await
+        .unwrap()
+}
