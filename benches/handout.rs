@@ -411,20 +411,17 @@ async fn run(s: &Sizes) {
     let unix = unix_channel(socket).await;
     let unix_health = HealthClient::new(unix.clone());
     let unix_creds = pb::credentials_client::CredentialsClient::new(unix);
-    let reference = match f
-        .authenticate(
+    let reference = support::reference(
+        f.authenticate(
             AGENT_KEY,
             pb::AuthenticateRequest {
                 handout: pb::Handout::Reference as i32,
                 ..Fixture::request("idp", "alice", "")
             },
         )
-        .await
-        .result
-    {
-        Some(pb::authenticate_response::Result::Reference(r)) => r.reference,
-        other => panic!("expected a reference: {other:?}"),
-    };
+        .await,
+    )
+    .reference;
     // One caller at a time, then many: the handout against the transport floor at each. The
     // three are measured in interleaved rounds and each reported by its median round, so a
     // burst of noise on this shared machine does not land on one side of a ratio.
@@ -469,6 +466,7 @@ async fn run(s: &Sizes) {
                         c.resolve(pb::ResolveRequest {
                             reference,
                             min_ttl_seconds: 0,
+                            target_url: String::new(),
                         })
                         .await
                         .unwrap();

@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod fuzzing;
 pub mod jwt;
+pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod ops;

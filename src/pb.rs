@@ -81,6 +81,7 @@ impl fmt::Debug for AuthenticateRequest {
             .field("resource", &self.resource)
             .field("subject_token", &redacted(&self.subject_token))
             .field("subject_token_type", &self.subject_token_type)
+            .field("challenge", &self.challenge)
             .finish()
     }
 }
@@ -121,6 +122,7 @@ impl fmt::Debug for ResolveRequest {
         f.debug_struct("ResolveRequest")
             .field("reference", &redacted(&self.reference))
             .field("min_ttl_seconds", &self.min_ttl_seconds)
+            .field("target_url", &redacted(&self.target_url))
             .finish()
     }
 }

@@ -99,6 +99,12 @@ impl App {
             public_url,
             config.allow_insecure_provider_urls,
             Arc::new(catalogue),
+            crate::mcp::Fetcher::new(crate::mcp::FetchPolicy {
+                allow_private: config.allow_private_networks,
+                allow_http: config.allow_insecure_provider_urls,
+                connect_timeout: config.provider_connect_timeout,
+                timeout: config.provider_timeout,
+            })?,
         ));
         let pending = Arc::new(PendingFlows::new(PendingLimits {
             ttl: config.flows.ttl,

@@ -27,6 +27,10 @@ pub struct AuthArgs {
     /// client_credentials providers (or token_exchange ones): the RFC 8707 resource (an absolute URI).
     #[arg(long)]
     pub resource: Option<String>,
+    /// The WWW-Authenticate header an MCP server (or any API) answered a 401/403 with: the
+    /// scopes its challenge names are asked for too (incremental consent).
+    #[arg(long)]
+    pub challenge: Option<String>,
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
     /// Minimum seconds of life the token must have.
@@ -71,6 +75,7 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
             min_ttl_seconds: a.min_ttl,
             force_reauth: a.force,
             single_use: a.single_use,
+            challenge: a.challenge.unwrap_or_default(),
         })
         .await
         .map_err(explain)?
@@ -171,7 +176,12 @@ pub(super) async fn grants(
     Ok(())
 }
 
-pub(super) async fn resolve(reference: String, min_ttl: u32, conn: &Conn) -> anyhow::Result<()> {
+pub(super) async fn resolve(
+    reference: String,
+    min_ttl: u32,
+    target_url: Option<String>,
+    conn: &Conn,
+) -> anyhow::Result<()> {
     let r = conn
         .connect()
         .await?
@@ -179,6 +189,7 @@ pub(super) async fn resolve(reference: String, min_ttl: u32, conn: &Conn) -> any
         .resolve(pb::ResolveRequest {
             reference,
             min_ttl_seconds: min_ttl,
+            target_url: target_url.unwrap_or_default(),
         })
         .await
         .map_err(explain)?

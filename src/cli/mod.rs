@@ -65,6 +65,10 @@ pub enum Command {
         reference: String,
         #[arg(long, default_value_t = 0)]
         min_ttl: u32,
+        /// The URL the credential is for: refused unless its host is on the provider's
+        /// egress_hosts.
+        #[arg(long)]
+        target_url: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -208,8 +212,9 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Resolve {
             reference,
             min_ttl,
+            target_url,
             conn,
-        } => auth::resolve(reference, min_ttl, &conn).await,
+        } => auth::resolve(reference, min_ttl, target_url, &conn).await,
         Command::Revoke {
             provider,
             user,

@@ -32,6 +32,7 @@ pub(super) fn print_provider(p: &pb::Provider) {
         Ok(pb::ProviderKind::HttpBasic) => "http_basic",
         Ok(pb::ProviderKind::HttpBearer) => "http_bearer",
         Ok(pb::ProviderKind::ServiceAccount) => "service_account",
+        Ok(pb::ProviderKind::Mcp) => "mcp",
         _ => "oauth2",
     };
     let method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {
@@ -89,6 +90,25 @@ pub(super) fn print_provider(p: &pb::Provider) {
             println!("subject_from_user: yes (`--user` is impersonated)");
         }
     }
+    if let Some(m) = &p.mcp {
+        let how = match pb::McpRegistration::try_from(m.registration) {
+            Ok(pb::McpRegistration::MetadataDocument) => {
+                "client ID metadata document (the client id is its URL)"
+            }
+            Ok(pb::McpRegistration::Dynamic) => "dynamic client registration (RFC 7591)",
+            _ => "pre-registered (client id given)",
+        };
+        println!("mcp_server_url:    {}", p.mcp_server_url);
+        println!(
+            "resource:          {}  (every token is bound to it)",
+            m.resource
+        );
+        println!("registration:      {how}");
+        if !m.registration_endpoint.is_empty() {
+            println!("registration_endpoint: {}", m.registration_endpoint);
+        }
+        println!("scopes_supported:  {}", m.scopes_supported.join(" "));
+    }
     if !p.issuer.is_empty() {
         println!("issuer:            {}", p.issuer);
     }
@@ -103,6 +123,9 @@ pub(super) fn print_provider(p: &pb::Provider) {
         println!("token_exchange:    yes (RFC 8693)");
     }
     println!("default_scopes:    {}", p.default_scopes.join(" "));
+    if !p.egress_hosts.is_empty() {
+        println!("egress_hosts:      {}", p.egress_hosts.join(" "));
+    }
     for (k, v) in &p.extra_auth_params {
         println!("param:             {k}={v}");
     }

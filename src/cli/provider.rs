@@ -45,6 +45,8 @@ pub enum Kind {
     HttpBearer,
     /// The JWT bearer grant (RFC 7523): a signed assertion buys the token (--private-key-file).
     ServiceAccount,
+    /// An OAuth-protected MCP server, discovered from --mcp-server.
+    Mcp,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -92,6 +94,14 @@ pub struct ProviderArgs {
     /// OIDC issuer; discovery fills the endpoints.
     #[arg(long)]
     pub issuer: Option<String>,
+    /// An MCP server's URL (kind mcp, implied): Valet discovers its authorization server and
+    /// registers itself there.
+    #[arg(long)]
+    pub mcp_server: Option<String>,
+    /// A host this provider's tokens may be sent to (`valet resolve --target-url`); repeat for
+    /// more; `*.example.com` for subdomains. mcp providers default to the server's host.
+    #[arg(long = "egress-host")]
+    pub egress_hosts: Vec<String>,
     #[arg(long)]
     pub revocation_url: Option<String>,
     /// Default scope (repeat).
@@ -293,7 +303,25 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             Kind::HttpBasic => pb::ProviderKind::HttpBasic,
             Kind::HttpBearer => pb::ProviderKind::HttpBearer,
             Kind::ServiceAccount => pb::ProviderKind::ServiceAccount,
+            Kind::Mcp => pb::ProviderKind::Mcp,
         } as i32;
+    }
+    if let Some(url) = a.mcp_server {
+        p.mcp_server_url = url;
+        if a.kind.is_none() {
+            p.kind = pb::ProviderKind::Mcp as i32;
+        }
+    }
+    if !a.egress_hosts.is_empty() {
+        p.egress_hosts = a.egress_hosts;
+    }
+    if p.kind == pb::ProviderKind::Mcp as i32 {
+        // Discovery refills these; sending them back would be refused.
+        p.auth_url.clear();
+        p.token_url.clear();
+        p.issuer.clear();
+        p.revocation_url.clear();
+        p.mcp = None;
     }
     if p.kind == pb::ProviderKind::Oidc as i32 {
         // Discovery refills these; sending them back would be refused.

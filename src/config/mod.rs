@@ -55,6 +55,8 @@ pub struct Config {
     pub max_min_ttl: u32,
     pub provider_connect_timeout: Duration,
     pub provider_timeout: Duration,
+    /// Discovery and registration fetches may reach private, loopback and link-local addresses.
+    pub allow_private_networks: bool,
     pub callers: Vec<CallerConfig>,
     /// Non-fatal findings (unknown `VALET_*` variables), logged once telemetry is up.
     pub warnings: Vec<String>,
@@ -185,6 +187,7 @@ impl Config {
             max_min_ttl: flows.max_min_ttl,
             provider_connect_timeout: provider_http.connect_timeout,
             provider_timeout: provider_http.timeout,
+            allow_private_networks: provider_http.allow_private_networks,
             callers,
             warnings,
         })
@@ -495,6 +498,7 @@ max_min_ttl_seconds = 3600
 [provider_http]
 connect_timeout_seconds = 2
 timeout_seconds = 9
+allow_private_networks = false
 
 [vault]
 address = "https://vault.example:8200/"
@@ -561,6 +565,7 @@ max_min_ttl_seconds = 86400
 [provider_http]
 connect_timeout_seconds = 5
 timeout_seconds = 15
+allow_private_networks = false
 "#;
         assert_eq!(c.render(), expected);
     }

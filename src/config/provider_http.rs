@@ -10,6 +10,7 @@ use std::time::Duration;
 pub(super) struct ProviderHttp {
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub allow_private_networks: bool,
 }
 
 const CONNECT_TIMEOUT: Setting = Setting::new("provider_http.connect_timeout_seconds", 5, 1, 120);
@@ -20,6 +21,7 @@ pub(super) fn validate(p: &RawProviderHttp, errors: &mut Vec<String>) -> Provide
     ProviderHttp {
         connect_timeout: CONNECT_TIMEOUT.secs(p.connect_timeout_seconds, errors),
         timeout: TIMEOUT.secs(p.timeout_seconds, errors),
+        allow_private_networks: p.allow_private_networks.unwrap_or(false),
     }
 }
 
@@ -27,8 +29,9 @@ pub(super) fn validate(p: &RawProviderHttp, errors: &mut Vec<String>) -> Provide
 pub(super) fn render(c: &Config, s: &mut String) {
     let _ = writeln!(
         s,
-        "\n[provider_http]\nconnect_timeout_seconds = {}\ntimeout_seconds = {}",
+        "\n[provider_http]\nconnect_timeout_seconds = {}\ntimeout_seconds = {}\nallow_private_networks = {}",
         c.provider_connect_timeout.as_secs(),
-        c.provider_timeout.as_secs()
+        c.provider_timeout.as_secs(),
+        c.allow_private_networks
     );
 }

@@ -131,6 +131,8 @@ pub struct RawTokens {
 pub struct RawProviderHttp {
     pub connect_timeout_seconds: Option<u64>,
     pub timeout_seconds: Option<u64>,
+    /// MCP discovery and registration may fetch from private, loopback and link-local addresses.
+    pub allow_private_networks: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,9 @@ pub enum ProviderKind {
     /// The JWT bearer grant (RFC 7523 section 2.1): a signed assertion buys a token for a
     /// service account, optionally impersonating a user (Google domain-wide delegation).
     ServiceAccount,
+    /// An OAuth-protected MCP server: the authorization-code grant against the authorization
+    /// server it names, every token bound to it (RFC 8707 `resource`).
+    Mcp,
 }
 
 impl ProviderKind {
@@ -38,6 +41,7 @@ impl ProviderKind {
             Self::HttpBasic => "http_basic",
             Self::HttpBearer => "http_bearer",
             Self::ServiceAccount => "service_account",
+            Self::Mcp => "mcp",
         }
     }
 }
@@ -115,6 +119,9 @@ pub struct OAuthClient {
     pub token_exchange: bool,
     pub token_url: Url,
     pub dialect: TokenDialect,
+    /// RFC 8707: the resource every authorization-code and refresh request names (an MCP
+    /// server's canonical URI), so its tokens are only good there.
+    pub resource: Option<String>,
 }
 
 /// The authorization-code grant (RFC 6749 section 4.1) with PKCE; OpenID Connect adds an issuer
@@ -145,6 +152,49 @@ pub struct AuthCode {
     /// A re-consent by another provider account replaces the grant (audited) instead of being
     /// refused with `ACCOUNT_MISMATCH`.
     pub allow_account_change: bool,
+    /// Kind `mcp`: the server this provider is, as discovery found it.
+    pub mcp: Option<McpServer>,
+}
+
+/// An MCP server as discovery found it (kind `mcp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServer {
+    /// The URL the operator gave.
+    pub server_url: Url,
+    /// The canonical resource URI from its protected resource metadata (RFC 9728).
+    pub resource: String,
+    /// The authorization server the client is registered at; a different one on update means
+    /// registering again (a registration is never reused across authorization servers).
+    pub issuer: String,
+    pub registration: McpRegistration,
+    pub registration_endpoint: Option<Url>,
+    pub scopes_supported: Vec<String>,
+    /// What a consent asks for when neither the request nor the provider names scopes: the
+    /// server's `401` challenge scope, else `scopes_supported` (the spec's order).
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+}
+
+/// How Valet became a client of an MCP server's authorization server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpRegistration {
+    /// The operator gave the client id (and secret).
+    PreRegistered,
+    /// The client id is the URL of Valet's Client ID Metadata Document for the provider.
+    MetadataDocument,
+    /// RFC 7591 dynamic client registration.
+    Dynamic,
+}
+
+impl McpRegistration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PreRegistered => "pre_registered",
+            Self::MetadataDocument => "metadata_document",
+            Self::Dynamic => "dynamic",
+        }
+    }
 }
 
 /// How a user's consent is collected.
@@ -223,6 +273,8 @@ pub struct Applied {
 pub enum KindConfig {
     OAuth2(AuthCode),
     Oidc(AuthCode),
+    /// An MCP server: `AuthCode::mcp` is set, and the client's `resource`.
+    Mcp(AuthCode),
     /// No user and no consent: the client's own credentials buy the token.
     ClientCredentials(OAuthClient),
     /// A value stored per user (or agent) with `PutCredential`, applied as configured.
@@ -236,6 +288,7 @@ impl KindConfig {
         match self {
             Self::OAuth2(_) => ProviderKind::OAuth2,
             Self::Oidc(_) => ProviderKind::Oidc,
+            Self::Mcp(_) => ProviderKind::Mcp,
             Self::ClientCredentials(_) => ProviderKind::ClientCredentials,
             Self::Static(s) => s.kind,
             Self::ServiceAccount(_) => ProviderKind::ServiceAccount,
@@ -245,7 +298,7 @@ impl KindConfig {
     /// The token-endpoint client, for kinds that have one.
     pub fn oauth_client(&self) -> Option<&OAuthClient> {
         match self {
-            Self::OAuth2(c) | Self::Oidc(c) => Some(&c.client),
+            Self::OAuth2(c) | Self::Oidc(c) | Self::Mcp(c) => Some(&c.client),
             Self::ClientCredentials(c) => Some(c),
             Self::ServiceAccount(s) => Some(&s.client),
             Self::Static(_) => None,
@@ -255,7 +308,7 @@ impl KindConfig {
     /// The authorization-code settings, for kinds that run a consent flow.
     pub fn auth_code(&self) -> Option<&AuthCode> {
         match self {
-            Self::OAuth2(c) | Self::Oidc(c) => Some(c),
+            Self::OAuth2(c) | Self::Oidc(c) | Self::Mcp(c) => Some(c),
             Self::ClientCredentials(_) | Self::Static(_) | Self::ServiceAccount(_) => None,
         }
     }

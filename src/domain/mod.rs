@@ -13,8 +13,9 @@ pub use caller::{AgentBinding, Caller, Credential, Presented, Role};
 pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
 pub use ids::{AgentId, ProviderId, UserId};
 pub use kind::{
-    Applied, AuthCode, ConsentFlow, KindConfig, Location, OAuthClient, ProviderKind, Separator,
-    ServiceAccount, StaticCredential, TokenAuthMethod, TokenDialect, TokenRequestFormat,
+    Applied, AuthCode, ConsentFlow, KindConfig, Location, McpRegistration, McpServer, OAuthClient,
+    ProviderKind, Separator, ServiceAccount, StaticCredential, TokenAuthMethod, TokenDialect,
+    TokenRequestFormat,
 };
 pub use provider::{
     DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft, check_client,

@@ -71,6 +71,10 @@ pub struct ProviderDraft {
     pub consent_return_url: String,
     /// oauth2 and oidc: a re-consent by another account replaces the grant.
     pub allow_account_change: bool,
+    /// mcp: the MCP server's URL; the rest is discovered.
+    pub mcp_server_url: String,
+    /// The hosts a token may be sent to (`Resolve` with a target URL).
+    pub egress_hosts: Vec<String>,
     /// oauth2 and oidc: browser (default) or device (RFC 8628).
     pub consent_flow: super::ConsentFlow,
     /// RFC 8628 device authorization endpoint; oidc discovers it.
@@ -93,6 +97,9 @@ pub struct ProviderConfig {
     pub handout_policy: HandoutPolicy,
     /// Lifetime of references issued for this provider's grants.
     pub reference_ttl_seconds: u32,
+    /// The hosts this provider's tokens may be sent to (exact, or `*.` for subdomains); empty:
+    /// unchecked.
+    pub egress_hosts: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -44,6 +44,10 @@ pub fn authorization_url(
     if let Some(nonce) = r.nonce {
         req = req.add_extra_param("nonce", nonce.expose_secret().to_owned());
     }
+    // RFC 8707 section 2.1: the resource the token is for (an MCP server).
+    if let Some(resource) = &c.client.resource {
+        req = req.add_extra_param("resource", resource.clone());
+    }
     for (k, v) in &c.extra_auth_params {
         req = req.add_extra_param(k.clone(), v.clone());
     }

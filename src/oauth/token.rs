@@ -22,6 +22,14 @@ fn params(
     assertion: Option<&SecretString>,
 ) -> Vec<(&'static str, Zeroizing<String>)> {
     let s = |v: &str| Zeroizing::new(v.to_owned());
+    // RFC 8707: a client bound to one resource (an MCP server) names it on the code exchange
+    // and every refresh, so no token is ever minted for anything else.
+    let bound = client.resource.as_deref().filter(|_| {
+        matches!(
+            grant,
+            TokenGrant::AuthorizationCode { .. } | TokenGrant::RefreshToken(_)
+        )
+    });
     let mut p = match grant {
         TokenGrant::AuthorizationCode {
             code,
@@ -93,6 +101,9 @@ fn params(
             p
         }
     };
+    if let Some(r) = bound {
+        p.push(("resource", s(r)));
+    }
     client_params(client, assertion, &mut p);
     p
 }
@@ -643,6 +654,7 @@ mod tests {
             token_exchange: false,
             token_url: url::Url::parse("https://idp.example/token").unwrap(),
             dialect: TokenDialect::default(),
+            resource: None,
         };
         let rt = SecretString::from("rt");
         let req = request(&client, &TokenGrant::RefreshToken(&rt), None).unwrap();
@@ -696,6 +708,7 @@ mod tests {
             token_exchange: false,
             token_url: url::Url::parse("https://idp.example/token").unwrap(),
             dialect: TokenDialect::default(),
+            resource: None,
         };
         let assertion = client_assertion(&client, "https://idp.example/token", 1_000)
             .unwrap()
@@ -734,6 +747,7 @@ mod tests {
             token_exchange: false,
             token_url: url::Url::parse("https://idp.example/token").unwrap(),
             dialect: TokenDialect::default(),
+            resource: None,
         };
         let assertion = SecretString::from("a.b.c");
         let scopes = Scopes::parse("s", &["x"]).unwrap();

@@ -52,6 +52,9 @@ pub struct AuthRequest {
     pub resource: Option<String>,
     /// On-behalf-of: a token the agent presents for exchange (RFC 8693).
     pub subject_token: Option<SubjectToken>,
+    /// The scopes an API's `insufficient_scope` challenge named: asked for too, and capped
+    /// (`ChallengeCap`).
+    pub challenged: Scopes,
 }
 
 /// How a callback ended.
@@ -125,6 +128,7 @@ pub struct Credentials {
     assertions: Option<Arc<crate::assertion::UserAssertions>>,
     bindings: super::binding::Bindings,
     replica: Option<super::replicas::Replica>,
+    challenges: super::challenges::ChallengeCap,
 }
 
 impl Credentials {
@@ -161,7 +165,14 @@ impl Credentials {
             assertions: p.assertions,
             bindings: super::binding::Bindings::new(max_parked),
             replica,
+            challenges: super::challenges::ChallengeCap::default(),
         }
+    }
+
+    /// The Client ID Metadata Document of an MCP provider registered with one.
+    pub fn client_metadata_document(&self, provider: &str) -> Option<serde_json::Value> {
+        let id = ProviderId::parse(provider).ok()?;
+        self.providers.client_metadata_document(&id)
     }
 
     /// Publishes this replica's address for callback forwarding (nothing without
@@ -265,6 +276,11 @@ impl Credentials {
         } else {
             req.scopes.clone()
         };
+        if !req.challenged.is_empty() {
+            return self
+                .challenged(caller, &provider, req, scopes, min_ttl)
+                .await;
+        }
         match kind::acquisition(&provider.kind) {
             Acquisition::Client(client) => {
                 let token = self.client_token(caller, &provider, client, &req, &scopes, min_ttl);
@@ -273,6 +289,40 @@ impl Credentials {
             Acquisition::Consent(_) => self.for_user(caller, &provider, req, scopes, min_ttl).await,
             Acquisition::Stored(_) => self.stored(caller, &provider, req, min_ttl).await,
         }
+    }
+
+    /// An API's scope challenge: the challenged scopes are asked for too, so a grant lacking
+    /// them starts an incremental consent, at most `ChallengeCap` times per grant and scopes.
+    async fn challenged(
+        &self,
+        caller: &Caller,
+        provider: &ProviderConfig,
+        req: AuthRequest,
+        scopes: Scopes,
+        min_ttl: i64,
+    ) -> Result<Outcome, Error> {
+        if !matches!(kind::acquisition(&provider.kind), Acquisition::Consent(_)) {
+            return Err(Error::invalid(
+                "challenge",
+                "applies to providers whose users consent (oauth2, oidc, mcp)",
+            ));
+        }
+        let scopes = scopes.union(&req.challenged);
+        let slot = format!(
+            "{}/{}/{}/{}",
+            req.provider,
+            req.user.as_ref().map_or("", |u| u.as_str()),
+            req.agent.as_ref().map_or("", |a| a.as_str()),
+            scopes.join(crate::domain::Separator::Space)
+        );
+        self.challenges.check(&slot)?;
+        let outcome = self
+            .for_user(caller, provider, req, scopes, min_ttl)
+            .await?;
+        if matches!(outcome, Outcome::Pending { .. }) {
+            self.challenges.started(slot);
+        }
+        Ok(outcome)
     }
 
     /// A static credential stored for the user (or agent): never a flow.
@@ -742,6 +792,7 @@ impl Credentials {
         caller: &Caller,
         reference: &str,
         min_ttl: u32,
+        target_url: &str,
     ) -> Result<(AccessToken, Applied), Error> {
         let min_ttl = self.min_ttl(min_ttl)?;
         let found = self.references.find(reference).await?;
@@ -764,6 +815,9 @@ impl Credentials {
                 Error::NotFound { .. } => policy::reference_denied(),
                 other => other,
             })?;
+        if !target_url.is_empty() {
+            policy::egress(&provider.egress_hosts, target_url)?;
+        }
         let Some(token) = self
             .broker
             .usable_token(&provider, &record.grant, &record.scopes, min_ttl)

@@ -7,6 +7,7 @@
 mod binding;
 mod broker;
 mod cache;
+mod challenges;
 mod credentials;
 mod device;
 mod error;

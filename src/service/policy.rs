@@ -83,6 +83,32 @@ pub fn authorize(caller: &Caller, action: Action<'_>) -> Result<(), Error> {
     }
 }
 
+/// Whether `host` is on an egress allow-list (exact, or under a `*.` entry).
+fn egress_allowed(list: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    list.iter().any(|h| match h.strip_prefix("*.") {
+        Some(domain) => host.ends_with(&format!(".{domain}")),
+        None => *h == host,
+    })
+}
+
+/// Egress: a credential goes only to a host on its provider's `egress_hosts` (when it has any),
+/// so an agent talked into it cannot ship a user's token to another server.
+pub fn egress(allowed: &[String], target_url: &str) -> Result<(), Error> {
+    let url = url::Url::parse(target_url)
+        .map_err(|_| Error::invalid("target_url", "is not an absolute URL"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::invalid("target_url", "has no host"))?;
+    if allowed.is_empty() || egress_allowed(allowed, host) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(
+            "the target URL's host is not on this provider's egress_hosts: the credential is not sent there (an operator can add the host to the provider's egress_hosts)",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +177,21 @@ mod tests {
         for bad in ["", "sup*port", "bad\nid", "**"] {
             assert!(AgentBinding::parse(&[bad.to_owned()]).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn egress_is_exact_or_under_a_wildcard() {
+        let list = ["api.example.com".to_owned(), "*.files.example".to_owned()];
+        assert!(egress_allowed(&list, "API.example.com"));
+        assert!(egress_allowed(&list, "eu.files.example"));
+        assert!(!egress_allowed(&list, "files.example"));
+        assert!(!egress_allowed(&list, "api.example.com.evil.test"));
+        assert!(!egress_allowed(&list, "evilapi.example.com"));
+        assert!(egress(&list, "https://api.example.com/v1").is_ok());
+        assert!(egress(&list, "https://evil.test/").is_err());
+        assert!(
+            egress(&[], "https://evil.test/").is_ok(),
+            "no list, no check"
+        );
     }
 }

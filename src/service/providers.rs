@@ -28,6 +28,8 @@ pub struct ProviderRegistry {
     clock: Arc<dyn Clock>,
     allow_insecure_urls: bool,
     public_url: Url,
+    /// The SSRF guard for discovery and registration fetches (MCP providers).
+    fetcher: crate::mcp::Fetcher,
     providers: RwLock<HashMap<ProviderId, Arc<ProviderConfig>>>,
     /// False until the providers were read from the store; until then nothing is served, so an
     /// unreachable store at start-up never looks like "no such provider".
@@ -44,6 +46,7 @@ impl ProviderRegistry {
         public_url: Url,
         allow_insecure_urls: bool,
         catalogue: Arc<Catalogue>,
+        fetcher: crate::mcp::Fetcher,
     ) -> Self {
         Self {
             catalogue,
@@ -53,6 +56,7 @@ impl ProviderRegistry {
             clock,
             allow_insecure_urls,
             public_url,
+            fetcher,
             providers: RwLock::default(),
             loaded: AtomicBool::new(false),
             write: tokio::sync::Mutex::new(()),
@@ -224,12 +228,31 @@ impl ProviderRegistry {
                 format!("must be at most {MAX_REFERENCE_TTL} (one year)"),
             ));
         }
+        let redirect_uri = self.redirect_uri(&id);
         let ctx = KindContext {
             endpoint: &*self.endpoint,
             allow_insecure_urls: self.allow_insecure_urls,
             current,
+            fetcher: &self.fetcher,
+            public_url: &self.public_url,
+            redirect_uri: &redirect_uri,
         };
         let kind = kind::validate(&d, ctx).await?;
+        let mcp = kind.auth_code().and_then(|c| c.mcp.as_ref());
+        // An MCP server's own scopes when the operator names none.
+        let default_scopes = match mcp {
+            Some(m) if default_scopes.is_empty() => {
+                Scopes::parse("default_scopes", &m.default_scopes)?
+            }
+            _ => default_scopes,
+        };
+        let mut egress_hosts = check_egress_hosts(&d.egress_hosts)?;
+        if egress_hosts.is_empty()
+            && let Some(host) = mcp.and_then(|m| m.server_url.host_str())
+        {
+            // An MCP server's tokens go to the MCP server.
+            egress_hosts.push(host.to_ascii_lowercase());
+        }
         Ok(ProviderConfig {
             name: if d.name.is_empty() {
                 id.to_string()
@@ -246,8 +269,23 @@ impl ProviderRegistry {
             } else {
                 d.reference_ttl_seconds
             },
+            egress_hosts,
             created_at: current.map_or(now, |c| c.created_at),
             updated_at: now,
+        })
+    }
+
+    /// The client ID Metadata Document Valet serves for an MCP provider registered with one.
+    pub fn client_metadata_document(&self, id: &ProviderId) -> Option<serde_json::Value> {
+        let p = self.get(id).ok()?;
+        let code = p.kind.auth_code()?;
+        let m = code.mcp.as_ref()?;
+        (m.registration == crate::domain::McpRegistration::MetadataDocument).then(|| {
+            crate::mcp::client_metadata_document(
+                &code.client.client_id,
+                id.as_str(),
+                &self.redirect_uri(id),
+            )
         })
     }
 
@@ -321,4 +359,38 @@ fn separator(s: ProfileSeparator) -> Separator {
         ProfileSeparator::Comma => Separator::Comma,
         ProfileSeparator::Any => Separator::Any,
     }
+}
+
+/// Validates an egress allow-list: host names (lowercased), or `*.` and a domain for its
+/// subdomains; no scheme, port, path or wildcard elsewhere.
+fn check_egress_hosts(hosts: &[String]) -> Result<Vec<String>, Error> {
+    if hosts.len() > 64 {
+        return Err(Error::invalid(
+            "egress_hosts",
+            "at most 64 hosts are allowed",
+        ));
+    }
+    hosts
+        .iter()
+        .map(|h| {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            let ok = !bare.is_empty()
+                && bare.len() <= 253
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !bare.starts_with('.')
+                && !bare.ends_with('.');
+            if ok {
+                Ok(h.to_ascii_lowercase())
+            } else {
+                Err(Error::invalid(
+                    "egress_hosts",
+                    format!(
+                        "{h:?} is not a host name (give hosts such as api.example.com or *.example.com, without scheme, port or path)"
+                    ),
+                ))
+            }
+        })
+        .collect()
 }

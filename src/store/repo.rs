@@ -8,7 +8,7 @@ use crate::domain::{
     ProviderKind, ReferenceRecord, Scopes, Separator, StaticCredential, TokenAuthMethod,
     TokenDialect, UserId,
 };
-use crate::domain::{ConsentFlow, ServiceAccount};
+use crate::domain::{ConsentFlow, McpServer, ServiceAccount};
 use crate::jwt::SigningKey;
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,13 @@ struct ProviderRecord {
     consent_return_url: Option<Url>,
     #[serde(default)]
     allow_account_change: bool,
+    /// RFC 8707 resource bound into every token request (MCP servers).
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    mcp: Option<McpServer>,
+    #[serde(default)]
+    egress_hosts: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,7 +131,9 @@ fn default_reference_ttl() -> u32 {
 impl From<&ProviderConfig> for ProviderRecord {
     fn from(p: &ProviderConfig) -> Self {
         let (client, code, credential) = match &p.kind {
-            KindConfig::OAuth2(c) | KindConfig::Oidc(c) => (Some(&c.client), Some(c), None),
+            KindConfig::OAuth2(c) | KindConfig::Oidc(c) | KindConfig::Mcp(c) => {
+                (Some(&c.client), Some(c), None)
+            }
             KindConfig::ClientCredentials(c) => (Some(c), None, None),
             KindConfig::ServiceAccount(s) => (Some(&s.client), None, None),
             KindConfig::Static(s) => (None, None, Some(s.clone())),
@@ -172,6 +181,9 @@ impl From<&ProviderConfig> for ProviderRecord {
             iss_required: code.is_some_and(|c| c.iss_required),
             consent_return_url: code.and_then(|c| c.consent_return_url.clone()),
             allow_account_change: code.is_some_and(|c| c.allow_account_change),
+            resource: client.and_then(|c| c.resource.clone()),
+            mcp: code.and_then(|c| c.mcp.clone()),
+            egress_hosts: p.egress_hosts.clone(),
             private_key: key.map(|k| k.pem().clone()),
             key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
             assertion,
@@ -199,6 +211,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
                 token_exchange: r.token_exchange,
                 token_url: token_url.ok_or("an OAuth provider without token_url")?,
                 dialect: r.dialect.clone(),
+                resource: r.resource.clone(),
             })
         };
         let auth_code = |auth_url: Option<Url>| -> Result<AuthCode, &'static str> {
@@ -215,11 +228,13 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
                 iss_required: r.iss_required,
                 consent_return_url: r.consent_return_url.clone(),
                 allow_account_change: r.allow_account_change,
+                mcp: r.mcp.clone(),
             })
         };
         let kind = match r.kind {
             ProviderKind::OAuth2 => KindConfig::OAuth2(auth_code(r.auth_url)?),
             ProviderKind::Oidc => KindConfig::Oidc(auth_code(r.auth_url)?),
+            ProviderKind::Mcp => KindConfig::Mcp(auth_code(r.auth_url)?),
             ProviderKind::ClientCredentials => {
                 KindConfig::ClientCredentials(client(r.token_url.clone())?)
             }
@@ -256,6 +271,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
             default_scopes: r.default_scopes,
             handout_policy: r.handout_policy,
             reference_ttl_seconds: r.reference_ttl_seconds,
+            egress_hosts: r.egress_hosts,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })

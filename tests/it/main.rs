@@ -14,6 +14,7 @@ mod device_flow;
 mod flow;
 mod id_tokens;
 mod lifecycle;
+mod mcp;
 mod operations;
 mod private_key_jwt;
 mod providers;

@@ -2,7 +2,7 @@
 
 use crate::support::daemon::{AGENT_KEY, OTHER_AGENT_KEY};
 use crate::support::vault::{ROOT_TOKEN, VaultDouble, options, token_auth};
-use crate::support::{Fixture, expect_err};
+use crate::support::{Fixture, expect_err, reference};
 use base64::Engine as _;
 use tonic::Code;
 use valet::pb;
@@ -13,13 +13,6 @@ fn reference_request(user: &str, single_use: bool) -> pb::AuthenticateRequest {
         handout: pb::Handout::Reference as i32,
         single_use,
         ..Fixture::request("idp", user, "")
-    }
-}
-
-fn reference(r: pb::AuthenticateResponse) -> pb::Reference {
-    match r.result {
-        Some(pb::authenticate_response::Result::Reference(r)) => r,
-        other => panic!("expected a reference, got {other:?}"),
     }
 }
 
@@ -40,6 +33,7 @@ async fn resolve(
         .resolve(pb::ResolveRequest {
             reference: reference.into(),
             min_ttl_seconds: min_ttl,
+            target_url: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -276,6 +270,7 @@ async fn a_single_use_reference_resolves_exactly_once_under_concurrency() {
             c.resolve(pb::ResolveRequest {
                 reference,
                 min_ttl_seconds: 0,
+                target_url: String::new(),
             })
             .await
         }

@@ -204,6 +204,7 @@ async fn a_missing_value_is_a_clear_precondition_and_values_are_isolated() {
             .resolve(pb::ResolveRequest {
                 reference: r.reference,
                 min_ttl_seconds: 0,
+                target_url: String::new(),
             })
             .await,
         Code::PermissionDenied,

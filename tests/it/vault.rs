@@ -537,15 +537,13 @@ async fn resolve_as_agent(
         .resolve(pb::ResolveRequest {
             reference: reference.into(),
             min_ttl_seconds: 0,
+            target_url: String::new(),
         })
         .await
 }
 
 fn reference_of(r: pb::AuthenticateResponse) -> String {
-    match r.result {
-        Some(pb::authenticate_response::Result::Reference(r)) => r.reference,
-        other => panic!("expected a reference, got {other:?}"),
-    }
+    crate::support::reference(r).reference
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

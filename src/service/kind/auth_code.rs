@@ -60,6 +60,7 @@ fn auth_code(
             token_exchange: d.token_exchange,
             token_url,
             dialect: d.dialect.clone(),
+            resource: None,
         },
         auth_url,
         issuer,
@@ -82,6 +83,7 @@ fn auth_code(
             &d.consent_return_url,
             ctx.allow_insecure_urls,
         )?,
+        mcp: None,
     })
 }
 

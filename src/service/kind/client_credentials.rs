@@ -19,5 +19,6 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthC
         token_exchange: d.token_exchange,
         token_url: check_endpoint_url("token_url", &d.token_url, ctx.allow_insecure_urls)?,
         dialect: d.dialect.clone(),
+        resource: None,
     })
 }

@@ -6,6 +6,7 @@
 mod auth_code;
 mod client_auth;
 mod client_credentials;
+mod mcp;
 mod service_account;
 mod static_credential;
 
@@ -48,11 +49,25 @@ pub(crate) struct KindContext<'a> {
     pub allow_insecure_urls: bool,
     /// The provider being updated, if any (for write-only fields left empty).
     pub current: Option<&'a ProviderConfig>,
+    /// The SSRF-guarded client for documents fetched from operator- or server-supplied URLs.
+    pub fetcher: &'a crate::mcp::Fetcher,
+    /// Valet's public URL and this provider's redirect URI (registration needs them).
+    pub public_url: &'a url::Url,
+    pub redirect_uri: &'a str,
 }
 
 /// Validates the kind-specific part of a draft into its typed configuration.
 pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<KindConfig, Error> {
-    let consents = matches!(d.kind, Some(ProviderKind::OAuth2 | ProviderKind::Oidc));
+    let consents = matches!(
+        d.kind,
+        Some(ProviderKind::OAuth2 | ProviderKind::Oidc | ProviderKind::Mcp)
+    );
+    if d.kind != Some(ProviderKind::Mcp) && !d.mcp_server_url.is_empty() {
+        return Err(Error::invalid(
+            "mcp_server_url",
+            "applies to mcp providers only (kind mcp)",
+        ));
+    }
     if !consents && !d.consent_return_url.is_empty() {
         return Err(Error::invalid(
             "consent_return_url",
@@ -71,6 +86,7 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
     match d.kind {
         Some(ProviderKind::OAuth2) => auth_code::validate_oauth2(d, ctx).map(KindConfig::OAuth2),
         Some(ProviderKind::Oidc) => auth_code::validate_oidc(d, ctx).await.map(KindConfig::Oidc),
+        Some(ProviderKind::Mcp) => mcp::validate(d, ctx).await.map(KindConfig::Mcp),
         Some(ProviderKind::ClientCredentials) => {
             client_credentials::validate(d, ctx).map(KindConfig::ClientCredentials)
         }
@@ -82,7 +98,7 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
         }
         None => Err(Error::invalid(
             "kind",
-            "is required (oauth2, oidc, client_credentials, service_account, api_key, http_basic or http_bearer)",
+            "is required (oauth2, oidc, mcp, client_credentials, service_account, api_key, http_basic or http_bearer)",
         )),
     }
 }
@@ -169,7 +185,9 @@ impl<'a> ClientGrant<'a> {
 /// The one dispatch on how a provider's kind obtains credentials.
 pub(crate) fn acquisition(kind: &KindConfig) -> Acquisition<'_> {
     match kind {
-        KindConfig::OAuth2(c) => Acquisition::Consent(AuthCodeFlow::new(c, false)),
+        KindConfig::OAuth2(c) | KindConfig::Mcp(c) => {
+            Acquisition::Consent(AuthCodeFlow::new(c, false))
+        }
         KindConfig::Oidc(c) => Acquisition::Consent(AuthCodeFlow::new(c, true)),
         KindConfig::ClientCredentials(c) => Acquisition::Client(ClientGrant::Credentials(c)),
         KindConfig::ServiceAccount(s) => Acquisition::Client(ClientGrant::JwtBearer(s)),
@@ -184,6 +202,7 @@ pub(crate) fn apply(kind: &KindConfig, token: &SecretString) -> crate::domain::A
         KindConfig::Static(c) => static_credential::apply(c, token),
         KindConfig::OAuth2(_)
         | KindConfig::Oidc(_)
+        | KindConfig::Mcp(_)
         | KindConfig::ClientCredentials(_)
         | KindConfig::ServiceAccount(_) => crate::domain::Applied {
             location: crate::domain::Location::Header,

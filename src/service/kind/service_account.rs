@@ -84,6 +84,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<Servic
             token_exchange: false,
             token_url,
             dialect: d.dialect.clone(),
+            resource: None,
         },
         key,
         issuer,

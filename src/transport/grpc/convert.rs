@@ -4,7 +4,8 @@
 use crate::domain::ProviderDraft;
 use crate::domain::{
     AgentId, Applied, ConsentFlow, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig,
-    Location, ProviderConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod, UserId,
+    Location, McpRegistration, ProviderConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod,
+    UserId,
 };
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
@@ -124,7 +125,39 @@ pub(super) fn auth_request(r: pb::AuthenticateRequest) -> Result<AuthRequest, Er
         audience: optional(&r.audience),
         resource: optional(&r.resource),
         subject_token: subject_token(&r.subject_token, &r.subject_token_type)?,
+        challenged: challenged_scopes(&r.challenge)?,
     })
+}
+
+/// The scopes a `WWW-Authenticate` Bearer challenge names (RFC 6750 section 3: `scope`).
+fn challenged_scopes(header: &str) -> Result<Scopes, Error> {
+    if header.is_empty() {
+        return Ok(Scopes::default());
+    }
+    if header.len() > 8192 || header.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "challenge",
+            "must be at most 8192 characters without control characters",
+        ));
+    }
+    let params = crate::mcp::bearer_params(header).ok_or_else(|| {
+        Error::invalid(
+            "challenge",
+            "holds no Bearer challenge: pass the WWW-Authenticate header value, e.g. Bearer error=\"insufficient_scope\", scope=\"files:read\"",
+        )
+    })?;
+    let scope = params
+        .iter()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    if scope.trim().is_empty() {
+        return Err(Error::invalid(
+            "challenge",
+            "names no scope: only a challenge with scope=\"...\" can be answered with a consent",
+        ));
+    }
+    Ok(Scopes::parse_spaced("challenge", scope)?)
 }
 
 /// An agent-presented RFC 8693 subject token and its type.
@@ -260,6 +293,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         } as i32,
         reference_ttl_seconds: p.reference_ttl_seconds,
         profile: p.profile.clone().unwrap_or_default(),
+        egress_hosts: p.egress_hosts.clone(),
         ..Default::default()
     };
     if let KindConfig::Static(c) = &p.kind {
@@ -318,6 +352,26 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         .as_ref()
         .map(ToString::to_string)
         .unwrap_or_default();
+    if let Some(m) = &c.mcp {
+        wire.mcp_server_url = m.server_url.to_string();
+        wire.mcp = Some(pb::McpServer {
+            resource: m.resource.clone(),
+            issuer: m.issuer.clone(),
+            authorization_endpoint: c.auth_url.to_string(),
+            token_endpoint: c.client.token_url.to_string(),
+            registration_endpoint: m
+                .registration_endpoint
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            scopes_supported: m.scopes_supported.clone(),
+            registration: match m.registration {
+                McpRegistration::PreRegistered => pb::McpRegistration::PreRegistered,
+                McpRegistration::MetadataDocument => pb::McpRegistration::MetadataDocument,
+                McpRegistration::Dynamic => pb::McpRegistration::Dynamic,
+            } as i32,
+        });
+    }
     wire
 }
 
@@ -340,6 +394,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         Ok(pb::ProviderKind::HttpBasic) => Some(ProviderKind::HttpBasic),
         Ok(pb::ProviderKind::HttpBearer) => Some(ProviderKind::HttpBearer),
         Ok(pb::ProviderKind::ServiceAccount) => Some(ProviderKind::ServiceAccount),
+        Ok(pb::ProviderKind::Mcp) => Some(ProviderKind::Mcp),
         Ok(pb::ProviderKind::Unspecified) => None,
         Err(_) => return Err(Error::invalid("kind", "unknown provider kind")),
     };
@@ -402,6 +457,8 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         token_exchange: p.token_exchange,
         consent_return_url: p.consent_return_url,
         allow_account_change: p.allow_account_change,
+        mcp_server_url: p.mcp_server_url,
+        egress_hosts: p.egress_hosts,
         ..ProviderDraft::default()
     })
 }
@@ -427,5 +484,6 @@ fn wire_kind(k: ProviderKind) -> pb::ProviderKind {
         ProviderKind::HttpBasic => pb::ProviderKind::HttpBasic,
         ProviderKind::HttpBearer => pb::ProviderKind::HttpBearer,
         ProviderKind::ServiceAccount => pb::ProviderKind::ServiceAccount,
+        ProviderKind::Mcp => pb::ProviderKind::Mcp,
     }
 }

@@ -108,7 +108,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             Subject::default(),
             async {
                 self.credentials
-                    .resolve(&caller, &r.reference, r.min_ttl_seconds)
+                    .resolve(&caller, &r.reference, r.min_ttl_seconds, &r.target_url)
                     .await
             },
         )

@@ -1,7 +1,9 @@
-//! The HTTP listener: the OAuth callback (`callback.rs`) and `/healthz` (`health.rs`). Status
+//! The HTTP listener: the OAuth callback (`callback.rs`), MCP providers' client metadata
+//! documents (`client_metadata.rs`) and `/healthz` (`health.rs`). Status
 //! codes come from the one error classification.
 
 mod callback;
+mod client_metadata;
 mod forward;
 mod health;
 mod listener;
@@ -32,6 +34,10 @@ pub struct HttpState {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/oauth/callback/{provider_id}", get(callback::callback))
+        .route(
+            "/oauth/client-metadata/{provider_id}",
+            get(client_metadata::client_metadata),
+        )
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
         .with_state(state)

@@ -110,6 +110,27 @@ impl Idp {
         assert!(r.status().is_success(), "{what}: {}", r.status());
     }
 
+    /// The URL of the peer's MCP server double `name` (`mcp`, `mcp2`, or a refusal double such as
+    /// `mcp-nopkce`; see `tests/peers/oidc/provider.mjs`).
+    pub(crate) fn mcp_url(&self, name: &str) -> String {
+        format!("{}/{name}", self.issuer)
+    }
+
+    /// Calls the MCP server double `name` with `token` as the bearer.
+    pub(crate) async fn call_mcp(&self, name: &str, token: &str) -> reqwest::Response {
+        self.http
+            .post(self.mcp_url(name))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sets the MCP doubles' behaviour (`require_scope=…`, `no_header=1`, `reset=1`).
+    pub(crate) async fn mcp_settings(&self, query: &str) {
+        self.control(&format!("mcp?{query}")).await;
+    }
+
     /// Makes the token endpoint answer `ms` milliseconds late.
     pub(crate) async fn delay_token(&self, ms: u64) {
         self.control(&format!("delay-token?ms={ms}")).await;

@@ -45,6 +45,13 @@ pub(crate) fn token(r: pb::AuthenticateResponse) -> pb::Token {
     }
 }
 
+pub(crate) fn reference(r: pb::AuthenticateResponse) -> pb::Reference {
+    match r.result {
+        Some(pb::authenticate_response::Result::Reference(r)) => r,
+        other => panic!("expected a reference, got {other:?}"),
+    }
+}
+
 pub(crate) fn pending(r: pb::AuthenticateResponse) -> pb::Pending {
     match r.result {
         Some(pb::authenticate_response::Result::Pending(p)) => p,
@@ -307,6 +314,7 @@ impl Fixture {
             .resolve(pb::ResolveRequest {
                 reference: r.reference,
                 min_ttl_seconds: 0,
+                target_url: String::new(),
             })
             .await
             .unwrap()

@@ -1,0 +1,346 @@
+//! The SSRF guard for every document Valet fetches from a URL an operator or a remote server
+//! supplied (MCP protected resource and authorization server metadata, dynamic registration):
+//! https only outside dev, no redirects, no proxy, private, loopback and link-local addresses
+//! refused unless `[provider_http] allow_private_networks` is set (checked on the addresses the
+//! connection actually uses, through the resolver, so DNS cannot rebind around it), and caps on
+//! size and time.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+/// Largest metadata document or registration answer accepted.
+pub const MAX_DOCUMENT: usize = 256 * 1024;
+
+/// What the guard allows.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchPolicy {
+    /// Private, loopback, link-local and other non-public addresses may be fetched.
+    pub allow_private: bool,
+    /// Plain http may be fetched (dev mode).
+    pub allow_http: bool,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0} is not an https URL (plain http is only fetched in dev mode)")]
+    NotHttps(String),
+    #[error(
+        "{0} is a private, loopback or link-local address; set [provider_http] allow_private_networks = true to fetch from it"
+    )]
+    Private(String),
+    #[error("{url} answered with a redirect (HTTP {status}); redirects are not followed")]
+    Redirect { url: String, status: u16 },
+    #[error("the answer from {0} is larger than {MAX_DOCUMENT} bytes")]
+    TooLarge(String),
+    #[error("fetching {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+}
+
+/// One fetched answer.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    /// Every `WWW-Authenticate` header.
+    pub challenges: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    /// The body as a JSON object, if it is one.
+    pub fn json_object(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        match serde_json::from_slice(&self.body) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// The guarded HTTP client.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    policy: FetchPolicy,
+}
+
+impl Fetcher {
+    pub fn new(policy: FetchPolicy) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(policy.connect_timeout)
+            .timeout(policy.timeout)
+            .user_agent(concat!("valet/", env!("CARGO_PKG_VERSION")));
+        if !policy.allow_private {
+            builder = builder.dns_resolver(Arc::new(PublicOnly));
+        }
+        Ok(Self {
+            client: builder.build()?,
+            policy,
+        })
+    }
+
+    pub fn policy(&self) -> FetchPolicy {
+        self.policy
+    }
+
+    /// Refuses a URL the guard never fetches, before any connection.
+    pub fn check(&self, url: &Url) -> Result<(), FetchError> {
+        // Plain http: in dev mode, or to a loopback server where private addresses are allowed
+        // (as provider endpoints may be loopback http).
+        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+        if !self.policy.allow_private && !public_host(url) {
+            return Err(FetchError::Private(
+                url.host_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.policy.allow_http || (self.policy.allow_private && loopback) => Ok(()),
+            _ => Err(FetchError::NotHttps(shown(url))),
+        }
+    }
+
+    /// GET `url` (JSON accepted).
+    pub async fn get(&self, url: &Url) -> Result<Fetched, FetchError> {
+        self.check(url)?;
+        let req = self
+            .client
+            .get(url.clone())
+            .header(http::header::ACCEPT, "application/json");
+        self.send(url, req).await
+    }
+
+    /// POST a JSON body to `url`.
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        body: &serde_json::Value,
+    ) -> Result<Fetched, FetchError> {
+        self.check(url)?;
+        let req = self
+            .client
+            .post(url.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .json(body);
+        self.send(url, req).await
+    }
+
+    async fn send(&self, url: &Url, req: reqwest::RequestBuilder) -> Result<Fetched, FetchError> {
+        let transport = |e: reqwest::Error| FetchError::Transport {
+            url: shown(url),
+            reason: reason(&e),
+        };
+        let mut resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_redirection() {
+            return Err(FetchError::Redirect {
+                url: shown(url),
+                status: status.as_u16(),
+            });
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_DOCUMENT as u64)
+        {
+            return Err(FetchError::TooLarge(shown(url)));
+        }
+        let challenges = resp
+            .headers()
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(FetchError::TooLarge(shown(url)));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched {
+            status: status.as_u16(),
+            challenges,
+            body,
+        })
+    }
+}
+
+/// A URL as errors show it: without query or fragment (a server-supplied URL could carry
+/// anything there).
+pub fn shown(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+/// What a transport error was, without its URL (already named) or any body.
+fn reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        // The resolver's refusal (a private address) surfaces as a connect error.
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if s.to_string().contains(PRIVATE_ONLY) {
+                return format!(
+                    "the host resolves only to {PRIVATE_ONLY}; set [provider_http] allow_private_networks = true to fetch from it"
+                );
+            }
+            source = s.source();
+        }
+        "could not connect".into()
+    } else {
+        "the connection failed".into()
+    }
+}
+
+const PRIVATE_ONLY: &str = "private, loopback or link-local addresses";
+
+/// Whether the URL's host may be public: IP literals are checked here (the resolver never sees
+/// them); names are checked again on every address they resolve to.
+fn public_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(a)) => is_public(IpAddr::V4(a)),
+        Some(url::Host::Ipv6(a)) => is_public(IpAddr::V6(a)),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            !(d == "localhost"
+                || d.ends_with(".localhost")
+                || d == "metadata"
+                || d == "metadata.google.internal")
+        }
+        None => false,
+    }
+}
+
+/// Whether an address is publicly routable (IANA special-purpose registries: not this network,
+/// private, shared (CGNAT), loopback, link-local (cloud metadata), documentation, benchmarking,
+/// multicast, reserved; IPv6 unique-local, link- and site-local, and v4 embedded in v6).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => is_public_v4(a),
+        IpAddr::V6(a) => is_public_v6(a),
+    }
+}
+
+fn is_public_v4(a: Ipv4Addr) -> bool {
+    let [o0, o1, o2, _] = a.octets();
+    !(o0 == 0
+        || a.is_private()
+        || a.is_loopback()
+        || a.is_link_local()
+        || (o0 == 100 && (o1 & 0xc0) == 64)
+        || (o0 == 192 && o1 == 0 && o2 == 0)
+        || a.is_documentation()
+        || (o0 == 198 && (o1 & 0xfe) == 18)
+        || a.is_multicast()
+        || o0 >= 240)
+}
+
+fn is_public_v6(a: Ipv6Addr) -> bool {
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let s = a.segments();
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7])));
+    }
+    !(s[..6] == [0; 6]
+        || (s[0] & 0xfe00) == 0xfc00
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        || a.is_multicast()
+        || s[0] == 0x2002
+        || (s[0] == 0x2001 && (s[1] == 0 || s[1] == 0x0db8)))
+}
+
+/// Resolves with the system resolver and keeps only public addresses; none left is an error,
+/// so a name pointing inside the network is never connected to.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(PRIVATE_ONLY.into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_public_addresses_are_refused() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(!is_public(a.parse().unwrap()), "{a}");
+        }
+        for a in ["8.8.8.8", "100.128.0.1", "2606:4700::1111"] {
+            assert!(is_public(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn the_guard_refuses_before_connecting() {
+        let f = Fetcher::new(FetchPolicy {
+            allow_private: false,
+            allow_http: false,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let check = |u: &str| f.check(&Url::parse(u).unwrap());
+        assert!(matches!(
+            check("http://mcp.example/"),
+            Err(FetchError::NotHttps(_))
+        ));
+        assert!(matches!(
+            check("https://127.0.0.1/x"),
+            Err(FetchError::Private(_))
+        ));
+        assert!(matches!(
+            check("https://[::1]/x"),
+            Err(FetchError::Private(_))
+        ));
+        assert!(matches!(
+            check("https://localhost/x"),
+            Err(FetchError::Private(_))
+        ));
+        assert!(matches!(
+            check("https://metadata.google.internal/x"),
+            Err(FetchError::Private(_))
+        ));
+        // `url` normalizes numeric hosts: 2130706433 is 127.0.0.1.
+        assert!(matches!(
+            check("https://2130706433/"),
+            Err(FetchError::Private(_))
+        ));
+        assert!(check("https://mcp.example/mcp").is_ok());
+    }
+}

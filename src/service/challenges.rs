@@ -1,0 +1,66 @@
+//! The cap on scope challenges: an API (an MCP server) that answers `insufficient_scope` again
+//! after every consent would otherwise send its user through consent forever. Each (grant,
+//! scopes) may start at most `MAX` consents from a challenge within `WINDOW`.
+
+use super::Error;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const MAX: u32 = 3;
+const WINDOW: Duration = Duration::from_secs(600);
+/// Entries kept before expired ones are dropped.
+const SWEEP_AT: usize = 10_000;
+
+#[derive(Debug, Default)]
+pub(super) struct ChallengeCap {
+    started: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl ChallengeCap {
+    /// Refuses a challenge whose consent already ran `MAX` times in the window.
+    pub(super) fn check(&self, key: &str) -> Result<(), Error> {
+        let now = Instant::now();
+        let map = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((n, since)) if *n >= MAX && now.duration_since(*since) < WINDOW => {
+                Err(Error::Exhausted(format!(
+                    "the API asked for these scopes {MAX} times within {} minutes after consent was started for them; it may not accept what the provider grants (check the provider's scopes, or wait)",
+                    WINDOW.as_secs() / 60
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a consent started for a challenge.
+    pub(super) fn started(&self, key: String) {
+        let now = Instant::now();
+        let mut map = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, (_, since)| now.duration_since(*since) < WINDOW);
+        }
+        let entry = map.entry(key).or_insert((0, now));
+        if now.duration_since(entry.1) >= WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_challenge_starts_at_most_three_consents() {
+        let cap = ChallengeCap::default();
+        for _ in 0..MAX {
+            assert!(cap.check("idp/alice/=/files:read").is_ok());
+            cap.started("idp/alice/=/files:read".into());
+        }
+        let e = cap.check("idp/alice/=/files:read").unwrap_err();
+        assert!(e.to_string().contains("3 times"), "{e}");
+        assert!(cap.check("idp/bob/=/files:read").is_ok(), "per grant");
+    }
+}
