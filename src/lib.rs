@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod jwt;
 pub mod mcp;
 pub mod metrics;
+pub mod net;
 pub mod oauth;
 pub mod ops;
 pub mod pb;

@@ -79,8 +79,11 @@ impl App {
             None => url::Url::parse(&format!("http://{}", http.local_addr()?))?,
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let provider_http =
-            ProviderHttp::new(config.provider_connect_timeout, config.provider_timeout)?;
+        let provider_http = ProviderHttp::new(
+            config.provider_connect_timeout,
+            config.provider_timeout,
+            config.allow_private_networks,
+        )?;
         let endpoint: Arc<dyn TokenEndpoint> = Arc::new(crate::oauth::MeteredEndpoint::new(
             Arc::new(OAuth2TokenEndpoint::new(
                 provider_http.clone(),

@@ -158,7 +158,8 @@ impl Config {
         let vault = raw.vault.take();
         let server = server::validate(&raw, vault, env, errors);
         let flows = flows::validate(&raw.flows, &raw.tokens, errors);
-        let provider_http = provider_http::validate(&raw.provider_http, errors);
+        let provider_http =
+            provider_http::validate(&raw.provider_http, raw.dev.unwrap_or(false), errors);
         let callers = callers::validate(&raw, errors);
         let user_assertions = callers::validate_assertions(&raw, &callers, errors);
         let grpc_tls = callers::validate_tls(&raw, &callers, errors);
@@ -565,7 +566,7 @@ max_min_ttl_seconds = 86400
 [provider_http]
 connect_timeout_seconds = 5
 timeout_seconds = 15
-allow_private_networks = false
+allow_private_networks = true
 "#;
         assert_eq!(c.render(), expected);
     }

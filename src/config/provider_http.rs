@@ -17,11 +17,12 @@ const CONNECT_TIMEOUT: Setting = Setting::new("provider_http.connect_timeout_sec
 const TIMEOUT: Setting = Setting::new("provider_http.timeout_seconds", 15, 1, 300);
 
 /// Validates the section; every value out of range goes to `errors`.
-pub(super) fn validate(p: &RawProviderHttp, errors: &mut Vec<String>) -> ProviderHttp {
+/// `dev`: private networks are allowed unless the file says otherwise.
+pub(super) fn validate(p: &RawProviderHttp, dev: bool, errors: &mut Vec<String>) -> ProviderHttp {
     ProviderHttp {
         connect_timeout: CONNECT_TIMEOUT.secs(p.connect_timeout_seconds, errors),
         timeout: TIMEOUT.secs(p.timeout_seconds, errors),
-        allow_private_networks: p.allow_private_networks.unwrap_or(false),
+        allow_private_networks: p.allow_private_networks.unwrap_or(dev),
     }
 }
 

@@ -19,35 +19,64 @@ pub enum HttpError {
     TooLarge,
     #[error("malformed response: {0}")]
     Malformed(String),
+    /// The SSRF guard: the host is (or resolves only to) a non-public address.
+    #[error(
+        "{0} is a private, loopback or link-local address; set [provider_http] allow_private_networks = true to reach it"
+    )]
+    Private(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct ProviderHttp {
     client: reqwest::Client,
+    /// Private, loopback and link-local addresses may be reached (`crate::net`).
+    allow_private: bool,
 }
 
 impl ProviderHttp {
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        connect_timeout: Duration,
+        timeout: Duration,
+        allow_private: bool,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .connect_timeout(connect_timeout)
             .timeout(timeout)
-            .user_agent(concat!("valet/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client })
+            .user_agent(concat!("valet/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            builder = builder.dns_resolver(std::sync::Arc::new(crate::net::PublicOnly));
+        }
+        Ok(Self {
+            client: builder.build()?,
+            allow_private,
+        })
     }
 
     /// Sends an oauth2-crate request; usable as that crate's async HTTP client.
     pub async fn send(&self, req: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, HttpError> {
         let (parts, body) = req.into_parts();
+        let url = parts.uri.to_string();
+        let host = || parts.uri.host().unwrap_or_default().to_owned();
+        if !self.allow_private && !url::Url::parse(&url).is_ok_and(|u| crate::net::public_host(&u))
+        {
+            return Err(HttpError::Private(host()));
+        }
         let mut resp = self
             .client
-            .request(parts.method, parts.uri.to_string())
+            .request(parts.method, url)
             .headers(parts.headers)
             .body(body)
             .send()
             .await
-            .map_err(|e| HttpError::Transport(e.without_url()))?;
+            .map_err(|e| {
+                if crate::net::refused_as_private(&e) {
+                    HttpError::Private(host())
+                } else {
+                    HttpError::Transport(e.without_url())
+                }
+            })?;
         let status = resp.status();
         if status == http::StatusCode::TOO_MANY_REQUESTS {
             // RFC 9110 section 10.2.3; only the delay-seconds form is read.

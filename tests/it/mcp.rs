@@ -9,10 +9,10 @@ use crate::support::{Fixture, ValetOptions, expect_err, pending, reference, toke
 use tonic::Code;
 use valet::pb;
 
-/// The daemon may fetch from the loopback peer.
+/// The daemon may fetch from the loopback peer (the harness's default, said here).
 fn allow_loopback() -> ValetOptions {
     ValetOptions {
-        extra_toml: "[provider_http]\nallow_private_networks = true\n".into(),
+        allow_private_networks: true,
         ..Default::default()
     }
 }
@@ -210,8 +210,32 @@ async fn servers_and_authorization_servers_that_break_the_rules_are_refused() {
 
 #[tokio::test]
 async fn discovery_never_reaches_a_private_address_unless_allowed() {
-    let f = Fixture::new().await;
+    let f = Fixture::with(ValetOptions {
+        allow_private_networks: false,
+        ..Default::default()
+    })
+    .await;
     refused(&f, "notes", &f.idp.mcp_url("mcp"), "allow_private_networks").await;
+    // OpenID discovery goes through the same guard.
+    let s = expect_err(
+        f.valet
+            .providers()
+            .await
+            .create_provider(pb::CreateProviderRequest {
+                provider: Some(pb::Provider {
+                    provider_id: "idp".into(),
+                    kind: pb::ProviderKind::Oidc as i32,
+                    client_id: "basic-client".into(),
+                    client_secret: "s".into(),
+                    issuer: f.idp.issuer.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(s.message().contains("allow_private_networks"), "{s:?}");
     refused(
         &f,
         "meta",

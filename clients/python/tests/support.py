@@ -113,6 +113,10 @@ level = "info"
 [flows]
 ttl_seconds = {o.flow_ttl_seconds}
 
+[provider_http]
+# The peers listen on loopback.
+allow_private_networks = true
+
 [[callers]]
 name = "ops"
 role = "admin"

@@ -28,6 +28,8 @@ pub(crate) struct ValetOptions {
     pub top_toml: String,
     /// `[log] format`; empty leaves the default (JSON lines, stderr not being a terminal).
     pub log_format: &'static str,
+    /// `[provider_http] allow_private_networks`: the peers listen on loopback.
+    pub allow_private_networks: bool,
 }
 
 impl Default for ValetOptions {
@@ -40,6 +42,7 @@ impl Default for ValetOptions {
             extra_toml: String::new(),
             top_toml: String::new(),
             log_format: "text",
+            allow_private_networks: true,
         }
     }
 }
@@ -79,6 +82,9 @@ level = "{level}"
 [flows]
 ttl_seconds = {ttl}
 
+[provider_http]
+allow_private_networks = {private}
+
 [[callers]]
 name = "ops"
 role = "admin"
@@ -116,6 +122,7 @@ rate_limit = 0
                 format!("format = \"{}\"", opts.log_format)
             },
             ttl = opts.flow_ttl_seconds,
+            private = opts.allow_private_networks,
             admin = hash(ADMIN_KEY),
             agent = hash(AGENT_KEY),
             other = hash(OTHER_AGENT_KEY),
