@@ -398,3 +398,35 @@ async fn with_an_https_public_url_valet_is_a_client_by_its_metadata_document() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn a_server_that_moves_to_another_authorization_server_is_registered_there_anew() {
+    let f = Fixture::with(allow_loopback()).await;
+    let before = create(&f, mcp_provider("notes", &f.idp.mcp_url("mcp")))
+        .await
+        .unwrap();
+    // The same kind of server, behind another authorization server (a second peer).
+    let other_as = crate::support::idp::Idp::start(&[]);
+    let moved = f
+        .valet
+        .providers()
+        .await
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                mcp_server_url: other_as.mcp_url("mcp"),
+                client_id: before.client_id.clone(),
+                ..mcp_provider("notes", "")
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = moved.mcp.unwrap();
+    assert_eq!(m.issuer, other_as.issuer);
+    assert_eq!(m.registration, pb::McpRegistration::Dynamic as i32);
+    assert_eq!(m.registration_endpoint, format!("{}/reg", other_as.issuer));
+    assert_ne!(
+        moved.client_id, before.client_id,
+        "a registration is never reused at another authorization server"
+    );
+}
