@@ -28,6 +28,43 @@ pub struct Subject<'a> {
     pub agent: &'a str,
 }
 
+/// A grant's lifecycle change, for `WatchGrants` (ids and the kind of change, never a token).
+/// Derived from the audit events, so watchers and the trail never disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantChange {
+    pub kind: GrantChangeKind,
+    pub provider: String,
+    pub user: String,
+    /// Empty: the user-wide grant.
+    pub agent: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantChangeKind {
+    Created,
+    Refreshed,
+    NeedsReauth,
+    Revoked,
+    RefreshFailed,
+}
+
+/// Which audit events are grant changes.
+fn grant_change(event: &str, outcome: &str) -> Option<GrantChangeKind> {
+    Some(match (event, outcome) {
+        ("FlowCompleted", "ok") | ("AccountReplaced", _) => GrantChangeKind::Created,
+        ("GrantRefreshed", "ok") => GrantChangeKind::Refreshed,
+        ("GrantRefreshed", "REAUTHORIZATION_REQUIRED") => GrantChangeKind::NeedsReauth,
+        ("GrantRefreshed", _) => GrantChangeKind::RefreshFailed,
+        ("Revoke", "revoked") => GrantChangeKind::Revoked,
+        _ => return None,
+    })
+}
+
+/// Grant changes a slow watcher may fall behind by before it is told how many it missed.
+const WATCH_BACKLOG: usize = 4096;
+
 /// One event on its way to the writer thread.
 #[derive(Debug)]
 struct Event {
@@ -60,6 +97,8 @@ pub struct Audit {
     user_key: Arc<OnceLock<hmac::Key>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Grant changes, for `WatchGrants` (sent only while someone watches).
+    grants: tokio::sync::broadcast::Sender<GrantChange>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -210,7 +249,13 @@ impl Audit {
             user_key,
             clock,
             metrics,
+            grants: tokio::sync::broadcast::Sender::new(WATCH_BACKLOG),
         })
+    }
+
+    /// Grant changes from now on.
+    pub fn watch_grants(&self) -> tokio::sync::broadcast::Receiver<GrantChange> {
+        self.grants.subscribe()
     }
 
     /// Sets the key users are hashed under (once; later calls are ignored).
@@ -223,9 +268,28 @@ impl Audit {
         &self.metrics
     }
 
+    /// Counts an open watch stream until the guard drops.
+    pub fn stream_opened(&self) -> crate::metrics::StreamGuard {
+        self.metrics.stream_opened()
+    }
+
     /// Counts one event and queues it for the trail.
     pub fn record(&self, event: &str, caller: &str, subject: Subject<'_>, outcome: &str) {
         self.metrics.event(event, subject.provider, outcome);
+        if self.grants.receiver_count() > 0
+            && !subject.provider.is_empty()
+            && !subject.user.is_empty()
+            && let Some(kind) = grant_change(event, outcome)
+        {
+            // Err: the last watcher just left.
+            let _ = self.grants.send(GrantChange {
+                kind,
+                provider: subject.provider.to_owned(),
+                user: subject.user.to_owned(),
+                agent: subject.agent.to_owned(),
+                at: self.clock.now_unix(),
+            });
+        }
         let e = Event {
             ts: self.clock.now_unix(),
             event: event.to_owned(),
@@ -301,6 +365,26 @@ pub fn verify(path: &Path) -> Result<usize, String> {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+
+    #[test]
+    fn grant_changes_come_from_the_audit_events() {
+        use GrantChangeKind as K;
+        assert_eq!(grant_change("FlowCompleted", "ok"), Some(K::Created));
+        assert_eq!(grant_change("FlowCompleted", "ACCESS_DENIED"), None);
+        assert_eq!(grant_change("AccountReplaced", "ok"), Some(K::Created));
+        assert_eq!(grant_change("GrantRefreshed", "ok"), Some(K::Refreshed));
+        assert_eq!(
+            grant_change("GrantRefreshed", "REAUTHORIZATION_REQUIRED"),
+            Some(K::NeedsReauth)
+        );
+        assert_eq!(
+            grant_change("GrantRefreshed", "unavailable"),
+            Some(K::RefreshFailed)
+        );
+        assert_eq!(grant_change("Revoke", "revoked"), Some(K::Revoked));
+        assert_eq!(grant_change("Revoke", "nothing_to_revoke"), None);
+        assert_eq!(grant_change("Authenticate", "token"), None);
+    }
 
     #[test]
     fn a_trail_verifies_and_every_edit_is_found() {

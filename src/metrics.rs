@@ -86,6 +86,16 @@ const REFRESH_OUTCOMES: [(&str, &str); 4] = [
     ("failed", "error"),
 ];
 
+/// One open watch stream (see `Metrics::stream_opened`).
+#[derive(Debug)]
+pub struct StreamGuard(std::sync::Arc<Metrics>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.watch_streams.dec();
+    }
+}
+
 /// Every metric Valet exports, and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -97,6 +107,7 @@ pub struct Metrics {
     flows_failed: Family<ProviderReason, Counter>,
     flows_expired: Family<Provider, Counter>,
     pending_flows: Gauge,
+    watch_streams: Gauge,
     refreshes: Family<ProviderOutcome, Counter>,
     refresh_duration: Histograms<Provider>,
     token_endpoint_duration: Histograms<Provider>,
@@ -138,6 +149,7 @@ impl Metrics {
             flows_failed: Family::default(),
             flows_expired: Family::default(),
             pending_flows: Gauge::default(),
+            watch_streams: Gauge::default(),
             refreshes: Family::default(),
             refresh_duration: Histograms::new_with_constructor(latency),
             token_endpoint_duration: Histograms::new_with_constructor(latency),
@@ -193,6 +205,11 @@ impl Metrics {
             "pending_flows",
             "Consent flows waiting for their callback",
             self.pending_flows.clone(),
+        );
+        r.register(
+            "watch_streams",
+            "Open WatchAuthorization and WatchGrants streams",
+            self.watch_streams.clone(),
         );
         r.register(
             "refreshes",
@@ -357,6 +374,13 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts an open watch stream until the guard is dropped (the stream ended or its caller
+    /// went away).
+    pub fn stream_opened(self: &std::sync::Arc<Self>) -> StreamGuard {
+        self.watch_streams.inc();
+        StreamGuard(self.clone())
     }
 
     pub fn set_pending_flows(&self, n: usize) {

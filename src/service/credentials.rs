@@ -57,6 +57,10 @@ pub struct AuthRequest {
     pub challenged: Scopes,
 }
 
+/// `WatchGrants`' stream: grant changes, or how many a slow watcher missed.
+pub type GrantChanges =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<crate::audit::GrantChange, u64>> + Send>>;
+
 /// How a callback ended.
 #[derive(Debug)]
 pub enum CallbackDone {
@@ -626,22 +630,47 @@ impl Credentials {
         auth_id: &str,
         timeout: Duration,
     ) -> Result<Outcome, Error> {
-        if auth_id.is_empty() || auth_id.len() > 128 {
-            return Err(Error::invalid("auth_id", "must be 1-128 characters"));
-        }
         let timeout = if timeout.is_zero() {
             self.limits.default_wait
         } else {
             timeout.min(self.limits.max_wait)
         };
+        self.await_flow(caller, auth_id, Some(timeout)).await
+    }
+
+    /// The flow `auth_id` now: `Pending`, or its end if it has ended (`WatchAuthorization`'s
+    /// first event).
+    pub async fn flow_now(&self, caller: &Caller, auth_id: &str) -> Result<Outcome, Error> {
+        self.await_flow(caller, auth_id, Some(Duration::ZERO)).await
+    }
+
+    /// Waits for the flow `auth_id` to end, however long it lives (a flow always ends: the
+    /// sweeper fails it at its deadline). For `WatchAuthorization`, bounded by the call's
+    /// deadline.
+    pub async fn flow_end(&self, caller: &Caller, auth_id: &str) -> Result<Outcome, Error> {
+        self.await_flow(caller, auth_id, None).await
+    }
+
+    async fn await_flow(
+        &self,
+        caller: &Caller,
+        auth_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome, Error> {
+        if auth_id.is_empty() || auth_id.len() > 128 {
+            return Err(Error::invalid("auth_id", "must be 1-128 characters"));
+        }
         let view = self
             .flows
             .view(auth_id)
             .ok_or_else(policy::flow_not_found)?;
         policy::authorize(caller, Action::WatchFlow { owner: &view.owner })?;
-        let outcome = tokio::time::timeout(timeout, view.outcome.finished())
-            .await
-            .ok();
+        let outcome = match timeout {
+            // Now: no wait at all.
+            Some(t) if t.is_zero() => Some(view.outcome.get()),
+            Some(t) => tokio::time::timeout(t, view.outcome.finished()).await.ok(),
+            None => Some(view.outcome.finished().await),
+        };
         match outcome {
             None | Some(FlowOutcome::Pending) => Ok(Outcome::Pending {
                 expires_at: self.flows.expires_at(&view),
@@ -661,6 +690,42 @@ impl Credentials {
             }
             Some(FlowOutcome::Failed(f)) => Err(Error::Flow(f)),
         }
+    }
+
+    /// Grant changes from now on that the caller may see and `q` selects (as `ListGrants`:
+    /// an agent key must name the user). `Err(n)`: this watcher fell behind and missed `n`.
+    pub async fn watch_grants(
+        &self,
+        caller: &Caller,
+        q: GrantQuery,
+    ) -> Result<GrantChanges, Error> {
+        use futures::StreamExt as _;
+        use tokio::sync::broadcast::error::RecvError;
+        policy::authorize(
+            caller,
+            Action::ListGrants {
+                user: q.user.as_ref(),
+            },
+        )?;
+        if let Some(user) = &q.user {
+            self.check_user(caller, user).await?;
+        }
+        let caller = caller.clone();
+        let changes = futures::stream::unfold(self.audit.watch_grants(), |mut rx| async move {
+            let item = match rx.recv().await {
+                Ok(c) => Ok(c),
+                Err(RecvError::Lagged(n)) => Err(n),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((item, rx))
+        });
+        Ok(Box::pin(changes.filter(move |item| {
+            let keep = match item {
+                Err(_) => true,
+                Ok(c) => selects(&q, c) && visible(&caller, c),
+            };
+            futures::future::ready(keep)
+        })))
     }
 
     /// Finishes the flow the callback's `state` names: stores the grant and returns the scopes
@@ -1006,4 +1071,27 @@ fn user_key(
         user,
         agent,
     })
+}
+
+/// Whether a grant change matches a `WatchGrants` filter.
+fn selects(q: &GrantQuery, c: &crate::audit::GrantChange) -> bool {
+    q.provider.as_ref().is_none_or(|p| p.as_str() == c.provider)
+        && q.user.as_ref().is_none_or(|u| u.as_str() == c.user)
+        && q.agent.as_ref().is_none_or(|a| a.as_str() == c.agent)
+}
+
+/// Whether the caller may see the grant a change is about (as in `ListGrants`).
+fn visible(caller: &Caller, c: &crate::audit::GrantChange) -> bool {
+    let key = (|| {
+        Some(GrantKey {
+            provider: ProviderId::parse(&c.provider).ok()?,
+            user: UserId::parse(&c.user).ok()?,
+            agent: if c.agent.is_empty() {
+                None
+            } else {
+                Some(AgentId::parse(&c.agent).ok()?)
+            },
+        })
+    })();
+    key.is_some_and(|k| policy::may_see(caller, &k))
 }

@@ -21,7 +21,7 @@ mod replicas;
 
 pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};
 pub use credentials::{
-    AuthRequest, CallbackDone, Credentials, Limits, Outcome, Parts, SubjectToken,
+    AuthRequest, CallbackDone, Credentials, GrantChanges, Limits, Outcome, Parts, SubjectToken,
 };
 pub use error::{Class, Error, Reason};
 pub use kind::{CallbackParams, ProviderRevocation};

@@ -10,7 +10,12 @@ use crate::service::{Error, Reason};
 
 /// The wire name of a reason (`ErrorReason` in the proto), e.g. `REAUTHORIZATION_REQUIRED`.
 pub fn reason_name(r: Reason) -> &'static str {
-    let wire = match r {
+    wire_reason(r).as_str_name()
+}
+
+/// A reason as the proto's `ErrorReason`.
+pub fn wire_reason(r: Reason) -> pb::ErrorReason {
+    match r {
         Reason::InvalidArgument => pb::ErrorReason::InvalidArgument,
         Reason::NotFound => pb::ErrorReason::NotFound,
         Reason::AlreadyExists => pb::ErrorReason::AlreadyExists,
@@ -32,8 +37,7 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::Conflict => pb::ErrorReason::Conflict,
         Reason::ResourceExhausted => pb::ErrorReason::ResourceExhausted,
         Reason::Internal => pb::ErrorReason::Internal,
-    };
-    wire.as_str_name()
+    }
 }
 
 /// Logs a failed request, once: faults (the daemon's or a dependency's) with their source chain

@@ -28,3 +28,4 @@ mod support;
 mod token_exchange;
 mod user_assertions;
 mod vault;
+mod watch;

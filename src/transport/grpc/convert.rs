@@ -196,6 +196,58 @@ fn subject_token(token: &str, kind: &str) -> Result<Option<SubjectToken>, Error>
 }
 
 /// ListGrants filters (empty: no filter) and page.
+/// The filter of `WatchGrants`: `ListGrants`' without status or paging.
+pub(super) fn watch_query(r: &pb::WatchGrantsRequest) -> Result<GrantQuery, Error> {
+    grant_query(&pb::ListGrantsRequest {
+        provider_id: r.provider_id.clone(),
+        user_id: r.user_id.clone(),
+        agent_id: r.agent_id.clone(),
+        ..Default::default()
+    })
+}
+
+/// A grant change on the wire; `Err(n)`: `n` changes this watcher missed.
+pub(super) fn grant_event(c: Result<crate::audit::GrantChange, u64>) -> pb::GrantEvent {
+    use crate::audit::GrantChangeKind as K;
+    match c {
+        Ok(c) => pb::GrantEvent {
+            kind: match c.kind {
+                K::Created => pb::GrantEventKind::Created,
+                K::Refreshed => pb::GrantEventKind::Refreshed,
+                K::NeedsReauth => pb::GrantEventKind::NeedsReauth,
+                K::Revoked => pb::GrantEventKind::Revoked,
+                K::RefreshFailed => pb::GrantEventKind::RefreshFailed,
+            } as i32,
+            provider_id: c.provider,
+            user_id: c.user,
+            agent_id: c.agent,
+            at: c.at,
+            missed: 0,
+        },
+        Err(missed) => pb::GrantEvent {
+            missed,
+            ..Default::default()
+        },
+    }
+}
+
+/// A `WatchAuthorization` event: the flow pending, completed, or failed with its reason (the
+/// message as a status would carry it).
+pub(super) fn authorization_event(r: Result<Outcome, Error>) -> pb::AuthorizationEvent {
+    use pb::authorization_event::Event;
+    let event = match r {
+        Ok(o) => match outcome(o).result {
+            Some(pb::authenticate_response::Result::Pending(p)) => Event::Pending(p),
+            result => Event::Completed(pb::AuthenticateResponse { result }),
+        },
+        Err(e) => Event::Failed(pb::AuthorizationFailure {
+            reason: crate::transport::wire_reason(e.reason()) as i32,
+            message: super::to_status(&e).message().to_owned(),
+        }),
+    };
+    pb::AuthorizationEvent { event: Some(event) }
+}
+
 pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error> {
     let provider = (!r.provider_id.is_empty())
         .then(|| ProviderId::parse(&r.provider_id))

@@ -50,8 +50,97 @@ fn wait_timeout<T>(req: &Request<T>, asked_seconds: u32) -> Duration {
     timeout
 }
 
+type Events<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Ends a watch stream at the call's deadline (the caller gave up waiting by then).
+fn until_deadline<T: Send + 'static>(
+    events: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
+    deadline: Option<Duration>,
+    guard: crate::metrics::StreamGuard,
+) -> Events<T> {
+    use futures::StreamExt as _;
+    let end = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    // The guard lives as long as the stream: dropped when it ends or the caller cancels.
+    Box::pin(events.take_until(end).map(move |e| {
+        let _ = &guard;
+        e
+    }))
+}
+
 #[tonic::async_trait]
 impl pb::credentials_server::Credentials for CredentialsApi {
+    type WatchAuthorizationStream = Events<pb::AuthorizationEvent>;
+    type WatchGrantsStream = Events<pb::GrantEvent>;
+
+    async fn watch_authorization(
+        &self,
+        req: Request<pb::WatchAuthorizationRequest>,
+    ) -> Result<Response<Self::WatchAuthorizationStream>, Status> {
+        use futures::StreamExt as _;
+        let caller = caller(&req)?;
+        let deadline = convert::grpc_deadline(&req);
+        let auth_id = req.into_inner().auth_id;
+        let now = rpc(
+            self.audit(),
+            "WatchAuthorization",
+            &caller,
+            Subject::default(),
+            async { self.credentials.flow_now(&caller, &auth_id).await },
+        )
+        .await?;
+        let pending = matches!(now, crate::service::Outcome::Pending { .. });
+        let first = futures::stream::once(std::future::ready(Ok(convert::authorization_event(
+            Ok(now),
+        ))));
+        let credentials = self.credentials.clone();
+        // While pending, one more event: how the flow ends.
+        let end = futures::stream::iter(pending.then_some(())).then(move |()| {
+            let (credentials, caller, auth_id) =
+                (credentials.clone(), caller.clone(), auth_id.clone());
+            async move {
+                Ok(convert::authorization_event(
+                    credentials.flow_end(&caller, &auth_id).await,
+                ))
+            }
+        });
+        let guard = self.audit().stream_opened();
+        Ok(Response::new(until_deadline(
+            first.chain(end),
+            deadline,
+            guard,
+        )))
+    }
+
+    async fn watch_grants(
+        &self,
+        req: Request<pb::WatchGrantsRequest>,
+    ) -> Result<Response<Self::WatchGrantsStream>, Status> {
+        use futures::StreamExt as _;
+        let caller = caller(&req)?;
+        let deadline = convert::grpc_deadline(&req);
+        let r = req.get_ref();
+        let changes = rpc(
+            self.audit(),
+            "WatchGrants",
+            &caller,
+            subject(&r.provider_id, &r.user_id, &r.agent_id),
+            async {
+                self.credentials
+                    .watch_grants(&caller, convert::watch_query(r)?)
+                    .await
+            },
+        )
+        .await?;
+        let guard = self.audit().stream_opened();
+        let events = changes.map(|c| Ok(convert::grant_event(c)));
+        Ok(Response::new(until_deadline(events, deadline, guard)))
+    }
+
     async fn authenticate(
         &self,
         req: Request<pb::AuthenticateRequest>,

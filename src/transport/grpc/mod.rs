@@ -42,6 +42,7 @@ impl<A> Labelled for (crate::service::AccessToken, A) {}
 impl Labelled for crate::domain::ProviderConfig {}
 impl Labelled for crate::domain::ProviderId {}
 impl<T> Labelled for std::sync::Arc<T> {}
+impl<T: ?Sized> Labelled for std::pin::Pin<Box<T>> {}
 
 impl Labelled for crate::service::Outcome {
     fn label(&self) -> &'static str {
