@@ -28,6 +28,7 @@ pub mod signal;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;

@@ -56,6 +56,11 @@ struct ReferenceEvent {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Delivery {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: String,
 }
@@ -108,6 +113,7 @@ pub struct Metrics {
     flows_expired: Family<Provider, Counter>,
     pending_flows: Gauge,
     watch_streams: Gauge,
+    webhook_deliveries: Family<Delivery, Counter>,
     refreshes: Family<ProviderOutcome, Counter>,
     refresh_duration: Histograms<Provider>,
     token_endpoint_duration: Histograms<Provider>,
@@ -150,6 +156,7 @@ impl Metrics {
             flows_expired: Family::default(),
             pending_flows: Gauge::default(),
             watch_streams: Gauge::default(),
+            webhook_deliveries: Family::default(),
             refreshes: Family::default(),
             refresh_duration: Histograms::new_with_constructor(latency),
             token_endpoint_duration: Histograms::new_with_constructor(latency),
@@ -205,6 +212,11 @@ impl Metrics {
             "pending_flows",
             "Consent flows waiting for their callback",
             self.pending_flows.clone(),
+        );
+        r.register(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome (ok, or failed after every retry)",
+            self.webhook_deliveries.clone(),
         );
         r.register(
             "watch_streams",
@@ -322,6 +334,12 @@ impl Metrics {
                     .inc();
             }
             ("Refused", reason) => self.denied(reason),
+            ("WebhookDelivered", outcome) => {
+                let outcome = if outcome == "ok" { "ok" } else { "failed" };
+                self.webhook_deliveries
+                    .get_or_create(&Delivery { outcome })
+                    .inc();
+            }
             ("Authenticate", "flow_started") => {
                 self.flows_started
                     .get_or_create(&Provider { provider })

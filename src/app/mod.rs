@@ -300,6 +300,20 @@ impl App {
             self.credentials.clone(),
             stopped(stop.clone()),
         ));
+        if !self.config.webhooks.is_empty() {
+            let audit = self.credentials.audit_arc();
+            tokio::spawn(crate::webhooks::run(
+                self.config
+                    .webhooks
+                    .iter()
+                    .map(|w| w.hook.clone())
+                    .collect(),
+                audit.watch_grants(),
+                audit,
+                Arc::new(SystemClock),
+                stopped(stop.clone()),
+            ));
+        }
     }
 }
 

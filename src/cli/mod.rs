@@ -17,7 +17,7 @@ pub use store::StoreCmd;
 
 use crate::client::Client;
 use crate::config::Overrides;
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -107,6 +107,32 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// Webhook helpers for receivers.
+    Webhook {
+        #[command(subcommand)]
+        cmd: WebhookCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCmd {
+    /// Check a received webhook: the body (a file, or stdin) against its
+    /// Valet-Webhook-Timestamp and Valet-Webhook-Signature headers under the webhook's secret.
+    /// Exit 0 when it is Valet's and fresh, 1 otherwise.
+    Verify {
+        /// The file holding the webhook's secret (as in `[[webhooks]] secret_file`).
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+        /// The Valet-Webhook-Timestamp header.
+        #[arg(long)]
+        timestamp: i64,
+        /// The Valet-Webhook-Signature header.
+        #[arg(long)]
+        signature: String,
+        /// The exact request body; `-` or absent: stdin.
+        #[arg(long)]
+        body_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -238,6 +264,34 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         } => {
             let lines = crate::audit::verify(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("{}: {lines} event(s), chain intact", file.display());
+            Ok(())
+        }
+        Command::Webhook {
+            cmd:
+                WebhookCmd::Verify {
+                    secret_file,
+                    timestamp,
+                    signature,
+                    body_file,
+                },
+        } => {
+            use std::io::Read as _;
+            let secret = std::fs::read_to_string(&secret_file)
+                .with_context(|| format!("cannot read {}", secret_file.display()))?;
+            let body = match body_file.filter(|p| p.as_os_str() != "-") {
+                Some(p) => {
+                    std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?
+                }
+                None => {
+                    let mut b = Vec::new();
+                    std::io::stdin().read_to_end(&mut b)?;
+                    b
+                }
+            };
+            let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
+            crate::webhooks::verify(&secret.trim().into(), timestamp, &signature, &body, now)
+                .map_err(|e| anyhow::anyhow!("not a valid Valet webhook: {e}"))?;
+            println!("valid: signed by this secret, {}s old", now - timestamp);
             Ok(())
         }
         Command::Serve(_) | Command::CheckConfig(_) => bail!("not a client command"),

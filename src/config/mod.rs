@@ -11,6 +11,7 @@ mod provider_http;
 mod raw;
 mod server;
 mod vault;
+mod webhooks;
 
 pub use callers::{CallerConfig, GrpcTls};
 pub use flows::FlowConfig;
@@ -58,6 +59,8 @@ pub struct Config {
     /// Discovery and registration fetches may reach private, loopback and link-local addresses.
     pub allow_private_networks: bool,
     pub callers: Vec<CallerConfig>,
+    /// Where lifecycle notifications go.
+    pub webhooks: Vec<webhooks::WebhookConfig>,
     /// Non-fatal findings (unknown `VALET_*` variables), logged once telemetry is up.
     pub warnings: Vec<String>,
 }
@@ -161,6 +164,7 @@ impl Config {
         let provider_http =
             provider_http::validate(&raw.provider_http, raw.dev.unwrap_or(false), errors);
         let callers = callers::validate(&raw, errors);
+        let webhooks = webhooks::validate(&raw.webhooks, raw.dev.unwrap_or(false), errors);
         let user_assertions = callers::validate_assertions(&raw, &callers, errors);
         let grpc_tls = callers::validate_tls(&raw, &callers, errors);
         let server = server?;
@@ -190,6 +194,7 @@ impl Config {
             provider_timeout: provider_http.timeout,
             allow_private_networks: provider_http.allow_private_networks,
             callers,
+            webhooks,
             warnings,
         })
     }
@@ -221,6 +226,7 @@ impl Config {
             callers::render_assertions(a, &mut s);
         }
         callers::render(&self.callers, &mut s);
+        webhooks::render(&self.webhooks, &mut s);
         s
     }
 }

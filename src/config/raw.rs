@@ -37,6 +37,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub callers: Vec<RawCaller>,
     pub vault: Option<RawVault>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+/// `[[webhooks]]`: a receiver of lifecycle notifications.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    pub secret_file: String,
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

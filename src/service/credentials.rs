@@ -242,6 +242,10 @@ impl Credentials {
         &self.audit
     }
 
+    pub fn audit_arc(&self) -> Arc<crate::audit::Audit> {
+        self.audit.clone()
+    }
+
     pub fn providers(&self) -> &Arc<ProviderRegistry> {
         &self.providers
     }

@@ -29,3 +29,4 @@ mod token_exchange;
 mod user_assertions;
 mod vault;
 mod watch;
+mod webhooks;
