@@ -7,7 +7,6 @@ use crate::support::{Fixture, ValetOptions};
 use ring::hmac;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use valet::pb;
 
 #[derive(Clone, Default)]
 struct Received {
@@ -116,16 +115,7 @@ async fn lifecycle_webhooks_are_signed_retried_recorded_and_carry_no_token() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not match"));
 
-    f.valet
-        .credentials(AGENT_KEY)
-        .await
-        .revoke(pb::RevokeRequest {
-            provider_id: "idp".into(),
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    assert!(f.revoke_grant("alice").await);
     let all = got.at_least(3).await;
     let revoked: serde_json::Value = serde_json::from_str(&all[2].1).unwrap();
     assert_eq!(revoked["type"], "grant.revoked");
