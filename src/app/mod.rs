@@ -300,6 +300,14 @@ impl App {
             self.credentials.clone(),
             stopped(stop.clone()),
         ));
+        tokio::spawn(self.credentials.clone().run_background_refresh(
+            crate::service::AheadSettings {
+                lead: i64::from(self.config.refresh_ahead),
+                window: i64::from(self.config.refresh_ahead_window),
+                tick: AHEAD_EVERY,
+            },
+            stopped(stop.clone()),
+        ));
         if !self.config.webhooks.is_empty() {
             let audit = self.credentials.audit_arc();
             tokio::spawn(crate::webhooks::run(
@@ -316,6 +324,9 @@ impl App {
         }
     }
 }
+
+/// How often the background refresh looks for grants to refresh.
+const AHEAD_EVERY: Duration = Duration::from_secs(30);
 
 /// How often dead references are deleted (once at start, then at this interval).
 const REAP_EVERY: Duration = Duration::from_secs(600);

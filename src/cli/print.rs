@@ -126,6 +126,12 @@ pub(super) fn print_provider(p: &pb::Provider) {
     if !p.egress_hosts.is_empty() {
         println!("egress_hosts:      {}", p.egress_hosts.join(" "));
     }
+    if p.keep_alive_seconds > 0 {
+        println!(
+            "keep_alive:        idle grants refreshed every {}s",
+            p.keep_alive_seconds
+        );
+    }
     for (k, v) in &p.extra_auth_params {
         println!("param:             {k}={v}");
     }

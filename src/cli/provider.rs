@@ -102,6 +102,10 @@ pub struct ProviderArgs {
     /// more; `*.example.com` for subdomains. mcp providers default to the server's host.
     #[arg(long = "egress-host")]
     pub egress_hosts: Vec<String>,
+    /// Refresh idle grants in the background after this many seconds (providers that revoke
+    /// unused refresh tokens); 0: off.
+    #[arg(long)]
+    pub keep_alive_seconds: Option<u32>,
     #[arg(long)]
     pub revocation_url: Option<String>,
     /// Default scope (repeat).
@@ -314,6 +318,9 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
     }
     if !a.egress_hosts.is_empty() {
         p.egress_hosts = a.egress_hosts;
+    }
+    if let Some(s) = a.keep_alive_seconds {
+        p.keep_alive_seconds = s;
     }
     if p.kind == pb::ProviderKind::Mcp as i32 {
         // Discovery refills these; sending them back would be refused.

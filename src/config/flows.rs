@@ -20,6 +20,8 @@ pub(super) struct Flows {
     pub flows: FlowConfig,
     pub default_min_ttl: u32,
     pub max_min_ttl: u32,
+    pub refresh_ahead: u32,
+    pub refresh_ahead_window: u32,
 }
 
 const TTL: Setting = Setting::new("flows.ttl_seconds", 600, 1, 3600);
@@ -29,6 +31,9 @@ const WAIT_DEFAULT: Setting = Setting::new("flows.wait_default_seconds", 30, 1, 
 const WAIT_MAX: Setting = Setting::new("flows.wait_max_seconds", 300, 1, 3600);
 const DEFAULT_MIN_TTL: Setting = Setting::new("tokens.default_min_ttl_seconds", 60, 0, 86_400);
 const MAX_MIN_TTL: Setting = Setting::new("tokens.max_min_ttl_seconds", 86_400, 1, 31_536_000);
+const REFRESH_AHEAD: Setting = Setting::new("tokens.refresh_ahead_seconds", 300, 0, 86_400);
+const REFRESH_AHEAD_WINDOW: Setting =
+    Setting::new("tokens.refresh_ahead_window_seconds", 900, 60, 604_800);
 
 /// Validates both sections; every value out of range goes to `errors`.
 pub(super) fn validate(f: &RawFlows, t: &RawTokens, errors: &mut Vec<String>) -> Flows {
@@ -43,6 +48,8 @@ pub(super) fn validate(f: &RawFlows, t: &RawTokens, errors: &mut Vec<String>) ->
         flows,
         default_min_ttl: DEFAULT_MIN_TTL.secs_u32(t.default_min_ttl_seconds, errors),
         max_min_ttl: MAX_MIN_TTL.secs_u32(t.max_min_ttl_seconds, errors),
+        refresh_ahead: REFRESH_AHEAD.secs_u32(t.refresh_ahead_seconds, errors),
+        refresh_ahead_window: REFRESH_AHEAD_WINDOW.secs_u32(t.refresh_ahead_window_seconds, errors),
     }
 }
 
@@ -60,7 +67,7 @@ pub(super) fn render(c: &Config, s: &mut String) {
     );
     let _ = writeln!(
         s,
-        "\n[tokens]\ndefault_min_ttl_seconds = {}\nmax_min_ttl_seconds = {}",
-        c.default_min_ttl, c.max_min_ttl
+        "\n[tokens]\ndefault_min_ttl_seconds = {}\nmax_min_ttl_seconds = {}\nrefresh_ahead_seconds = {}\nrefresh_ahead_window_seconds = {}",
+        c.default_min_ttl, c.max_min_ttl, c.refresh_ahead, c.refresh_ahead_window
     );
 }

@@ -53,6 +53,9 @@ pub struct Config {
     pub user_assertions: Option<crate::assertion::AssertionConfig>,
     pub flows: FlowConfig,
     pub default_min_ttl: u32,
+    /// Background refresh of grants in use when this little is left (seconds); 0: off.
+    pub refresh_ahead: u32,
+    pub refresh_ahead_window: u32,
     pub max_min_ttl: u32,
     pub provider_connect_timeout: Duration,
     pub provider_timeout: Duration,
@@ -189,6 +192,8 @@ impl Config {
             grpc_tls,
             flows: flows.flows,
             default_min_ttl: flows.default_min_ttl,
+            refresh_ahead: flows.refresh_ahead,
+            refresh_ahead_window: flows.refresh_ahead_window,
             max_min_ttl: flows.max_min_ttl,
             provider_connect_timeout: provider_http.connect_timeout,
             provider_timeout: provider_http.timeout,
@@ -443,6 +448,8 @@ wait_max_seconds = 50
 [tokens]
 default_min_ttl_seconds = 30
 max_min_ttl_seconds = 3600
+refresh_ahead_seconds = 300
+refresh_ahead_window_seconds = 900
 
 [provider_http]
 connect_timeout_seconds = 2
@@ -501,6 +508,8 @@ wait_max_seconds = 50
 [tokens]
 default_min_ttl_seconds = 30
 max_min_ttl_seconds = 3600
+refresh_ahead_seconds = 300
+refresh_ahead_window_seconds = 900
 
 [provider_http]
 connect_timeout_seconds = 2
@@ -568,6 +577,8 @@ wait_max_seconds = 300
 [tokens]
 default_min_ttl_seconds = 60
 max_min_ttl_seconds = 86400
+refresh_ahead_seconds = 300
+refresh_ahead_window_seconds = 900
 
 [provider_http]
 connect_timeout_seconds = 5

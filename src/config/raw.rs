@@ -136,6 +136,10 @@ pub struct RawFlows {
 pub struct RawTokens {
     pub default_min_ttl_seconds: Option<u64>,
     pub max_min_ttl_seconds: Option<u64>,
+    /// Background refresh of grants in use once their token has less than this left; 0: off.
+    pub refresh_ahead_seconds: Option<u64>,
+    /// "In use": handed out within this many seconds.
+    pub refresh_ahead_window_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -75,6 +75,8 @@ pub struct ProviderDraft {
     pub mcp_server_url: String,
     /// The hosts a token may be sent to (`Resolve` with a target URL).
     pub egress_hosts: Vec<String>,
+    /// Background refresh of idle grants after this long; 0: off.
+    pub keep_alive_seconds: u32,
     /// oauth2 and oidc: browser (default) or device (RFC 8628).
     pub consent_flow: super::ConsentFlow,
     /// RFC 8628 device authorization endpoint; oidc discovers it.
@@ -100,6 +102,9 @@ pub struct ProviderConfig {
     /// The hosts this provider's tokens may be sent to (exact, or `*.` for subdomains); empty:
     /// unchecked.
     pub egress_hosts: Vec<String>,
+    /// Idle grants are refreshed in the background after this many seconds (providers that
+    /// revoke unused refresh tokens); 0: never.
+    pub keep_alive_seconds: u32,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -289,6 +289,59 @@ impl TokenBroker {
         }
     }
 
+    /// Marks `key`'s cached token as handed to a caller now (the refresh-ahead task's "in use").
+    pub(crate) fn touch(&self, key: &GrantKey) {
+        self.cache.touch(key, self.clock.now_unix());
+    }
+
+    /// Grants handed out in the last `window` seconds whose token has less than `lead` seconds
+    /// left, with the token's scopes.
+    pub(crate) fn due_ahead(&self, window: i64, lead: i64) -> Vec<(GrantKey, Scopes)> {
+        let now = self.clock.now_unix();
+        self.cache.due(now, now - window, lead)
+    }
+
+    /// Keep-alive: refreshes `key` if its grant was last written before `stale_before`, so a
+    /// provider that revokes idle refresh tokens keeps it. Checked again under the grant's lock
+    /// and claim, so replicas sharing the store refresh it once. `true`: it was refreshed here.
+    pub(crate) async fn keep_alive(
+        &self,
+        provider: &ProviderConfig,
+        key: &GrantKey,
+        stale_before: i64,
+    ) -> Result<bool, Error> {
+        let _guard = self.cache.lock(key).await;
+        let Some((grant, version)) = self.grants.get(key).await? else {
+            return Ok(false);
+        };
+        let idle = grant.updated_at < stale_before
+            && grant.refresh_token.is_some()
+            && grant.status == crate::domain::GrantStatus::Active
+            && !self.refresher.is_lost(key);
+        let Some(client) = provider.kind.oauth_client().filter(|_| idle) else {
+            return Ok(false);
+        };
+        match self.refresher.refresh(client, grant, version).await {
+            Ok(Refreshed::Token(set, grant)) => {
+                self.audit_refresh(key, "ok");
+                let scopes = grant.scopes.clone();
+                self.cache_token(&grant, set, &scopes);
+                Ok(true)
+            }
+            Ok(Refreshed::Shared(_)) => Ok(false),
+            Ok(Refreshed::Gone) => {
+                self.audit_refresh(key, "REAUTHORIZATION_REQUIRED");
+                self.cache.remove(key);
+                Ok(false)
+            }
+            Err(e) => {
+                let transient = e.class() == super::Class::Unavailable;
+                self.audit_refresh(key, if transient { "unavailable" } else { "failed" });
+                Err(e)
+            }
+        }
+    }
+
     /// A token for the client itself from the cache, or bought from the token endpoint (one
     /// request per cache slot at a time). `fresh`: never the cached one.
     pub(crate) async fn client_token(
@@ -369,6 +422,7 @@ impl TokenBroker {
                 scopes: granted,
                 metadata: Arc::new(set.metadata),
                 obtained: Instant::now(),
+                last_used: std::sync::atomic::AtomicI64::new(0),
             },
         );
         tracing::info!(%provider, grant = source.name(), "obtained a token for the client itself");
@@ -397,6 +451,7 @@ impl TokenBroker {
                 declined: grant.declined,
                 metadata: Arc::new(grant.metadata),
                 obtained: Instant::now(),
+                last_used: std::sync::atomic::AtomicI64::new(0),
             },
         );
         Some(AccessToken::handed(&cached, scopes))
@@ -414,6 +469,7 @@ impl TokenBroker {
                 declined: grant.declined.clone(),
                 metadata: Arc::new(grant.metadata.clone()),
                 obtained: Instant::now(),
+                last_used: std::sync::atomic::AtomicI64::new(0),
             },
         );
         AccessToken::handed(&cached, requested)

@@ -18,6 +18,9 @@ pub(super) struct CachedToken {
     pub metadata: Arc<BTreeMap<String, String>>,
     /// When this token was put in the cache (monotonic).
     pub obtained: Instant,
+    /// When a caller was last handed this grant's token (Unix seconds; 0: not since it was
+    /// cached). The refresh-ahead task refreshes only grants in use.
+    pub last_used: std::sync::atomic::AtomicI64,
 }
 
 impl CachedToken {
@@ -68,6 +71,34 @@ impl TokenCache {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, token.clone());
         token
+    }
+
+    /// Marks `key`'s token as just handed to a caller.
+    pub(super) fn touch(&self, key: &GrantKey, now: i64) {
+        if let Some(t) = self
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            t.last_used.store(now, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Grants handed out since `since` whose token (with an expiry) has less than `lead`
+    /// seconds left at `now`, with the scopes of that token.
+    pub(super) fn due(&self, now: i64, since: i64, lead: i64) -> Vec<(GrantKey, Scopes)> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, t)| {
+                t.last_used.load(std::sync::atomic::Ordering::Relaxed) >= since.max(1)
+                    && t.expires_at != 0
+                    && t.expires_at - now < lead
+            })
+            .map(|(k, t)| (k.clone(), t.scopes.clone()))
+            .collect()
     }
 
     /// The cached token of `key`, whatever its scopes or lifetime.

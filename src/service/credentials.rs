@@ -242,6 +242,23 @@ impl Credentials {
         &self.audit
     }
 
+    /// Refreshes grants in use ahead of expiry, and idle grants of keep-alive providers, until
+    /// `stop` resolves (`ahead.rs`).
+    pub async fn run_background_refresh(
+        self: Arc<Self>,
+        settings: super::ahead::AheadSettings,
+        stop: impl std::future::Future,
+    ) {
+        super::ahead::run(
+            self.broker.clone(),
+            self.providers.clone(),
+            self.clock.clone(),
+            settings,
+            stop,
+        )
+        .await;
+    }
+
     pub fn audit_arc(&self) -> Arc<crate::audit::Audit> {
         self.audit.clone()
     }
@@ -606,6 +623,7 @@ impl Credentials {
         token: AccessToken,
         handout: Handout,
     ) -> Result<Outcome, Error> {
+        self.broker.touch(key);
         match handout {
             Handout::Token => Ok(Outcome::Token(token)),
             Handout::Reference { single_use } => {
@@ -902,6 +920,7 @@ impl Credentials {
                 }
             };
         };
+        self.broker.touch(&record.grant);
         // Spent only once a token is in hand, so a failed resolve does not use it up.
         if record.single_use {
             self.references.spend(&found.hash).await?;

@@ -4,6 +4,7 @@
 //! credential `kind` seam dispatches on a provider's kind; `providers` administers them. `Error`
 //! is the one transport-agnostic error and its one classification.
 
+mod ahead;
 mod binding;
 mod broker;
 mod cache;
@@ -19,6 +20,7 @@ mod references;
 mod refresher;
 mod replicas;
 
+pub use ahead::AheadSettings;
 pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};
 pub use credentials::{
     AuthRequest, CallbackDone, Credentials, GrantChanges, Limits, Outcome, Parts, SubjectToken,

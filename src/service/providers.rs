@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use url::Url;
 
+/// The shortest keep-alive interval (seconds): refreshing more often buys nothing.
+const MIN_KEEP_ALIVE: u32 = 600;
+
 #[derive(Debug)]
 pub struct ProviderRegistry {
     /// Provider profiles `CreateProvider` may start from.
@@ -228,6 +231,12 @@ impl ProviderRegistry {
                 format!("must be at most {MAX_REFERENCE_TTL} (one year)"),
             ));
         }
+        if d.keep_alive_seconds != 0 && d.keep_alive_seconds < MIN_KEEP_ALIVE {
+            return Err(Error::invalid(
+                "keep_alive_seconds",
+                format!("must be 0 (off) or at least {MIN_KEEP_ALIVE}"),
+            ));
+        }
         let redirect_uri = self.redirect_uri(&id);
         let ctx = KindContext {
             endpoint: &*self.endpoint,
@@ -270,6 +279,7 @@ impl ProviderRegistry {
                 d.reference_ttl_seconds
             },
             egress_hosts,
+            keep_alive_seconds: d.keep_alive_seconds,
             created_at: current.map_or(now, |c| c.created_at),
             updated_at: now,
         })

@@ -111,6 +111,7 @@ fn provider() -> ProviderConfig {
         handout_policy: HandoutPolicy::Any,
         reference_ttl_seconds: 3600,
         egress_hosts: Vec::new(),
+        keep_alive_seconds: 0,
         created_at: NOW,
         updated_at: NOW,
     }
@@ -491,4 +492,132 @@ async fn the_device_poller_reports_denial_and_stops_at_expiry() {
             .unwrap()
             .is_none()
     );
+}
+
+/// The providers a background round sees: `provider()`, with a keep-alive interval.
+struct OneProvider(Arc<ProviderConfig>);
+
+impl super::ahead::Providers for OneProvider {
+    fn ids(&self) -> Vec<ProviderId> {
+        vec![self.0.id.clone()]
+    }
+
+    fn get(&self, id: &ProviderId) -> Option<Arc<ProviderConfig>> {
+        (*id == self.0.id).then(|| self.0.clone())
+    }
+}
+
+const AHEAD: super::ahead::AheadSettings = super::ahead::AheadSettings {
+    lead: 300,
+    window: 900,
+    tick: Duration::from_secs(30),
+};
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_in_use_is_refreshed_ahead_and_an_idle_one_is_not() {
+    let w = World::new().await;
+    let broker = w.broker();
+    let providers = OneProvider(Arc::new(provider()));
+    let clock: Arc<dyn Clock> = w.clock.clone();
+    let mut rounds = super::ahead::Rounds::default();
+    // A caller takes alice's token (refresh 1: at-1, an hour of life) and uses it.
+    let p = provider();
+    broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap()
+        .unwrap();
+    broker.touch(&key("alice"));
+    assert_eq!(w.endpoint.refreshes(), 1);
+    // Plenty of life left: a round does nothing.
+    super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
+    assert_eq!(w.endpoint.refreshes(), 1);
+    // Used again 50 minutes in; four minutes before expiry, six minutes later: refreshed ahead.
+    // (Both clocks move: the cache tells its own refreshes apart by monotonic time.)
+    w.clock.advance(3000);
+    tokio::time::advance(Duration::from_secs(3000)).await;
+    broker.touch(&key("alice"));
+    w.clock.advance(360);
+    tokio::time::advance(Duration::from_secs(360)).await;
+    super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
+    assert_eq!(w.endpoint.refreshes(), 2);
+    // The next caller gets the new token without calling the provider.
+    let t = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.token.expose_secret(), "at-2");
+    assert_eq!(w.endpoint.refreshes(), 2);
+    // Not handed out since that refresh: idle, so its expiry is left alone.
+    w.clock.advance(3600 - 240);
+    tokio::time::advance(Duration::from_secs(3600 - 240)).await;
+    super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
+    assert_eq!(w.endpoint.refreshes(), 2, "an idle grant is not refreshed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_refreshes_an_idle_grant_at_its_interval_once_across_replicas() {
+    let w = World::new().await;
+    let (a, b) = (w.broker(), w.broker());
+    let providers = OneProvider(Arc::new(ProviderConfig {
+        keep_alive_seconds: 86_400,
+        ..provider()
+    }));
+    let clock: Arc<dyn Clock> = w.clock.clone();
+    let (mut ra, mut rb) = (
+        super::ahead::Rounds::default(),
+        super::ahead::Rounds::default(),
+    );
+    // Written just now: nothing to keep alive.
+    super::ahead::round(&a, &providers, &clock, AHEAD, &mut ra).await;
+    assert_eq!(w.endpoint.refreshes(), 0);
+    // A day idle: both replicas look, at the same time; one refresh.
+    w.clock.advance(86_400 + 1);
+    tokio::join!(
+        super::ahead::round(&a, &providers, &clock, AHEAD, &mut ra),
+        super::ahead::round(&b, &providers, &clock, AHEAD, &mut rb),
+    );
+    assert_eq!(w.endpoint.refreshes(), 1);
+    assert_eq!(w.endpoint.reused(), 0);
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-1"));
+    // The other replica's next look finds it fresh.
+    w.clock.advance(10_000);
+    super::ahead::round(&b, &providers, &clock, AHEAD, &mut rb).await;
+    assert_eq!(w.endpoint.refreshes(), 1);
+    // Another day: again.
+    w.clock.advance(86_400);
+    super::ahead::round(&b, &providers, &clock, AHEAD, &mut rb).await;
+    assert_eq!(w.endpoint.refreshes(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_background_refresh_backs_off_and_keeps_the_grant() {
+    let w = World::new().await;
+    let broker = w.broker();
+    let providers = OneProvider(Arc::new(ProviderConfig {
+        keep_alive_seconds: 3600,
+        ..provider()
+    }));
+    let clock: Arc<dyn Clock> = w.clock.clone();
+    let mut rounds = super::ahead::Rounds::default();
+    w.endpoint
+        .fail_next(crate::oauth::OAuthError::Unavailable("down".into()));
+    w.clock.advance(3601);
+    super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
+    assert_eq!(w.endpoint.refreshes(), 1);
+    let g = broker.grant(&key("alice")).await.unwrap().expect("kept");
+    assert_eq!(
+        g.status,
+        GrantStatus::Active,
+        "a transient failure keeps the grant"
+    );
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-0"));
+    // Within the back-off (a minute after the first failure), no new attempt however often
+    // rounds run.
+    for _ in 0..5 {
+        w.clock.advance(10);
+        super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
+    }
+    assert_eq!(w.endpoint.refreshes(), 1, "backed off");
 }

@@ -113,6 +113,8 @@ struct ProviderRecord {
     mcp: Option<McpServer>,
     #[serde(default)]
     egress_hosts: Vec<String>,
+    #[serde(default)]
+    keep_alive_seconds: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -184,6 +186,7 @@ impl From<&ProviderConfig> for ProviderRecord {
             resource: client.and_then(|c| c.resource.clone()),
             mcp: code.and_then(|c| c.mcp.clone()),
             egress_hosts: p.egress_hosts.clone(),
+            keep_alive_seconds: p.keep_alive_seconds,
             private_key: key.map(|k| k.pem().clone()),
             key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
             assertion,
@@ -272,6 +275,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
             handout_policy: r.handout_policy,
             reference_ttl_seconds: r.reference_ttl_seconds,
             egress_hosts: r.egress_hosts,
+            keep_alive_seconds: r.keep_alive_seconds,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })

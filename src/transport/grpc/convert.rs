@@ -346,6 +346,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         reference_ttl_seconds: p.reference_ttl_seconds,
         profile: p.profile.clone().unwrap_or_default(),
         egress_hosts: p.egress_hosts.clone(),
+        keep_alive_seconds: p.keep_alive_seconds,
         ..Default::default()
     };
     if let KindConfig::Static(c) = &p.kind {
@@ -511,6 +512,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         allow_account_change: p.allow_account_change,
         mcp_server_url: p.mcp_server_url,
         egress_hosts: p.egress_hosts,
+        keep_alive_seconds: p.keep_alive_seconds,
         ..ProviderDraft::default()
     })
 }
