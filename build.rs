@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".valet.v1.PutCredentialRequest",
             ".valet.v1.AuthenticateRequest",
             ".valet.v1.CompleteAuthorizationRequest",
+            ".valet.v1.ImportGrantRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

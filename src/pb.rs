@@ -117,6 +117,18 @@ impl fmt::Debug for Reference {
     }
 }
 
+impl fmt::Debug for ImportGrantRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportGrantRequest")
+            .field("provider_id", &self.provider_id)
+            .field("user_id", &self.user_id)
+            .field("agent_id", &self.agent_id)
+            .field("refresh_token", &redacted(&self.refresh_token))
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
 impl fmt::Debug for ResolveRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResolveRequest")

@@ -256,3 +256,57 @@ fn print_token_details(t: &pb::Token) {
         println!("metadata:     {k}={v}");
     }
 }
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GrantCmd {
+    /// Store a grant from a refresh token issued elsewhere (another broker, a script): Valet
+    /// refreshes it once at the provider first, and stores nothing if the provider refuses it.
+    Import {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        user: String,
+        /// The grant belongs to this agent only.
+        #[arg(long)]
+        agent: Option<String>,
+        /// File holding the refresh token (never a flag value: flags show up in `ps`).
+        #[arg(long)]
+        refresh_token_file: std::path::PathBuf,
+        /// The scopes the token was granted (when the provider does not say on refresh).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+}
+
+pub(super) async fn grant(cmd: GrantCmd, conn: &Conn) -> anyhow::Result<()> {
+    let GrantCmd::Import {
+        provider,
+        user,
+        agent,
+        refresh_token_file,
+        scopes,
+    } = cmd;
+    let refresh_token = std::fs::read_to_string(&refresh_token_file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", refresh_token_file.display()))?
+        .trim()
+        .to_owned();
+    let r = conn
+        .connect()
+        .await?
+        .credentials()
+        .import_grant(pb::ImportGrantRequest {
+            provider_id: provider,
+            user_id: user,
+            agent_id: agent.unwrap_or_default(),
+            refresh_token,
+            scopes,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!("imported (the provider accepted the refresh token):");
+    if let Some(g) = &r.grant {
+        print_grant(g);
+    }
+    Ok(())
+}

@@ -60,6 +60,13 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// One grant: `import` one from a refresh token issued elsewhere (admin).
+    Grant {
+        #[command(subcommand)]
+        cmd: auth::GrantCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Turn a reference into a fresh access token (as an agent would right before an API call).
     Resolve {
         reference: String,
@@ -235,6 +242,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
             user,
             conn,
         } => auth::grants(provider, user, &conn).await,
+        Command::Grant { cmd, conn } => auth::grant(cmd, &conn).await,
         Command::Resolve {
             reference,
             min_ttl,

@@ -714,6 +714,77 @@ impl Credentials {
         }
     }
 
+    /// Imports a grant from an existing refresh token (admin; users moving from another
+    /// broker). One refresh at the provider proves the token before anything is stored, and
+    /// its answer (with any rotated refresh token) becomes the grant; a refused token stores
+    /// nothing. An active grant is never overwritten.
+    pub async fn import_grant(
+        &self,
+        caller: &Caller,
+        key: GrantKey,
+        refresh_token: SecretString,
+        scopes: Scopes,
+    ) -> Result<GrantInfo, Error> {
+        policy::authorize(caller, Action::ManageProviders)?;
+        let provider = self.providers.get(&key.provider)?;
+        let Some(flow) = kind::consent(&provider.kind) else {
+            return Err(Error::invalid(
+                "provider_id",
+                "grants are imported for providers whose users consent (oauth2, oidc, mcp)",
+            ));
+        };
+        if self
+            .broker
+            .grant(&key)
+            .await?
+            .is_some_and(|g| g.status == crate::domain::GrantStatus::Active)
+        {
+            return Err(Error::invalid(
+                "user_id",
+                "already has an active grant at this provider: revoke it first to import another",
+            ));
+        }
+        let mut tokens = self
+            .endpoint
+            .token(
+                flow.client(),
+                crate::oauth::TokenGrant::RefreshToken(&refresh_token),
+            )
+            .await
+            .map_err(|e| match e {
+                crate::oauth::OAuthError::InvalidGrant => Error::invalid(
+                    "refresh_token",
+                    "the provider refused it (invalid_grant): expired, revoked, or issued to another client",
+                ),
+                other => other.into(),
+            })?;
+        // A provider that does not rotate keeps honouring the imported token.
+        tokens.refresh_token = tokens.refresh_token.or(Some(refresh_token));
+        self.broker
+            .accept_consent(Consented {
+                key: key.clone(),
+                tokens,
+                subject: None,
+                requested: scopes,
+                replace_account: false,
+            })
+            .await?;
+        let query = GrantQuery {
+            provider: Some(key.provider.clone()),
+            user: Some(key.user.clone()),
+            page_size: MAX_PAGE,
+            ..Default::default()
+        };
+        let (grants, _) = self
+            .broker
+            .list(Some(std::slice::from_ref(&key.provider)), &query)
+            .await?;
+        grants
+            .into_iter()
+            .find(|g| g.key == key)
+            .ok_or(Error::internal("the imported grant is not stored"))
+    }
+
     /// Grant changes from now on that the caller may see and `q` selects (as `ListGrants`:
     /// an agent key must name the user). `Err(n)`: this watcher fell behind and missed `n`.
     pub async fn watch_grants(

@@ -13,6 +13,7 @@ mod client_credentials;
 mod device_flow;
 mod flow;
 mod id_tokens;
+mod import;
 mod lifecycle;
 mod mcp;
 mod operations;

@@ -116,6 +116,42 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         )))
     }
 
+    async fn import_grant(
+        &self,
+        req: Request<pb::ImportGrantRequest>,
+    ) -> Result<Response<pb::ImportGrantResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let grant = rpc(
+            self.audit(),
+            "ImportGrant",
+            &caller,
+            subject(&r.provider_id, &r.user_id, &r.agent_id),
+            async {
+                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
+                if r.refresh_token.is_empty() || r.refresh_token.len() > 16384 {
+                    return Err(crate::service::Error::invalid(
+                        "refresh_token",
+                        "is required (at most 16384 characters)",
+                    ));
+                }
+                let scopes = crate::domain::Scopes::parse("scopes", &r.scopes)?;
+                self.credentials
+                    .import_grant(
+                        &caller,
+                        key,
+                        SecretString::from(r.refresh_token.clone()),
+                        scopes,
+                    )
+                    .await
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::ImportGrantResponse {
+            grant: Some(convert::grant(grant)),
+        }))
+    }
+
     async fn watch_grants(
         &self,
         req: Request<pb::WatchGrantsRequest>,

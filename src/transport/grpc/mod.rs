@@ -41,6 +41,7 @@ impl<A, B> Labelled for (crate::service::AccessToken, A, B) {}
 impl<A> Labelled for (crate::service::AccessToken, A) {}
 impl Labelled for crate::domain::ProviderConfig {}
 impl Labelled for crate::domain::ProviderId {}
+impl Labelled for crate::service::GrantInfo {}
 impl<T> Labelled for std::sync::Arc<T> {}
 impl<T: ?Sized> Labelled for std::pin::Pin<Box<T>> {}
 
