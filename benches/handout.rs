@@ -164,6 +164,7 @@ fn bench_grant(i: usize) -> (String, zeroize::Zeroizing<Vec<u8>>) {
         expires_at: 0,
         declined: Scopes::default(),
         metadata: std::collections::BTreeMap::new(),
+        consented_at: 0,
     };
     (
         valet::store::keyspace::grant(&key),

@@ -48,6 +48,8 @@ pub enum GrantChangeKind {
     NeedsReauth,
     Revoked,
     RefreshFailed,
+    /// The provider's maximum grant age is near: the user should consent again.
+    ReauthDue,
 }
 
 /// Which audit events are grant changes.
@@ -58,6 +60,7 @@ fn grant_change(event: &str, outcome: &str) -> Option<GrantChangeKind> {
         ("GrantRefreshed", "REAUTHORIZATION_REQUIRED") => GrantChangeKind::NeedsReauth,
         ("GrantRefreshed", _) => GrantChangeKind::RefreshFailed,
         ("Revoke", "revoked") => GrantChangeKind::Revoked,
+        ("GrantReauthDue", _) => GrantChangeKind::ReauthDue,
         _ => return None,
     })
 }

@@ -32,11 +32,12 @@ const ATTEMPTS: u32 = 5;
 const FAILING_AFTER: u32 = 3;
 
 /// The events a webhook can be told about.
-pub const EVENTS: [&str; 4] = [
+pub const EVENTS: [&str; 5] = [
     "grant.created",
     "grant.needs_reauth",
     "grant.revoked",
     "grant.refresh_failing",
+    "grant.reauth_due",
 ];
 
 /// One configured receiver.
@@ -114,6 +115,7 @@ fn event_of(c: &GrantChange, failing: &mut HashMap<String, u32>) -> Option<&'sta
             failing.remove(&grant);
             Some("grant.revoked")
         }
+        GrantChangeKind::ReauthDue => Some("grant.reauth_due"),
         GrantChangeKind::RefreshFailed => {
             if failing.len() > 100_000 {
                 failing.clear();

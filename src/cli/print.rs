@@ -126,6 +126,12 @@ pub(super) fn print_provider(p: &pb::Provider) {
     if !p.egress_hosts.is_empty() {
         println!("egress_hosts:      {}", p.egress_hosts.join(" "));
     }
+    if p.max_grant_age_seconds > 0 {
+        println!(
+            "max_grant_age:     users consent again {}s after their last consent",
+            p.max_grant_age_seconds
+        );
+    }
     if p.keep_alive_seconds > 0 {
         println!(
             "keep_alive:        idle grants refreshed every {}s",
@@ -165,6 +171,9 @@ pub(super) fn print_grant(g: &pb::Grant) {
     let mut extra = String::new();
     if !g.declined_scopes.is_empty() {
         extra.push_str(&format!("\tdeclined={}", g.declined_scopes.join(" ")));
+    }
+    if g.needs_reauth_at > 0 {
+        extra.push_str(&format!("\tneeds_reauth_at={}", g.needs_reauth_at));
     }
     let mut metadata: Vec<_> = g.metadata.iter().collect();
     metadata.sort();

@@ -106,6 +106,9 @@ pub struct ProviderArgs {
     /// unused refresh tokens); 0: off.
     #[arg(long)]
     pub keep_alive_seconds: Option<u32>,
+    /// Re-attestation: users consent again this many seconds after their last consent; 0: never.
+    #[arg(long)]
+    pub max_grant_age_seconds: Option<u32>,
     #[arg(long)]
     pub revocation_url: Option<String>,
     /// Default scope (repeat).
@@ -321,6 +324,9 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
     }
     if let Some(s) = a.keep_alive_seconds {
         p.keep_alive_seconds = s;
+    }
+    if let Some(s) = a.max_grant_age_seconds {
+        p.max_grant_age_seconds = s;
     }
     if p.kind == pb::ProviderKind::Mcp as i32 {
         // Discovery refills these; sending them back would be refused.

@@ -53,6 +53,10 @@ pub struct Grant {
     /// Non-secret fields of the provider's answer that API calls need (e.g. `instance_url`).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// When the user last consented (Unix seconds); 0 in records from before it was kept:
+    /// `created_at` then.
+    #[serde(default)]
+    pub consented_at: i64,
 }
 
 /// Which daemon instance is refreshing a grant, and until when (Unix seconds) the claim holds.
@@ -63,6 +67,20 @@ pub struct RefreshClaim {
 }
 
 impl Grant {
+    /// When the user must consent again under a provider's maximum grant age (`max_age`
+    /// seconds since the last consent); 0: never.
+    pub fn reauth_at(&self, max_age: u32) -> i64 {
+        if max_age == 0 {
+            return 0;
+        }
+        let since = if self.consented_at > 0 {
+            self.consented_at
+        } else {
+            self.created_at
+        };
+        since.saturating_add(i64::from(max_age))
+    }
+
     /// Whether this grant yields a token for `scopes` without a new consent at `now`.
     pub fn usable_for(&self, scopes: &Scopes, now: i64) -> bool {
         self.status == GrantStatus::Active
@@ -112,6 +130,7 @@ mod tests {
             expires_at,
             declined: Scopes::default(),
             metadata: BTreeMap::new(),
+            consented_at: 0,
         }
     }
 

@@ -77,6 +77,8 @@ pub struct ProviderDraft {
     pub egress_hosts: Vec<String>,
     /// Background refresh of idle grants after this long; 0: off.
     pub keep_alive_seconds: u32,
+    /// The user consents again this long after the last consent; 0: never.
+    pub max_grant_age_seconds: u32,
     /// oauth2 and oidc: browser (default) or device (RFC 8628).
     pub consent_flow: super::ConsentFlow,
     /// RFC 8628 device authorization endpoint; oidc discovers it.
@@ -105,6 +107,9 @@ pub struct ProviderConfig {
     /// Idle grants are refreshed in the background after this many seconds (providers that
     /// revoke unused refresh tokens); 0: never.
     pub keep_alive_seconds: u32,
+    /// Re-attestation: a grant lapses this many seconds after the user's last consent, and the
+    /// user must consent again; 0: never.
+    pub max_grant_age_seconds: u32,
     pub created_at: i64,
     pub updated_at: i64,
 }

@@ -54,8 +54,10 @@ impl Providers for ProviderRegistry {
 #[derive(Debug, Default)]
 pub(super) struct Rounds {
     backoff: Backoff,
-    /// When each provider's grants were last looked at for keep-alive.
+    /// When each provider's grants were last looked at for keep-alive and maximum age.
     kept_alive: HashMap<ProviderId, i64>,
+    /// Grants (with the time they lapse) whose coming lapse was announced.
+    announced: std::collections::HashSet<(GrantKey, i64)>,
 }
 
 /// Failed grants and when each may be tried again.
@@ -115,14 +117,7 @@ pub(super) async fn round(
     if s.lead > 0 {
         ahead(broker, providers, clock, s, &mut rounds.backoff).await;
     }
-    keep_alive(
-        broker,
-        providers,
-        clock,
-        &mut rounds.kept_alive,
-        &mut rounds.backoff,
-    )
-    .await;
+    keep_alive(broker, providers, clock, rounds).await;
 }
 
 async fn ahead(
@@ -150,28 +145,38 @@ async fn ahead(
     }
 }
 
+/// Keep-alive and maximum age: each provider with either looks at its grants ten times per
+/// interval (at most once a minute), refreshes the idle ones and announces the ones about to
+/// lapse (a tenth of the maximum age, at most three days, before).
 async fn keep_alive(
     broker: &TokenBroker,
     providers: &dyn Providers,
     clock: &Arc<dyn Clock>,
-    last: &mut HashMap<ProviderId, i64>,
-    backoff: &mut Backoff,
+    rounds: &mut Rounds,
 ) {
+    let Rounds {
+        backoff,
+        kept_alive: last,
+        announced,
+    } = rounds;
     for id in providers.ids() {
         let Some(provider) = providers.get(&id) else {
             continue;
         };
         let every = i64::from(provider.keep_alive_seconds);
+        let max_age = i64::from(provider.max_grant_age_seconds);
+        let pace = [every, max_age]
+            .into_iter()
+            .filter(|s| *s > 0)
+            .min()
+            .map(|s| (s / 10).max(60));
         let now = clock.now_unix();
-        // Each provider's grants are looked at ten times per interval.
-        if every == 0
-            || last
-                .get(&id)
-                .is_some_and(|t| now - t < (every / 10).max(60))
-        {
+        let Some(pace) = pace else { continue };
+        if last.get(&id).is_some_and(|t| now - t < pace) {
             continue;
         }
         last.insert(id.clone(), now);
+        let notice = (max_age / 10).min(3 * 86_400);
         let mut query = GrantQuery {
             status: Some(GrantStatus::Active),
             page_size: 100,
@@ -184,10 +189,17 @@ async fn keep_alive(
                 break;
             };
             for g in page {
-                if refreshed >= PER_PROVIDER {
-                    return;
+                let lapses = g.consented_at + max_age;
+                if max_age > 0
+                    && now >= lapses - notice
+                    && now < lapses
+                    && announced.insert((g.key.clone(), lapses))
+                {
+                    broker.reauth_due(&g.key);
                 }
-                if g.updated_at >= now - every
+                if every == 0
+                    || refreshed >= PER_PROVIDER
+                    || g.updated_at >= now - every
                     || !g.has_refresh_token
                     || !backoff.ready(&g.key, now)
                 {

@@ -81,6 +81,10 @@ pub struct GrantInfo {
     pub declined: Scopes,
     pub metadata: BTreeMap<String, String>,
     pub has_stored_value: bool,
+    /// When the user last consented.
+    pub consented_at: i64,
+    /// Filled by the use case from the provider: when the grant lapses (0: never).
+    pub needs_reauth_at: i64,
     /// Filled by the use case from the provider.
     pub kind: Option<crate::domain::ProviderKind>,
     pub issuer: Option<String>,
@@ -96,6 +100,8 @@ pub(crate) struct Consented {
     pub requested: Scopes,
     /// The provider lets a re-consent by another account replace the grant (audited).
     pub replace_account: bool,
+    /// The provider's maximum grant age (seconds; 0: none).
+    pub max_age: u32,
 }
 
 /// Where a client token is for: the `audience` parameter and the RFC 8707 resource; for a
@@ -241,17 +247,20 @@ impl TokenBroker {
             return Ok(None);
         };
         let needed = scopes.difference(&grant.declined);
-        if !grant.usable_for(&needed, now) || self.refresher.is_lost(key) {
+        let max_age = provider.max_grant_age_seconds;
+        // Past the provider's maximum grant age: the user consents again (re-attestation).
+        let lapsed = max_age > 0 && now >= grant.reauth_at(max_age);
+        if lapsed || !grant.usable_for(&needed, now) || self.refresher.is_lost(key) {
             return Ok(None);
         }
         if grant.refresh_token.is_none() {
-            return Ok(self.kept_token(grant, scopes, now, min_ttl));
+            return Ok(self.kept_token(grant, scopes, now, min_ttl, max_age));
         }
         // The access token the last refresh stored (by this process before a restart, or by a
         // replica) serves while it lives long enough.
         if grant.access_token.is_some()
             && grant.refreshing.is_none()
-            && let Some(t) = self.kept_token(grant.clone(), scopes, now, min_ttl)
+            && let Some(t) = self.kept_token(grant.clone(), scopes, now, min_ttl, max_age)
         {
             return Ok(Some(t));
         }
@@ -268,11 +277,11 @@ impl TokenBroker {
         match refreshed {
             Ok(Refreshed::Token(set, grant)) => {
                 self.audit_refresh(key, "ok");
-                Ok(Some(self.cache_token(&grant, set, scopes)))
+                Ok(Some(self.cache_token(&grant, set, scopes, max_age)))
             }
             // Refreshed by another replica after this call began: fresh for it whatever its
             // `min_ttl`, as a refresh by this process would be.
-            Ok(Refreshed::Shared(grant)) => Ok(self.kept_token(*grant, scopes, now, 0)),
+            Ok(Refreshed::Shared(grant)) => Ok(self.kept_token(*grant, scopes, now, 0, max_age)),
             Ok(Refreshed::Gone) => {
                 self.audit_refresh(key, "REAUTHORIZATION_REQUIRED");
                 self.cache.remove(key);
@@ -301,6 +310,12 @@ impl TokenBroker {
         self.cache.due(now, now - window, lead)
     }
 
+    /// Tells the audit trail (and so `WatchGrants` and webhooks) that `key` reaches its
+    /// provider's maximum age soon.
+    pub(crate) fn reauth_due(&self, key: &GrantKey) {
+        self.audit_grant(key, "GrantReauthDue", "ok");
+    }
+
     /// Keep-alive: refreshes `key` if its grant was last written before `stale_before`, so a
     /// provider that revokes idle refresh tokens keeps it. Checked again under the grant's lock
     /// and claim, so replicas sharing the store refresh it once. `true`: it was refreshed here.
@@ -325,7 +340,7 @@ impl TokenBroker {
             Ok(Refreshed::Token(set, grant)) => {
                 self.audit_refresh(key, "ok");
                 let scopes = grant.scopes.clone();
-                self.cache_token(&grant, set, &scopes);
+                self.cache_token(&grant, set, &scopes, provider.max_grant_age_seconds);
                 Ok(true)
             }
             Ok(Refreshed::Shared(_)) => Ok(false),
@@ -423,6 +438,7 @@ impl TokenBroker {
                 metadata: Arc::new(set.metadata),
                 obtained: Instant::now(),
                 last_used: std::sync::atomic::AtomicI64::new(0),
+                reauth_at: 0,
             },
         );
         tracing::info!(%provider, grant = source.name(), "obtained a token for the client itself");
@@ -436,7 +452,9 @@ impl TokenBroker {
         scopes: &Scopes,
         now: i64,
         min_ttl: i64,
+        max_age: u32,
     ) -> Option<AccessToken> {
+        let reauth_at = grant.reauth_at(max_age);
         let token = grant.access_token?;
         if grant.expires_at != 0 && grant.expires_at - now < min_ttl {
             return None;
@@ -452,13 +470,20 @@ impl TokenBroker {
                 metadata: Arc::new(grant.metadata),
                 obtained: Instant::now(),
                 last_used: std::sync::atomic::AtomicI64::new(0),
+                reauth_at,
             },
         );
         Some(AccessToken::handed(&cached, scopes))
     }
 
     /// Caches a fresh token for `grant` (as stored) and hands it out for `requested`.
-    fn cache_token(&self, grant: &Grant, set: TokenSet, requested: &Scopes) -> AccessToken {
+    fn cache_token(
+        &self,
+        grant: &Grant,
+        set: TokenSet,
+        requested: &Scopes,
+        max_age: u32,
+    ) -> AccessToken {
         let cached = self.cache.put(
             grant.key.clone(),
             CachedToken {
@@ -470,6 +495,7 @@ impl TokenBroker {
                 metadata: Arc::new(grant.metadata.clone()),
                 obtained: Instant::now(),
                 last_used: std::sync::atomic::AtomicI64::new(0),
+                reauth_at: grant.reauth_at(max_age),
             },
         );
         AccessToken::handed(&cached, requested)
@@ -526,7 +552,7 @@ impl TokenBroker {
                 Err(e) => return Err(e.into()),
             }
         };
-        self.cache_token(&grant, c.tokens, &c.requested);
+        self.cache_token(&grant, c.tokens, &c.requested, c.max_age);
         self.refresher.forget_lost(&c.key);
         Ok(grant.declined)
     }
@@ -569,6 +595,7 @@ impl TokenBroker {
             } else {
                 c.tokens.metadata.clone()
             },
+            consented_at: now,
         }
     }
 
@@ -614,6 +641,7 @@ impl TokenBroker {
                 expires_at: 0,
                 declined: Scopes::default(),
                 metadata: BTreeMap::new(),
+                consented_at: now,
             };
             match self.grants.put(&grant, cas).await {
                 Ok(_) => break,
@@ -679,6 +707,12 @@ impl TokenBroker {
                 // A token that cannot be re-obtained without the user; the access token a
                 // refresh keeps for replicas is not a stored value in this sense.
                 has_stored_value: g.access_token.is_some() && g.refresh_token.is_none(),
+                consented_at: if g.consented_at > 0 {
+                    g.consented_at
+                } else {
+                    g.created_at
+                },
+                needs_reauth_at: 0,
                 kind: None,
                 issuer: None,
                 has_refresh_token: g.refresh_token.is_some(),

@@ -21,6 +21,8 @@ pub(super) struct CachedToken {
     /// When a caller was last handed this grant's token (Unix seconds; 0: not since it was
     /// cached). The refresh-ahead task refreshes only grants in use.
     pub last_used: std::sync::atomic::AtomicI64,
+    /// When the grant's maximum age lapses (Unix seconds; 0: never): not served after.
+    pub reauth_at: i64,
 }
 
 impl CachedToken {
@@ -60,6 +62,9 @@ impl TokenCache {
     ) -> Option<Arc<CachedToken>> {
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
         let t = tokens.get(key)?;
+        if t.reauth_at != 0 && now >= t.reauth_at {
+            return None;
+        }
         let just_refreshed = fresh_since.is_some_and(|s| t.obtained >= s) && t.lasts(now, 1);
         (t.serves(scopes) && (t.lasts(now, min_ttl) || just_refreshed)).then(|| t.clone())
     }

@@ -767,6 +767,7 @@ impl Credentials {
                 subject: None,
                 requested: scopes,
                 replace_account: false,
+                max_age: provider.max_grant_age_seconds,
             })
             .await?;
         let query = GrantQuery {
@@ -927,6 +928,7 @@ impl Credentials {
                 .kind
                 .auth_code()
                 .is_some_and(|c| c.allow_account_change),
+            max_age: provider.max_grant_age_seconds,
         })
     }
 
@@ -1078,6 +1080,12 @@ impl Credentials {
             if let Ok(p) = self.providers.get(&g.key.provider) {
                 g.kind = Some(p.kind.kind());
                 g.issuer = p.kind.issuer().map(str::to_owned);
+                if p.max_grant_age_seconds > 0 {
+                    g.needs_reauth_at = g.consented_at + i64::from(p.max_grant_age_seconds);
+                    if self.clock.now_unix() >= g.needs_reauth_at {
+                        g.status = crate::domain::GrantStatus::NeedsReauth;
+                    }
+                }
             }
         }
         Ok((grants, next))

@@ -112,6 +112,7 @@ impl DevicePoll {
                 .kind
                 .auth_code()
                 .is_some_and(|c| c.allow_account_change),
+            max_age: self.provider.max_grant_age_seconds,
         };
         self.broker
             .accept_consent(consented)

@@ -237,6 +237,12 @@ impl ProviderRegistry {
                 format!("must be 0 (off) or at least {MIN_KEEP_ALIVE}"),
             ));
         }
+        if d.max_grant_age_seconds != 0 && d.max_grant_age_seconds < 3600 {
+            return Err(Error::invalid(
+                "max_grant_age_seconds",
+                "must be 0 (no maximum) or at least 3600",
+            ));
+        }
         let redirect_uri = self.redirect_uri(&id);
         let ctx = KindContext {
             endpoint: &*self.endpoint,
@@ -280,6 +286,7 @@ impl ProviderRegistry {
             },
             egress_hosts,
             keep_alive_seconds: d.keep_alive_seconds,
+            max_grant_age_seconds: d.max_grant_age_seconds,
             created_at: current.map_or(now, |c| c.created_at),
             updated_at: now,
         })

@@ -112,6 +112,7 @@ fn provider() -> ProviderConfig {
         reference_ttl_seconds: 3600,
         egress_hosts: Vec::new(),
         keep_alive_seconds: 0,
+        max_grant_age_seconds: 0,
         created_at: NOW,
         updated_at: NOW,
     }
@@ -152,6 +153,7 @@ impl World {
             expires_at: 0,
             declined: Scopes::default(),
             metadata: Default::default(),
+            consented_at: 0,
         };
         GrantRepo::new(w.store.clone())
             .put(&grant, Cas::Absent)
@@ -620,4 +622,52 @@ async fn a_failing_background_refresh_backs_off_and_keeps_the_grant() {
         super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
     }
     assert_eq!(w.endpoint.refreshes(), 1, "backed off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_past_its_maximum_age_needs_consent_and_its_lapse_is_announced() {
+    let w = World::new().await;
+    let audit = Arc::new(crate::audit::Audit::open(None, w.clock.clone(), Arc::default()).unwrap());
+    let mut changes = audit.watch_grants();
+    let broker = w.broker().with_audit(audit);
+    let week: u32 = 7 * 86_400;
+    let p = ProviderConfig {
+        max_grant_age_seconds: week,
+        ..provider()
+    };
+    let providers = OneProvider(Arc::new(p.clone()));
+    let clock: Arc<dyn Clock> = w.clock.clone();
+    let mut rounds = super::ahead::Rounds::default();
+    let both = |secs: i64| {
+        w.clock.advance(secs);
+        tokio::time::advance(Duration::from_secs(secs.unsigned_abs()))
+    };
+    // Six and a half days after consent (within a tenth of the age): announced, once.
+    both(6 * 86_400 + 43_200).await;
+    super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
+    let due = changes.try_recv().expect("announced");
+    assert_eq!(due.kind, crate::audit::GrantChangeKind::ReauthDue);
+    assert_eq!(due.user, "alice");
+    both(600).await;
+    super::ahead::round(&broker, &providers, &clock, AHEAD, &mut rounds).await;
+    assert!(changes.try_recv().is_err(), "announced once");
+    // Still usable just before the lapse (and cached with an hour to live)...
+    both(43_200 - 600 - 60).await;
+    assert!(
+        broker
+            .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // ... and not after it, cached or not: the user consents again.
+    both(120).await;
+    assert!(
+        broker
+            .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(w.endpoint.refreshes(), 1);
 }

@@ -115,6 +115,8 @@ struct ProviderRecord {
     egress_hosts: Vec<String>,
     #[serde(default)]
     keep_alive_seconds: u32,
+    #[serde(default)]
+    max_grant_age_seconds: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -187,6 +189,7 @@ impl From<&ProviderConfig> for ProviderRecord {
             mcp: code.and_then(|c| c.mcp.clone()),
             egress_hosts: p.egress_hosts.clone(),
             keep_alive_seconds: p.keep_alive_seconds,
+            max_grant_age_seconds: p.max_grant_age_seconds,
             private_key: key.map(|k| k.pem().clone()),
             key_id: key.and_then(|k| k.key_id().map(str::to_owned)),
             assertion,
@@ -276,6 +279,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
             reference_ttl_seconds: r.reference_ttl_seconds,
             egress_hosts: r.egress_hosts,
             keep_alive_seconds: r.keep_alive_seconds,
+            max_grant_age_seconds: r.max_grant_age_seconds,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -667,6 +671,7 @@ mod tests {
             expires_at: 0,
             declined: Scopes::default(),
             metadata: BTreeMap::new(),
+            consented_at: 0,
         }
     }
 

@@ -286,3 +286,42 @@ async fn grant_events_are_streamed_to_those_who_may_see_them_without_tokens() {
         "INVALID_ARGUMENT",
     );
 }
+
+#[tokio::test]
+async fn a_providers_maximum_grant_age_shows_when_each_grant_needs_the_user_again() {
+    let f = Fixture::new().await;
+    let base = pb::Provider {
+        provider_id: "idp".into(),
+        kind: pb::ProviderKind::Oidc as i32,
+        client_id: "basic-client".into(),
+        client_secret: crate::support::idp::secret_of("basic-client"),
+        issuer: f.idp.issuer.clone(),
+        default_scopes: vec!["openid".into()],
+        ..Default::default()
+    };
+    let refused = f
+        .valet
+        .providers()
+        .await
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(pb::Provider {
+                max_grant_age_seconds: 60,
+                ..base.clone()
+            }),
+        })
+        .await;
+    let s = expect_err(refused, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(s.message().contains("max_grant_age_seconds"), "{s:?}");
+    let p = f
+        .create(pb::Provider {
+            max_grant_age_seconds: 86_400,
+            ..base
+        })
+        .await;
+    assert_eq!(p.max_grant_age_seconds, 86_400);
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let g = &f.grants("alice").await[0];
+    assert_eq!(g.needs_reauth_at, g.created_at + 86_400);
+    assert_eq!(g.status, pb::GrantStatus::Active as i32);
+}

@@ -217,6 +217,7 @@ pub(super) fn grant_event(c: Result<crate::audit::GrantChange, u64>) -> pb::Gran
                 K::NeedsReauth => pb::GrantEventKind::NeedsReauth,
                 K::Revoked => pb::GrantEventKind::Revoked,
                 K::RefreshFailed => pb::GrantEventKind::RefreshFailed,
+                K::ReauthDue => pb::GrantEventKind::ReauthDue,
             } as i32,
             provider_id: c.provider,
             user_id: c.user,
@@ -319,6 +320,7 @@ pub(super) fn grant(g: GrantInfo) -> pb::Grant {
         kind: g.kind.map_or(pb::ProviderKind::Unspecified, wire_kind) as i32,
         issuer: g.issuer.unwrap_or_default(),
         has_stored_value: g.has_stored_value,
+        needs_reauth_at: g.needs_reauth_at,
     }
 }
 
@@ -347,6 +349,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         profile: p.profile.clone().unwrap_or_default(),
         egress_hosts: p.egress_hosts.clone(),
         keep_alive_seconds: p.keep_alive_seconds,
+        max_grant_age_seconds: p.max_grant_age_seconds,
         ..Default::default()
     };
     if let KindConfig::Static(c) = &p.kind {
@@ -513,6 +516,7 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
         mcp_server_url: p.mcp_server_url,
         egress_hosts: p.egress_hosts,
         keep_alive_seconds: p.keep_alive_seconds,
+        max_grant_age_seconds: p.max_grant_age_seconds,
         ..ProviderDraft::default()
     })
 }
