@@ -149,6 +149,7 @@ fn bench_grant(i: usize) -> (String, zeroize::Zeroizing<Vec<u8>>) {
         provider: ProviderId::parse("bench").unwrap(),
         user: UserId::parse(&format!("user-{i:09}")).unwrap(),
         agent: None,
+        account: None,
     };
     let grant = Grant {
         key: key.clone(),
@@ -165,6 +166,7 @@ fn bench_grant(i: usize) -> (String, zeroize::Zeroizing<Vec<u8>>) {
         declined: Scopes::default(),
         metadata: std::collections::BTreeMap::new(),
         consented_at: 0,
+        email: None,
     };
     (
         valet::store::keyspace::grant(&key),

@@ -82,6 +82,7 @@ impl fmt::Debug for AuthenticateRequest {
             .field("subject_token", &redacted(&self.subject_token))
             .field("subject_token_type", &self.subject_token_type)
             .field("challenge", &self.challenge)
+            .field("account", &self.account)
             .finish()
     }
 }
@@ -146,6 +147,7 @@ impl fmt::Debug for RevokeRequest {
             .field("user_id", &self.user_id)
             .field("agent_id", &self.agent_id)
             .field("reference", &redacted(&self.reference))
+            .field("account", &self.account)
             .finish()
     }
 }

@@ -3,7 +3,7 @@
 //! closed. Finished flows keep their outcome for a while so `WaitForCompletion` can collect it.
 //! Time is `tokio::time`, so tests can pause it.
 
-use crate::domain::{AgentId, GrantKey, Handout, ProviderId, Scopes, UserId};
+use crate::domain::{AccountId, AgentId, GrantKey, Handout, ProviderId, Scopes, UserId};
 use crate::secret::{SecretString, sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,8 @@ pub struct PendingFlow {
     pub provider: ProviderId,
     pub user: UserId,
     pub agent: Option<AgentId>,
+    /// One of the user's several accounts (`None`: the default).
+    pub account: Option<AccountId>,
     pub scopes: Scopes,
     pub handout: Handout,
     pub pkce_verifier: SecretString,
@@ -50,6 +52,7 @@ impl PendingFlow {
             provider: self.provider.clone(),
             user: self.user.clone(),
             agent: self.agent.clone(),
+            account: self.account.clone(),
         }
     }
 }
@@ -209,6 +212,7 @@ pub struct FlowView {
 struct Parked {
     provider: ProviderId,
     agent: Option<AgentId>,
+    account: Option<AccountId>,
     pkce_verifier: SecretString,
     nonce: Option<SecretString>,
     redirect_uri: String,
@@ -364,6 +368,7 @@ impl PendingFlows {
             provider,
             user,
             agent,
+            account,
             scopes,
             handout,
             pkce_verifier,
@@ -383,6 +388,7 @@ impl PendingFlows {
                 flow: Some(Parked {
                     provider,
                     agent,
+                    account,
                     pkce_verifier,
                     nonce,
                     redirect_uri,
@@ -430,6 +436,7 @@ impl PendingFlows {
                 provider: parked.provider,
                 user: entry.user.clone(),
                 agent: parked.agent,
+                account: parked.account,
                 scopes: entry.scopes.clone(),
                 handout: entry.handout,
                 pkce_verifier: parked.pkce_verifier,
@@ -557,6 +564,7 @@ mod tests {
             provider: ProviderId::parse(provider).unwrap(),
             user: UserId::parse(user).unwrap(),
             agent: None,
+            account: None,
             scopes: Scopes::default(),
             handout: Handout::Token,
             pkce_verifier: SecretString::from("v"),

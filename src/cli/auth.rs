@@ -21,6 +21,9 @@ pub struct AuthArgs {
     pub user: Option<String>,
     #[arg(long)]
     pub agent: Option<String>,
+    /// One of the user's several accounts at the provider (e.g. work); absent: the default.
+    #[arg(long)]
+    pub account: Option<String>,
     /// client_credentials providers (or token_exchange ones): the `audience` parameter.
     #[arg(long)]
     pub audience: Option<String>,
@@ -53,6 +56,7 @@ pub(super) struct RevokeTarget {
     pub user: Option<String>,
     pub agent: Option<String>,
     pub reference: Option<String>,
+    pub account: Option<String>,
 }
 
 pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
@@ -76,6 +80,7 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
             force_reauth: a.force,
             single_use: a.single_use,
             challenge: a.challenge.unwrap_or_default(),
+            account: a.account.unwrap_or_default(),
         })
         .await
         .map_err(explain)?
@@ -215,6 +220,7 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
             user_id: t.user.unwrap_or_default(),
             agent_id: t.agent.unwrap_or_default(),
             reference: t.reference.unwrap_or_default(),
+            account: t.account.unwrap_or_default(),
         })
         .await
         .map_err(explain)?;
@@ -269,6 +275,9 @@ pub enum GrantCmd {
         /// The grant belongs to this agent only.
         #[arg(long)]
         agent: Option<String>,
+        /// One of the user's several accounts at the provider; absent: the default.
+        #[arg(long)]
+        account: Option<String>,
         /// File holding the refresh token (never a flag value: flags show up in `ps`).
         #[arg(long)]
         refresh_token_file: std::path::PathBuf,
@@ -283,6 +292,7 @@ pub(super) async fn grant(cmd: GrantCmd, conn: &Conn) -> anyhow::Result<()> {
         provider,
         user,
         agent,
+        account,
         refresh_token_file,
         scopes,
     } = cmd;
@@ -300,6 +310,7 @@ pub(super) async fn grant(cmd: GrantCmd, conn: &Conn) -> anyhow::Result<()> {
             agent_id: agent.unwrap_or_default(),
             refresh_token,
             scopes,
+            account: account.unwrap_or_default(),
         })
         .await
         .map_err(explain)?

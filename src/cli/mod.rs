@@ -87,8 +87,11 @@ pub enum Command {
         user: Option<String>,
         #[arg(long)]
         agent: Option<String>,
+        /// The grant of this account label (absent: the default account).
+        #[arg(long)]
+        account: Option<String>,
         /// Revoke this reference instead of a grant.
-        #[arg(long, conflicts_with_all = ["provider", "user", "agent"])]
+        #[arg(long, conflicts_with_all = ["provider", "user", "agent", "account"])]
         reference: Option<String>,
         #[command(flatten)]
         conn: Conn,
@@ -253,6 +256,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
             provider,
             user,
             agent,
+            account,
             reference,
             conn,
         } => {
@@ -261,6 +265,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
                 user,
                 agent,
                 reference,
+                account,
             };
             auth::revoke(target, &conn).await
         }

@@ -1,6 +1,6 @@
 //! Grants: what a user consented to at a provider, for one agent or for all of the user's agents.
 
-use super::{AgentId, ProviderId, Scopes, UserId};
+use super::{AccountId, AgentId, ProviderId, Scopes, UserId};
 use crate::secret::{SecretString, serde_secret};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,6 +12,9 @@ pub struct GrantKey {
     pub provider: ProviderId,
     pub user: UserId,
     pub agent: Option<AgentId>,
+    /// One of the user's several accounts at the provider; `None`: the default account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,9 @@ pub struct Grant {
     /// Non-secret fields of the provider's answer that API calls need (e.g. `instance_url`).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The connected account's email, from the verified ID token (OpenID Connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// When the user last consented (Unix seconds); 0 in records from before it was kept:
     /// `created_at` then.
     #[serde(default)]
@@ -117,6 +123,7 @@ mod tests {
                 provider: ProviderId::parse("p").unwrap(),
                 user: UserId::parse("u").unwrap(),
                 agent: None,
+                account: None,
             },
             scopes: Scopes::parse("s", &["repo"]).unwrap(),
             subject: None,
@@ -131,6 +138,7 @@ mod tests {
             declined: Scopes::default(),
             metadata: BTreeMap::new(),
             consented_at: 0,
+            email: None,
         }
     }
 

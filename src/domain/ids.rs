@@ -88,6 +88,11 @@ principal_id!(
     "agent_id",
     "An agent, when a grant belongs to one agent only."
 );
+principal_id!(
+    AccountId,
+    "account",
+    "One of a user's accounts at a provider, when they connect several (absent: the default)."
+);
 
 fn check_principal(field: &'static str, s: &str) -> Result<(), InvalidInput> {
     if s.is_empty() {

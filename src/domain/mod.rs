@@ -11,7 +11,7 @@ mod scopes;
 
 pub use caller::{AgentBinding, Caller, Credential, Presented, Role};
 pub use grant::{Grant, GrantKey, GrantStatus, RefreshClaim};
-pub use ids::{AgentId, ProviderId, UserId};
+pub use ids::{AccountId, AgentId, ProviderId, UserId};
 pub use kind::{
     Applied, AuthCode, ConsentFlow, KindConfig, Location, McpRegistration, McpServer, OAuthClient,
     ProviderKind, Separator, ServiceAccount, StaticCredential, TokenAuthMethod, TokenDialect,

@@ -190,3 +190,17 @@ pub trait TokenEndpoint: std::fmt::Debug + Send + Sync + 'static {
         hint: &'static str,
     ) -> Result<(), OAuthError>;
 }
+
+/// A string claim of an ID token that `verify_id_token` already accepted, read from its payload
+/// (at most 256 characters); `None` if absent.
+pub fn id_token_claim(id_token: &SecretString, claim: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = crate::secret::ExposeSecret::expose_secret(id_token)
+        .split('.')
+        .nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(v.get(claim)?.as_str()?.chars().take(256).collect())
+}

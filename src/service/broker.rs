@@ -58,6 +58,8 @@ pub struct GrantQuery {
     pub provider: Option<ProviderId>,
     pub user: Option<UserId>,
     pub agent: Option<AgentId>,
+    /// Only this account label's grants.
+    pub account: Option<crate::domain::AccountId>,
     pub status: Option<GrantStatus>,
     /// Grants per page, 1 to `MAX_PAGE`.
     pub page_size: usize,
@@ -83,6 +85,8 @@ pub struct GrantInfo {
     pub has_stored_value: bool,
     /// When the user last consented.
     pub consented_at: i64,
+    /// The connected account's email (OpenID Connect).
+    pub email: Option<String>,
     /// Filled by the use case from the provider: when the grant lapses (0: never).
     pub needs_reauth_at: i64,
     /// Filled by the use case from the provider.
@@ -102,6 +106,8 @@ pub(crate) struct Consented {
     pub replace_account: bool,
     /// The provider's maximum grant age (seconds; 0: none).
     pub max_age: u32,
+    /// The account's email from the verified ID token, if any.
+    pub email: Option<String>,
 }
 
 /// Where a client token is for: the `audience` parameter and the RFC 8707 resource; for a
@@ -163,6 +169,7 @@ impl ClientTarget {
             provider: provider.clone(),
             user: UserId::parse(&format!("=client/{digest}"))?,
             agent: None,
+            account: None,
         })
     }
 }
@@ -560,14 +567,15 @@ impl TokenBroker {
     /// The grant a consent leaves, given what was stored before.
     fn consented_grant(&self, c: &Consented, granted: Scopes, previous: Option<Grant>) -> Grant {
         let now = self.clock.now_unix();
-        let (created_at, old_refresh, old_subject, old_metadata) = match previous {
+        let (created_at, old_refresh, old_subject, old_metadata, old_email) = match previous {
             Some(g) => (
                 g.created_at,
                 g.refresh_token.filter(|_| g.status == GrantStatus::Active),
                 g.subject,
                 g.metadata,
+                g.email,
             ),
-            None => (now, None, None, BTreeMap::new()),
+            None => (now, None, None, BTreeMap::new(), None),
         };
         // A provider may not re-issue a refresh token on re-consent; keep the one we have.
         let refresh_token = c.tokens.refresh_token.clone().or(old_refresh);
@@ -596,6 +604,7 @@ impl TokenBroker {
                 c.tokens.metadata.clone()
             },
             consented_at: now,
+            email: c.email.clone().or(old_email),
         }
     }
 
@@ -642,6 +651,7 @@ impl TokenBroker {
                 declined: Scopes::default(),
                 metadata: BTreeMap::new(),
                 consented_at: now,
+                email: None,
             };
             match self.grants.put(&grant, cas).await {
                 Ok(_) => break,
@@ -686,6 +696,9 @@ impl TokenBroker {
                 && q.agent
                     .as_ref()
                     .is_none_or(|a| g.key.agent.as_ref() == Some(a))
+                && q.account
+                    .as_ref()
+                    .is_none_or(|a| g.key.account.as_ref() == Some(a))
                 && q.status.is_none_or(|s| status(g) == s)
         };
         let (grants, next) = self
@@ -713,6 +726,7 @@ impl TokenBroker {
                     g.created_at
                 },
                 needs_reauth_at: 0,
+                email: g.email,
                 kind: None,
                 issuer: None,
                 has_refresh_token: g.refresh_token.is_some(),

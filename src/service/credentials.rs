@@ -15,8 +15,8 @@ use super::providers::ProviderRegistry;
 use super::references::References;
 use crate::clock::Clock;
 use crate::domain::{
-    AgentId, Applied, Caller, GrantKey, GrantStatus, Handout, HandoutPolicy, ProviderConfig,
-    ProviderId, Scopes, UserId,
+    AccountId, AgentId, Applied, Caller, GrantKey, GrantStatus, Handout, HandoutPolicy,
+    ProviderConfig, ProviderId, Scopes, UserId,
 };
 use crate::oauth::TokenEndpoint;
 use crate::pending::{FlowFailure, FlowOutcome, PendingFlows};
@@ -55,6 +55,8 @@ pub struct AuthRequest {
     /// The scopes an API's `insufficient_scope` challenge named: asked for too, and capped
     /// (`ChallengeCap`).
     pub challenged: Scopes,
+    /// One of the user's several accounts at the provider (`None`: the default).
+    pub account: Option<AccountId>,
 }
 
 /// `WatchGrants`' stream: grant changes, or how many a slow watcher missed.
@@ -358,7 +360,7 @@ impl Credentials {
         req: AuthRequest,
         min_ttl: i64,
     ) -> Result<Outcome, Error> {
-        let key = user_key(req.provider, req.user, req.agent)?;
+        let key = user_key(req.provider, req.user, req.agent, req.account)?;
         policy::authorize(caller, Action::UseGrant(&key))?;
         let none = Scopes::default();
         match self
@@ -437,7 +439,12 @@ impl Credentials {
         } else {
             None
         };
-        let key = user_key(req.provider.clone(), req.user.clone(), req.agent.clone())?;
+        let key = user_key(
+            req.provider.clone(),
+            req.user.clone(),
+            req.agent.clone(),
+            req.account.clone(),
+        )?;
         policy::authorize(caller, Action::UseGrant(&key))?;
         if let Some(client) = exchange
             && !req.force_reauth
@@ -556,7 +563,7 @@ impl Credentials {
         }
         if let Some(user) = &req.user {
             // Impersonating a user is acting for them: the same rule as using their grant.
-            let key = user_key(req.provider.clone(), Some(user.clone()), None)?;
+            let key = user_key(req.provider.clone(), Some(user.clone()), None, None)?;
             policy::authorize(caller, Action::UseGrant(&key))?;
             target.subject = Some(user.to_string());
         }
@@ -768,6 +775,7 @@ impl Credentials {
                 requested: scopes,
                 replace_account: false,
                 max_age: provider.max_grant_age_seconds,
+                email: None,
             })
             .await?;
         let query = GrantQuery {
@@ -919,7 +927,13 @@ impl Credentials {
         params: &CallbackParams,
     ) -> Result<Consented, FlowFailure> {
         let (tokens, subject) = self.flows.exchange(provider, flow, params).await?;
+        // Read only from an ID token that was just verified (a subject came with it).
+        let email = subject
+            .as_ref()
+            .and(tokens.id_token.as_ref())
+            .and_then(|t| crate::oauth::id_token_claim(t, "email"));
         Ok(Consented {
+            email,
             key: flow.grant_key(),
             tokens,
             subject,
@@ -1165,6 +1179,7 @@ fn user_key(
     provider: ProviderId,
     user: Option<UserId>,
     agent: Option<AgentId>,
+    account: Option<AccountId>,
 ) -> Result<GrantKey, Error> {
     let user = user
         .ok_or_else(|| Error::invalid("user_id", "is required (the person the agent acts for)"))?;
@@ -1172,6 +1187,7 @@ fn user_key(
         provider,
         user,
         agent,
+        account,
     })
 }
 
@@ -1193,6 +1209,7 @@ fn visible(caller: &Caller, c: &crate::audit::GrantChange) -> bool {
             } else {
                 Some(AgentId::parse(&c.agent).ok()?)
             },
+            account: None,
         })
     })();
     key.is_some_and(|k| policy::may_see(caller, &k))

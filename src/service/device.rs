@@ -113,6 +113,7 @@ impl DevicePoll {
                 .auth_code()
                 .is_some_and(|c| c.allow_account_change),
             max_age: self.provider.max_grant_age_seconds,
+            email: None,
         };
         self.broker
             .accept_consent(consented)

@@ -92,11 +92,12 @@ pub(crate) fn stored_failure(provider: &ProviderId, e: Error) -> FlowFailure {
 fn request_digest(caller: &Caller, key: &GrantKey, scopes: &Scopes, handout: Handout) -> [u8; 32] {
     // Ids and scopes hold no NUL (ids refuse control characters), so NUL separates unambiguously.
     let mut s = format!(
-        "{}\0{}\0{}\0{}\0{handout:?}\0",
+        "{}\0{}\0{}\0{}\0{}\0{handout:?}\0",
         caller.name,
         key.provider,
         key.user,
         key.agent.as_ref().map_or("", |a| a.as_str()),
+        key.account.as_ref().map_or("", |a| a.as_str()),
     );
     for scope in scopes.iter() {
         s.push_str(scope);
@@ -217,6 +218,7 @@ impl Flows {
             provider: provider.id.clone(),
             user: key.user,
             agent: key.agent,
+            account: key.account,
             scopes,
             handout,
             pkce_verifier: verifier,

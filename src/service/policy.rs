@@ -143,6 +143,7 @@ mod tests {
             provider: crate::domain::ProviderId::parse("p").unwrap(),
             user: UserId::parse("alice").unwrap(),
             agent: agent.map(|a| crate::domain::AgentId::parse(a).unwrap()),
+            account: None,
         };
         let patterns = ["support-*".to_owned(), "helpdesk".to_owned()];
         let bound = Caller::api_key("support", Role::Agent)

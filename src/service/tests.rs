@@ -123,6 +123,7 @@ fn key(user: &str) -> GrantKey {
         provider: ProviderId::parse("idp").unwrap(),
         user: UserId::parse(user).unwrap(),
         agent: None,
+        account: None,
     }
 }
 
@@ -154,6 +155,7 @@ impl World {
             declined: Scopes::default(),
             metadata: Default::default(),
             consented_at: 0,
+            email: None,
         };
         GrantRepo::new(w.store.clone())
             .put(&grant, Cas::Absent)

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! providers/{provider_id}                          provider configuration (with its client secret)
-//! grants/{provider_id}/{b64 user}/{b64 agent | =}  a grant (with its refresh token)
+//! grants/{provider_id}/{b64 user}/{b64 agent | =}[={b64 account}]
+//!                                                  a grant (with its refresh token)
 //! refs/{lookup hash}                               a reference record (never the reference)
 //! ref-index/{provider_id}/{b64 user}/{b64 agent | =}/{lookup hash}
 //!                                                  empty marker: finds a grant's references
@@ -44,8 +45,13 @@ fn grant_path(key: &GrantKey) -> String {
         || USER_WIDE.to_owned(),
         |a| URL_SAFE_NO_PAD.encode(a.as_str()),
     );
+    // Another account than the default: `=` and its id after the agent segment (unpadded
+    // base64url never holds `=`, so no id collides).
+    let account = key.account.as_ref().map_or_else(String::new, |a| {
+        format!("={}", URL_SAFE_NO_PAD.encode(a.as_str()))
+    });
     format!(
-        "{}/{}/{agent}",
+        "{}/{}/{agent}{account}",
         key.provider.as_str(),
         URL_SAFE_NO_PAD.encode(key.user.as_str())
     )
@@ -145,11 +151,13 @@ mod tests {
             provider: p.clone(),
             user: user.clone(),
             agent: None,
+            account: None,
         };
         let agent = GrantKey {
             provider: p.clone(),
             user,
             agent: Some(AgentId::parse("=").unwrap()),
+            account: None,
         };
         assert_ne!(grant(&wide), grant(&agent));
         assert_eq!(grant(&wide).matches('/').count(), 3);
@@ -165,6 +173,7 @@ mod tests {
             provider: ProviderId::parse("gh").unwrap(),
             user: UserId::parse("alice").unwrap(),
             agent: None,
+            account: None,
         };
         let entry = reference_index(&key, "cafe");
         assert!(entry.starts_with(&reference_index_of_grant(&key)));

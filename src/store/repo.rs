@@ -642,6 +642,7 @@ mod tests {
                 provider: ProviderId::parse("idp").unwrap(),
                 user: UserId::parse(user).unwrap(),
                 agent: None,
+                account: None,
             },
             scopes: Scopes::default(),
             owner: "agent-a".into(),
@@ -658,6 +659,7 @@ mod tests {
                 provider: ProviderId::parse(provider).unwrap(),
                 user: UserId::parse(user).unwrap(),
                 agent: None,
+                account: None,
             },
             scopes: Scopes::default(),
             subject: None,
@@ -672,6 +674,7 @@ mod tests {
             declined: Scopes::default(),
             metadata: BTreeMap::new(),
             consented_at: 0,
+            email: None,
         }
     }
 

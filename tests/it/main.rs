@@ -5,6 +5,7 @@
     reason = "tests fail by panicking"
 )]
 
+mod accounts;
 mod admin;
 mod adversarial;
 mod canary;

@@ -3,9 +3,9 @@
 
 use crate::domain::ProviderDraft;
 use crate::domain::{
-    AgentId, Applied, ConsentFlow, GrantKey, GrantStatus, Handout, HandoutPolicy, KindConfig,
-    Location, McpRegistration, ProviderConfig, ProviderId, ProviderKind, Scopes, TokenAuthMethod,
-    UserId,
+    AccountId, AgentId, Applied, ConsentFlow, GrantKey, GrantStatus, Handout, HandoutPolicy,
+    KindConfig, Location, McpRegistration, ProviderConfig, ProviderId, ProviderKind, Scopes,
+    TokenAuthMethod, UserId,
 };
 use crate::pb;
 use crate::secret::{ExposeSecret, SecretString};
@@ -18,7 +18,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::time::Duration;
 use tonic::Request;
 
-pub(super) fn grant_key(provider: &str, user: &str, agent: &str) -> Result<GrantKey, Error> {
+pub(super) fn grant_key(
+    provider: &str,
+    user: &str,
+    agent: &str,
+    account: &str,
+) -> Result<GrantKey, Error> {
     Ok(GrantKey {
         provider: ProviderId::parse(provider)?,
         user: UserId::parse(user)?,
@@ -27,6 +32,16 @@ pub(super) fn grant_key(provider: &str, user: &str, agent: &str) -> Result<Grant
         } else {
             Some(AgentId::parse(agent)?)
         },
+        account: optional_account(account)?,
+    })
+}
+
+/// An account label; empty: the default account.
+fn optional_account(account: &str) -> Result<Option<AccountId>, Error> {
+    Ok(if account.is_empty() {
+        None
+    } else {
+        Some(AccountId::parse(account)?)
     })
 }
 
@@ -126,6 +141,7 @@ pub(super) fn auth_request(r: pb::AuthenticateRequest) -> Result<AuthRequest, Er
         resource: optional(&r.resource),
         subject_token: subject_token(&r.subject_token, &r.subject_token_type)?,
         challenged: challenged_scopes(&r.challenge)?,
+        account: optional_account(&r.account)?,
     })
 }
 
@@ -276,6 +292,7 @@ pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error
         provider,
         user,
         agent,
+        account: optional_account(&r.account)?,
         status,
         page_size,
         after,
@@ -306,6 +323,8 @@ pub(super) fn grant(g: GrantInfo) -> pb::Grant {
         provider_id: g.key.provider.to_string(),
         user_id: g.key.user.to_string(),
         agent_id: g.key.agent.map(|a| a.to_string()).unwrap_or_default(),
+        account: g.key.account.map(|a| a.to_string()).unwrap_or_default(),
+        email: g.email.unwrap_or_default(),
         scopes: g.scopes.to_vec(),
         subject: g.subject.unwrap_or_default(),
         created_at: g.created_at,

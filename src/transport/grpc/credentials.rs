@@ -128,7 +128,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             &caller,
             subject(&r.provider_id, &r.user_id, &r.agent_id),
             async {
-                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
+                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
                 if r.refresh_token.is_empty() || r.refresh_token.len() > 16384 {
                     return Err(crate::service::Error::invalid(
                         "refresh_token",
@@ -258,7 +258,8 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             subject(&r.provider_id, &r.user_id, &r.agent_id),
             async {
                 if r.reference.is_empty() {
-                    let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
+                    let key =
+                        convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
                     self.credentials.revoke(&caller, &key).await
                 } else {
                     let revoked = self
@@ -339,7 +340,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             &caller,
             subject(&r.provider_id, &r.user_id, &r.agent_id),
             async {
-                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id)?;
+                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, "")?;
                 let value = SecretString::from(r.value);
                 self.credentials
                     .put_credential(&caller, &key, &r.username, &value)

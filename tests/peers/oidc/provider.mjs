@@ -177,6 +177,9 @@ const provider = new Provider(issuer, {
   },
   cookies: { keys: ['valet-test-cookie-key'] },
   pkce: { required: () => true },
+  // Claims of the granted scopes (email) in the ID token too, as Google and most providers send
+  // them: Valet shows the connected account's email per grant.
+  conformIdTokenClaims: false,
 });
 
 provider.on('grant.success', (ctx) => {
