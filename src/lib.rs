@@ -12,6 +12,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod export;
 pub mod fuzzing;
 pub mod jwt;
 pub mod mcp;

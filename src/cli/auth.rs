@@ -285,17 +285,45 @@ pub enum GrantCmd {
         #[arg(long = "scope")]
         scopes: Vec<String>,
     },
+    /// Every grant of a provider, refresh tokens included, sealed to a recipient's RSA public
+    /// key (admin, audited): printed as a JSON envelope only that key's owner can open.
+    Export {
+        #[arg(long)]
+        provider: String,
+        /// PEM RSA public key (`openssl pkey -in key.pem -pubout`), at least 2048 bits.
+        #[arg(long)]
+        recipient_key_file: std::path::PathBuf,
+    },
+    /// Opens an export (from a file, or stdin) with the recipient's PKCS#8 PEM private key and
+    /// prints the grants as JSON, secrets included: keep the output where the key is.
+    Open {
+        #[arg(long)]
+        private_key_file: std::path::PathBuf,
+        /// The export; absent: stdin.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 pub(super) async fn grant(cmd: GrantCmd, conn: &Conn) -> anyhow::Result<()> {
-    let GrantCmd::Import {
-        provider,
-        user,
-        agent,
-        account,
-        refresh_token_file,
-        scopes,
-    } = cmd;
+    let (provider, user, agent, account, refresh_token_file, scopes) = match cmd {
+        GrantCmd::Import {
+            provider,
+            user,
+            agent,
+            account,
+            refresh_token_file,
+            scopes,
+        } => (provider, user, agent, account, refresh_token_file, scopes),
+        GrantCmd::Export {
+            provider,
+            recipient_key_file,
+        } => return export(provider, &recipient_key_file, conn).await,
+        GrantCmd::Open {
+            private_key_file,
+            file,
+        } => return open(&private_key_file, file.as_deref()),
+    };
     let refresh_token = std::fs::read_to_string(&refresh_token_file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", refresh_token_file.display()))?
         .trim()
@@ -319,5 +347,49 @@ pub(super) async fn grant(cmd: GrantCmd, conn: &Conn) -> anyhow::Result<()> {
     if let Some(g) = &r.grant {
         print_grant(g);
     }
+    Ok(())
+}
+
+async fn export(
+    provider: String,
+    recipient_key_file: &std::path::Path,
+    conn: &Conn,
+) -> anyhow::Result<()> {
+    let recipient = std::fs::read_to_string(recipient_key_file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", recipient_key_file.display()))?;
+    let r = conn
+        .connect()
+        .await?
+        .credentials()
+        .export_grants(pb::ExportGrantsRequest {
+            provider_id: provider,
+            recipient_public_key: recipient,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!("{}", r.sealed);
+    eprintln!(
+        "exported {} grant(s), sealed to that key; open with `valet grant open`",
+        r.grants
+    );
+    Ok(())
+}
+
+fn open(private_key_file: &std::path::Path, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let key = std::fs::read_to_string(private_key_file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", private_key_file.display()))?;
+    let sealed = match file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+        None => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+    };
+    let grants = crate::export::open(&sealed, &key.into()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", serde_json::to_string_pretty(&grants)?);
     Ok(())
 }

@@ -305,6 +305,39 @@ impl TokenBroker {
         }
     }
 
+    /// Every grant of `provider`, secrets included (for a sealed export); more than `max` is
+    /// refused.
+    pub(crate) async fn export(
+        &self,
+        provider: &ProviderId,
+        max: usize,
+    ) -> Result<Vec<Grant>, Error> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, next) = self
+                .grants
+                .page(
+                    Some(std::slice::from_ref(provider)),
+                    None,
+                    after.as_deref(),
+                    MAX_PAGE,
+                    |_| true,
+                )
+                .await?;
+            all.extend(page);
+            if all.len() > max {
+                return Err(Error::Exhausted(format!(
+                    "the provider has more than {max} grants: too many for one export"
+                )));
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// Marks `key`'s cached token as handed to a caller now (the refresh-ahead task's "in use").
     pub(crate) fn touch(&self, key: &GrantKey) {
         self.cache.touch(key, self.clock.now_unix());

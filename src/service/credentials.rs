@@ -59,6 +59,9 @@ pub struct AuthRequest {
     pub account: Option<AccountId>,
 }
 
+/// The most grants one export holds.
+const MAX_EXPORT: usize = 100_000;
+
 /// `WatchGrants`' stream: grant changes, or how many a slow watcher missed.
 pub type GrantChanges =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<crate::audit::GrantChange, u64>> + Send>>;
@@ -792,6 +795,43 @@ impl Credentials {
             .into_iter()
             .find(|g| g.key == key)
             .ok_or(Error::internal("the imported grant is not stored"))
+    }
+
+    /// A provider's grants sealed to `recipient_pem` (admin; the call is audited): for leaving.
+    pub async fn export_grants(
+        &self,
+        caller: &Caller,
+        provider: &ProviderId,
+        recipient_pem: &str,
+    ) -> Result<(String, usize), Error> {
+        policy::authorize(caller, Action::ManageProviders)?;
+        self.providers.get(provider)?;
+        let grants = self.broker.export(provider, MAX_EXPORT).await?;
+        let exported: Vec<_> = grants
+            .into_iter()
+            .map(|g| crate::export::Exported {
+                provider_id: g.key.provider.to_string(),
+                user_id: g.key.user.to_string(),
+                agent_id: g.key.agent.map(|a| a.to_string()).unwrap_or_default(),
+                account: g.key.account.map(|a| a.to_string()).unwrap_or_default(),
+                stored_value: g.access_token.filter(|_| g.refresh_token.is_none()),
+                refresh_token: g.refresh_token,
+                scopes: g.scopes.to_vec(),
+                subject: g.subject,
+                created_at: g.created_at,
+            })
+            .collect();
+        let n = exported.len();
+        let sealed = crate::export::seal(&exported, recipient_pem).map_err(|e| match e {
+            crate::export::SealError::BadPublicKey => {
+                Error::invalid("recipient_public_key", e.to_string())
+            }
+            other => Error::Internal {
+                context: "sealing the export",
+                source: Some(Box::new(other)),
+            },
+        })?;
+        Ok((sealed, n))
     }
 
     /// Grant changes from now on that the caller may see and `q` selects (as `ListGrants`:

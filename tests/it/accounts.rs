@@ -29,10 +29,7 @@ async fn two_accounts_of_one_user_each_resolve_to_their_own_token_and_identity()
             creds
                 .authenticate(for_account(account))
                 .await
-                .unwrap_or_else(|e| {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                    panic!("{e:?}\n{}", f.valet.logs())
-                })
+                .unwrap()
                 .into_inner(),
         );
         // A browser of its own: another sign-in at the provider.
@@ -46,10 +43,7 @@ async fn two_accounts_of_one_user_each_resolve_to_their_own_token_and_identity()
                     timeout_seconds: 10,
                 })
                 .await
-                .unwrap_or_else(|e| {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                    panic!("{e:?}\n{}", f.valet.logs())
-                })
+                .unwrap()
                 .into_inner(),
         )
     };

@@ -12,6 +12,7 @@ mod canary;
 mod cli;
 mod client_credentials;
 mod device_flow;
+mod export;
 mod flow;
 mod id_tokens;
 mod import;

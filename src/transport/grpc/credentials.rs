@@ -152,6 +152,31 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         }))
     }
 
+    async fn export_grants(
+        &self,
+        req: Request<pb::ExportGrantsRequest>,
+    ) -> Result<Response<pb::ExportGrantsResponse>, Status> {
+        let caller = caller(&req)?;
+        let r = req.get_ref();
+        let (sealed, n) = rpc(
+            self.audit(),
+            "ExportGrants",
+            &caller,
+            subject(&r.provider_id, "", ""),
+            async {
+                let provider = crate::domain::ProviderId::parse(&r.provider_id)?;
+                self.credentials
+                    .export_grants(&caller, &provider, &r.recipient_public_key)
+                    .await
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::ExportGrantsResponse {
+            sealed,
+            grants: u32::try_from(n).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn watch_grants(
         &self,
         req: Request<pb::WatchGrantsRequest>,

@@ -35,6 +35,7 @@ trait Labelled {
 
 impl Labelled for () {}
 impl Labelled for (u32, u32) {}
+impl Labelled for (String, usize) {}
 impl<T> Labelled for Vec<T> {}
 impl<T> Labelled for (Vec<T>, Option<String>) {}
 impl<A, B> Labelled for (crate::service::AccessToken, A, B) {}
