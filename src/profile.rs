@@ -102,6 +102,9 @@ pub struct Profile {
     pub metadata: Vec<String>,
     /// Lifetime of access tokens whose response has no `expires_in`; 0: they do not expire.
     pub token_lifetime_seconds: u32,
+    /// The provider revokes refresh tokens left unused: grants are refreshed in the background
+    /// after this long (the provider's `keep_alive_seconds` unless set); 0: no keep-alive.
+    pub keep_alive_seconds: u32,
     /// Variables the operator must supply; empty after [`Profile::instantiate`].
     pub variables: Vec<String>,
     pub extra_auth_params: BTreeMap<String, String>,
@@ -193,6 +196,8 @@ struct RawProfile {
     metadata: Vec<String>,
     #[serde(default)]
     token_lifetime_seconds: u32,
+    #[serde(default)]
+    keep_alive_seconds: u32,
     #[serde(default)]
     variables: Vec<String>,
     #[serde(default)]
@@ -412,6 +417,7 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         ok_field: raw.ok_field,
         metadata: raw.metadata,
         token_lifetime_seconds: raw.token_lifetime_seconds,
+        keep_alive_seconds: raw.keep_alive_seconds,
         variables,
         extra_auth_params: raw.extra_auth_params,
         scope_aliases: raw.scope_aliases,
@@ -807,6 +813,11 @@ token_url = "https://acme.example/token"
     fn builtin_quirks_are_as_documented() {
         let c = Catalogue::builtin().expect("builtin profiles validate");
         let get = |n: &str| c.get(n).expect(n).clone();
+
+        // Providers that revoke idle refresh tokens keep their grants alive.
+        assert_eq!(get("google").keep_alive_seconds, 30 * 86_400);
+        assert_eq!(get("microsoft").keep_alive_seconds, 7 * 86_400);
+        assert_eq!(get("github").keep_alive_seconds, 0);
 
         let slack = get("slack");
         assert_eq!(slack.scope_param, "user_scope");

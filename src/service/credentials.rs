@@ -1167,6 +1167,13 @@ impl Credentials {
         Ok(counts)
     }
 
+    /// After a provider was re-bound to another MCP server (`ProviderRegistry::update`): its
+    /// cached tokens and references go with the deleted grants.
+    pub async fn forget_grants(&self, id: &ProviderId) -> Result<(), Error> {
+        self.broker.forget_provider(id);
+        self.references.drop_for_provider(id).await.map(|_| ())
+    }
+
     async fn revoke_all_at_provider(&self, id: &ProviderId) -> Result<(u32, u32), Error> {
         let provider = self.providers.get(id)?;
         if provider

@@ -176,20 +176,34 @@ impl ProviderRegistry {
         Ok(self.remember(config))
     }
 
+    /// Replaces a provider's configuration. `true` with it: the provider now stands for another
+    /// MCP server or authorization server, so its grants (minted for the old one) were deleted
+    /// and the caller drops their cached tokens and references (`Credentials::forget_grants`).
     pub async fn update(
         &self,
         caller: &Caller,
         draft: ProviderDraft,
-    ) -> Result<Arc<ProviderConfig>, Error> {
+    ) -> Result<(Arc<ProviderConfig>, bool), Error> {
         policy::authorize(caller, Action::ManageProviders)?;
         let id = ProviderId::parse(&draft.id)?;
         let _w = self.write.lock().await;
         let current = self.get(&id)?;
         let now = self.clock.now_unix();
         let config = self.validate(id, draft, Some(&current), now).await?;
+        let bound = |p: &ProviderConfig| {
+            p.kind
+                .auth_code()
+                .and_then(|c| c.mcp.as_ref())
+                .map(|m| (m.resource.clone(), m.issuer.clone()))
+        };
+        // A token minted for one MCP server is never handed out for another.
+        let rebound = bound(&current).is_some() && bound(&current) != bound(&config);
+        if rebound {
+            self.grants.delete_provider(&config.id).await?;
+        }
         self.repo.put(&config, Cas::Any).await?;
-        tracing::info!(provider = %config.id, "provider updated");
-        Ok(self.remember(config))
+        tracing::info!(provider = %config.id, rebound, "provider updated");
+        Ok((self.remember(config), rebound))
     }
 
     /// Deletes the provider and every grant made through it (the caller authorized it; see
@@ -348,6 +362,9 @@ impl ProviderRegistry {
             d.extra_auth_params
                 .entry(k.clone())
                 .or_insert_with(|| v.clone());
+        }
+        if d.keep_alive_seconds == 0 {
+            d.keep_alive_seconds = p.keep_alive_seconds;
         }
         if d.name.is_empty() {
             d.name.clone_from(&p.title);

@@ -405,6 +405,9 @@ async fn a_server_that_moves_to_another_authorization_server_is_registered_there
     let before = create(&f, mcp_provider("notes", &f.idp.mcp_url("mcp")))
         .await
         .unwrap();
+    let old = f
+        .authorize(AGENT_KEY, Fixture::request("notes", "alice", ""))
+        .await;
     // The same kind of server, behind another authorization server (a second peer).
     let other_as = crate::support::idp::Idp::start(&[]);
     let moved = f
@@ -428,5 +431,18 @@ async fn a_server_that_moves_to_another_authorization_server_is_registered_there
     assert_ne!(
         moved.client_id, before.client_id,
         "a registration is never reused at another authorization server"
+    );
+    // The grant and token minted for the old server are gone: consent again.
+    assert!(f.grants("alice").await.is_empty());
+    let again = f
+        .authenticate(AGENT_KEY, Fixture::request("notes", "alice", ""))
+        .await;
+    assert!(
+        matches!(
+            again.result,
+            Some(pb::authenticate_response::Result::Pending(_))
+        ),
+        "not the old server's token {}: {again:?}",
+        old.access_token.len()
     );
 }

@@ -115,9 +115,14 @@ impl pb::providers_server::Providers for ProvidersApi {
             for_provider(&id),
             async {
                 policy::authorize(&caller, Action::ManageProviders)?;
-                self.registry
+                let (p, rebound) = self
+                    .registry
                     .update(&caller, convert::draft(r.provider)?)
-                    .await
+                    .await?;
+                if rebound {
+                    self.credentials.forget_grants(&p.id).await?;
+                }
+                Ok(p)
             },
         )
         .await?;
