@@ -60,7 +60,8 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// One grant: `import` one from a refresh token issued elsewhere (admin).
+    /// Move grants in and out (admin): `import` a refresh token issued elsewhere, `export` a
+    /// provider's grants sealed to a recipient key, `open` such an export.
     Grant {
         #[command(subcommand)]
         cmd: auth::GrantCmd,

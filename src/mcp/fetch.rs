@@ -188,7 +188,7 @@ fn reason(e: &reqwest::Error) -> String {
             "the host resolves only to {PRIVATE_ONLY}; set [provider_http] allow_private_networks = true to fetch from it"
         )
     } else if e.is_connect() {
-        "could not connect".into()
+        "could not connect (the name does not resolve, or nothing answers there)".into()
     } else {
         "the connection failed".into()
     }
