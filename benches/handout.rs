@@ -432,11 +432,11 @@ async fn run(s: &Sizes) {
     for concurrency in [1, s.concurrency] {
         let (mut floors, mut auths, mut resolves) = (Vec::new(), Vec::new(), Vec::new());
         let (mut unix_floors, mut unix_auths) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let calls = s.calls / ROUNDS;
-            let h = health.clone();
-            floors.push(
-                measure(calls, concurrency, move || {
+        // The same two operations over TCP and over the Unix socket.
+        macro_rules! health_check {
+            ($client:expr, $calls:expr) => {{
+                let h = $client.clone();
+                measure($calls, concurrency, move || {
                     let mut h = h.clone();
                     async move {
                         h.check(HealthCheckRequest {
@@ -446,11 +446,13 @@ async fn run(s: &Sizes) {
                         .unwrap();
                     }
                 })
-                .await,
-            );
-            let c = creds.clone();
-            auths.push(
-                measure(calls, concurrency, move || {
+                .await
+            }};
+        }
+        macro_rules! authenticate {
+            ($client:expr, $calls:expr) => {{
+                let c = $client.clone();
+                measure($calls, concurrency, move || {
                     let mut c = c.clone();
                     async move {
                         c.authenticate(Fixture::request("idp", "alice", ""))
@@ -458,8 +460,13 @@ async fn run(s: &Sizes) {
                             .unwrap();
                     }
                 })
-                .await,
-            );
+                .await
+            }};
+        }
+        for _ in 0..ROUNDS {
+            let calls = s.calls / ROUNDS;
+            floors.push(health_check!(health, calls));
+            auths.push(authenticate!(creds, calls));
             let (c, reference) = (creds.clone(), reference.clone());
             resolves.push(
                 measure(calls, concurrency, move || {
@@ -480,32 +487,8 @@ async fn run(s: &Sizes) {
         }
         for _ in 0..ROUNDS {
             let calls = s.calls / ROUNDS;
-            let h = unix_health.clone();
-            unix_floors.push(
-                measure(calls, concurrency, move || {
-                    let mut h = h.clone();
-                    async move {
-                        h.check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .unwrap();
-                    }
-                })
-                .await,
-            );
-            let c = unix_creds.clone();
-            unix_auths.push(
-                measure(calls, concurrency, move || {
-                    let mut c = c.clone();
-                    async move {
-                        c.authenticate(Fixture::request("idp", "alice", ""))
-                            .await
-                            .unwrap();
-                    }
-                })
-                .await,
-            );
+            unix_floors.push(health_check!(unix_health, calls));
+            unix_auths.push(authenticate!(unix_creds, calls));
         }
         by_concurrency.push((
             concurrency,
