@@ -281,6 +281,18 @@ impl TokenBroker {
                 .metrics()
                 .refresh_took(key.provider.as_str(), started.elapsed());
         }
+        self.settle(key, refreshed, scopes, now, max_age)
+    }
+
+    /// What a refresh came to, recorded (audit, cache): the token it yields, if any.
+    fn settle(
+        &self,
+        key: &GrantKey,
+        refreshed: Result<Refreshed, Error>,
+        scopes: &Scopes,
+        now: i64,
+        max_age: u32,
+    ) -> Result<Option<AccessToken>, Error> {
         match refreshed {
             Ok(Refreshed::Token(set, grant)) => {
                 self.audit_refresh(key, "ok");
@@ -376,25 +388,12 @@ impl TokenBroker {
         let Some(client) = provider.kind.oauth_client().filter(|_| idle) else {
             return Ok(false);
         };
-        match self.refresher.refresh(client, grant, version).await {
-            Ok(Refreshed::Token(set, grant)) => {
-                self.audit_refresh(key, "ok");
-                let scopes = grant.scopes.clone();
-                self.cache_token(&grant, set, &scopes, provider.max_grant_age_seconds);
-                Ok(true)
-            }
-            Ok(Refreshed::Shared(_)) => Ok(false),
-            Ok(Refreshed::Gone) => {
-                self.audit_refresh(key, "REAUTHORIZATION_REQUIRED");
-                self.cache.remove(key);
-                Ok(false)
-            }
-            Err(e) => {
-                let transient = e.class() == super::Class::Unavailable;
-                self.audit_refresh(key, if transient { "unavailable" } else { "failed" });
-                Err(e)
-            }
-        }
+        let scopes = grant.scopes.clone();
+        let refreshed = self.refresher.refresh(client, grant, version).await;
+        // `Shared`: another replica refreshed it meanwhile; counted as done all the same.
+        let now = self.clock.now_unix();
+        self.settle(key, refreshed, &scopes, now, provider.max_grant_age_seconds)
+            .map(|t| t.is_some())
     }
 
     /// A token for the client itself from the cache, or bought from the token endpoint (one

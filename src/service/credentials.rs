@@ -843,15 +843,7 @@ impl Credentials {
     ) -> Result<GrantChanges, Error> {
         use futures::StreamExt as _;
         use tokio::sync::broadcast::error::RecvError;
-        policy::authorize(
-            caller,
-            Action::ListGrants {
-                user: q.user.as_ref(),
-            },
-        )?;
-        if let Some(user) = &q.user {
-            self.check_user(caller, user).await?;
-        }
+        self.may_list(caller, &q).await?;
         let caller = caller.clone();
         let changes = futures::stream::unfold(self.audit.watch_grants(), |mut rx| async move {
             let item = match rx.recv().await {
@@ -1109,11 +1101,9 @@ impl Credentials {
     /// Grant metadata, optionally filtered. Agents and admins alike see metadata only.
     /// One page of the grants `q` asks for that `caller` may see, and the token of the next
     /// page. A user filter without a provider reads that user's key range at each provider.
-    pub async fn list_grants(
-        &self,
-        caller: &Caller,
-        q: GrantQuery,
-    ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
+    /// Whether the caller may list (or watch) the grants `q` selects: an agent key names the
+    /// user, proven when it must be.
+    async fn may_list(&self, caller: &Caller, q: &GrantQuery) -> Result<(), Error> {
         policy::authorize(
             caller,
             Action::ListGrants {
@@ -1123,6 +1113,15 @@ impl Credentials {
         if let Some(user) = &q.user {
             self.check_user(caller, user).await?;
         }
+        Ok(())
+    }
+
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        q: GrantQuery,
+    ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
+        self.may_list(caller, &q).await?;
         let providers: Option<Vec<ProviderId>> = match (&q.provider, &q.user) {
             (Some(p), _) => Some(vec![p.clone()]),
             (None, Some(_)) => Some(self.providers.ids()?),
