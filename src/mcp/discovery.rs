@@ -128,6 +128,18 @@ fn well_known_inserted(base: &Url, suffix: &str) -> Url {
     u
 }
 
+/// A URL a server's document supplies, before it is shown in any message: an absolute URL of
+/// at most 2048 characters without control characters, so an error or log line never carries a
+/// remote server's arbitrary text.
+fn checked_url(what: &str, raw: &str) -> Result<(), DiscoveryError> {
+    if raw.len() > 2048 || raw.chars().any(char::is_control) || Url::parse(raw).is_err() {
+        return Err(refused(format!(
+            "the protected resource metadata gives {what} as something other than a URL"
+        )));
+    }
+    Ok(())
+}
+
 fn parse_url(field: &str, raw: &str) -> Result<Url, DiscoveryError> {
     Url::parse(raw).map_err(|_| refused(format!("{field} is not a URL")))
 }
@@ -179,6 +191,7 @@ pub async fn discover(f: &Fetcher, server: &Url) -> Result<Discovered, Discovery
         .get("resource")
         .and_then(Value::as_str)
         .ok_or_else(|| refused("the protected resource metadata has no resource"))?;
+    checked_url("its resource", resource)?;
     if !same_resource(resource, &resource_uri) {
         return Err(refused(format!(
             "the protected resource metadata is for {resource}, not for {resource_uri}"
@@ -191,6 +204,7 @@ pub async fn discover(f: &Fetcher, server: &Url) -> Result<Discovered, Discovery
         .and_then(Value::as_str)
         .ok_or_else(|| refused("the protected resource metadata names no authorization_servers"))?
         .to_owned();
+    checked_url("its authorization server", &issuer)?;
     let scopes_supported = strings(&prm, "scopes_supported");
     // 3. The authorization server's metadata.
     let meta = authorization_server(f, &issuer).await?;
@@ -330,6 +344,19 @@ mod tests {
             well_known_inserted(&root, "openid-configuration").as_str(),
             "https://auth.example/.well-known/openid-configuration"
         );
+    }
+
+    #[test]
+    fn server_supplied_urls_are_checked_before_they_are_shown() {
+        assert!(checked_url("x", "https://auth.example/t").is_ok());
+        for bad in [
+            "not a url",
+            "https://a.example/\nINJECTED",
+            &"h".repeat(3000),
+        ] {
+            let e = checked_url("its resource", bad).unwrap_err().to_string();
+            assert!(!e.contains("INJECTED") && e.len() < 200, "{e}");
+        }
     }
 
     #[test]
