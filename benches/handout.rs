@@ -30,7 +30,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use support::daemon::{ADMIN_KEY, AGENT_KEY};
 use support::rvault::RustyVault;
-use support::{Fixture, Valet, ValetOptions, token, unix_channel};
+use support::{Fixture, Valet, ValetOptions, cpu_time, token, unix_channel};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use valet::pb;
@@ -42,21 +42,39 @@ struct Sizes {
     flows: usize,
     /// Record counts the embedded store is measured at.
     records: &'static [usize],
+    /// The sections to run (`cargo bench -- flows store`); empty: all.
+    only: Vec<String>,
+}
+
+/// The sections, in the order they run.
+const SECTIONS: [&str; 5] = ["handout", "herd", "flows", "replicas", "store"];
+
+impl Sizes {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 struct Run {
     per_sec: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time per call: the server's (all its threads) and this load generator's. Steadier
+    /// than throughput on a shared machine, and it says which side a cost is on.
+    server_cpu: Duration,
+    client_cpu: Duration,
 }
 
-/// Runs `calls` calls of `op` with `concurrency` in flight; throughput and latency percentiles.
-async fn measure<F, Fut>(calls: usize, concurrency: usize, op: F) -> Run
+/// Runs `calls` calls of `op` with `concurrency` in flight against the server process `server`;
+/// throughput, latency percentiles and CPU per call.
+async fn measure<F, Fut>(calls: usize, concurrency: usize, server: u32, op: F) -> Run
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let per_worker = calls / concurrency;
+    let cpu = || (cpu_time(Some(server)), cpu_time(None));
+    let (server_before, client_before) = cpu();
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -77,12 +95,16 @@ where
         all.extend(w.await.unwrap());
     }
     let elapsed = start.elapsed();
+    let (server_after, client_after) = cpu();
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let n = u32::try_from(all.len()).unwrap();
     Run {
         per_sec: all.len() as f64 / elapsed.as_secs_f64(),
         p50: pct(0.50),
         p99: pct(0.99),
+        server_cpu: server_after.saturating_sub(server_before) / n,
+        client_cpu: client_after.saturating_sub(client_before) / n,
     }
 }
 
@@ -100,22 +122,33 @@ fn median(runs: Vec<Run>) -> Run {
         per_sec: mid(runs.iter().map(|r| r.per_sec).collect()),
         p50: Duration::from_secs_f64(secs(|r| r.p50)),
         p99: Duration::from_secs_f64(secs(|r| r.p99)),
+        server_cpu: Duration::from_secs_f64(secs(|r| r.server_cpu)),
+        client_cpu: Duration::from_secs_f64(secs(|r| r.client_cpu)),
     }
 }
 
 fn row(name: &str, r: &Run, floor: &Run) {
     println!(
-        "{name:<34} {:>10.0}/s  p50 {:>8.1?}  p99 {:>8.1?}  throughput {:>5.2}x  p99 {:>5.2}x",
+        "{name:<34} {:>8.0}/s  p50 {:>8.1?}  p99 {:>8.1?}  throughput {:>5.2}x  p99 {:>5.2}x  CPU/call server {:>5.1}µs client {:>5.1}µs",
         r.per_sec,
         r.p50,
         r.p99,
         r.per_sec / floor.per_sec,
-        r.p99.as_secs_f64() / floor.p99.as_secs_f64()
+        r.p99.as_secs_f64() / floor.p99.as_secs_f64(),
+        r.server_cpu.as_secs_f64() * 1e6,
+        r.client_cpu.as_secs_f64() * 1e6,
     );
 }
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        panic!("no bench section `{unknown}`: the sections are {SECTIONS:?}");
+    }
     let sizes = if full {
         Sizes {
             calls: 20_000,
@@ -123,6 +156,7 @@ fn main() {
             herd: 1_000,
             flows: 100_000,
             records: &[1_000, 100_000, 1_000_000],
+            only,
         }
     } else {
         Sizes {
@@ -131,6 +165,7 @@ fn main() {
             herd: 20,
             flows: 200,
             records: &[100, 1_000],
+            only,
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -138,8 +173,12 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(&sizes));
-    rt.block_on(replica_storm(sizes.herd));
-    rt.block_on(store_scaling(sizes.records, sizes.calls));
+    if sizes.wants("replicas") {
+        rt.block_on(replica_storm(sizes.herd));
+    }
+    if sizes.wants("store") {
+        rt.block_on(store_scaling(sizes.records, sizes.calls));
+    }
 }
 
 /// A live grant of provider `bench` for user `i`, as the daemon stores it.
@@ -203,7 +242,7 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
             filled = end;
         }
         let s = store.clone();
-        let read = measure(samples, 1, move || {
+        let read = measure(samples, 1, std::process::id(), move || {
             let s = s.clone();
             async move {
                 s.get(&key(rand_index(n))).await.unwrap().unwrap();
@@ -211,7 +250,7 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
         })
         .await;
         let s = store.clone();
-        let write = measure(samples, 1, move || {
+        let write = measure(samples, 1, std::process::id(), move || {
             let s = s.clone();
             async move {
                 let i = rand_index(n);
@@ -283,7 +322,7 @@ async fn on_the_daemon(
     }
     let admin = valet.credentials(ADMIN_KEY).await;
     let c = admin.clone();
-    let list = measure((samples / 20).max(10), 1, move || {
+    let list = measure((samples / 20).max(10), 1, valet.pid(), move || {
         let mut c = c.clone();
         async move {
             let page = c
@@ -303,7 +342,7 @@ async fn on_the_daemon(
     let spread = move |k: usize| k * (n / revokes) + n / revokes / 2;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = admin.clone();
-    let revoke = measure(revokes, 1, move || {
+    let revoke = measure(revokes, 1, valet.pid(), move || {
         let (mut c, next) = (c.clone(), next.clone());
         async move {
             // Spread over the store, each grant once.
@@ -387,6 +426,9 @@ fn rand_index(n: usize) -> usize {
 }
 
 async fn run(s: &Sizes) {
+    if !["handout", "herd", "flows"].iter().any(|x| s.wants(x)) {
+        return;
+    }
     // The daemon also listens on a Unix socket, where this process's uid is a sidecar caller.
     let socket_dir = tempfile::tempdir().unwrap();
     let socket = socket_dir.path().join("valet.sock");
@@ -400,6 +442,8 @@ async fn run(s: &Sizes) {
             "[[callers]]\nname = \"sidecar\"\nrole = \"agent\"\nkey_sha256 = \"{}\"\nunix_uid = {uid}\nrate_limit = 0\n",
             "cd".repeat(32)
         ),
+        // The production default: JSON lines at `info`.
+        log_format: "",
         ..Default::default()
     })
     .await;
@@ -414,200 +458,205 @@ async fn run(s: &Sizes) {
     let unix = unix_channel(socket).await;
     let unix_health = HealthClient::new(unix.clone());
     let unix_creds = pb::credentials_client::CredentialsClient::new(unix);
-    let reference = support::reference(
-        f.authenticate(
-            AGENT_KEY,
-            pb::AuthenticateRequest {
-                handout: pb::Handout::Reference as i32,
-                ..Fixture::request("idp", "alice", "")
-            },
+    let pid = f.valet.pid();
+    if s.wants("handout") {
+        let reference = support::reference(
+            f.authenticate(
+                AGENT_KEY,
+                pb::AuthenticateRequest {
+                    handout: pb::Handout::Reference as i32,
+                    ..Fixture::request("idp", "alice", "")
+                },
+            )
+            .await,
         )
-        .await,
-    )
-    .reference;
-    // One caller at a time, then many: the handout against the transport floor at each. The
-    // three are measured in interleaved rounds and each reported by its median round, so a
-    // burst of noise on this shared machine does not land on one side of a ratio.
-    let mut by_concurrency = Vec::new();
-    for concurrency in [1, s.concurrency] {
-        let (mut floors, mut auths, mut resolves) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut unix_floors, mut unix_auths) = (Vec::new(), Vec::new());
-        // The same two operations over TCP and over the Unix socket.
-        macro_rules! health_check {
-            ($client:expr, $calls:expr) => {{
-                let h = $client.clone();
-                measure($calls, concurrency, move || {
-                    let mut h = h.clone();
-                    async move {
-                        h.check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .unwrap();
-                    }
-                })
-                .await
-            }};
+        .reference;
+        // One caller at a time, then many: the handout against the transport floor at each. The
+        // three are measured in interleaved rounds and each reported by its median round, so a
+        // burst of noise on this shared machine does not land on one side of a ratio.
+        let mut by_concurrency = Vec::new();
+        for concurrency in [1, s.concurrency] {
+            let (mut floors, mut auths, mut resolves) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut unix_floors, mut unix_auths) = (Vec::new(), Vec::new());
+            // The same two operations over TCP and over the Unix socket.
+            macro_rules! health_check {
+                ($client:expr, $calls:expr) => {{
+                    let h = $client.clone();
+                    measure($calls, concurrency, pid, move || {
+                        let mut h = h.clone();
+                        async move {
+                            h.check(HealthCheckRequest {
+                                service: String::new(),
+                            })
+                            .await
+                            .unwrap();
+                        }
+                    })
+                    .await
+                }};
+            }
+            macro_rules! authenticate {
+                ($client:expr, $calls:expr) => {{
+                    let c = $client.clone();
+                    measure($calls, concurrency, pid, move || {
+                        let mut c = c.clone();
+                        async move {
+                            c.authenticate(Fixture::request("idp", "alice", ""))
+                                .await
+                                .unwrap();
+                        }
+                    })
+                    .await
+                }};
+            }
+            for _ in 0..ROUNDS {
+                let calls = s.calls / ROUNDS;
+                floors.push(health_check!(health, calls));
+                auths.push(authenticate!(creds, calls));
+                let (c, reference) = (creds.clone(), reference.clone());
+                resolves.push(
+                    measure(calls, concurrency, pid, move || {
+                        let mut c = c.clone();
+                        let reference = reference.clone();
+                        async move {
+                            c.resolve(pb::ResolveRequest {
+                                reference,
+                                min_ttl_seconds: 0,
+                                target_url: String::new(),
+                            })
+                            .await
+                            .unwrap();
+                        }
+                    })
+                    .await,
+                );
+            }
+            for _ in 0..ROUNDS {
+                let calls = s.calls / ROUNDS;
+                unix_floors.push(health_check!(unix_health, calls));
+                unix_auths.push(authenticate!(unix_creds, calls));
+            }
+            by_concurrency.push((
+                concurrency,
+                median(floors),
+                median(auths),
+                median(resolves),
+                median(unix_floors),
+                median(unix_auths),
+            ));
         }
-        macro_rules! authenticate {
-            ($client:expr, $calls:expr) => {{
-                let c = $client.clone();
-                measure($calls, concurrency, move || {
-                    let mut c = c.clone();
-                    async move {
-                        c.authenticate(Fixture::request("idp", "alice", ""))
+
+        // What an agent would do without Valet: read the token from a Vault API server.
+        let rv = RustyVault::start().await;
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/secret/bench/token", rv.address);
+        http.post(&url)
+            .header("X-Vault-Token", &rv.root_token)
+            .json(&serde_json::json!({ "access_token": granted.access_token }))
+            .send()
+            .await
+            .unwrap();
+        let root = rv.root_token.clone();
+        let vault = measure(s.calls, s.concurrency, rv.pid(), move || {
+            let (http, url, root) = (http.clone(), url.clone(), root.clone());
+            async move {
+                let r = http
+                    .get(&url)
+                    .header("X-Vault-Token", root)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                r.bytes().await.unwrap();
+            }
+        })
+        .await;
+
+        for (concurrency, floor, auth, resolve, unix_floor, unix_auth) in &by_concurrency {
+            println!(
+                "\n== cached handout vs the transport floor ({} calls, {concurrency} in flight; ratios to the TCP floor)",
+                s.calls
+            );
+            row("grpc.health Check (floor)", floor, floor);
+            row("Credentials/Authenticate (cached)", auth, floor);
+            row("Credentials/Resolve (cached)", resolve, floor);
+            row("Unix socket: grpc.health Check", unix_floor, floor);
+            row("Unix socket: Authenticate", unix_auth, floor);
+        }
+        let (_, floor, auth, ..) = by_concurrency.last().expect("measured");
+        println!(
+            "\n== cached handout vs reading the token from Vault (RustyVault KV v1, {} in flight)",
+            s.concurrency
+        );
+        row("Vault API read (no Valet)", &vault, floor);
+        println!(
+            "Authenticate is {:.1}x the throughput of a Vault read; p99 {:.2}x",
+            auth.per_sec / vault.per_sec,
+            auth.p99.as_secs_f64() / vault.p99.as_secs_f64()
+        );
+    }
+    if s.wants("herd") {
+        // A thundering herd on one expired grant.
+        f.idp.delay_token(1000).await;
+        let before = f.idp.token_requests().await;
+        let herd = (0..s.herd).map(|_| {
+            let mut c = creds.clone();
+            async move {
+                token(
+                    c.authenticate(pb::AuthenticateRequest {
+                        min_ttl_seconds: 7200,
+                        ..Fixture::request("idp", "alice", "")
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner(),
+                )
+            }
+        });
+        let t = Instant::now();
+        let tokens = futures::future::join_all(herd).await;
+        let refreshes = f.idp.token_requests().await - before;
+        f.idp.delay_token(0).await;
+        println!(
+            "\n== {} concurrent requests on one expired grant: {refreshes} provider refresh(es), {} distinct tokens, {:.1?}",
+            s.herd,
+            tokens
+                .iter()
+                .map(|t| &t.access_token)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            t.elapsed()
+        );
+    }
+    if s.wants("flows") {
+        // Pending flows: distinct users so the per-user bound does not apply.
+        let rss_before = f.valet.rss_kib();
+        let t = Instant::now();
+        let per_worker = s.flows / s.concurrency;
+        let workers: Vec<_> = (0..s.concurrency)
+            .map(|w| {
+                let mut c = creds.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_worker {
+                        c.authenticate(Fixture::request("idp", &format!("user-{w}-{i}"), ""))
                             .await
                             .unwrap();
                     }
                 })
-                .await
-            }};
-        }
-        for _ in 0..ROUNDS {
-            let calls = s.calls / ROUNDS;
-            floors.push(health_check!(health, calls));
-            auths.push(authenticate!(creds, calls));
-            let (c, reference) = (creds.clone(), reference.clone());
-            resolves.push(
-                measure(calls, concurrency, move || {
-                    let mut c = c.clone();
-                    let reference = reference.clone();
-                    async move {
-                        c.resolve(pb::ResolveRequest {
-                            reference,
-                            min_ttl_seconds: 0,
-                            target_url: String::new(),
-                        })
-                        .await
-                        .unwrap();
-                    }
-                })
-                .await,
-            );
-        }
-        for _ in 0..ROUNDS {
-            let calls = s.calls / ROUNDS;
-            unix_floors.push(health_check!(unix_health, calls));
-            unix_auths.push(authenticate!(unix_creds, calls));
-        }
-        by_concurrency.push((
-            concurrency,
-            median(floors),
-            median(auths),
-            median(resolves),
-            median(unix_floors),
-            median(unix_auths),
-        ));
-    }
-
-    // What an agent would do without Valet: read the token from a Vault API server.
-    let rv = RustyVault::start().await;
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/secret/bench/token", rv.address);
-    http.post(&url)
-        .header("X-Vault-Token", &rv.root_token)
-        .json(&serde_json::json!({ "access_token": granted.access_token }))
-        .send()
-        .await
-        .unwrap();
-    let root = rv.root_token.clone();
-    let vault = measure(s.calls, s.concurrency, move || {
-        let (http, url, root) = (http.clone(), url.clone(), root.clone());
-        async move {
-            let r = http
-                .get(&url)
-                .header("X-Vault-Token", root)
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
-            r.bytes().await.unwrap();
-        }
-    })
-    .await;
-
-    for (concurrency, floor, auth, resolve, unix_floor, unix_auth) in &by_concurrency {
-        println!(
-            "\n== cached handout vs the transport floor ({} calls, {concurrency} in flight; ratios to the TCP floor)",
-            s.calls
-        );
-        row("grpc.health Check (floor)", floor, floor);
-        row("Credentials/Authenticate (cached)", auth, floor);
-        row("Credentials/Resolve (cached)", resolve, floor);
-        row("Unix socket: grpc.health Check", unix_floor, floor);
-        row("Unix socket: Authenticate", unix_auth, floor);
-    }
-    let (_, floor, auth, ..) = by_concurrency.last().expect("measured");
-    println!(
-        "\n== cached handout vs reading the token from Vault (RustyVault KV v1, {} in flight)",
-        s.concurrency
-    );
-    row("Vault API read (no Valet)", &vault, floor);
-    println!(
-        "Authenticate is {:.1}x the throughput of a Vault read; p99 {:.2}x",
-        auth.per_sec / vault.per_sec,
-        auth.p99.as_secs_f64() / vault.p99.as_secs_f64()
-    );
-
-    // A thundering herd on one expired grant.
-    f.idp.delay_token(1000).await;
-    let before = f.idp.token_requests().await;
-    let herd = (0..s.herd).map(|_| {
-        let mut c = creds.clone();
-        async move {
-            token(
-                c.authenticate(pb::AuthenticateRequest {
-                    min_ttl_seconds: 7200,
-                    ..Fixture::request("idp", "alice", "")
-                })
-                .await
-                .unwrap()
-                .into_inner(),
-            )
-        }
-    });
-    let t = Instant::now();
-    let tokens = futures::future::join_all(herd).await;
-    let refreshes = f.idp.token_requests().await - before;
-    f.idp.delay_token(0).await;
-    println!(
-        "\n== {} concurrent requests on one expired grant: {refreshes} provider refresh(es), {} distinct tokens, {:.1?}",
-        s.herd,
-        tokens
-            .iter()
-            .map(|t| &t.access_token)
-            .collect::<std::collections::HashSet<_>>()
-            .len(),
-        t.elapsed()
-    );
-
-    // Pending flows: distinct users so the per-user bound does not apply.
-    let rss_before = f.valet.rss_kib();
-    let t = Instant::now();
-    let per_worker = s.flows / s.concurrency;
-    let workers: Vec<_> = (0..s.concurrency)
-        .map(|w| {
-            let mut c = creds.clone();
-            tokio::spawn(async move {
-                for i in 0..per_worker {
-                    c.authenticate(Fixture::request("idp", &format!("user-{w}-{i}"), ""))
-                        .await
-                        .unwrap();
-                }
             })
-        })
-        .collect();
-    for w in workers {
-        w.await.unwrap();
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let elapsed = t.elapsed();
+        let started = per_worker * s.concurrency;
+        let rss_after = f.valet.rss_kib();
+        println!(
+            "\n== {started} pending flows: {:.0} flow starts/s, daemon RSS {} KiB → {} KiB ({:.0} bytes per flow)\n",
+            started as f64 / elapsed.as_secs_f64(),
+            rss_before,
+            rss_after,
+            (rss_after.saturating_sub(rss_before) * 1024) as f64 / started as f64
+        );
     }
-    let elapsed = t.elapsed();
-    let started = per_worker * s.concurrency;
-    let rss_after = f.valet.rss_kib();
-    println!(
-        "\n== {started} pending flows: {:.0} flow starts/s, daemon RSS {} KiB → {} KiB ({:.0} bytes per flow)\n",
-        started as f64 / elapsed.as_secs_f64(),
-        rss_before,
-        rss_after,
-        (rss_after.saturating_sub(rss_before) * 1024) as f64 / started as f64
-    );
 }

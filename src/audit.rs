@@ -10,9 +10,8 @@
 //! is the previous line's `hash` (64 zeros for the first).
 
 use crate::clock::Clock;
-use crate::secret::sha256;
 use ring::hmac;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::io::{BufRead as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -140,44 +139,71 @@ fn user_hash(key: &OnceLock<hmac::Key>, user: &str) -> String {
     }
 }
 
+/// A line without its `hash`, as `verify` re-serializes it: members in the order of a JSON
+/// object read back (sorted by name), empty ids left out.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    agent: &'a str,
+    caller: &'a str,
+    event: &'a str,
+    outcome: &'a str,
+    prev: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    provider: &'a str,
+    ts: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    user: &'a str,
+}
+
 /// The writer thread: turns events into chained lines, in order.
 struct Writer {
     prev: String,
     file: Option<std::io::BufWriter<std::fs::File>>,
     user_key: Arc<OnceLock<hmac::Key>>,
+    /// The line being written (reused: one event costs no allocation here).
+    line: Vec<u8>,
 }
 
 impl Writer {
     fn write(&mut self, e: Event) {
-        let mut line = Map::new();
-        line.insert("ts".into(), Value::from(e.ts));
-        line.insert("event".into(), Value::from(e.event));
-        line.insert("caller".into(), Value::from(e.caller));
-        for (k, v) in [("provider", e.provider), ("agent", e.agent)] {
-            if !v.is_empty() {
-                line.insert(k.into(), Value::from(v));
-            }
+        let user = if e.user.is_empty() {
+            String::new()
+        } else {
+            user_hash(&self.user_key, &e.user)
+        };
+        let body = Body {
+            agent: &e.agent,
+            caller: &e.caller,
+            event: &e.event,
+            outcome: &e.outcome,
+            prev: &self.prev,
+            provider: &e.provider,
+            ts: e.ts,
+            user: &user,
+        };
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, &body).is_err() {
+            return;
         }
-        if !e.user.is_empty() {
-            line.insert(
-                "user".into(),
-                Value::from(user_hash(&self.user_key, &e.user)),
-            );
-        }
-        line.insert("outcome".into(), Value::from(e.outcome));
-        line.insert("prev".into(), Value::from(self.prev.as_str()));
-        let body = Value::Object(line).to_string();
-        let hash = link_hash(&self.prev, &body);
+        let hash = link_hash(&self.prev, &self.line);
         // The body with `hash` as its last member (`verify` re-serializes without it).
-        let text = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+        self.line.pop();
+        for part in [b",\"hash\":\"".as_slice(), hash.as_bytes(), b"\"}"] {
+            self.line.extend_from_slice(part);
+        }
         self.prev = hash;
         match &mut self.file {
             Some(f) => {
-                if let Err(e) = writeln!(f, "{text}") {
+                self.line.push(b'\n');
+                if let Err(e) = f.write_all(&self.line) {
                     tracing::error!("cannot append to the audit file: {e}");
                 }
             }
-            None => tracing::info!(target: "valet::audit", "{text}"),
+            None => {
+                let text = std::str::from_utf8(&self.line).unwrap_or_default();
+                tracing::info!(target: "valet::audit", "{text}");
+            }
         }
     }
 
@@ -240,6 +266,7 @@ impl Audit {
             prev,
             file,
             user_key: user_key.clone(),
+            line: Vec::with_capacity(512),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = std::thread::Builder::new()
@@ -329,8 +356,11 @@ impl Drop for Audit {
 }
 
 /// SHA-256 (hex) of `prev` followed by the line without its `hash`.
-fn link_hash(prev: &str, body: &str) -> String {
-    hex::encode(sha256(format!("{prev}{body}").as_bytes()))
+fn link_hash(prev: &str, body: &[u8]) -> String {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    d.update(prev.as_bytes());
+    d.update(body);
+    hex::encode(d.finish())
 }
 
 /// Checks a trail's chain; returns how many lines it holds, or the first broken line.
@@ -355,7 +385,7 @@ pub fn verify(path: &Path) -> Result<usize, String> {
                 no - 1
             ));
         }
-        if link_hash(&prev, &Value::Object(fields).to_string()) != hash {
+        if link_hash(&prev, Value::Object(fields).to_string().as_bytes()) != hash {
             return Err(format!("line {no}: its content was changed"));
         }
         prev = hash;
@@ -368,6 +398,26 @@ pub fn verify(path: &Path) -> Result<usize, String> {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+
+    #[test]
+    fn a_line_is_written_as_verify_reads_it_back_whatever_its_characters() {
+        let odd = "quote\" back\\ tab\t nl\n nul\u{0} bell\u{7} é 🦀 \u{2028}";
+        for (agent, provider, user) in [(odd, odd, odd), ("", "", ""), ("a", "", "u")] {
+            let body = Body {
+                agent,
+                caller: odd,
+                event: "Authenticate",
+                outcome: odd,
+                prev: GENESIS,
+                provider,
+                ts: -5,
+                user,
+            };
+            let written = serde_json::to_vec(&body).unwrap();
+            let read: Value = serde_json::from_slice(&written).unwrap();
+            assert_eq!(read.to_string().into_bytes(), written);
+        }
+    }
 
     #[test]
     fn grant_changes_come_from_the_audit_events() {

@@ -27,15 +27,24 @@ impl ProviderId {
                 format!("is longer than {MAX_PROVIDER_ID} characters"),
             ));
         }
-        let ok_char =
-            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-        if !s.chars().all(ok_char) || !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        if !Self::well_formed(s) {
             return Err(InvalidInput::new(
                 FIELD,
                 "must be lowercase letters, digits, '-' or '_', starting with a letter or digit",
             ));
         }
         Ok(Self(s.to_owned()))
+    }
+
+    /// Whether `s` is a provider id (`parse` would take it), without making one.
+    pub fn is_valid(s: &str) -> bool {
+        (1..=MAX_PROVIDER_ID).contains(&s.len()) && Self::well_formed(s)
+    }
+
+    fn well_formed(s: &str) -> bool {
+        let ok_char =
+            |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_';
+        s.bytes().all(ok_char) && s.starts_with(|c: char| c.is_ascii_alphanumeric())
     }
 
     pub fn as_str(&self) -> &str {
@@ -54,6 +63,11 @@ macro_rules! principal_id {
             pub fn parse(s: &str) -> Result<Self, InvalidInput> {
                 check_principal($field, s)?;
                 Ok(Self(s.to_owned()))
+            }
+
+            /// Whether `s` is one (`parse` would take it), without making one.
+            pub fn is_valid(s: &str) -> bool {
+                check_principal($field, s).is_ok()
             }
 
             pub fn as_str(&self) -> &str {

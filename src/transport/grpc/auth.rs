@@ -169,10 +169,7 @@ fn request_id<T>(req: &Request<T>) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         })
-        .map_or_else(
-            || crate::secret::random_token(12).unwrap_or_default(),
-            str::to_owned,
-        )
+        .map_or_else(crate::telemetry::new_request_id, str::to_owned)
 }
 
 impl tonic::service::Interceptor for CallerAuth {

@@ -110,7 +110,7 @@ pub(super) fn grpc_deadline<T>(req: &Request<T>) -> Option<Duration> {
 }
 
 /// An Authenticate request as validated domain input.
-pub(super) fn auth_request(r: pb::AuthenticateRequest) -> Result<AuthRequest, Error> {
+pub(super) fn auth_request(r: &pb::AuthenticateRequest) -> Result<AuthRequest, Error> {
     let handout = match pb::Handout::try_from(r.handout) {
         Ok(pb::Handout::Unspecified | pb::Handout::Token) if r.single_use => {
             return Err(Error::invalid(
@@ -127,11 +127,11 @@ pub(super) fn auth_request(r: pb::AuthenticateRequest) -> Result<AuthRequest, Er
     let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Ok(AuthRequest {
         provider: ProviderId::parse(&r.provider_id)?,
-        user: optional(&r.user_id)
-            .map(|u| UserId::parse(&u))
+        user: (!r.user_id.is_empty())
+            .then(|| UserId::parse(&r.user_id))
             .transpose()?,
-        agent: optional(&r.agent_id)
-            .map(|a| AgentId::parse(&a))
+        agent: (!r.agent_id.is_empty())
+            .then(|| AgentId::parse(&r.agent_id))
             .transpose()?,
         scopes: Scopes::parse("scopes", &r.scopes)?,
         handout,

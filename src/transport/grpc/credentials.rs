@@ -79,10 +79,10 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn watch_authorization(
         &self,
-        req: Request<pb::WatchAuthorizationRequest>,
+        mut req: Request<pb::WatchAuthorizationRequest>,
     ) -> Result<Response<Self::WatchAuthorizationStream>, Status> {
         use futures::StreamExt as _;
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let deadline = convert::grpc_deadline(&req);
         let auth_id = req.into_inner().auth_id;
         let now = rpc(
@@ -118,9 +118,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn import_grant(
         &self,
-        req: Request<pb::ImportGrantRequest>,
+        mut req: Request<pb::ImportGrantRequest>,
     ) -> Result<Response<pb::ImportGrantResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.into_inner();
         let grant = rpc(
             self.audit(),
@@ -154,9 +154,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn export_grants(
         &self,
-        req: Request<pb::ExportGrantsRequest>,
+        mut req: Request<pb::ExportGrantsRequest>,
     ) -> Result<Response<pb::ExportGrantsResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.get_ref();
         let (sealed, n) = rpc(
             self.audit(),
@@ -179,10 +179,10 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn watch_grants(
         &self,
-        req: Request<pb::WatchGrantsRequest>,
+        mut req: Request<pb::WatchGrantsRequest>,
     ) -> Result<Response<Self::WatchGrantsStream>, Status> {
         use futures::StreamExt as _;
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let deadline = convert::grpc_deadline(&req);
         let r = req.get_ref();
         let changes = rpc(
@@ -204,16 +204,11 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn authenticate(
         &self,
-        req: Request<pb::AuthenticateRequest>,
+        mut req: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let caller = caller(&req)?;
-        let r = req.into_inner();
-        let provider = r.provider_id.clone();
-        let subject = Subject {
-            provider: &provider,
-            user: &r.user_id.clone(),
-            agent: &r.agent_id.clone(),
-        };
+        let caller = caller(&mut req)?;
+        let r = req.get_ref();
+        let subject = subject(&r.provider_id, &r.user_id, &r.agent_id);
         let o = rpc(self.audit(), "Authenticate", &caller, subject, async {
             self.credentials
                 .authenticate(&caller, convert::auth_request(r)?)
@@ -225,9 +220,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn wait_for_completion(
         &self,
-        req: Request<pb::WaitForCompletionRequest>,
+        mut req: Request<pb::WaitForCompletionRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let timeout = wait_timeout(&req, req.get_ref().timeout_seconds);
         let auth_id = &req.get_ref().auth_id;
         let o = rpc(
@@ -247,9 +242,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn resolve(
         &self,
-        req: Request<pb::ResolveRequest>,
+        mut req: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.get_ref();
         let t = rpc(
             self.audit(),
@@ -272,9 +267,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn revoke(
         &self,
-        req: Request<pb::RevokeRequest>,
+        mut req: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.get_ref();
         let (revoked, at_provider) = rpc(
             self.audit(),
@@ -306,9 +301,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn list_grants(
         &self,
-        req: Request<pb::ListGrantsRequest>,
+        mut req: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.get_ref();
         let (grants, next) = rpc(
             self.audit(),
@@ -330,9 +325,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn complete_authorization(
         &self,
-        req: Request<pb::CompleteAuthorizationRequest>,
+        mut req: Request<pb::CompleteAuthorizationRequest>,
     ) -> Result<Response<pb::CompleteAuthorizationResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.get_ref();
         let subject = subject("", &r.user_id, "");
         let provider = rpc(
@@ -355,9 +350,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
 
     async fn put_credential(
         &self,
-        req: Request<pb::PutCredentialRequest>,
+        mut req: Request<pb::PutCredentialRequest>,
     ) -> Result<Response<pb::PutCredentialResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.into_inner();
         rpc(
             self.audit(),

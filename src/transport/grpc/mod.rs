@@ -18,11 +18,10 @@ use std::future::Future;
 use tonic::{Request, Status};
 use tracing::Instrument as _;
 
-/// The caller the interceptor attached to the request.
-fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
+/// The caller the interceptor attached to the request (taken from it, not copied).
+fn caller<T>(req: &mut Request<T>) -> Result<Caller, Status> {
+    req.extensions_mut()
+        .remove::<Caller>()
         .ok_or_else(|| Status::unauthenticated("missing caller identity"))
 }
 
@@ -76,6 +75,11 @@ fn rpc_span(method: &'static str, caller: &Caller, provider: &str) -> tracing::S
     )
 }
 
+/// `raw` when it is a well-formed id, else empty.
+fn valid(raw: &str, is_valid: fn(&str) -> bool) -> &str {
+    if is_valid(raw) { raw } else { "" }
+}
+
 /// Runs one RPC in its span, records it in the audit trail, and maps its error to a status
 /// (logged once, there). `subject` names the provider, user and agent as the request did.
 async fn rpc<T: Labelled>(
@@ -85,16 +89,13 @@ async fn rpc<T: Labelled>(
     subject: crate::audit::Subject<'_>,
     call: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Status> {
-    let provider = subject.provider;
-    // Only a well-formed provider id is recorded; anything else is input, not a label.
-    let provider = ProviderId::parse(provider)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    // Only well-formed ids are logged and reach the trail; anything else is input, not a label.
+    let provider = valid(subject.provider, ProviderId::is_valid);
     // The span is made only when traces are exported: the request line below carries the same
     // fields, and a span on every call costs the log formatter more than the call itself. A
     // failure is still logged inside one (`in_span`).
     let span = if crate::telemetry::exporting() {
-        rpc_span(method, caller, &provider)
+        rpc_span(method, caller, provider)
     } else {
         tracing::Span::none()
     };
@@ -117,33 +118,24 @@ async fn rpc<T: Labelled>(
         tracing::info!(
             target: "valet::request",
             method,
-            caller = %caller.name,
-            provider = %provider,
+            // Strings, not `%` (Display): a JSON line writes them without formatting first.
+            caller = caller.name.as_str(),
+            provider,
             outcome,
             latency_ms = took.as_secs_f64() * 1000.0,
-            request_id = %caller.request_id,
+            request_id = caller.request_id.as_str(),
             "rpc"
         );
-        // Only well-formed ids reach the trail; anything else is input, not a record.
-        let id = |raw: &'_ str, ok: bool| if ok { raw.to_owned() } else { String::new() };
-        let user = id(
-            subject.user,
-            crate::domain::UserId::parse(subject.user).is_ok(),
-        );
-        let agent = id(
-            subject.agent,
-            crate::domain::AgentId::parse(subject.agent).is_ok(),
-        );
         let audited = crate::audit::Subject {
-            provider: &provider,
-            user: &user,
-            agent: &agent,
+            provider,
+            user: valid(subject.user, crate::domain::UserId::is_valid),
+            agent: valid(subject.agent, crate::domain::AgentId::is_valid),
         };
         let label = result.as_ref().map_or(outcome, Labelled::label);
         audit.record(method, &caller.name, audited, label);
         result.map_err(|e| {
             if tracing::Span::current().is_none() {
-                let span = rpc_span(method, caller, &provider);
+                let span = rpc_span(method, caller, provider);
                 span.record("outcome", outcome);
                 span.in_scope(|| to_status(&e))
             } else {

@@ -42,9 +42,9 @@ fn provider_id(p: &Option<pb::Provider>) -> &str {
 impl pb::providers_server::Providers for ProvidersApi {
     async fn create_provider(
         &self,
-        req: Request<pb::CreateProviderRequest>,
+        mut req: Request<pb::CreateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.into_inner();
         let id = provider_id(&r.provider).to_owned();
         let p = rpc(
@@ -66,9 +66,9 @@ impl pb::providers_server::Providers for ProvidersApi {
 
     async fn get_provider(
         &self,
-        req: Request<pb::GetProviderRequest>,
+        mut req: Request<pb::GetProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let id = &req.get_ref().provider_id;
         let p = rpc(
             self.credentials.audit(),
@@ -86,9 +86,9 @@ impl pb::providers_server::Providers for ProvidersApi {
 
     async fn list_providers(
         &self,
-        req: Request<pb::ListProvidersRequest>,
+        mut req: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let all = rpc(
             self.credentials.audit(),
             "ListProviders",
@@ -103,9 +103,9 @@ impl pb::providers_server::Providers for ProvidersApi {
 
     async fn update_provider(
         &self,
-        req: Request<pb::UpdateProviderRequest>,
+        mut req: Request<pb::UpdateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let r = req.into_inner();
         let id = provider_id(&r.provider).to_owned();
         let p = rpc(
@@ -131,9 +131,9 @@ impl pb::providers_server::Providers for ProvidersApi {
 
     async fn delete_provider(
         &self,
-        req: Request<pb::DeleteProviderRequest>,
+        mut req: Request<pb::DeleteProviderRequest>,
     ) -> Result<Response<pb::DeleteProviderResponse>, Status> {
-        let caller = caller(&req)?;
+        let caller = caller(&mut req)?;
         let id = &req.get_ref().provider_id;
         let revoke = req.get_ref().revoke_at_provider;
         let (revoked, failed) = rpc(

@@ -88,7 +88,7 @@ pub(super) async fn callback(
         provider = %provider,
         outcome,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        request_id = %crate::secret::random_token(12).unwrap_or_default(),
+        request_id = %crate::telemetry::new_request_id(),
         "callback"
     );
     match result {

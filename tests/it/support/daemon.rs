@@ -201,6 +201,15 @@ rate_limit = 0
         std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
     }
 
+    /// The daemon's process id, for the benchmarks' CPU accounting.
+    #[allow(
+        dead_code,
+        reason = "used by benches/handout.rs, which shares this harness"
+    )]
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The daemon's resident memory in KiB (Linux), for the benchmarks.
     #[allow(
         dead_code,

@@ -337,3 +337,26 @@ pub(crate) async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::
         .await
         .unwrap()
 }
+
+/// CPU time all threads of process `pid` (`None`: this process) have run so far (Linux
+/// `schedstat`, in nanoseconds), for the benchmarks' per-call CPU figures.
+#[allow(
+    dead_code,
+    reason = "used by benches/handout.rs, which shares this harness"
+)]
+pub(crate) fn cpu_time(pid: Option<u32>) -> std::time::Duration {
+    let dir = pid.map_or_else(
+        || "/proc/self/task".to_owned(),
+        |p| format!("/proc/{p}/task"),
+    );
+    let ns: u64 = std::fs::read_dir(dir)
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    std::time::Duration::from_nanos(ns)
+}

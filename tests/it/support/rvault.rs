@@ -77,6 +77,15 @@ impl RustyVault {
             _dir: dir,
         }
     }
+
+    /// The server's process id, for the benchmarks' CPU accounting.
+    #[allow(
+        dead_code,
+        reason = "used by benches/handout.rs, which shares this harness"
+    )]
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for RustyVault {

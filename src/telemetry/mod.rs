@@ -3,6 +3,8 @@
 //! `rpc` and `callback` spans exported as OpenTelemetry traces over OTLP/gRPC, each request a
 //! child of the caller's W3C `traceparent` when it sends one.
 
+mod json;
+
 use crate::config::LogFormat;
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
@@ -53,7 +55,10 @@ pub fn init(format: LogFormat, level: &str, otlp_endpoint: Option<&url::Url>) ->
     let fmt: Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => fmt.boxed(),
         // Event fields at the top level of each line, where log pipelines look for them.
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Json => fmt
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json::JsonLines)
+            .boxed(),
     };
     let provider = otlp_endpoint.and_then(|e| match tracer_provider(e) {
         Ok(p) => Some(p),
@@ -233,6 +238,20 @@ fn tracer_provider(
         )
         .with_batch_exporter(exporter)
         .build())
+}
+
+/// A request id for a request that brought none: 16 hex digits, unique within this run (a
+/// counter under a per-process random keyed hash, so ids do not reveal how many requests came
+/// between two). Not a secret, so no system call per request.
+pub fn new_request_id() -> String {
+    use std::hash::BuildHasher as _;
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:016x}",
+        KEY.get_or_init(std::hash::RandomState::new).hash_one(n)
+    )
 }
 
 /// Whether spans are exported (`otlp_endpoint` set and its exporter built).

@@ -1,0 +1,327 @@
+//! The JSON log line, written straight into the line buffer: the shape of tracing-subscriber's
+//! flattened JSON (`timestamp`, `level`, the event's fields, `target`, and the enclosing `span`
+//! and `spans`), without its per-field serializer and map. A request writes one of these lines
+//! and the trail another, so this is on every call's path.
+
+use std::fmt::{self, Write as _};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The event format for `[log] format = "json"` (with `JsonFields` for the spans' fields).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        w.write_str("{\"timestamp\":\"")?;
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a log line is stamped with the wall clock, as tracing-subscriber stamps it"
+        )]
+        let now = std::time::SystemTime::now();
+        timestamp(&mut w, now)?;
+        w.write_str("\",\"level\":\"")?;
+        w.write_str(meta.level().as_str())?;
+        w.write_char('"')?;
+        let mut fields = Fields {
+            w: &mut w,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        w.write_str(",\"target\":")?;
+        string(&mut w, meta.target())?;
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<String> = scope
+                .from_root()
+                .map(|span| {
+                    let ext = span.extensions();
+                    let fields = ext
+                        .get::<FormattedFields<N>>()
+                        .map_or("", |f| f.fields.as_str());
+                    span_object(span.name(), fields)
+                })
+                .collect();
+            if let Some(current) = spans.last() {
+                write!(w, ",\"span\":{current},\"spans\":[{}]", spans.join(","))?;
+            }
+        }
+        w.write_str("}\n")
+    }
+}
+
+/// A span as `{<its fields>,"name":…}`, from its fields as `JsonFields` recorded them.
+fn span_object(name: &str, fields: &str) -> String {
+    let inner = fields
+        .trim()
+        .strip_prefix('{')
+        .and_then(|f| f.strip_suffix('}'))
+        .unwrap_or("")
+        .trim();
+    let mut out = String::with_capacity(inner.len() + name.len() + 12);
+    out.push('{');
+    if !inner.is_empty() {
+        out.push_str(inner);
+        out.push(',');
+    }
+    out.push_str("\"name\":");
+    let _ = string(&mut out, name);
+    out.push('}');
+    out
+}
+
+/// The event's fields as `,"name":value` members (`log.*` fields of bridged `log` records are
+/// folded into the level and target instead).
+struct Fields<'a, 'w> {
+    w: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        self.result = (|| {
+            self.w.write_char(',')?;
+            string(self.w, field.name())?;
+            self.w.write_char(':')?;
+            value(self.w)
+        })();
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.member(field, |w| string(w, value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.member(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinity (serde_json writes null too).
+        self.member(field, |w| {
+            if value.is_finite() {
+                write!(w, "{value}")
+            } else {
+                w.write_str("null")
+            }
+        });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.member(field, |w| {
+            w.write_char('"')?;
+            write!(Escaped(w), "{value:?}")?;
+            w.write_char('"')
+        });
+    }
+}
+
+/// `s` as a JSON string.
+fn string(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    Escaped(w).write_str(s)?;
+    w.write_char('"')
+}
+
+/// Writes what it is given JSON-escaped (as serde_json does: quote, backslash, control
+/// characters), copying the runs between escapes whole.
+struct Escaped<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0.write_str(&s[start..i])?;
+            if escape.is_empty() {
+                write!(self.0, "\\u{b:04x}")?;
+            } else {
+                self.0.write_str(escape)?;
+            }
+            start = i + 1;
+        }
+        self.0.write_str(&s[start..])
+    }
+}
+
+/// `at` in RFC 3339, UTC, with microseconds: `2026-12-03T08:00:00.123456Z`.
+fn timestamp(w: &mut impl fmt::Write, at: std::time::SystemTime) -> fmt::Result {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil(days);
+    write!(
+        w,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+/// The calendar date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+        type Writer = Self;
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    fn lines(buf: &Buffer) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The events both formats are given: every kind of field, odd characters, spans.
+    fn events() {
+        let odd = "quote\" back\\ nl\n tab\t nul\u{0} bell\u{7} é 🦀";
+        tracing::info!(
+            target: "valet::request",
+            method = "Authenticate",
+            caller = odd,
+            n = -3_i64,
+            big = 7_u64,
+            yes = true,
+            latency_ms = 1.25,
+            shown = %odd,
+            debugged = ?vec!["a"],
+            "rpc"
+        );
+        tracing::warn!("plain {} message", 42);
+        let span = tracing::info_span!(
+            "rpc",
+            method = "Resolve",
+            caller = odd,
+            outcome = tracing::field::Empty
+        );
+        span.record("outcome", "NOT_FOUND");
+        span.in_scope(|| {
+            tracing::info_span!("inner", step = 2)
+                .in_scope(|| tracing::error!(why = odd, "failed"));
+        });
+    }
+
+    #[test]
+    fn a_line_is_what_tracing_subscribers_json_writes_but_for_the_time() {
+        let ours = Buffer::default();
+        let theirs = Buffer::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(JsonLines)
+                    .with_writer(ours.clone()),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(theirs.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, events);
+        let (mut ours, mut theirs) = (lines(&ours), lines(&theirs));
+        assert_eq!(ours.len(), 3);
+        for (a, b) in ours.iter_mut().zip(theirs.iter_mut()) {
+            let at = a.as_object_mut().unwrap().remove("timestamp").unwrap();
+            let at = at.as_str().unwrap();
+            assert_eq!(at.len(), "2026-12-03T08:00:00.123456Z".len(), "{at}");
+            assert!(at.ends_with('Z') && at.as_bytes()[10] == b'T', "{at}");
+            b.as_object_mut().unwrap().remove("timestamp");
+            assert_eq!(a, b);
+        }
+        assert_eq!(ours[2]["span"]["name"], "inner");
+        assert_eq!(ours[2]["spans"][0]["name"], "rpc");
+        assert_eq!(ours[2]["spans"][0]["outcome"], "NOT_FOUND");
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_utc() {
+        let at = |secs: u64, micros: u32| {
+            let mut s = String::new();
+            let t = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(secs)
+                + std::time::Duration::from_micros(u64::from(micros));
+            timestamp(&mut s, t).unwrap();
+            s
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(
+            at(1_796_256_000 + 8 * 3600 + 123, 123_456),
+            "2026-12-03T08:02:03.123456Z"
+        );
+        assert_eq!(at(4_102_444_799, 999_999), "2099-12-31T23:59:59.999999Z");
+    }
+}
