@@ -202,7 +202,7 @@ impl Writer {
             }
             None => {
                 let text = std::str::from_utf8(&self.line).unwrap_or_default();
-                tracing::info!(target: "valet::audit", "{text}");
+                tracing::info!(target: "valet::audit", message = text);
             }
         }
     }

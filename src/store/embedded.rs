@@ -433,8 +433,10 @@ impl SecretStore for EmbeddedStore {
 
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         check_key(key)?;
-        let key = key.to_owned();
-        self.blocking(move |s| s.get(&key)).await
+        // Inline, not on the blocking pool: one read is a B-tree lookup in redb's page cache
+        // and an AES-GCM open (microseconds), less than handing it to another thread and back.
+        // Writes, which wait for fsync, and scans go to the pool.
+        self.inner.get(key)
     }
 
     async fn put(&self, key: &str, value: SecretBytes, cas: Cas) -> Result<u64, StoreError> {
