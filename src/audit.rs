@@ -67,16 +67,38 @@ fn grant_change(event: &str, outcome: &str) -> Option<GrantChangeKind> {
 /// Grant changes a slow watcher may fall behind by before it is told how many it missed.
 const WATCH_BACKLOG: usize = 4096;
 
-/// One event on its way to the writer thread.
+/// One event on its way to the writer thread, its strings in one allocation (it is made on
+/// every call's path).
 #[derive(Debug)]
 struct Event {
     ts: i64,
-    event: String,
-    caller: String,
-    provider: String,
-    agent: String,
-    user: String,
-    outcome: String,
+    /// The parts (`EVENT` … `OUTCOME`), one after another.
+    text: String,
+    ends: [usize; 6],
+}
+
+const EVENT: usize = 0;
+const CALLER: usize = 1;
+const PROVIDER: usize = 2;
+const AGENT: usize = 3;
+const USER: usize = 4;
+const OUTCOME: usize = 5;
+
+impl Event {
+    fn new(ts: i64, parts: [&str; 6]) -> Self {
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 6];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            *end = text.len();
+        }
+        Self { ts, text, ends }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |before| self.ends[before]);
+        &self.text[start..self.ends[i]]
+    }
 }
 
 enum Message {
@@ -167,18 +189,17 @@ struct Writer {
 
 impl Writer {
     fn write(&mut self, e: Event) {
-        let user = if e.user.is_empty() {
-            String::new()
-        } else {
-            user_hash(&self.user_key, &e.user)
+        let user = match e.part(USER) {
+            "" => String::new(),
+            u => user_hash(&self.user_key, u),
         };
         let body = Body {
-            agent: &e.agent,
-            caller: &e.caller,
-            event: &e.event,
-            outcome: &e.outcome,
+            agent: e.part(AGENT),
+            caller: e.part(CALLER),
+            event: e.part(EVENT),
+            outcome: e.part(OUTCOME),
             prev: &self.prev,
-            provider: &e.provider,
+            provider: e.part(PROVIDER),
             ts: e.ts,
             user: &user,
         };
@@ -320,15 +341,14 @@ impl Audit {
                 at: self.clock.now_unix(),
             });
         }
-        let e = Event {
-            ts: self.clock.now_unix(),
-            event: event.to_owned(),
-            caller: caller.to_owned(),
-            provider: subject.provider.to_owned(),
-            agent: subject.agent.to_owned(),
-            user: subject.user.to_owned(),
-            outcome: outcome.to_owned(),
-        };
+        let mut parts = [""; 6];
+        parts[EVENT] = event;
+        parts[CALLER] = caller;
+        parts[PROVIDER] = subject.provider;
+        parts[AGENT] = subject.agent;
+        parts[USER] = subject.user;
+        parts[OUTCOME] = outcome;
+        let e = Event::new(self.clock.now_unix(), parts);
         if let Some(tx) = &self.tx {
             let _ = tx.send(Message::Event(e));
         }
@@ -417,6 +437,13 @@ mod tests {
             let read: Value = serde_json::from_slice(&written).unwrap();
             assert_eq!(read.to_string().into_bytes(), written);
         }
+    }
+
+    #[test]
+    fn an_events_parts_come_back_as_they_went_in() {
+        let e = Event::new(7, ["Revoke", "", "github", "é🦀", "alice", "ok"]);
+        let parts: Vec<&str> = (EVENT..=OUTCOME).map(|i| e.part(i)).collect();
+        assert_eq!(parts, ["Revoke", "", "github", "é🦀", "alice", "ok"]);
     }
 
     #[test]
