@@ -151,6 +151,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn is_valid_agrees_with_parse() {
+        let long = |n| "x".repeat(n);
+        let inputs = [
+            String::new(),
+            "a".into(),
+            "A".into(),
+            "-a".into(),
+            "a-b_c9".into(),
+            "é".into(),
+            "a b".into(),
+            "a\nb".into(),
+            long(MAX_PROVIDER_ID),
+            long(MAX_PROVIDER_ID + 1),
+            long(MAX_PRINCIPAL_ID),
+            long(MAX_PRINCIPAL_ID + 1),
+        ];
+        for s in &inputs {
+            assert_eq!(
+                ProviderId::is_valid(s),
+                ProviderId::parse(s).is_ok(),
+                "{s:?}"
+            );
+            assert_eq!(UserId::is_valid(s), UserId::parse(s).is_ok(), "{s:?}");
+            assert_eq!(AgentId::is_valid(s), AgentId::parse(s).is_ok(), "{s:?}");
+        }
+    }
+
+    #[test]
     fn provider_ids() {
         assert!(ProviderId::parse("github").is_ok());
         assert!(ProviderId::parse("my_idp-2").is_ok());

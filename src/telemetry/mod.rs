@@ -295,3 +295,17 @@ impl Extractor for Headers<'_> {
         self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn made_up_request_ids_are_16_hex_digits_and_do_not_repeat() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| super::new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
+}
