@@ -444,6 +444,7 @@ async fn run(s: &Sizes) {
         ),
         // The production default: JSON lines at `info`.
         log_format: "",
+        logs_to_file: true,
         ..Default::default()
     })
     .await;
