@@ -242,6 +242,20 @@ impl TokenBroker {
         if let Some(t) = self.cache.usable(key, scopes, now, min_ttl, None) {
             return Ok(Some(AccessToken::handed(&t, scopes)));
         }
+        // Boxed: the lock, the store and a refresh stay out of the cached path's future, which
+        // every call allocates and moves.
+        Box::pin(self.usable_token_uncached(provider, key, scopes, min_ttl, waited_since)).await
+    }
+
+    /// `usable_token` past a cache miss: under the grant's lock, the cache again, then the store.
+    async fn usable_token_uncached(
+        &self,
+        provider: &ProviderConfig,
+        key: &GrantKey,
+        scopes: &Scopes,
+        min_ttl: i64,
+        waited_since: Instant,
+    ) -> Result<Option<AccessToken>, Error> {
         let _guard = self.cache.lock(key).await;
         let now = self.clock.now_unix();
         if let Some(t) = self

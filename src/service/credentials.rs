@@ -223,7 +223,8 @@ impl Credentials {
                 "user assertions are required but not configured",
             ));
         };
-        match assertions.user_of(&presented.0).await {
+        // Boxed: the assertion's check (and a key fetch) stays out of the handout's future.
+        match Box::pin(assertions.user_of(&presented.0)).await {
             Ok(u) if u == user.as_str() => Ok(()),
             Ok(_) => Err(Error::PermissionDenied(
                 "the user assertion is for another user than user_id",
@@ -306,18 +307,18 @@ impl Credentials {
         } else {
             req.scopes.clone()
         };
+        // The paths other than a user's grant are boxed, so the future of the common one (a
+        // cached token, allocated and moved on every call) does not carry theirs.
         if !req.challenged.is_empty() {
-            return self
-                .challenged(caller, &provider, req, scopes, min_ttl)
-                .await;
+            return Box::pin(self.challenged(caller, &provider, req, scopes, min_ttl)).await;
         }
         match kind::acquisition(&provider.kind) {
             Acquisition::Client(client) => {
                 let token = self.client_token(caller, &provider, client, &req, &scopes, min_ttl);
-                Ok(Outcome::Token(token.await?))
+                Ok(Outcome::Token(Box::pin(token).await?))
             }
             Acquisition::Consent(_) => self.for_user(caller, &provider, req, scopes, min_ttl).await,
-            Acquisition::Stored(_) => self.stored(caller, &provider, req, min_ttl).await,
+            Acquisition::Stored(_) => Box::pin(self.stored(caller, &provider, req, min_ttl)).await,
         }
     }
 
@@ -471,11 +472,15 @@ impl Credentials {
                     subject_token: &grant_token.token,
                     subject_token_type: crate::oauth::ACCESS_TOKEN_TYPE,
                 };
-                let token = self
-                    .broker
-                    .client_token(&provider.id, source, &scopes, &target, min_ttl, false)
-                    .await?;
-                return Ok(Outcome::Token(token));
+                let token = self.broker.client_token(
+                    &provider.id,
+                    source,
+                    &scopes,
+                    &target,
+                    min_ttl,
+                    false,
+                );
+                return Ok(Outcome::Token(Box::pin(token).await?));
             }
         }
         if !req.force_reauth
@@ -489,8 +494,7 @@ impl Credentials {
                 .await;
         }
         let join = !req.force_reauth;
-        self.start_flow(caller, provider, key, scopes, req.handout, join)
-            .await
+        Box::pin(self.start_flow(caller, provider, key, scopes, req.handout, join)).await
     }
 
     /// A token for the client (or service account) itself: no consent, no reference; a service
@@ -637,16 +641,15 @@ impl Credentials {
         match handout {
             Handout::Token => Ok(Outcome::Token(token)),
             Handout::Reference { single_use } => {
-                let (reference, expires_at) = self
-                    .references
-                    .issue(
-                        &caller.name,
-                        key,
-                        &token.scopes,
-                        provider.reference_ttl_seconds,
-                        single_use,
-                    )
-                    .await?;
+                // Boxed, as a store write: a token handout's future does not carry it.
+                let (reference, expires_at) = Box::pin(self.references.issue(
+                    &caller.name,
+                    key,
+                    &token.scopes,
+                    provider.reference_ttl_seconds,
+                    single_use,
+                ))
+                .await?;
                 Ok(Outcome::Reference {
                     reference,
                     expires_at,

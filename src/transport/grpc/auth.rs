@@ -99,19 +99,27 @@ impl CallerAuth {
         }
         let (rate, burst) = (f64::from(rate), 2.0 * f64::from(rate));
         let now = std::time::Instant::now();
+        let take = |b: &mut Bucket| {
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+            b.at = now;
+            let admitted = b.tokens >= 1.0;
+            if admitted {
+                b.tokens -= 1.0;
+            }
+            admitted
+        };
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(name.to_owned()).or_insert(Bucket {
+        if let Some(b) = buckets.get_mut(name) {
+            return take(b);
+        }
+        // A caller's first request: its name is copied once, not on every call.
+        let mut b = Bucket {
             tokens: burst,
             at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        };
+        let admitted = take(&mut b);
+        buckets.insert(name.to_owned(), b);
+        admitted
     }
 
     /// The caller whose key hashes to the presented key's hash. Every configured key is compared,
