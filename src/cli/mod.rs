@@ -3,6 +3,18 @@
 //! lives in its own module (`provider`, `auth`, `key`, `store`) and prints through `print`.
 #![allow(clippy::print_stdout, reason = "the CLI's output is its interface")]
 
+// The CLI's `println!` (it shadows std's in this module and those below it): when the reader of
+// the output has gone (`valet grants | head`), the command ends quietly, as Unix tools do,
+// instead of panicking with a backtrace.
+macro_rules! println {
+    () => {
+        $crate::cli::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod auth;
 mod credential;
 mod key;
@@ -14,6 +26,19 @@ pub use auth::AuthArgs;
 pub use key::KeyCmd;
 pub use provider::{AuthMethod, Kind, ProviderArgs, ProviderCmd};
 pub use store::StoreCmd;
+
+/// Writes CLI output to stdout. A closed pipe ends the process with success (the reader took
+/// what it wanted); any other failure to write is said on stderr and fails it.
+pub(crate) fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("valet: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 use crate::client::Client;
 use crate::config::Overrides;

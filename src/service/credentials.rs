@@ -1021,7 +1021,7 @@ impl Credentials {
             .providers
             .get(&record.grant.provider)
             .map_err(|e| match e {
-                Error::NotFound { .. } => policy::reference_denied(),
+                Error::NotFound { .. } | Error::UnknownProvider(_) => policy::reference_denied(),
                 other => other,
             })?;
         if !target_url.is_empty() {

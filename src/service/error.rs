@@ -18,6 +18,10 @@ pub enum Error {
     InvalidArgument(#[from] InvalidInput),
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    #[error(
+        "no provider '{0}' is configured: ListProviders (`valet provider list`) shows those that are"
+    )]
+    UnknownProvider(String),
     #[error("{what} '{id}' already exists")]
     AlreadyExists { what: &'static str, id: String },
     #[error("permission denied: {0}")]
@@ -108,7 +112,7 @@ impl Error {
     pub fn class(&self) -> Class {
         match self {
             Self::InvalidArgument(_) => Class::BadInput,
-            Self::NotFound { .. } => Class::NotFound,
+            Self::NotFound { .. } | Self::UnknownProvider(_) => Class::NotFound,
             Self::AlreadyExists { .. } => Class::AlreadyExists,
             Self::PermissionDenied(_) => Class::Denied,
             Self::Flow(_)
@@ -127,7 +131,7 @@ impl Error {
     pub fn reason(&self) -> Reason {
         match self {
             Self::InvalidArgument(_) => Reason::InvalidArgument,
-            Self::NotFound { .. } => Reason::NotFound,
+            Self::NotFound { .. } | Self::UnknownProvider(_) => Reason::NotFound,
             Self::AlreadyExists { .. } => Reason::AlreadyExists,
             Self::PermissionDenied(_) => Reason::PermissionDenied,
             Self::Flow(f) => match f {

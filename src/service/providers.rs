@@ -115,7 +115,7 @@ impl ProviderRegistry {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
-            .ok_or(Error::NotFound { what: "provider" })
+            .ok_or_else(|| Error::UnknownProvider(id.as_str().to_owned()))
     }
 
     /// Every provider id, sorted.

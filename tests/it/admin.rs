@@ -67,7 +67,7 @@ async fn provider_crud_never_returns_the_client_secret() {
         })
         .await
         .unwrap();
-    expect_err(
+    let gone = expect_err(
         admin
             .get_provider(pb::GetProviderRequest {
                 provider_id: "oauth".into(),
@@ -75,6 +75,11 @@ async fn provider_crud_never_returns_the_client_secret() {
             .await,
         Code::NotFound,
         "NOT_FOUND",
+    );
+    // It says which provider, and where the configured ones are listed.
+    assert_eq!(
+        gone.message(),
+        "no provider 'oauth' is configured: ListProviders (`valet provider list`) shows those that are"
     );
 }
 

@@ -197,3 +197,21 @@ async fn provider_profiles_are_listed_and_create_from_one_with_a_variable() {
         "nothing was written"
     );
 }
+
+/// `valet provider profiles | head -1`: when the reader has gone, the command ends quietly (exit
+/// 0, nothing on stderr) instead of panicking. The pipe's read end is closed before the command
+/// starts, so every write it makes fails.
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["provider", "profiles"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "nothing on stderr, got: {stderr}");
+}
