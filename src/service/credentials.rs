@@ -223,8 +223,7 @@ impl Credentials {
                 "user assertions are required but not configured",
             ));
         };
-        // Boxed: the assertion's check (and a key fetch) stays out of the handout's future.
-        match Box::pin(assertions.user_of(&presented.0)).await {
+        match assertions.user_of(&presented.0).await {
             Ok(u) if u == user.as_str() => Ok(()),
             Ok(_) => Err(Error::PermissionDenied(
                 "the user assertion is for another user than user_id",
