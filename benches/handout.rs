@@ -452,9 +452,11 @@ async fn run(s: &Sizes) {
             "[[callers]]\nname = \"sidecar\"\nrole = \"agent\"\nkey_sha256 = \"{}\"\nunix_uid = {uid}\nrate_limit = 0\n",
             "cd".repeat(32)
         ),
-        // The production default: JSON lines at `info`.
+        // The production default: JSON lines at `info`. `VALET_BENCH_LOG_LEVEL=warn` measures
+        // without the request and audit lines.
         log_format: "",
         logs_to_file: true,
+        log_level: std::env::var("VALET_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
         ..Default::default()
     })
     .await;
