@@ -16,10 +16,6 @@ fn load_config(args: &valet::cli::ServeArgs) -> Result<Config, ExitCode> {
     })
 }
 
-#[allow(
-    clippy::print_stdout,
-    reason = "check-config prints the effective configuration"
-)]
 fn main() -> ExitCode {
     valet::install_crypto_provider();
     let cli = Cli::parse();
@@ -63,7 +59,7 @@ fn main() -> ExitCode {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", config.render());
+            valet::cli::out(format_args!("{}", config.render()));
             runtime.block_on(valet::ops::check_store(&config))
         }
         other => runtime.block_on(valet::cli::run_client(other)),

@@ -29,7 +29,7 @@ pub use store::StoreCmd;
 
 /// Writes CLI output to stdout. A closed pipe ends the process with success (the reader took
 /// what it wanted); any other failure to write is said on stderr and fails it.
-pub(crate) fn out(args: std::fmt::Arguments<'_>) {
+pub fn out(args: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     if let Err(e) = std::io::stdout().lock().write_fmt(args) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -169,10 +169,7 @@ rate_limit = 0
             line.clear();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 let status = child.wait().unwrap();
-                let logs = log_file.as_ref().map_or_else(
-                    || logs.lock().unwrap().clone(),
-                    |p| std::fs::read_to_string(p).unwrap_or_default(),
-                );
+                let logs = read_logs(log_file.as_deref(), &logs);
                 panic!("valet exited ({status}) before listening; logs:\n{logs}");
             }
             if let Some(rest) = line.trim().strip_prefix("valet listening ") {
@@ -258,10 +255,7 @@ rate_limit = 0
     }
 
     pub(crate) fn logs(&self) -> String {
-        if let Some(p) = &self.log_file {
-            return std::fs::read_to_string(p).unwrap_or_default();
-        }
-        self.logs.lock().unwrap().clone()
+        read_logs(self.log_file.as_deref(), &self.logs)
     }
 
     /// A client on its own connection.
@@ -337,4 +331,12 @@ impl Drop for Valet {
             let _ = c.wait();
         }
     }
+}
+
+/// The daemon's logs so far: from its log file (`logs_to_file`), else as drained from its stderr.
+fn read_logs(file: Option<&std::path::Path>, drained: &Mutex<String>) -> String {
+    file.map_or_else(
+        || drained.lock().unwrap().clone(),
+        |p| std::fs::read_to_string(p).unwrap_or_default(),
+    )
 }
