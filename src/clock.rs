@@ -2,6 +2,7 @@
 //! (Pending flows and timeouts use `tokio::time`, which tests pause instead.) This is the one
 //! place that reads the system clock.
 
+use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time in Unix seconds.
@@ -44,5 +45,58 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_unix(&self) -> i64 {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `secs` after the Unix epoch in RFC 3339, UTC: `2026-12-03T08:00:00Z`, or with `micros`
+/// `2026-12-03T08:00:00.123456Z`.
+pub fn write_rfc3339(w: &mut impl fmt::Write, secs: u64, micros: Option<u32>) -> fmt::Result {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil(days);
+    write!(
+        w,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )?;
+    match micros {
+        Some(us) => write!(w, ".{us:06}Z"),
+        None => w.write_char('Z'),
+    }
+}
+
+/// The calendar date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_renders_calendar_dates_in_utc() {
+        let render = |secs, micros| {
+            let mut s = String::new();
+            write_rfc3339(&mut s, secs, micros).unwrap();
+            s
+        };
+        assert_eq!(render(0, None), "1970-01-01T00:00:00Z");
+        // A leap day, and the last second of a year.
+        assert_eq!(render(951_825_600, None), "2000-02-29T12:00:00Z");
+        assert_eq!(
+            render(1_798_761_599, Some(7)),
+            "2026-12-31T23:59:59.000007Z"
+        );
     }
 }

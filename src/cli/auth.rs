@@ -9,7 +9,7 @@ use crate::pb;
 use crate::pb::authenticate_response::Result as Answer;
 use crate::pb::credentials_client::CredentialsClient;
 use anyhow::bail;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -147,21 +147,52 @@ async fn wait(
         .into_inner())
 }
 
-pub(super) async fn grants(
-    provider: Option<String>,
-    user: Option<String>,
-    conn: &Conn,
-) -> anyhow::Result<()> {
+/// Which grants `valet grants` lists; every filter narrows, none lists all the caller may see.
+#[derive(Debug, Args)]
+pub struct GrantFilter {
+    /// Only this provider's grants.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only this user's grants.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only grants scoped to this agent (user-wide grants have none).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only grants of this account label.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only grants in this status.
+    #[arg(long, value_enum)]
+    pub status: Option<GrantStatus>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GrantStatus {
+    /// Usable: the daemon refreshes them as needed.
+    Active,
+    /// The provider refused the refresh token; the user must consent again.
+    NeedsReauth,
+}
+
+pub(super) async fn grants(filter: GrantFilter, conn: &Conn) -> anyhow::Result<()> {
+    let status = match filter.status {
+        None => pb::GrantStatus::Unspecified,
+        Some(GrantStatus::Active) => pb::GrantStatus::Active,
+        Some(GrantStatus::NeedsReauth) => pb::GrantStatus::NeedsReauth,
+    };
     let mut credentials = conn.connect().await?.credentials();
     let (mut page_token, mut shown) = (String::new(), 0);
     loop {
         let page = credentials
             .list_grants(pb::ListGrantsRequest {
-                provider_id: provider.clone().unwrap_or_default(),
-                user_id: user.clone().unwrap_or_default(),
+                provider_id: filter.provider.clone().unwrap_or_default(),
+                user_id: filter.user.clone().unwrap_or_default(),
+                agent_id: filter.agent.clone().unwrap_or_default(),
+                account: filter.account.clone().unwrap_or_default(),
+                status: status as i32,
                 page_size: 1000,
                 page_token,
-                ..Default::default()
             })
             .await
             .map_err(explain)?

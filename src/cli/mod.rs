@@ -78,10 +78,8 @@ pub enum Command {
     },
     /// List grants (metadata only).
     Grants {
-        #[arg(long)]
-        provider: Option<String>,
-        #[arg(long)]
-        user: Option<String>,
+        #[command(flatten)]
+        filter: auth::GrantFilter,
         #[command(flatten)]
         conn: Conn,
     },
@@ -266,11 +264,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Provider { cmd, conn } => provider::run(cmd, &conn).await,
         Command::Auth { args, conn } => auth::auth(args, &conn).await,
-        Command::Grants {
-            provider,
-            user,
-            conn,
-        } => auth::grants(provider, user, &conn).await,
+        Command::Grants { filter, conn } => auth::grants(filter, &conn).await,
         Command::Grant { cmd, conn } => auth::grant(cmd, &conn).await,
         Command::Resolve {
             reference,

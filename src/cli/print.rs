@@ -15,13 +15,38 @@ pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
 }
 
-/// A Unix time with how far away it is, since that is what a person wants to know.
+/// A Unix time as a UTC date with how far away it is, since that is what a person wants to
+/// know: `2026-12-03T21:27:34Z (in 9m 59s)`.
 pub(super) fn when(unix: i64) -> String {
     if unix == 0 {
         return "never (the provider gave no lifetime)".into();
     }
-    let now = SystemClock.now_unix();
-    format!("{unix} (in {}s)", unix - now)
+    let out = date(unix);
+    let left = unix - SystemClock.now_unix();
+    let away = span(left.unsigned_abs());
+    if left >= 0 {
+        format!("{out} (in {away})")
+    } else {
+        format!("{out} ({away} ago)")
+    }
+}
+
+/// A Unix time as an RFC 3339 UTC date: `2026-12-03T21:27:34Z`.
+fn date(unix: i64) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = crate::clock::write_rfc3339(&mut out, unix.max(0).unsigned_abs(), None);
+    out
+}
+
+/// A duration in the two largest units a person reads: `42s`, `9m 59s`, `3h 12m`, `2d 4h`.
+fn span(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h {}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d {}h", secs / 86_400, secs / 3600 % 24),
+    }
 }
 
 pub(super) fn print_provider(p: &pb::Provider) {
@@ -169,11 +194,20 @@ pub(super) fn print_grant(g: &pb::Grant) {
         &g.agent_id
     };
     let mut extra = String::new();
+    if !g.account.is_empty() {
+        extra.push_str(&format!("\taccount={}", g.account));
+    }
+    if !g.subject.is_empty() {
+        extra.push_str(&format!("\tsubject={}", g.subject));
+    }
+    if !g.email.is_empty() {
+        extra.push_str(&format!("\temail={}", g.email));
+    }
     if !g.declined_scopes.is_empty() {
         extra.push_str(&format!("\tdeclined={}", g.declined_scopes.join(" ")));
     }
     if g.needs_reauth_at > 0 {
-        extra.push_str(&format!("\tneeds_reauth_at={}", g.needs_reauth_at));
+        extra.push_str(&format!("\tneeds_reauth_at={}", date(g.needs_reauth_at)));
     }
     let mut metadata: Vec<_> = g.metadata.iter().collect();
     metadata.sort();
@@ -185,6 +219,28 @@ pub(super) fn print_grant(g: &pb::Grant) {
         g.provider_id,
         g.user_id,
         g.scopes.join(" "),
-        g.updated_at
+        date(g.updated_at)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_show_the_date_and_how_far_away() {
+        assert_eq!(span(42), "42s");
+        assert_eq!(span(599), "9m 59s");
+        assert_eq!(span(3600 * 3 + 12 * 60 + 5), "3h 12m");
+        assert_eq!(span(86_400 * 2 + 3600 * 4 + 1), "2d 4h");
+        let now = SystemClock.now_unix();
+        let soon = when(now + 600);
+        assert!(
+            soon.ends_with(" (in 10m 0s)") || soon.ends_with(" (in 9m 59s)"),
+            "{soon}"
+        );
+        assert!(when(now - 7200).ends_with(" (2h 0m ago)"));
+        assert!(when(1_798_761_599).starts_with("2026-12-31T23:59:59Z ("));
+        assert_eq!(when(0), "never (the provider gave no lifetime)");
+    }
 }

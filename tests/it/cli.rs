@@ -71,9 +71,14 @@ async fn quickstart_provider_auth_grants_revoke() {
         .iter()
         .find_map(|l| l.strip_prefix("access_token: "))
         .expect("the token is printed");
+    // A date a person reads, and how far away it is.
+    let expires = rest
+        .iter()
+        .find(|l| l.starts_with("expires_at:"))
+        .expect("the expiry is printed");
     assert!(
-        rest.iter()
-            .any(|l| l.starts_with("expires_at:") && l.contains("(in "))
+        expires.contains("Z (in ") && expires.contains('T'),
+        "{expires}"
     );
     assert!(f.idp.userinfo(token).await.status().is_success());
 
@@ -113,7 +118,34 @@ async fn quickstart_provider_auth_grants_revoke() {
         out.contains("idp\tuser=alice") && out.contains("active"),
         "{out}"
     );
+    assert!(
+        out.contains("\tsubject=") && out.contains("updated_at=20"),
+        "{out}"
+    );
     assert!(!out.contains(token));
+    // Filters narrow the list: by status, agent and account.
+    for (filter, found) in [
+        (["--status", "active"], true),
+        (["--status", "needs-reauth"], false),
+        (["--agent", "someone-else"], false),
+        (["--account", "work"], false),
+        (["--provider", "idp"], true),
+    ] {
+        let mut grants = cli(&f, AGENT_KEY);
+        grants.args(["grants", "--user", "alice"]).args(filter);
+        let out = run(grants);
+        assert_eq!(out.contains("idp\tuser=alice"), found, "{filter:?}: {out}");
+        assert_eq!(out.trim() == "no grants", !found, "{filter:?}: {out}");
+    }
+    let mut bad = cli(&f, AGENT_KEY);
+    bad.args(["grants", "--status", "expired"]);
+    let out = bad.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("possible values: active, needs-reauth"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut revoke = cli(&f, AGENT_KEY);
     revoke.args(["revoke", "--provider", "idp", "--user", "alice"]);
