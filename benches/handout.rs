@@ -213,73 +213,99 @@ fn bench_grant(i: usize) -> (String, zeroize::Zeroizing<Vec<u8>>) {
     )
 }
 
-/// The embedded store as it grows: each size is filled in bulk with grants, then reads of
-/// `samples` random records (their first read, then a read of each in use) and as many
-/// overwrites of random records are timed one at a time; then the daemon is started on
-/// that store (start-up time to `valet listening`, resident memory) and a `ListGrants` page and
-/// a revoke are timed through it.
+/// The embedded store as it grows: one store per size, each filled in bulk with grants; then, in
+/// `ROUNDS` interleaved rounds over the sizes (each figure is its median round, so a burst of
+/// noise on this shared machine does not land on one size), the first reads of random records,
+/// reads of `IN_USE` grants in use, and overwrites of random records, timed one at a time; then
+/// a daemon is started on each store (start-up time to `valet listening`, resident memory) and a
+/// `ListGrants` page and a revoke are timed through it.
 async fn store_scaling(sizes: &[usize], samples: usize) {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use valet::store::{Cas, EmbeddedStore, SecretStore as _};
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let data = dir.path().join("data");
     let key = |i: usize| bench_grant(i).0;
     let value = |i: usize| bench_grant(i).1;
     println!(
-        "== embedded store: one record read and one write as the store grows ({samples} each)"
+        "== embedded store: one record read and one write as the store grows ({samples} each, in {ROUNDS} interleaved rounds)"
     );
-    let mut filled = 0;
-    let mut daemon = Vec::new();
-    let mut revoked = Vec::new();
+    struct Sized {
+        n: usize,
+        dir: Arc<tempfile::TempDir>,
+        store: Arc<EmbeddedStore>,
+        /// First reads: random grants, each read once (a slice per round), which loads its page
+        /// from the file (the OS's page cache; redb keeps what it read).
+        cold: Arc<Vec<String>>,
+        /// The grants in use, the same number at every size (all of the smallest store), loaded
+        /// once before the rounds, as a running daemon keeps reading its agents' grants: only the
+        /// store's size differs between sizes, not how many grants are hot.
+        hot: Arc<Vec<String>>,
+        runs: [Vec<Run>; 3],
+    }
+    let mut stores = Vec::new();
     for &n in sizes {
-        let store = Arc::new(EmbeddedStore::open(&data).unwrap());
-        // The grants the last size's daemon revoked are put back.
-        let back: Vec<_> = revoked.drain(..).map(bench_grant).collect();
-        store.put_many(back).await.unwrap();
-        while filled < n {
-            let end = (filled + 10_000).min(n);
-            let batch = (filled..end).map(bench_grant).collect();
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("data")).unwrap());
+        for start in (0..n).step_by(10_000) {
+            let batch = (start..(start + 10_000).min(n)).map(bench_grant).collect();
             store.put_many(batch).await.unwrap();
-            filled = end;
         }
-        // The grants in use: `samples` random ones, each read twice. Their first read loads its
-        // page from the file (the OS's page cache; redb keeps what it read); the second finds it
-        // in redb's cache, as a running daemon finds the grants its agents keep using.
-        let in_use: Arc<Vec<String>> = Arc::new((0..samples).map(|_| key(rand_index(n))).collect());
-        let read_each = || {
-            let (s, in_use) = (store.clone(), in_use.clone());
-            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            move || {
-                let (s, in_use, next) = (s.clone(), in_use.clone(), next.clone());
-                async move {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    s.get(&in_use[i % in_use.len()]).await.unwrap().unwrap();
-                }
-            }
-        };
-        let first_read = measure(samples, 1, std::process::id(), read_each()).await;
-        let read = measure(samples, 1, std::process::id(), read_each()).await;
-        let s = store.clone();
-        let write = measure(samples, 1, std::process::id(), move || {
-            let s = s.clone();
+        let hot: Vec<String> = (0..IN_USE.min(n)).map(|_| key(rand_index(n))).collect();
+        for k in &hot {
+            store.get(k).await.unwrap().unwrap();
+        }
+        stores.push(Sized {
+            n,
+            dir,
+            store,
+            cold: Arc::new((0..samples).map(|_| key(rand_index(n))).collect()),
+            hot: Arc::new(hot),
+            runs: Default::default(),
+        });
+    }
+    // Reads of `keys` from `from` on, one after another.
+    let reads = |store: &Arc<EmbeddedStore>, keys: &Arc<Vec<String>>, from: usize| {
+        let (store, keys) = (store.clone(), keys.clone());
+        let next = Arc::new(AtomicUsize::new(from));
+        move || {
+            let (s, keys, next) = (store.clone(), keys.clone(), next.clone());
             async move {
-                let i = rand_index(n);
-                s.put(&key(i), value(i), Cas::Any).await.unwrap();
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                s.get(&keys[i % keys.len()]).await.unwrap().unwrap();
             }
-        })
-        .await;
-        let mib = std::fs::metadata(data.join("store.redb"))
+        }
+    };
+    let per_round = (samples / ROUNDS).max(1);
+    for round in 0..ROUNDS {
+        for s in &mut stores {
+            let cold = reads(&s.store, &s.cold, round * per_round);
+            s.runs[0].push(measure(per_round, 1, std::process::id(), cold).await);
+            let hot = reads(&s.store, &s.hot, 0);
+            s.runs[1].push(measure(per_round, 1, std::process::id(), hot).await);
+            let (store, n) = (s.store.clone(), s.n);
+            let write = measure(per_round, 1, std::process::id(), move || {
+                let s = store.clone();
+                async move {
+                    let i = rand_index(n);
+                    s.put(&key(i), value(i), Cas::Any).await.unwrap();
+                }
+            })
+            .await;
+            s.runs[2].push(write);
+        }
+    }
+    let mut daemon = Vec::new();
+    for s in stores {
+        let [first_read, read, write] = s.runs.map(median);
+        let mib = std::fs::metadata(s.dir.path().join("data/store.redb"))
             .map(|m| m.len() as f64 / 1_048_576.0)
             .unwrap_or(0.0);
         println!(
-            "{n:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  first read p50 {:>8.1?} p99 {:>8.1?}  write p50 {:>8.1?} p99 {:>8.1?}",
-            read.p50, read.p99, first_read.p50, first_read.p99, write.p50, write.p99
+            "{:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  first read p50 {:>8.1?} p99 {:>8.1?}  write p50 {:>8.1?} p99 {:>8.1?}",
+            s.n, read.p50, read.p99, first_read.p50, first_read.p99, write.p50, write.p99
         );
         // The daemon takes the directory lock: the store must be closed first.
-        drop(store);
-        let (d, gone) = on_the_daemon(dir.clone(), n, samples).await;
-        daemon.push((n, d));
-        revoked = gone;
+        drop(s.store);
+        daemon.push((s.n, on_the_daemon(s.dir, s.n, samples).await));
     }
     println!(
         "\n== the daemon on the embedded store: start-up, memory, a ListGrants page (100 grants), a revoke"
@@ -306,13 +332,13 @@ async fn on_the_daemon(
     dir: std::sync::Arc<tempfile::TempDir>,
     n: usize,
     samples: usize,
-) -> (OnDaemon, Vec<usize>) {
+) -> OnDaemon {
     let t = Instant::now();
     let valet = Valet::start_in(dir, ValetOptions::default());
     let start_up = t.elapsed();
     let rss_kib = valet.rss_kib();
-    // The provider the grants belong to (kept in the store from the first size on).
-    let created = valet
+    // The provider the grants belong to.
+    valet
         .providers()
         .await
         .create_provider(pb::CreateProviderRequest {
@@ -326,10 +352,8 @@ async fn on_the_daemon(
                 ..Default::default()
             }),
         })
-        .await;
-    if let Err(s) = created {
-        assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}");
-    }
+        .await
+        .unwrap();
     let admin = valet.credentials(ADMIN_KEY).await;
     let c = admin.clone();
     let list = measure((samples / 20).max(10), 1, valet.pid(), move || {
@@ -371,16 +395,14 @@ async fn on_the_daemon(
         }
     })
     .await;
-    // A clean stop: the next size reopens this store.
     let mut valet = valet;
     assert!(valet.stop().success());
-    let d = OnDaemon {
+    OnDaemon {
         start_up,
         rss_kib,
         list,
         revoke,
-    };
-    (d, (0..revokes).map(spread).collect())
+    }
 }
 
 /// A refresh storm spread over three replicas on one Vault KV v2 store (the Vault API double):
@@ -425,6 +447,9 @@ async fn replica_storm(herd: usize) {
 }
 
 /// A pseudo-random index below `n` (the benchmark needs spread, not secrecy).
+/// How many grants are in use (read again and again) in the store benchmark, at every size.
+const IN_USE: usize = 1_000;
+
 fn rand_index(n: usize) -> usize {
     use std::sync::atomic::{AtomicU64, Ordering};
     static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);

@@ -30,8 +30,14 @@ const LEGACY_BACKUP: &str = "store.json.migrated";
 const LOCK_FILE: &str = "valet.lock";
 const LEGACY_FORMAT: &str = "valet-embedded-v1";
 
-/// Record key → (version, nonce ‖ ciphertext ‖ tag).
-const RECORDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("records");
+/// Record key (UTF-8 bytes) → (version, nonce ‖ ciphertext ‖ tag). Keyed by bytes, not `&str`:
+/// redb validates a `&str` key as UTF-8 on every comparison of a lookup, a fifth of a read at a
+/// million records; the byte order is the same (UTF-8 sorts by code point). Keys are checked
+/// UTF-8 on the way in (`check_key`) and on the way out (`list`).
+const RECORDS: TableDefinition<&[u8], (u64, &[u8])> = TableDefinition::new("records-by-bytes");
+/// The same records keyed by `&str`, as stores before the byte-keyed table held them: moved
+/// into `RECORDS` on first open (`migrate_str_keys`).
+const STR_KEYED_RECORDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("records");
 
 /// The file format of the JSON store this one replaces (read only, to migrate it).
 #[derive(Deserialize)]
@@ -147,6 +153,7 @@ impl EmbeddedStore {
             _lock: lock,
         };
         store.create_table()?;
+        store.migrate_str_keys()?;
         store.migrate_legacy(dir)?;
         Ok(store)
     }
@@ -157,6 +164,49 @@ impl EmbeddedStore {
         let txn = self.inner.db.begin_write().map_err(|e| fail(e.into()))?;
         txn.open_table(RECORDS).map_err(|e| fail(e.into()))?;
         txn.commit().map_err(|e| fail(e.into()))
+    }
+
+    /// Moves the records of the `&str`-keyed table of earlier versions into the byte-keyed one,
+    /// unchanged (sealed under the same key and AAD), and drops it: one transaction, so a crash
+    /// leaves either the old table or the new one.
+    fn migrate_str_keys(&self) -> Result<(), StoreError> {
+        use redb::TableHandle as _;
+        let fail = |e: redb::Error| {
+            setup(format!(
+                "cannot migrate {} to byte keys: {e}",
+                self.inner.path.display()
+            ))
+        };
+        let txn = self.inner.db.begin_write().map_err(|e| fail(e.into()))?;
+        let old = txn
+            .list_tables()
+            .map_err(|e| fail(e.into()))?
+            .any(|t| t.name() == STR_KEYED_RECORDS.name());
+        if !old {
+            return Ok(());
+        }
+        let mut moved = 0_u64;
+        {
+            let from = txn
+                .open_table(STR_KEYED_RECORDS)
+                .map_err(|e| fail(e.into()))?;
+            let mut to = txn.open_table(RECORDS).map_err(|e| fail(e.into()))?;
+            for entry in from.iter().map_err(|e| fail(e.into()))? {
+                let (key, value) = entry.map_err(|e| fail(e.into()))?;
+                let (version, sealed) = value.value();
+                to.insert(key.value().as_bytes(), (version, sealed))
+                    .map_err(|e| fail(e.into()))?;
+                moved += 1;
+            }
+        }
+        txn.delete_table(STR_KEYED_RECORDS)
+            .map_err(|e| fail(e.into()))?;
+        txn.commit().map_err(|e| fail(e.into()))?;
+        tracing::info!(
+            records = moved,
+            "moved the embedded store's records to byte keys"
+        );
+        Ok(())
     }
 
     /// Moves the records of a `store.json` (the earlier file format, sealed the same way under
@@ -197,7 +247,7 @@ impl EmbeddedStore {
                     setup(format!("{}: record {key} is not base64", legacy.display()))
                 })?;
                 table
-                    .insert(key.as_str(), (record.version, sealed.as_slice()))
+                    .insert(key.as_bytes(), (record.version, sealed.as_slice()))
                     .map_err(|e| fail(e.into()))?;
             }
         }
@@ -283,7 +333,7 @@ impl Inner {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(RECORDS).map_err(unavailable)?;
-        let Some(found) = table.get(key).map_err(unavailable)? else {
+        let Some(found) = table.get(key.as_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
         let (version, sealed) = found.value();
@@ -299,13 +349,13 @@ impl Inner {
         let version = {
             let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
             let current = table
-                .get(key)
+                .get(key.as_bytes())
                 .map_err(unavailable)?
                 .map(|found| found.value().0);
             let version = next_version(current, cas)?;
             let sealed = self.seal(key, version, value)?;
             table
-                .insert(key, (version, sealed.as_slice()))
+                .insert(key.as_bytes(), (version, sealed.as_slice()))
                 .map_err(unavailable)?;
             version
         };
@@ -320,13 +370,13 @@ impl Inner {
             let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
             for (key, value) in records {
                 let current = table
-                    .get(key.as_str())
+                    .get(key.as_bytes())
                     .map_err(unavailable)?
                     .map(|found| found.value().0);
                 let version = next_version(current, Cas::Any)?;
                 let sealed = self.seal(key, version, value)?;
                 table
-                    .insert(key.as_str(), (version, sealed.as_slice()))
+                    .insert(key.as_bytes(), (version, sealed.as_slice()))
                     .map_err(unavailable)?;
             }
         }
@@ -339,7 +389,8 @@ impl Inner {
         {
             let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
             for key in keys {
-                existed += usize::from(table.remove(key.as_str()).map_err(unavailable)?.is_some());
+                existed +=
+                    usize::from(table.remove(key.as_bytes()).map_err(unavailable)?.is_some());
             }
         }
         txn.commit().map_err(unavailable)?;
@@ -357,19 +408,24 @@ impl Inner {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(RECORDS).map_err(unavailable)?;
         let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a),
-            _ => Bound::Included(prefix),
+            Some(a) if a >= prefix => Bound::Excluded(a.as_bytes()),
+            _ => Bound::Included(prefix.as_bytes()),
         };
         let mut keys = Vec::new();
         for entry in table
-            .range::<&str>((start, Bound::Unbounded))
+            .range::<&[u8]>((start, Bound::Unbounded))
             .map_err(unavailable)?
         {
             let (key, _) = entry.map_err(unavailable)?;
             let key = key.value();
-            if !key.starts_with(prefix) || keys.len() >= limit {
+            if !key.starts_with(prefix.as_bytes()) || keys.len() >= limit {
                 break;
             }
+            // Every key was a `&str` on the way in; one that is not is a damaged file.
+            let key = std::str::from_utf8(key).map_err(|_| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: "the record key is not UTF-8".into(),
+            })?;
             keys.push(key.to_owned());
         }
         Ok(keys)
@@ -573,11 +629,13 @@ mod tests {
             {
                 let mut table = txn.open_table(RECORDS).unwrap();
                 let (version, sealed) = {
-                    let found = table.get("k").unwrap().unwrap();
+                    let found = table.get(&b"k"[..]).unwrap().unwrap();
                     let (v, s) = found.value();
                     (v, s.to_vec())
                 };
-                table.insert("j", (version, sealed.as_slice())).unwrap();
+                table
+                    .insert(&b"j"[..], (version, sealed.as_slice()))
+                    .unwrap();
             }
             txn.commit().unwrap();
         }
@@ -640,6 +698,52 @@ mod tests {
         fs::copy(dir.path().join(LEGACY_BACKUP), dir.path().join(LEGACY_FILE)).unwrap();
         let err = EmbeddedStore::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("move one of them"), "{err}");
+    }
+
+    /// A database from before the byte-keyed table: its records move over once, unchanged and
+    /// readable, and the `&str`-keyed table is gone.
+    #[tokio::test]
+    async fn a_str_keyed_table_is_moved_to_byte_keys_once() {
+        use redb::TableHandle as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let records = [("grants/g1", 3, &b"grant one"[..]), ("refs/r", 1, b"ref")];
+        let sealed: Vec<_> = records
+            .iter()
+            .map(|(k, v, plain)| (*k, *v, store.inner.seal(k, *v, plain).unwrap()))
+            .collect();
+        drop(store);
+        {
+            let db = redb::Database::create(dir.path().join(DATA_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(RECORDS).unwrap();
+            {
+                let mut old = txn.open_table(STR_KEYED_RECORDS).unwrap();
+                for (key, version, sealed) in &sealed {
+                    old.insert(*key, (*version, sealed.as_slice())).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let g1 = store.get("grants/g1").await.unwrap().unwrap();
+            assert_eq!((&g1.value[..], g1.version), (&b"grant one"[..], 3));
+            assert_eq!(
+                store.list("").await.unwrap(),
+                vec!["grants/g1".to_owned(), "refs/r".to_owned()]
+            );
+            let tables: Vec<String> = store
+                .inner
+                .db
+                .begin_read()
+                .unwrap()
+                .list_tables()
+                .unwrap()
+                .map(|t| t.name().to_owned())
+                .collect();
+            assert_eq!(tables, vec![RECORDS.name().to_owned()]);
+        }
     }
 
     #[tokio::test]
