@@ -247,3 +247,60 @@ fn output_into_a_closed_pipe_ends_the_command_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(stderr.is_empty(), "nothing on stderr, got: {stderr}");
 }
+
+/// `valet key new --name --role` prints a `[[callers]]` entry the daemon's config accepts,
+/// holding the key's hash; an entry the daemon would refuse is refused before a key is shown.
+#[test]
+fn key_new_prints_a_callers_entry_the_config_accepts() {
+    let valet = env!("CARGO_BIN_EXE_valet");
+    let out = std::process::Command::new(valet)
+        .args(["key", "new", "--name", "planner", "--role", "agent"])
+        .args(["--agent", "planner", "--agent", "research-*"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key:        "))
+        .expect("the key is printed");
+    let hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()));
+    let entry: String = text
+        .lines()
+        .skip_while(|l| *l != "[[callers]]")
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        entry,
+        format!(
+            "[[callers]]\nname = \"planner\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nagents = [\"planner\", \"research-*\"]\n"
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("valet.toml");
+    std::fs::write(&config, &entry).unwrap();
+    let check = std::process::Command::new(valet)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The reserved name: the daemon's own message, and no key.
+    let refused = std::process::Command::new(valet)
+        .args(["key", "new", "--name", "admin", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty(), "no key is shown");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("is reserved for the admin key") && err.contains("nothing was made"),
+        "{err}"
+    );
+}
