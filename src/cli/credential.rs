@@ -12,10 +12,13 @@ use clap::Subcommand;
 pub enum CredentialCmd {
     /// Store (or replace) the value for a user, optionally for one agent only.
     Put {
+        /// The static-credential provider (`valet provider list`).
         #[arg(long)]
         provider: String,
+        /// The person the credential belongs to.
         #[arg(long)]
         user: String,
+        /// Only this agent may use it; absent: every agent acting for the user.
         #[arg(long)]
         agent: Option<String>,
         /// http_basic: the username (the value is the password).
@@ -24,7 +27,7 @@ pub enum CredentialCmd {
         /// Name of an environment variable holding the value.
         #[arg(long, required_unless_present = "value_file")]
         value_env: Option<String>,
-        /// File holding the value (trailing newline trimmed).
+        /// File holding the value (trailing newline trimmed); `-` reads standard input.
         #[arg(long, conflicts_with = "value_env")]
         value_file: Option<String>,
     },
@@ -43,10 +46,14 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         (Some(var), _) => {
             std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?
         }
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {path}"))?
-            .trim_end_matches(['\r', '\n'])
-            .to_owned(),
+        (None, Some(path)) => {
+            let text = if path == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+            } else {
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?
+            };
+            text.trim_end_matches(['\r', '\n']).to_owned()
+        }
         (None, None) => anyhow::bail!("give the value with --value-env or --value-file"),
     };
     conn.connect()

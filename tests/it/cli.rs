@@ -304,3 +304,89 @@ fn key_new_prints_a_callers_entry_the_config_accepts() {
         "{err}"
     );
 }
+
+/// A static API key stored from standard input (`--value-file -`), never echoed, and applied by
+/// `resolve`; an empty input is refused and stores nothing.
+#[tokio::test]
+async fn credential_put_reads_the_value_from_standard_input() {
+    use std::io::Write as _;
+    let f = Fixture::new().await;
+    let mut create = cli(&f, ADMIN_KEY);
+    create.args(["provider", "create", "keyed", "--kind", "api-key"]);
+    create.args(["--location", "header", "--credential-name", "X-API-Key"]);
+    run(create);
+    let put = |value: &'static str| {
+        let mut put = cli(&f, AGENT_KEY);
+        put.args([
+            "credential",
+            "put",
+            "--provider",
+            "keyed",
+            "--user",
+            "alice",
+        ])
+        .args(["--value-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = put.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    let empty = put("\n");
+    assert!(!empty.status.success());
+    let err = String::from_utf8_lossy(&empty.stderr);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("value"),
+        "{err}"
+    );
+    let mut by_ref = cli(&f, AGENT_KEY);
+    by_ref.args([
+        "auth",
+        "--provider",
+        "keyed",
+        "--user",
+        "alice",
+        "--reference",
+    ]);
+    let out = by_ref.output().unwrap();
+    assert!(!out.status.success(), "nothing was stored");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("valet credential put"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stored = put("canary-api-key\n");
+    let text = String::from_utf8_lossy(&stored.stdout);
+    assert!(stored.status.success(), "{text}");
+    assert!(
+        text.contains("stored the credential") && !text.contains("canary-api-key"),
+        "{text}"
+    );
+    let mut by_ref = cli(&f, AGENT_KEY);
+    by_ref.args([
+        "auth",
+        "--provider",
+        "keyed",
+        "--user",
+        "alice",
+        "--reference",
+    ]);
+    let out = run(by_ref);
+    let reference = out
+        .lines()
+        .find_map(|l| l.strip_prefix("reference:  "))
+        .expect("a reference is printed")
+        .to_owned();
+    let mut resolve = cli(&f, AGENT_KEY);
+    resolve.args(["resolve", &reference]);
+    let out = run(resolve);
+    assert!(out.contains("X-API-Key: canary-api-key"), "{out}");
+}
