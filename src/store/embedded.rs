@@ -487,6 +487,10 @@ impl SecretStore for EmbeddedStore {
         "embedded"
     }
 
+    fn pages_natively(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         check_key(key)?;
         // Inline, not on the blocking pool: one read is a B-tree lookup in redb's page cache

@@ -41,6 +41,10 @@ impl SecretStore for MeteredStore {
         self.inner.exclusive()
     }
 
+    fn pages_natively(&self) -> bool {
+        self.inner.pages_natively()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let started = Instant::now();
         self.observe("get", started, self.inner.get(key).await)

@@ -121,6 +121,11 @@ pub trait SecretStore: std::fmt::Debug + Send + Sync + 'static {
         keys.truncate(limit);
         Ok(keys)
     }
+    /// Whether `list_page` reads only the page (ordered keys). Otherwise every page lists the
+    /// whole prefix, so a walk over a namespace lists it once instead (`repo::KeyBatches`).
+    fn pages_natively(&self) -> bool {
+        false
+    }
     /// Cheap liveness check for health reporting.
     async fn check(&self) -> Result<(), StoreError>;
 }

@@ -39,6 +39,63 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
+/// How many keys a walk over a namespace holds at once, and deletes in one batch.
+const BATCH: usize = 1000;
+
+/// The keys under a prefix in batches of at most `BATCH`, in key order, so that deleting or
+/// scanning a namespace of a million keys never holds them all. On a store that pages natively
+/// (the embedded one) each batch is one `list_page`; on one that does not (Vault, whose LIST
+/// answers a whole directory) the prefix is listed once and handed out in batches.
+pub(crate) struct KeyBatches<'a> {
+    store: &'a dyn SecretStore,
+    prefix: String,
+    /// Paging natively: the last key handed out.
+    after: Option<String>,
+    /// Listed once: the keys not yet handed out, last first.
+    rest: Option<Vec<String>>,
+    done: bool,
+}
+
+impl<'a> KeyBatches<'a> {
+    pub(crate) fn new(store: &'a dyn SecretStore, prefix: String) -> Self {
+        Self {
+            store,
+            prefix,
+            after: None,
+            rest: None,
+            done: false,
+        }
+    }
+
+    /// The next batch; `None` once every key was handed out.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<String>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let batch = if self.store.pages_natively() {
+            let keys = self
+                .store
+                .list_page(&self.prefix, self.after.as_deref(), BATCH)
+                .await?;
+            self.after = keys.last().cloned();
+            self.done = keys.len() < BATCH;
+            keys
+        } else {
+            if self.rest.is_none() {
+                let mut all = self.store.list(&self.prefix).await?;
+                all.reverse();
+                self.rest = Some(all);
+            }
+            let rest = self.rest.get_or_insert_default();
+            let mut batch = rest.split_off(rest.len().saturating_sub(BATCH));
+            batch.reverse();
+            self.done = rest.is_empty();
+            batch
+        };
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+}
+
 async fn read<T: serde::de::DeserializeOwned>(
     store: &dyn SecretStore,
     key: &str,
@@ -421,13 +478,16 @@ impl GrantRepo {
         Ok((out, None))
     }
 
-    /// Deletes every grant of `provider`; returns how many.
+    /// Deletes every grant of `provider` a batch at a time (one transaction each on the
+    /// embedded store); returns how many. Interrupted, it leaves whole grants, and a second
+    /// call deletes the rest.
     pub async fn delete_provider(&self, provider: &ProviderId) -> Result<usize, StoreError> {
-        let keys = self.store.list(&keyspace::grants(Some(provider))).await?;
-        for key in &keys {
-            self.store.delete(key).await?;
+        let mut batches = KeyBatches::new(&*self.store, keyspace::grants(Some(provider)));
+        let mut n = 0;
+        while let Some(keys) = batches.next().await? {
+            n += self.store.delete_many(&keys).await?;
         }
-        Ok(keys.len())
+        Ok(n)
     }
 }
 
@@ -499,16 +559,19 @@ impl ReferenceRepo {
     }
 
     /// Deletes the references the index entries under `prefix` point at, then the entries:
-    /// two batched deletes (one transaction each on the embedded store), whatever the count.
+    /// two batched deletes (one transaction each on the embedded store) per `BATCH` entries.
     async fn delete_indexed(&self, prefix: &str) -> Result<usize, StoreError> {
-        let entries = self.store.list(prefix).await?;
-        let references: Vec<String> = entries
-            .iter()
-            .filter_map(|e| keyspace::indexed_hash(e))
-            .map(keyspace::reference)
-            .collect();
-        let n = self.store.delete_many(&references).await?;
-        self.store.delete_many(&entries).await?;
+        let mut batches = KeyBatches::new(&*self.store, prefix.to_owned());
+        let mut n = 0;
+        while let Some(entries) = batches.next().await? {
+            let references: Vec<String> = entries
+                .iter()
+                .filter_map(|e| keyspace::indexed_hash(e))
+                .map(keyspace::reference)
+                .collect();
+            n += self.store.delete_many(&references).await?;
+            self.store.delete_many(&entries).await?;
+        }
         Ok(n)
     }
 
@@ -517,18 +580,21 @@ impl ReferenceRepo {
     /// an operator (listings report it).
     pub async fn reap(&self, now: i64) -> Result<usize, StoreError> {
         let mut n = 0;
-        for key in self.store.list(keyspace::references()).await? {
-            let Some(hash) = keyspace::reference_hash(&key) else {
-                continue;
-            };
-            match read::<ReferenceRecord>(&*self.store, &key).await {
-                Ok(Some((r, _))) if r.expires_at <= now || r.used => {
-                    if self.delete(hash, &r.grant).await? {
-                        n += 1;
+        let mut batches = KeyBatches::new(&*self.store, keyspace::references().to_owned());
+        while let Some(keys) = batches.next().await? {
+            for key in keys {
+                let Some(hash) = keyspace::reference_hash(&key) else {
+                    continue;
+                };
+                match read::<ReferenceRecord>(&*self.store, &key).await {
+                    Ok(Some((r, _))) if r.expires_at <= now || r.used => {
+                        if self.delete(hash, &r.grant).await? {
+                            n += 1;
+                        }
                     }
+                    Ok(_) | Err(StoreError::Corrupt { .. }) => {}
+                    Err(e) => return Err(e),
                 }
-                Ok(_) | Err(StoreError::Corrupt { .. }) => {}
-                Err(e) => return Err(e),
             }
         }
         Ok(n)
@@ -767,5 +833,103 @@ mod tests {
         assert_eq!(index.len(), 1, "{index:?}");
         assert!(index[0].ends_with("/live"), "{index:?}");
         assert_eq!(repo.reap(now).await.unwrap(), 0, "nothing left to reap");
+    }
+
+    /// What a walk asks of its store: listings of a whole prefix, pages, and batched deletes.
+    #[derive(Debug)]
+    struct Spy {
+        inner: Arc<crate::store::EmbeddedStore>,
+        native: bool,
+        full_lists: std::sync::atomic::AtomicUsize,
+        pages: std::sync::atomic::AtomicUsize,
+        deletes: std::sync::Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SecretStore for Spy {
+        fn backend(&self) -> &'static str {
+            "spy"
+        }
+        fn pages_natively(&self) -> bool {
+            self.native
+        }
+        async fn get(&self, key: &str) -> Result<Option<super::super::Versioned>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, key: &str, value: SecretBytes, cas: Cas) -> Result<u64, StoreError> {
+            self.inner.put(key, value, cas).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+            self.delete_many(&[key.to_owned()]).await.map(|n| n == 1)
+        }
+        async fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError> {
+            self.deletes.lock().unwrap().push(keys.len());
+            self.inner.delete_many(keys).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.full_lists
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.list(prefix).await
+        }
+        async fn list_page(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, StoreError> {
+            self.pages
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.list_page(prefix, after, limit).await
+        }
+        async fn check(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// Deleting a provider with 2,500 grants deletes them in batches of at most `BATCH`, on a
+    /// store that pages (a page per batch, never the whole listing) and on one that does not
+    /// (one listing), and leaves other providers' grants, even one whose id extends it.
+    #[tokio::test]
+    async fn a_providers_grants_go_in_bounded_batches_on_either_kind_of_store() {
+        for native in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let embedded = Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+            let key = |p: &str, u: &str| keyspace::grant(&grant(p, u).key);
+            let mut records: Vec<_> = (0..2_500)
+                .map(|i| {
+                    (
+                        key("big", &format!("u{i:04}")),
+                        Zeroizing::new(b"{}".to_vec()),
+                    )
+                })
+                .collect();
+            records.push((key("bigger", "alice"), Zeroizing::new(b"{}".to_vec())));
+            records.push((key("other", "alice"), Zeroizing::new(b"{}".to_vec())));
+            embedded.put_many(records).await.unwrap();
+            let spy = Arc::new(Spy {
+                inner: embedded.clone(),
+                native,
+                full_lists: Default::default(),
+                pages: Default::default(),
+                deletes: Default::default(),
+            });
+            let repo = GrantRepo::new(spy.clone());
+            let big = ProviderId::parse("big").unwrap();
+            assert_eq!(repo.delete_provider(&big).await.unwrap(), 2_500);
+            assert_eq!(
+                embedded.list("grants/").await.unwrap(),
+                vec![key("bigger", "alice"), key("other", "alice")]
+            );
+            assert_eq!(*spy.deletes.lock().unwrap(), vec![1000, 1000, 500]);
+            let count =
+                |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
+            let (full_lists, pages) = (count(&spy.full_lists), count(&spy.pages));
+            if native {
+                assert_eq!((full_lists, pages), (0, 3));
+            } else {
+                assert_eq!((full_lists, pages), (1, 0));
+            }
+            assert_eq!(repo.delete_provider(&big).await.unwrap(), 0, "nothing left");
+        }
     }
 }
