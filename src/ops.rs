@@ -3,7 +3,9 @@
 
 use crate::config::{Config, StoreKind};
 use crate::secret::random_token;
-use crate::store::{Cas, EmbeddedStore, MemoryStore, SecretStore, VaultStore, keyspace};
+use crate::store::{
+    Cas, EmbeddedStore, KeyBatches, MemoryStore, SecretStore, VaultStore, keyspace,
+};
 use anyhow::Context as _;
 use std::sync::Arc;
 
@@ -102,23 +104,27 @@ pub async fn copy_records(
     check_reference_key(src, dst).await?;
     let mut done = Copied::default();
     for namespace in keyspace::NAMESPACES {
-        for key in src.list(namespace).await? {
-            let Some(record) = src.get(&key).await? else {
-                continue;
-            };
-            if dst
-                .get(&key)
-                .await?
-                .is_some_and(|d| d.value == record.value)
-            {
-                done.unchanged += 1;
-                continue;
+        // A thousand keys at a time: a million grants are never listed into memory at once.
+        let mut batches = KeyBatches::new(src, namespace.to_owned());
+        while let Some(keys) = batches.next().await? {
+            for key in keys {
+                let Some(record) = src.get(&key).await? else {
+                    continue;
+                };
+                if dst
+                    .get(&key)
+                    .await?
+                    .is_some_and(|d| d.value == record.value)
+                {
+                    done.unchanged += 1;
+                    continue;
+                }
+                report(&key);
+                if !dry_run {
+                    dst.put(&key, record.value, Cas::Any).await?;
+                }
+                done.copied += 1;
             }
-            report(&key);
-            if !dry_run {
-                dst.put(&key, record.value, Cas::Any).await?;
-            }
-            done.copied += 1;
         }
     }
     Ok(done)

@@ -15,6 +15,7 @@ mod vault;
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
+pub(crate) use repo::KeyBatches;
 pub use repo::{GrantRepo, MetaRepo, ProviderRepo, ReferenceRepo};
 pub use vault::{KvVersion, VaultAuth, VaultConfig, VaultStore};
 

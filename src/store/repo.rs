@@ -607,13 +607,16 @@ impl ReferenceRepo {
             return Ok(0);
         }
         let mut n = 0;
-        for key in self.store.list(keyspace::references()).await? {
-            let Some(hash) = keyspace::reference_hash(&key) else {
-                continue;
-            };
-            if let Some((r, _)) = read::<ReferenceRecord>(&*self.store, &key).await? {
-                self.index(&r.grant, hash).await?;
-                n += 1;
+        let mut batches = KeyBatches::new(&*self.store, keyspace::references().to_owned());
+        while let Some(keys) = batches.next().await? {
+            for key in keys {
+                let Some(hash) = keyspace::reference_hash(&key) else {
+                    continue;
+                };
+                if let Some((r, _)) = read::<ReferenceRecord>(&*self.store, &key).await? {
+                    self.index(&r.grant, hash).await?;
+                    n += 1;
+                }
             }
         }
         match self

@@ -284,27 +284,27 @@ async fn a_tampered_record_is_skipped_in_listings_and_named_to_nobody() {
 }
 
 /// Flips one byte of the sealed value of the first record whose key starts with `prefix`, as an
-/// attacker with write access to the data directory could (`store.redb`, table `records`: key →
-/// (version, nonce ‖ ciphertext ‖ tag)).
+/// attacker with write access to the data directory could (`store.redb`, table
+/// `records-by-bytes`: key bytes → (version, nonce ‖ ciphertext ‖ tag)).
 fn tamper_record(store: &std::path::Path, prefix: &str) {
     use redb::ReadableTable as _;
-    const RECORDS: redb::TableDefinition<&str, (u64, &[u8])> =
-        redb::TableDefinition::new("records");
+    const RECORDS: redb::TableDefinition<&[u8], (u64, &[u8])> =
+        redb::TableDefinition::new("records-by-bytes");
     let db = redb::Database::open(store).unwrap();
     let txn = db.begin_write().unwrap();
     {
         let mut table = txn.open_table(RECORDS).unwrap();
         let (key, version, mut sealed) = {
-            let mut range = table.range(prefix..).unwrap();
+            let mut range = table.range(prefix.as_bytes()..).unwrap();
             let (k, v) = range.next().expect("a record").unwrap();
             let (version, sealed) = v.value();
-            (k.value().to_owned(), version, sealed.to_vec())
+            (k.value().to_vec(), version, sealed.to_vec())
         };
-        assert!(key.starts_with(prefix), "{key}");
+        assert!(key.starts_with(prefix.as_bytes()), "{key:?}");
         let i = sealed.len() / 2;
         sealed[i] ^= 1;
         table
-            .insert(key.as_str(), (version, sealed.as_slice()))
+            .insert(key.as_slice(), (version, sealed.as_slice()))
             .unwrap();
     }
     txn.commit().unwrap();
