@@ -285,7 +285,11 @@ async fn delete(providers: &mut Providers, id: String, revoke: bool) -> anyhow::
         .await
         .map_err(explain)?
         .into_inner();
-    println!("deleted provider {id} and its grants");
+    let grants = match r.grants_deleted {
+        1 => "its 1 grant".to_owned(),
+        n => format!("its {n} grants"),
+    };
+    println!("deleted provider {id} and {grants}");
     if revoke {
         println!(
             "the provider revoked the tokens of {} grant(s); {} failed (see the daemon log)",

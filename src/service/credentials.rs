@@ -34,6 +34,16 @@ pub struct Limits {
     pub max_wait: Duration,
 }
 
+/// What deleting a provider did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderDeleted {
+    /// Grants deleted with it.
+    pub grants: u32,
+    /// With `revoke_at_provider`: grants whose tokens the provider revoked, and those it did not.
+    pub revoked_at_provider: u32,
+    pub revocation_failures: u32,
+}
+
 /// A validated Authenticate request.
 #[derive(Debug)]
 pub struct AuthRequest {
@@ -1147,25 +1157,28 @@ impl Credentials {
     }
 
     /// Deletes a provider, its grants, their cached tokens and their references.
-    /// With `revoke_at_provider`, first revokes every grant's tokens at the provider; returns
-    /// how many grants the provider revoked and how many it did not.
+    /// With `revoke_at_provider`, first revokes every grant's tokens at the provider.
     pub async fn delete_provider(
         &self,
         caller: &Caller,
         id: &ProviderId,
         revoke_at_provider: bool,
-    ) -> Result<(u32, u32), Error> {
+    ) -> Result<ProviderDeleted, Error> {
         policy::authorize(caller, Action::ManageProviders)?;
-        let counts = if revoke_at_provider {
+        let (revoked_at_provider, revocation_failures) = if revoke_at_provider {
             self.revoke_all_at_provider(id).await?
         } else {
             (0, 0)
         };
-        self.providers.delete(id).await?;
+        let grants = self.providers.delete(id).await?;
         self.broker.forget_provider(id);
         self.references.drop_for_provider(id).await?;
-        tracing::info!(provider = %id, "provider deleted");
-        Ok(counts)
+        tracing::info!(provider = %id, grants, "provider deleted");
+        Ok(ProviderDeleted {
+            grants: u32::try_from(grants).unwrap_or(u32::MAX),
+            revoked_at_provider,
+            revocation_failures,
+        })
     }
 
     /// After a provider was re-bound to another MCP server (`ProviderRegistry::update`): its

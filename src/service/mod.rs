@@ -23,7 +23,8 @@ mod replicas;
 pub use ahead::AheadSettings;
 pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};
 pub use credentials::{
-    AuthRequest, CallbackDone, Credentials, GrantChanges, Limits, Outcome, Parts, SubjectToken,
+    AuthRequest, CallbackDone, Credentials, GrantChanges, Limits, Outcome, Parts, ProviderDeleted,
+    SubjectToken,
 };
 pub use error::{Class, Error, Reason};
 pub use kind::{CallbackParams, ProviderRevocation};

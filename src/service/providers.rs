@@ -207,17 +207,18 @@ impl ProviderRegistry {
     }
 
     /// Deletes the provider and every grant made through it (the caller authorized it; see
-    /// `Credentials::delete_provider`, which also drops cached tokens and references).
-    pub(crate) async fn delete(&self, id: &ProviderId) -> Result<(), Error> {
+    /// `Credentials::delete_provider`, which also drops cached tokens and references); returns
+    /// how many grants went.
+    pub(crate) async fn delete(&self, id: &ProviderId) -> Result<usize, Error> {
         let _w = self.write.lock().await;
         self.get(id)?;
-        self.grants.delete_provider(id).await?;
+        let grants = self.grants.delete_provider(id).await?;
         self.repo.delete(id).await?;
         self.providers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        Ok(())
+        Ok(grants)
     }
 
     fn remember(&self, config: ProviderConfig) -> Arc<ProviderConfig> {

@@ -60,13 +60,15 @@ async fn provider_crud_never_returns_the_client_secret() {
         .into_inner();
     assert_eq!(list.providers.len(), 1);
 
-    admin
+    let deleted = admin
         .delete_provider(pb::DeleteProviderRequest {
             provider_id: "oauth".into(),
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.grants_deleted, 0, "it had no grants");
     let gone = expect_err(
         admin
             .get_provider(pb::GetProviderRequest {

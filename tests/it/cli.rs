@@ -389,4 +389,9 @@ async fn credential_put_reads_the_value_from_standard_input() {
     resolve.args(["resolve", &reference]);
     let out = run(resolve);
     assert!(out.contains("X-API-Key: canary-api-key"), "{out}");
+
+    // Deleting the provider says what went with it.
+    let mut delete = cli(&f, ADMIN_KEY);
+    delete.args(["provider", "delete", "keyed"]);
+    assert_eq!(run(delete).trim(), "deleted provider keyed and its 1 grant");
 }

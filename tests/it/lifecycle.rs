@@ -395,7 +395,14 @@ async fn deleting_a_provider_can_revoke_every_grant_at_the_provider_first() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((r.revoked_at_provider, r.revocation_failures), (2, 0));
+    assert_eq!(
+        (
+            r.grants_deleted,
+            r.revoked_at_provider,
+            r.revocation_failures
+        ),
+        (2, 2, 0)
+    );
     for t in tokens {
         assert_eq!(
             f.idp.introspect("basic-client", &t.access_token).await["active"],

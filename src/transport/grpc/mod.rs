@@ -33,7 +33,7 @@ trait Labelled {
 }
 
 impl Labelled for () {}
-impl Labelled for (u32, u32) {}
+impl Labelled for crate::service::ProviderDeleted {}
 impl Labelled for (String, usize) {}
 impl<T> Labelled for Vec<T> {}
 impl<T> Labelled for (Vec<T>, Option<String>) {}

@@ -136,7 +136,7 @@ impl pb::providers_server::Providers for ProvidersApi {
         let caller = caller(&mut req)?;
         let id = &req.get_ref().provider_id;
         let revoke = req.get_ref().revoke_at_provider;
-        let (revoked, failed) = rpc(
+        let deleted = rpc(
             self.credentials.audit(),
             "DeleteProvider",
             &caller,
@@ -149,8 +149,9 @@ impl pb::providers_server::Providers for ProvidersApi {
         )
         .await?;
         Ok(Response::new(pb::DeleteProviderResponse {
-            revoked_at_provider: revoked,
-            revocation_failures: failed,
+            revoked_at_provider: deleted.revoked_at_provider,
+            revocation_failures: deleted.revocation_failures,
+            grants_deleted: deleted.grants,
         }))
     }
 }
