@@ -40,6 +40,8 @@ struct Sizes {
     concurrency: usize,
     herd: usize,
     flows: usize,
+    /// References of the grant the revoke section revokes.
+    references: usize,
     /// Record counts the embedded store is measured at.
     records: &'static [usize],
     /// The sections to run (`cargo bench -- flows store`); empty: all.
@@ -47,7 +49,7 @@ struct Sizes {
 }
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 5] = ["handout", "herd", "flows", "replicas", "store"];
+const SECTIONS: [&str; 6] = ["handout", "herd", "flows", "revoke", "replicas", "store"];
 
 impl Sizes {
     fn wants(&self, section: &str) -> bool {
@@ -155,6 +157,7 @@ fn main() {
             concurrency: 64,
             herd: 1_000,
             flows: 100_000,
+            references: 15_000,
             records: &[1_000, 100_000, 1_000_000],
             only,
         }
@@ -164,6 +167,7 @@ fn main() {
             concurrency: 4,
             herd: 20,
             flows: 200,
+            references: 100,
             records: &[100, 1_000],
             only,
         }
@@ -461,7 +465,10 @@ fn rand_index(n: usize) -> usize {
 }
 
 async fn run(s: &Sizes) {
-    if !["handout", "herd", "flows"].iter().any(|x| s.wants(x)) {
+    if !["handout", "herd", "flows", "revoke"]
+        .iter()
+        .any(|x| s.wants(x))
+    {
         return;
     }
     // The daemon also listens on a Unix socket, where this process's uid is a sidecar caller.
@@ -697,4 +704,73 @@ async fn run(s: &Sizes) {
             (rss_after.saturating_sub(rss_before) * 1024) as f64 / started as f64
         );
     }
+    if s.wants("revoke") {
+        revoke_with_references(&f, s.references).await;
+    }
+}
+
+/// Revoking one grant that has `n` references (one per agent session, as they pile up): the
+/// references are found through the grant's index and deleted in batches, so this stays well
+/// under a second at 15,000. Afterwards none of them resolves.
+async fn revoke_with_references(f: &Fixture, n: usize) {
+    f.authorize(AGENT_KEY, Fixture::request("idp", "carol", ""))
+        .await;
+    let creds = f.valet.credentials(AGENT_KEY).await;
+    let t = Instant::now();
+    let issuers: Vec<_> = (0..16)
+        .map(|w| {
+            let mut c = creds.clone();
+            tokio::spawn(async move {
+                let mut references = Vec::new();
+                for _ in (w..n).step_by(16) {
+                    let answer = c
+                        .authenticate(pb::AuthenticateRequest {
+                            handout: pb::Handout::Reference as i32,
+                            ..Fixture::request("idp", "carol", "")
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    references.push(support::reference(answer).reference);
+                }
+                references
+            })
+        })
+        .collect();
+    let mut references = Vec::new();
+    for issuer in issuers {
+        references.extend(issuer.await.unwrap());
+    }
+    let issued = t.elapsed();
+    let mut admin = f.valet.credentials(ADMIN_KEY).await;
+    let t = Instant::now();
+    let answer = admin
+        .revoke(pb::RevokeRequest {
+            provider_id: "idp".into(),
+            user_id: "carol".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked_in = t.elapsed();
+    assert!(answer.revoked);
+    let mut c = creds.clone();
+    for reference in [&references[0], &references[references.len() - 1]] {
+        let refused = c
+            .resolve(pb::ResolveRequest {
+                reference: reference.clone(),
+                min_ttl_seconds: 0,
+                target_url: String::new(),
+            })
+            .await;
+        assert!(
+            refused.is_err(),
+            "a reference of the revoked grant resolved"
+        );
+    }
+    println!(
+        "== revoking a grant with {} references: {revoked_in:.1?} (issuing them took {issued:.1?})\n",
+        references.len()
+    );
 }
