@@ -168,7 +168,9 @@ impl EmbeddedStore {
 
     /// Moves the records of the `&str`-keyed table of earlier versions into the byte-keyed one,
     /// unchanged (sealed under the same key and AAD), and drops it: one transaction, so a crash
-    /// leaves either the old table or the new one.
+    /// leaves either the old table or the new one. Both holding records means an older Valet
+    /// ran on the upgraded store (on what it saw as an empty store, with a new reference key):
+    /// that is refused, not merged.
     fn migrate_str_keys(&self) -> Result<(), StoreError> {
         use redb::TableHandle as _;
         let fail = |e: redb::Error| {
@@ -191,6 +193,14 @@ impl EmbeddedStore {
                 .open_table(STR_KEYED_RECORDS)
                 .map_err(|e| fail(e.into()))?;
             let mut to = txn.open_table(RECORDS).map_err(|e| fail(e.into()))?;
+            if !from.is_empty().map_err(|e| fail(e.into()))?
+                && !to.is_empty().map_err(|e| fail(e.into()))?
+            {
+                return Err(setup(format!(
+                    "{} holds records in both the current layout and the one of earlier versions: an older Valet was run on it after the upgrade, and the two are not merged; restore the backup taken before the upgrade",
+                    self.inner.path.display()
+                )));
+            }
             for entry in from.iter().map_err(|e| fail(e.into()))? {
                 let (key, value) = entry.map_err(|e| fail(e.into()))?;
                 let (version, sealed) = value.value();
@@ -748,6 +758,24 @@ mod tests {
                 .collect();
             assert_eq!(tables, vec![RECORDS.name().to_owned()]);
         }
+
+        // An older Valet run on the upgraded store writes to the old table again: refused, and
+        // neither table is touched.
+        {
+            let db = redb::Database::create(dir.path().join(DATA_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(STR_KEYED_RECORDS)
+                .unwrap()
+                .insert("meta/reference-key", (1, &b"new key"[..]))
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = EmbeddedStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("restore the backup"), "{err}");
+        let db = redb::Database::create(dir.path().join(DATA_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(txn.open_table(RECORDS).unwrap().len().unwrap(), 2);
+        assert_eq!(txn.open_table(STR_KEYED_RECORDS).unwrap().len().unwrap(), 1);
     }
 
     #[tokio::test]
