@@ -1170,9 +1170,11 @@ impl Credentials {
         } else {
             (0, 0)
         };
+        // References first, then grants, then the provider record: interrupted anywhere, the
+        // provider is still there and deleting it again finishes the job.
+        self.references.drop_for_provider(id).await?;
         let grants = self.providers.delete(id).await?;
         self.broker.forget_provider(id);
-        self.references.drop_for_provider(id).await?;
         tracing::info!(provider = %id, grants, "provider deleted");
         Ok(ProviderDeleted {
             grants: u32::try_from(grants).unwrap_or(u32::MAX),
