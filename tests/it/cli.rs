@@ -24,6 +24,29 @@ fn run(mut c: Command) -> String {
     text
 }
 
+/// `valet auth --reference` for alice at `provider`, then `valet resolve` of the reference it
+/// printed: what `resolve` printed.
+fn resolve_through_a_reference(f: &Fixture, provider: &str) -> String {
+    let mut by_ref = cli(f, AGENT_KEY);
+    by_ref.args([
+        "auth",
+        "--provider",
+        provider,
+        "--user",
+        "alice",
+        "--reference",
+    ]);
+    let out = run(by_ref);
+    let reference = out
+        .lines()
+        .find_map(|l| l.strip_prefix("reference:  "))
+        .expect("a reference is printed")
+        .to_owned();
+    let mut resolve = cli(f, AGENT_KEY);
+    resolve.args(["resolve", &reference]);
+    run(resolve)
+}
+
 #[tokio::test]
 async fn quickstart_provider_auth_grants_revoke() {
     let f = Fixture::new().await;
@@ -83,24 +106,7 @@ async fn quickstart_provider_auth_grants_revoke() {
     assert!(f.idp.userinfo(token).await.status().is_success());
 
     // References: the grant exists, so the reference comes at once; resolve turns it into a token.
-    let mut by_ref = cli(&f, AGENT_KEY);
-    by_ref.args([
-        "auth",
-        "--provider",
-        "idp",
-        "--user",
-        "alice",
-        "--reference",
-    ]);
-    let out = run(by_ref);
-    let reference = out
-        .lines()
-        .find_map(|l| l.strip_prefix("reference:  "))
-        .expect("a reference is printed")
-        .to_owned();
-    let mut resolve = cli(&f, AGENT_KEY);
-    resolve.args(["resolve", &reference]);
-    let out = run(resolve);
+    let out = resolve_through_a_reference(&f, "idp");
     assert!(
         out.contains("header:       Authorization: Bearer "),
         "{out}"
@@ -370,24 +376,7 @@ async fn credential_put_reads_the_value_from_standard_input() {
         text.contains("stored the credential") && !text.contains("canary-api-key"),
         "{text}"
     );
-    let mut by_ref = cli(&f, AGENT_KEY);
-    by_ref.args([
-        "auth",
-        "--provider",
-        "keyed",
-        "--user",
-        "alice",
-        "--reference",
-    ]);
-    let out = run(by_ref);
-    let reference = out
-        .lines()
-        .find_map(|l| l.strip_prefix("reference:  "))
-        .expect("a reference is printed")
-        .to_owned();
-    let mut resolve = cli(&f, AGENT_KEY);
-    resolve.args(["resolve", &reference]);
-    let out = run(resolve);
+    let out = resolve_through_a_reference(&f, "keyed");
     assert!(out.contains("X-API-Key: canary-api-key"), "{out}");
 
     // Deleting the provider says what went with it.
