@@ -236,13 +236,15 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
         n: usize,
         dir: Arc<tempfile::TempDir>,
         store: Arc<EmbeddedStore>,
-        /// First reads: random grants, each read once (a slice per round), which loads its page
-        /// from the file (the OS's page cache; redb keeps what it read) unless an earlier read
-        /// did: in the smallest store nearly every page is loaded after a few reads.
+        /// First reads: random grants, each read once (a slice per round), from the database
+        /// (then kept in the store's cache of records in use), which loads its page from the
+        /// file (the OS's page cache; redb keeps what it read) unless an earlier read did: in
+        /// the smallest store nearly every page is loaded after a few reads.
         cold: Arc<Vec<String>>,
         /// The grants in use, the same number at every size (all of the smallest store), loaded
-        /// once before the rounds, as a running daemon keeps reading its agents' grants: only the
-        /// store's size differs between sizes, not how many grants are hot.
+        /// once before the rounds, as a running daemon keeps reading its agents' grants (served
+        /// from the store's cache of records in use while they stay in it): only the store's
+        /// size differs between sizes, not how many grants are hot.
         hot: Arc<Vec<String>>,
         runs: [Vec<Run>; 3],
     }

@@ -6,6 +6,7 @@
 //! earlier version is migrated into the database on first open and kept as
 //! `store.json.migrated` until the operator deletes it.
 
+use super::hot::HotRecords;
 use super::memory::next_version;
 use super::{Cas, SecretBytes, SecretStore, StoreError, Versioned, check_key};
 use async_trait::async_trait;
@@ -65,6 +66,8 @@ struct Inner {
     db: redb::Database,
     key: LessSafeKey,
     rng: SystemRandom,
+    /// Sealed records in use, so their reads do not grow with the database (`hot.rs`).
+    hot: HotRecords,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -149,6 +152,7 @@ impl EmbeddedStore {
                 db,
                 key: LessSafeKey::new(unbound),
                 rng,
+                hot: HotRecords::new(super::hot::CAPACITY),
             }),
             _lock: lock,
         };
@@ -341,20 +345,30 @@ impl Inner {
     }
 
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let miss = match self.hot.get(key.as_bytes()) {
+            Ok((version, sealed)) => {
+                return Ok(Some(Versioned {
+                    value: self.open_record(key, version, &sealed)?,
+                    version,
+                }));
+            }
+            Err(miss) => miss,
+        };
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(RECORDS).map_err(unavailable)?;
         let Some(found) = table.get(key.as_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
         let (version, sealed) = found.value();
-        Ok(Some(Versioned {
-            value: self.open_record(key, version, sealed)?,
-            version,
-        }))
+        let value = self.open_record(key, version, sealed)?;
+        self.hot.fill(miss, key.as_bytes(), version, sealed);
+        Ok(Some(Versioned { value, version }))
     }
 
     /// Check-and-set, seal and commit in one write transaction (redb runs one at a time).
     fn put(&self, key: &str, value: &[u8], cas: Cas) -> Result<u64, StoreError> {
+        let keys = [key.as_bytes()];
+        let _writing = self.hot.writing(&keys);
         let txn = self.db.begin_write().map_err(unavailable)?;
         let version = {
             let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
@@ -373,8 +387,10 @@ impl Inner {
         Ok(version)
     }
 
-    /// Removes `keys` in one transaction; returns how many existed.
+    /// Writes `records` (each as `Cas::Any`) in one transaction.
     fn put_many(&self, records: &[(String, SecretBytes)]) -> Result<(), StoreError> {
+        let keys: Vec<&[u8]> = records.iter().map(|(key, _)| key.as_bytes()).collect();
+        let _writing = self.hot.writing(&keys);
         let txn = self.db.begin_write().map_err(unavailable)?;
         {
             let mut table = txn.open_table(RECORDS).map_err(unavailable)?;
@@ -393,7 +409,10 @@ impl Inner {
         txn.commit().map_err(unavailable)
     }
 
+    /// Removes `keys` in one transaction; returns how many existed.
     fn delete(&self, keys: &[String]) -> Result<usize, StoreError> {
+        let bytes: Vec<&[u8]> = keys.iter().map(|key| key.as_bytes()).collect();
+        let _writing = self.hot.writing(&bytes);
         let txn = self.db.begin_write().map_err(unavailable)?;
         let mut existed = 0;
         {
@@ -588,6 +607,57 @@ mod tests {
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         super::super::conformance::run(&EmbeddedStore::open(dir.path()).unwrap()).await;
+    }
+
+    /// Reads served from the cache of records in use (`hot.rs`) while one writer rewrites the
+    /// record: the writer reads back each version it wrote, readers never go back to an older
+    /// one and never see a value with another version's number, and a delete is seen at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reads_through_the_cache_follow_every_write() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let value = |i: u64| Zeroizing::new(i.to_be_bytes().to_vec());
+        let written = |v: &Versioned| u64::from_be_bytes(v.value[..].try_into().unwrap());
+        assert_eq!(store.put("k", value(0), Cas::Absent).await.unwrap(), 1);
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, done) = (store.clone(), done.clone());
+                tokio::spawn(async move {
+                    let (mut last, mut reads) = (0, 0_u64);
+                    while !done.load(Ordering::Relaxed) {
+                        let got = store.get("k").await.unwrap().unwrap();
+                        assert!(
+                            got.version >= last,
+                            "went back from {last} to {}",
+                            got.version
+                        );
+                        assert_eq!(written(&got) + 1, got.version);
+                        last = got.version;
+                        reads += 1;
+                        tokio::task::yield_now().await;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 1..=200 {
+            let version = store.put("k", value(i), Cas::Any).await.unwrap();
+            let got = store.get("k").await.unwrap().unwrap();
+            assert_eq!((got.version, written(&got)), (version, i));
+        }
+        done.store(true, Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0);
+        }
+        // Read twice with no write under way: served from the cache the second time.
+        store.get("k").await.unwrap().unwrap();
+        assert_eq!(store.inner.hot.len(), 1);
+        assert_eq!(written(&store.get("k").await.unwrap().unwrap()), 200);
+        assert!(store.delete("k").await.unwrap());
+        assert_eq!(store.inner.hot.len(), 0);
+        assert!(store.get("k").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod conformance;
 mod embedded;
+mod hot;
 pub mod keyspace;
 mod memory;
 mod metered;
