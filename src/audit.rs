@@ -394,13 +394,22 @@ pub fn verify(path: &Path) -> Result<usize, String> {
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let no = i + 1;
         let line = line.map_err(|e| format!("line {no}: cannot read: {e}"))?;
+        // A first line that is no event: most likely the wrong file.
+        let not_an_event = |what: &str| {
+            let hint = if no == 1 {
+                " (is this the file `[audit] file` names? the daemon's log is not an audit trail)"
+            } else {
+                ""
+            };
+            format!("line {no}: {what}{hint}")
+        };
         let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&line) else {
-            return Err(format!("line {no}: not a JSON object"));
+            return Err(not_an_event("not a JSON object"));
         };
         let hash = fields
             .remove("hash")
             .and_then(|h| h.as_str().map(str::to_owned))
-            .ok_or_else(|| format!("line {no}: no hash"))?;
+            .ok_or_else(|| not_an_event("no hash"))?;
         if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
             return Err(format!(
                 "line {no}: does not follow line {} (a line was removed, reordered or inserted)",
@@ -508,5 +517,14 @@ mod tests {
             "{edited}"
         );
         assert_eq!(check(owned(&lines)), Ok(3));
+        // The daemon's log given instead of the trail.
+        let log = r#"{"timestamp":"2026-12-04T05:00:00Z","level":"INFO","message":"rpc"}"#;
+        let wrong = check(vec![log.to_owned()]).unwrap_err();
+        assert!(
+            wrong.starts_with("line 1: no hash") && wrong.contains("[audit] file"),
+            "{wrong}"
+        );
+        let plain = check(vec!["valet listening grpc=127.0.0.1:50051".to_owned()]).unwrap_err();
+        assert!(plain.contains("not a JSON object (is this"), "{plain}");
     }
 }

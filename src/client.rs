@@ -61,6 +61,10 @@ impl Client {
     /// Connects to the daemon at `server` (e.g. `http://127.0.0.1:50051`). Every call sends `key`
     /// as a bearer token; `None` sends no key. Errors say what to check, for a person at a shell.
     pub async fn connect(server: &str, key: Option<&str>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            server.contains("://"),
+            "--server (VALET_SERVER) must be a URL with its scheme, like http://{server}"
+        );
         let channel = Channel::from_shared(server.to_owned())
             .context("--server must be a URL like http://127.0.0.1:50051")?
             .connect()
@@ -100,11 +104,12 @@ impl Client {
     }
 
     fn over(channel: Channel, server: &str, key: Option<&str>) -> anyhow::Result<Self> {
-        let key = match key {
+        // An empty key (`VALET_KEY=`) is no key: the daemon then says one is missing.
+        let key = match key.filter(|k| !k.is_empty()) {
             Some(k) => {
-                let mut v: MetadataValue<Ascii> = format!("Bearer {k}")
-                    .parse()
-                    .context("the API key holds characters not allowed in metadata")?;
+                let mut v: MetadataValue<Ascii> = format!("Bearer {k}").parse().context(
+                    "the API key holds characters a gRPC header cannot carry (a trailing newline? keys are printable ASCII)",
+                )?;
                 // Keeps the key out of HTTP/2 header compression tables.
                 v.set_sensitive(true);
                 Some(v)

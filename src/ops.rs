@@ -4,7 +4,7 @@
 use crate::config::{Config, StoreKind};
 use crate::secret::random_token;
 use crate::store::{
-    Cas, EmbeddedStore, KeyBatches, MemoryStore, SecretStore, VaultStore, keyspace,
+    Cas, DataDir, EmbeddedStore, KeyBatches, MemoryStore, SecretStore, VaultStore, keyspace,
 };
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -40,6 +40,24 @@ pub async fn open_store(config: &Config) -> anyhow::Result<OpenStore> {
 /// For `check-config`: opens the store and proves it can write, read and delete a probe record
 /// (for Vault: reachable, unsealed, and the token's policy allows it).
 pub async fn check_store(config: &Config) -> anyhow::Result<()> {
+    if matches!(config.store, StoreKind::Embedded) {
+        let dir = config.data_dir.display();
+        match EmbeddedStore::data_dir(&config.data_dir)? {
+            DataDir::Missing => {
+                eprintln!(
+                    "configuration is valid; the data directory {dir} does not exist yet: the embedded store is created there on first start"
+                );
+                return Ok(());
+            }
+            DataDir::InUse => {
+                eprintln!(
+                    "configuration is valid; the embedded store in {dir} is in use by a running valet, so it was not opened (stop that process to check the store itself)"
+                );
+                return Ok(());
+            }
+            DataDir::Free => {}
+        }
+    }
     let store = open_store(config).await?.store;
     store
         .check()
@@ -152,12 +170,32 @@ pub async fn copy_store(
         };
         Config::load_from_process_env(&overrides).map_err(|e| anyhow::anyhow!("{path}: {e}"))
     };
-    let src = open_store(&load(from)?).await?.store;
-    let dst = open_store(&load(to)?).await?.store;
+    let (from, to) = (load(from)?, load(to)?);
+    let missing = |c: &Config| -> anyhow::Result<bool> {
+        Ok(matches!(c.store, StoreKind::Embedded)
+            && EmbeddedStore::data_dir(&c.data_dir)? == DataDir::Missing)
+    };
+    anyhow::ensure!(
+        !missing(&from)?,
+        "the source's data directory {} does not exist: there is nothing to copy (is data_dir right?)",
+        from.data_dir.display()
+    );
+    let src = open_store(&from).await?.store;
+    // A dry run creates nothing: an embedded destination not made yet is empty, and an empty
+    // store stands in for it.
+    let dst: Arc<dyn SecretStore> = if dry_run && missing(&to)? {
+        Arc::new(MemoryStore::new())
+    } else {
+        open_store(&to).await?.store
+    };
     let done = copy_records(&*src, &*dst, dry_run, report).await?;
     Ok(CopyReport {
         done,
         from: src.backend(),
-        to: dst.backend(),
+        // The stand-in's name is not the destination's.
+        to: match to.store {
+            StoreKind::Embedded => "embedded",
+            _ => dst.backend(),
+        },
     })
 }

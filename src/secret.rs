@@ -19,6 +19,27 @@ pub fn random_token(n: usize) -> Result<String, ring::error::Unspecified> {
     Ok(s)
 }
 
+/// A secret kept in a file only its owner may read (an AppRole secret id, the admin key), trimmed.
+/// A file readable by group or others is refused, with the command that fixes it.
+pub fn read_private_file(path: &std::path::Path, what: &str) -> Result<SecretString, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cannot = |e: std::io::Error| format!("cannot read {what} file {}: {e}", path.display());
+    let mode = std::fs::metadata(path)
+        .map_err(cannot)?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{what} file {} is readable by group or others (mode {mode:o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(cannot)?);
+    Ok(SecretString::from(text.trim().to_owned()))
+}
+
 /// SHA-256 of `data`, as raw bytes.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, data);

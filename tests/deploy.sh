@@ -729,7 +729,11 @@ config_ok() { # config_ok LOG COMMAND...: exit 0 and the store probe succeeded
 }
 # The example lists every key; its [[callers]] are commented out (each deployment makes its own
 # keys), so the check names an admin key file, as a deployment would. Data goes to a temp dir.
-echo "valet_example-admin-key" >"$tmp/admin-key"
+echo "valet_example-admin-key-0123456789abcdef" >"$tmp/admin-key"
+chmod 600 "$tmp/admin-key"
+# The data directories exist, as the pod's volume does: check-config reports a missing one
+# instead of probing the store in it.
+mkdir -p -m 700 "$tmp/example-data" "$tmp/embedded-data"
 check "config: deploy/valet.example.toml" config_ok "$tmp/example.log" \
   valet check-config --config deploy/valet.example.toml \
   --data-dir "$tmp/example-data" --admin-key-file "$tmp/admin-key"

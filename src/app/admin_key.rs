@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::domain::Role;
-use crate::secret::{random_token, sha256};
+use crate::secret::{ExposeSecret as _, random_token, read_private_file, sha256};
 use crate::transport::grpc::CallerKey;
 use anyhow::Context as _;
 use std::io::Write as _;
@@ -11,6 +11,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 const ADMIN_HASH_FILE: &str = "admin-key.sha256";
+
+/// The shortest admin key a file may hold: a guessable key is every credential in the store.
+/// (`valet key new` makes 49 characters, 256 random bits.)
+const MIN_ADMIN_KEY_CHARS: usize = 32;
 
 /// The admin key from `--admin-key-file`, or in dev mode the one created on first start.
 #[allow(
@@ -29,12 +33,12 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
         tls_identity: None,
     };
     if let Some(path) = &config.admin_key_file {
-        let key = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read admin key file {}", path.display()))?;
-        let key = key.trim();
+        let key = read_private_file(path, "admin key").map_err(anyhow::Error::msg)?;
+        let key = key.expose_secret();
+        let length = key.chars().count();
         anyhow::ensure!(
-            !key.is_empty(),
-            "admin key file {} is empty",
+            length >= MIN_ADMIN_KEY_CHARS,
+            "admin key file {} holds a {length}-character key; the admin key must be at least {MIN_ADMIN_KEY_CHARS} random characters (`valet key new` makes one)",
             path.display()
         );
         return Ok(Some(admin(sha256(key.as_bytes()))));

@@ -70,9 +70,11 @@ impl App {
         let OpenStore { store, vault } = open_store(&config).await?;
         let store: Arc<dyn SecretStore> =
             Arc::new(crate::store::MeteredStore::new(store, metrics.clone()));
+        // Bound before the dev admin key is made: a first start that cannot bind must not show
+        // (and keep the hash of) a key nobody will see again.
+        let grpc = bind(config.grpc_listen, "gRPC", "--grpc-listen or grpc_listen").await?;
+        let http = bind(config.http_listen, "HTTP", "--http-listen or http_listen").await?;
         let auth = Self::callers(&config)?;
-        let grpc = bind(config.grpc_listen, "gRPC").await?;
-        let http = bind(config.http_listen, "HTTP").await?;
         let unix = config.grpc_socket.as_deref().map(bind_socket).transpose()?;
         let public_url = match &config.public_url {
             Some(u) => u.clone(),
@@ -476,10 +478,11 @@ const MAX_PROVIDER_MESSAGE: usize = 64 * 1024;
 // Above the 1,000 concurrent callers a single-flight refresh is measured with (the bench).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind {what} listener on {addr}"))
+/// Binds a listener; a busy or forbidden address says which setting picks another.
+async fn bind(addr: SocketAddr, what: &str, setting: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot bind the {what} listener on {addr} (choose another address with {setting})")
+    })
 }
 
 /// The line scripts and tests wait for, on stdout.

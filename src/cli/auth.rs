@@ -236,12 +236,16 @@ pub(super) async fn resolve(
         print_token_details(&t);
     }
     if let Some(c) = r.credential {
-        println!("{}:       {}: {}", c.location, c.name, c.value);
+        // As it is sent: `Name: value` in a header, `name=value` in a query or a cookie.
+        let separator = if c.location == "header" { ": " } else { "=" };
+        let label = format!("{}:", c.location);
+        println!("{label:<14}{}{separator}{}", c.name, c.value);
     }
     Ok(())
 }
 
 pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
+    let by_reference = t.reference.is_some();
     let r = conn
         .connect()
         .await?
@@ -260,6 +264,8 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
         "{}",
         if r.revoked {
             "revoked"
+        } else if by_reference {
+            "no such reference (unknown, or already revoked, expired or spent)"
         } else {
             "no such grant"
         }

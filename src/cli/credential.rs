@@ -69,7 +69,7 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         .await
         .map_err(explain)?;
     println!(
-        "stored the credential for {user} at {provider} (write-only: it is never shown again)"
+        "stored the credential for {user} at {provider} (write-only: no command reads it back; agents get it through auth and resolve)"
     );
     Ok(())
 }

@@ -184,13 +184,19 @@ pub struct ServeArgs {
     /// Development mode: loopback only, embedded store, a one-time admin key on first start.
     #[arg(long)]
     pub dev: bool,
+    /// gRPC listen address, for agents and the CLI (default 127.0.0.1:50051; env
+    /// VALET_GRPC_LISTEN).
     #[arg(long)]
     pub grpc_listen: Option<String>,
+    /// HTTP listen address: OAuth callbacks, health, metrics (default 127.0.0.1:8080; env
+    /// VALET_HTTP_LISTEN).
     #[arg(long)]
     pub http_listen: Option<String>,
     /// Base URL the browser reaches the HTTP listener at; decides the redirect URI.
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Where the embedded store and the dev admin key's hash live (default ./valet-data; env
+    /// VALET_DATA_DIR).
     #[arg(long)]
     pub data_dir: Option<String>,
     /// Read the admin API key from this file instead of generating one.

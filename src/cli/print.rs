@@ -8,8 +8,9 @@ use crate::pb;
 pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
     let hint = match s.code() {
         tonic::Code::Unauthenticated => "\nhint: pass the API key with --key or VALET_KEY",
-        tonic::Code::PermissionDenied => "\nhint: this needs an admin key",
         tonic::Code::Unavailable => "\nhint: retry shortly",
+        // Only providers are created by name.
+        tonic::Code::AlreadyExists => "\nhint: change it with `valet provider update`",
         _ => "",
     };
     anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
@@ -49,17 +50,33 @@ fn span(secs: u64) -> String {
     }
 }
 
-pub(super) fn print_provider(p: &pb::Provider) {
-    let kind = match pb::ProviderKind::try_from(p.kind) {
+/// A provider's kind as `valet provider create --kind` spells it.
+pub(super) fn kind_name(kind: i32) -> &'static str {
+    match pb::ProviderKind::try_from(kind) {
         Ok(pb::ProviderKind::Oidc) => "oidc",
-        Ok(pb::ProviderKind::ClientCredentials) => "client_credentials",
-        Ok(pb::ProviderKind::ApiKey) => "api_key",
-        Ok(pb::ProviderKind::HttpBasic) => "http_basic",
-        Ok(pb::ProviderKind::HttpBearer) => "http_bearer",
-        Ok(pb::ProviderKind::ServiceAccount) => "service_account",
+        Ok(pb::ProviderKind::ClientCredentials) => "client-credentials",
+        Ok(pb::ProviderKind::ApiKey) => "api-key",
+        Ok(pb::ProviderKind::HttpBasic) => "http-basic",
+        Ok(pb::ProviderKind::HttpBearer) => "http-bearer",
+        Ok(pb::ProviderKind::ServiceAccount) => "service-account",
         Ok(pb::ProviderKind::Mcp) => "mcp",
         _ => "oauth2",
-    };
+    }
+}
+
+/// Where a provider's credentials may be sent (`Resolve`'s `target_url`).
+fn print_egress(p: &pb::Provider) {
+    if p.egress_hosts.is_empty() {
+        println!(
+            "egress_hosts:      any (a target URL is not checked; limit it with --egress-host)"
+        );
+    } else {
+        println!("egress_hosts:      {}", p.egress_hosts.join(" "));
+    }
+}
+
+pub(super) fn print_provider(p: &pb::Provider) {
+    let kind = kind_name(p.kind);
     let method = match pb::TokenAuthMethod::try_from(p.token_auth_method) {
         Ok(pb::TokenAuthMethod::ClientSecretPost) => "client_secret_post",
         Ok(pb::TokenAuthMethod::PrivateKeyJwt) => "private_key_jwt",
@@ -71,21 +88,27 @@ pub(super) fn print_provider(p: &pb::Provider) {
     if !p.profile.is_empty() {
         println!("profile:           {}", p.profile);
     }
-    if matches!(kind, "api_key" | "http_basic" | "http_bearer") {
+    if matches!(kind, "api-key" | "http-basic" | "http-bearer") {
         let location = match pb::CredentialLocation::try_from(p.credential_location) {
             Ok(pb::CredentialLocation::Query) => "query parameter",
             Ok(pb::CredentialLocation::Cookie) => "cookie",
             _ => "header",
         };
+        let prefix = if p.credential_prefix.is_empty() {
+            String::new()
+        } else {
+            format!(", the value after {:?}", p.credential_prefix)
+        };
         println!(
-            "credential:        {location} {} {}",
-            p.credential_name, p.credential_prefix
+            "credential:        {location} {}{prefix}",
+            p.credential_name
         );
         println!("                   (store values with `valet credential put`)");
+        print_egress(p);
         return;
     }
     // A service account without a client of its own authenticates with its assertion alone.
-    let has_client = !(kind == "service_account" && p.client_id.is_empty());
+    let has_client = !(kind == "service-account" && p.client_id.is_empty());
     if has_client {
         println!("client_id:         {}", p.client_id);
         println!(
@@ -105,7 +128,7 @@ pub(super) fn print_provider(p: &pb::Provider) {
         };
         println!("private_key:       (set: {}{kid})", p.key_algorithm);
     }
-    if kind == "service_account" {
+    if kind == "service-account" {
         println!("assertion_issuer:  {}", p.assertion_issuer);
         if !p.assertion_subject.is_empty() {
             println!("assertion_subject: {}", p.assertion_subject);
@@ -148,9 +171,7 @@ pub(super) fn print_provider(p: &pb::Provider) {
         println!("token_exchange:    yes (RFC 8693)");
     }
     println!("default_scopes:    {}", p.default_scopes.join(" "));
-    if !p.egress_hosts.is_empty() {
-        println!("egress_hosts:      {}", p.egress_hosts.join(" "));
-    }
+    print_egress(p);
     if p.max_grant_age_seconds > 0 {
         println!(
             "max_grant_age:     users consent again {}s after their last consent",

@@ -2,7 +2,7 @@
 //! The client secret goes one way only, from a file or an environment variable to the daemon.
 
 use super::Conn;
-use super::print::{explain, print_provider};
+use super::print::{explain, kind_name, print_provider};
 use crate::pb;
 use crate::pb::providers_client::ProvidersClient;
 use anyhow::Context as _;
@@ -248,11 +248,33 @@ async fn list(providers: &mut Providers) -> anyhow::Result<()> {
         .list_providers(pb::ListProvidersRequest {})
         .await
         .map_err(explain)?;
-    if list.get_ref().providers.is_empty() {
+    let providers = &list.get_ref().providers;
+    if providers.is_empty() {
         println!("no providers; create one with `valet provider create`");
+        return Ok(());
     }
-    for p in &list.get_ref().providers {
-        println!("{}\t{}\t{}", p.provider_id, p.name, p.redirect_uri);
+    let rows: Vec<[&str; 4]> = providers
+        .iter()
+        .map(|p| {
+            let redirect = if p.redirect_uri.is_empty() {
+                "-"
+            } else {
+                p.redirect_uri.as_str()
+            };
+            [&p.provider_id, kind_name(p.kind), &p.name, redirect]
+        })
+        .collect();
+    let header = ["PROVIDER", "KIND", "NAME", "REDIRECT URI"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (a, b, c) = (width(0), width(1), width(2));
+    for [id, kind, name, redirect] in std::iter::once(header).chain(rows) {
+        println!("{id:<a$}  {kind:<b$}  {name:<c$}  {redirect}");
     }
     Ok(())
 }

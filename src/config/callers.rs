@@ -84,6 +84,12 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
         {
             errors.push(format!("callers[{i}].unix_uid {uid} is used twice"));
         }
+        if let Some(same) = callers.iter().find(|k| k.key_sha256 == hash) {
+            errors.push(format!(
+                "callers[{i}].key_sha256 is also the key of caller {:?}: one key would be two callers; give each its own (`valet key new`)",
+                same.name
+            ));
+        }
         if callers.iter().any(|k| k.name == c.name) {
             errors.push(format!("callers[{i}].name {:?} is used twice", c.name));
         }
@@ -117,8 +123,8 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
         };
         let _ = writeln!(
             s,
-            "\n[[callers]]\nname = \"{}\"\nrole = \"{role}\"\nkey_sha256 = \"{}…(redacted)\"\nagents = {agents}",
-            c.name,
+            "\n[[callers]]\nname = {}\nrole = \"{role}\"\nkey_sha256 = \"{}…(redacted)\"\nagents = {agents}",
+            toml::Value::from(c.name.as_str()),
             &hex::encode(c.key_sha256)[..8]
         );
         if c.require_user_assertion {
@@ -128,7 +134,7 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
             let _ = writeln!(s, "unix_uid = {uid}");
         }
         if let Some(id) = &c.tls_identity {
-            let _ = writeln!(s, "tls_identity = \"{id}\"");
+            let _ = writeln!(s, "tls_identity = {}", toml::Value::from(id.as_str()));
         }
         if c.rate_limit != DEFAULT_RATE_LIMIT {
             let _ = writeln!(s, "rate_limit = {}", c.rate_limit);

@@ -81,7 +81,8 @@ fn parse_toml(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
             .span()
             .map(|sp| {
                 let start = sp.start.min(text.len());
-                let line = text[..start].lines().count().max(1);
+                // Newlines before the error, plus one: right at a line's first column too.
+                let line = text[..start].matches('\n').count() + 1;
                 match setting_at(text, start) {
                     Some(k) => format!(" (line {line}, {k})"),
                     None => format!(" (line {line})"),
@@ -381,6 +382,13 @@ mod tests {
     fn refuses_unknown_keys_and_warns_on_unknown_env() {
         let err = load("grpc_lisen = \"x\"\n", &[], Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("grpc_lisen"), "{err}");
+        // The line of the unknown key itself, whether or not it starts the file.
+        let text = format!("{CALLER}\n[flows]\nbogus = 1\n");
+        let bogus = text.lines().position(|l| l.starts_with("bogus")).unwrap() + 1;
+        let err = load(&text, &[], Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains(&format!("(line {bogus}")), "{err}");
+        let err = load("\n\ngrpc_lisen = \"x\"\n", &[], Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("(line 3"), "{err}");
         let c = load(CALLER, &[("VALET_GRPC_LISTN", "x")], Overrides::default()).unwrap();
         assert!(c.warnings.iter().any(|w| w.contains("VALET_GRPC_LISTN")));
     }
@@ -606,6 +614,34 @@ allow_private_networks = true
         let c = load(&format!("{example}\n{CALLER}"), &[], Overrides::default()).unwrap();
         let defaults = load(CALLER, &[], Overrides::default()).unwrap();
         assert_eq!(c.render(), defaults.render());
+    }
+
+    #[test]
+    fn one_key_for_two_callers_is_refused_and_names_render_as_toml_strings() {
+        let caller = |name: &str, digit: &str| {
+            format!(
+                "[[callers]]\nname = {}\nrole = \"agent\"\nkey_sha256 = \"{}\"\n",
+                toml::Value::from(name),
+                digit.repeat(64)
+            )
+        };
+        let twice = format!("{}{}", caller("planner", "1"), caller("copy", "1"));
+        let e = load(&twice, &[], Overrides::default()).unwrap_err();
+        assert!(
+            e.0.iter().any(|m| m.starts_with("callers[1].key_sha256")
+                && m.contains("\"planner\"")
+                && m.contains("valet key new")),
+            "{:?}",
+            e.0
+        );
+        // A name with a quote and a backslash reads back the same from the printed config.
+        let name = r#"say "hi" \o/"#;
+        let out = load(&caller(name, "2"), &[], Overrides::default())
+            .unwrap()
+            .render();
+        let line = out.lines().find(|l| l.starts_with("name = ")).unwrap();
+        let back: toml::Table = toml::from_str(line).unwrap();
+        assert_eq!(back["name"].as_str(), Some(name), "{line}");
     }
 
     #[test]

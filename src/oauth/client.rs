@@ -81,9 +81,8 @@ fn content_type(resp: &oauth2::HttpResponse) -> String {
 
 fn unavailable(e: &HttpError) -> OAuthError {
     match e {
-        HttpError::TooLarge | HttpError::Malformed(_) | HttpError::Private(_) => {
-            OAuthError::Protocol(e.to_string())
-        }
+        HttpError::TooLarge | HttpError::Malformed(_) => OAuthError::Protocol(e.to_string()),
+        HttpError::Private(_) => OAuthError::Blocked(e.to_string()),
         HttpError::Transport(_) | HttpError::ServerError(_) => {
             OAuthError::Unavailable(e.to_string())
         }

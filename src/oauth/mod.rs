@@ -95,6 +95,9 @@ pub enum OAuthError {
     /// The provider's answer did not follow the protocol.
     #[error("unexpected provider response: {0}")]
     Protocol(String),
+    /// Not sent: the provider's address is one the SSRF guard refuses (which, and the setting).
+    #[error("{0}")]
+    Blocked(String),
 }
 
 impl OAuthError {

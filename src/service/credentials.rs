@@ -385,10 +385,19 @@ impl Credentials {
                 self.hand_out(caller, provider, &key, token, req.handout)
                     .await
             }
-            None => Err(Error::CredentialMissing {
-                provider: key.provider.to_string(),
-                user: key.user.to_string(),
-            }),
+            None => {
+                let mut slot = format!("user '{}'", key.user);
+                if let Some(agent) = &key.agent {
+                    slot.push_str(&format!(", agent '{agent}' (each agent has its own slot)"));
+                }
+                if let Some(account) = &key.account {
+                    slot.push_str(&format!(", account '{account}'"));
+                }
+                Err(Error::CredentialMissing {
+                    provider: key.provider.to_string(),
+                    slot,
+                })
+            }
         }
     }
 

@@ -31,12 +31,20 @@ pub enum Error {
     #[error("the provider no longer honours this grant; the user must authorize again")]
     ReauthorizationRequired,
     #[error(
-        "no credential is stored for provider '{provider}' and user '{user}': store one with PutCredential (`valet credential put`)"
+        "no credential is stored for provider '{provider}' and {slot}: store one with PutCredential (`valet credential put`)"
     )]
-    CredentialMissing { provider: String, user: String },
+    CredentialMissing {
+        provider: String,
+        /// Whose credential was looked for: `user 'alice'`, with the agent and account if any.
+        slot: String,
+    },
     /// An OAuth error code from the provider (e.g. `invalid_client`): safe to show.
     #[error("the provider refused the request: {0}")]
     ProviderRejected(String),
+    /// The SSRF guard kept the request from the provider: an operator's setting, not the
+    /// provider's doing.
+    #[error("Valet did not call the provider: {0}")]
+    ProviderBlocked(String),
     #[error("the provider is unreachable or failing; retry shortly")]
     ProviderUnavailable(#[source] BoxError),
     /// Another replica holds the grant's refresh claim.
@@ -90,6 +98,7 @@ pub enum Reason {
     AccountMismatch,
     UserMismatch,
     ProviderRejected,
+    ProviderBlocked,
     ProviderUnavailable,
     StoreUnavailable,
     Conflict,
@@ -118,7 +127,8 @@ impl Error {
             Self::Flow(_)
             | Self::ReauthorizationRequired
             | Self::CredentialMissing { .. }
-            | Self::ProviderRejected(_) => Class::Precondition,
+            | Self::ProviderRejected(_)
+            | Self::ProviderBlocked(_) => Class::Precondition,
             Self::ProviderUnavailable(_) | Self::RefreshBusy | Self::StoreUnavailable(_) => {
                 Class::Unavailable
             }
@@ -148,6 +158,7 @@ impl Error {
             Self::ReauthorizationRequired => Reason::ReauthorizationRequired,
             Self::CredentialMissing { .. } => Reason::CredentialMissing,
             Self::ProviderRejected(_) => Reason::ProviderRejected,
+            Self::ProviderBlocked(_) => Reason::ProviderBlocked,
             Self::ProviderUnavailable(_) | Self::RefreshBusy => Reason::ProviderUnavailable,
             Self::StoreUnavailable(_) => Reason::StoreUnavailable,
             Self::Conflict => Reason::Conflict,
@@ -218,6 +229,7 @@ impl From<OAuthError> for Error {
                 Self::ProviderUnavailable(Box::new(e))
             }
             OAuthError::Rejected(code) => Self::ProviderRejected(code),
+            OAuthError::Blocked(why) => Self::ProviderBlocked(why),
             other => Self::ProviderRejected(other.to_string()),
         }
     }

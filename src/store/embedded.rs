@@ -90,6 +90,17 @@ fn unavailable(e: impl Into<redb::Error>) -> StoreError {
     )
 }
 
+/// What can be said of a data directory without opening (or creating) the store in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDir {
+    /// Not there: the store is created in it on first start.
+    Missing,
+    /// A valet process (a daemon, `valet store copy`) holds its lock.
+    InUse,
+    /// There, and no process holds it.
+    Free,
+}
+
 /// Takes the data directory's exclusive lock (`valet.lock`), or says who to stop.
 fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
     let path = dir.join(LOCK_FILE);
@@ -113,6 +124,27 @@ fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
 }
 
 impl EmbeddedStore {
+    /// Whether `dir` exists and whether a valet process holds it; creates and changes nothing.
+    pub fn data_dir(dir: &Path) -> Result<DataDir, StoreError> {
+        let cannot = |e: std::io::Error| setup(format!("cannot inspect {}: {e}", dir.display()));
+        match fs::metadata(dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDir::Missing),
+            Err(e) => return Err(cannot(e)),
+        }
+        let lock = match fs::File::open(dir.join(LOCK_FILE)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDir::Free),
+            Err(e) => return Err(cannot(e)),
+        };
+        match lock.try_lock() {
+            // Released when `lock` drops.
+            Ok(()) => Ok(DataDir::Free),
+            Err(fs::TryLockError::WouldBlock) => Ok(DataDir::InUse),
+            Err(fs::TryLockError::Error(e)) => Err(cannot(e)),
+        }
+    }
+
     /// Opens (or creates) the store in `dir`, migrating a `store.json` found there. Refuses a
     /// key file readable by group or others.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {

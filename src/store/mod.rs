@@ -13,7 +13,7 @@ mod metered;
 mod repo;
 mod vault;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{DataDir, EmbeddedStore};
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
 pub(crate) use repo::KeyBatches;

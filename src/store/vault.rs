@@ -120,24 +120,6 @@ fn is_status(e: &ClientError, status: u16) -> bool {
     matches!(e, ClientError::APIError { code, .. } if *code == status)
 }
 
-fn read_private_file(path: &std::path::Path, what: &str) -> Result<SecretString, StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        StoreError::Setup(format!("cannot read {what} file {}: {e}", path.display()))
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(StoreError::Setup(format!(
-            "{what} file {} is readable by group or others; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        StoreError::Setup(format!("cannot read {what} file {}: {e}", path.display()))
-    })?;
-    Ok(SecretString::from(text.trim().to_owned()))
-}
-
 /// Record bytes as stored in Vault: base64 under `value` (KV v1 adds the record version).
 #[derive(Deserialize)]
 struct Stored {
@@ -251,7 +233,9 @@ impl VaultStore {
                 role_id,
                 secret_id_file,
             } => {
-                let secret_id = read_private_file(secret_id_file, "AppRole secret_id")?;
+                let secret_id =
+                    crate::secret::read_private_file(secret_id_file, "AppRole secret_id")
+                        .map_err(StoreError::Setup)?;
                 vaultrs::auth::approle::login(&*client, mount, role_id, secret_id.expose_secret())
                     .await
             }

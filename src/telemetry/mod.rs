@@ -240,6 +240,18 @@ fn tracer_provider(
         .build())
 }
 
+/// A duration in milliseconds to the microsecond, for the request log's `latency_ms`: `0.401`,
+/// not `0.40101600000000004`.
+pub fn millis(d: std::time::Duration) -> f64 {
+    // Microseconds fit an f64 exactly for any latency a request has.
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "exact below 2^53 microseconds (285 years)"
+    )]
+    let micros = d.as_micros() as f64;
+    micros / 1000.0
+}
+
 /// A request id for a request that brought none: 16 hex digits, unique within this run (a
 /// counter under a per-process random keyed hash, so ids do not reveal how many requests came
 /// between two). Not a secret, so no system call per request.
@@ -298,6 +310,14 @@ impl Extractor for Headers<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn latencies_are_logged_to_the_microsecond() {
+        let ms = |nanos| super::millis(std::time::Duration::from_nanos(nanos)).to_string();
+        assert_eq!(ms(401_016), "0.401");
+        assert_eq!(ms(1_250_999), "1.25");
+        assert_eq!(ms(3_000_000_000), "3000");
+    }
+
     #[test]
     fn made_up_request_ids_are_16_hex_digits_and_do_not_repeat() {
         let ids: std::collections::HashSet<String> =

@@ -32,6 +32,7 @@ pub fn wire_reason(r: Reason) -> pb::ErrorReason {
         Reason::AccountMismatch => pb::ErrorReason::AccountMismatch,
         Reason::UserMismatch => pb::ErrorReason::UserMismatch,
         Reason::ProviderRejected => pb::ErrorReason::ProviderRejected,
+        Reason::ProviderBlocked => pb::ErrorReason::ProviderBlocked,
         Reason::ProviderUnavailable => pb::ErrorReason::ProviderUnavailable,
         Reason::StoreUnavailable => pb::ErrorReason::StoreUnavailable,
         Reason::Conflict => pb::ErrorReason::Conflict,

@@ -24,24 +24,38 @@ fn run(mut c: Command) -> String {
     text
 }
 
-/// `valet auth --reference` for alice at `provider`, then `valet resolve` of the reference it
-/// printed: what `resolve` printed.
-fn resolve_through_a_reference(f: &Fixture, provider: &str) -> String {
+/// Runs a command expected to fail: what it wrote to stderr.
+fn fails(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `valet auth --reference` for alice at `provider`, as the agent key.
+fn auth_reference(f: &Fixture, provider: &str) -> Command {
     let mut by_ref = cli(f, AGENT_KEY);
-    by_ref.args([
-        "auth",
-        "--provider",
-        provider,
-        "--user",
-        "alice",
-        "--reference",
-    ]);
-    let out = run(by_ref);
-    let reference = out
+    by_ref.args(["auth", "--provider", provider, "--user", "alice"]);
+    by_ref.arg("--reference");
+    by_ref
+}
+
+/// The reference `valet auth --reference` printed for alice at `provider`.
+fn a_reference(f: &Fixture, provider: &str) -> String {
+    run(auth_reference(f, provider))
         .lines()
         .find_map(|l| l.strip_prefix("reference:  "))
         .expect("a reference is printed")
-        .to_owned();
+        .to_owned()
+}
+
+/// `valet auth --reference` for alice at `provider`, then `valet resolve` of the reference it
+/// printed: what `resolve` printed.
+fn resolve_through_a_reference(f: &Fixture, provider: &str) -> String {
+    let reference = a_reference(f, provider);
     let mut resolve = cli(f, AGENT_KEY);
     resolve.args(["resolve", &reference]);
     run(resolve)
@@ -312,7 +326,8 @@ fn key_new_prints_a_callers_entry_the_config_accepts() {
 }
 
 /// A static API key stored from standard input (`--value-file -`), never echoed, and applied by
-/// `resolve`; an empty input is refused and stores nothing.
+/// `resolve`; an empty or blank input is refused and stores nothing; another agent's empty slot,
+/// a reference revoked twice and an agent key on an operator command each get a clear message.
 #[tokio::test]
 async fn credential_put_reads_the_value_from_standard_input() {
     use std::io::Write as _;
@@ -321,13 +336,13 @@ async fn credential_put_reads_the_value_from_standard_input() {
     create.args(["provider", "create", "keyed", "--kind", "api-key"]);
     create.args(["--location", "header", "--credential-name", "X-API-Key"]);
     run(create);
-    let put = |value: &'static str| {
+    let put = |provider: &str, value: &'static str| {
         let mut put = cli(&f, AGENT_KEY);
         put.args([
             "credential",
             "put",
             "--provider",
-            "keyed",
+            provider,
             "--user",
             "alice",
         ])
@@ -345,31 +360,22 @@ async fn credential_put_reads_the_value_from_standard_input() {
         child.wait_with_output().unwrap()
     };
 
-    let empty = put("\n");
-    assert!(!empty.status.success());
-    let err = String::from_utf8_lossy(&empty.stderr);
+    for blank in ["\n", "   \n"] {
+        let refused = put("keyed", blank);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            err.contains("InvalidArgument") && err.contains("value: is empty"),
+            "{err}"
+        );
+    }
+    let err = fails(auth_reference(&f, "keyed"));
     assert!(
-        err.contains("InvalidArgument") && err.contains("value"),
-        "{err}"
-    );
-    let mut by_ref = cli(&f, AGENT_KEY);
-    by_ref.args([
-        "auth",
-        "--provider",
-        "keyed",
-        "--user",
-        "alice",
-        "--reference",
-    ]);
-    let out = by_ref.output().unwrap();
-    assert!(!out.status.success(), "nothing was stored");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("valet credential put"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("valet credential put"),
+        "nothing was stored: {err}"
     );
 
-    let stored = put("canary-api-key\n");
+    let stored = put("keyed", "canary-api-key\n");
     let text = String::from_utf8_lossy(&stored.stdout);
     assert!(stored.status.success(), "{text}");
     assert!(
@@ -378,9 +384,94 @@ async fn credential_put_reads_the_value_from_standard_input() {
     );
     let out = resolve_through_a_reference(&f, "keyed");
     assert!(out.contains("X-API-Key: canary-api-key"), "{out}");
+    // A query parameter is shown as it is sent.
+    let mut create = cli(&f, ADMIN_KEY);
+    create.args(["provider", "create", "by-query", "--kind", "api-key"]);
+    create.args(["--location", "query", "--credential-name", "appid"]);
+    run(create);
+    let mut again = cli(&f, ADMIN_KEY);
+    again.args(["provider", "create", "by-query", "--kind", "api-key"]);
+    again.args(["--location", "query", "--credential-name", "appid"]);
+    let err = fails(again);
+    assert!(
+        err.contains("already exists") && err.contains("valet provider update"),
+        "{err}"
+    );
+    let mut list = cli(&f, ADMIN_KEY);
+    list.args(["provider", "list"]);
+    let out = run(list);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["PROVIDER", "KIND", "NAME", "REDIRECT", "URI"],
+        "{out}"
+    );
+    assert!(
+        rows.contains(&vec!["by-query", "api-key", "by-query", "-"]),
+        "{out}"
+    );
+    let mut get = cli(&f, ADMIN_KEY);
+    get.args(["provider", "get", "by-query"]);
+    let out = run(get);
+    assert!(
+        out.contains("kind:              api-key") && out.contains("egress_hosts:      any ("),
+        "{out}"
+    );
+    assert!(put("by-query", "query-canary\n").status.success());
+    let out = resolve_through_a_reference(&f, "by-query");
+    assert!(out.contains("query:        appid=query-canary"), "{out}");
+
+    // Another agent's slot is empty, and the error says whose slot was looked in.
+    let mut other = cli(&f, ADMIN_KEY);
+    other.args(["auth", "--provider", "keyed", "--user", "alice"]);
+    other.args(["--agent", "other"]);
+    let err = fails(other);
+    assert!(
+        err.contains("user 'alice', agent 'other'") && err.contains("valet credential put"),
+        "{err}"
+    );
+
+    // Revoking a reference twice: the second time says there is no such reference.
+    let reference = a_reference(&f, "keyed");
+    let revoke = || {
+        let mut revoke = cli(&f, AGENT_KEY);
+        revoke.args(["revoke", "--reference", &reference]);
+        run(revoke)
+    };
+    assert_eq!(revoke().lines().next(), Some("revoked"));
+    let again = revoke();
+    assert!(again.starts_with("no such reference"), "{again}");
+
+    // An agent key on an operator command: the daemon's reason, and no misleading hint.
+    let mut list = cli(&f, AGENT_KEY);
+    list.args(["provider", "list"]);
+    let err = fails(list);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("needs an admin API key"),
+        "{err}"
+    );
+    assert!(!err.contains("hint"), "{err}");
 
     // Deleting the provider says what went with it.
     let mut delete = cli(&f, ADMIN_KEY);
     delete.args(["provider", "delete", "keyed"]);
     assert_eq!(run(delete).trim(), "deleted provider keyed and its 1 grant");
+}
+
+/// `VALET_SERVER` written as a bare address (as grpcurl takes it): the CLI says to add the scheme,
+/// rather than blaming a daemon it never tried to reach.
+#[test]
+fn a_server_address_without_a_scheme_is_explained() {
+    let mut grants = Command::new(env!("CARGO_BIN_EXE_valet"));
+    grants.args(["grants", "--user", "alice"]);
+    grants.env("VALET_SERVER", "127.0.0.1:50051");
+    grants.env("VALET_KEY", AGENT_KEY);
+    let err = fails(grants);
+    assert!(
+        err.contains("like http://127.0.0.1:50051") && !err.contains("is `valet serve` running"),
+        "{err}"
+    );
 }

@@ -239,3 +239,28 @@ async fn a_resource_indicator_buys_a_token_for_that_api_only() {
     );
     assert!(s.message().contains("invalid_target"), "{s:?}");
 }
+
+/// With `allow_private_networks` off, a token endpoint on loopback is never called, and the
+/// caller is told it was Valet's setting, not the provider, that stopped the request.
+#[tokio::test]
+async fn a_token_endpoint_on_a_private_address_is_not_called_and_says_which_setting() {
+    let f = Fixture::with(crate::support::ValetOptions {
+        allow_private_networks: false,
+        ..Default::default()
+    })
+    .await;
+    client_provider(&f, "svc", &secret_of("basic-client")).await;
+    let before = f.idp.token_requests().await;
+    let s = expect_err(
+        f.try_authenticate(AGENT_KEY, request(&[])).await,
+        Code::FailedPrecondition,
+        "PROVIDER_BLOCKED",
+    );
+    assert!(
+        s.message().contains("Valet did not call the provider")
+            && s.message().contains("allow_private_networks = true"),
+        "{s:?}"
+    );
+    assert!(!s.message().contains("refused"), "{s:?}");
+    assert_eq!(f.idp.token_requests().await, before, "nothing was sent");
+}

@@ -3,6 +3,7 @@
 
 use crate::support::daemon::AGENT_KEY;
 use crate::support::{Fixture, expect_err, pending, token};
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -154,6 +155,72 @@ fn check_config_prints_the_effective_config_with_hashes_redacted() {
     );
 }
 
+/// `check-config` and `valet store copy` make no store: a data directory that is not there is
+/// reported, not created; a store a running daemon holds is reported, not opened; a dry run
+/// into a destination not made yet writes nothing; a copy from a source that is not there is
+/// refused.
+#[test]
+fn check_config_and_store_copy_create_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = \"{}\"\n[[callers]]\nname = \"ops\"\nrole = \"admin\"\nkey_sha256 = \"{}\"\n",
+                dir.path().join(name).display(),
+                "ab".repeat(32)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (a, b, c) = (config("a"), config("b"), config("c"));
+    let valet = |args: &[&std::ffi::OsStr]| {
+        let out = valet_bin().args(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let check = |path: &std::path::Path| {
+        valet(&[
+            "check-config".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ])
+    };
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        valet(&[
+            "store".as_ref(),
+            "copy".as_ref(),
+            "--from".as_ref(),
+            from.as_os_str(),
+            "--to".as_ref(),
+            to.as_os_str(),
+            "--dry-run".as_ref(),
+        ])
+    };
+
+    let (ok, _, err) = check(&a);
+    assert!(ok && err.contains("does not exist yet"), "{err}");
+    assert!(!dir.path().join("a").exists(), "check-config made no store");
+
+    let (child, _) = serve_dev(dir.path(), &["--config".as_ref(), a.as_os_str()]);
+    let (ok, _, err) = check(&a);
+    assert!(ok && err.contains("in use by a running valet"), "{err}");
+    terminate(child);
+
+    let (ok, out, err) = copy(&a, &b);
+    assert!(
+        ok && out.contains("would copy") && out.contains("to the embedded store"),
+        "{out}{err}"
+    );
+    assert!(!dir.path().join("b").exists(), "a dry run made no store");
+
+    let (ok, _, err) = copy(&c, &b);
+    assert!(!ok && err.contains("there is nothing to copy"), "{err}");
+    assert!(!dir.path().join("c").exists() && !dir.path().join("b").exists());
+}
+
 /// Starts `valet serve --dev` on loopback port 0 in `dir`; returns the child and the stdout
 /// lines up to and including `valet listening …`.
 fn serve_dev(
@@ -221,11 +288,72 @@ fn dev_mode_prints_an_admin_key_once() {
     );
 }
 
+/// `valet serve --dev` in `dir` with `extra` arguments, expected to fail: its stdout and stderr.
+fn serve_dev_fails(dir: &std::path::Path, extra: &[&str]) -> (String, String) {
+    let out = valet_bin()
+        .args(["serve", "--dev", "--http-listen", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!stdout.contains("valet listening"), "{stdout}");
+    (stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_short_or_readable_admin_key_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("admin.key");
+    let path = key_file.to_str().unwrap();
+    let grpc = ["--grpc-listen", "127.0.0.1:0", "--admin-key-file", path];
+    std::fs::write(&key_file, "short-canary\n").unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_, err) = serve_dev_fails(dir.path(), &grpc);
+    assert!(
+        err.contains("holds a 12-character key") && err.contains("valet key new"),
+        "{err}"
+    );
+    assert!(!err.contains("short-canary"), "not echoed: {err}");
+    std::fs::write(&key_file, "long-enough-admin-key-canary-0123456789\n").unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_, err) = serve_dev_fails(dir.path(), &grpc);
+    assert!(
+        err.contains("readable by group or others (mode 644)") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains("long-enough"), "the key is not echoed: {err}");
+}
+
+/// A first dev start that cannot bind its port shows no admin key and keeps no hash of one, so
+/// the start that succeeds shows the key.
+#[test]
+fn a_first_start_on_a_busy_port_shows_no_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (stdout, err) = serve_dev_fails(dir.path(), &["--grpc-listen", &addr]);
+    assert!(!stdout.contains("admin key"), "{stdout}");
+    assert!(
+        err.contains(&addr) && err.contains("--grpc-listen"),
+        "{err}"
+    );
+    assert!(!dir.path().join("valet-data/admin-key.sha256").exists());
+    let (child, seen) = serve_dev(dir.path(), &[]);
+    terminate(child);
+    assert!(
+        seen.iter().any(|l| l.starts_with("admin key: ")),
+        "{seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_admin_key_file_replaces_the_generated_key() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("admin.key");
-    std::fs::write(&key_file, "file-admin-key-canary-42\n").unwrap();
+    std::fs::write(&key_file, "file-admin-key-canary-42-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (child, seen) = serve_dev(
         dir.path(),
         &["--admin-key-file".as_ref(), key_file.as_os_str()],
@@ -247,7 +375,9 @@ async fn an_admin_key_file_replaces_the_generated_key() {
     let mut req = tonic::Request::new(pb::ListProvidersRequest {});
     req.metadata_mut().insert(
         "authorization",
-        "Bearer file-admin-key-canary-42".parse().unwrap(),
+        "Bearer file-admin-key-canary-42-0123456789abcdef"
+            .parse()
+            .unwrap(),
     );
     pb::providers_client::ProvidersClient::new(channel)
         .list_providers(req)

@@ -220,9 +220,16 @@ async fn bad_values_and_placements_are_refused_by_field_and_write_nothing() {
     f.oidc_provider("idp", "basic-client").await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
     let cases = [
-        (put("hdr", "alice", "", "", ""), "value"),
-        (put("hdr", "alice", "", "a\nb", ""), "value"),
-        (put("hdr", "alice", "", &"x".repeat(5000), ""), "value"),
+        (put("hdr", "alice", "", "", ""), "value: is empty"),
+        (put("hdr", "alice", "", "   ", ""), "value: is empty"),
+        (
+            put("hdr", "alice", "", "a\nb", ""),
+            "value: holds a control character",
+        ),
+        (
+            put("hdr", "alice", "", &"x".repeat(5000), ""),
+            "value: is 5000 bytes",
+        ),
         (put("hdr", "alice", "", "v", "someone"), "username"),
         (put("basic", "alice", "", "pw", ""), "username"),
         (put("basic", "alice", "", "pw", "a:b"), "username"),
@@ -245,7 +252,7 @@ async fn bad_values_and_placements_are_refused_by_field_and_write_nothing() {
                 kind: pb::ProviderKind::ApiKey as i32,
                 ..Default::default()
             },
-            "credential_name",
+            "credential_name: is required",
         ),
         (
             pb::Provider {
@@ -254,7 +261,7 @@ async fn bad_values_and_placements_are_refused_by_field_and_write_nothing() {
                 credential_name: "bad name".into(),
                 ..Default::default()
             },
-            "credential_name",
+            "credential_name: is not an HTTP token",
         ),
         (
             pb::Provider {

@@ -64,9 +64,16 @@ pub(super) fn validate(
         });
     }
     if !is_token(&d.credential_name) {
+        let what = if d.credential_name.is_empty() {
+            "is required for api_key providers"
+        } else {
+            "is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~, no spaces or ':')"
+        };
         return Err(Error::invalid(
             "credential_name",
-            "is required for api_key providers: the header, query parameter or cookie name (an HTTP token, e.g. X-API-Key)",
+            format!(
+                "{what}: the header, query parameter or cookie name the key goes in, e.g. X-API-Key"
+            ),
         ));
     }
     Ok(StaticCredential {
@@ -85,11 +92,17 @@ pub(crate) fn stored_value(
     value: &SecretString,
 ) -> Result<SecretString, Error> {
     let v = value.expose_secret();
-    if v.is_empty() || v.len() > MAX_VALUE || v.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "value",
-            format!("must be 1-{MAX_VALUE} bytes without control characters"),
-        ));
+    let problem = if v.trim().is_empty() {
+        Some("is empty (or only spaces): pass the credential itself".to_owned())
+    } else if v.len() > MAX_VALUE {
+        Some(format!("is {} bytes; at most {MAX_VALUE}", v.len()))
+    } else if v.chars().any(char::is_control) {
+        Some("holds a control character (a newline inside?): it is sent in an HTTP header, query or cookie".to_owned())
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(Error::invalid("value", problem));
     }
     match c.kind {
         ProviderKind::HttpBasic => {

@@ -122,7 +122,7 @@ async fn rpc<T: Labelled>(
             caller = caller.name.as_str(),
             provider,
             outcome,
-            latency_ms = took.as_secs_f64() * 1000.0,
+            latency_ms = crate::telemetry::millis(took),
             request_id = caller.request_id.as_str(),
             "rpc"
         );

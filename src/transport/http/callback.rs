@@ -87,7 +87,7 @@ pub(super) async fn callback(
         method = "callback",
         provider = %provider,
         outcome,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        latency_ms = crate::telemetry::millis(started.elapsed()),
         request_id = %crate::telemetry::new_request_id(),
         "callback"
     );

@@ -181,6 +181,13 @@ class ProviderRejected(ValetError):
     REASON = "PROVIDER_REJECTED"
 
 
+class ProviderBlocked(ValetError):
+    """Valet did not call the provider: its address is private, loopback or link-local and the
+    daemon's `[provider_http] allow_private_networks` is off (an operator's setting)."""
+
+    REASON = "PROVIDER_BLOCKED"
+
+
 class ProviderUnavailable(ValetError):
     """The provider is unreachable or failing; retry after `retry_after` seconds."""
 
@@ -303,6 +310,7 @@ __all__ = [
     "IssuerMismatch",
     "NotFound",
     "PermissionDenied",
+    "ProviderBlocked",
     "ProviderError",
     "ProviderRejected",
     "ProviderUnavailable",
