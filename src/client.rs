@@ -62,7 +62,7 @@ impl Client {
     /// as a bearer token; `None` sends no key. Errors say what to check, for a person at a shell.
     pub async fn connect(server: &str, key: Option<&str>) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            server.contains("://"),
+            server.contains("://") || server.starts_with("unix:"),
             "--server (VALET_SERVER) must be a URL with its scheme, like http://{server}"
         );
         let channel = Channel::from_shared(server.to_owned())

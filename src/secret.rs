@@ -19,8 +19,10 @@ pub fn random_token(n: usize) -> Result<String, ring::error::Unspecified> {
     Ok(s)
 }
 
-/// A secret kept in a file only its owner may read (an AppRole secret id, the admin key), trimmed.
-/// A file readable by group or others is refused, with the command that fixes it.
+/// A secret kept in a file only its owner (and its group) may read (an AppRole secret id, the
+/// admin key), trimmed. A file others may read, or its group may write, is refused, with the
+/// command that fixes it. Group read is allowed: Kubernetes mounts a Secret volume's files
+/// `root:<fsGroup>` 0440 for a pod that runs as another user.
 pub fn read_private_file(path: &std::path::Path, what: &str) -> Result<SecretString, String> {
     use std::os::unix::fs::PermissionsExt as _;
     let cannot = |e: std::io::Error| format!("cannot read {what} file {}: {e}", path.display());
@@ -29,9 +31,9 @@ pub fn read_private_file(path: &std::path::Path, what: &str) -> Result<SecretStr
         .permissions()
         .mode()
         & 0o777;
-    if mode & 0o077 != 0 {
+    if mode & 0o027 != 0 {
         return Err(format!(
-            "{what} file {} is readable by group or others (mode {mode:o}); run `chmod 600 {}`",
+            "{what} file {} is open to others or writable by its group (mode {mode:o}); run `chmod 600 {}`",
             path.display(),
             path.display()
         ));

@@ -16,12 +16,47 @@ const ADMIN_HASH_FILE: &str = "admin-key.sha256";
 /// (`valet key new` makes 49 characters, 256 random bits.)
 const MIN_ADMIN_KEY_CHARS: usize = 32;
 
-/// The admin key from `--admin-key-file`, or in dev mode the one created on first start.
+/// A dev admin key made on this start: its hash is kept and the key shown only once the daemon
+/// is about to serve (`keep_and_show`), so a start that fails before shows no key nobody could
+/// use again.
+pub(super) struct FirstKey {
+    key: crate::secret::SecretString,
+    hash: [u8; 32],
+    hash_path: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for FirstKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstKey")
+            .field("hash_path", &self.hash_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FirstKey {
+    /// Writes the key's hash to the data directory, then shows the key, once.
+    #[allow(
+        clippy::print_stdout,
+        reason = "the one-time dev admin key is shown to the operator on stdout"
+    )]
+    pub(super) fn keep_and_show(self) -> anyhow::Result<()> {
+        write_private(&self.hash_path, hex::encode(self.hash).as_bytes())?;
+        println!("admin key: {}", self.key.expose_secret());
+        println!(
+            "  (shown once; only its hash is kept, in {})",
+            self.hash_path.display()
+        );
+        Ok(())
+    }
+}
+
+/// The admin key from `--admin-key-file`, or in dev mode the one kept from the first start, or
+/// a new one (shown when the daemon serves).
 #[allow(
     clippy::print_stdout,
-    reason = "the one-time dev admin key is shown to the operator on stdout"
+    reason = "the operator is told which dev admin key is in use, on stdout"
 )]
-pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
+pub(super) fn admin_key(config: &Config) -> anyhow::Result<(Option<CallerKey>, Option<FirstKey>)> {
     let admin = |key_sha256| CallerKey {
         name: "admin".into(),
         role: Role::Admin,
@@ -41,10 +76,10 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
             "admin key file {} holds a {length}-character key; the admin key must be at least {MIN_ADMIN_KEY_CHARS} random characters (`valet key new` makes one)",
             path.display()
         );
-        return Ok(Some(admin(sha256(key.as_bytes()))));
+        return Ok((Some(admin(sha256(key.as_bytes()))), None));
     }
     if !config.dev {
-        return Ok(None);
+        return Ok((None, None));
     }
     std::fs::create_dir_all(&config.data_dir)?;
     let hash_path = config.data_dir.join(ADMIN_HASH_FILE);
@@ -57,20 +92,19 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<Option<CallerKey>> {
             "using the admin key created on first start (delete {} to get a new one)",
             hash_path.display()
         );
-        return Ok(Some(admin(hash)));
+        return Ok((Some(admin(hash)), None));
     }
     let key = format!(
         "valet_{}",
         random_token(32).map_err(|_| anyhow::anyhow!("the system RNG failed"))?
     );
     let hash = sha256(key.as_bytes());
-    write_private(&hash_path, hex::encode(hash).as_bytes())?;
-    println!("admin key: {key}");
-    println!(
-        "  (shown once; only its hash is kept, in {})",
-        hash_path.display()
-    );
-    Ok(Some(admin(hash)))
+    let first = FirstKey {
+        key: key.into(),
+        hash,
+        hash_path,
+    };
+    Ok((Some(admin(hash)), Some(first)))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -48,6 +48,8 @@ pub struct App {
     pending: Arc<PendingFlows>,
     credentials: Arc<Credentials>,
     auth: CallerAuth,
+    /// A dev admin key made on this start, shown once the daemon is about to serve.
+    first_key: Option<admin_key::FirstKey>,
 }
 
 /// A future that resolves once `rx` says stop.
@@ -74,7 +76,7 @@ impl App {
         // (and keep the hash of) a key nobody will see again.
         let grpc = bind(config.grpc_listen, "gRPC", "--grpc-listen or grpc_listen").await?;
         let http = bind(config.http_listen, "HTTP", "--http-listen or http_listen").await?;
-        let auth = Self::callers(&config)?;
+        let (auth, first_key) = Self::callers(&config)?;
         let unix = config.grpc_socket.as_deref().map(bind_socket).transpose()?;
         let public_url = match &config.public_url {
             Some(u) => u.clone(),
@@ -172,11 +174,13 @@ impl App {
             pending,
             credentials,
             auth,
+            first_key,
         })
     }
 
-    /// The configured callers plus the admin key (file or dev mode).
-    fn callers(config: &Config) -> anyhow::Result<CallerAuth> {
+    /// The configured callers plus the admin key (file or dev mode), and a dev admin key made
+    /// on this start.
+    fn callers(config: &Config) -> anyhow::Result<(CallerAuth, Option<admin_key::FirstKey>)> {
         let mut keys: Vec<CallerKey> = config
             .callers
             .iter()
@@ -191,8 +195,9 @@ impl App {
                 tls_identity: c.tls_identity.clone(),
             })
             .collect();
-        keys.extend(admin_key::admin_key(config)?);
-        Ok(CallerAuth::new(keys))
+        let (admin, first_key) = admin_key::admin_key(config)?;
+        keys.extend(admin);
+        Ok((CallerAuth::new(keys), first_key))
     }
 
     pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -205,7 +210,8 @@ impl App {
 
     /// Loads providers (riding out an unavailable store), spawns the background tasks and
     /// serves until `shutdown` resolves; then drains.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let first_key = self.first_key.take();
         let (grpc_addr, http_addr) = (self.grpc_addr()?, self.http_addr()?);
         let providers = load_providers(&self.registry).await?;
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -264,6 +270,10 @@ impl App {
         };
         let http = GuardedListener::new(self.http, ConnectionLimits::default());
         let http = axum::serve(http, router(state)).with_graceful_shutdown(stopped(stop_rx));
+        // Nothing can fail from here on: the first dev admin key is kept and shown now.
+        if let Some(key) = first_key {
+            key.keep_and_show()?;
+        }
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(async move { http.await });
         tracing::info!(%grpc_addr, %http_addr, store = backend, providers, "valet serving");

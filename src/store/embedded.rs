@@ -137,8 +137,9 @@ impl EmbeddedStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDir::Free),
             Err(e) => return Err(cannot(e)),
         };
-        match lock.try_lock() {
-            // Released when `lock` drops.
+        // Shared: it works on a read-only descriptor (also where flock is emulated, as on NFS)
+        // and still conflicts with a holder's exclusive lock. Released when `lock` drops.
+        match lock.try_lock_shared() {
             Ok(()) => Ok(DataDir::Free),
             Err(fs::TryLockError::WouldBlock) => Ok(DataDir::InUse),
             Err(fs::TryLockError::Error(e)) => Err(cannot(e)),
@@ -184,7 +185,7 @@ impl EmbeddedStore {
                 db,
                 key: LessSafeKey::new(unbound),
                 rng,
-                hot: HotRecords::new(super::hot::CAPACITY),
+                hot: HotRecords::new(super::hot::CAPACITY, super::hot::BYTES),
             }),
             _lock: lock,
         };
@@ -685,10 +686,10 @@ mod tests {
         }
         // Read twice with no write under way: served from the cache the second time.
         store.get("k").await.unwrap().unwrap();
-        assert_eq!(store.inner.hot.len(), 1);
+        assert_eq!(store.inner.hot.size().0, 1);
         assert_eq!(written(&store.get("k").await.unwrap().unwrap()), 200);
         assert!(store.delete("k").await.unwrap());
-        assert_eq!(store.inner.hot.len(), 0);
+        assert_eq!(store.inner.hot.size(), (0, 0));
         assert!(store.get("k").await.unwrap().is_none());
     }
 

@@ -11,7 +11,8 @@
 //! write to that shard began or ended in between and none is under way, so a value read before a
 //! commit is never cached after it; while a write is under way its key is not cached at all, so
 //! reads go to the database and see the commit when it lands. The cache never answers "absent".
-//! Bounded: a full shard drops an arbitrary entry for a new one.
+//! Bounded in records and in bytes: a full shard drops arbitrary entries for a new one, and a
+//! record too large for its share of the room is not kept.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, RandomState};
@@ -19,14 +20,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 const SHARDS: usize = 16;
 
-/// Records kept at most, over all shards: the grants and references a deployment keeps using
-/// (a sealed grant is under a kilobyte, so at most about 8 MiB).
+/// Records kept at most, over all shards: the grants and references a deployment keeps using.
 pub(super) const CAPACITY: usize = 8_192;
+
+/// Sealed bytes kept at most, over all shards (a grant is about a kilobyte; a provider's large
+/// tokens take more room, never more memory than this).
+pub(super) const BYTES: usize = 16 << 20;
 
 pub(super) struct HotRecords {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
+    /// Records and sealed bytes each shard keeps at most.
     per_shard: usize,
+    bytes_per_shard: usize,
 }
 
 /// A record's version and its sealed bytes.
@@ -35,6 +41,8 @@ pub(super) type Sealed = (u64, Arc<[u8]>);
 #[derive(Default)]
 struct Shard {
     records: HashMap<Box<[u8]>, Sealed>,
+    /// The sealed bytes of `records`.
+    bytes: usize,
     /// Writes begun or ended on this shard's keys, ever.
     writes: u64,
     /// Writes under way on this shard's keys.
@@ -49,11 +57,12 @@ pub(super) struct Miss {
 }
 
 impl HotRecords {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, bytes: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            bytes_per_shard: bytes.div_ceil(SHARDS),
         }
     }
 
@@ -90,16 +99,24 @@ impl HotRecords {
     /// Caches what the database answered after `miss`, unless a write to the shard began or
     /// ended since, or is under way.
     pub(super) fn fill(&self, miss: Miss, key: &[u8], version: u64, sealed: &[u8]) {
+        // A record larger than a sixteenth of the shard's room is read from the database.
+        if sealed.len() > self.bytes_per_shard / 16 {
+            return;
+        }
         let mut shard = self.shard(miss.shard);
         if shard.writing > 0 || shard.writes != miss.writes {
             return;
         }
-        if shard.records.len() >= self.per_shard && !shard.records.contains_key(key) {
-            let victim = shard.records.keys().next().cloned();
-            if let Some(victim) = victim {
-                shard.records.remove(&victim);
-            }
+        shard.remove(key);
+        while shard.records.len() >= self.per_shard
+            || shard.bytes + sealed.len() > self.bytes_per_shard
+        {
+            let Some(victim) = shard.records.keys().next().cloned() else {
+                break;
+            };
+            shard.remove(&victim);
         }
+        shard.bytes += sealed.len();
         shard.records.insert(key.into(), (version, sealed.into()));
     }
 
@@ -113,16 +130,30 @@ impl HotRecords {
                 let mut shard = self.shard(i);
                 shard.writing += 1;
                 shard.writes += 1;
-                shard.records.remove(*key);
+                shard.remove(key);
                 i
             })
             .collect();
         Writing { hot: self, shards }
     }
 
+    /// Records and sealed bytes cached.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        (0..SHARDS).map(|i| self.shard(i).records.len()).sum()
+    pub(super) fn size(&self) -> (usize, usize) {
+        (0..SHARDS)
+            .map(|i| {
+                let s = self.shard(i);
+                (s.records.len(), s.bytes)
+            })
+            .fold((0, 0), |(n, b), (sn, sb)| (n + sn, b + sb))
+    }
+}
+
+impl Shard {
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((_, sealed)) = self.records.remove(key) {
+            self.bytes -= sealed.len();
+        }
     }
 }
 
@@ -150,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_read_that_raced_a_write_is_not_cached() {
-        let hot = HotRecords::new(64);
+        let hot = HotRecords::new(64, 1 << 20);
         // Read before the write began, answered after it ended.
         let miss = hot.get(b"k").unwrap_err();
         drop(hot.writing(&[&b"k"[..]]));
@@ -180,14 +211,25 @@ mod tests {
     }
 
     #[test]
-    fn stays_within_its_capacity() {
-        let hot = HotRecords::new(64);
-        for i in 0..1_000_u32 {
-            let key = i.to_be_bytes();
-            let miss = hot.get(&key).unwrap_err();
-            hot.fill(miss, &key, 1, b"sealed");
-        }
-        // 64 over 16 shards: 4 each.
-        assert_eq!(hot.len(), 64);
+    fn stays_within_its_capacity_in_records_and_bytes() {
+        let fill = |hot: &HotRecords, sealed: &[u8]| {
+            for i in 0..1_000_u32 {
+                let key = i.to_be_bytes();
+                let miss = hot.get(&key).unwrap_err();
+                hot.fill(miss, &key, 1, sealed);
+            }
+        };
+        // 64 records over 16 shards: 4 each.
+        let hot = HotRecords::new(64, 1 << 20);
+        fill(&hot, b"sealed");
+        assert_eq!(hot.size(), (64, 64 * 6));
+        // 32 KiB over 16 shards: 2 KiB each, twenty 100-byte records.
+        let hot = HotRecords::new(1_000, 32 << 10);
+        fill(&hot, &[7; 100]);
+        assert_eq!(hot.size(), (320, 32_000));
+        // A record over a sixteenth of a shard's room (128 bytes) is not kept.
+        let hot = HotRecords::new(1_000, 32 << 10);
+        fill(&hot, &[7; 129]);
+        assert_eq!(hot.size(), (0, 0));
     }
 }

@@ -288,14 +288,26 @@ fn dev_mode_prints_an_admin_key_once() {
     );
 }
 
-/// `valet serve --dev` in `dir` with `extra` arguments, expected to fail: its stdout and stderr.
+/// `valet serve --dev` in `dir` with `extra` arguments, expected to fail (within a minute; a
+/// daemon that starts instead is killed and the test fails): its stdout and stderr.
 fn serve_dev_fails(dir: &std::path::Path, extra: &[&str]) -> (String, String) {
-    let out = valet_bin()
+    let mut child = valet_bin()
         .args(["serve", "--dev", "--http-listen", "127.0.0.1:0"])
         .args(extra)
         .current_dir(dir)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started: {:?}", child.wait_with_output());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!stdout.contains("valet listening"), "{stdout}");
@@ -320,16 +332,17 @@ fn a_short_or_readable_admin_key_file_is_refused() {
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (_, err) = serve_dev_fails(dir.path(), &grpc);
     assert!(
-        err.contains("readable by group or others (mode 644)") && err.contains("chmod 600"),
+        err.contains("open to others or writable by its group (mode 644)")
+            && err.contains("chmod 600"),
         "{err}"
     );
     assert!(!err.contains("long-enough"), "the key is not echoed: {err}");
 }
 
-/// A first dev start that cannot bind its port shows no admin key and keeps no hash of one, so
-/// the start that succeeds shows the key.
+/// A first dev start that fails (its port busy, a broken profile) shows no admin key and keeps
+/// no hash of one, so the start that succeeds shows the key.
 #[test]
-fn a_first_start_on_a_busy_port_shows_no_admin_key() {
+fn a_first_start_that_fails_shows_no_admin_key() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
@@ -339,6 +352,24 @@ fn a_first_start_on_a_busy_port_shows_no_admin_key() {
         err.contains(&addr) && err.contains("--grpc-listen"),
         "{err}"
     );
+    assert!(!dir.path().join("valet-data/admin-key.sha256").exists());
+    // A profile that does not parse fails the start after the listeners are bound.
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(profiles.join("broken.toml"), "not = [toml").unwrap();
+    let config = dir.path().join("valet.toml");
+    std::fs::write(
+        &config,
+        format!("profiles_dir = \"{}\"\n", profiles.display()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (stdout, err) = serve_dev_fails(
+        dir.path(),
+        &["--grpc-listen", "127.0.0.1:0", "--config", config],
+    );
+    assert!(!stdout.contains("admin key"), "{stdout}");
+    assert!(err.contains("broken"), "{err}");
     assert!(!dir.path().join("valet-data/admin-key.sha256").exists());
     let (child, seen) = serve_dev(dir.path(), &[]);
     terminate(child);
@@ -353,7 +384,8 @@ async fn an_admin_key_file_replaces_the_generated_key() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("admin.key");
     std::fs::write(&key_file, "file-admin-key-canary-42-0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Group read is allowed: Kubernetes mounts a Secret this way for a pod with fsGroup.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o440)).unwrap();
     let (child, seen) = serve_dev(
         dir.path(),
         &["--admin-key-file".as_ref(), key_file.as_os_str()],
