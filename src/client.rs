@@ -39,6 +39,16 @@ impl fmt::Debug for BearerKey {
     }
 }
 
+/// The innermost cause of a connection failure (`Connection refused (os error 111)`): the layers
+/// above it repeat one another's words.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// A connection to a daemon with both services' stubs. Cloning is cheap: the stubs share the
 /// channel, which multiplexes calls over one HTTP/2 connection.
 #[derive(Clone)]
@@ -69,8 +79,11 @@ impl Client {
             .context("--server must be a URL like http://127.0.0.1:50051")?
             .connect()
             .await
-            .with_context(|| {
-                format!("cannot reach valet at {server} (is `valet serve` running?)")
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach valet at {server} (is `valet serve` running?): {}",
+                    root_cause(&e)
+                )
             })?;
         Self::over(channel, server, key)
     }
@@ -97,8 +110,11 @@ impl Client {
             .context("the TLS settings are not usable")?
             .connect()
             .await
-            .with_context(|| {
-                format!("cannot reach valet at {server} over TLS (is the CA the right one?)")
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach valet at {server} over TLS (is it running, and is the CA the right one?): {}",
+                    root_cause(&e)
+                )
             })?;
         Self::over(channel, server, key)
     }

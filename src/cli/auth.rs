@@ -286,7 +286,10 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
 
 /// Scopes, what the user did not grant, and the provider's metadata.
 fn print_token_details(t: &pb::Token) {
-    println!("scopes:       {}", t.scopes.join(" "));
+    // A stored static credential has none.
+    if !t.scopes.is_empty() {
+        println!("scopes:       {}", t.scopes.join(" "));
+    }
     if !t.missing_scopes.is_empty() {
         println!(
             "missing:      {}  (not granted by the user; --force asks again)",

@@ -255,6 +255,11 @@ impl Conn {
             if self.tls_cert.is_some() {
                 bail!("--tls-cert needs --tls-ca (the CA that signed the daemon's certificate)");
             }
+            if self.server.starts_with("https://") {
+                bail!(
+                    "an https:// server needs --tls-ca (or VALET_TLS_CA): the CA certificate that signed the daemon's certificate"
+                );
+            }
             return Client::connect(&self.server, self.key.as_deref()).await;
         };
         let tls = crate::client::TlsFiles {

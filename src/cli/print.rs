@@ -9,6 +9,10 @@ pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
     let hint = match s.code() {
         tonic::Code::Unauthenticated => "\nhint: pass the API key with --key or VALET_KEY",
         tonic::Code::Unavailable => "\nhint: retry shortly",
+        // What tonic says when an HTTP server that is not gRPC answers.
+        tonic::Code::Unimplemented if s.message().contains("HTTP status code 404") => {
+            "\nhint: is --server (VALET_SERVER) the gRPC address (grpc_listen)? The HTTP listener serves only callbacks, health and metrics"
+        }
         // Only providers are created by name.
         tonic::Code::AlreadyExists => "\nhint: change it with `valet provider update`",
         _ => "",
@@ -20,7 +24,7 @@ pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
 /// know: `2026-12-03T21:27:34Z (in 9m 59s)`.
 pub(super) fn when(unix: i64) -> String {
     if unix == 0 {
-        return "never (the provider gave no lifetime)".into();
+        return "never (no lifetime was given)".into();
     }
     let out = date(unix);
     let left = unix - SystemClock.now_unix();
@@ -262,6 +266,6 @@ mod tests {
         );
         assert!(when(now - 7200).ends_with(" (2h 0m ago)"));
         assert!(when(1_798_761_599).starts_with("2026-12-31T23:59:59Z ("));
-        assert_eq!(when(0), "never (the provider gave no lifetime)");
+        assert_eq!(when(0), "never (no lifetime was given)");
     }
 }

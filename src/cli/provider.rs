@@ -288,7 +288,16 @@ async fn update(providers: &mut Providers, a: ProviderArgs) -> anyhow::Result<()
         .await
         .map_err(explain)?
         .into_inner();
-    let provider = Some(provider_message(a, Some(current))?);
+    let id = a.id.clone();
+    let unchanged = current.clone();
+    let provider = provider_message(a, Some(current))?;
+    if provider == unchanged {
+        println!(
+            "nothing to change for provider {id}: pass the settings to change (`valet provider update --help`)"
+        );
+        return Ok(());
+    }
+    let provider = Some(provider);
     let p = providers
         .update_provider(pb::UpdateProviderRequest { provider })
         .await

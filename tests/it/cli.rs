@@ -420,6 +420,23 @@ async fn credential_put_reads_the_value_from_standard_input() {
         out.contains("kind:              api-key") && out.contains("egress_hosts:      any ("),
         "{out}"
     );
+    let mut update = cli(&f, ADMIN_KEY);
+    update.args(["provider", "update", "by-query"]);
+    let out = run(update);
+    assert!(
+        out.starts_with("nothing to change for provider by-query"),
+        "{out}"
+    );
+    let mut update = cli(&f, ADMIN_KEY);
+    update.args([
+        "provider",
+        "update",
+        "by-query",
+        "--egress-host",
+        "api.example",
+    ]);
+    let out = run(update);
+    assert!(out.contains("egress_hosts:      api.example"), "{out}");
     assert!(put("by-query", "query-canary\n").status.success());
     let out = resolve_through_a_reference(&f, "by-query");
     assert!(out.contains("query:        appid=query-canary"), "{out}");
@@ -461,17 +478,41 @@ async fn credential_put_reads_the_value_from_standard_input() {
     assert_eq!(run(delete).trim(), "deleted provider keyed and its 1 grant");
 }
 
-/// `VALET_SERVER` written as a bare address (as grpcurl takes it): the CLI says to add the scheme,
-/// rather than blaming a daemon it never tried to reach.
-#[test]
-fn a_server_address_without_a_scheme_is_explained() {
-    let mut grants = Command::new(env!("CARGO_BIN_EXE_valet"));
-    grants.args(["grants", "--user", "alice"]);
-    grants.env("VALET_SERVER", "127.0.0.1:50051");
-    grants.env("VALET_KEY", AGENT_KEY);
-    let err = fails(grants);
+/// `VALET_SERVER` mistakes a new user makes, each explained: a bare address (as grpcurl takes
+/// it) needs its scheme, an https:// one a CA, a port nobody listens on says so once, and the
+/// daemon's HTTP port is not its gRPC one.
+#[tokio::test]
+async fn server_address_mistakes_are_explained() {
+    let grants = |server: &str| {
+        let mut grants = Command::new(env!("CARGO_BIN_EXE_valet"));
+        grants.args(["grants", "--user", "alice"]);
+        grants
+            .env("VALET_SERVER", server)
+            .env("VALET_KEY", AGENT_KEY);
+        grants.env_remove("VALET_TLS_CA");
+        fails(grants)
+    };
+    let err = grants("127.0.0.1:50051");
     assert!(
         err.contains("like http://127.0.0.1:50051") && !err.contains("is `valet serve` running"),
+        "{err}"
+    );
+    let err = grants("https://127.0.0.1:50051");
+    assert!(err.contains("needs --tls-ca"), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = grants(&format!("http://127.0.0.1:{port}"));
+    assert!(
+        err.contains("is `valet serve` running") && err.matches("Connection refused").count() == 1,
+        "{err}"
+    );
+    let f = Fixture::new().await;
+    let err = grants(&format!("http://{}", f.valet.http_addr));
+    assert!(
+        err.contains("hint: is --server (VALET_SERVER) the gRPC address"),
         "{err}"
     );
 }
