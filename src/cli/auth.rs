@@ -112,19 +112,21 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
     }
 }
 
+/// The consent prompt, on stderr: stdout carries only the result, so `$(valet auth …)` captures
+/// the token while the person still sees the link.
 fn show_consent(p: &pb::Pending) {
     if p.user_code.is_empty() {
-        println!(
+        eprintln!(
             "Open this URL in a browser to grant access:\n\n  {}\n",
             p.auth_url
         );
     } else {
-        println!(
+        eprintln!(
             "On any device, open {}\nand enter the code {}\n(or open {} directly)\n",
             p.verification_uri, p.user_code, p.auth_url
         );
     }
-    println!(
+    eprintln!(
         "Waiting for consent (the flow expires at {})...",
         when(p.expires_at)
     );
@@ -246,6 +248,9 @@ pub(super) async fn resolve(
 
 pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
     let by_reference = t.reference.is_some();
+    // What "no such grant" was looked up by, to say so.
+    let user = t.user.clone().unwrap_or_default();
+    let agent = t.agent.clone();
     let r = conn
         .connect()
         .await?
@@ -260,16 +265,17 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
         .await
         .map_err(explain)?;
     let r = r.into_inner();
-    println!(
-        "{}",
-        if r.revoked {
-            "revoked"
-        } else if by_reference {
-            "no such reference (unknown, or already revoked, expired or spent)"
-        } else {
-            "no such grant"
-        }
-    );
+    if r.revoked {
+        println!("revoked");
+    } else if by_reference {
+        println!("no such reference (unknown, or already revoked, expired or spent)");
+    } else if agent.is_none() {
+        println!(
+            "no such grant (an agent's own grant needs --agent; `valet grants --user {user}` lists them)"
+        );
+    } else {
+        println!("no such grant (`valet grants --user {user}` lists them)");
+    }
     match pb::ProviderRevocation::try_from(r.provider_revocation) {
         Ok(pb::ProviderRevocation::Revoked) => println!("the provider revoked the tokens too"),
         Ok(pb::ProviderRevocation::NotSupported) if r.revoked => {

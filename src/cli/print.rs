@@ -168,6 +168,14 @@ pub(super) fn print_provider(p: &pb::Provider) {
         println!("auth_url:          {}", p.auth_url);
     }
     println!("token_url:         {}", p.token_url);
+    if !p.device_authorization_url.is_empty() {
+        println!("device_auth_url:   {}", p.device_authorization_url);
+    }
+    if p.revocation_url.is_empty() {
+        println!("revocation_url:    none (a revoke deletes the grant in Valet only)");
+    } else {
+        println!("revocation_url:    {}", p.revocation_url);
+    }
     if has_client {
         println!("token_auth_method: {method}");
     }

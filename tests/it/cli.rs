@@ -89,21 +89,34 @@ async fn quickstart_provider_auth_grants_revoke() {
         "shows the redirect URI: {out}"
     );
     assert!(out.contains("client_secret:     (set)") && !out.contains(&secret_of("basic-client")));
+    // Discovery found the revocation endpoint, and it is shown.
+    assert!(
+        out.contains(&format!("revocation_url:    {}/", f.idp.issuer)),
+        "{out}"
+    );
 
     let mut auth = cli(&f, AGENT_KEY);
     auth.args(["auth", "--provider", "idp", "--user", "alice"])
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = auth.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The prompt is on stderr, so `TOKEN=$(valet auth …)` captures only the result.
+    let mut prompt = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = loop {
-        let line = lines.next().expect("an auth URL").unwrap();
+        let line = prompt.next().expect("an auth URL").unwrap();
         if let Some(u) = line.trim().strip_prefix("http") {
             break format!("http{u}");
         }
     };
     f.browser.consent(&url, "alice").await;
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    assert!(child.wait().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !stdout.contains("Open this URL") && !stdout.contains(&url),
+        "{stdout}"
+    );
+    let rest: Vec<String> = stdout.lines().map(str::to_owned).collect();
     let token = rest
         .iter()
         .find_map(|l| l.strip_prefix("access_token: "))
@@ -461,6 +474,15 @@ async fn credential_put_reads_the_value_from_standard_input() {
     assert_eq!(revoke().lines().next(), Some("revoked"));
     let again = revoke();
     assert!(again.starts_with("no such reference"), "{again}");
+    // No grant for bob: the answer says where to look.
+    let mut nobody = cli(&f, AGENT_KEY);
+    nobody.args(["revoke", "--provider", "keyed", "--user", "bob"]);
+    let out = run(nobody);
+    assert!(
+        out.starts_with("no such grant (an agent's own grant needs --agent")
+            && out.contains("valet grants --user bob"),
+        "{out}"
+    );
 
     // An agent key on an operator command: the daemon's reason, and no misleading hint.
     let mut list = cli(&f, AGENT_KEY);
