@@ -298,8 +298,14 @@ fn print_token_details(t: &pb::Token) {
     }
     if !t.missing_scopes.is_empty() {
         println!(
-            "missing:      {}  (not granted by the user; --force asks again)",
+            "missing:      {}  (not granted; --force asks again)",
             t.missing_scopes.join(" ")
+        );
+    }
+    if t.missing_scopes.iter().any(|s| s == "offline_access") {
+        // OpenID Connect Core 1.0 section 11: offline_access is ignored without prompt=consent.
+        eprintln!(
+            "hint: an OpenID provider may drop offline_access (and give no refresh token) unless the request has prompt=consent: `valet provider update <id> --param prompt=consent`, then `valet auth --force`"
         );
     }
     let mut metadata: Vec<_> = t.metadata.iter().collect();

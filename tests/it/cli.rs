@@ -61,29 +61,55 @@ fn resolve_through_a_reference(f: &Fixture, provider: &str) -> String {
     run(resolve)
 }
 
+/// `valet provider create ID --kind oidc` at the test OpenID provider with `scopes`: its output.
+fn create_oidc(f: &Fixture, id: &str, scopes: &[&str]) -> String {
+    let mut create = cli(f, ADMIN_KEY);
+    create
+        .args(["provider", "create", id, "--kind", "oidc"])
+        .args([
+            "--client-id",
+            "basic-client",
+            "--client-secret-env",
+            "IDP_SECRET",
+        ])
+        .args(["--issuer", &f.idp.issuer])
+        .env("IDP_SECRET", secret_of("basic-client"));
+    for scope in scopes {
+        create.args(["--scope", scope]);
+    }
+    run(create)
+}
+
+/// `valet auth` for `user` at `provider`, consented in the test browser from the link it shows:
+/// its stdout and stderr, and the link.
+async fn auth_with_consent(f: &Fixture, provider: &str, user: &str) -> (String, String, String) {
+    let mut auth = cli(f, AGENT_KEY);
+    auth.args(["auth", "--provider", provider, "--user", user])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = auth.spawn().unwrap();
+    let mut prompt = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = prompt.next().expect("an auth URL").unwrap();
+        if let Some(u) = line.trim().strip_prefix("http") {
+            break format!("http{u}");
+        }
+    };
+    f.browser.consent(&url, user).await;
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr: Vec<String> = prompt.map(Result::unwrap).collect();
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        stderr.join("\n"),
+        url,
+    )
+}
+
 #[tokio::test]
 async fn quickstart_provider_auth_grants_revoke() {
     let f = Fixture::new().await;
-    let mut create = cli(&f, ADMIN_KEY);
-    create
-        .args([
-            "provider",
-            "create",
-            "idp",
-            "--kind",
-            "oidc",
-            "--client-id",
-            "basic-client",
-        ])
-        .args([
-            "--client-secret-env",
-            "IDP_SECRET",
-            "--issuer",
-            &f.idp.issuer,
-        ])
-        .args(["--scope", "openid", "--scope", "email"])
-        .env("IDP_SECRET", secret_of("basic-client"));
-    let out = run(create);
+    let out = create_oidc(&f, "idp", &["openid", "email"]);
     assert!(
         out.contains(&f.valet.callback_url("idp")),
         "shows the redirect URI: {out}"
@@ -95,23 +121,8 @@ async fn quickstart_provider_auth_grants_revoke() {
         "{out}"
     );
 
-    let mut auth = cli(&f, AGENT_KEY);
-    auth.args(["auth", "--provider", "idp", "--user", "alice"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = auth.spawn().unwrap();
     // The prompt is on stderr, so `TOKEN=$(valet auth …)` captures only the result.
-    let mut prompt = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = prompt.next().expect("an auth URL").unwrap();
-        if let Some(u) = line.trim().strip_prefix("http") {
-            break format!("http{u}");
-        }
-    };
-    f.browser.consent(&url, "alice").await;
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (stdout, _, url) = auth_with_consent(&f, "idp", "alice").await;
     assert!(
         !stdout.contains("Open this URL") && !stdout.contains(&url),
         "{stdout}"
@@ -335,6 +346,20 @@ fn key_new_prints_a_callers_entry_the_config_accepts() {
     assert!(
         err.contains("is reserved for the admin key") && err.contains("nothing was made"),
         "{err}"
+    );
+}
+
+/// An OpenID provider drops `offline_access` from a consent without `prompt=consent` (OpenID
+/// Connect Core section 11): the CLI says it is missing and what to change, on stderr.
+#[tokio::test]
+async fn a_dropped_offline_access_gets_a_hint_at_prompt_consent() {
+    let f = Fixture::new().await;
+    create_oidc(&f, "idp", &["openid", "offline_access"]);
+    let (stdout, stderr, _) = auth_with_consent(&f, "idp", "alice").await;
+    assert!(stdout.contains("missing:      offline_access"), "{stdout}");
+    assert!(
+        stderr.contains("hint:") && stderr.contains("--param prompt=consent"),
+        "{stderr}"
     );
 }
 

@@ -184,6 +184,9 @@ def test_provider_admin_calls_round_trip_without_returning_secrets(
         admin.delete_provider("oauth")
     with pytest.raises(errors.NotFound):
         admin.get_provider("oauth")
+    # A kind the API has no word for: refused before any call, with the words it has.
+    with pytest.raises(ValueError, match=r"kind='oidcx': expected one of .*oidc.*api_key"):
+        admin.create_provider(provider_id="typo", kind="oidcx")
 
 
 def test_static_credentials_are_stored_then_resolved_where_the_provider_says(

@@ -168,14 +168,22 @@ def test_not_found_already_exists_and_permission_denied(
 
 
 def test_unauthenticated_and_unreachable_have_no_reason(stack: Stack) -> None:
+    """The transport's own statuses carry no reason; each says what to check."""
     with valet.Client(stack.daemon.grpc_url, "not-a-key") as stranger:
         e = raises(errors.Unauthenticated, C.UNAUTHENTICATED, lambda: stranger.list_grants())
-    assert "unknown API key" in e.message
+    assert "unknown API key" in e.message and "set VALET_KEY" in e.message, e.message
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with valet.Client(f"http://127.0.0.1:{port}", AGENT_KEY, timeout=5) as nowhere:
-        raises(errors.Unreachable, C.UNAVAILABLE, lambda: nowhere.list_grants())
+        e = raises(errors.Unreachable, C.UNAVAILABLE, lambda: nowhere.list_grants())
+    assert "is `valet serve` running" in e.message, e.message
+    # The daemon's HTTP listener given as its gRPC address.
+    with valet.Client(f"http://{stack.daemon.http_addr}", AGENT_KEY, timeout=5) as http:
+        with pytest.raises(errors.ValetError) as info:
+            http.list_grants()
+    assert info.value.code == C.UNIMPLEMENTED, repr(info.value)
+    assert "the gRPC address" in info.value.message, info.value.message
 
 
 def test_resource_exhausted_past_a_callers_rate_limit(stack: Stack, user: str) -> None:

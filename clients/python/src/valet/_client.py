@@ -225,7 +225,9 @@ class Client:
         return self._run(_wire.list_providers())
 
     def update_provider(self, provider: pb.Provider | None = None, **fields: Any) -> pb.Provider:
-        """Replaces a provider's configuration; an empty client_secret keeps the stored one."""
+        """Replaces a provider's whole configuration (unlike `valet provider update`, which changes
+        only the flags given): start from `get_provider`, change fields, pass it back. An empty
+        client_secret keeps the stored one."""
         return self._run(_wire.update_provider(_wire.provider_message(provider, fields)))
 
     def delete_provider(

@@ -292,7 +292,13 @@ def provider_message(provider: pb.Provider | None, fields: Mapping[str, Any]) ->
     for name, value in fields.items():
         if name in _ENUM_FIELDS and isinstance(value, str):
             enum, prefix = _ENUM_FIELDS[name]
-            value = enum.Value(prefix + value.upper().removeprefix(prefix).replace("-", "_"))
+            wanted = prefix + value.upper().removeprefix(prefix).replace("-", "_")
+            if wanted not in enum.keys():
+                words = ", ".join(
+                    _short(n, prefix) for n in enum.keys() if not n.endswith("_UNSPECIFIED")
+                )
+                raise ValueError(f"{name}={value!r}: expected one of {words}")
+            value = enum.Value(wanted)
         if name in ("extra_auth_params", "profile_vars"):
             getattr(message, name).clear()
             getattr(message, name).update(value)

@@ -3,7 +3,8 @@
 The daemon puts a stable reason in every error status (google.rpc.ErrorInfo, domain
 "valet.dev"), and clients switch on it rather than on the message, so each reason is a class to
 `except`. Statuses without one (a missing or unknown API key, an unreachable daemon, a deadline)
-map by gRPC code. Messages are the daemon's own, which never carry a secret; the client adds none.
+map by gRPC code. Messages are the daemon's own, which never carry a secret; the client adds none,
+only, for those statuses without a reason, a hint at the usual mistake.
 """
 
 from __future__ import annotations
@@ -258,6 +259,20 @@ def _details(trailing: Iterable[Any] | None) -> status_pb2.Status | None:
     return None
 
 
+def _hint(code: grpc.StatusCode, message: str) -> str:
+    """What to check, for a status the daemon did not give a reason (the transport's own)."""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return " (pass api_key= or set VALET_KEY)"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return " (is `valet serve` running, and is target= or VALET_SERVER its gRPC address?)"
+    if code == grpc.StatusCode.UNIMPLEMENTED and "404" in message:
+        return (
+            " (is target= or VALET_SERVER the gRPC address, grpc_listen? The HTTP listener serves"
+            " only callbacks, health and metrics)"
+        )
+    return ""
+
+
 def from_rpc_error(error: grpc.RpcError) -> ValetError:
     """The typed error for a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
     call: Any = error
@@ -283,6 +298,8 @@ def from_rpc_error(error: grpc.RpcError) -> ValetError:
             any_.Unpack(bad)
             violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
     cls = class_for_reason(reason) if reason else _BY_CODE.get(code, ValetError)
+    if not reason:
+        message += _hint(code, message)
     return cls(
         message,
         code=code,
