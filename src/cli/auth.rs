@@ -112,8 +112,8 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
     }
 }
 
-/// The consent prompt, on stderr: stdout carries only the result, so `$(valet auth …)` captures
-/// the token while the person still sees the link.
+/// The consent prompt, on stderr: stdout carries only the answer, so a script capturing it gets
+/// the answer while the person running it still sees the link.
 fn show_consent(p: &pb::Pending) {
     if p.user_code.is_empty() {
         eprintln!(
