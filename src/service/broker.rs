@@ -486,7 +486,6 @@ impl TokenBroker {
                 token: set.access_token,
                 token_type: set.token_type,
                 expires_at: self.expiry(set.expires_in),
-                lifetime: lifetime(set.expires_in),
                 declined: scopes.difference(&granted),
                 scopes: granted,
                 metadata: Arc::new(set.metadata),
@@ -510,13 +509,7 @@ impl TokenBroker {
     ) -> Option<AccessToken> {
         let reauth_at = grant.reauth_at(max_age);
         let token = grant.access_token?;
-        // Stored with the token it was written with: its lifetime as the provider gave it.
-        let lifetime = if grant.expires_at > grant.updated_at && grant.updated_at > 0 {
-            grant.expires_at - grant.updated_at
-        } else {
-            0
-        };
-        if !super::cache::lasts(grant.expires_at, lifetime, now, min_ttl) {
+        if grant.expires_at != 0 && grant.expires_at - now < min_ttl {
             return None;
         }
         let cached = self.cache.put(
@@ -525,7 +518,6 @@ impl TokenBroker {
                 token,
                 token_type: grant.token_type.unwrap_or_else(|| "Bearer".into()),
                 expires_at: grant.expires_at,
-                lifetime,
                 scopes: grant.scopes,
                 declined: grant.declined,
                 metadata: Arc::new(grant.metadata),
@@ -551,7 +543,6 @@ impl TokenBroker {
                 token: set.access_token,
                 token_type: set.token_type,
                 expires_at: self.expiry(set.expires_in),
-                lifetime: lifetime(set.expires_in),
                 scopes: grant.scopes.clone(),
                 declined: grant.declined.clone(),
                 metadata: Arc::new(grant.metadata.clone()),
@@ -564,7 +555,7 @@ impl TokenBroker {
     }
 
     /// Unix seconds `lifetime` from now; 0 (no expiry) when the provider gave no lifetime: Valet
-    /// never invents one (see `lifetime`).
+    /// never invents one.
     fn expiry(&self, lifetime: Option<std::time::Duration>) -> i64 {
         lifetime.map_or(0, |d| {
             self.clock
@@ -794,9 +785,4 @@ impl TokenBroker {
             .collect();
         Ok((grants, next))
     }
-}
-
-/// The lifetime the provider gave a token, in seconds; 0 when it gave none.
-fn lifetime(expires_in: Option<std::time::Duration>) -> i64 {
-    expires_in.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -12,8 +12,6 @@ pub(super) struct CachedToken {
     pub token: SecretString,
     pub token_type: String,
     pub expires_at: i64,
-    /// How long the provider made it last, in seconds (0: not known, or no expiry).
-    pub lifetime: i64,
     pub scopes: Scopes,
     /// Scopes the user declined: a request that lacks only these is still served.
     pub declined: Scopes,
@@ -35,23 +33,10 @@ impl CachedToken {
                 && self.scopes.contains_all(&scopes.difference(&self.declined)))
     }
 
+    /// Whether it has at least `min_ttl` seconds left at `now` (a token without expiry always has).
     fn lasts(&self, now: i64, min_ttl: i64) -> bool {
-        lasts(self.expires_at, self.lifetime, now, min_ttl)
+        self.expires_at == 0 || self.expires_at - now >= min_ttl
     }
-}
-
-/// Whether a token expiring at `expires_at` (0: never), which the provider made last `lifetime`
-/// seconds (0: not known), has `min_ttl` seconds left at `now`. A `min_ttl` longer than the
-/// provider's tokens live cannot be met by a refresh either: it counts as half their lifetime,
-/// so such a caller is served until half the token's life is gone instead of sending the
-/// provider a refresh (and rotating the refresh token) on every call.
-pub(super) fn lasts(expires_at: i64, lifetime: i64, now: i64, min_ttl: i64) -> bool {
-    let wanted = if lifetime > 0 && min_ttl > lifetime {
-        lifetime / 2
-    } else {
-        min_ttl
-    };
-    expires_at == 0 || expires_at - now >= wanted
 }
 
 /// When cleanup of idle refresh locks starts.

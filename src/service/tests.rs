@@ -204,47 +204,6 @@ async fn a_thousand_callers_on_one_expired_grant_cause_one_refresh() {
     assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-1"));
 }
 
-/// A `min_ttl` longer than the provider's tokens live (3600 s here): the first call refreshes,
-/// later ones are served the same token until half its life is gone, not one refresh each;
-/// a `min_ttl` the provider can meet still refreshes as asked.
-#[tokio::test(start_paused = true)]
-async fn a_min_ttl_no_token_can_meet_does_not_refresh_on_every_call() {
-    let w = World::new().await;
-    let broker = w.broker();
-    let p = provider();
-    let token = |min_ttl| {
-        let (broker, p) = (&broker, &p);
-        async move {
-            let t = broker
-                .usable_token(p, &key("alice"), &Scopes::default(), min_ttl)
-                .await
-                .unwrap()
-                .expect("a token");
-            t.token.expose_secret().to_owned()
-        }
-    };
-    // Both clocks: the Unix one for expiry, the monotonic one for "refreshed since I asked".
-    let advance = |seconds: u64| {
-        w.clock.advance(i64::try_from(seconds).unwrap());
-        tokio::time::advance(std::time::Duration::from_secs(seconds))
-    };
-    assert_eq!(token(7200).await, "at-1");
-    assert_eq!(token(7200).await, "at-1");
-    advance(1700).await;
-    assert_eq!(token(7200).await, "at-1", "1900 s left: over half its life");
-    assert_eq!(w.endpoint.refreshes(), 1);
-    advance(200).await;
-    assert_eq!(token(7200).await, "at-2", "1700 s left: refreshed");
-    assert_eq!(token(3000).await, "at-2");
-    advance(700).await;
-    assert_eq!(
-        token(3000).await,
-        "at-3",
-        "2900 s left of 3600: refreshed as asked"
-    );
-    assert_eq!(w.endpoint.refreshes(), 3);
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_rotated_refresh_token_is_stored_through_transient_store_failures() {
     let w = World::new().await;
