@@ -128,7 +128,7 @@ class AsyncClient:
             )
         )
 
-    async def wait_for_completion(self, auth_id: str, timeout: float = 300.0) -> AuthResult:
+    async def wait_for_completion(self, auth_id: str, timeout: float = 600.0) -> AuthResult:
         deadline = time.monotonic() + timeout
         left: float | None = timeout
         while True:

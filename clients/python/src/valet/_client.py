@@ -129,8 +129,9 @@ class Client:
             )
         )
 
-    def wait_for_completion(self, auth_id: str, timeout: float = 300.0) -> AuthResult:
-        """Waits up to `timeout` seconds for the flow `auth_id` to complete.
+    def wait_for_completion(self, auth_id: str, timeout: float = 600.0) -> AuthResult:
+        """Waits up to `timeout` seconds (by default as long as a flow lives by default, ten
+        minutes) for the flow `auth_id` to complete.
 
         Returns the completed result as soon as the consent lands, or the still-pending flow at
         the timeout. A flow that failed raises its `FlowFailed` subclass.
