@@ -60,7 +60,8 @@ fn main() -> ExitCode {
                 eprintln!("warning: {w}");
             }
             valet::cli::out(format_args!("{}", config.render()));
-            runtime.block_on(valet::ops::check_store(&config))
+            valet::app::App::check_admin_key_file(&config)
+                .and_then(|()| runtime.block_on(valet::ops::check_store(&config)))
         }
         other => runtime.block_on(valet::cli::run_client(other)),
     };

@@ -68,15 +68,7 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<(Option<CallerKey>, O
         tls_identity: None,
     };
     if let Some(path) = &config.admin_key_file {
-        let key = read_private_file(path, "admin key").map_err(anyhow::Error::msg)?;
-        let key = key.expose_secret();
-        let length = key.chars().count();
-        anyhow::ensure!(
-            length >= MIN_ADMIN_KEY_CHARS,
-            "admin key file {} holds a {length}-character key; the admin key must be at least {MIN_ADMIN_KEY_CHARS} random characters (`valet key new` makes one)",
-            path.display()
-        );
-        return Ok((Some(admin(sha256(key.as_bytes()))), None));
+        return Ok((Some(admin(key_file_hash(path)?)), None));
     }
     if !config.dev {
         return Ok((None, None));
@@ -105,6 +97,19 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<(Option<CallerKey>, O
         hash_path,
     };
     Ok((Some(admin(hash)), Some(first)))
+}
+
+/// The hash of the admin key in `path`; refused when others may read the file or the key is short.
+pub(super) fn key_file_hash(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let key = read_private_file(path, "admin key").map_err(anyhow::Error::msg)?;
+    let key = key.expose_secret();
+    let length = key.chars().count();
+    anyhow::ensure!(
+        length >= MIN_ADMIN_KEY_CHARS,
+        "admin key file {} holds a {length}-character key; the admin key must be at least {MIN_ADMIN_KEY_CHARS} random characters (`valet key new` makes one)",
+        path.display()
+    );
+    Ok(sha256(key.as_bytes()))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

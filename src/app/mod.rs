@@ -200,6 +200,14 @@ impl App {
         Ok((CallerAuth::new(keys), first_key))
     }
 
+    /// For `check-config`: the admin key file, if one is configured, is one the daemon accepts.
+    pub fn check_admin_key_file(config: &Config) -> anyhow::Result<()> {
+        if let Some(path) = &config.admin_key_file {
+            admin_key::key_file_hash(path)?;
+        }
+        Ok(())
+    }
+
     pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.grpc.local_addr()?)
     }

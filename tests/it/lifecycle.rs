@@ -337,6 +337,15 @@ fn a_short_or_readable_admin_key_file_is_refused() {
         "{err}"
     );
     assert!(!err.contains("long-enough"), "the key is not echoed: {err}");
+    // check-config finds it too, before an upgrade stops the running daemon.
+    let out = valet_bin()
+        .args(["check-config", "--admin-key-file", path, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open to others"), "{err}");
 }
 
 /// A first dev start that fails (its port busy, a broken profile) shows no admin key and keeps
