@@ -200,12 +200,23 @@ impl App {
         Ok((CallerAuth::new(keys), first_key))
     }
 
-    /// For `check-config`: the admin key file, if one is configured, is one the daemon accepts.
+    /// For `check-config`: the admin key file, if one is configured and on this machine, is one
+    /// the daemon accepts. One that is not here (a Kubernetes Secret mounted only in the pod) is
+    /// noted, not refused.
     pub fn check_admin_key_file(config: &Config) -> anyhow::Result<()> {
-        if let Some(path) = &config.admin_key_file {
-            admin_key::key_file_hash(path)?;
+        let Some(path) = &config.admin_key_file else {
+            return Ok(());
+        };
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!(
+                    "note: the admin key file {} is not on this machine: the daemon needs it at start",
+                    path.display()
+                );
+                Ok(())
+            }
+            _ => admin_key::key_file_hash(path).map(drop),
         }
-        Ok(())
     }
 
     pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {

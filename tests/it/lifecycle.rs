@@ -346,6 +346,16 @@ fn a_short_or_readable_admin_key_file_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("open to others"), "{err}");
+    // A file that is not on this machine (a Secret mounted in the pod only) is noted.
+    let out = valet_bin()
+        .args(["check-config", "--admin-key-file", "/nonexistent/admin-key"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("is not on this machine"), "{err}");
 }
 
 /// A first dev start that fails (its port busy, a broken profile) shows no admin key and keeps
