@@ -65,6 +65,9 @@ struct Run {
     /// than throughput on a shared machine, and it says which side a cost is on.
     server_cpu: Duration,
     client_cpu: Duration,
+    /// Times per call the server's threads were put on a CPU: a wake-up (and a context switch)
+    /// each, which costs several microseconds on a virtual machine.
+    server_wakes: f64,
 }
 
 /// Runs `calls` calls of `op` with `concurrency` in flight against the server process `server`;
@@ -105,8 +108,9 @@ where
         per_sec: all.len() as f64 / elapsed.as_secs_f64(),
         p50: pct(0.50),
         p99: pct(0.99),
-        server_cpu: server_after.saturating_sub(server_before) / n,
-        client_cpu: client_after.saturating_sub(client_before) / n,
+        server_cpu: server_after.0.saturating_sub(server_before.0) / n,
+        client_cpu: client_after.0.saturating_sub(client_before.0) / n,
+        server_wakes: server_after.1.saturating_sub(server_before.1) as f64 / f64::from(n),
     }
 }
 
@@ -126,12 +130,13 @@ fn median(runs: Vec<Run>) -> Run {
         p99: Duration::from_secs_f64(secs(|r| r.p99)),
         server_cpu: Duration::from_secs_f64(secs(|r| r.server_cpu)),
         client_cpu: Duration::from_secs_f64(secs(|r| r.client_cpu)),
+        server_wakes: mid(runs.iter().map(|r| r.server_wakes).collect()),
     }
 }
 
 fn row(name: &str, r: &Run, floor: &Run) {
     println!(
-        "{name:<34} {:>8.0}/s  p50 {:>8.1?}  p99 {:>8.1?}  throughput {:>5.2}x  p99 {:>5.2}x  CPU/call server {:>5.1}µs client {:>5.1}µs",
+        "{name:<34} {:>8.0}/s  p50 {:>8.1?}  p99 {:>8.1?}  throughput {:>5.2}x  p99 {:>5.2}x  CPU/call server {:>5.1}µs client {:>5.1}µs  server wake-ups/call {:>4.2}",
         r.per_sec,
         r.p50,
         r.p99,
@@ -139,6 +144,7 @@ fn row(name: &str, r: &Run, floor: &Run) {
         r.p99.as_secs_f64() / floor.p99.as_secs_f64(),
         r.server_cpu.as_secs_f64() * 1e6,
         r.client_cpu.as_secs_f64() * 1e6,
+        r.server_wakes,
     );
 }
 

@@ -83,7 +83,10 @@ fn unavailable(e: &HttpError) -> OAuthError {
     match e {
         HttpError::TooLarge | HttpError::Malformed(_) => OAuthError::Protocol(e.to_string()),
         HttpError::Private(_) => OAuthError::Blocked(e.to_string()),
-        HttpError::Transport(_) | HttpError::ServerError(_) => {
+        HttpError::ServerError(_, Some(after)) => {
+            OAuthError::UnavailableFor(e.to_string(), std::time::Duration::from_secs(*after))
+        }
+        HttpError::Transport(_) | HttpError::ServerError(_, None) => {
             OAuthError::Unavailable(e.to_string())
         }
         HttpError::RateLimited(after) => {

@@ -10,8 +10,9 @@ const MAX_BODY: usize = 1024 * 1024;
 pub enum HttpError {
     #[error("request failed: {0}")]
     Transport(#[source] reqwest::Error),
+    /// HTTP 5xx, with the `Retry-After` it gave in seconds (a 503 during maintenance may).
     #[error("provider answered HTTP {0}")]
-    ServerError(u16),
+    ServerError(u16, Option<u64>),
     /// HTTP 429, with the `Retry-After` it gave in seconds (capped at an hour).
     #[error("provider is rate limiting (HTTP 429)")]
     RateLimited(Option<u64>),
@@ -79,17 +80,13 @@ impl ProviderHttp {
             })?;
         let status = resp.status();
         if status == http::StatusCode::TOO_MANY_REQUESTS {
-            // RFC 9110 section 10.2.3; only the delay-seconds form is read.
-            let after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| s.min(3600));
-            return Err(HttpError::RateLimited(after));
+            return Err(HttpError::RateLimited(retry_after(resp.headers())));
         }
         if status.is_server_error() {
-            return Err(HttpError::ServerError(status.as_u16()));
+            return Err(HttpError::ServerError(
+                status.as_u16(),
+                retry_after(resp.headers()),
+            ));
         }
         let mut buf = Vec::new();
         while let Some(chunk) = resp
@@ -110,6 +107,16 @@ impl ProviderHttp {
             .body(buf)
             .map_err(|e| HttpError::Malformed(e.to_string()))
     }
+}
+
+/// A `Retry-After` in seconds, capped at an hour (RFC 9110 section 10.2.3, sent with 429 and
+/// 503); only the delay-seconds form is read.
+fn retry_after(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.min(3600))
 }
 
 impl<'c> oauth2::AsyncHttpClient<'c> for ProviderHttp {

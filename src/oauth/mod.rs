@@ -86,6 +86,9 @@ pub enum OAuthError {
     /// Network failure, timeout or 5xx: transient, worth retrying.
     #[error("the provider is unreachable or failing: {0}")]
     Unavailable(String),
+    /// A 5xx that said when to come back (`Retry-After`, e.g. a 503 during maintenance).
+    #[error("the provider is unavailable: {0}; it asks to retry in {secs} s", secs = .1.as_secs())]
+    UnavailableFor(String, Duration),
     /// HTTP 429: transient; retry after the provider's `Retry-After` when it gave one.
     #[error("the provider is rate limiting requests (HTTP 429)")]
     RateLimited(Option<Duration>),
@@ -105,7 +108,10 @@ impl OAuthError {
         matches!(self, Self::InvalidGrant)
     }
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::RateLimited(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::UnavailableFor(..) | Self::RateLimited(_)
+        )
     }
 }
 

@@ -83,7 +83,7 @@ impl DevicePoll {
                 // Rate limited: back off as for slow_down.
                 Err(OAuthError::RateLimited(_)) => interval += SLOW_DOWN,
                 // Transient: keep polling until the code expires.
-                Err(OAuthError::Unavailable(e)) => {
+                Err(OAuthError::Unavailable(e) | OAuthError::UnavailableFor(e, _)) => {
                     tracing::debug!(provider = %self.provider.id, "device poll failed: {e}");
                 }
                 Err(e) => return Err(FlowFailure::ExchangeFailed(e.to_string())),

@@ -169,9 +169,10 @@ impl Error {
 
     /// When retrying may succeed, after about how long.
     pub fn retry_after(&self) -> Option<Duration> {
-        // The provider's own Retry-After, when it rate limits.
+        // The provider's own Retry-After, when it rate limits or is down for a while.
         if let Self::ProviderUnavailable(source) = self
-            && let Some(OAuthError::RateLimited(Some(after))) = source.downcast_ref::<OAuthError>()
+            && let Some(OAuthError::RateLimited(Some(after)) | OAuthError::UnavailableFor(_, after)) =
+                source.downcast_ref::<OAuthError>()
         {
             return Some(*after);
         }
@@ -225,9 +226,9 @@ impl From<OAuthError> for Error {
     fn from(e: OAuthError) -> Self {
         match e {
             OAuthError::InvalidGrant => Self::ReauthorizationRequired,
-            OAuthError::Unavailable(_) | OAuthError::RateLimited(_) => {
-                Self::ProviderUnavailable(Box::new(e))
-            }
+            OAuthError::Unavailable(_)
+            | OAuthError::UnavailableFor(..)
+            | OAuthError::RateLimited(_) => Self::ProviderUnavailable(Box::new(e)),
             OAuthError::Rejected(code) => Self::ProviderRejected(code),
             OAuthError::Blocked(why) => Self::ProviderBlocked(why),
             other => Self::ProviderRejected(other.to_string()),

@@ -91,12 +91,22 @@ async fn provider_5xx_is_unavailable_and_keeps_the_grant() {
 
 #[tokio::test]
 async fn a_rate_limited_refresh_is_unavailable_with_the_providers_retry_after() {
+    retry_after_is_passed_on(429).await;
+}
+
+#[tokio::test]
+async fn a_refresh_during_maintenance_is_unavailable_with_the_providers_retry_after() {
+    // RFC 9110 section 15.6.4: a 503 may say, with Retry-After, how long it will last.
+    retry_after_is_passed_on(503).await;
+}
+
+async fn retry_after_is_passed_on(status: u16) {
     let f = Fixture::new().await;
     f.oidc_provider("idp", "basic-client").await;
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
     let mut creds = f.valet.credentials(AGENT_KEY).await;
-    f.idp.fail_token_retry_after(429, 7).await;
+    f.idp.fail_token_retry_after(status, 7).await;
     let s = expect_err(
         creds
             .authenticate(Fixture::refresh_request("idp", "alice", ""))

@@ -338,25 +338,29 @@ pub(crate) async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::
         .unwrap()
 }
 
-/// CPU time all threads of process `pid` (`None`: this process) have run so far (Linux
-/// `schedstat`, in nanoseconds), for the benchmarks' per-call CPU figures.
+/// CPU time all threads of process `pid` (`None`: this process) have run so far, and how many
+/// times they were put on a CPU (Linux `schedstat`), for the benchmarks' per-call figures.
 #[allow(
     dead_code,
     reason = "used by benches/handout.rs, which shares this harness"
 )]
-pub(crate) fn cpu_time(pid: Option<u32>) -> std::time::Duration {
+pub(crate) fn cpu_time(pid: Option<u32>) -> (std::time::Duration, u64) {
     let dir = pid.map_or_else(
         || "/proc/self/task".to_owned(),
         |p| format!("/proc/{p}/task"),
     );
-    let ns: u64 = std::fs::read_dir(dir)
+    // Per thread: nanoseconds on a CPU, nanoseconds waiting for one, times put on one.
+    let (ns, slices) = std::fs::read_dir(dir)
         .map(|tasks| {
             tasks
                 .flatten()
                 .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .sum()
+                .filter_map(|s| {
+                    let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+                    Some((f.next()??, f.nth(1)??))
+                })
+                .fold((0, 0), |(ns, n), (a, b)| (ns + a, n + b))
         })
-        .unwrap_or(0);
-    std::time::Duration::from_nanos(ns)
+        .unwrap_or((0, 0));
+    (std::time::Duration::from_nanos(ns), slices)
 }
