@@ -21,6 +21,10 @@ pub enum CredentialCmd {
         /// Only this agent may use it; absent: every agent acting for the user.
         #[arg(long)]
         agent: Option<String>,
+        /// One of the user's accounts at the provider (as `valet auth --account`); absent: the
+        /// default account.
+        #[arg(long)]
+        account: Option<String>,
         /// http_basic: the username (the value is the password).
         #[arg(long)]
         username: Option<String>,
@@ -38,6 +42,7 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         provider,
         user,
         agent,
+        account,
         username,
         value_env,
         value_file,
@@ -65,11 +70,13 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
             agent_id: agent.unwrap_or_default(),
             value,
             username: username.unwrap_or_default(),
+            account: account.clone().unwrap_or_default(),
         })
         .await
         .map_err(explain)?;
+    let slot = account.map_or_else(String::new, |a| format!(" (account {a})"));
     println!(
-        "stored the credential for {user} at {provider} (write-only: no command reads it back; agents get it through auth and resolve)"
+        "stored the credential for {user}{slot} at {provider} (write-only: no command reads it back; agents get it through auth and resolve)"
     );
     Ok(())
 }

@@ -422,6 +422,34 @@ async fn credential_put_reads_the_value_from_standard_input() {
     );
     let out = resolve_through_a_reference(&f, "keyed");
     assert!(out.contains("X-API-Key: canary-api-key"), "{out}");
+    // Another of alice's accounts gets its own value.
+    let mut work = cli(&f, AGENT_KEY);
+    work.args([
+        "credential",
+        "put",
+        "--provider",
+        "keyed",
+        "--user",
+        "alice",
+    ])
+    .args(["--account", "work", "--value-env", "WORK_KEY"])
+    .env("WORK_KEY", "canary-work-key");
+    let text = run(work);
+    assert!(
+        text.contains("alice (account work)") && !text.contains("canary-work-key"),
+        "{text}"
+    );
+    let work = crate::support::token(
+        f.authenticate(
+            AGENT_KEY,
+            valet::pb::AuthenticateRequest {
+                account: "work".into(),
+                ..Fixture::request("keyed", "alice", "")
+            },
+        )
+        .await,
+    );
+    assert_eq!(work.access_token, "canary-work-key");
     // A query parameter is shown as it is sent.
     let mut create = cli(&f, ADMIN_KEY);
     create.args(["provider", "create", "by-query", "--kind", "api-key"]);
@@ -522,7 +550,11 @@ async fn credential_put_reads_the_value_from_standard_input() {
     // Deleting the provider says what went with it.
     let mut delete = cli(&f, ADMIN_KEY);
     delete.args(["provider", "delete", "keyed"]);
-    assert_eq!(run(delete).trim(), "deleted provider keyed and its 1 grant");
+    assert_eq!(
+        run(delete).trim(),
+        "deleted provider keyed and its 2 grants",
+        "alice's default and work accounts"
+    );
 }
 
 /// `VALET_SERVER` mistakes a new user makes, each explained: a bare address (as grpcurl takes

@@ -34,6 +34,7 @@ fn put(
         agent_id: agent.into(),
         value: value.into(),
         username: username.into(),
+        account: String::new(),
     }
 }
 
@@ -210,6 +211,71 @@ async fn a_missing_value_is_a_clear_precondition_and_values_are_isolated() {
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
+}
+
+#[tokio::test]
+async fn a_value_stored_for_one_account_is_that_accounts_only() {
+    let f = Fixture::new().await;
+    static_provider(&f, "hdr", pb::ProviderKind::ApiKey, (0, "X-API-Key", "")).await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let at = |account: &str| pb::AuthenticateRequest {
+        account: account.into(),
+        ..Fixture::request("hdr", "alice", "")
+    };
+    creds
+        .put_credential(pb::PutCredentialRequest {
+            account: "work".into(),
+            ..put("hdr", "alice", "", "work-key-canary", "")
+        })
+        .await
+        .unwrap();
+    let t = token(f.authenticate(AGENT_KEY, at("work")).await);
+    assert_eq!(t.access_token, "work-key-canary");
+    // The default account and another account have none; the error names the slot.
+    expect_err(
+        f.try_authenticate(AGENT_KEY, at("")).await,
+        Code::FailedPrecondition,
+        "CREDENTIAL_MISSING",
+    );
+    let s = expect_err(
+        f.try_authenticate(AGENT_KEY, at("home")).await,
+        Code::FailedPrecondition,
+        "CREDENTIAL_MISSING",
+    );
+    assert!(s.message().contains("account 'home'"), "{s:?}");
+    let grants = f.grants("alice").await;
+    assert_eq!(
+        grants
+            .iter()
+            .map(|g| g.account.as_str())
+            .collect::<Vec<_>>(),
+        ["work"]
+    );
+    // A bad label is refused by field, and nothing is written.
+    let s = expect_err(
+        creds
+            .put_credential(pb::PutCredentialRequest {
+                account: "a\nb".into(),
+                ..put("hdr", "alice", "", "v", "")
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(s.message().contains("account"), "{s:?}");
+    assert_eq!(f.grants("alice").await.len(), 1, "nothing more was written");
+    // Revoking that account's value leaves no value behind.
+    creds
+        .revoke(pb::RevokeRequest {
+            provider_id: "hdr".into(),
+            user_id: "alice".into(),
+            account: "work".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(f.grants("alice").await.is_empty());
+    assert!(!f.valet.logs().contains("work-key-canary"));
 }
 
 #[tokio::test]

@@ -205,6 +205,18 @@ def test_static_credentials_are_stored_then_resolved_where_the_provider_says(
     ref = agent.authenticate(provider, user_id=user, handout="reference").reference or ""
     resolved = agent.resolve(ref)
     assert resolved.credential.apply()[1] == {"appid": "weather-key-canary-5"}
+    # One of the user's other accounts has its own value, listed and revoked by its label.
+    with pytest.raises(errors.CredentialMissing, match="account 'work'"):
+        agent.authenticate(provider, user_id=user, account="work")
+    agent.put_credential(provider, user, "weather-work-canary-6", account="work")
+    work = agent.authenticate(provider, user_id=user, account="work")
+    assert work.token == "weather-work-canary-6"
+    listed = agent.list_grants(provider, user, account="work")
+    assert [(g.account, g.has_stored_value) for g in listed] == [("work", True)]
+    assert agent.revoke(provider, user, account="work").revoked
+    assert [g.account for g in agent.list_grants(provider, user)] == [""]
+    with pytest.raises(ValueError, match="either one reference or a grant"):
+        agent.revoke(reference=ref, account="work")
 
 
 def test_server_and_key_come_from_the_environment(

@@ -360,7 +360,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             &caller,
             subject(&r.provider_id, &r.user_id, &r.agent_id),
             async {
-                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, "")?;
+                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
                 let value = SecretString::from(r.value);
                 self.credentials
                     .put_credential(&caller, &key, &r.username, &value)

@@ -106,23 +106,25 @@ class AsyncClient:
         resource: str | None = None,
         subject_token: str | None = None,
         subject_token_type: str | None = None,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> AuthResult:
         return await self._run(
             _wire.asserted(
                 _wire.authenticate(
-                provider,
-                scopes,
-                user_id,
-                agent_id,
-                handout,
-                min_ttl,
-                force_reauth,
-                single_use,
-                audience,
-                resource,
-                subject_token,
-                subject_token_type,
+                    provider,
+                    scopes,
+                    user_id,
+                    agent_id,
+                    handout,
+                    min_ttl,
+                    force_reauth,
+                    single_use,
+                    audience,
+                    resource,
+                    subject_token,
+                    subject_token_type,
+                    account,
                 ),
                 user_assertion,
             )
@@ -153,10 +155,13 @@ class AsyncClient:
         agent_id: str | None = None,
         *,
         reference: str | None = None,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> RevokeResult:
         return await self._run(
-            _wire.asserted(_wire.revoke(provider, user_id, agent_id, reference), user_assertion)
+            _wire.asserted(
+                _wire.revoke(provider, user_id, agent_id, reference, account), user_assertion
+            )
         )
 
     async def list_grants(
@@ -165,13 +170,17 @@ class AsyncClient:
         user_id: str | None = None,
         agent_id: str | None = None,
         *,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> list[Grant]:
         grants: list[Grant] = []
         token = ""
         while True:
             page, token = await self._run(
-                _wire.asserted(_wire.list_grants(provider, user_id, agent_id, token), user_assertion)
+                _wire.asserted(
+                    _wire.list_grants(provider, user_id, agent_id, token, account),
+                    user_assertion,
+                )
             )
             grants.extend(page)
             if not token:
@@ -185,11 +194,13 @@ class AsyncClient:
         *,
         agent_id: str | None = None,
         username: str | None = None,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> None:
         await self._run(
             _wire.asserted(
-                _wire.put_credential(provider, user_id, value, agent_id, username), user_assertion
+                _wire.put_credential(provider, user_id, value, agent_id, username, account),
+                user_assertion,
             )
         )
 

@@ -100,6 +100,7 @@ class Client:
         resource: str | None = None,
         subject_token: str | None = None,
         subject_token_type: str | None = None,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> AuthResult:
         """A token (or with `handout="reference"` a reference) for `user_id` at `provider`, or
@@ -107,23 +108,26 @@ class Client:
 
         `scopes` empty means the provider's defaults. `agent_id` set: the grant belongs to that
         agent only; None: to every agent of the user. `min_ttl` (seconds) is the life the token
-        must have left. While a flow is pending, the same request returns the same flow.
+        must have left. `account` names one of the user's several accounts at the provider
+        (e.g. "work"), each its own grant; None: the default account. While a flow is pending,
+        the same request returns the same flow.
         """
         return self._run(
             _wire.asserted(
                 _wire.authenticate(
-                provider,
-                scopes,
-                user_id,
-                agent_id,
-                handout,
-                min_ttl,
-                force_reauth,
-                single_use,
-                audience,
-                resource,
-                subject_token,
-                subject_token_type,
+                    provider,
+                    scopes,
+                    user_id,
+                    agent_id,
+                    handout,
+                    min_ttl,
+                    force_reauth,
+                    single_use,
+                    audience,
+                    resource,
+                    subject_token,
+                    subject_token_type,
+                    account,
                 ),
                 user_assertion,
             )
@@ -162,12 +166,15 @@ class Client:
         agent_id: str | None = None,
         *,
         reference: str | None = None,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> RevokeResult:
         """Removes a grant (and revokes its tokens at the provider where it can), or with
         `reference` that one reference."""
         return self._run(
-            _wire.asserted(_wire.revoke(provider, user_id, agent_id, reference), user_assertion)
+            _wire.asserted(
+                _wire.revoke(provider, user_id, agent_id, reference, account), user_assertion
+            )
         )
 
     def list_grants(
@@ -176,6 +183,7 @@ class Client:
         user_id: str | None = None,
         agent_id: str | None = None,
         *,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> list[Grant]:
         """Grant metadata (never tokens), optionally for one provider, user and/or agent; every
@@ -184,7 +192,10 @@ class Client:
         token = ""
         while True:
             page, token = self._run(
-                _wire.asserted(_wire.list_grants(provider, user_id, agent_id, token), user_assertion)
+                _wire.asserted(
+                    _wire.list_grants(provider, user_id, agent_id, token, account),
+                    user_assertion,
+                )
             )
             grants.extend(page)
             if not token:
@@ -198,12 +209,15 @@ class Client:
         *,
         agent_id: str | None = None,
         username: str | None = None,
+        account: str | None = None,
         user_assertion: str | None = None,
     ) -> None:
-        """Stores a static credential (api_key, http_basic, http_bearer providers)."""
+        """Stores a static credential (api_key, http_basic, http_bearer providers) for a user,
+        optionally for one agent (`agent_id`) or one of the user's accounts (`account`)."""
         self._run(
             _wire.asserted(
-                _wire.put_credential(provider, user_id, value, agent_id, username), user_assertion
+                _wire.put_credential(provider, user_id, value, agent_id, username, account),
+                user_assertion,
             )
         )
 

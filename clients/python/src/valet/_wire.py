@@ -133,6 +133,7 @@ def authenticate(
     resource: str | None,
     subject_token: str | None,
     subject_token_type: str | None,
+    account: str | None = None,
 ) -> Call[AuthResult]:
     if isinstance(scopes, str):
         raise TypeError("scopes must be a list of strings, not one string")
@@ -149,6 +150,7 @@ def authenticate(
         resource=resource or "",
         subject_token=subject_token or "",
         subject_token_type=subject_token_type or "",
+        account=account or "",
     )
     return Call("credentials", "Authenticate", request, auth_result)
 
@@ -203,15 +205,20 @@ def _revoked(resp: pb.RevokeResponse) -> RevokeResult:
 
 
 def revoke(
-    provider: str | None, user_id: str | None, agent_id: str | None, reference: str | None
+    provider: str | None,
+    user_id: str | None,
+    agent_id: str | None,
+    reference: str | None,
+    account: str | None = None,
 ) -> Call[RevokeResult]:
-    if reference and (provider or user_id or agent_id):
-        raise ValueError("revoke either one reference or a grant (provider, user, agent)")
+    if reference and (provider or user_id or agent_id or account):
+        raise ValueError("revoke either one reference or a grant (provider, user, agent, account)")
     request = pb.RevokeRequest(
         provider_id=provider or "",
         user_id=user_id or "",
         agent_id=agent_id or "",
         reference=reference or "",
+        account=account or "",
     )
     return Call("credentials", "Revoke", request, _revoked)
 
@@ -232,17 +239,24 @@ def _grant(g: pb.Grant) -> Grant:
         kind=_short(pb.ProviderKind.Name(g.kind), "PROVIDER_KIND_"),
         issuer=g.issuer,
         has_stored_value=g.has_stored_value,
+        account=g.account,
+        email=g.email,
     )
 
 
 def list_grants(
-    provider: str | None, user_id: str | None, agent_id: str | None, page_token: str
+    provider: str | None,
+    user_id: str | None,
+    agent_id: str | None,
+    page_token: str,
+    account: str | None = None,
 ) -> Call[tuple[list[Grant], str]]:
     """One page (the largest the daemon serves); the clients follow `next_page_token`."""
     request = pb.ListGrantsRequest(
         provider_id=provider or "",
         user_id=user_id or "",
         agent_id=agent_id or "",
+        account=account or "",
         page_size=1000,
         page_token=page_token,
     )
@@ -255,7 +269,12 @@ def list_grants(
 
 
 def put_credential(
-    provider: str, user_id: str, value: str, agent_id: str | None, username: str | None
+    provider: str,
+    user_id: str,
+    value: str,
+    agent_id: str | None,
+    username: str | None,
+    account: str | None,
 ) -> Call[None]:
     request = pb.PutCredentialRequest(
         provider_id=provider,
@@ -263,6 +282,7 @@ def put_credential(
         agent_id=agent_id or "",
         value=value,
         username=username or "",
+        account=account or "",
     )
     return Call("credentials", "PutCredential", request, lambda _: None)
 

@@ -149,6 +149,10 @@ class Grant:
     kind: str
     issuer: str
     has_stored_value: bool
+    # One of the user's several accounts at the provider (e.g. "work"); "": the default one.
+    account: str = ""
+    # The connected account's email, from the verified ID token (OpenID Connect providers).
+    email: str = ""
 
 
 @dataclass(frozen=True)
