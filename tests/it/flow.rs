@@ -121,7 +121,12 @@ async fn callback_page_is_not_cached_and_a_replayed_state_is_refused() {
 
     let (status, _, body) = f.browser.visit(&cb).await;
     assert_eq!(status, 404);
-    assert!(body.contains("already used"), "{body}");
+    assert!(
+        body.contains("no longer valid")
+            && body.contains("already used")
+            && body.contains("return to your agent"),
+        "{body}"
+    );
     let code = cb
         .query_pairs()
         .find(|(k, _)| k == "code")

@@ -108,6 +108,18 @@ pub(super) async fn callback(
                 declined.to_vec().join(", ")
             ),
         ),
+        // A link opened twice (a reload, the back button) or after its flow ended: say what
+        // that usually means, rather than only that something was not found.
+        Err(e) if e.class() == crate::service::Class::NotFound => {
+            report(&e);
+            page(
+                http_status(e.class()),
+                "This authorization link is no longer valid",
+                "Each link works once, for a limited time: it was already used (if you just \
+                 granted access, that went through: return to your agent), or it expired or \
+                 was never issued by this Valet. To try again, start again from your agent.",
+            )
+        }
         Err(e) => {
             report(&e);
             page(
