@@ -107,7 +107,7 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
                 }
                 resp = wait(&mut creds, p.auth_id).await?;
             }
-            None => bail!("unexpected answer from the daemon"),
+            Some(Answer::Completed(_)) | None => bail!("unexpected answer from the daemon"),
         }
     }
 }
@@ -140,6 +140,7 @@ async fn wait(
     let mut req = tonic::Request::new(pb::WaitForCompletionRequest {
         auth_id,
         timeout_seconds: 30,
+        status_only: false,
     });
     req.set_timeout(Duration::from_secs(40));
     Ok(creds

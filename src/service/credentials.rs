@@ -108,6 +108,9 @@ pub enum Outcome {
         reference: SecretString,
         expires_at: i64,
     },
+    /// A flow's end when the caller asked only to wait (`WaitForCompletion` with
+    /// `status_only`): the consent was given, nothing was handed out.
+    Completed,
     Pending {
         auth_url: String,
         auth_id: String,
@@ -677,31 +680,36 @@ impl Credentials {
     }
 
     /// Waits for the flow `auth_id` to end, up to `timeout` (0: default; capped).
+    /// Waits up to `timeout` for the flow to end; hands out what the flow's request asked for,
+    /// or with `status_only` nothing (`Outcome::Completed`).
     pub async fn wait_for_completion(
         &self,
         caller: &Caller,
         auth_id: &str,
         timeout: Duration,
+        status_only: bool,
     ) -> Result<Outcome, Error> {
         let timeout = if timeout.is_zero() {
             self.limits.default_wait
         } else {
             timeout.min(self.limits.max_wait)
         };
-        self.await_flow(caller, auth_id, Some(timeout)).await
+        self.await_flow(caller, auth_id, Some(timeout), !status_only)
+            .await
     }
 
     /// The flow `auth_id` now: `Pending`, or its end if it has ended (`WatchAuthorization`'s
     /// first event).
     pub async fn flow_now(&self, caller: &Caller, auth_id: &str) -> Result<Outcome, Error> {
-        self.await_flow(caller, auth_id, Some(Duration::ZERO)).await
+        self.await_flow(caller, auth_id, Some(Duration::ZERO), true)
+            .await
     }
 
     /// Waits for the flow `auth_id` to end, however long it lives (a flow always ends: the
     /// sweeper fails it at its deadline). For `WatchAuthorization`, bounded by the call's
     /// deadline.
     pub async fn flow_end(&self, caller: &Caller, auth_id: &str) -> Result<Outcome, Error> {
-        self.await_flow(caller, auth_id, None).await
+        self.await_flow(caller, auth_id, None, true).await
     }
 
     async fn await_flow(
@@ -709,6 +717,7 @@ impl Credentials {
         caller: &Caller,
         auth_id: &str,
         timeout: Option<Duration>,
+        hand_out: bool,
     ) -> Result<Outcome, Error> {
         if auth_id.is_empty() || auth_id.len() > 128 {
             return Err(Error::invalid("auth_id", "must be 1-128 characters"));
@@ -731,6 +740,7 @@ impl Credentials {
                 auth_id: auth_id.to_owned(),
                 prompt: view.prompt,
             }),
+            Some(FlowOutcome::Completed(_)) if !hand_out => Ok(Outcome::Completed),
             Some(FlowOutcome::Completed(key)) => {
                 let provider = self.providers.get(&key.provider)?;
                 let token = self

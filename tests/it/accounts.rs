@@ -41,6 +41,7 @@ async fn two_accounts_of_one_user_each_resolve_to_their_own_token_and_identity()
                 .wait_for_completion(pb::WaitForCompletionRequest {
                     auth_id: p.auth_id,
                     timeout_seconds: 10,
+                    status_only: false,
                 })
                 .await
                 .unwrap()

@@ -262,6 +262,7 @@ async fn bad_authenticate_input_is_refused_and_starts_no_flow() {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: "unknown".into(),
                 timeout_seconds: 1,
+                status_only: false,
             })
             .await,
         Code::NotFound,

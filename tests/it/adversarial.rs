@@ -130,6 +130,7 @@ async fn a_consent_by_another_account_replaces_the_grant_only_where_allowed() {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: p.auth_id,
                 timeout_seconds: 5,
+                status_only: false,
             })
             .await,
         Code::FailedPrecondition,
@@ -683,6 +684,7 @@ async fn two_thousand_concurrent_waits_leave_health_answering() {
                 c.wait_for_completion(pb::WaitForCompletionRequest {
                     auth_id,
                     timeout_seconds: 4,
+                    status_only: false,
                 })
                 .await
             })

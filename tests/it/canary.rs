@@ -38,6 +38,7 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: p.auth_id.clone(),
                 timeout_seconds: 5,
+                status_only: false,
             })
             .await
             .unwrap()

@@ -64,6 +64,7 @@ async fn a_device_flow_shows_a_user_code_polls_and_completes_like_a_browser_flow
         .wait_for_completion(pb::WaitForCompletionRequest {
             auth_id: p.auth_id.clone(),
             timeout_seconds: 30,
+            status_only: false,
         })
         .await
         .unwrap()

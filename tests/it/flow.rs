@@ -70,6 +70,7 @@ async fn wait_returns_pending_at_the_timeout() {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: p.auth_id.clone(),
                 timeout_seconds: 1,
+                status_only: false,
             })
             .await
             .unwrap()
@@ -81,6 +82,7 @@ async fn wait_returns_pending_at_the_timeout() {
     let mut req = tonic::Request::new(pb::WaitForCompletionRequest {
         auth_id: p.auth_id.clone(),
         timeout_seconds: 60,
+        status_only: false,
     });
     req.set_timeout(std::time::Duration::from_millis(500));
     pending(creds.wait_for_completion(req).await.unwrap().into_inner());
@@ -94,6 +96,7 @@ async fn wait_returns_pending_at_the_timeout() {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: p.auth_id,
                 timeout_seconds: 1,
+                status_only: false,
             })
             .await,
         Code::NotFound,
@@ -157,6 +160,7 @@ async fn wait_err(f: &Fixture, auth_id: String, reason: &str) -> tonic::Status {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id,
                 timeout_seconds: 5,
+                status_only: false,
             })
             .await,
         Code::FailedPrecondition,

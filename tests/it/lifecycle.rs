@@ -454,6 +454,7 @@ async fn sigterm_lets_an_in_flight_call_finish() {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: p.auth_id,
                 timeout_seconds: 2,
+                status_only: false,
             })
             .await
     });

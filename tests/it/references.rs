@@ -362,6 +362,55 @@ async fn resolving_a_cached_token_never_touches_the_store() {
 
 /// Spent single-use references are deleted from the store by the reaper (at start, then every
 /// ten minutes) with their index entries; live ones stay and still resolve.
+/// An app that only waits for the user's consent (a UI resuming a paused graph, whose agent then
+/// asks Authenticate itself) gets `completed` and no reference it would throw away.
+#[tokio::test]
+async fn waiting_with_status_only_hands_out_nothing() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let p = crate::support::pending(
+        f.authenticate(AGENT_KEY, reference_request("alice", false))
+            .await,
+    );
+    let wait = |timeout_seconds| pb::WaitForCompletionRequest {
+        auth_id: p.auth_id.clone(),
+        timeout_seconds,
+        status_only: true,
+    };
+    use pb::authenticate_response::Result as R;
+    let before = creds.wait_for_completion(wait(1)).await.unwrap();
+    assert!(
+        matches!(before.get_ref().result, Some(R::Pending(_))),
+        "{before:?}"
+    );
+    f.browser.consent(&p.auth_url, "alice").await;
+    let done = creds.wait_for_completion(wait(10)).await.unwrap();
+    assert!(
+        matches!(done.get_ref().result, Some(R::Completed(_))),
+        "{done:?}"
+    );
+    // Another key still cannot learn how the flow went.
+    expect_err(
+        f.valet
+            .credentials(OTHER_AGENT_KEY)
+            .await
+            .wait_for_completion(wait(1))
+            .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    // The agent asks for its reference: the only one in the store.
+    reference(
+        f.authenticate(AGENT_KEY, reference_request("alice", false))
+            .await,
+    );
+    let mut valet = f.valet;
+    assert!(valet.stop().success());
+    let store = valet::store::EmbeddedStore::open(&valet.dir.path().join("data")).unwrap();
+    assert_eq!(store.list("refs/").await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn spent_references_are_reaped_from_the_store_and_live_ones_kept() {
     let f = Fixture::new().await;

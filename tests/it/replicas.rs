@@ -163,6 +163,7 @@ async fn a_callback_that_lands_on_another_replica_completes_the_flow_where_it_st
             .wait_for_completion(valet::pb::WaitForCompletionRequest {
                 auth_id: p.auth_id,
                 timeout_seconds: 5,
+                status_only: false,
             })
             .await
             .unwrap()

@@ -106,7 +106,8 @@ async def main() -> None:
         request = requests[0]
         print(f"Open this URL in a browser to grant access:\n\n  {request.auth_url}\n", flush=True)
         print("Waiting for consent...", flush=True)
-        done = await valet.wait_for_completion(request.auth_id or "", timeout=600)
+        # Only wait: the tool asks Valet again on resume, so nothing is handed out here.
+        done = await valet.wait_for_completion(request.auth_id or "", timeout=600, status_only=True)
         if done.status != "completed":
             raise SystemExit("the consent did not arrive in time")
         message = request.response()

@@ -101,7 +101,9 @@ async def test_a_tool_gets_consent_through_adk_request_credential_then_a_live_to
     # The app may wait on Valet's flow before answering the function call.
     assert request.auth_id
     with stack.client() as client:
-        assert client.wait_for_completion(request.auth_id, timeout=5).status == "completed"
+        # Only waiting: nothing handed out that the app would throw away.
+        done = client.wait_for_completion(request.auth_id, timeout=5, status_only=True)
+        assert (done.status, done.token, done.reference) == ("completed", None, None)
 
     events = await run(runner, user, session.id, request.response())
     assert final_text(events) == "userinfo answered 200"

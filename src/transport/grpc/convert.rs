@@ -64,6 +64,7 @@ pub(super) fn outcome(o: Outcome) -> pb::AuthenticateResponse {
     use pb::authenticate_response::Result as R;
     let result = match o {
         Outcome::Token(t) => R::Token(token(t)),
+        Outcome::Completed => R::Completed(pb::Completed {}),
         Outcome::Reference {
             reference,
             expires_at,

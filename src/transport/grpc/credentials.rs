@@ -224,7 +224,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let caller = caller(&mut req)?;
         let timeout = wait_timeout(&req, req.get_ref().timeout_seconds);
-        let auth_id = &req.get_ref().auth_id;
+        let (auth_id, status_only) = (&req.get_ref().auth_id, req.get_ref().status_only);
         let o = rpc(
             self.audit(),
             "WaitForCompletion",
@@ -232,7 +232,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             Subject::default(),
             async {
                 self.credentials
-                    .wait_for_completion(&caller, auth_id, timeout)
+                    .wait_for_completion(&caller, auth_id, timeout, status_only)
                     .await
             },
         )

@@ -51,6 +51,7 @@ impl Labelled for crate::service::Outcome {
             Self::Token(_) => "token",
             Self::Reference { .. } => "reference",
             Self::Pending { .. } => "flow_started",
+            Self::Completed => "completed",
         }
     }
 }

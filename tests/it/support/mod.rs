@@ -171,6 +171,7 @@ impl Fixture {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: p.auth_id,
                 timeout_seconds: 10,
+                status_only: false,
             })
             .await
             .unwrap()
@@ -219,6 +220,7 @@ impl Fixture {
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: auth_id.into(),
                 timeout_seconds: 5,
+                status_only: false,
             })
             .await
     }

@@ -130,11 +130,15 @@ class AsyncClient:
             )
         )
 
-    async def wait_for_completion(self, auth_id: str, timeout: float = 600.0) -> AuthResult:
+    async def wait_for_completion(
+        self, auth_id: str, timeout: float = 600.0, *, status_only: bool = False
+    ) -> AuthResult:
         deadline = time.monotonic() + timeout
         left: float | None = timeout
         while True:
-            result = await self._run(_wire.wait_for_completion(auth_id, left or 1.0))
+            result = await self._run(
+                _wire.wait_for_completion(auth_id, left or 1.0, status_only)
+            )
             left = _wire.remaining(deadline)
             if result.status == "completed" or left is None:
                 return result

@@ -133,17 +133,21 @@ class Client:
             )
         )
 
-    def wait_for_completion(self, auth_id: str, timeout: float = 600.0) -> AuthResult:
+    def wait_for_completion(
+        self, auth_id: str, timeout: float = 600.0, *, status_only: bool = False
+    ) -> AuthResult:
         """Waits up to `timeout` seconds (by default as long as a flow lives by default, ten
         minutes) for the flow `auth_id` to complete.
 
         Returns the completed result as soon as the consent lands, or the still-pending flow at
-        the timeout. A flow that failed raises its `FlowFailed` subclass.
+        the timeout. A flow that failed raises its `FlowFailed` subclass. With `status_only`
+        the completed result carries no token or reference: for an app that only waits for the
+        user's consent while the agent asks `authenticate` itself (a UI resuming a graph).
         """
         deadline = time.monotonic() + timeout
         left: float | None = timeout
         while True:
-            result = self._run(_wire.wait_for_completion(auth_id, left or 1.0))
+            result = self._run(_wire.wait_for_completion(auth_id, left or 1.0, status_only))
             left = _wire.remaining(deadline)
             if result.status == "completed" or left is None:
                 return result

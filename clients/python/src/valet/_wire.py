@@ -107,6 +107,9 @@ def auth_result(resp: pb.AuthenticateResponse) -> AuthResult:
         return AuthResult(
             status="completed", reference=r.reference, expires_at=_expiry(r.expires_at)
         )
+    if which == "completed":
+        # WaitForCompletion with status_only: the consent landed; nothing was handed out.
+        return AuthResult(status="completed")
     if which == "pending":
         p = resp.pending
         return AuthResult(
@@ -167,11 +170,15 @@ def remaining(deadline: float) -> float | None:
     return left if left >= 1.0 else None
 
 
-def wait_for_completion(auth_id: str, wait_seconds: float) -> Call[AuthResult]:
+def wait_for_completion(
+    auth_id: str, wait_seconds: float, status_only: bool = False
+) -> Call[AuthResult]:
     """One long poll of at most `wait_seconds` (the daemon also caps it)."""
     # The daemon caps a wait at flows.wait_max_seconds (at most 3600); longer waits poll again.
     whole = min(max(1, math.ceil(wait_seconds)), 3600)
-    request = pb.WaitForCompletionRequest(auth_id=auth_id, timeout_seconds=whole)
+    request = pb.WaitForCompletionRequest(
+        auth_id=auth_id, timeout_seconds=whole, status_only=status_only
+    )
     return Call(
         "credentials", "WaitForCompletion", request, auth_result, timeout=_poll_deadline(whole)
     )

@@ -140,7 +140,8 @@ def _bearer(token: str) -> AuthCredential:
 
 def _consent(result: AuthResult) -> AuthCredential:
     """The credential that makes ADK ask the app for consent: only Valet's URL, and Valet's
-    `auth_id` as `state` so the app can `wait_for_completion` before answering."""
+    `auth_id` as `state` so the app can `wait_for_completion(auth_id, status_only=True)` before
+    answering."""
     return AuthCredential(
         auth_type=AuthCredentialTypes.OAUTH2,
         oauth2=OAuth2Auth(auth_uri=result.auth_url, state=result.auth_id),
@@ -216,7 +217,7 @@ class ConsentRequest:
 
     call_id: str
     auth_url: str
-    # Valet's flow id, for `wait_for_completion` before answering.
+    # Valet's flow id, for `wait_for_completion(auth_id, status_only=True)` before answering.
     auth_id: str | None
     auth_config: dict[str, Any]
 

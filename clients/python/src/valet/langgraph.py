@@ -6,7 +6,8 @@
 Inside a graph run, a grant that needs the user's consent pauses the graph with
 `langgraph.types.interrupt`. The payload is a superset of LangSmith Agent Auth's (`message`,
 `auth_url`, `provider`, `scopes`), so UIs built for it render it, plus `auth_id` (a UI may call
-`wait_for_completion` on it), `expires_at` and `type` (`INTERRUPT_TYPE`). Resume with any
+`wait_for_completion(auth_id, status_only=True)` on it before resuming), `expires_at` and `type`
+(`INTERRUPT_TYPE`). Resume with any
 `Command(resume=...)`: the node re-runs, `authenticate` asks Valet again, and the value the UI
 sent is never trusted. While the consent is still pending Valet returns the same flow, so the
 graph interrupts again with the same `auth_id`.
