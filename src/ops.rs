@@ -45,7 +45,7 @@ pub async fn check_store(config: &Config) -> anyhow::Result<()> {
         match EmbeddedStore::data_dir(&config.data_dir)? {
             DataDir::Missing => {
                 eprintln!(
-                    "configuration is valid; the data directory {dir} does not exist yet: the embedded store is created there on first start"
+                    "configuration is valid; there is no store in the data directory {dir} yet: the embedded store is created there on first start"
                 );
                 return Ok(());
             }
@@ -111,14 +111,22 @@ async fn check_reference_key(src: &dyn SecretStore, dst: &dyn SecretStore) -> an
 }
 
 /// Copies every record of every namespace from `src` to `dst`. Records already identical at the
-/// destination are skipped, so running it twice is harmless; nothing is deleted at the
-/// destination. `report` sees each key copied (or that would be).
+/// destination are skipped, so running it twice before a daemon serves from `dst` is harmless;
+/// nothing is deleted at the destination, so once a daemon has served from it (revoked grants,
+/// spent references) it is refused. `report` sees each key copied (or that would be).
 pub async fn copy_records(
     src: &dyn SecretStore,
     dst: &dyn SecretStore,
     dry_run: bool,
     mut report: impl FnMut(&str),
 ) -> anyhow::Result<Copied> {
+    let served = keyspace::served_marker();
+    anyhow::ensure!(
+        dst.get(&served).await?.is_none(),
+        "a Valet daemon has served from the destination store: copying into it again would bring \
+         back the grants revoked and the references spent there since. Copy only into a store no \
+         daemon has served from, before starting the daemon on it."
+    );
     check_reference_key(src, dst).await?;
     let mut done = Copied::default();
     for namespace in keyspace::NAMESPACES {
@@ -126,6 +134,9 @@ pub async fn copy_records(
         let mut batches = KeyBatches::new(src, namespace.to_owned());
         while let Some(keys) = batches.next().await? {
             for key in keys {
+                if key == served {
+                    continue;
+                }
                 let Some(record) = src.get(&key).await? else {
                     continue;
                 };
@@ -177,7 +188,7 @@ pub async fn copy_store(
     };
     anyhow::ensure!(
         !missing(&from)?,
-        "the source's data directory {} does not exist: there is nothing to copy (is data_dir right?)",
+        "the source's data directory {} holds no store: there is nothing to copy (is data_dir right?)",
         from.data_dir.display()
     );
     let src = open_store(&from).await?.store;

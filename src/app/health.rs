@@ -2,7 +2,7 @@
 //! the secret store answers.
 
 use crate::service::ProviderRegistry;
-use crate::store::SecretStore;
+use crate::store::{Cas, SecretStore};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,18 @@ pub(super) async fn set_health(reporter: &HealthReporter, serving: bool) {
 
 /// Polls the store so health follows it: NOT_SERVING while it fails (reason logged once per
 /// change), providers loaded as soon as it answers after a failed start.
+/// Records in the store that a daemon serves from it (`keyspace::served_marker`), so
+/// `valet store copy` will not copy into it. A failure is only logged: serving goes on.
+pub(super) async fn mark_served(store: &dyn SecretStore) {
+    let marker = crate::store::keyspace::served_marker();
+    if let Err(e) = store
+        .put(&marker, zeroize::Zeroizing::new(b"1".to_vec()), Cas::Any)
+        .await
+    {
+        tracing::warn!("cannot mark the store as served from: {e}");
+    }
+}
+
 pub(super) async fn watch_store(
     store: Arc<dyn SecretStore>,
     registry: Arc<ProviderRegistry>,
@@ -42,16 +54,17 @@ pub(super) async fn watch_store(
         }
         let result = match store.check().await {
             Ok(()) if registry.is_loaded() => Ok(()),
-            Ok(()) => registry
-                .load()
-                .await
-                .map(|n| {
+            Ok(()) => match registry.load().await {
+                Ok(n) => {
                     tracing::info!(
                         providers = n,
                         "secret store reachable again; providers loaded"
                     );
-                })
-                .map_err(|e| e.chain()),
+                    mark_served(&*store).await;
+                    Ok(())
+                }
+                Err(e) => Err(e.chain()),
+            },
             Err(e) => Err(e.to_string()),
         };
         let now = result.is_ok();

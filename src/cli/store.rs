@@ -1,13 +1,16 @@
 //! `valet store copy`: moves every record (providers, grants, references and the reference key)
 //! between secret stores, each named by a daemon config file. Works on the stores directly, so
-//! the daemon need not run (and the destination's daemon should not be running).
+//! the daemon need not run (an embedded source's daemon must not: the copy takes its lock; and a
+//! destination a daemon has served from is refused).
 
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCmd {
     /// Copy providers, grants and references from one store to another (e.g. embedded → vault).
-    /// Idempotent: records already identical at the destination are left alone.
+    /// Records already identical at the destination are left alone, so it may run again until a
+    /// daemon serves from the destination; a destination a daemon has served from is refused
+    /// (copying again would bring back grants revoked and references spent there).
     Copy {
         /// Config file of the source daemon.
         #[arg(long)]

@@ -93,7 +93,8 @@ fn unavailable(e: impl Into<redb::Error>) -> StoreError {
 /// What can be said of a data directory without opening (or creating) the store in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataDir {
-    /// Not there: the store is created in it on first start.
+    /// Not there, or there with no store in it (an empty directory, as a fresh volume or a
+    /// systemd StateDirectory is): the store is created in it on first start.
     Missing,
     /// A valet process (a daemon, `valet store copy`) holds its lock.
     InUse,
@@ -131,6 +132,13 @@ impl EmbeddedStore {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDir::Missing),
             Err(e) => return Err(cannot(e)),
+        }
+        let mut holds_a_store = false;
+        for file in [DATA_FILE, LEGACY_FILE, KEY_FILE] {
+            holds_a_store |= fs::exists(dir.join(file)).map_err(cannot)?;
+        }
+        if !holds_a_store {
+            return Ok(DataDir::Missing);
         }
         let lock = match fs::File::open(dir.join(LOCK_FILE)) {
             Ok(file) => file,

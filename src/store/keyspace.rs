@@ -10,6 +10,8 @@
 //! meta/reference-key                               the deployment's reference master key
 //! meta/reference-index-v1                          marker: every reference has its index entry
 //! meta/replicas/{tag}                              a replica's HTTP address (callback forwarding)
+//! meta/served                                      marker: a daemon has served from this store
+//!                                                  (`valet store copy` refuses it as destination)
 //! check/probe-{random}                             check-config's write probe, deleted at once
 //! ```
 //!
@@ -131,6 +133,12 @@ pub fn replica(tag: &str) -> String {
 
 pub fn reference_index_marker() -> String {
     format!("{META}reference-index-v1")
+}
+
+/// Written by every daemon that serves from the store, never copied: a store a daemon has
+/// served from has revoked grants and spent references a copy would bring back.
+pub fn served_marker() -> String {
+    format!("{META}served")
 }
 
 /// check-config's probe record.

@@ -201,8 +201,26 @@ fn check_config_and_store_copy_create_no_store() {
     };
 
     let (ok, _, err) = check(&a);
-    assert!(ok && err.contains("does not exist yet"), "{err}");
+    assert!(
+        ok && err.contains("no store in the data directory"),
+        "{err}"
+    );
     assert!(!dir.path().join("a").exists(), "check-config made no store");
+    // An empty directory (a fresh volume, a systemd StateDirectory) is no store either.
+    std::fs::create_dir(dir.path().join("c")).unwrap();
+    let (ok, _, err) = check(&c);
+    assert!(
+        ok && err.contains("no store in the data directory"),
+        "{err}"
+    );
+    let (ok, _, err) = copy(&c, &b);
+    assert!(!ok && err.contains("there is nothing to copy"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("c")).unwrap().count(),
+        0,
+        "nothing was made in it"
+    );
+    std::fs::remove_dir(dir.path().join("c")).unwrap();
 
     let (child, _) = serve_dev(dir.path(), &["--config".as_ref(), a.as_os_str()]);
     let (ok, _, err) = check(&a);

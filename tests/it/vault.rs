@@ -485,8 +485,16 @@ impl StoreMove {
         text
     }
 
-    /// A daemon on the Vault store, on the embedded one's HTTP address (same redirect URIs).
-    fn serve_from_vault(self) -> (Fixture, VaultDouble) {
+    /// A daemon on the Vault store, on the embedded one's HTTP address (same redirect URIs);
+    /// the stopped embedded daemon and the copy's config directory are returned too, so both
+    /// config files stay.
+    fn serve_from_vault(
+        self,
+    ) -> (
+        Fixture,
+        VaultDouble,
+        (crate::support::Valet, tempfile::TempDir),
+    ) {
         let valet = crate::support::Valet::start(ValetOptions {
             http_listen: Some(self.embedded.http_addr),
             ..options(&self.vault.address, 2, &token_auth(ROOT_TOKEN))
@@ -496,7 +504,7 @@ impl StoreMove {
             idp: self.idp,
             browser: self.browser,
         };
-        (f, self.vault)
+        (f, self.vault, (self.embedded, self._dir))
     }
 }
 
@@ -518,12 +526,34 @@ async fn store_copy_moves_a_dev_store_to_vault_idempotently() {
     );
 
     // A daemon on the Vault store serves the copied grant: a refresh, no consent.
-    let (f, _vault) = m.serve_from_vault();
+    let (from, to) = (m.from.clone(), m.to.clone());
+    let (f, vault, _source) = m.serve_from_vault();
     let t = token(
         f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,
     );
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
+    // Once it has served, copying again would bring back what it revoked since: refused, with
+    // or without --dry-run, and nothing is written.
+    assert!(f.revoke_grant("alice").await);
+    let writes = vault.writes();
+    for dry_run in [true, false] {
+        let mut args: Vec<std::ffi::OsString> = vec!["store".into(), "copy".into()];
+        args.extend(["--from".into(), from.clone().into()]);
+        args.extend(["--to".into(), to.clone().into()]);
+        if dry_run {
+            args.push("--dry-run".into());
+        }
+        let out = run_valet(args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("has served from the destination") && err.contains("revoked"),
+            "{err}"
+        );
+    }
+    assert_eq!(vault.writes(), writes, "nothing was written");
+    assert!(f.grants("alice").await.is_empty(), "the revoke holds");
 }
 
 /// Resolves `reference` as the agent key.
@@ -572,7 +602,7 @@ async fn store_copy_carries_references_and_their_single_use_state_to_vault() {
     );
 
     // The daemon on Vault resolves the reference issued before the move; the spent one stays spent.
-    let (f, vault) = m.serve_from_vault();
+    let (f, vault, _) = m.serve_from_vault();
     let t = resolve_as_agent(&f, &kept).await.unwrap().into_inner();
     let t = t.token.unwrap();
     assert!(f.idp.userinfo(&t.access_token).await.status().is_success());
