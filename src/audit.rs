@@ -105,6 +105,8 @@ enum Message {
     Event(Event),
     /// Answered once everything sent before it is written.
     Flush(std::sync::mpsc::SyncSender<()>),
+    /// Reopen the file by its path (it was moved away by log rotation); answered once done.
+    Reopen(std::sync::mpsc::SyncSender<std::io::Result<()>>),
 }
 
 /// Queued events beyond this make `record` wait for the writer (backpressure, never loss).
@@ -131,6 +133,50 @@ impl std::fmt::Debug for Audit {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+/// Cuts a torn last line (a write cut short by a crash or a full disk) off the trail, so the
+/// next event starts a line of its own; returns how many bytes were cut. The torn line was
+/// never a whole event, and the chain continues from the last whole one.
+fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    // Back from the end, a block at a time, to the last newline.
+    while end > 0 {
+        let n = usize::try_from(end).map_or(block.len(), |e| e.min(block.len()));
+        let start = end - n as u64;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block[..n])?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        file.set_len(end)?;
+    }
+    Ok(len - end)
+}
+
+/// The trail's file, appended to (created 0600).
+fn open_trail(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// The `hash` of the last line of an existing trail, to continue its chain.
@@ -181,6 +227,7 @@ struct Body<'a> {
 /// The writer thread: turns events into chained lines, in order.
 struct Writer {
     prev: String,
+    path: Option<PathBuf>,
     file: Option<std::io::BufWriter<std::fs::File>>,
     user_key: Arc<OnceLock<hmac::Key>>,
     /// The line being written (one buffer, reused for every event).
@@ -238,6 +285,18 @@ impl Writer {
         }
     }
 
+    /// Flushes and closes the file, and opens the one now at its path (a new one when log
+    /// rotation moved it away). The chain goes on: the new file's first line follows the old
+    /// file's last, so `verify` takes the files in order as one trail.
+    fn reopen(&mut self) -> std::io::Result<()> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        self.flush();
+        self.file = Some(std::io::BufWriter::new(open_trail(&path)?));
+        Ok(())
+    }
+
     fn run(mut self, rx: std::sync::mpsc::Receiver<Message>) {
         while let Ok(m) = rx.recv() {
             let mut next = Some(m);
@@ -249,6 +308,9 @@ impl Writer {
                         Message::Flush(done) => {
                             self.flush();
                             let _ = done.send(());
+                        }
+                        Message::Reopen(done) => {
+                            let _ = done.send(self.reopen());
                         }
                     }
                     next = rx.try_recv().ok();
@@ -274,19 +336,22 @@ impl Audit {
     ) -> std::io::Result<Self> {
         let (prev, file) = match path {
             Some(p) => {
+                let cut = cut_torn_tail(p)?;
+                if cut > 0 {
+                    tracing::warn!(
+                        bytes = cut,
+                        "the audit file ended in a torn line (a write cut short); cut it off so the trail verifies"
+                    );
+                }
                 let prev = last_hash(p)?;
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)?;
-                (prev, Some(std::io::BufWriter::new(file)))
+                (prev, Some(std::io::BufWriter::new(open_trail(p)?)))
             }
             None => (GENESIS.to_owned(), None),
         };
         let user_key = Arc::new(OnceLock::new());
         let writer = Writer {
             prev,
+            path: path.map(Path::to_path_buf),
             file,
             user_key: user_key.clone(),
             line: Vec::with_capacity(512),
@@ -304,6 +369,16 @@ impl Audit {
             metrics,
             grants: tokio::sync::broadcast::Sender::new(WATCH_BACKLOG),
         })
+    }
+
+    /// Closes the file and opens the one at its path again, after log rotation moved it away
+    /// (SIGHUP); events go on in order, none lost. Without a file, nothing to do.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        match &self.tx {
+            Some(tx) if tx.send(Message::Reopen(done)).is_ok() => wait.recv().unwrap_or(Ok(())),
+            _ => Ok(()),
+        }
     }
 
     /// Grant changes from now on.
@@ -385,50 +460,130 @@ fn link_hash(prev: &str, body: &[u8]) -> String {
     hex::encode(d.finish())
 }
 
-/// Checks a trail's chain; returns how many lines it holds, or the first broken line.
-pub fn verify(path: &Path) -> Result<usize, String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+/// What `verify` found in an intact trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Events (lines) in all the files.
+    pub events: usize,
+    /// The last line's hash: kept somewhere else, it lets a later check tell that the trail
+    /// still reaches it (a chain without a key cannot show on its own that its end was cut off
+    /// or that it was rebuilt whole).
+    pub last_hash: String,
+}
+
+/// Checks a trail's chain across `files`, oldest first (a trail rotated into several files is
+/// one chain); returns what it holds, or the first broken line.
+pub fn verify(files: &[&Path]) -> Result<Verified, String> {
     let mut prev = GENESIS.to_owned();
-    let mut n = 0;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let no = i + 1;
-        let line = line.map_err(|e| format!("line {no}: cannot read: {e}"))?;
-        // A first line that is no event: most likely the wrong file.
-        let not_an_event = |what: &str| {
-            let hint = if no == 1 {
-                " (is this the file `[audit] file` names? the daemon's log is not an audit trail)"
+    let mut events = 0;
+    for (f, path) in files.iter().enumerate() {
+        let at = |no: usize| {
+            if files.len() > 1 {
+                format!("{} line {no}", path.display())
             } else {
-                ""
+                format!("line {no}")
+            }
+        };
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let no = i + 1;
+            let line = line.map_err(|e| format!("{}: cannot read: {e}", at(no)))?;
+            // A first line that is no event: most likely the wrong file.
+            let not_an_event = |what: &str| {
+                let hint = if no == 1 {
+                    " (is this the file `[audit] file` names? the daemon's log is not an audit trail)"
+                } else {
+                    ""
+                };
+                format!("{}: {what}{hint}", at(no))
             };
-            format!("line {no}: {what}{hint}")
-        };
-        let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&line) else {
-            return Err(not_an_event("not a JSON object"));
-        };
-        let hash = fields
-            .remove("hash")
-            .and_then(|h| h.as_str().map(str::to_owned))
-            .ok_or_else(|| not_an_event("no hash"))?;
-        if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
-            return Err(format!(
-                "line {no}: does not follow line {} (a line was removed, reordered or inserted)",
-                no - 1
-            ));
+            let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&line) else {
+                return Err(not_an_event("not a JSON object"));
+            };
+            let hash = fields
+                .remove("hash")
+                .and_then(|h| h.as_str().map(str::to_owned))
+                .ok_or_else(|| not_an_event("no hash"))?;
+            if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+                return Err(match (f, no) {
+                    (0, 1) => format!(
+                        "{}: does not start a trail: lines before it were removed, or the file \
+                         continues an earlier one (rotated): give the earlier files first, \
+                         oldest first",
+                        at(no)
+                    ),
+                    (_, 1) => format!(
+                        "{}: does not follow the last line of {} (a line or a file is missing, \
+                         or the files are out of order: oldest first)",
+                        at(no),
+                        files[f - 1].display()
+                    ),
+                    _ => format!(
+                        "{}: does not follow line {} (a line was removed, reordered or inserted)",
+                        at(no),
+                        no - 1
+                    ),
+                });
+            }
+            if link_hash(&prev, Value::Object(fields).to_string().as_bytes()) != hash {
+                return Err(format!("{}: its content was changed", at(no)));
+            }
+            prev = hash;
+            events += 1;
         }
-        if link_hash(&prev, Value::Object(fields).to_string().as_bytes()) != hash {
-            return Err(format!("line {no}: its content was changed"));
-        }
-        prev = hash;
-        n = no;
     }
-    Ok(n)
+    Ok(Verified {
+        events,
+        last_hash: prev,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+
+    fn count(path: &Path) -> Result<usize, String> {
+        verify(&[path]).map(|v| v.events)
+    }
+
+    #[test]
+    fn a_rotated_trail_goes_on_in_a_new_file_and_verifies_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, old) = (
+            dir.path().join("audit.jsonl"),
+            dir.path().join("audit.jsonl.1"),
+        );
+        let clock = Arc::new(ManualClock::at(1_800_000_000));
+        let audit = Audit::open(Some(&path), clock, Arc::default()).unwrap();
+        audit.record("Authenticate", "agent-a", Subject::default(), "token");
+        audit.record("Resolve", "agent-a", Subject::default(), "ok");
+        audit.flush();
+        // logrotate: move the file away, then SIGHUP.
+        std::fs::rename(&path, &old).unwrap();
+        audit.reopen().unwrap();
+        audit.record("Revoke", "ops", Subject::default(), "ok");
+        audit.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        let both = verify(&[&old, &path]).unwrap();
+        assert_eq!(both.events, 3);
+        let last: Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(both.last_hash, last["hash"].as_str().unwrap());
+        let alone = verify(&[&path]).unwrap_err();
+        assert!(
+            alone.contains("line 1: does not start a trail") && alone.contains("earlier files"),
+            "{alone}"
+        );
+        let swapped = verify(&[&path, &old]).unwrap_err();
+        assert!(swapped.contains("does not start a trail"), "{swapped}");
+        let gap = verify(&[&old, &old]).unwrap_err();
+        assert!(
+            gap.contains("audit.jsonl.1 line 1: does not follow the last line of"),
+            "{gap}"
+        );
+    }
 
     #[test]
     fn a_line_is_written_as_verify_reads_it_back_whatever_its_characters() {
@@ -493,16 +648,41 @@ mod tests {
         audit.record("Revoke", "agent-b", who, "PERMISSION_DENIED");
         drop(audit);
         // Reopened, the chain continues.
-        let audit = Audit::open(Some(&path), clock, Arc::default()).unwrap();
+        let audit = Audit::open(Some(&path), clock.clone(), Arc::default()).unwrap();
         audit.record("Resolve", "agent-a", Subject::default(), "ok");
         audit.flush();
-        assert_eq!(verify(&path), Ok(3));
+        assert_eq!(count(&path), Ok(3));
+        // A write cut short (a crash, a full disk) leaves a torn line: cut off on the next open,
+        // and the trail goes on verifying.
+        let whole = std::fs::read(&path).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"caller":"ops","event":"Authe"#);
+        std::fs::write(&path, &torn).unwrap();
+        let audit = Audit::open(Some(&path), clock.clone(), Arc::default()).unwrap();
+        drop(audit);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+        let audit = Audit::open(Some(&path), clock.clone(), Arc::default()).unwrap();
+        audit.record("Resolve", "agent-a", Subject::default(), "ok");
+        audit.flush();
+        assert_eq!(count(&path), Ok(4));
+        // A trail that is one torn line only is cut to nothing.
+        let lone = dir.path().join("lone.jsonl");
+        std::fs::write(&lone, "{\"caller\"").unwrap();
+        assert_eq!(cut_torn_tail(&lone).unwrap(), 9);
+        assert_eq!(std::fs::read(&lone).unwrap(), b"");
+        let whole = std::fs::read(&path).unwrap();
+        let mut text_lines = String::from_utf8(whole).unwrap();
+        // Only the fourth event is dropped to rebuild the three-event trail the checks below use.
+        let cut = text_lines[..text_lines.len() - 1].rfind('\n').unwrap() + 1;
+        text_lines.truncate(cut);
+        std::fs::write(&path, &text_lines).unwrap();
+        assert_eq!(count(&path), Ok(3));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("alice"), "users are hashed: {text}");
         let lines: Vec<&str> = text.lines().collect();
         let check = |lines: Vec<String>| {
             std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-            verify(&path)
+            count(&path)
         };
         let owned = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let removed = check(owned(&[lines[0], lines[2]])).unwrap_err();

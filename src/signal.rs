@@ -1,5 +1,6 @@
-//! The daemon's shutdown signal: SIGTERM (what systemd and Kubernetes send to stop it) or Ctrl-C
-//! (SIGINT, for a developer at a terminal). `App::run` drains when this resolves.
+//! The daemon's signals: SIGTERM (what systemd and Kubernetes send to stop it) or Ctrl-C (SIGINT,
+//! for a developer at a terminal), on which `App::run` drains; and SIGHUP, on which the audit
+//! file is reopened (after log rotation moved it away).
 
 /// Installs the handlers at once (a SIGTERM that arrives before the daemon announces itself must
 /// stop it cleanly, not kill it with the default action), and resolves at the first SIGTERM or
@@ -27,5 +28,31 @@ pub fn shutdown() -> impl std::future::Future<Output = ()> {
             (Err(_), Err(_)) => std::future::pending().await,
         };
         tracing::info!(signal, "shutdown requested");
+    }
+}
+
+/// Reopens the audit file at each SIGHUP (logrotate's `postrotate`, systemd's `ExecReload`)
+/// until `stop`; without a handler a SIGHUP would kill the daemon.
+pub async fn reopen_audit_on_hangup(
+    audit: std::sync::Arc<crate::audit::Audit>,
+    stop: impl std::future::Future,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP: rotate the audit file by restarting the daemon");
+        return;
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hangup.recv() => {}
+        }
+        let audit = audit.clone();
+        match tokio::task::spawn_blocking(move || audit.reopen()).await {
+            Ok(Ok(())) => tracing::info!(signal = "SIGHUP", "audit file reopened"),
+            Ok(Err(e)) => tracing::error!("cannot reopen the audit file: {e}"),
+            Err(e) => tracing::error!("cannot reopen the audit file: {e}"),
+        }
     }
 }

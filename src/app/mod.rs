@@ -334,6 +334,10 @@ impl App {
             self.credentials.clone(),
             stopped(stop.clone()),
         ));
+        tokio::spawn(crate::signal::reopen_audit_on_hangup(
+            self.credentials.audit_arc(),
+            stopped(stop.clone()),
+        ));
         tokio::spawn(self.credentials.clone().run_background_refresh(
             crate::service::AheadSettings {
                 lead: i64::from(self.config.refresh_ahead),

@@ -172,8 +172,13 @@ pub enum WebhookCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Check an audit file's hash chain: a removed, reordered or edited line is reported.
-    Verify { file: std::path::PathBuf },
+    /// Check an audit trail's hash chain: a removed, reordered or edited line is reported. A
+    /// trail rotated into several files is checked as one: give them oldest first. Prints the
+    /// last line's hash: keep it elsewhere and check later that the trail still reaches it.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -304,10 +309,17 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Key { cmd } => key::run(cmd),
         Command::Store { cmd } => store::run(cmd).await,
         Command::Audit {
-            cmd: AuditCmd::Verify { file },
+            cmd: AuditCmd::Verify { files },
         } => {
-            let lines = crate::audit::verify(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{}: {lines} event(s), chain intact", file.display());
+            let paths: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
+            let v = crate::audit::verify(&paths).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            println!(
+                "{}: {} event(s), chain intact; last hash {}",
+                names.join(", "),
+                v.events,
+                v.last_hash
+            );
             Ok(())
         }
         Command::Webhook {

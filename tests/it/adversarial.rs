@@ -461,6 +461,44 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
         String::from_utf8_lossy(&bad.stderr).contains("removed, reordered or inserted"),
         "{bad:?}"
     );
+
+    // Log rotation: the file is moved away and the daemon gets SIGHUP; it lives on, writes a
+    // new file, and the two verify as one trail (oldest first).
+    let rotated = logs.path().join("audit.jsonl.1");
+    std::fs::rename(&trail, &rotated).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &f.valet.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    for _ in 0..100 {
+        if f.valet.logs().contains("audit file reopened") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    f.grants("alice").await;
+    for _ in 0..100 {
+        if std::fs::read_to_string(&trail).is_ok_and(|t| t.contains("\"ListGrants\"")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let both = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["audit", "verify"])
+        .args([&rotated, &trail])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&both.stdout);
+    assert!(
+        both.status.success() && out.contains("chain intact; last hash"),
+        "{both:?}"
+    );
+    let alone = verify(&trail);
+    assert!(
+        String::from_utf8_lossy(&alone.stderr).contains("give the earlier files first"),
+        "{alone:?}"
+    );
 }
 
 fn bound_provider(f: &Fixture, return_url: &str) -> pb::Provider {
