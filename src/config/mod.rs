@@ -159,7 +159,7 @@ impl Config {
     fn validate(
         mut raw: RawConfig,
         env: &dyn Fn(&str) -> Option<String>,
-        warnings: Vec<String>,
+        mut warnings: Vec<String>,
         errors: &mut Vec<String>,
     ) -> Option<Self> {
         let vault = raw.vault.take();
@@ -172,6 +172,20 @@ impl Config {
         let user_assertions = callers::validate_assertions(&raw, &callers, errors);
         let grpc_tls = callers::validate_tls(&raw, &callers, errors);
         let server = server?;
+        if let StoreKind::Vault(v) = &server.store
+            && v.address.scheme() == "http"
+            && !v
+                .address
+                .host_str()
+                .is_some_and(|h| matches!(h, "127.0.0.1" | "[::1]" | "localhost"))
+        {
+            warnings.push(format!(
+                "vault.address {} is plain http to another host: the Vault token and every secret \
+                 Valet stores cross the network in clear; use https (plain http is for a Vault \
+                 agent on this host)",
+                v.address
+            ));
+        }
         Some(Self {
             grpc_listen: server.grpc_listen,
             http_listen: server.http_listen,
@@ -650,6 +664,43 @@ allow_private_networks = true
         let out = c.render();
         assert!(out.contains("(redacted)"));
         assert!(!out.contains(&"0".repeat(64)));
+    }
+
+    #[test]
+    fn a_vault_token_file_open_to_others_is_refused_and_plain_http_to_another_host_warned() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vault-token");
+        std::fs::write(&file, "hvs.token-file-canary\n").unwrap();
+        let toml = format!(
+            "store = \"vault\"\n[vault]\naddress = \"http://127.0.0.1:8200\"\n[vault.auth]\ntoken_file = \"{}\"\n",
+            file.display()
+        );
+        let dev = || Overrides {
+            dev: true,
+            ..Overrides::default()
+        };
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&toml, &[], dev()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|m| m.contains("vault.auth.token_file") && m.contains("chmod 600")),
+            "{:?}",
+            e.0
+        );
+        assert!(!format!("{:?}", e.0).contains("canary"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(&toml, &[], dev()).unwrap();
+        assert!(c.warnings.is_empty(), "loopback: {:?}", c.warnings);
+        let remote = toml.replace("127.0.0.1", "10.0.0.5");
+        let c = load(&remote, &[], dev()).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("plain http") && w.contains("in clear")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

@@ -31,10 +31,11 @@ fn token_auth(
     let token = if let Some(t) = &a.token {
         t.clone()
     } else if let Some(f) = &a.token_file {
-        match std::fs::read_to_string(f) {
-            Ok(t) => t.trim().to_owned(),
+        // As strict as every other secret file: not open to others.
+        match crate::secret::read_private_file(std::path::Path::new(f), "vault.auth.token_file") {
+            Ok(t) => return Some(VaultAuth::Token(t)),
             Err(e) => {
-                errors.push(format!("vault.auth.token_file {f}: {e}"));
+                errors.push(e);
                 return None;
             }
         }
