@@ -70,10 +70,12 @@ pub async fn check_store(config: &Config) -> anyhow::Result<()> {
         .put(&key, probe.clone(), Cas::Absent)
         .await
         .with_context(|| format!("cannot write {key} to the {} store", store.backend()))?;
-    let read = store
-        .get(&key)
-        .await
-        .with_context(|| format!("cannot read {key} back"))?;
+    let read = store.get(&key).await;
+    if read.is_err() {
+        // Leave no probe behind when it cannot be read back (a KV version mismatch writes it).
+        let _ = store.delete(&key).await;
+    }
+    let read = read.with_context(|| format!("cannot read {key} back"))?;
     anyhow::ensure!(
         read.is_some_and(|r| r.value == probe),
         "{key} did not read back as written"

@@ -106,6 +106,14 @@ fn classify(e: ClientError) -> StoreError {
             unavailable("Vault is sealed (503)")
         }
         ClientError::APIError { code, .. } => unavailable(format!("Vault answered HTTP {code}")),
+        // A 2xx whose body is not what the KV engine answers: most often a KV v1 mount under
+        // a client set for v2 (the default), which v1 takes as a plain path and answers empty.
+        ClientError::RestClientError {
+            source: rustify::errors::ClientError::ResponseParseError { .. },
+        } => unavailable(
+            "Vault answered with a body the KV client cannot read: is vault.kv_version the \
+             mount's KV version? (2 by default; set kv_version = 1 for a KV version 1 mount)",
+        ),
         ClientError::RestClientError { source } => {
             StoreError::Unavailable("cannot reach Vault".into(), Some(Box::new(source)))
         }

@@ -423,6 +423,27 @@ async fn check_config_proves_vault_access_and_reports_a_sealed_vault() {
     assert!(err.contains("sealed"), "{err}");
 }
 
+/// The default `kv_version = 2` against a KV v1 mount (RustyVault): not "cannot reach Vault"
+/// but which setting to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_names_kv_version_on_a_kv1_mount() {
+    let rv = RustyVault::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "store = \"vault\"\n[vault]\naddress = \"{}\"\n[vault.auth]\ntoken = \"{}\"\n",
+        rv.address, rv.root_token
+    );
+    let path = write_config(dir.path(), "v.toml", &body);
+    let out = run_valet(vec!["check-config".into(), "--config".into(), path.into()]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("kv_version = 1") && !err.contains("cannot reach Vault"),
+        "{err}"
+    );
+    assert!(!err.contains(&rv.root_token));
+}
+
 /// A `valet store copy` from a stopped embedded daemon to a Vault KV v2 double.
 struct StoreMove {
     embedded: crate::support::Valet,
