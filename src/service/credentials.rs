@@ -99,6 +99,15 @@ impl std::fmt::Debug for SubjectToken {
     }
 }
 
+/// What `Resolve` hands out, and whose grant it came from (for the audit trail: the request
+/// names only the reference).
+#[derive(Debug)]
+pub struct Resolved {
+    pub token: AccessToken,
+    pub applied: Applied,
+    pub grant: GrantKey,
+}
+
 /// What Authenticate and WaitForCompletion answer.
 #[derive(Debug)]
 pub enum Outcome {
@@ -1030,7 +1039,7 @@ impl Credentials {
         reference: &str,
         min_ttl: u32,
         target_url: &str,
-    ) -> Result<(AccessToken, Applied), Error> {
+    ) -> Result<Resolved, Error> {
         let min_ttl = self.min_ttl(min_ttl)?;
         let found = self.references.find(reference).await?;
         let Some(record) = &found.record else {
@@ -1076,7 +1085,11 @@ impl Credentials {
             self.references.spend(&found.hash).await?;
         }
         let applied = kind::apply(&provider.kind, &token.token);
-        Ok((token, applied))
+        Ok(Resolved {
+            token,
+            applied,
+            grant: record.grant.clone(),
+        })
     }
 
     /// Revokes one reference. Only the caller it was issued to, or an admin, may.

@@ -24,7 +24,7 @@ pub use ahead::AheadSettings;
 pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};
 pub use credentials::{
     AuthRequest, CallbackDone, Credentials, GrantChanges, Limits, Outcome, Parts, ProviderDeleted,
-    SubjectToken,
+    Resolved, SubjectToken,
 };
 pub use error::{Class, Error, Reason};
 pub use kind::{CallbackParams, ProviderRevocation};

@@ -382,6 +382,26 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
         },
     )
     .await;
+    // A reference resolved: the request names only the reference, the trail whose grant it was.
+    let reference = crate::support::reference(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                handout: pb::Handout::Reference as i32,
+                ..Fixture::request("idp", "alice", "planner")
+            },
+        )
+        .await,
+    );
+    f.valet
+        .credentials(AGENT_KEY)
+        .await
+        .resolve(pb::ResolveRequest {
+            reference: reference.reference.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     f.valet
         .credentials(AGENT_KEY)
         .await
@@ -430,6 +450,12 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
     find("Refused", "-", "UNAUTHENTICATED");
     let refreshed = find("GrantRefreshed", "valet", "ok");
     assert_eq!(refreshed["agent"], "planner");
+    let resolved = find("Resolve", "agent-a", "ok");
+    assert_eq!(
+        (&resolved["provider"], &resolved["agent"], &resolved["user"]),
+        (&started["provider"], &started["agent"], &started["user"])
+    );
+    assert!(!text.contains(&reference.reference["vref_".len()..]));
     // The user is the same keyed hash in every event, never the id.
     assert_eq!(started["user"], refused["user"]);
     assert!(

@@ -258,10 +258,9 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             },
         )
         .await?;
-        let (t, applied) = t;
         Ok(Response::new(pb::ResolveResponse {
-            credential: Some(convert::credential(&applied)),
-            token: Some(convert::token(t)),
+            credential: Some(convert::credential(&t.applied)),
+            token: Some(convert::token(t.token)),
         }))
     }
 

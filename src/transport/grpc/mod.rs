@@ -30,6 +30,18 @@ trait Labelled {
     fn label(&self) -> &'static str {
         "ok"
     }
+
+    /// The grant the call turned out to act on, when the request did not name it (`Resolve`
+    /// names only a reference): the trail, the request line and the metrics name it.
+    fn grant(&self) -> Option<&crate::domain::GrantKey> {
+        None
+    }
+}
+
+impl Labelled for crate::service::Resolved {
+    fn grant(&self) -> Option<&crate::domain::GrantKey> {
+        Some(&self.grant)
+    }
 }
 
 impl Labelled for () {}
@@ -104,6 +116,9 @@ async fn rpc<T: Labelled>(
         let started = std::time::Instant::now();
         let result = call.await;
         let took = started.elapsed();
+        // Ids from a grant the call found are well-formed (parsed when stored).
+        let found = result.as_ref().ok().and_then(Labelled::grant);
+        let named = found.map_or(provider, |k| k.provider.as_str());
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => crate::transport::reason_name(e.reason()),
@@ -121,16 +136,23 @@ async fn rpc<T: Labelled>(
             method,
             // Strings, not `%` (Display): a JSON line writes them without formatting first.
             caller = caller.name.as_str(),
-            provider,
+            provider = named,
             outcome,
             latency_ms = crate::telemetry::millis(took),
             request_id = caller.request_id.as_str(),
             "rpc"
         );
-        let audited = crate::audit::Subject {
-            provider,
-            user: valid(subject.user, crate::domain::UserId::is_valid),
-            agent: valid(subject.agent, crate::domain::AgentId::is_valid),
+        let audited = match found {
+            Some(k) => crate::audit::Subject {
+                provider: named,
+                user: k.user.as_str(),
+                agent: k.agent.as_ref().map_or("", |a| a.as_str()),
+            },
+            None => crate::audit::Subject {
+                provider,
+                user: valid(subject.user, crate::domain::UserId::is_valid),
+                agent: valid(subject.agent, crate::domain::AgentId::is_valid),
+            },
         };
         let label = result.as_ref().map_or(outcome, Labelled::label);
         audit.record(method, &caller.name, audited, label);
