@@ -69,7 +69,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("valet: {e:#}");
-            ExitCode::FAILURE
+            // A config file a tool read (`valet store copy`) is as bad as the daemon's.
+            if e.downcast_ref::<valet::config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

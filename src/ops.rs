@@ -177,11 +177,15 @@ pub async fn copy_store(
     report: impl FnMut(&str),
 ) -> anyhow::Result<CopyReport> {
     let load = |path: &str| {
+        // Only the store matters: a backup's config may name nothing but its data_dir.
         let overrides = crate::config::Overrides {
             config: Some(path.to_owned()),
+            store_only: true,
             ..Default::default()
         };
-        Config::load_from_process_env(&overrides).map_err(|e| anyhow::anyhow!("{path}: {e}"))
+        // Kept as a `ConfigError` under the path, so the CLI exits 78 as for any bad config.
+        Config::load_from_process_env(&overrides)
+            .map_err(|e| anyhow::Error::new(e).context(path.to_owned()))
     };
     let (from, to) = (load(from)?, load(to)?);
     let missing = |c: &Config| -> anyhow::Result<bool> {

@@ -737,6 +737,13 @@ mkdir -p -m 700 "$tmp/example-data" "$tmp/embedded-data"
 check "config: deploy/valet.example.toml" config_ok "$tmp/example.log" \
   valet check-config --config deploy/valet.example.toml \
   --data-dir "$tmp/example-data" --admin-key-file "$tmp/admin-key"
+# A commented-out section, uncommented as the example shows, is still valid (no key of another
+# section lands under it).
+sed -e 's/^# \[telemetry\]$/[telemetry]/' -e 's/^# otlp_endpoint = /otlp_endpoint = /' \
+  deploy/valet.example.toml >"$tmp/example-telemetry.toml"
+check "config: valet.example.toml with [telemetry] uncommented" config_ok "$tmp/example-tel.log" \
+  valet check-config --config "$tmp/example-telemetry.toml" \
+  --data-dir "$tmp/example-data" --admin-key-file "$tmp/admin-key"
 # The embedded overlay's ConfigMap, as built; its data_dir is a volume in the pod, a temp dir here.
 check "config: overlays/embedded ConfigMap" config_ok "$tmp/embedded.log" \
   valet check-config --config "$tmp/embedded.toml" --data-dir "$tmp/embedded-data"

@@ -186,7 +186,8 @@ pub struct ServeArgs {
     /// TOML config file (env VALET_CONFIG).
     #[arg(long, short)]
     pub config: Option<String>,
-    /// Development mode: loopback only, embedded store, a one-time admin key on first start.
+    /// Development mode: loopback only, a one-time admin key on first start, the embedded store
+    /// unless the config names another.
     #[arg(long)]
     pub dev: bool,
     /// gRPC listen address, for agents and the CLI (default 127.0.0.1:50051; env
@@ -207,7 +208,7 @@ pub struct ServeArgs {
     /// Read the admin API key from this file instead of generating one.
     #[arg(long)]
     pub admin_key_file: Option<String>,
-    /// `embedded` or `memory`.
+    /// `embedded`, `vault` (with a `[vault]` section) or `memory` (env VALET_STORE).
     #[arg(long)]
     pub store: Option<String>,
     /// `text` or `json`.
@@ -231,6 +232,7 @@ impl From<&ServeArgs> for Overrides {
             store: a.store.clone(),
             log_format: a.log_format.clone(),
             log_level: a.log_level.clone(),
+            store_only: false,
         }
     }
 }

@@ -104,7 +104,11 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             tls_identity: c.tls_identity.clone(),
         });
     }
-    if callers.is_empty() && !raw.dev.unwrap_or(false) && raw.admin_key_file.is_none() {
+    if callers.is_empty()
+        && !raw.dev.unwrap_or(false)
+        && !raw.store_only
+        && raw.admin_key_file.is_none()
+    {
         errors.push("no callers are configured: add [[callers]] entries, pass --admin-key-file, or run with --dev".into());
     }
     callers

@@ -16,6 +16,9 @@ pub struct RawConfig {
     pub data_dir: Option<String>,
     pub store: Option<String>,
     pub dev: Option<bool>,
+    /// Not a file key: set by `Overrides::store_only`.
+    #[serde(skip)]
+    pub store_only: bool,
     pub admin_key_file: Option<String>,
     pub profiles_dir: Option<String>,
     pub allow_insecure_provider_urls: Option<bool>,
@@ -187,6 +190,8 @@ pub struct Overrides {
     pub store: Option<String>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    /// The config is read for its store only (`valet store copy`): no caller is required.
+    pub store_only: bool,
 }
 
 /// Environment variables the daemon reads, with the setting each one overrides.
@@ -267,6 +272,7 @@ impl RawConfig {
         if o.dev {
             self.dev = Some(true);
         }
+        self.store_only |= o.store_only;
         let pairs = [
             (&o.grpc_listen, &mut self.grpc_listen),
             (&o.http_listen, &mut self.http_listen),

@@ -237,6 +237,28 @@ fn check_config_and_store_copy_create_no_store() {
     let (ok, _, err) = copy(&c, &b);
     assert!(!ok && err.contains("there is nothing to copy"), "{err}");
     assert!(!dir.path().join("c").exists() && !dir.path().join("b").exists());
+
+    // A backup's config names only its data_dir: no callers needed to copy into it.
+    let backup = dir.path().join("backup.toml");
+    let body = format!("data_dir = \"{}\"\n", dir.path().join("backup").display());
+    std::fs::write(&backup, body).unwrap();
+    let (ok, out, err) = copy(&a, &backup);
+    assert!(ok && out.contains("would copy"), "{out}{err}");
+    // A bad config file exits 78, as the daemon's does.
+    std::fs::write(&backup, "data_dri = \"/tmp\"\n").unwrap();
+    let out = valet_bin()
+        .args(["store", "copy", "--dry-run", "--from"])
+        .arg(&a)
+        .arg("--to")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("backup.toml") && err.contains("data_dri"),
+        "{err}"
+    );
 }
 
 /// Starts `valet serve --dev` on loopback port 0 in `dir`; returns the child and the stdout

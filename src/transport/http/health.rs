@@ -3,7 +3,6 @@
 
 use super::{HttpState, http_status};
 use crate::service::Error;
-use crate::transport::report;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,7 +16,9 @@ pub(super) async fn healthz(State(s): State<HttpState>) -> Response {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
             let e = Error::from(e);
-            report(&e);
+            // Said once, when it starts and ends, by the store watcher (`app/health.rs`); a
+            // probe every few seconds would repeat it.
+            tracing::debug!("health check: {}", e.chain());
             (http_status(e.class()), format!("{e}\n")).into_response()
         }
     }
