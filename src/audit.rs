@@ -135,18 +135,28 @@ impl std::fmt::Debug for Audit {
     }
 }
 
-/// Cuts a torn last line (a write cut short by a crash or a full disk) off the trail, so the
-/// next event starts a line of its own; returns how many bytes were cut. The torn line was
-/// never a whole event, and the chain continues from the last whole one.
-fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
+/// How the end of an existing trail was found (and mended) at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Ends with a whole line (or there is no file yet).
+    Whole,
+    /// The last event was whole but its newline was never written: added.
+    Terminated,
+    /// A torn last line (a write cut short by a crash or a full disk), never a whole event, of
+    /// this many bytes: cut off, so the next event starts a line of its own.
+    Cut(u64),
+    /// A torn last line the file would not let be cut (append-only, `chattr +a`): ended with a
+    /// newline instead, so at least the events after it are whole lines.
+    Fenced(u64),
+}
+
+/// Mends the end of the trail at `path` so the next event starts a line of its own. Reads
+/// only, and opens for writing only when the end needs mending.
+fn mend_tail(path: &Path) -> std::io::Result<Tail> {
     use std::io::{Read as _, Seek as _, SeekFrom};
-    let mut file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    {
+    let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::Whole),
         Err(e) => return Err(e),
     };
     let len = file.metadata()?.len();
@@ -164,10 +174,37 @@ fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
         }
         end = start;
     }
-    if end < len {
-        file.set_len(end)?;
+    let torn = len - end;
+    if torn == 0 {
+        return Ok(Tail::Whole);
     }
-    Ok(len - end)
+    let newline = || -> std::io::Result<()> {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)?
+            .write_all(b"\n")
+    };
+    // An event is at most a few hundred bytes: a longer tail is no whole event.
+    if torn <= 64 * 1024 {
+        let mut tail = Vec::new();
+        file.seek(SeekFrom::Start(end))?;
+        file.read_to_end(&mut tail)?;
+        if serde_json::from_slice::<Value>(&tail).is_ok_and(|v| v["hash"].is_string()) {
+            newline()?;
+            return Ok(Tail::Terminated);
+        }
+    }
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => {
+            f.set_len(end)?;
+            Ok(Tail::Cut(torn))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            newline()?;
+            Ok(Tail::Fenced(torn))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The trail's file, appended to (created 0600).
@@ -336,12 +373,19 @@ impl Audit {
     ) -> std::io::Result<Self> {
         let (prev, file) = match path {
             Some(p) => {
-                let cut = cut_torn_tail(p)?;
-                if cut > 0 {
-                    tracing::warn!(
-                        bytes = cut,
+                match mend_tail(p)? {
+                    Tail::Whole => {}
+                    Tail::Terminated => tracing::warn!(
+                        "the audit file's last event had no newline (a write cut short); added it"
+                    ),
+                    Tail::Cut(bytes) => tracing::warn!(
+                        bytes,
                         "the audit file ended in a torn line (a write cut short); cut it off so the trail verifies"
-                    );
+                    ),
+                    Tail::Fenced(bytes) => tracing::error!(
+                        bytes,
+                        "the audit file ends in a torn line (a write cut short) it does not let be cut (append-only?); ended it with a newline: `valet audit verify` stops at that line"
+                    ),
                 }
                 let prev = last_hash(p)?;
                 (prev, Some(std::io::BufWriter::new(open_trail(p)?)))
@@ -469,13 +513,19 @@ pub struct Verified {
     /// still reaches it (a chain without a key cannot show on its own that its end was cut off
     /// or that it was rebuilt whole).
     pub last_hash: String,
+    /// Files after the first that start a new chain: the daemon started on a new, empty file
+    /// (rotated while it was stopped), so nothing links them to the file before.
+    pub new_chains: Vec<PathBuf>,
 }
 
 /// Checks a trail's chain across `files`, oldest first (a trail rotated into several files is
-/// one chain); returns what it holds, or the first broken line.
-pub fn verify(files: &[&Path]) -> Result<Verified, String> {
-    let mut prev = GENESIS.to_owned();
+/// one chain), from `after` (the hash of the line before the first file's first line, when the
+/// files before it are gone; default: the trail's start); returns what it holds, or the first
+/// broken line.
+pub fn verify(files: &[&Path], after: Option<&str>) -> Result<Verified, String> {
+    let mut prev = after.unwrap_or(GENESIS).to_owned();
     let mut events = 0;
+    let mut new_chains = Vec::new();
     for (f, path) in files.iter().enumerate() {
         let at = |no: usize| {
             if files.len() > 1 {
@@ -505,12 +555,18 @@ pub fn verify(files: &[&Path]) -> Result<Verified, String> {
                 .remove("hash")
                 .and_then(|h| h.as_str().map(str::to_owned))
                 .ok_or_else(|| not_an_event("no hash"))?;
-            if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+            let linked = fields.get("prev").and_then(Value::as_str);
+            if f > 0 && no == 1 && linked == Some(GENESIS) && prev != GENESIS {
+                // The daemon started on a new file: a chain of its own.
+                new_chains.push(path.to_path_buf());
+                prev = GENESIS.to_owned();
+            }
+            if linked != Some(prev.as_str()) {
                 return Err(match (f, no) {
                     (0, 1) => format!(
                         "{}: does not start a trail: lines before it were removed, or the file \
                          continues an earlier one (rotated): give the earlier files first, \
-                         oldest first",
+                         oldest first, or the last hash of the file before it with --after",
                         at(no)
                     ),
                     (_, 1) => format!(
@@ -536,6 +592,7 @@ pub fn verify(files: &[&Path]) -> Result<Verified, String> {
     Ok(Verified {
         events,
         last_hash: prev,
+        new_chains,
     })
 }
 
@@ -545,7 +602,7 @@ mod tests {
     use crate::clock::ManualClock;
 
     fn count(path: &Path) -> Result<usize, String> {
-        verify(&[path]).map(|v| v.events)
+        verify(&[path], None).map(|v| v.events)
     }
 
     #[test]
@@ -566,23 +623,52 @@ mod tests {
         audit.record("Revoke", "ops", Subject::default(), "ok");
         audit.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
-        let both = verify(&[&old, &path]).unwrap();
-        assert_eq!(both.events, 3);
+        let both = verify(&[&old, &path], None).unwrap();
+        assert_eq!((both.events, both.new_chains.len()), (3, 0));
         let last: Value =
             serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
         assert_eq!(both.last_hash, last["hash"].as_str().unwrap());
-        let alone = verify(&[&path]).unwrap_err();
+        let alone = verify(&[&path], None).unwrap_err();
         assert!(
-            alone.contains("line 1: does not start a trail") && alone.contains("earlier files"),
+            alone.contains("line 1: does not start a trail") && alone.contains("--after"),
             "{alone}"
         );
-        let swapped = verify(&[&path, &old]).unwrap_err();
+        // The older files deleted (logrotate's `rotate N`): from the last hash kept of them.
+        let kept = verify(&[&old], None).unwrap().last_hash;
+        assert_eq!(verify(&[&path], Some(&kept)).unwrap().events, 1);
+        assert!(verify(&[&path], Some(GENESIS)).is_err());
+        let swapped = verify(&[&path, &old], None).unwrap_err();
         assert!(swapped.contains("does not start a trail"), "{swapped}");
-        let gap = verify(&[&old, &old]).unwrap_err();
+        // A file of another trail before it: the link is missing.
+        let other = dir.path().join("other.jsonl");
+        let clock = Arc::new(ManualClock::at(1_800_000_050));
+        let trail = Audit::open(Some(&other), clock, Arc::default()).unwrap();
+        trail.record("Resolve", "agent-b", Subject::default(), "ok");
+        trail.flush();
+        let gap = verify(&[&other, &path], None).unwrap_err();
         assert!(
-            gap.contains("audit.jsonl.1 line 1: does not follow the last line of"),
+            gap.contains("audit.jsonl line 1: does not follow the last line of")
+                && gap.contains("other.jsonl"),
             "{gap}"
         );
+        // Rotated while the daemon was stopped: it starts the new file as a new chain, which
+        // verify accepts at a file's start and names.
+        drop(audit);
+        let (older, fresh) = (
+            dir.path().join("audit.jsonl.2"),
+            dir.path().join("new.jsonl"),
+        );
+        std::fs::rename(&path, &older).unwrap();
+        let audit = Audit::open(
+            Some(&fresh),
+            Arc::new(ManualClock::at(1_800_000_100)),
+            Arc::default(),
+        )
+        .unwrap();
+        audit.record("Resolve", "agent-a", Subject::default(), "ok");
+        audit.flush();
+        let three = verify(&[&old, &older, &fresh], None).unwrap();
+        assert_eq!((three.events, three.new_chains), (4, vec![fresh.clone()]));
     }
 
     #[test]
@@ -668,8 +754,30 @@ mod tests {
         // A trail that is one torn line only is cut to nothing.
         let lone = dir.path().join("lone.jsonl");
         std::fs::write(&lone, "{\"caller\"").unwrap();
-        assert_eq!(cut_torn_tail(&lone).unwrap(), 9);
+        assert_eq!(mend_tail(&lone).unwrap(), Tail::Cut(9));
         assert_eq!(std::fs::read(&lone).unwrap(), b"");
+        assert_eq!(mend_tail(&lone).unwrap(), Tail::Whole);
+        // A whole last event whose newline was never written is kept, and ended.
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+        assert_eq!(mend_tail(&path).unwrap(), Tail::Terminated);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
+        assert_eq!(count(&path), Ok(4));
+        // A file that may not be cut (append-only, here read-only to this process): the torn
+        // line gets its newline instead, unless even that is refused.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let fenced = dir.path().join("fenced.jsonl");
+            std::fs::write(&fenced, "{\"caller\"").unwrap();
+            std::fs::set_permissions(&fenced, std::fs::Permissions::from_mode(0o400)).unwrap();
+            // Root may write anyway: then it is cut like any other.
+            match mend_tail(&fenced) {
+                Ok(Tail::Cut(9)) => assert_eq!(std::fs::read(&fenced).unwrap(), b""),
+                Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied),
+                other => panic!("{other:?}"),
+            }
+        }
         let whole = std::fs::read(&path).unwrap();
         let mut text_lines = String::from_utf8(whole).unwrap();
         // Only the fourth event is dropped to rebuild the three-event trail the checks below use.

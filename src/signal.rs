@@ -31,17 +31,26 @@ pub fn shutdown() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Installs the SIGHUP handler (from then on a SIGHUP no longer kills the process). Call it
+/// inside the runtime, as early as the daemon starts.
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot handle SIGHUP ({e}): rotate the audit file by restarting");
+            None
+        }
+    }
+}
+
 /// Reopens the audit file at each SIGHUP (logrotate's `postrotate`, systemd's `ExecReload`)
-/// until `stop`; without a handler a SIGHUP would kill the daemon.
+/// until `stop`.
 pub async fn reopen_audit_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
     audit: std::sync::Arc<crate::audit::Audit>,
     stop: impl std::future::Future,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot handle SIGHUP: rotate the audit file by restarting the daemon");
-        return;
-    };
     tokio::pin!(stop);
     loop {
         tokio::select! {

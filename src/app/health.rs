@@ -25,24 +25,31 @@ pub(super) async fn set_health(reporter: &HealthReporter, serving: bool) {
         .await;
 }
 
-/// Polls the store so health follows it: NOT_SERVING while it fails (reason logged once per
-/// change), providers loaded as soon as it answers after a failed start.
 /// Records in the store that a daemon serves from it (`keyspace::served_marker`), so
-/// `valet store copy` will not copy into it. A failure is only logged: serving goes on.
-pub(super) async fn mark_served(store: &dyn SecretStore) {
+/// `valet store copy` will not copy into it; whether that worked. A failure is only logged:
+/// serving goes on, and the store watcher tries again.
+pub(super) async fn mark_served(store: &dyn SecretStore) -> bool {
     let marker = crate::store::keyspace::served_marker();
-    if let Err(e) = store
+    match store
         .put(&marker, zeroize::Zeroizing::new(b"1".to_vec()), Cas::Any)
         .await
     {
-        tracing::warn!("cannot mark the store as served from: {e}");
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!("cannot mark the store as served from (will try again): {e}");
+            false
+        }
     }
 }
 
+/// Polls the store so health follows it: NOT_SERVING while it fails (reason logged once per
+/// change), providers loaded as soon as it answers after a failed start, and the store marked
+/// as served from once it can be (`marked`: already done).
 pub(super) async fn watch_store(
     store: Arc<dyn SecretStore>,
     registry: Arc<ProviderRegistry>,
     reporter: HealthReporter,
+    mut marked: bool,
     stop: impl Future,
 ) {
     tokio::pin!(stop);
@@ -60,7 +67,6 @@ pub(super) async fn watch_store(
                         providers = n,
                         "secret store reachable again; providers loaded"
                     );
-                    mark_served(&*store).await;
                     Ok(())
                 }
                 Err(e) => Err(e.chain()),
@@ -68,6 +74,9 @@ pub(super) async fn watch_store(
             Err(e) => Err(e.to_string()),
         };
         let now = result.is_ok();
+        if now && !marked {
+            marked = mark_served(&*store).await;
+        }
         if now != serving {
             match &result {
                 Ok(()) => tracing::info!("secret store healthy: serving"),

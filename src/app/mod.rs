@@ -50,6 +50,9 @@ pub struct App {
     auth: CallerAuth,
     /// A dev admin key made on this start, shown once the daemon is about to serve.
     first_key: Option<admin_key::FirstKey>,
+    /// SIGHUP, handled from the start of `build` (a reload while the store is opened must not
+    /// kill the daemon); it reopens the audit file once serving.
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 /// A future that resolves once `rx` says stop.
@@ -65,6 +68,7 @@ impl App {
 
     /// Opens the store, builds the services and binds both listeners.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let hangups = crate::signal::hangups();
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
@@ -175,6 +179,7 @@ impl App {
             credentials,
             auth,
             first_key,
+            hangups,
         })
     }
 
@@ -233,13 +238,18 @@ impl App {
         let first_key = self.first_key.take();
         let (grpc_addr, http_addr) = (self.grpc_addr()?, self.http_addr()?);
         let providers = load_providers(&self.registry).await?;
-        if self.registry.is_loaded() {
-            health::mark_served(&*self.store).await;
-        }
+        let marked = self.registry.is_loaded() && health::mark_served(&*self.store).await;
         let (reporter, health) = tonic_health::server::health_reporter();
         health::set_health(&reporter, self.registry.is_loaded()).await;
         let (stop_tx, stop_rx) = watch::channel(false);
-        self.spawn_background(&reporter, &stop_rx);
+        if let Some(hangups) = self.hangups.take() {
+            tokio::spawn(crate::signal::reopen_audit_on_hangup(
+                hangups,
+                self.credentials.audit_arc(),
+                stopped(stop_rx.clone()),
+            ));
+        }
+        self.spawn_background(&reporter, marked, &stop_rx);
         let serving = Arc::new(AtomicBool::new(true));
         let state = HttpState {
             credentials: self.credentials.clone(),
@@ -315,7 +325,12 @@ impl App {
         Ok(())
     }
 
-    fn spawn_background(&self, reporter: &HealthReporter, stop: &watch::Receiver<bool>) {
+    fn spawn_background(
+        &self,
+        reporter: &HealthReporter,
+        marked: bool,
+        stop: &watch::Receiver<bool>,
+    ) {
         tokio::spawn(
             self.pending
                 .clone()
@@ -325,6 +340,7 @@ impl App {
             self.store.clone(),
             self.registry.clone(),
             reporter.clone(),
+            marked,
             stopped(stop.clone()),
         ));
         if let Some(vault) = &self.vault {
@@ -332,10 +348,6 @@ impl App {
         }
         tokio::spawn(reap_references(
             self.credentials.clone(),
-            stopped(stop.clone()),
-        ));
-        tokio::spawn(crate::signal::reopen_audit_on_hangup(
-            self.credentials.audit_arc(),
             stopped(stop.clone()),
         ));
         tokio::spawn(self.credentials.clone().run_background_refresh(

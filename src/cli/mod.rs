@@ -178,6 +178,10 @@ pub enum AuditCmd {
     Verify {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
+        /// The last hash of the file before the first one given, when the older files are gone
+        /// (printed by an earlier verify of them).
+        #[arg(long)]
+        after: Option<String>,
     },
 }
 
@@ -311,10 +315,11 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
         Command::Key { cmd } => key::run(cmd),
         Command::Store { cmd } => store::run(cmd).await,
         Command::Audit {
-            cmd: AuditCmd::Verify { files },
+            cmd: AuditCmd::Verify { files, after },
         } => {
             let paths: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
-            let v = crate::audit::verify(&paths).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let v = crate::audit::verify(&paths, after.as_deref())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             println!(
                 "{}: {} event(s), chain intact; last hash {}",
@@ -322,6 +327,12 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
                 v.events,
                 v.last_hash
             );
+            for file in &v.new_chains {
+                println!(
+                    "note: {} starts a new chain (the daemon started on a new file), so nothing links it to the file before",
+                    file.display()
+                );
+            }
             Ok(())
         }
         Command::Webhook {

@@ -109,14 +109,15 @@ impl ProviderHttp {
     }
 }
 
-/// A `Retry-After` in seconds, capped at an hour (RFC 9110 section 10.2.3, sent with 429 and
-/// 503); only the delay-seconds form is read.
+/// A `Retry-After` in seconds, from a second (a 0 would have every caller retry at once
+/// against a failing provider) to an hour (RFC 9110 section 10.2.3, sent with 429 and 503);
+/// only the delay-seconds form is read.
 fn retry_after(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| s.min(3600))
+        .map(|s| s.clamp(1, 3600))
 }
 
 impl<'c> oauth2::AsyncHttpClient<'c> for ProviderHttp {
@@ -127,5 +128,25 @@ impl<'c> oauth2::AsyncHttpClient<'c> for ProviderHttp {
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(self.send(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_from_one_to_an_hour() {
+        let after = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(after("7"), Some(7));
+        assert_eq!(after(" 120 "), Some(120));
+        assert_eq!(after("0"), Some(1), "never an immediate retry storm");
+        assert_eq!(after("86400"), Some(3600));
+        assert_eq!(after("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
     }
 }

@@ -109,10 +109,12 @@ fn classify(e: ClientError) -> StoreError {
         // A 2xx whose body is not what the KV engine answers: most often a KV v1 mount under
         // a client set for v2 (the default), which v1 takes as a plain path and answers empty.
         ClientError::RestClientError {
-            source: rustify::errors::ClientError::ResponseParseError { .. },
-        } => unavailable(
+            source: source @ rustify::errors::ClientError::ResponseParseError { .. },
+        } => StoreError::Unavailable(
             "Vault answered with a body the KV client cannot read: is vault.kv_version the \
-             mount's KV version? (2 by default; set kv_version = 1 for a KV version 1 mount)",
+             mount's KV version? (2 by default; set kv_version = 1 for a KV version 1 mount)"
+                .into(),
+            Some(Box::new(source)),
         ),
         ClientError::RestClientError { source } => {
             StoreError::Unavailable("cannot reach Vault".into(), Some(Box::new(source)))

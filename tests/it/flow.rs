@@ -127,7 +127,7 @@ async fn callback_page_is_not_cached_and_a_replayed_state_is_refused() {
     assert!(
         body.contains("no longer valid")
             && body.contains("already used")
-            && body.contains("return to your agent"),
+            && body.contains("start again from your agent"),
         "{body}"
     );
     let code = cb

@@ -115,9 +115,10 @@ pub(super) async fn callback(
             page(
                 http_status(e.class()),
                 "This authorization link is no longer valid",
-                "Each link works once, for a limited time: it was already used (if you just \
-                 granted access, that went through: return to your agent), or it expired or \
-                 was never issued by this Valet. To try again, start again from your agent.",
+                "Each link works once, for a limited time: it was already used, or it expired, \
+                 or Valet restarted since it was issued. If you just granted access here and \
+                 your agent now has it, there is nothing more to do; otherwise start again from \
+                 your agent.",
             )
         }
         Err(e) => {
