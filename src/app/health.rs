@@ -2,7 +2,7 @@
 //! the secret store answers.
 
 use crate::service::ProviderRegistry;
-use crate::store::{Cas, SecretStore};
+use crate::store::SecretStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,13 +28,12 @@ pub(super) async fn set_health(reporter: &HealthReporter, serving: bool) {
 /// Records in the store that a daemon serves from it (`keyspace::served_marker`), so
 /// `valet store copy` will not copy into it; whether that worked. A failure is only logged:
 /// serving goes on, and the store watcher tries again.
-pub(super) async fn mark_served(store: &dyn SecretStore) -> bool {
-    let marker = crate::store::keyspace::served_marker();
-    match store
-        .put(&marker, zeroize::Zeroizing::new(b"1".to_vec()), Cas::Any)
+pub(super) async fn mark_served(store: &Arc<dyn SecretStore>) -> bool {
+    match crate::store::MetaRepo::new(store.clone())
+        .mark_served()
         .await
     {
-        Ok(_) => true,
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!("cannot mark the store as served from (will try again): {e}");
             false
@@ -75,7 +74,7 @@ pub(super) async fn watch_store(
         };
         let now = result.is_ok();
         if now && !marked {
-            marked = mark_served(&*store).await;
+            marked = mark_served(&store).await;
         }
         if now != serving {
             match &result {

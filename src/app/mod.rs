@@ -238,7 +238,7 @@ impl App {
         let first_key = self.first_key.take();
         let (grpc_addr, http_addr) = (self.grpc_addr()?, self.http_addr()?);
         let providers = load_providers(&self.registry).await?;
-        let marked = self.registry.is_loaded() && health::mark_served(&*self.store).await;
+        let marked = self.registry.is_loaded() && health::mark_served(&self.store).await;
         let (reporter, health) = tonic_health::server::health_reporter();
         health::set_health(&reporter, self.registry.is_loaded()).await;
         let (stop_tx, stop_rx) = watch::channel(false);

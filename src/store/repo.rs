@@ -648,6 +648,19 @@ impl MetaRepo {
             .await
     }
 
+    /// Records that a daemon serves from this store (`keyspace::served_marker`): `valet store
+    /// copy` refuses it as a destination.
+    pub async fn mark_served(&self) -> Result<(), StoreError> {
+        self.store
+            .put(
+                &keyspace::served_marker(),
+                Zeroizing::new(b"1".to_vec()),
+                Cas::Any,
+            )
+            .await
+            .map(|_| ())
+    }
+
     /// Records that replica `tag` answers at `url` (written by the replica itself at start).
     pub async fn register_replica(&self, tag: &str, url: &Url) -> Result<(), StoreError> {
         self.store
