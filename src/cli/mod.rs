@@ -132,7 +132,8 @@ pub enum Command {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
-    /// Operate on secret stores directly (the daemon need not run).
+    /// Operate on secret stores directly, without a daemon (an embedded store's daemon must be
+    /// stopped: the command takes the store's lock).
     Store {
         #[command(subcommand)]
         cmd: StoreCmd,
@@ -176,6 +177,7 @@ pub enum AuditCmd {
     /// trail rotated into several files is checked as one: give them oldest first. Prints the
     /// last line's hash: keep it elsewhere and check later that the trail still reaches it.
     Verify {
+        /// The trail's files (`[audit] file` and its rotated copies), oldest first.
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
         /// The last hash of the file before the first one given, when the older files are gone

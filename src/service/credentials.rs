@@ -99,13 +99,11 @@ impl std::fmt::Debug for SubjectToken {
     }
 }
 
-/// What `Resolve` hands out, and whose grant it came from (for the audit trail: the request
-/// names only the reference).
+/// What `Resolve` hands out: the token, and the credential applied as the provider places it.
 #[derive(Debug)]
 pub struct Resolved {
     pub token: AccessToken,
     pub applied: Applied,
-    pub grant: GrantKey,
 }
 
 /// What Authenticate and WaitForCompletion answer.
@@ -1054,6 +1052,8 @@ impl Credentials {
         if !record.live_for(&caller.name, self.clock.now_unix()) {
             return Err(policy::reference_denied());
         }
+        // From here on a failure is about this grant (reauthorization, egress, the provider).
+        super::acted_on::note(&record.grant);
         let provider = self
             .providers
             .get(&record.grant.provider)
@@ -1085,11 +1085,7 @@ impl Credentials {
             self.references.spend(&found.hash).await?;
         }
         let applied = kind::apply(&provider.kind, &token.token);
-        Ok(Resolved {
-            token,
-            applied,
-            grant: record.grant.clone(),
-        })
+        Ok(Resolved { token, applied })
     }
 
     /// Revokes one reference. Only the caller it was issued to, or an admin, may.

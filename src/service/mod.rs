@@ -4,6 +4,7 @@
 //! credential `kind` seam dispatches on a provider's kind; `providers` administers them. `Error`
 //! is the one transport-agnostic error and its one classification.
 
+pub mod acted_on;
 mod ahead;
 mod binding;
 mod broker;

@@ -402,6 +402,39 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
         })
         .await
         .unwrap();
+    // Its reference, resolved while the provider is down (a refresh is needed), fails: recorded
+    // against its grant; a forged one names nothing.
+    f.idp.fail_token(503).await;
+    for forged in [false, true] {
+        let r = f
+            .valet
+            .credentials(AGENT_KEY)
+            .await
+            .resolve(pb::ResolveRequest {
+                reference: if forged {
+                    // A real one with one byte changed: well-formed, but never issued.
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                    let mut raw = b64.decode(&reference.reference["vref_".len()..]).unwrap();
+                    raw[10] ^= 0x01;
+                    format!("vref_{}", b64.encode(&raw))
+                } else {
+                    reference.reference.clone()
+                },
+                min_ttl_seconds: 7200,
+                ..Default::default()
+            })
+            .await;
+        let e = r.unwrap_err();
+        let expected = if forged {
+            Code::InvalidArgument
+        } else {
+            Code::Unavailable
+        };
+        assert_eq!(e.code(), expected, "{forged}: {e:?}");
+        assert!(!e.message().contains("vref_"), "{e:?}");
+    }
+    f.idp.fail_token(0).await;
     f.valet
         .credentials(AGENT_KEY)
         .await
@@ -455,6 +488,16 @@ async fn the_audit_trail_records_who_did_what_and_detects_edits() {
         (&resolved["provider"], &resolved["agent"], &resolved["user"]),
         (&started["provider"], &started["agent"], &started["user"])
     );
+    let late: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "Resolve" && e["outcome"] != "ok")
+        .collect();
+    assert_eq!(late.len(), 2, "{text}");
+    assert_eq!(
+        (&late[0]["provider"], &late[0]["user"]),
+        (&started["provider"], &started["user"])
+    );
+    assert!(late[1].get("provider").is_none_or(|p| p == ""), "{text}");
     assert!(!text.contains(&reference.reference["vref_".len()..]));
     // The user is the same keyed hash in every event, never the id.
     assert_eq!(started["user"], refused["user"]);

@@ -30,19 +30,9 @@ trait Labelled {
     fn label(&self) -> &'static str {
         "ok"
     }
-
-    /// The grant the call turned out to act on, when the request did not name it (`Resolve`
-    /// names only a reference): the trail, the request line and the metrics name it.
-    fn grant(&self) -> Option<&crate::domain::GrantKey> {
-        None
-    }
 }
 
-impl Labelled for crate::service::Resolved {
-    fn grant(&self) -> Option<&crate::domain::GrantKey> {
-        Some(&self.grant)
-    }
-}
+impl Labelled for crate::service::Resolved {}
 
 impl Labelled for () {}
 impl Labelled for crate::service::ProviderDeleted {}
@@ -114,10 +104,11 @@ async fn rpc<T: Labelled>(
     };
     async move {
         let started = std::time::Instant::now();
-        let result = call.await;
+        // The grant a call found when its request named none (`Resolve`), success or not. Its
+        // ids are well-formed (parsed when stored).
+        let (result, found) = crate::service::acted_on::track(call).await;
         let took = started.elapsed();
-        // Ids from a grant the call found are well-formed (parsed when stored).
-        let found = result.as_ref().ok().and_then(Labelled::grant);
+        let found = found.as_ref();
         let named = found.map_or(provider, |k| k.provider.as_str());
         let outcome = match &result {
             Ok(_) => "ok",
