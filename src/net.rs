@@ -11,6 +11,12 @@ use url::Url;
 /// What the resolver's refusal says (and what callers look for in an error's sources).
 pub const PRIVATE_ONLY: &str = "private, loopback or link-local addresses";
 
+/// Whether the URL names this machine by its usual loopback spellings (where plain http is
+/// acceptable: nothing crosses a network).
+pub fn loopback_host(url: &Url) -> bool {
+    matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"))
+}
+
 /// Whether the URL's host may be public: IP literals are checked here (the resolver never sees
 /// them); names are checked again on every address they resolve to.
 pub fn public_host(url: &Url) -> bool {

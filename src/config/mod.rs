@@ -174,10 +174,7 @@ impl Config {
         let server = server?;
         if let StoreKind::Vault(v) = &server.store
             && v.address.scheme() == "http"
-            && !v
-                .address
-                .host_str()
-                .is_some_and(|h| matches!(h, "127.0.0.1" | "[::1]" | "localhost"))
+            && !crate::net::loopback_host(&v.address)
         {
             warnings.push(format!(
                 "vault.address {} is plain http to another host: the Vault token and every secret \

@@ -25,13 +25,7 @@ pub(super) fn validate(
         let at = format!("webhooks[{i}]");
         let url = match url::Url::parse(&w.url) {
             Ok(u) if u.scheme() == "https" => Some(u),
-            Ok(u)
-                if u.scheme() == "http"
-                    && (dev
-                        || matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"))) =>
-            {
-                Some(u)
-            }
+            Ok(u) if u.scheme() == "http" && (dev || crate::net::loopback_host(&u)) => Some(u),
             Ok(_) => {
                 errors.push(format!(
                     "{at}.url must be https (plain http only to loopback, or in dev mode)"

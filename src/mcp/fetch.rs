@@ -91,7 +91,7 @@ impl Fetcher {
     pub fn check(&self, url: &Url) -> Result<(), FetchError> {
         // Plain http: in dev mode, or to a loopback server where private addresses are allowed
         // (as provider endpoints may be loopback http).
-        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"));
+        let loopback = crate::net::loopback_host(url);
         if !self.policy.allow_private && !public_host(url) {
             return Err(FetchError::Private(
                 url.host_str().unwrap_or_default().to_owned(),
