@@ -42,6 +42,35 @@ pub fn read_private_file(path: &std::path::Path, what: &str) -> Result<SecretStr
     Ok(SecretString::from(text.trim().to_owned()))
 }
 
+/// What went wrong parsing JSON that may hold secrets: the kind and position only, since serde's
+/// message can quote the value it did not expect (a token, a record's field).
+pub fn json_error_at(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {}, column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
+/// An error's chain as text, each serde JSON error in it cut to [`json_error_at`]: for errors of
+/// clients that parse answers holding secrets and keep serde's error as a source.
+pub fn chain_without_values(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        match e.downcast_ref::<serde_json::Error>() {
+            Some(json) => out.push_str(&json_error_at(json)),
+            None => out.push_str(&e.to_string()),
+        }
+        next = e.source();
+    }
+    out
+}
+
 /// SHA-256 of `data`, as raw bytes.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, data);

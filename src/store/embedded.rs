@@ -275,8 +275,9 @@ impl EmbeddedStore {
         };
         let image: LegacyImage = serde_json::from_slice(&bytes).map_err(|e| {
             setup(format!(
-                "{} is not a Valet store file: {e}",
-                legacy.display()
+                "{} is not a Valet store file: {}",
+                legacy.display(),
+                crate::secret::json_error_at(&e)
             ))
         })?;
         if image.format != LEGACY_FORMAT {

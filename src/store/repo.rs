@@ -27,15 +27,9 @@ fn encode<T: Serialize>(key: &str, v: &T) -> Result<SecretBytes, StoreError> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    // Only the error's kind and position: serde's message can quote the (secret) value.
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: key.to_owned(),
-        reason: format!(
-            "{:?} error at line {}, column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        ),
+        reason: crate::secret::json_error_at(&e),
     })
 }
 

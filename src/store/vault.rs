@@ -89,7 +89,21 @@ fn unavailable(msg: impl Into<String>) -> StoreError {
     StoreError::Unavailable(msg.into(), None)
 }
 
-/// Maps a vaultrs error; never includes a request or response body.
+/// A client error kept as the source of a store error: its chain as text, without the values
+/// serde's messages quote from Vault's answer (the body of a read is a record or a token).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ClientFault(String);
+
+fn fault(
+    e: &(dyn std::error::Error + 'static),
+) -> Option<Box<dyn std::error::Error + Send + Sync>> {
+    Some(Box::new(ClientFault(crate::secret::chain_without_values(
+        e,
+    ))))
+}
+
+/// Maps a vaultrs error; never includes a request or response body, nor a value quoted from one.
 fn classify(e: ClientError) -> StoreError {
     match e {
         ClientError::APIError { code: 400, errors }
@@ -114,15 +128,12 @@ fn classify(e: ClientError) -> StoreError {
             "Vault answered with a body the KV client cannot read: is vault.kv_version the \
              mount's KV version? (2 by default; set kv_version = 1 for a KV version 1 mount)"
                 .into(),
-            Some(Box::new(source)),
+            fault(&source),
         ),
         ClientError::RestClientError { source } => {
-            StoreError::Unavailable("cannot reach Vault".into(), Some(Box::new(source)))
+            StoreError::Unavailable("cannot reach Vault".into(), fault(&source))
         }
-        other => StoreError::Unavailable(
-            "unexpected Vault client error".into(),
-            Some(Box::new(other)),
-        ),
+        other => StoreError::Unavailable("unexpected Vault client error".into(), fault(&other)),
     }
 }
 
@@ -639,5 +650,50 @@ impl SecretStore for VaultStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         self.retry_denied(|| self.lookup_ttl()).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A serde error that quotes the value it did not expect, as it does for a wrong type.
+    fn quoting(canary: &str) -> serde_json::Error {
+        let e = serde_json::from_str::<u64>(&format!("\"{canary}\"")).unwrap_err();
+        assert!(
+            e.to_string().contains(canary),
+            "serde no longer quotes: {e}"
+        );
+        e
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_logged_without_the_values_it_holds() {
+        let canary = "hvs.canary-token-0123456789";
+        let parse = ClientError::RestClientError {
+            source: rustify::errors::ClientError::ResponseParseError {
+                source: quoting(canary).into(),
+                content: Some(format!("{{\"data\":{{\"value\":\"{canary}\"}}}}")),
+            },
+        };
+        let json = ClientError::JsonParseError {
+            source: quoting(canary),
+        };
+        for (e, says) in [
+            (parse, "kv_version = 1"),
+            (json, "unexpected Vault client error"),
+        ] {
+            let e = classify(e);
+            let debug = format!("{e:?}");
+            let logged = crate::service::Error::from(e).chain();
+            assert!(logged.contains(says), "{logged}");
+            assert!(
+                logged.contains("Data error at line 1, column 29"),
+                "{logged}"
+            );
+            for out in [&logged, &debug] {
+                assert!(!out.contains("canary"), "{out}");
+            }
+        }
     }
 }
