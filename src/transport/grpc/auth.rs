@@ -84,7 +84,10 @@ impl CallerAuth {
     fn refused(&self, caller: &str, status: Status) -> Status {
         if let Some(a) = &self.audit {
             let outcome = match status.code() {
-                tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+                // Not RESOURCE_EXHAUSTED, which methods also answer (a pending-flow quota) after
+                // they were counted as calls: the denied-call alert adds these refusals to the
+                // calls, as it does UNAUTHENTICATED ones.
+                tonic::Code::ResourceExhausted => "RATE_LIMITED",
                 _ => "UNAUTHENTICATED",
             };
             a.record("Refused", caller, crate::audit::Subject::default(), outcome);
