@@ -269,6 +269,10 @@ struct Writer {
     user_key: Arc<OnceLock<hmac::Key>>,
     /// The line being written (one buffer, reused for every event).
     line: Vec<u8>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Events lost since the file last failed (a full disk): said once when it fails and once
+    /// when it takes writes again, not once per event.
+    lost: Option<u64>,
 }
 
 impl Writer {
@@ -304,7 +308,7 @@ impl Writer {
             Some(f) => {
                 self.line.push(b'\n');
                 if let Err(e) = f.write_all(&self.line) {
-                    tracing::error!("cannot append to the audit file: {e}");
+                    self.failed(1, &e);
                 }
             }
             None => {
@@ -314,11 +318,51 @@ impl Writer {
         }
     }
 
+    /// The file refused a write: `lost` events are gone (none when they wait in the buffer).
+    fn failed(&mut self, lost: u64, e: &std::io::Error) {
+        self.metrics.audit_events_lost(lost);
+        match &mut self.lost {
+            Some(n) => *n += lost,
+            None => {
+                tracing::error!(
+                    "cannot write to the audit file; events are lost once its buffer is full, until it takes writes again: {e}"
+                );
+                self.lost = Some(lost);
+            }
+        }
+    }
+
     fn flush(&mut self) {
-        if let Some(f) = &mut self.file
-            && let Err(e) = f.flush()
-        {
-            tracing::error!("cannot flush the audit file: {e}");
+        let Some(f) = &mut self.file else {
+            return;
+        };
+        match f.flush() {
+            // Kept in the buffer for a later flush.
+            Err(e) => self.failed(0, &e),
+            Ok(()) => match self.lost.take() {
+                Some(0) | None => {}
+                Some(lost) => tracing::warn!(
+                    lost,
+                    "the audit file takes writes again after losing events; `valet audit verify` stops at the gap"
+                ),
+            },
+        }
+    }
+
+    /// Flushes and closes the file; what it still refuses is lost, and counted.
+    fn close(&mut self) {
+        self.flush();
+        if let Some(f) = self.file.take() {
+            let (_, unwritten) = f.into_parts();
+            if let Ok(rest) = unwritten {
+                let lines = rest.iter().filter(|&&b| b == b'\n').count();
+                if lines > 0 {
+                    self.failed(
+                        lines as u64,
+                        &std::io::Error::other("closed with events unwritten"),
+                    );
+                }
+            }
         }
     }
 
@@ -329,8 +373,9 @@ impl Writer {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
-        self.flush();
-        self.file = Some(std::io::BufWriter::new(open_trail(&path)?));
+        let next = open_trail(&path)?;
+        self.close();
+        self.file = Some(std::io::BufWriter::new(next));
         Ok(())
     }
 
@@ -359,7 +404,7 @@ impl Writer {
                 next = rx.try_recv().ok();
             }
         }
-        self.flush();
+        self.close();
     }
 }
 
@@ -399,6 +444,8 @@ impl Audit {
             file,
             user_key: user_key.clone(),
             line: Vec::with_capacity(512),
+            metrics: metrics.clone(),
+            lost: None,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let writer = std::thread::Builder::new()
@@ -603,6 +650,51 @@ mod tests {
 
     fn count(path: &Path) -> Result<usize, String> {
         verify(&[path], None).map(|v| v.events)
+    }
+
+    #[test]
+    fn events_a_full_disk_refuses_are_counted_and_the_trail_goes_on_when_it_has_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, old) = (
+            dir.path().join("audit.jsonl"),
+            dir.path().join("audit.jsonl.1"),
+        );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let lost = || {
+            let text = metrics.render();
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix("valet_audit_events_lost_total "))
+                .unwrap_or_else(|| panic!("not exported:\n{text}"))
+                .to_owned();
+            line.parse::<u64>().unwrap()
+        };
+        let clock = Arc::new(ManualClock::at(1_800_000_000));
+        let audit = Audit::open(Some(&path), clock, metrics.clone()).unwrap();
+        audit.record("Authenticate", "agent-a", Subject::default(), "token");
+        audit.flush();
+        assert_eq!(lost(), 0);
+        // The disk fills: the file at the path now refuses every write.
+        std::fs::rename(&path, &old).unwrap();
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        audit.reopen().unwrap();
+        for _ in 0..200 {
+            audit.record("Resolve", "agent-a", Subject::default(), "ok");
+        }
+        audit.flush();
+        let refused = lost();
+        assert!(refused > 0, "a full buffer loses events");
+        // Room again: those still buffered are lost too, and counted; then events are written.
+        std::fs::remove_file(&path).unwrap();
+        audit.reopen().unwrap();
+        assert_eq!(lost(), 200);
+        audit.record("Revoke", "ops", Subject::default(), "ok");
+        audit.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        // The gap shows: the chain does not go on from the first file's last event.
+        assert_eq!(count(&old), Ok(1));
+        let gap = verify(&[&old, &path], None).unwrap_err();
+        assert!(gap.contains("line 1"), "{gap}");
     }
 
     #[test]

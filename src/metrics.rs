@@ -122,6 +122,7 @@ pub struct Metrics {
     grants_needing_reauth: Family<Provider, Counter>,
     references: Family<ReferenceEvent, Counter>,
     denied_calls: Family<Reason, Counter>,
+    audit_events_lost: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,6 +166,7 @@ impl Metrics {
             grants_needing_reauth: Family::default(),
             references: Family::default(),
             denied_calls: Family::default(),
+            audit_events_lost: Counter::default(),
             registry,
         };
         m.register()
@@ -265,6 +267,12 @@ impl Metrics {
             "denied_calls",
             "Calls refused for who made them (permission, rate, user, quota), by reason",
             self.denied_calls.clone(),
+        );
+        r.register(
+            "audit_events_lost",
+            "Audit events the audit file did not take (a full disk, an I/O error): the trail's \
+             chain breaks there",
+            self.audit_events_lost.clone(),
         );
         self
     }
@@ -392,6 +400,11 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Audit events the audit file did not take.
+    pub fn audit_events_lost(&self, n: u64) {
+        self.audit_events_lost.inc_by(n);
     }
 
     /// Counts an open watch stream until the guard is dropped (the stream ended or its caller
