@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".valet.v1.AuthenticateRequest",
             ".valet.v1.CompleteAuthorizationRequest",
             ".valet.v1.ImportGrantRequest",
+            ".valet.v1.Pending",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -108,9 +108,27 @@ pub fn refused_as_private(e: &reqwest::Error) -> bool {
     false
 }
 
+/// A URL as errors show it: without user name, password, query or fragment (a server-supplied
+/// URL could carry anything there).
+pub fn shown(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    // Err only for URLs that cannot have them (no host), which then have none.
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shown_url_has_no_credentials_query_or_fragment() {
+        let u = Url::parse("https://user:pw@mcp.example:8443/a/b?key=k#frag").unwrap();
+        assert_eq!(shown(&u), "https://mcp.example:8443/a/b");
+    }
 
     #[test]
     fn non_public_addresses_are_refused() {

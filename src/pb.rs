@@ -25,6 +25,23 @@ fn redacted(s: &str) -> String {
     }
 }
 
+/// A URL as [`crate::net::shown`] shows it; a consent link's query holds the flow's `state`.
+fn shown_url(s: &str) -> String {
+    url::Url::parse(s).map_or_else(|_| redacted(s), |u| crate::net::shown(&u))
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("auth_url", &shown_url(&self.auth_url))
+            .field("auth_id", &redacted(&self.auth_id))
+            .field("expires_at", &self.expires_at)
+            .field("user_code", &redacted(&self.user_code))
+            .field("verification_uri", &self.verification_uri)
+            .finish()
+    }
+}
+
 impl fmt::Debug for Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Provider")

@@ -243,7 +243,7 @@ impl From<&ServeArgs> for Overrides {
     }
 }
 
-#[derive(Debug, Args, Clone)]
+#[derive(Args, Clone)]
 pub struct Conn {
     /// The daemon's gRPC address.
     #[arg(long, env = "VALET_SERVER", default_value = "http://127.0.0.1:50051")]
@@ -260,6 +260,19 @@ pub struct Conn {
     /// mTLS: the client certificate's private key (PEM).
     #[arg(long, env = "VALET_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// Whether a key is set, never the key.
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("server", &self.server)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
 }
 
 impl Conn {

@@ -327,6 +327,16 @@ mod tests {
     use crate::domain::Role;
     use std::collections::HashMap;
 
+    #[test]
+    fn the_raw_config_debug_shows_no_vault_token() {
+        let raw = parse_toml("t.toml", "[vault.auth]\ntoken = \"hvs.canary-token\"\n").unwrap();
+        let out = format!("{raw:?}");
+        assert!(
+            !out.contains("canary") && out.contains("<redacted>"),
+            "{out}"
+        );
+    }
+
     fn load(toml: &str, env: &[(&str, &str)], o: Overrides) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("valet.toml");

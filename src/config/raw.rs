@@ -68,7 +68,7 @@ pub struct RawVault {
     pub auth: RawVaultAuth,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVaultAuth {
     /// `token` (default), `approle` or `kubernetes`.
@@ -83,6 +83,23 @@ pub struct RawVaultAuth {
     pub secret_id_file: Option<String>,
     pub role: Option<String>,
     pub jwt_file: Option<String>,
+}
+
+/// Whether a token is set, never the token.
+impl std::fmt::Debug for RawVaultAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawVaultAuth")
+            .field("method", &self.method)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("token_env", &self.token_env)
+            .field("mount", &self.mount)
+            .field("role_id", &self.role_id)
+            .field("secret_id_file", &self.secret_id_file)
+            .field("role", &self.role)
+            .field("jwt_file", &self.jwt_file)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,8 @@
 //!    must be exactly the one the URL was built from (RFC 8414 section 3.3).
 //! 4. PKCE S256 must be advertised (`code_challenge_methods_supported`); absent is a refusal.
 
-use super::fetch::{FetchError, Fetcher, shown};
+use super::fetch::{FetchError, Fetcher};
+use crate::net::shown;
 use serde_json::{Map, Value};
 use url::Url;
 
@@ -140,6 +141,11 @@ fn checked_url(what: &str, raw: &str) -> Result<(), DiscoveryError> {
     Ok(())
 }
 
+/// [`shown`] for a URL `checked_url` accepted.
+fn shown_str(raw: &str) -> String {
+    Url::parse(raw).map_or_else(|_| "a URL".into(), |u| shown(&u))
+}
+
 fn parse_url(field: &str, raw: &str) -> Result<Url, DiscoveryError> {
     Url::parse(raw).map_err(|_| refused(format!("{field} is not a URL")))
 }
@@ -194,7 +200,9 @@ pub async fn discover(f: &Fetcher, server: &Url) -> Result<Discovered, Discovery
     checked_url("its resource", resource)?;
     if !same_resource(resource, &resource_uri) {
         return Err(refused(format!(
-            "the protected resource metadata is for {resource}, not for {resource_uri}"
+            "the protected resource metadata is for {}, not for {}",
+            shown_str(resource),
+            shown_str(&resource_uri)
         )));
     }
     let issuer = prm

@@ -5,7 +5,7 @@
 //! connection actually uses, through the resolver, so DNS cannot rebind around it), and caps on
 //! size and time.
 
-use crate::net::{PRIVATE_ONLY, PublicOnly, public_host};
+use crate::net::{PRIVATE_ONLY, PublicOnly, public_host, shown};
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
@@ -38,15 +38,29 @@ pub enum FetchError {
     TooLarge(String),
     #[error("fetching {url} failed: {reason}")]
     Transport { url: String, reason: String },
+    #[error(
+        "{0} has a user name or password in it: a URL with credentials is never fetched (and would be shown to users as the MCP resource)"
+    )]
+    Credentials(String),
 }
 
 /// One fetched answer.
-#[derive(Debug)]
 pub struct Fetched {
     pub status: u16,
     /// Every `WWW-Authenticate` header.
     pub challenges: Vec<String>,
+    /// May hold a secret: a dynamic client registration's answer holds the client secret.
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("status", &self.status)
+            .field("challenges", &self.challenges)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 impl Fetched {
@@ -89,6 +103,9 @@ impl Fetcher {
 
     /// Refuses a URL the guard never fetches, before any connection.
     pub fn check(&self, url: &Url) -> Result<(), FetchError> {
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(FetchError::Credentials(shown(url)));
+        }
         // Plain http: in dev mode, or to a loopback server where private addresses are allowed
         // (as provider endpoints may be loopback http).
         let loopback = crate::net::loopback_host(url);
@@ -167,15 +184,6 @@ impl Fetcher {
             body,
         })
     }
-}
-
-/// A URL as errors show it: without query or fragment (a server-supplied URL could carry
-/// anything there).
-pub fn shown(url: &Url) -> String {
-    let mut u = url.clone();
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string()
 }
 
 /// What a transport error was, without its URL (already named) or any body.

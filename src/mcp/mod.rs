@@ -90,7 +90,7 @@ pub async fn register(
                 .unwrap_or_default();
             return Err(refused(format!(
                 "dynamic client registration at {} was refused (HTTP {status}{}{code})",
-                fetch::shown(endpoint),
+                crate::net::shown(endpoint),
                 if code.is_empty() { "" } else { ": " }
             )));
         }

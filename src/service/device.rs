@@ -10,6 +10,7 @@ use super::kind;
 use crate::domain::ProviderConfig;
 use crate::oauth::{OAuthError, TokenEndpoint, TokenGrant, TokenSet};
 use crate::pending::{FlowFailure, FlowOutcome, PendingFlows, Taken};
+use crate::secret::ExposeSecret as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
@@ -35,7 +36,10 @@ impl DevicePoll {
     async fn run(self) {
         let result = self.wait().await;
         // Expired, swept or taken already: the table has failed it closed.
-        let Ok(taken) = self.pending.take(&self.polling.state, &self.provider.id) else {
+        let Ok(taken) = self
+            .pending
+            .take(self.polling.state.expose_secret(), &self.provider.id)
+        else {
             return;
         };
         let result = match result {

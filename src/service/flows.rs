@@ -44,7 +44,7 @@ pub(crate) struct Started {
 #[derive(Debug)]
 pub(crate) struct Polling {
     /// Finds the pending flow; never leaves the daemon.
-    pub state: String,
+    pub state: SecretString,
     pub auth_id: String,
     pub device_code: SecretString,
     pub interval: std::time::Duration,
@@ -241,7 +241,7 @@ impl Flows {
         };
         tracing::info!(provider = %provider.id, device = device.is_some(), "started authorization flow");
         let polling = device.map(|d| Polling {
-            state,
+            state: state.into(),
             auth_id: auth_id.clone(),
             device_code: d.device_code,
             interval: d.interval,

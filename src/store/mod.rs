@@ -27,10 +27,19 @@ use zeroize::Zeroizing;
 pub type SecretBytes = Zeroizing<Vec<u8>>;
 
 /// A record and the version it was read at (for check-and-set).
-#[derive(Debug)]
 pub struct Versioned {
     pub value: SecretBytes,
     pub version: u64,
+}
+
+/// The version and size only: the value is a record's plain JSON (tokens, secrets, keys).
+impl std::fmt::Debug for Versioned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Versioned")
+            .field("version", &self.version)
+            .field("bytes", &self.value.len())
+            .finish()
+    }
 }
 
 /// Write precondition.

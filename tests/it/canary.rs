@@ -118,8 +118,8 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
     }
 }
 
-#[test]
-fn debug_output_of_secret_carrying_messages_is_redacted() {
+#[tokio::test]
+async fn debug_output_of_secret_carrying_messages_is_redacted() {
     let t = pb::Token {
         access_token: "at-canary-123".into(),
         ..Default::default()
@@ -137,4 +137,30 @@ fn debug_output_of_secret_carrying_messages_is_redacted() {
     }
     let s = valet::secret::SecretString::from("plain-canary");
     assert!(!format!("{s:?}").contains("plain-canary"));
+    // A consent link: its query holds the flow's state.
+    let pending = pb::Pending {
+        auth_url: "https://idp.example/authorize?client_id=c&state=st-canary-789".into(),
+        auth_id: "id-canary-012".into(),
+        user_code: "uc-canary-345".into(),
+        ..Default::default()
+    };
+    let out = format!("{pending:?}");
+    assert!(!out.contains("canary"), "{out}");
+    assert!(out.contains("https://idp.example/authorize"), "{out}");
+    // A store record: its value is the record's plain JSON.
+    let record = valet::store::Versioned {
+        value: zeroize::Zeroizing::new(b"{\"refresh_token\":\"rt-canary-678\"}".to_vec()),
+        version: 3,
+    };
+    let store = valet::store::MemoryStore::new();
+    store
+        .put("grants/x", record.value.clone(), valet::store::Cas::Any)
+        .await
+        .unwrap();
+    for out in [format!("{record:?}"), format!("{store:?}")] {
+        assert!(
+            !out.contains("canary") && !out.contains("114, 116"),
+            "{out}"
+        );
+    }
 }

@@ -49,6 +49,7 @@ async fn refused(f: &Fixture, id: &str, url: &str, needle: &str) {
         "INVALID_ARGUMENT",
     );
     assert!(s.message().contains(needle), "{needle:?} in {s:?}");
+    assert!(!s.message().contains("canary"), "{s:?}");
     let got = f
         .valet
         .providers()
@@ -191,6 +192,14 @@ async fn servers_and_authorization_servers_that_break_the_rules_are_refused() {
     .await;
     refused(&f, "f", "https://mcp.example/mcp#frag", "fragment").await;
     refused(&f, "g", "ftp://mcp.example/mcp", "is not an https URL").await;
+    // Credentials in the URL: refused, and not echoed.
+    refused(
+        &f,
+        "i",
+        "https://user:pw-canary@mcp.example/mcp",
+        "user name or password",
+    )
+    .await;
     let s = expect_err(
         f.valet
             .providers()
