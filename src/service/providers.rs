@@ -7,8 +7,8 @@ use super::kind::{self, KindContext};
 use super::policy::{self, Action};
 use crate::clock::Clock;
 use crate::domain::{
-    Caller, DEFAULT_REFERENCE_TTL, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft, ProviderId,
-    ProviderKind, Scopes, Separator, TokenDialect, check_name,
+    Caller, DEFAULT_REFERENCE_TTL, KindConfig, MAX_REFERENCE_TTL, ProviderConfig, ProviderDraft,
+    ProviderId, ProviderKind, Scopes, Separator, TokenDialect, check_name,
 };
 use crate::oauth::TokenEndpoint;
 use crate::profile::{Catalogue, ProfileKind, Separator as ProfileSeparator, TokenRequestFormat};
@@ -39,6 +39,39 @@ pub struct ProviderRegistry {
     loaded: AtomicBool,
     /// Serializes writes so the store and the in-memory mirror never disagree.
     write: tokio::sync::Mutex<()>,
+}
+
+/// A provider as `GetProvider` showed it, changed and sent back: the endpoints its kind
+/// discovers (an `oidc` issuer's, an MCP server's) are dropped where they are still what was
+/// discovered, since they are discovered again. Any other value is left for validation to refuse.
+fn drop_discovered(current: &ProviderConfig, mut d: ProviderDraft) -> ProviderDraft {
+    let (c, mcp) = match &current.kind {
+        KindConfig::Oidc(c) => (c, false),
+        KindConfig::Mcp(c) => (c, true),
+        _ => return d,
+    };
+    if d.kind != Some(current.kind.kind()) {
+        return d;
+    }
+    let drop = |field: &mut String, discovered: Option<&str>| {
+        if discovered == Some(field.as_str()) {
+            field.clear();
+        }
+    };
+    drop(&mut d.auth_url, Some(c.auth_url.as_str()));
+    drop(&mut d.token_url, Some(c.client.token_url.as_str()));
+    if mcp {
+        drop(&mut d.issuer, c.issuer.as_deref());
+        drop(
+            &mut d.revocation_url,
+            c.revocation_url.as_ref().map(Url::as_str),
+        );
+        drop(
+            &mut d.device_authorization_url,
+            c.device_authorization_url.as_ref().map(Url::as_str),
+        );
+    }
+    d
 }
 
 impl ProviderRegistry {
@@ -189,6 +222,7 @@ impl ProviderRegistry {
         let _w = self.write.lock().await;
         let current = self.get(&id)?;
         let now = self.clock.now_unix();
+        let draft = drop_discovered(&current, draft);
         let config = self.validate(id, draft, Some(&current), now).await?;
         let bound = |p: &ProviderConfig| {
             p.kind

@@ -18,6 +18,67 @@ fn oauth2(f: &Fixture, id: &str) -> pb::Provider {
     }
 }
 
+/// `GetProvider`'s answer, changed and sent back, updates an oidc provider: the endpoints it
+/// shows from discovery are taken as they were, and any other endpoint is still refused.
+#[tokio::test]
+async fn an_oidc_provider_updates_from_what_get_provider_showed() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let mut admin = f.valet.providers().await;
+    let shown = admin
+        .get_provider(pb::GetProviderRequest {
+            provider_id: "idp".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!shown.auth_url.is_empty() && !shown.token_url.is_empty());
+    let updated = admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                name: "Renamed".into(),
+                ..shown.clone()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "Renamed");
+    assert_eq!(
+        (
+            &updated.auth_url,
+            &updated.token_url,
+            updated.has_client_secret
+        ),
+        (&shown.auth_url, &shown.token_url, true)
+    );
+    let s = expect_err(
+        admin
+            .update_provider(pb::UpdateProviderRequest {
+                provider: Some(pb::Provider {
+                    name: "Elsewhere".into(),
+                    token_url: "https://elsewhere.example/token".into(),
+                    ..shown.clone()
+                }),
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(s.message().contains("token_url"), "{s:?}");
+    let kept = admin
+        .get_provider(pb::GetProviderRequest {
+            provider_id: "idp".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (kept.name.as_str(), kept.token_url),
+        ("Renamed", shown.token_url)
+    );
+}
+
 #[tokio::test]
 async fn provider_crud_never_returns_the_client_secret() {
     let f = Fixture::new().await;

@@ -140,11 +140,6 @@ async fn from_an_mcp_server_url_to_a_token_that_server_accepts_and_no_other() {
         .await
         .update_provider(pb::UpdateProviderRequest {
             provider: Some(pb::Provider {
-                mcp: None,
-                auth_url: String::new(),
-                token_url: String::new(),
-                issuer: String::new(),
-                revocation_url: String::new(),
                 name: "Notes".into(),
                 ..notes.clone()
             }),
