@@ -54,7 +54,7 @@ pub fn may_see(caller: &Caller, key: &crate::domain::GrantKey) -> bool {
 
 pub fn flow_not_found() -> Error {
     Error::NotFound {
-        what: "authorization flow",
+        what: "authorization flow (it ended a while ago, is another caller's, or began before the daemon restarted; call Authenticate again for a new one)",
     }
 }
 

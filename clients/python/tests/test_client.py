@@ -4,6 +4,7 @@ trip, resolve, revoke, grants, provider admin calls, configuration and TLS."""
 from __future__ import annotations
 
 import time
+from urllib.parse import parse_qs, urlsplit
 from collections.abc import Callable
 
 import pytest
@@ -49,6 +50,19 @@ def test_token_handout_pends_until_consent_then_hands_out_a_live_token(
 
     cached = agent.authenticate("idp", ["openid", "email"], user)
     assert cached.status == "completed" and cached.token == done.token
+
+
+def test_an_apis_scope_challenge_asks_for_its_scopes_too(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    pending = agent.authenticate(
+        "idp",
+        user_id=user,
+        challenge='Bearer error="insufficient_scope", scope="profile"',
+    )
+    assert pending.status == "pending"
+    scope = parse_qs(urlsplit(pending.auth_url or "").query)["scope"][0].split()
+    assert {"openid", "email", "profile"} <= set(scope), scope
 
 
 def test_wait_for_completion_returns_the_pending_flow_at_its_timeout(
@@ -144,6 +158,8 @@ def test_revoking_one_reference_leaves_the_grant(
     assert agent.authenticate("idp", user_id=user).status == "completed"
     with pytest.raises(ValueError):
         agent.revoke("idp", reference=ref)
+    with pytest.raises(ValueError, match="reference="):
+        agent.revoke()
 
 
 def test_an_agent_scoped_grant_is_separate_from_the_user_wide_one(
@@ -184,6 +200,10 @@ def test_provider_admin_calls_round_trip_without_returning_secrets(
         admin.delete_provider("oauth")
     with pytest.raises(errors.NotFound):
         admin.get_provider("oauth")
+    # An oidc provider as get_provider shows it (endpoints from discovery), sent back.
+    idp = admin.get_provider("idp")
+    again = admin.update_provider(idp, name=idp.name)
+    assert (again.auth_url, again.token_url) == (idp.auth_url, idp.token_url)
     # A kind the API has no word for: refused before any call, with the words it has.
     with pytest.raises(ValueError, match=r"kind='oidcx': expected one of .*oidc.*api_key"):
         admin.create_provider(provider_id="typo", kind="oidcx")
@@ -197,14 +217,21 @@ def test_static_credentials_are_stored_then_resolved_where_the_provider_says(
         kind="api_key",
         credential_location="query",
         credential_name="appid",
+        egress_hosts=["api.weather.example"],
     )
     provider = f"weather-{user[-6:]}"
+    with pytest.raises(TypeError, match="'location' is not a provider field.*credential_location"):
+        admin.create_provider(provider_id="x", kind="api_key", location="query")
     with pytest.raises(errors.CredentialMissing):
         agent.authenticate(provider, user_id=user)
     agent.put_credential(provider, user, "weather-key-canary-5")
     ref = agent.authenticate(provider, user_id=user, handout="reference").reference or ""
-    resolved = agent.resolve(ref)
+    resolved = agent.resolve(ref, target_url="https://api.weather.example/v1/now")
     assert resolved.credential.apply()[1] == {"appid": "weather-key-canary-5"}
+    # Not for a host the provider does not send its credential to.
+    with pytest.raises(errors.PermissionDenied, match="egress_hosts") as denied:
+        agent.resolve(ref, target_url="https://collector.attacker.example/")
+    assert "canary" not in str(denied.value)
     # One of the user's other accounts has its own value, listed and revoked by its label.
     with pytest.raises(errors.CredentialMissing, match="account 'work'"):
         agent.authenticate(provider, user_id=user, account="work")
@@ -251,6 +278,9 @@ def test_configuration_mistakes_are_clear_and_never_echo_the_key(
     with pytest.raises(ValueError) as e:
         valet.Client("http://127.0.0.1:1", "secret-key-canary-9\n")
     assert "secret-key-canary-9" not in str(e.value)
+    with pytest.raises(ValueError, match="user name or password") as e:
+        valet.Client("http://user:pw-canary-8@127.0.0.1:1")
+    assert "canary" not in str(e.value)
     with pytest.raises(ValueError, match="https"):
         valet.Client("http://127.0.0.1:1", root_certificates=b"pem")
     monkeypatch.setenv("VALET_TLS_CERT", "/x.pem")

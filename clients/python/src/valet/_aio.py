@@ -107,6 +107,7 @@ class AsyncClient:
         subject_token: str | None = None,
         subject_token_type: str | None = None,
         account: str | None = None,
+        challenge: str | None = None,
         user_assertion: str | None = None,
     ) -> AuthResult:
         return await self._run(
@@ -125,6 +126,7 @@ class AsyncClient:
                     subject_token,
                     subject_token_type,
                     account,
+                    challenge,
                 ),
                 user_assertion,
             )
@@ -148,9 +150,10 @@ class AsyncClient:
         reference: str,
         min_ttl: _wire.Seconds | None = None,
         *,
+        target_url: str | None = None,
         user_assertion: str | None = None,
     ) -> Resolved:
-        return await self._run(_wire.asserted(_wire.resolve(reference, min_ttl), user_assertion))
+        return await self._run(_wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion))
 
     async def revoke(
         self,
@@ -251,4 +254,4 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         key = "<redacted>" if self._endpoint.key else None
-        return f"AsyncClient(server={self.server!r}, api_key={key!r})"
+        return f"AsyncClient(target={self.server!r}, api_key={key!r})"

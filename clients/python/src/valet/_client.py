@@ -101,6 +101,7 @@ class Client:
         subject_token: str | None = None,
         subject_token_type: str | None = None,
         account: str | None = None,
+        challenge: str | None = None,
         user_assertion: str | None = None,
     ) -> AuthResult:
         """A token (or with `handout="reference"` a reference) for `user_id` at `provider`, or
@@ -109,8 +110,10 @@ class Client:
         `scopes` empty means the provider's defaults. `agent_id` set: the grant belongs to that
         agent only; None: to every agent of the user. `min_ttl` (seconds) is the life the token
         must have left. `account` names one of the user's several accounts at the provider
-        (e.g. "work"), each its own grant; None: the default account. While a flow is pending,
-        the same request returns the same flow.
+        (e.g. "work"), each its own grant; None: the default account. `challenge`: the
+        `WWW-Authenticate` header of an API's (an MCP server's) 401/403 answer; the scopes its
+        `insufficient_scope` challenge names are asked for too (step-up consent). While a flow is pending, the same request returns
+        the same flow.
         """
         return self._run(
             _wire.asserted(
@@ -128,6 +131,7 @@ class Client:
                     subject_token,
                     subject_token_type,
                     account,
+                    challenge,
                 ),
                 user_assertion,
             )
@@ -157,11 +161,14 @@ class Client:
         reference: str,
         min_ttl: _wire.Seconds | None = None,
         *,
+        target_url: str | None = None,
         user_assertion: str | None = None,
     ) -> Resolved:
         """A fresh access token for the grant `reference` names, and the credential to apply.
-        Only the caller the reference was issued to may resolve it."""
-        return self._run(_wire.asserted(_wire.resolve(reference, min_ttl), user_assertion))
+        Only the caller the reference was issued to may resolve it. `target_url`: the URL the
+        token is about to be sent to; a host outside the provider's `egress_hosts` is refused
+        (`PermissionDenied`), so an agent talked into it cannot ship the token elsewhere."""
+        return self._run(_wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion))
 
     def revoke(
         self,
@@ -272,4 +279,4 @@ class Client:
 
     def __repr__(self) -> str:
         key = "<redacted>" if self._endpoint.key else None
-        return f"Client(server={self.server!r}, api_key={key!r})"
+        return f"Client(target={self.server!r}, api_key={key!r})"

@@ -74,6 +74,12 @@ def resolve_endpoint(
             f"the Valet server must be a URL like {DEFAULT_SERVER} or "
             f"https://valet.example:50051, not {server!r}"
         )
+    if url.username is not None or url.password is not None:
+        # Never echo the URL: its password is a secret.
+        raise ValueError(
+            "the Valet server URL must not hold a user name or password; "
+            "the API key goes in api_key (or VALET_KEY)"
+        )
     tls = url.scheme == "https"
     try:
         port = url.port or (443 if tls else 80)

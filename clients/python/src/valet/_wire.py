@@ -137,6 +137,7 @@ def authenticate(
     subject_token: str | None,
     subject_token_type: str | None,
     account: str | None = None,
+    challenge: str | None = None,
 ) -> Call[AuthResult]:
     if isinstance(scopes, str):
         raise TypeError("scopes must be a list of strings, not one string")
@@ -154,6 +155,7 @@ def authenticate(
         subject_token=subject_token or "",
         subject_token_type=subject_token_type or "",
         account=account or "",
+        challenge=challenge or "",
     )
     return Call("credentials", "Authenticate", request, auth_result)
 
@@ -197,8 +199,14 @@ def _resolved(resp: pb.ResolveResponse) -> Resolved:
     )
 
 
-def resolve(reference: str, min_ttl: Seconds | None) -> Call[Resolved]:
-    request = pb.ResolveRequest(reference=reference, min_ttl_seconds=seconds(min_ttl, "min_ttl"))
+def resolve(
+    reference: str, min_ttl: Seconds | None, target_url: str | None = None
+) -> Call[Resolved]:
+    request = pb.ResolveRequest(
+        reference=reference,
+        min_ttl_seconds=seconds(min_ttl, "min_ttl"),
+        target_url=target_url or "",
+    )
     return Call("credentials", "Resolve", request, _resolved)
 
 
@@ -220,6 +228,8 @@ def revoke(
 ) -> Call[RevokeResult]:
     if reference and (provider or user_id or agent_id or account):
         raise ValueError("revoke either one reference or a grant (provider, user, agent, account)")
+    if not reference and not provider:
+        raise ValueError("revoke needs a grant's provider (and user_id), or reference= for one reference")
     request = pb.RevokeRequest(
         provider_id=provider or "",
         user_id=user_id or "",
@@ -317,6 +327,10 @@ def provider_message(provider: pb.Provider | None, fields: Mapping[str, Any]) ->
     if provider is not None:
         message.CopyFrom(provider)
     for name, value in fields.items():
+        field = pb.Provider.DESCRIPTOR.fields_by_name.get(name)
+        if field is None:
+            known = ", ".join(sorted(pb.Provider.DESCRIPTOR.fields_by_name))
+            raise TypeError(f"{name!r} is not a provider field; the fields are: {known}")
         if name in _ENUM_FIELDS and isinstance(value, str):
             enum, prefix = _ENUM_FIELDS[name]
             wanted = prefix + value.upper().removeprefix(prefix).replace("-", "_")
@@ -329,9 +343,11 @@ def provider_message(provider: pb.Provider | None, fields: Mapping[str, Any]) ->
         if name in ("extra_auth_params", "profile_vars"):
             getattr(message, name).clear()
             getattr(message, name).update(value)
-        elif name == "default_scopes":
-            del message.default_scopes[:]
-            message.default_scopes.extend(value)
+        elif hasattr(getattr(message, name), "extend"):  # a repeated field
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be a list of strings, not one string")
+            del getattr(message, name)[:]
+            getattr(message, name).extend(value)
         else:
             setattr(message, name, value)
     return message
