@@ -2,9 +2,10 @@
 //! own secret, read from a file (never written in the config).
 
 use super::raw::RawWebhook;
+use crate::secret::{ExposeSecret as _, read_private_file};
 use crate::webhooks::{EVENTS, Webhook};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
@@ -37,8 +38,9 @@ pub(super) fn validate(
                 None
             }
         };
-        let secret = match std::fs::read_to_string(&w.secret_file) {
-            Ok(s) if s.trim().len() >= MIN_SECRET => Some(s.trim().to_owned()),
+        // Held to the rule of every secret file: not open to others.
+        let secret = match read_private_file(Path::new(&w.secret_file), &format!("{at} secret")) {
+            Ok(s) if s.expose_secret().len() >= MIN_SECRET => Some(s),
             Ok(_) => {
                 errors.push(format!(
                     "{at}.secret_file {} holds fewer than {MIN_SECRET} characters (e.g. `openssl rand -hex 32`)",
@@ -47,11 +49,7 @@ pub(super) fn validate(
                 None
             }
             Err(e) => {
-                errors.push(format!(
-                    "{at}.secret_file {}: cannot read it ({})",
-                    w.secret_file,
-                    e.kind()
-                ));
+                errors.push(e);
                 None
             }
         };
@@ -67,7 +65,7 @@ pub(super) fn validate(
             out.push(WebhookConfig {
                 hook: Webhook {
                     url,
-                    secret: secret.into(),
+                    secret,
                     events: w.events.clone(),
                 },
                 secret_file: PathBuf::from(&w.secret_file),

@@ -5,6 +5,7 @@
 use crate::support::daemon::AGENT_KEY;
 use crate::support::{Fixture, ValetOptions};
 use ring::hmac;
+use std::os::unix::fs::PermissionsExt as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +63,7 @@ async fn lifecycle_webhooks_are_signed_retried_recorded_and_carry_no_token() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("webhook.secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let f = Fixture::with(ValetOptions {
         extra_toml: format!(
             "[[webhooks]]\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
@@ -143,13 +145,19 @@ async fn a_webhook_without_a_usable_secret_or_url_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
     let short = dir.path().join("short");
     std::fs::write(&short, "tooshort").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Long enough, but anyone on the machine may read it.
+    let open = dir.path().join("open");
+    std::fs::write(&open, "open-secret-canary-0123456789").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = dir.path().join("valet.toml");
     std::fs::write(
         &config,
         format!(
-            "store = \"embedded\"\ndata_dir = \"{}\"\n[[webhooks]]\nurl = \"http://hooks.example/x\"\nsecret_file = \"{}\"\nevents = [\"grant.exploded\"]\n",
+            "store = \"embedded\"\ndata_dir = \"{}\"\n[[webhooks]]\nurl = \"http://hooks.example/x\"\nsecret_file = \"{}\"\nevents = [\"grant.exploded\"]\n[[webhooks]]\nurl = \"https://hooks.example/y\"\nsecret_file = \"{}\"\n",
             dir.path().join("data").display(),
-            short.display()
+            short.display(),
+            open.display()
         ),
     )
     .unwrap();
@@ -165,8 +173,15 @@ async fn a_webhook_without_a_usable_secret_or_url_is_a_config_error() {
         "webhooks[0].url must be https",
         "fewer than 16 characters",
         "\"grant.exploded\" is not an event",
+        "webhooks[1] secret file",
+        "is open to others",
+        "chmod 600",
     ] {
         assert!(err.contains(needle), "{needle}: {err}");
     }
-    assert!(!err.contains("tooshort"), "the secret is not echoed: {err}");
+    assert!(
+        !err.contains("tooshort") && !err.contains("canary"),
+        "the secret is not echoed: {err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing written");
 }
