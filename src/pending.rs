@@ -193,12 +193,48 @@ pub struct PendingLimits {
     pub keep_outcome: Duration,
 }
 
+/// A consent link: handed to the caller that started the flow, for its user to follow. Its
+/// query holds the flow's `state`, so `Debug` shows it without one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConsentLink(Box<str>);
+
+impl ConsentLink {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0.into_string()
+    }
+}
+
+impl From<String> for ConsentLink {
+    fn from(s: String) -> Self {
+        Self(s.into_boxed_str())
+    }
+}
+
+impl From<&str> for ConsentLink {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl std::fmt::Debug for ConsentLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(u) => write!(f, "ConsentLink({})", crate::net::shown(&u)),
+            Err(_) => f.write_str("ConsentLink(..)"),
+        }
+    }
+}
+
 /// What a caller may see of a flow it owns.
 #[derive(Debug, Clone)]
 pub struct FlowView {
     /// The caller that started it.
     pub owner: String,
-    pub auth_url: String,
+    pub auth_url: ConsentLink,
     pub expires_at: Instant,
     pub outcome: Arc<OutcomeCell>,
     pub handout: Handout,
@@ -227,7 +263,7 @@ struct Entry {
     handout: Handout,
     scopes: Scopes,
     /// Boxed: no spare capacity kept for the table's lifetime.
-    auth_url: Box<str>,
+    auth_url: ConsentLink,
     deadline: Instant,
     forget_at: Instant,
     outcome: Arc<OutcomeCell>,
@@ -243,7 +279,7 @@ pub enum Inserted {
     /// The same request already has a live flow: this one.
     Existing {
         auth_id: String,
-        auth_url: String,
+        auth_url: ConsentLink,
         deadline: Instant,
         prompt: Option<DevicePrompt>,
     },
@@ -251,7 +287,7 @@ pub enum Inserted {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// sha256(state) → auth_id; the state itself is never kept.
+    /// sha256(state) → auth_id; the state is not kept as a key (only inside the consent link).
     by_state: HashMap<[u8; 32], Arc<str>>,
     /// One allocation of each auth id, shared by the three maps.
     by_auth: HashMap<Arc<str>, Entry>,
@@ -313,7 +349,7 @@ impl PendingFlows {
         &self,
         state: &str,
         auth_id: &str,
-        auth_url: String,
+        auth_url: ConsentLink,
         flow: PendingFlow,
     ) -> Result<Instant, InsertError> {
         match self.insert_or_join(state, auth_id, auth_url, flow, None)? {
@@ -328,7 +364,7 @@ impl PendingFlows {
         &self,
         state: &str,
         auth_id: &str,
-        auth_url: String,
+        auth_url: ConsentLink,
         flow: PendingFlow,
         request: Option<[u8; 32]>,
     ) -> Result<Inserted, InsertError> {
@@ -393,7 +429,7 @@ impl PendingFlows {
                     nonce,
                     redirect_uri,
                 }),
-                auth_url: auth_url.into_boxed_str(),
+                auth_url,
                 deadline,
                 forget_at: deadline + self.limits.keep_outcome,
                 outcome: OutcomeCell::new(),
@@ -409,7 +445,7 @@ impl PendingFlows {
         let e = inner.by_auth.get(auth_id)?;
         (e.flow.is_some() && now < e.deadline).then(|| Inserted::Existing {
             auth_id: auth_id.to_string(),
-            auth_url: e.auth_url.to_string(),
+            auth_url: e.auth_url.clone(),
             deadline: e.deadline,
             prompt: e.prompt.clone(),
         })
@@ -478,7 +514,7 @@ impl PendingFlows {
         let entry = inner.by_auth.get(auth_id)?;
         Some(FlowView {
             owner: entry.owner.clone(),
-            auth_url: entry.auth_url.to_string(),
+            auth_url: entry.auth_url.clone(),
             expires_at: entry.deadline,
             outcome: entry.outcome.clone(),
             handout: entry.handout,
@@ -657,6 +693,28 @@ mod tests {
         assert_eq!(
             t.insert("s5", "a5", "u".into(), flow("carol", "p")),
             Err(InsertError::TableFull(3))
+        );
+    }
+
+    #[test]
+    fn a_consent_link_debugs_without_its_state() {
+        let link = ConsentLink::from("https://idp.example/auth?client_id=c&state=st-canary-1");
+        let out = format!(
+            "{:?}",
+            Inserted::Existing {
+                auth_id: "a".into(),
+                auth_url: link.clone(),
+                deadline: Instant::now(),
+                prompt: None,
+            }
+        );
+        assert!(
+            !out.contains("canary") && out.contains("https://idp.example/auth"),
+            "{out}"
+        );
+        assert!(
+            link.as_str().contains("state=st-canary-1"),
+            "the link itself is whole"
         );
     }
 

@@ -119,7 +119,7 @@ pub enum Outcome {
     /// `status_only`): the consent was given, nothing was handed out.
     Completed,
     Pending {
-        auth_url: String,
+        auth_url: crate::pending::ConsentLink,
         auth_id: String,
         expires_at: i64,
         /// Device flow: the user code and where to enter it.

@@ -8,8 +8,8 @@ use crate::clock::Clock;
 use crate::domain::{Caller, GrantKey, Handout, ProviderConfig, ProviderId, Scopes};
 use crate::oauth::{TokenEndpoint, TokenSet};
 use crate::pending::{
-    DevicePrompt, FlowFailure, FlowOutcome, FlowView, InsertError, Inserted, PendingFlow,
-    PendingFlows, TakeError, Taken,
+    ConsentLink, DevicePrompt, FlowFailure, FlowOutcome, FlowView, InsertError, Inserted,
+    PendingFlow, PendingFlows, TakeError, Taken,
 };
 use crate::secret::{SecretString, random_token, sha256};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub(crate) struct Ask {
 /// A flow that has just been started.
 #[derive(Debug)]
 pub(crate) struct Started {
-    pub auth_url: String,
+    pub auth_url: ConsentLink,
     pub auth_id: String,
     pub expires_at: i64,
     /// Device flow: the user code and where to enter it.
@@ -203,7 +203,7 @@ impl Flows {
                     .await?;
                 let shown = d.verification_uri_complete.clone();
                 (
-                    shown.unwrap_or_else(|| d.verification_uri.clone()),
+                    shown.unwrap_or_else(|| d.verification_uri.clone()).into(),
                     scopes,
                     None,
                     Some(d),

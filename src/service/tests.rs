@@ -330,7 +330,7 @@ async fn a_flow_taken_after_its_lease_fails_closed_as_expired() {
     let (started, polling) = started;
     assert!(polling.is_none(), "a browser flow has no poller");
     assert_eq!(started.expires_at, NOW + 60);
-    let state = url::Url::parse(&started.auth_url)
+    let state = url::Url::parse(started.auth_url.as_str())
         .unwrap()
         .query_pairs()
         .find(|(k, _)| k == "state")
@@ -426,7 +426,7 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
         started.prompt.as_ref().map(|p| p.user_code.as_str()),
         Some("WDJB-MJHT")
     );
-    assert_eq!(started.auth_url, "https://idp.example/device");
+    assert_eq!(started.auth_url.as_str(), "https://idp.example/device");
     let outcome = pending.view(&started.auth_id).unwrap().outcome;
     super::device::DevicePoll {
         endpoint: w.endpoint.clone(),

@@ -137,7 +137,7 @@ pub(super) async fn validate_oidc(
 /// The authorization request of a flow about to start.
 #[derive(Debug)]
 pub(crate) struct Begun {
-    pub auth_url: String,
+    pub auth_url: crate::pending::ConsentLink,
     /// What is asked for (OpenID Connect adds `openid`).
     pub scopes: Scopes,
     pub nonce: Option<SecretString>,
@@ -218,7 +218,7 @@ impl<'a> AuthCodeFlow<'a> {
             source: Some(Box::new(e)),
         })?;
         Ok(Begun {
-            auth_url: url.to_string(),
+            auth_url: url.to_string().into(),
             scopes,
             nonce,
         })

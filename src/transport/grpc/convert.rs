@@ -81,7 +81,7 @@ pub(super) fn outcome(o: Outcome) -> pb::AuthenticateResponse {
             let (user_code, verification_uri) =
                 prompt.map_or_else(Default::default, |p| (p.user_code, p.verification_uri));
             R::Pending(pb::Pending {
-                auth_url,
+                auth_url: auth_url.into_string(),
                 auth_id,
                 expires_at,
                 user_code,
