@@ -65,6 +65,46 @@ def test_an_apis_scope_challenge_asks_for_its_scopes_too(
     assert {"openid", "email", "profile"} <= set(scope), scope
 
 
+def test_watch_grants_streams_a_grants_life_without_tokens(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    # Subscribed once returned: the consent below cannot be missed.
+    with agent.watch_grants("idp", user_id=user, timeout=30) as events:
+        done = consented(stack, agent, user)
+        agent.revoke("idp", user)
+        seen = []
+        for event in events:
+            seen.append(event)
+            if event.kind == "revoked":
+                break
+    assert [e.kind for e in seen] == ["created", "revoked"], seen
+    assert all((e.provider_id, e.user_id, e.agent_id) == ("idp", user, "") for e in seen)
+    assert all(e.at > 0 and (done.token or "-") not in repr(e) for e in seen)
+    # Refused when opened: an agent key must name the user, as for list_grants.
+    with pytest.raises(errors.InvalidArgument, match="user_id"):
+        agent.watch_grants("idp")
+    # A watch whose timeout passes just ends.
+    with agent.watch_grants("idp", user_id=user, timeout=0.5) as quiet:
+        assert list(quiet) == []
+
+
+async def test_async_watch_grants_sees_a_revoke(stack: Stack, user: str) -> None:
+    async with stack.async_client() as client:
+        watch = await client.watch_grants("idp", user_id=user, timeout=30)
+        async with watch:
+            with stack.client() as sync:
+                consented(stack, sync, user)
+                sync.revoke("idp", user)
+            kinds = []
+            async for event in watch:
+                kinds.append(event.kind)
+                if event.kind == "revoked":
+                    break
+        assert kinds == ["created", "revoked"]
+        with pytest.raises(errors.InvalidArgument):
+            await client.watch_grants()
+
+
 def test_wait_for_completion_returns_the_pending_flow_at_its_timeout(
     agent: valet.Client, user: str
 ) -> None:

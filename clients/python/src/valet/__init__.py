@@ -14,15 +14,19 @@ from valet import errors
 from valet._aio import AsyncClient
 from valet._client import Client
 from valet.errors import ValetError
-from valet.types import AppliedCredential, AuthResult, Grant, Resolved, RevokeResult
+from valet._watch import AsyncGrantWatch, GrantWatch
+from valet.types import AppliedCredential, AuthResult, Grant, GrantEvent, Resolved, RevokeResult
 from valet.v1.valet_pb2 import Provider
 
 __all__ = [
     "AppliedCredential",
     "AsyncClient",
+    "AsyncGrantWatch",
     "AuthResult",
     "Client",
     "Grant",
+    "GrantEvent",
+    "GrantWatch",
     "Provider",
     "Resolved",
     "RevokeResult",

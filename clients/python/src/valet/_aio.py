@@ -20,6 +20,7 @@ import grpc.aio
 from valet import _wire
 from valet._client import DEFAULT_TIMEOUT
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
+from valet._watch import AsyncGrantWatch
 from valet.errors import from_rpc_error
 from valet.types import AuthResult, Grant, Handout, Resolved, RevokeResult
 from valet.v1 import valet_pb2 as pb
@@ -154,6 +155,21 @@ class AsyncClient:
         user_assertion: str | None = None,
     ) -> Resolved:
         return await self._run(_wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion))
+
+    async def watch_grants(
+        self,
+        provider: str | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncGrantWatch:
+        call = self._connection().stubs["credentials"].WatchGrants(
+            _wire.watch_grants_request(provider, user_id, agent_id),
+            metadata=self._endpoint.metadata(),
+            timeout=timeout,
+        )
+        return await AsyncGrantWatch(call)._open()
 
     async def revoke(
         self,

@@ -15,6 +15,7 @@ import grpc
 
 from valet import _wire
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
+from valet._watch import GrantWatch
 from valet.errors import from_rpc_error
 from valet.types import AuthResult, Grant, Handout, Resolved, RevokeResult
 from valet.v1 import valet_pb2 as pb
@@ -169,6 +170,25 @@ class Client:
         token is about to be sent to; a host outside the provider's `egress_hosts` is refused
         (`PermissionDenied`), so an agent talked into it cannot ship the token elsewhere."""
         return self._run(_wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion))
+
+    def watch_grants(
+        self,
+        provider: str | None = None,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> GrantWatch:
+        """Lifecycle events (created, refreshed, needs_reauth, revoked, refresh_failed,
+        reauth_due) of the grants this caller may see, from now on, until the watch is closed
+        or `timeout` seconds pass (None: no end). Filters as in `list_grants`; an agent key must
+        name the user. Use as `with client.watch_grants(...) as events: for e in events: ...`."""
+        stream = self._stubs["credentials"].WatchGrants(
+            _wire.watch_grants_request(provider, user_id, agent_id),
+            metadata=self._endpoint.metadata(),
+            timeout=timeout,
+        )
+        return GrantWatch(stream)
 
     def revoke(
         self,

@@ -16,7 +16,15 @@ from typing import Any, Generic, Literal, TypeVar
 
 from google.protobuf.message import Message
 
-from valet.types import AppliedCredential, AuthResult, Grant, Handout, Resolved, RevokeResult
+from valet.types import (
+    AppliedCredential,
+    AuthResult,
+    Grant,
+    GrantEvent,
+    Handout,
+    Resolved,
+    RevokeResult,
+)
 from valet.v1 import valet_pb2 as pb
 
 T = TypeVar("T")
@@ -208,6 +216,25 @@ def resolve(
         target_url=target_url or "",
     )
     return Call("credentials", "Resolve", request, _resolved)
+
+
+def watch_grants_request(
+    provider: str | None, user_id: str | None, agent_id: str | None
+) -> pb.WatchGrantsRequest:
+    return pb.WatchGrantsRequest(
+        provider_id=provider or "", user_id=user_id or "", agent_id=agent_id or ""
+    )
+
+
+def grant_event(m: pb.GrantEvent) -> GrantEvent:
+    return GrantEvent(
+        kind=_short(pb.GrantEventKind.Name(m.kind), "GRANT_EVENT_KIND_"),
+        provider_id=m.provider_id,
+        user_id=m.user_id,
+        agent_id=m.agent_id,
+        at=m.at,
+        missed=m.missed,
+    )
 
 
 def _revoked(resp: pb.RevokeResponse) -> RevokeResult:

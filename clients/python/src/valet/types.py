@@ -156,6 +156,22 @@ class Grant:
 
 
 @dataclass(frozen=True)
+class GrantEvent:
+    """A grant's lifecycle event, as `watch_grants` streams it. Never carries a token."""
+
+    # "created", "refreshed", "needs_reauth", "revoked", "refresh_failed" or "reauth_due".
+    kind: str
+    provider_id: str
+    user_id: str
+    # "": the user-wide grant.
+    agent_id: str
+    # Unix seconds.
+    at: int
+    # Events dropped for this watch because it fell behind (0 normally).
+    missed: int = 0
+
+
+@dataclass(frozen=True)
 class RevokeResult:
     """What `revoke` did. `provider_revocation` is "revoked", "not_supported",
     "nothing_to_revoke" or "failed" (then `provider_error` says why)."""
