@@ -97,6 +97,8 @@ pub struct ProviderConfig {
     pub kind: KindConfig,
     /// The profile it was created from, if any.
     pub profile: Option<String>,
+    /// The values its profile's variables were given (e.g. `tenant`).
+    pub profile_vars: BTreeMap<String, String>,
     pub default_scopes: Scopes,
     pub handout_policy: HandoutPolicy,
     /// Lifetime of references issued for this provider's grants.

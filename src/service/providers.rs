@@ -41,35 +41,66 @@ pub struct ProviderRegistry {
     write: tokio::sync::Mutex<()>,
 }
 
-/// A provider as `GetProvider` showed it, changed and sent back: the endpoints its kind
-/// discovers (an `oidc` issuer's, an MCP server's) are dropped where they are still what was
-/// discovered, since they are discovered again. Any other value is left for validation to refuse.
-fn drop_discovered(current: &ProviderConfig, mut d: ProviderDraft) -> ProviderDraft {
-    let (c, mcp) = match &current.kind {
-        KindConfig::Oidc(c) => (c, false),
-        KindConfig::Mcp(c) => (c, true),
-        _ => return d,
-    };
-    if d.kind != Some(current.kind.kind()) {
+/// A provider as `GetProvider` showed it, changed and sent back: what Valet filled in (from a
+/// profile's variables, an `oidc` issuer's or an MCP server's discovery, an MCP server's host and
+/// scopes) is dropped where it is still what was filled in, so it is filled in again from what
+/// the draft now says (a new issuer, server or variable). Any other value is left for
+/// validation to take or refuse.
+pub(crate) fn drop_discovered(current: &ProviderConfig, mut d: ProviderDraft) -> ProviderDraft {
+    let same_kind = d.kind.is_none_or(|k| k == current.kind.kind());
+    let Some(c) = current.kind.auth_code().filter(|_| same_kind) else {
         return d;
-    }
-    let drop = |field: &mut String, discovered: Option<&str>| {
-        if discovered == Some(field.as_str()) {
+    };
+    let shown = |u: Option<&Url>| u.map(Url::as_str).map(str::to_owned);
+    let drop = |field: &mut String, filled: Option<String>| {
+        if filled.as_deref() == Some(field.as_str()) {
             field.clear();
         }
     };
-    drop(&mut d.auth_url, Some(c.auth_url.as_str()));
-    drop(&mut d.token_url, Some(c.client.token_url.as_str()));
-    if mcp {
-        drop(&mut d.issuer, c.issuer.as_deref());
-        drop(
-            &mut d.revocation_url,
-            c.revocation_url.as_ref().map(Url::as_str),
-        );
-        drop(
-            &mut d.device_authorization_url,
-            c.device_authorization_url.as_ref().map(Url::as_str),
-        );
+    let revocation = shown(c.revocation_url.as_ref());
+    let device = shown(c.device_authorization_url.as_ref());
+    // A profile's template, given other variables: filled again from them.
+    if current.profile.as_deref() == Some(d.profile.as_str())
+        && d.profile_vars != current.profile_vars
+    {
+        drop(&mut d.issuer, c.issuer.clone());
+        drop(&mut d.revocation_url, revocation.clone());
+        if matches!(current.kind, KindConfig::OAuth2(_)) {
+            drop(&mut d.auth_url, shown(Some(&c.auth_url)));
+            drop(&mut d.token_url, shown(Some(&c.client.token_url)));
+        }
+    }
+    match &current.kind {
+        KindConfig::Oidc(_) => {
+            drop(&mut d.auth_url, shown(Some(&c.auth_url)));
+            drop(&mut d.token_url, shown(Some(&c.client.token_url)));
+            // Another issuer: the old one's endpoints are not this one's.
+            if c.issuer.as_deref() != Some(d.issuer.as_str()) {
+                drop(&mut d.revocation_url, revocation);
+                drop(&mut d.device_authorization_url, device);
+            }
+        }
+        KindConfig::Mcp(_) => {
+            drop(&mut d.auth_url, shown(Some(&c.auth_url)));
+            drop(&mut d.token_url, shown(Some(&c.client.token_url)));
+            drop(&mut d.issuer, c.issuer.clone());
+            drop(&mut d.revocation_url, revocation);
+            drop(&mut d.device_authorization_url, device);
+            if let Some(m) = &c.mcp {
+                if d.default_scopes == m.default_scopes
+                    && current.default_scopes.iter().eq(m.default_scopes.iter())
+                {
+                    d.default_scopes.clear();
+                }
+                let host = m.server_url.host_str().map(str::to_ascii_lowercase);
+                if host.is_some_and(|h| d.egress_hosts == [h])
+                    && d.egress_hosts == current.egress_hosts
+                {
+                    d.egress_hosts.clear();
+                }
+            }
+        }
+        _ => {}
     }
     d
 }
@@ -326,6 +357,7 @@ impl ProviderRegistry {
             id,
             kind,
             profile: (!d.profile.is_empty()).then(|| d.profile.clone()),
+            profile_vars: d.profile_vars.clone(),
             default_scopes,
             handout_policy: d.handout_policy,
             reference_ttl_seconds: if d.reference_ttl_seconds == 0 {

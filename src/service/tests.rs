@@ -107,6 +107,7 @@ fn provider() -> ProviderConfig {
             mcp: None,
         }),
         profile: None,
+        profile_vars: Default::default(),
         default_scopes: Scopes::default(),
         handout_policy: HandoutPolicy::Any,
         reference_ttl_seconds: 3600,
@@ -672,4 +673,91 @@ async fn a_grant_past_its_maximum_age_needs_consent_and_its_lapse_is_announced()
             .is_none()
     );
     assert_eq!(w.endpoint.refreshes(), 1);
+}
+
+/// `GetProvider`'s answer sent back: what Valet filled in is filled in again from what the
+/// draft now says; a value the operator changed is left for validation.
+#[test]
+fn an_update_fills_in_again_what_valet_filled_in() {
+    use super::providers::drop_discovered;
+    use crate::domain::{McpRegistration, McpServer, ProviderDraft, ProviderKind};
+    let url = |s: &str| url::Url::parse(s).unwrap();
+    let KindConfig::OAuth2(mut code) = provider().kind else {
+        unreachable!()
+    };
+    code.issuer = Some("https://a.example".into());
+    code.revocation_url = Some(url("https://a.example/revoke"));
+    code.device_authorization_url = Some(url("https://a.example/device"));
+    let oidc = ProviderConfig {
+        kind: KindConfig::Oidc(code.clone()),
+        ..provider()
+    };
+    let shown = |kind, issuer: &str| ProviderDraft {
+        id: "idp".into(),
+        kind: Some(kind),
+        issuer: issuer.into(),
+        auth_url: "https://idp.example/auth".into(),
+        token_url: "https://idp.example/token".into(),
+        revocation_url: "https://a.example/revoke".into(),
+        device_authorization_url: "https://a.example/device".into(),
+        default_scopes: vec!["notes.read".into()],
+        egress_hosts: vec!["mcp.example".into()],
+        ..Default::default()
+    };
+    // The same issuer: its endpoints are discovered again; those it may not advertise stay.
+    let same = drop_discovered(&oidc, shown(ProviderKind::Oidc, "https://a.example"));
+    assert_eq!((same.auth_url.as_str(), same.token_url.as_str()), ("", ""));
+    assert_eq!(same.revocation_url, "https://a.example/revoke");
+    // Another issuer: none of the old one's endpoints stay.
+    let moved = drop_discovered(&oidc, shown(ProviderKind::Oidc, "https://b.example"));
+    assert_eq!(
+        (
+            moved.revocation_url.as_str(),
+            moved.device_authorization_url.as_str()
+        ),
+        ("", "")
+    );
+    // A changed endpoint is left for validation (which refuses it for oidc).
+    let changed = drop_discovered(
+        &oidc,
+        ProviderDraft {
+            token_url: "https://elsewhere.example/token".into(),
+            ..shown(ProviderKind::Oidc, "https://a.example")
+        },
+    );
+    assert_eq!(changed.token_url, "https://elsewhere.example/token");
+    // Another kind: nothing dropped.
+    let oauth2 = drop_discovered(&oidc, shown(ProviderKind::OAuth2, "https://a.example"));
+    assert_eq!(oauth2.auth_url, "https://idp.example/auth");
+
+    // An MCP server's host and scopes, filled in when the operator named none.
+    code.mcp = Some(McpServer {
+        server_url: url("https://mcp.example/mcp"),
+        resource: "https://mcp.example/mcp".into(),
+        issuer: "https://a.example".into(),
+        registration: McpRegistration::Dynamic,
+        registration_endpoint: None,
+        scopes_supported: vec!["notes.read".into()],
+        default_scopes: vec!["notes.read".into()],
+    });
+    let mcp = ProviderConfig {
+        kind: KindConfig::Mcp(code),
+        default_scopes: Scopes::parse("default_scopes", &["notes.read"]).unwrap(),
+        egress_hosts: vec!["mcp.example".into()],
+        ..provider()
+    };
+    let again = drop_discovered(&mcp, shown(ProviderKind::Mcp, "https://a.example"));
+    assert!(again.default_scopes.is_empty() && again.egress_hosts.is_empty());
+    assert_eq!(
+        (again.issuer.as_str(), again.revocation_url.as_str()),
+        ("", "")
+    );
+    let kept = drop_discovered(
+        &mcp,
+        ProviderDraft {
+            egress_hosts: vec!["api.example".into()],
+            ..shown(ProviderKind::Mcp, "https://a.example")
+        },
+    );
+    assert_eq!(kept.egress_hosts, ["api.example"]);
 }

@@ -128,6 +128,8 @@ struct ProviderRecord {
     updated_at: i64,
     #[serde(default)]
     profile: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    profile_vars: BTreeMap<String, String>,
     #[serde(default)]
     dialect: TokenDialect,
     #[serde(default)]
@@ -226,6 +228,7 @@ impl From<&ProviderConfig> for ProviderRecord {
             created_at: p.created_at,
             updated_at: p.updated_at,
             profile: p.profile.clone(),
+            profile_vars: p.profile_vars.clone(),
             dialect: client.map(|c| c.dialect.clone()).unwrap_or_default(),
             scope_param: code.map(|c| c.scope_param.clone()),
             scope_separator: code.map(|c| c.scope_separator),
@@ -325,6 +328,7 @@ impl TryFrom<ProviderRecord> for ProviderConfig {
             name: r.name,
             kind,
             profile: r.profile,
+            profile_vars: r.profile_vars,
             default_scopes: r.default_scopes,
             handout_policy: r.handout_policy,
             reference_ttl_seconds: r.reference_ttl_seconds,

@@ -482,5 +482,33 @@ async fn the_google_profile_runs_against_a_real_openid_provider() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_microsoft_profile_with_a_tenant_runs_against_a_real_openid_provider() {
-    oidc_profile_round_trip("microsoft", &[("tenant", "contoso.onmicrosoft.com")]).await;
+    let f = oidc_profile_round_trip("microsoft", &[("tenant", "contoso.onmicrosoft.com")]).await;
+    // GetProvider shows the variables, so its answer sent back updates the provider.
+    let mut admin = f.valet.providers().await;
+    let get = pb::GetProviderRequest {
+        provider_id: "idp".into(),
+    };
+    let shown = admin.get_provider(get.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        shown.profile_vars.get("tenant").map(String::as_str),
+        Some("contoso.onmicrosoft.com")
+    );
+    let updated = admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                name: "Contoso".into(),
+                ..shown.clone()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            updated.name.as_str(),
+            &updated.issuer,
+            &updated.profile_vars
+        ),
+        ("Contoso", &shown.issuer, &shown.profile_vars)
+    );
 }

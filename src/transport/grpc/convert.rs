@@ -367,6 +367,7 @@ pub(super) fn provider(p: &ProviderConfig, redirect_uri: String) -> pb::Provider
         } as i32,
         reference_ttl_seconds: p.reference_ttl_seconds,
         profile: p.profile.clone().unwrap_or_default(),
+        profile_vars: p.profile_vars.clone().into_iter().collect(),
         egress_hosts: p.egress_hosts.clone(),
         keep_alive_seconds: p.keep_alive_seconds,
         max_grant_age_seconds: p.max_grant_age_seconds,
