@@ -361,6 +361,10 @@ impl Writer {
                         lines as u64,
                         &std::io::Error::other("closed with events unwritten"),
                     );
+                    tracing::error!(
+                        lost = lines,
+                        "the audit file was closed with events it did not take; `valet audit verify` stops at the gap"
+                    );
                 }
             }
         }

@@ -19,6 +19,10 @@ pub enum Error {
     #[error("{what} not found")]
     NotFound { what: &'static str },
     #[error(
+        "authorization flow not found: it ended a while ago, is another caller's, or began before the daemon restarted; call Authenticate again for a new one"
+    )]
+    FlowNotFound,
+    #[error(
         "no provider '{0}' is configured: ListProviders (`valet provider list`) shows those that are"
     )]
     UnknownProvider(String),
@@ -121,7 +125,9 @@ impl Error {
     pub fn class(&self) -> Class {
         match self {
             Self::InvalidArgument(_) => Class::BadInput,
-            Self::NotFound { .. } | Self::UnknownProvider(_) => Class::NotFound,
+            Self::NotFound { .. } | Self::FlowNotFound | Self::UnknownProvider(_) => {
+                Class::NotFound
+            }
             Self::AlreadyExists { .. } => Class::AlreadyExists,
             Self::PermissionDenied(_) => Class::Denied,
             Self::Flow(_)
@@ -141,7 +147,9 @@ impl Error {
     pub fn reason(&self) -> Reason {
         match self {
             Self::InvalidArgument(_) => Reason::InvalidArgument,
-            Self::NotFound { .. } | Self::UnknownProvider(_) => Reason::NotFound,
+            Self::NotFound { .. } | Self::FlowNotFound | Self::UnknownProvider(_) => {
+                Reason::NotFound
+            }
             Self::AlreadyExists { .. } => Reason::AlreadyExists,
             Self::PermissionDenied(_) => Reason::PermissionDenied,
             Self::Flow(f) => match f {

@@ -53,9 +53,7 @@ pub fn may_see(caller: &Caller, key: &crate::domain::GrantKey) -> bool {
 }
 
 pub fn flow_not_found() -> Error {
-    Error::NotFound {
-        what: "authorization flow (it ended a while ago, is another caller's, or began before the daemon restarted; call Authenticate again for a new one)",
-    }
+    Error::FlowNotFound
 }
 
 /// Allows `action` for `caller`, or says why not.
@@ -133,7 +131,7 @@ mod tests {
         assert!(authorize(&agent, Action::RevokeReference { owner: "agent-b" }).is_err());
         assert!(matches!(
             authorize(&admin, Action::WatchFlow { owner: "agent-a" }),
-            Err(Error::NotFound { .. })
+            Err(Error::FlowNotFound)
         ));
     }
 

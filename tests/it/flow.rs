@@ -91,7 +91,7 @@ async fn wait_returns_pending_at_the_timeout() {
         .valet
         .credentials(crate::support::daemon::OTHER_AGENT_KEY)
         .await;
-    expect_err(
+    let s = expect_err(
         other
             .wait_for_completion(pb::WaitForCompletionRequest {
                 auth_id: p.auth_id,
@@ -101,6 +101,10 @@ async fn wait_returns_pending_at_the_timeout() {
             .await,
         Code::NotFound,
         "NOT_FOUND",
+    );
+    assert!(
+        s.message().contains("call Authenticate again"),
+        "says what to do: {s:?}"
     );
 }
 

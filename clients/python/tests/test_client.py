@@ -4,8 +4,8 @@ trip, resolve, revoke, grants, provider admin calls, configuration and TLS."""
 from __future__ import annotations
 
 import time
-from urllib.parse import parse_qs, urlsplit
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -318,9 +318,10 @@ def test_configuration_mistakes_are_clear_and_never_echo_the_key(
     with pytest.raises(ValueError) as e:
         valet.Client("http://127.0.0.1:1", "secret-key-canary-9\n")
     assert "secret-key-canary-9" not in str(e.value)
-    with pytest.raises(ValueError, match="user name or password") as e:
-        valet.Client("http://user:pw-canary-8@127.0.0.1:1")
-    assert "canary" not in str(e.value)
+    for bad in ("http://user:pw-canary-8@127.0.0.1:1", "ftp://user:pw-canary-8@x/path"):
+        with pytest.raises(ValueError, match="user name or password") as e:
+            valet.Client(bad)
+        assert "canary" not in str(e.value)
     with pytest.raises(ValueError, match="https"):
         valet.Client("http://127.0.0.1:1", root_certificates=b"pem")
     monkeypatch.setenv("VALET_TLS_CERT", "/x.pem")

@@ -154,7 +154,9 @@ class AsyncClient:
         target_url: str | None = None,
         user_assertion: str | None = None,
     ) -> Resolved:
-        return await self._run(_wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion))
+        return await self._run(
+            _wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion)
+        )
 
     async def watch_grants(
         self,

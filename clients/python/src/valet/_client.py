@@ -113,8 +113,8 @@ class Client:
         must have left. `account` names one of the user's several accounts at the provider
         (e.g. "work"), each its own grant; None: the default account. `challenge`: the
         `WWW-Authenticate` header of an API's (an MCP server's) 401/403 answer; the scopes its
-        `insufficient_scope` challenge names are asked for too (step-up consent). While a flow is pending, the same request returns
-        the same flow.
+        `insufficient_scope` challenge names are asked for too (step-up consent). While a flow
+        is pending, the same request returns the same flow.
         """
         return self._run(
             _wire.asserted(
@@ -167,9 +167,12 @@ class Client:
     ) -> Resolved:
         """A fresh access token for the grant `reference` names, and the credential to apply.
         Only the caller the reference was issued to may resolve it. `target_url`: the URL the
-        token is about to be sent to; a host outside the provider's `egress_hosts` is refused
-        (`PermissionDenied`), so an agent talked into it cannot ship the token elsewhere."""
-        return self._run(_wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion))
+        token is about to be sent to; where the provider lists `egress_hosts` (MCP providers:
+        their server's host), a host outside them is refused (`PermissionDenied`), so an agent
+        talked into it cannot ship the token elsewhere."""
+        return self._run(
+            _wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion)
+        )
 
     def watch_grants(
         self,

@@ -69,16 +69,16 @@ def resolve_endpoint(
     env = os.environ if env is None else env
     server = target or env.get("VALET_SERVER") or DEFAULT_SERVER
     url = urlsplit(server)
-    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
-        raise ValueError(
-            f"the Valet server must be a URL like {DEFAULT_SERVER} or "
-            f"https://valet.example:50051, not {server!r}"
-        )
     if url.username is not None or url.password is not None:
         # Never echo the URL: its password is a secret.
         raise ValueError(
             "the Valet server URL must not hold a user name or password; "
             "the API key goes in api_key (or VALET_KEY)"
+        )
+    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
+        raise ValueError(
+            f"the Valet server must be a URL like {DEFAULT_SERVER} or "
+            f"https://valet.example:50051, not {server!r}"
         )
     tls = url.scheme == "https"
     try:

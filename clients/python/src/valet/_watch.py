@@ -39,7 +39,7 @@ class GrantWatch:
         try:
             return _wire.grant_event(next(self._stream))
         except grpc.RpcError as e:
-            if e.code() in _ENDED:  # type: ignore[attr-defined]
+            if e.code() in _ENDED:
                 raise StopIteration from None
             raise from_rpc_error(e) from None
 

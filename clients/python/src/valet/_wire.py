@@ -256,7 +256,9 @@ def revoke(
     if reference and (provider or user_id or agent_id or account):
         raise ValueError("revoke either one reference or a grant (provider, user, agent, account)")
     if not reference and not provider:
-        raise ValueError("revoke needs a grant's provider (and user_id), or reference= for one reference")
+        raise ValueError(
+            "revoke needs a grant's provider (and user_id), or reference= for one reference"
+        )
     request = pb.RevokeRequest(
         provider_id=provider or "",
         user_id=user_id or "",
