@@ -18,6 +18,66 @@ fn oauth2(f: &Fixture, id: &str) -> pb::Provider {
     }
 }
 
+/// A stored client secret is kept on update only while the token endpoint stays on its host: it
+/// is never sent to a server it was not given for.
+#[tokio::test]
+async fn a_kept_client_secret_does_not_follow_the_token_endpoint_elsewhere() {
+    let f = Fixture::new().await;
+    f.create(oauth2(&f, "oauth")).await;
+    let mut admin = f.valet.providers().await;
+    let moved = |secret: &str| pb::Provider {
+        client_secret: secret.into(),
+        auth_url: "https://login.elsewhere.example/auth".into(),
+        token_url: "https://login.elsewhere.example/token".into(),
+        ..oauth2(&f, "oauth")
+    };
+    let s = expect_err(
+        admin
+            .update_provider(pb::UpdateProviderRequest {
+                provider: Some(moved("")),
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(
+        s.message().contains("client_secret") && s.message().contains("login.elsewhere.example"),
+        "{s:?}"
+    );
+    assert!(!s.message().contains("canary"), "{s:?}");
+    let get = pb::GetProviderRequest {
+        provider_id: "oauth".into(),
+    };
+    let kept = admin.get_provider(get.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        kept.token_url,
+        format!("{}/token", f.idp.issuer),
+        "nothing changed"
+    );
+    // With the secret for the new server, or on the same host, the update goes through.
+    let updated = admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(moved("new-secret-canary")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(updated.has_client_secret && updated.token_url.contains("elsewhere"));
+    let back = pb::Provider {
+        client_secret: String::new(),
+        name: "Same host".into(),
+        ..moved("")
+    };
+    let same = admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(back),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(same.has_client_secret && same.name == "Same host");
+}
+
 /// `GetProvider`'s answer, changed and sent back, updates an oidc provider: the endpoints it
 /// shows from discovery are taken as they were, and any other endpoint is still refused.
 #[tokio::test]

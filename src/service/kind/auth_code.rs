@@ -49,7 +49,7 @@ fn auth_code(
             "is required for consent_flow device: the provider's RFC 8628 device authorization endpoint (the issuer does not advertise one)",
         ));
     }
-    let auth = super::client_auth::client_auth(d, ctx.current)?;
+    let auth = super::client_auth::client_auth(d, ctx.current, &token_url)?;
     Ok(AuthCode {
         client: OAuthClient {
             provider: d.id.clone(),

@@ -16,22 +16,38 @@ pub(super) struct ClientAuth {
     pub method: TokenAuthMethod,
 }
 
-/// The draft's client secret, or on update the stored one.
+/// The draft's client secret, or on update the stored one, which is kept only while the token
+/// endpoint stays where it was (same scheme, host and port): a secret is never sent to a server
+/// it was not given for.
 pub(super) fn client_secret(
     d: &ProviderDraft,
     current: Option<&ProviderConfig>,
-) -> Option<SecretString> {
-    d.client_secret.clone().or_else(|| {
-        current
-            .and_then(|c| c.kind.oauth_client())
-            .and_then(|c| c.client_secret.clone())
-    })
+    token_url: &url::Url,
+) -> Result<Option<SecretString>, Error> {
+    if d.client_secret.is_some() {
+        return Ok(d.client_secret.clone());
+    }
+    let Some(stored) = current.and_then(|c| c.kind.oauth_client()) else {
+        return Ok(None);
+    };
+    match &stored.client_secret {
+        Some(_) if stored.token_url.origin() != token_url.origin() => Err(Error::invalid(
+            "client_secret",
+            format!(
+                "is needed again: the token endpoint moves from {} to {}, and the stored secret is only sent where it was given for",
+                stored.token_url.origin().ascii_serialization(),
+                token_url.origin().ascii_serialization()
+            ),
+        )),
+        kept => Ok(kept.clone()),
+    }
 }
 
 /// The client authentication an OAuth kind needs: a secret, or a key for `private_key_jwt`.
 pub(super) fn client_auth(
     d: &ProviderDraft,
     current: Option<&ProviderConfig>,
+    token_url: &url::Url,
 ) -> Result<ClientAuth, Error> {
     let method = d.token_auth_method.unwrap_or_default();
     if method != TokenAuthMethod::PrivateKeyJwt {
@@ -41,7 +57,7 @@ pub(super) fn client_auth(
                 "is used by service_account providers and token_auth_method private_key_jwt only",
             ));
         }
-        let secret = client_secret(d, current)
+        let secret = client_secret(d, current, token_url)?
             .ok_or_else(|| Error::invalid("client_secret", "is required"))?;
         return Ok(ClientAuth {
             secret: Some(secret),

@@ -9,7 +9,8 @@ use crate::service::Error;
 pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthClient, Error> {
     check_client(&d.client_id, &d.extra_auth_params)?;
     super::refuse_consent_settings(d, "client_credentials")?;
-    let auth = super::client_auth::client_auth(d, ctx.current)?;
+    let token_url = check_endpoint_url("token_url", &d.token_url, ctx.allow_insecure_urls)?;
+    let auth = super::client_auth::client_auth(d, ctx.current, &token_url)?;
     Ok(OAuthClient {
         provider: d.id.clone(),
         client_id: d.client_id.clone(),
@@ -17,7 +18,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthC
         auth_method: auth.method,
         signing_key: auth.key,
         token_exchange: d.token_exchange,
-        token_url: check_endpoint_url("token_url", &d.token_url, ctx.allow_insecure_urls)?,
+        token_url,
         dialect: d.dialect.clone(),
         resource: None,
     })

@@ -276,7 +276,7 @@ class Client:
     def update_provider(self, provider: pb.Provider | None = None, **fields: Any) -> pb.Provider:
         """Replaces a provider's whole configuration (unlike `valet provider update`, which changes
         only the flags given): start from `get_provider`, change fields, pass it back. An empty
-        client_secret keeps the stored one."""
+        client_secret keeps the stored one, while the token endpoint stays on its host."""
         return self._run(_wire.update_provider(_wire.provider_message(provider, fields)))
 
     def delete_provider(
