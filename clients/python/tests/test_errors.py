@@ -184,6 +184,11 @@ def test_unauthenticated_and_unreachable_have_no_reason(stack: Stack) -> None:
             http.list_grants()
     assert info.value.code == C.UNIMPLEMENTED, repr(info.value)
     assert "the gRPC address" in info.value.message, info.value.message
+    # https:// to a daemon serving plaintext.
+    tls = stack.daemon.grpc_url.replace("http://", "https://")
+    with valet.Client(tls, AGENT_KEY, timeout=5) as wrong:
+        e = raises(errors.Unreachable, C.UNAVAILABLE, lambda: wrong.list_grants())
+    assert "use an http:// target" in e.message, e.message
 
 
 def test_resource_exhausted_past_a_callers_rate_limit(stack: Stack, user: str) -> None:

@@ -263,6 +263,8 @@ def _hint(code: grpc.StatusCode, message: str) -> str:
     """What to check, for a status the daemon did not give a reason (the transport's own)."""
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return " (pass api_key= or set VALET_KEY)"
+    if code == grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in message:
+        return " (the daemon answered without TLS: use an http:// target, or set [grpc_tls] on it)"
     if code == grpc.StatusCode.UNAVAILABLE:
         return " (is `valet serve` running, and is target= or VALET_SERVER its gRPC address?)"
     if code == grpc.StatusCode.UNIMPLEMENTED and "404" in message:
