@@ -88,6 +88,21 @@ def test_watch_grants_streams_a_grants_life_without_tokens(
         assert list(quiet) == []
 
 
+def test_watch_authorization_shows_the_flow_then_its_token(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    pending = agent.authenticate("idp", user_id=user)
+    with agent.watch_authorization(pending.auth_id or "", timeout=30) as states:
+        first = next(states)
+        assert first.status == "pending" and first.auth_url == pending.auth_url
+        stack.consent(pending.auth_url or "", user)
+        done = next(states)
+        assert done.status == "completed" and done.token
+        assert list(states) == [], "the stream ends with the flow"
+    with pytest.raises(errors.NotFound, match="call Authenticate again"):
+        agent.watch_authorization("no-such-flow")
+
+
 async def test_async_watch_grants_sees_a_revoke(stack: Stack, user: str) -> None:
     async with stack.async_client() as client:
         watch = await client.watch_grants("idp", user_id=user, timeout=30)
@@ -103,6 +118,13 @@ async def test_async_watch_grants_sees_a_revoke(stack: Stack, user: str) -> None
         assert kinds == ["created", "revoked"]
         with pytest.raises(errors.InvalidArgument):
             await client.watch_grants()
+        # A flow's states: pending first.
+        pending = await client.authenticate("idp", user_id=user)
+        async with await client.watch_authorization(pending.auth_id or "", timeout=5) as states:
+            first = await states.__anext__()
+            assert first.status == "pending" and first.auth_id == pending.auth_id
+        with pytest.raises(errors.NotFound):
+            await client.watch_authorization("no-such-flow")
 
 
 def test_wait_for_completion_returns_the_pending_flow_at_its_timeout(

@@ -273,11 +273,20 @@ def wait_fails(
 
 def test_access_denied_when_the_user_refuses(agent: valet.Client, user: str) -> None:
     pending = start_flow(agent, user)
+    states = agent.watch_authorization(pending.auth_id or "", timeout=10)
+    assert next(states).status == "pending"
     browser = Browser()
     callback = browser.authorize(pending.auth_url or "", user, approve=False)
     assert query_param(callback, "error") == "access_denied"
     assert browser.send(callback).status == 400
+    # Watched, the flow's end is its typed error, as for wait_for_completion.
+    with states, pytest.raises(errors.AccessDenied) as denied:
+        next(states)
+    assert denied.value.reason == "ACCESS_DENIED"
     wait_fails(agent, pending, errors.AccessDenied)
+    # A watch opened once it ended: the same error, when it opens.
+    with pytest.raises(errors.AccessDenied):
+        agent.watch_authorization(pending.auth_id or "")
 
 
 def test_provider_error_when_the_provider_answers_with_another_error(

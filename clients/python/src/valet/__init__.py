@@ -14,22 +14,22 @@ from valet import errors
 from valet._aio import AsyncClient
 from valet._client import Client
 from valet.errors import ValetError
-from valet._watch import AsyncGrantWatch, GrantWatch
+from valet._watch import AsyncWatch, Watch
 from valet.types import AppliedCredential, AuthResult, Grant, GrantEvent, Resolved, RevokeResult
 from valet.v1.valet_pb2 import Provider
 
 __all__ = [
     "AppliedCredential",
     "AsyncClient",
-    "AsyncGrantWatch",
+    "AsyncWatch",
     "AuthResult",
     "Client",
     "Grant",
     "GrantEvent",
-    "GrantWatch",
     "Provider",
     "Resolved",
     "RevokeResult",
     "ValetError",
+    "Watch",
     "errors",
 ]

@@ -20,9 +20,9 @@ import grpc.aio
 from valet import _wire
 from valet._client import DEFAULT_TIMEOUT
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
-from valet._watch import AsyncGrantWatch
+from valet._watch import AsyncWatch
 from valet.errors import from_rpc_error
-from valet.types import AuthResult, Grant, Handout, Resolved, RevokeResult
+from valet.types import AuthResult, Grant, GrantEvent, Handout, Resolved, RevokeResult
 from valet.v1 import valet_pb2 as pb
 from valet.v1 import valet_pb2_grpc as pb_grpc
 
@@ -165,13 +165,23 @@ class AsyncClient:
         agent_id: str | None = None,
         *,
         timeout: float | None = None,
-    ) -> AsyncGrantWatch:
+    ) -> AsyncWatch[GrantEvent]:
         call = self._connection().stubs["credentials"].WatchGrants(
             _wire.watch_grants_request(provider, user_id, agent_id),
             metadata=self._endpoint.metadata(),
             timeout=timeout,
         )
-        return await AsyncGrantWatch(call)._open()
+        return await AsyncWatch(call, _wire.grant_event)._open()
+
+    async def watch_authorization(
+        self, auth_id: str, *, timeout: float | None = None
+    ) -> AsyncWatch[AuthResult]:
+        call = self._connection().stubs["credentials"].WatchAuthorization(
+            pb.WatchAuthorizationRequest(auth_id=auth_id),
+            metadata=self._endpoint.metadata(),
+            timeout=timeout,
+        )
+        return await AsyncWatch(call, _wire.authorization_event)._open()
 
     async def revoke(
         self,

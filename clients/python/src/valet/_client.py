@@ -15,9 +15,9 @@ import grpc
 
 from valet import _wire
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
-from valet._watch import GrantWatch
+from valet._watch import Watch
 from valet.errors import from_rpc_error
-from valet.types import AuthResult, Grant, Handout, Resolved, RevokeResult
+from valet.types import AuthResult, Grant, GrantEvent, Handout, Resolved, RevokeResult
 from valet.v1 import valet_pb2 as pb
 from valet.v1 import valet_pb2_grpc as pb_grpc
 
@@ -181,7 +181,7 @@ class Client:
         agent_id: str | None = None,
         *,
         timeout: float | None = None,
-    ) -> GrantWatch:
+    ) -> Watch[GrantEvent]:
         """Lifecycle events (created, refreshed, needs_reauth, revoked, refresh_failed,
         reauth_due) of the grants this caller may see, from now on, until the watch is closed
         or `timeout` seconds pass (None: no end). Filters as in `list_grants`; an agent key must
@@ -191,7 +191,20 @@ class Client:
             metadata=self._endpoint.metadata(),
             timeout=timeout,
         )
-        return GrantWatch(stream)
+        return Watch(stream, _wire.grant_event)
+
+    def watch_authorization(
+        self, auth_id: str, *, timeout: float | None = None
+    ) -> Watch[AuthResult]:
+        """The flow `auth_id`'s state now (pending), then its end: completed, as
+        `wait_for_completion` answers, or a failure raised as its typed error (`FlowExpired`,
+        `AccessDenied`, ...). Only the caller that started the flow may watch it."""
+        stream = self._stubs["credentials"].WatchAuthorization(
+            pb.WatchAuthorizationRequest(auth_id=auth_id),
+            metadata=self._endpoint.metadata(),
+            timeout=timeout,
+        )
+        return Watch(stream, _wire.authorization_event)
 
     def revoke(
         self,

@@ -1,52 +1,56 @@
-"""`watch_grants` streams, for `Client` (an iterator) and `AsyncClient` (an async iterator).
+"""Server streams (`watch_grants`, `watch_authorization`), for `Client` (an iterator) and
+`AsyncClient` (an async iterator).
 
-A watch is returned once the daemon has answered the call, so it is subscribed: every grant
-event from then on reaches it. It ends when closed (or its `with` block is left), at its
-timeout, or when the daemon stops; a refusal (a bad filter, an agent key naming no user)
+A watch is returned once the daemon has answered the call, so it is subscribed: every event
+from then on reaches it. It ends when closed (or its `with` block is left), at its timeout, or
+when the stream ends; a refusal (a bad filter, an agent key naming no user, an unknown flow)
 raises the typed error when the watch is opened.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
 
-from valet import _wire
 from valet.errors import from_rpc_error
-from valet.types import GrantEvent
+
+T = TypeVar("T")
 
 # How a watch ends without an error: closed by its owner, or its timeout passed.
 _ENDED = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class GrantWatch:
-    """Grant lifecycle events as they happen: iterate; `close()` ends the watch."""
+class Watch(Generic[T]):
+    """A stream's events as they happen: iterate; `close()` ends the watch."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, parse: Callable[[Any], T]) -> None:
         self._stream = stream
+        self._parse = parse
         # Returns once the daemon answered: subscribed, or refused (the call is then done).
         stream.initial_metadata()
         if stream.done() and stream.code() != grpc.StatusCode.OK:
             raise from_rpc_error(stream)
 
-    def __iter__(self) -> GrantWatch:
+    def __iter__(self) -> Watch[T]:
         return self
 
-    def __next__(self) -> GrantEvent:
+    def __next__(self) -> T:
         try:
-            return _wire.grant_event(next(self._stream))
+            m = next(self._stream)
         except grpc.RpcError as e:
             if e.code() in _ENDED:
                 raise StopIteration from None
             raise from_rpc_error(e) from None
+        return self._parse(m)
 
     def close(self) -> None:
         self._stream.cancel()
 
-    def __enter__(self) -> GrantWatch:
+    def __enter__(self) -> Watch[T]:
         return self
 
     def __exit__(
@@ -58,13 +62,14 @@ class GrantWatch:
         self.close()
 
 
-class AsyncGrantWatch:
-    """`GrantWatch` for asyncio: `async for`; `close()` ends the watch."""
+class AsyncWatch(Generic[T]):
+    """`Watch` for asyncio: `async for`; `close()` ends the watch."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, parse: Callable[[Any], T]) -> None:
         self._call = call
+        self._parse = parse
 
-    async def _open(self) -> AsyncGrantWatch:
+    async def _open(self) -> AsyncWatch[T]:
         try:
             # Raises for a call the daemon refused; returns once it answered.
             await self._call.wait_for_connection()
@@ -72,10 +77,10 @@ class AsyncGrantWatch:
             raise from_rpc_error(e) from None
         return self
 
-    def __aiter__(self) -> AsyncGrantWatch:
+    def __aiter__(self) -> AsyncWatch[T]:
         return self
 
-    async def __anext__(self) -> GrantEvent:
+    async def __anext__(self) -> T:
         try:
             m = await self._call.read()
         except grpc.aio.AioRpcError as e:
@@ -84,12 +89,12 @@ class AsyncGrantWatch:
             raise from_rpc_error(e) from None
         if m is grpc.aio.EOF:
             raise StopAsyncIteration
-        return _wire.grant_event(m)
+        return self._parse(m)
 
     def close(self) -> None:
         self._call.cancel()
 
-    async def __aenter__(self) -> AsyncGrantWatch:
+    async def __aenter__(self) -> AsyncWatch[T]:
         return self
 
     async def __aexit__(

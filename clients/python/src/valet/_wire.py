@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Generic, Literal, TypeVar
 
+import grpc
 from google.protobuf.message import Message
 
+from valet.errors import class_for_reason
 from valet.types import (
     AppliedCredential,
     AuthResult,
@@ -235,6 +237,20 @@ def grant_event(m: pb.GrantEvent) -> GrantEvent:
         at=m.at,
         missed=m.missed,
     )
+
+
+def authorization_event(m: pb.AuthorizationEvent) -> AuthResult:
+    """A flow's state (pending, or completed as `wait_for_completion` answers); a failed flow
+    raises its typed error (`FlowExpired`, `AccessDenied`, ...)."""
+    which = m.WhichOneof("event")
+    if which == "pending":
+        return auth_result(pb.AuthenticateResponse(pending=m.pending))
+    if which == "completed":
+        return auth_result(m.completed)
+    reason = pb.ErrorReason.Name(m.failed.reason)
+    internal = reason == "INTERNAL"
+    code = grpc.StatusCode.INTERNAL if internal else grpc.StatusCode.FAILED_PRECONDITION
+    raise class_for_reason(reason)(m.failed.message, code=code, reason=reason)
 
 
 def _revoked(resp: pb.RevokeResponse) -> RevokeResult:
