@@ -321,6 +321,7 @@ impl Writer {
     /// The file refused a write: `lost` events are gone (none when they wait in the buffer).
     fn failed(&mut self, lost: u64, e: &std::io::Error) {
         self.metrics.audit_events_lost(lost);
+        self.metrics.audit_file_failing(true);
         match &mut self.lost {
             Some(n) => *n += lost,
             None => {
@@ -340,11 +341,15 @@ impl Writer {
             // Kept in the buffer for a later flush.
             Err(e) => self.failed(0, &e),
             Ok(()) => match self.lost.take() {
-                Some(0) | None => {}
-                Some(lost) => tracing::warn!(
-                    lost,
-                    "the audit file takes writes again after losing events; `valet audit verify` stops at the gap"
-                ),
+                None => {}
+                Some(0) => self.metrics.audit_file_failing(false),
+                Some(lost) => {
+                    self.metrics.audit_file_failing(false);
+                    tracing::warn!(
+                        lost,
+                        "the audit file takes writes again after losing events; `valet audit verify` stops at the gap"
+                    );
+                }
             },
         }
     }
@@ -664,30 +669,37 @@ mod tests {
             dir.path().join("audit.jsonl.1"),
         );
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let lost = || {
+        let sample = |name: &str| {
             let text = metrics.render();
             let line = text
                 .lines()
-                .find_map(|l| l.strip_prefix("valet_audit_events_lost_total "))
-                .unwrap_or_else(|| panic!("not exported:\n{text}"))
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} not exported:\n{text}"))
                 .to_owned();
             line.parse::<u64>().unwrap()
         };
+        let lost = || sample("valet_audit_events_lost_total");
+        let failing = || sample("valet_audit_file_failing");
         let clock = Arc::new(ManualClock::at(1_800_000_000));
         let audit = Audit::open(Some(&path), clock, metrics.clone()).unwrap();
         audit.record("Authenticate", "agent-a", Subject::default(), "token");
         audit.flush();
-        assert_eq!(lost(), 0);
+        assert_eq!((lost(), failing()), (0, 0));
         // The disk fills: the file at the path now refuses every write.
         std::fs::rename(&path, &old).unwrap();
         std::os::unix::fs::symlink("/dev/full", &path).unwrap();
         audit.reopen().unwrap();
-        for _ in 0..200 {
+        // One event: kept in the buffer, nothing lost yet, but the file is failing.
+        audit.record("Resolve", "agent-a", Subject::default(), "ok");
+        audit.flush();
+        assert_eq!((lost(), failing()), (0, 1));
+        for _ in 0..199 {
             audit.record("Resolve", "agent-a", Subject::default(), "ok");
         }
         audit.flush();
         let refused = lost();
         assert!(refused > 0, "a full buffer loses events");
+        assert_eq!(failing(), 1);
         // Room again: those still buffered are lost too, and counted; then events are written.
         std::fs::remove_file(&path).unwrap();
         audit.reopen().unwrap();
@@ -695,6 +707,7 @@ mod tests {
         audit.record("Revoke", "ops", Subject::default(), "ok");
         audit.flush();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert_eq!(failing(), 0, "writes again");
         // The gap shows: the chain does not go on from the first file's last event.
         assert_eq!(count(&old), Ok(1));
         let gap = verify(&[&old, &path], None).unwrap_err();

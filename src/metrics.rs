@@ -123,6 +123,7 @@ pub struct Metrics {
     references: Family<ReferenceEvent, Counter>,
     denied_calls: Family<Reason, Counter>,
     audit_events_lost: Counter,
+    audit_file_failing: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -167,6 +168,7 @@ impl Metrics {
             references: Family::default(),
             denied_calls: Family::default(),
             audit_events_lost: Counter::default(),
+            audit_file_failing: Gauge::default(),
             registry,
         };
         m.register()
@@ -273,6 +275,11 @@ impl Metrics {
             "Audit events the audit file did not take (a full disk, an I/O error): the trail's \
              chain breaks there",
             self.audit_events_lost.clone(),
+        );
+        r.register(
+            "audit_file_failing",
+            "1 while the audit file refuses writes (events wait in a small buffer, then are lost)",
+            self.audit_file_failing.clone(),
         );
         self
     }
@@ -405,6 +412,11 @@ impl Metrics {
     /// Audit events the audit file did not take.
     pub fn audit_events_lost(&self, n: u64) {
         self.audit_events_lost.inc_by(n);
+    }
+
+    /// Whether the audit file refuses writes now.
+    pub fn audit_file_failing(&self, failing: bool) {
+        self.audit_file_failing.set(i64::from(failing));
     }
 
     /// Counts an open watch stream until the guard is dropped (the stream ended or its caller
