@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -19,6 +18,7 @@ import grpc.aio
 
 from valet import _wire
 from valet._client import DEFAULT_TIMEOUT
+from valet._closing import AsyncClosing
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
 from valet._watch import AsyncWatch
 from valet.errors import from_rpc_error
@@ -44,7 +44,7 @@ class _Connection:
         }
 
 
-class AsyncClient:
+class AsyncClient(AsyncClosing):
     """`Client` for asyncio: the same methods, as coroutines. See `Client` for each one."""
 
     def __init__(
@@ -268,17 +268,6 @@ class AsyncClient:
         conn = self._connections.pop(asyncio.get_running_loop(), None)
         if conn is not None:
             await conn.channel.close()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         key = "<redacted>" if self._endpoint.key else None

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
 from valet import _wire
+from valet._closing import Closing
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
 from valet._watch import Watch
 from valet.errors import from_rpc_error
@@ -26,7 +26,7 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 
 
-class Client:
+class Client(Closing):
     """A connection to a Valet daemon.
 
     `target` is the daemon's URL (`http://host:port`, or `https://` for TLS) and `api_key` the
@@ -301,17 +301,6 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         key = "<redacted>" if self._endpoint.key else None

@@ -10,12 +10,12 @@ raises the typed error when the watch is opened.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
 
+from valet._closing import AsyncClosing, Closing
 from valet.errors import from_rpc_error
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ T = TypeVar("T")
 _ENDED = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-class Watch(Generic[T]):
+class Watch(Closing, Generic[T]):
     """A stream's events as they happen: iterate; `close()` ends the watch."""
 
     def __init__(self, stream: Any, parse: Callable[[Any], T]) -> None:
@@ -50,19 +50,8 @@ class Watch(Generic[T]):
     def close(self) -> None:
         self._stream.cancel()
 
-    def __enter__(self) -> Watch[T]:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncWatch(Generic[T]):
+class AsyncWatch(AsyncClosing, Generic[T]):
     """`Watch` for asyncio: `async for`; `close()` ends the watch."""
 
     def __init__(self, call: Any, parse: Callable[[Any], T]) -> None:
@@ -91,16 +80,5 @@ class AsyncWatch(Generic[T]):
             raise StopAsyncIteration
         return self._parse(m)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._call.cancel()
-
-    async def __aenter__(self) -> AsyncWatch[T]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
