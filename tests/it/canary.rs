@@ -64,12 +64,7 @@ async fn no_secret_reaches_the_logs_at_trace_level() {
         })
         .await;
 
-    let metrics = reqwest::get(format!("http://{}/metrics", f.valet.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = f.valet.metrics().await;
     assert!(metrics.contains("valet_refreshes_total"), "{metrics}");
     let mut valet = f.valet;
     assert!(valet.stop().success());

@@ -116,16 +116,8 @@ async fn denied_and_expired_flows_end_the_stream_with_the_reason() {
 
 /// The daemon's `valet_watch_streams` gauge.
 async fn open_streams(f: &Fixture) -> i64 {
-    let text = reqwest::get(format!("http://{}/metrics", f.valet.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("valet_watch_streams "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the gauge is exported")
+    let value = f.valet.sample("valet_watch_streams").await;
+    value.expect("the gauge is exported") as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

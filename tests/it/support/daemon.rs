@@ -258,6 +258,24 @@ rate_limit = 0
         read_logs(self.log_file.as_deref(), &self.logs)
     }
 
+    /// The `/metrics` exposition.
+    pub(crate) async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one exposed sample, `series` as the exposition writes it (name and labels).
+    pub(crate) async fn sample(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// A client on its own connection.
     async fn client(&self, key: Option<&str>) -> Client {
         Client::connect(&self.grpc_url, key).await.unwrap()
