@@ -238,9 +238,8 @@ pub fn parse_google_key(raw: &SecretString) -> Result<GoogleKey, KeyError> {
     }
     let r: Raw = serde_json::from_str(raw.expose_secret()).map_err(|e| {
         key_error(format!(
-            "is not a valid service-account JSON key (line {}, column {})",
-            e.line(),
-            e.column()
+            "is not a valid service-account JSON key ({})",
+            crate::secret::json_error_at(&e)
         ))
     })?;
     if r.kind.as_deref() != Some("service_account") {

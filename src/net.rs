@@ -120,6 +120,11 @@ pub fn shown(url: &Url) -> String {
     u.to_string()
 }
 
+/// [`shown`] for URL text; `None` when it is not a URL (then nothing of it should be shown).
+pub fn shown_text(raw: &str) -> Option<String> {
+    Url::parse(raw).ok().map(|u| shown(&u))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

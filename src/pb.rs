@@ -27,7 +27,7 @@ fn redacted(s: &str) -> String {
 
 /// A URL as [`crate::net::shown`] shows it; a consent link's query holds the flow's `state`.
 fn shown_url(s: &str) -> String {
-    url::Url::parse(s).map_or_else(|_| redacted(s), |u| crate::net::shown(&u))
+    crate::net::shown_text(s).unwrap_or_else(|| redacted(s))
 }
 
 impl fmt::Debug for Pending {

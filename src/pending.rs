@@ -222,9 +222,9 @@ impl From<&str> for ConsentLink {
 
 impl std::fmt::Debug for ConsentLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match url::Url::parse(&self.0) {
-            Ok(u) => write!(f, "ConsentLink({})", crate::net::shown(&u)),
-            Err(_) => f.write_str("ConsentLink(..)"),
+        match crate::net::shown_text(&self.0) {
+            Some(u) => write!(f, "ConsentLink({u})"),
+            None => f.write_str("ConsentLink(..)"),
         }
     }
 }

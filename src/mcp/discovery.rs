@@ -143,7 +143,7 @@ fn checked_url(what: &str, raw: &str) -> Result<(), DiscoveryError> {
 
 /// [`shown`] for a URL `checked_url` accepted.
 fn shown_str(raw: &str) -> String {
-    Url::parse(raw).map_or_else(|_| "a URL".into(), |u| shown(&u))
+    crate::net::shown_text(raw).unwrap_or_else(|| "a URL".into())
 }
 
 fn parse_url(field: &str, raw: &str) -> Result<Url, DiscoveryError> {

@@ -51,14 +51,14 @@ pub(crate) fn drop_discovered(current: &ProviderConfig, mut d: ProviderDraft) ->
     let Some(c) = current.kind.auth_code().filter(|_| same_kind) else {
         return d;
     };
-    let shown = |u: Option<&Url>| u.map(Url::as_str).map(str::to_owned);
+    let text = |u: Option<&Url>| u.map(Url::as_str).map(str::to_owned);
     let drop = |field: &mut String, filled: Option<String>| {
         if filled.as_deref() == Some(field.as_str()) {
             field.clear();
         }
     };
-    let revocation = shown(c.revocation_url.as_ref());
-    let device = shown(c.device_authorization_url.as_ref());
+    let revocation = text(c.revocation_url.as_ref());
+    let device = text(c.device_authorization_url.as_ref());
     // A profile's template, given other variables: filled again from them.
     if current.profile.as_deref() == Some(d.profile.as_str())
         && d.profile_vars != current.profile_vars
@@ -66,14 +66,14 @@ pub(crate) fn drop_discovered(current: &ProviderConfig, mut d: ProviderDraft) ->
         drop(&mut d.issuer, c.issuer.clone());
         drop(&mut d.revocation_url, revocation.clone());
         if matches!(current.kind, KindConfig::OAuth2(_)) {
-            drop(&mut d.auth_url, shown(Some(&c.auth_url)));
-            drop(&mut d.token_url, shown(Some(&c.client.token_url)));
+            drop(&mut d.auth_url, text(Some(&c.auth_url)));
+            drop(&mut d.token_url, text(Some(&c.client.token_url)));
         }
     }
     match &current.kind {
         KindConfig::Oidc(_) => {
-            drop(&mut d.auth_url, shown(Some(&c.auth_url)));
-            drop(&mut d.token_url, shown(Some(&c.client.token_url)));
+            drop(&mut d.auth_url, text(Some(&c.auth_url)));
+            drop(&mut d.token_url, text(Some(&c.client.token_url)));
             // Another issuer: the old one's endpoints are not this one's.
             if c.issuer.as_deref() != Some(d.issuer.as_str()) {
                 drop(&mut d.revocation_url, revocation);
@@ -81,8 +81,8 @@ pub(crate) fn drop_discovered(current: &ProviderConfig, mut d: ProviderDraft) ->
             }
         }
         KindConfig::Mcp(_) => {
-            drop(&mut d.auth_url, shown(Some(&c.auth_url)));
-            drop(&mut d.token_url, shown(Some(&c.client.token_url)));
+            drop(&mut d.auth_url, text(Some(&c.auth_url)));
+            drop(&mut d.token_url, text(Some(&c.client.token_url)));
             drop(&mut d.issuer, c.issuer.clone());
             drop(&mut d.revocation_url, revocation);
             drop(&mut d.device_authorization_url, device);
