@@ -501,6 +501,8 @@ async fn run(s: &Sizes) {
         log_format: "",
         logs_to_file: true,
         log_level: std::env::var("VALET_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+        // One caller starts them all (and a few before), and may hold half of the table.
+        max_pending: 4 * s.flows.max(1000),
         ..Default::default()
     })
     .await;

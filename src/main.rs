@@ -59,9 +59,12 @@ fn main() -> ExitCode {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            valet::cli::out(format_args!("{}", config.render()));
-            valet::app::App::check_admin_key_file(&config)
-                .and_then(|()| runtime.block_on(valet::ops::check_store(&config)))
+            // The files it names first: a config is not shown as valid when the daemon would
+            // refuse to start on it.
+            valet::app::App::check_files(&config).and_then(|()| {
+                valet::cli::out(format_args!("{}", config.render()));
+                runtime.block_on(valet::ops::check_store(&config))
+            })
         }
         other => runtime.block_on(valet::cli::run_client(other)),
     };

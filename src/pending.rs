@@ -182,6 +182,12 @@ pub enum InsertError {
     CallerFull(usize),
     #[error("too many pending authorization flows in total (limit {0})")]
     TableFull(usize),
+    /// One caller may hold at most half of the table, so it cannot lock other callers out (by
+    /// starting flows for made-up users).
+    #[error(
+        "this caller has too many pending authorization flows (limit {0}, half of all); finish or let some expire"
+    )]
+    CallerTableFull(usize),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -296,6 +302,8 @@ struct Inner {
     per_user: HashMap<UserId, usize>,
     /// (owner, user) → live flows.
     per_caller: HashMap<(String, UserId), usize>,
+    /// owner → live flows, for any user.
+    per_owner: HashMap<String, usize>,
     pending: usize,
 }
 
@@ -389,7 +397,13 @@ impl PendingFlows {
         if caller_count >= caller_limit {
             return Err(InsertError::CallerFull(caller_limit));
         }
+        let owner_limit = self.limits.max_total.div_ceil(2);
+        let owner_count = inner.per_owner.get(&flow.owner).copied().unwrap_or(0);
+        if owner_count >= owner_limit {
+            return Err(InsertError::CallerTableFull(owner_limit));
+        }
         inner.per_caller.insert(slot, caller_count + 1);
+        inner.per_owner.insert(flow.owner.clone(), owner_count + 1);
         let deadline = now + self.limits.ttl;
         inner.per_user.insert(flow.user.clone(), user_count + 1);
         inner.pending += 1;
@@ -548,6 +562,12 @@ impl PendingFlows {
                 inner.per_caller.remove(&slot);
             }
         }
+        if let Some(n) = inner.per_owner.get_mut(owner) {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_owner.remove(owner);
+            }
+        }
     }
 
     fn sweep_locked(inner: &mut Inner, now: Instant) -> usize {
@@ -694,6 +714,24 @@ mod tests {
             t.insert("s5", "a5", "u".into(), flow("carol", "p")),
             Err(InsertError::TableFull(3))
         );
+        // One caller holds at most half of the table, whatever users it names; released flows
+        // free its share.
+        let t = table(4, 4);
+        t.insert("s1", "a1", "u".into(), by("agent-a", "u1"))
+            .unwrap();
+        t.insert("s2", "a2", "u".into(), by("agent-a", "u2"))
+            .unwrap();
+        assert_eq!(
+            t.insert("s3", "a3", "u".into(), by("agent-a", "u3")),
+            Err(InsertError::CallerTableFull(2))
+        );
+        t.insert("s3", "a3", "u".into(), by("agent-b", "u3"))
+            .unwrap();
+        assert_eq!(t.pending(), 3, "nothing was added for the refused flow");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        t.sweep();
+        t.insert("s4", "a4", "u".into(), by("agent-a", "u4"))
+            .unwrap();
     }
 
     #[test]

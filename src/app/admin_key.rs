@@ -1,7 +1,7 @@
 //! The admin API key: from `--admin-key-file`, or in dev mode created on first start and shown
 //! once (only its hash is kept, in the data directory).
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::domain::Role;
 use crate::secret::{ExposeSecret as _, random_token, read_private_file, sha256};
 use crate::transport::grpc::CallerKey;
@@ -101,14 +101,15 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<(Option<CallerKey>, O
 
 /// The hash of the admin key in `path`; refused when others may read the file or the key is short.
 pub(super) fn key_file_hash(path: &Path) -> anyhow::Result<[u8; 32]> {
-    let key = read_private_file(path, "admin key").map_err(anyhow::Error::msg)?;
+    let key = read_private_file(path, "admin key").map_err(ConfigError::in_file)?;
     let key = key.expose_secret();
     let length = key.chars().count();
-    anyhow::ensure!(
-        length >= MIN_ADMIN_KEY_CHARS,
-        "admin key file {} holds a {length}-character key; the admin key must be at least {MIN_ADMIN_KEY_CHARS} random characters (`valet key new` makes one)",
-        path.display()
-    );
+    if length < MIN_ADMIN_KEY_CHARS {
+        return Err(ConfigError::in_file(format_args!(
+            "admin key file {} holds a {length}-character key; the admin key must be at least {MIN_ADMIN_KEY_CHARS} random characters (`valet key new` makes one)",
+            path.display()
+        )));
+    }
     Ok(sha256(key.as_bytes()))
 }
 

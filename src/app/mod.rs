@@ -8,7 +8,7 @@ mod health;
 
 use crate::audit::Audit;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::oauth::{OAuth2TokenEndpoint, ProviderHttp, TokenEndpoint};
 use crate::ops::{OpenStore, open_store};
 use crate::pb;
@@ -99,10 +99,7 @@ impl App {
             )),
             metrics.clone(),
         ));
-        let catalogue = match &config.profiles_dir {
-            Some(dir) => Catalogue::with_dir(dir)?,
-            None => Catalogue::builtin()?,
-        };
+        let catalogue = Self::catalogue(&config)?;
         let registry = Arc::new(ProviderRegistry::new(
             store.clone(),
             endpoint.clone(),
@@ -205,10 +202,22 @@ impl App {
         Ok((CallerAuth::new(keys), first_key))
     }
 
-    /// For `check-config`: the admin key file, if one is configured and on this machine, is one
+    /// The provider profiles: built in, and those in `profiles_dir`. One that does not load is a
+    /// bad configuration.
+    fn catalogue(config: &Config) -> anyhow::Result<Catalogue> {
+        match &config.profiles_dir {
+            Some(dir) => Catalogue::with_dir(dir),
+            None => Catalogue::builtin(),
+        }
+        .map_err(ConfigError::in_file)
+    }
+
+    /// For `check-config`: the files the configuration names that the daemon reads at start. The
+    /// profiles load, and the admin key file, if one is configured and on this machine, is one
     /// the daemon accepts. One that is not here (a Kubernetes Secret mounted only in the pod) is
     /// noted, not refused.
-    pub fn check_admin_key_file(config: &Config) -> anyhow::Result<()> {
+    pub fn check_files(config: &Config) -> anyhow::Result<()> {
+        Self::catalogue(config)?;
         let Some(path) = &config.admin_key_file else {
             return Ok(());
         };

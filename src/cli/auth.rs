@@ -266,20 +266,22 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
         .await
         .map_err(explain)?;
     let r = r.into_inner();
-    if r.revoked {
-        println!("revoked");
-    } else if by_reference {
-        println!("no such reference (unknown, or already revoked, expired or spent)");
-    } else if agent.is_none() {
-        println!(
-            "no such grant (an agent's own grant needs --agent; `valet grants --user {user}` lists them)"
-        );
-    } else {
-        println!("no such grant (`valet grants --user {user}` lists them)");
+    if !r.revoked {
+        // A failure, so a script does not take a mistyped id for a revoked grant.
+        if by_reference {
+            anyhow::bail!("no such reference (unknown, or already revoked, expired or spent)");
+        }
+        if agent.is_none() {
+            anyhow::bail!(
+                "no such grant (an agent's own grant needs --agent; `valet grants --user {user}` lists them)"
+            );
+        }
+        anyhow::bail!("no such grant (`valet grants --user {user}` lists them)");
     }
+    println!("revoked");
     match pb::ProviderRevocation::try_from(r.provider_revocation) {
         Ok(pb::ProviderRevocation::Revoked) => println!("the provider revoked the tokens too"),
-        Ok(pb::ProviderRevocation::NotSupported) if r.revoked => {
+        Ok(pb::ProviderRevocation::NotSupported) => {
             println!("(the provider has no revocation_url: revoked in Valet only)");
         }
         Ok(pb::ProviderRevocation::Failed) => println!(

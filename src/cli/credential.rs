@@ -11,6 +11,7 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum CredentialCmd {
     /// Store (or replace) the value for a user, optionally for one agent only.
+    #[command(group(clap::ArgGroup::new("value").required(true).args(["value_env", "value_file"])))]
     Put {
         /// The static-credential provider (`valet provider list`).
         #[arg(long)]
@@ -29,10 +30,10 @@ pub enum CredentialCmd {
         #[arg(long)]
         username: Option<String>,
         /// Name of an environment variable holding the value.
-        #[arg(long, required_unless_present = "value_file")]
+        #[arg(long)]
         value_env: Option<String>,
         /// File holding the value (trailing newline trimmed); `-` reads standard input.
-        #[arg(long, conflicts_with = "value_env")]
+        #[arg(long)]
         value_file: Option<String>,
     },
 }

@@ -43,6 +43,7 @@ pub fn out(args: std::fmt::Arguments<'_>) {
 use crate::client::Client;
 use crate::config::Overrides;
 use anyhow::{Context as _, bail};
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -104,10 +105,11 @@ pub enum Command {
         conn: Conn,
     },
     /// Remove a grant, or with --reference one reference.
+    /// Exits 1 when there was nothing to revoke (a mistyped id is not taken for success).
     Revoke {
-        #[arg(long, required_unless_present = "reference")]
+        #[arg(long, required_unless_present = "reference", value_parser = NonEmptyStringValueParser::new())]
         provider: Option<String>,
-        #[arg(long, required_unless_present = "reference")]
+        #[arg(long, required_unless_present = "reference", value_parser = NonEmptyStringValueParser::new())]
         user: Option<String>,
         #[arg(long)]
         agent: Option<String>,
@@ -115,7 +117,7 @@ pub enum Command {
         #[arg(long)]
         account: Option<String>,
         /// Revoke this reference instead of a grant.
-        #[arg(long, conflicts_with_all = ["provider", "user", "agent", "account"])]
+        #[arg(long, conflicts_with_all = ["provider", "user", "agent", "account"], value_parser = NonEmptyStringValueParser::new())]
         reference: Option<String>,
         #[command(flatten)]
         conn: Conn,

@@ -8,7 +8,10 @@ use crate::pb;
 pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
     let hint = match s.code() {
         tonic::Code::Unauthenticated => "\nhint: pass the API key with --key or VALET_KEY",
-        tonic::Code::Unavailable => "\nhint: retry shortly",
+        tonic::Code::Unavailable if !s.message().contains("retry") => "\nhint: retry shortly",
+        tonic::Code::OutOfRange if s.message().contains("message length too large") => {
+            "\nhint: the request is larger than the daemon accepts: a value given (a flag, or a file's contents) is too long"
+        }
         // What tonic says when an HTTP server that is not gRPC answers.
         tonic::Code::Unimplemented if s.message().contains("HTTP status code 404") => {
             "\nhint: is --server (VALET_SERVER) the gRPC address (grpc_listen)? The HTTP listener serves only callbacks, health and metrics"
@@ -17,7 +20,12 @@ pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
         tonic::Code::AlreadyExists => "\nhint: change it with `valet provider update`",
         _ => "",
     };
-    anyhow::anyhow!("{:?}: {}{hint}", s.code(), s.message())
+    // The daemon's own "invalid argument: " would repeat the code.
+    let message = s.message();
+    let message = message
+        .strip_prefix("invalid argument: ")
+        .unwrap_or(message);
+    anyhow::anyhow!("{:?}: {message}{hint}", s.code())
 }
 
 /// A Unix time as a UTC date with how far away it is, since that is what a person wants to

@@ -84,6 +84,16 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
         {
             errors.push(format!("callers[{i}].unix_uid {uid} is used twice"));
         }
+        // One certificate identity would be two callers: the first would win, whatever its role.
+        if let Some(identity) = &c.tls_identity
+            && callers
+                .iter()
+                .any(|k| k.tls_identity.as_ref() == Some(identity))
+        {
+            errors.push(format!(
+                "callers[{i}].tls_identity {identity:?} is used twice; give each caller its own client certificate"
+            ));
+        }
         if let Some(same) = callers.iter().find(|k| k.key_sha256 == hash) {
             errors.push(format!(
                 "callers[{i}].key_sha256 is also the key of caller {:?}: one key would be two callers; give each its own (`valet key new`)",
@@ -104,7 +114,8 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             tls_identity: c.tls_identity.clone(),
         });
     }
-    if callers.is_empty()
+    // Entries that are there but refused above are not "no callers".
+    if raw.callers.is_empty()
         && !raw.dev.unwrap_or(false)
         && !raw.store_only
         && raw.admin_key_file.is_none()

@@ -73,6 +73,15 @@ pub struct Config {
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
+impl ConfigError {
+    /// A problem with a file the configuration names (the admin key, a profile), found when the
+    /// daemon reads it: still a bad configuration, so `valet` exits 78 and systemd does not
+    /// restart it in a loop.
+    pub fn in_file(problem: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::Error::new(Self(vec![problem.to_string()]))
+    }
+}
+
 /// Parses a config file's text. On error, the message and line only: toml's own rendering quotes
 /// the source line, which may hold a token.
 fn parse_toml(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
@@ -89,7 +98,12 @@ fn parse_toml(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
                 }
             })
             .unwrap_or_default();
-        ConfigError(vec![format!("{source}{at}: {}", e.message())])
+        // The file is not read past a syntax error, a value of the wrong type or an unknown key,
+        // so the rest of it is checked only once this is fixed.
+        ConfigError(vec![format!(
+            "{source}{at}: {} (fix this and check again: the rest of the file is checked once it parses)",
+            e.message().trim_end()
+        )])
     })
 }
 
@@ -410,6 +424,8 @@ mod tests {
         assert!(err.to_string().contains(&format!("(line {bogus}")), "{err}");
         let err = load("\n\ngrpc_lisen = \"x\"\n", &[], Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("(line 3"), "{err}");
+        // The rest of the file is not read past it, and the message says so.
+        assert!(err.to_string().contains("check again"), "{err}");
         let c = load(CALLER, &[("VALET_GRPC_LISTN", "x")], Overrides::default()).unwrap();
         assert!(c.warnings.iter().any(|w| w.contains("VALET_GRPC_LISTN")));
     }
@@ -426,6 +442,16 @@ mod tests {
         )
         .unwrap();
         assert!(c.dev && c.callers.is_empty());
+        // Outside dev mode, callers that are all refused are not reported as missing as well.
+        let bad = "[[callers]]\nname = \"bot\"\nrole = \"agnet\"\nkey_sha256 = \"00\"\n";
+        let err = load(bad, &[], Overrides::default()).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("callers[0].role"), "{err}");
+        let err = load("", &[], Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("no callers are configured"),
+            "{err}"
+        );
         let err = load(
             "",
             &[],
@@ -652,6 +678,21 @@ allow_private_networks = true
             e.0.iter().any(|m| m.starts_with("callers[1].key_sha256")
                 && m.contains("\"planner\"")
                 && m.contains("valet key new")),
+            "{:?}",
+            e.0
+        );
+        // Nor one client certificate identity.
+        let cert =
+            |name: &str, digit: &str| format!("{}tls_identity = \"bot\"\n", caller(name, digit));
+        let e = load(
+            &format!("{}{}", cert("a", "3"), cert("b", "4")),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|m| m.starts_with("callers[1].tls_identity \"bot\" is used twice")),
             "{:?}",
             e.0
         );

@@ -97,6 +97,15 @@ macro_rules! principal_id {
 }
 
 principal_id!(UserId, "user_id", "The person an agent acts for.");
+
+impl UserId {
+    /// An id no caller can name: `s` behind a control character, which `parse` refuses. For the
+    /// daemon's own slots keyed like grants (a client token's cache slot), so no request
+    /// reaches them.
+    pub(crate) fn reserved(s: &str) -> Self {
+        Self(format!("\u{1}{s}"))
+    }
+}
 principal_id!(
     AgentId,
     "agent_id",
@@ -185,6 +194,14 @@ mod tests {
         for bad in ["", "-x", "GitHub", "a/b", "a b", "../x", &"a".repeat(65)] {
             assert!(ProviderId::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_reserved_id_is_one_no_caller_can_name() {
+        let reserved = UserId::reserved("client/abc");
+        assert!(!UserId::is_valid(reserved.as_str()));
+        // Nor through the wire's conversion.
+        assert!(UserId::try_from(reserved.as_str().to_owned()).is_err());
     }
 
     #[test]

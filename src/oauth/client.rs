@@ -86,8 +86,9 @@ fn unavailable(e: &HttpError) -> OAuthError {
         HttpError::ServerError(_, Some(after)) => {
             OAuthError::UnavailableFor(e.to_string(), std::time::Duration::from_secs(*after))
         }
+        // With its causes: "error sending request" alone does not say the connection was refused.
         HttpError::Transport(_) | HttpError::ServerError(_, None) => {
-            OAuthError::Unavailable(e.to_string())
+            OAuthError::Unavailable(crate::secret::chain_without_values(e))
         }
         HttpError::RateLimited(after) => {
             OAuthError::RateLimited(after.map(std::time::Duration::from_secs))

@@ -106,7 +106,7 @@ pub(super) async fn run(
     }
 }
 
-/// One round: refresh-ahead, then keep-alive.
+/// One round: refresh-ahead, then keep-alive, then the cache is swept.
 pub(super) async fn round(
     broker: &TokenBroker,
     providers: &dyn Providers,
@@ -118,6 +118,7 @@ pub(super) async fn round(
         ahead(broker, providers, clock, s, &mut rounds.backoff).await;
     }
     keep_alive(broker, providers, clock, rounds).await;
+    broker.sweep_cache();
 }
 
 async fn ahead(

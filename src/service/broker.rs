@@ -148,9 +148,10 @@ impl ClientTarget {
         })
     }
 
-    /// The cache slot of a client token: per provider, scopes, audience and resource. A
-    /// client-credentials provider has no user grants, so this key meets no real grant.
-    fn cache_key(&self, provider: &ProviderId, scopes: &Scopes) -> Result<GrantKey, Error> {
+    /// The cache slot of a client token: per provider, scopes, audience, resource and subject.
+    /// Its user is a reserved id, which no request can name: an exchanged token is reached
+    /// only through the grant it was exchanged from.
+    fn cache_key(&self, provider: &ProviderId, scopes: &Scopes) -> GrantKey {
         let mut s = String::new();
         for part in [
             self.audience.as_deref(),
@@ -165,12 +166,12 @@ impl ClientTarget {
             s.push('\0');
         }
         let digest = hex::encode(crate::secret::sha256(s.as_bytes()));
-        Ok(GrantKey {
+        GrantKey {
             provider: provider.clone(),
-            user: UserId::parse(&format!("=client/{digest}"))?,
+            user: UserId::reserved(&format!("client/{digest}")),
             agent: None,
             account: None,
-        })
+        }
     }
 }
 
@@ -376,6 +377,11 @@ impl TokenBroker {
         self.cache.due(now, now - window, lead)
     }
 
+    /// Drops cached tokens that can serve no one (`TokenCache::sweep`).
+    pub(crate) fn sweep_cache(&self) -> usize {
+        self.cache.sweep(self.clock.now_unix())
+    }
+
     /// Tells the audit trail (and so `WatchGrants` and webhooks) that `key` reaches its
     /// provider's maximum age soon.
     pub(crate) fn reauth_due(&self, key: &GrantKey) {
@@ -421,7 +427,7 @@ impl TokenBroker {
         min_ttl: i64,
         fresh: bool,
     ) -> Result<AccessToken, Error> {
-        let key = target.cache_key(provider, scopes)?;
+        let key = target.cache_key(provider, scopes);
         let waited_since = Instant::now();
         if !fresh
             && let Some(t) = self

@@ -42,6 +42,9 @@ impl CachedToken {
 /// When cleanup of idle refresh locks starts.
 const LOCK_SWEEP_THRESHOLD: usize = 1024;
 
+/// How long a token without an expiry stays cached when nobody is handed it.
+const IDLE_NO_EXPIRY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Default)]
 pub(super) struct TokenCache {
     tokens: RwLock<HashMap<GrantKey, Arc<CachedToken>>>,
@@ -115,6 +118,25 @@ impl TokenCache {
             .cloned()
     }
 
+    /// Drops the tokens that can serve no one: expired, past the grant's maximum age, or without
+    /// an expiry and not handed out for an hour. Client tokens take a slot per audience,
+    /// resource and presented subject token, so without this the cache would only grow. Returns
+    /// how many were dropped.
+    pub(super) fn sweep(&self, now: i64) -> usize {
+        let idle_since = now - i64::try_from(IDLE_NO_EXPIRY.as_secs()).unwrap_or(i64::MAX);
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        let before = tokens.len();
+        tokens.retain(|_, t| {
+            let lapsed = (t.expires_at != 0 && t.expires_at <= now)
+                || (t.reauth_at != 0 && now >= t.reauth_at);
+            let idle = t.expires_at == 0
+                && t.obtained.elapsed() >= IDLE_NO_EXPIRY
+                && t.last_used.load(std::sync::atomic::Ordering::Relaxed) < idle_since;
+            !(lapsed || idle)
+        });
+        before - tokens.len()
+    }
+
     pub(super) fn remove(&self, key: &GrantKey) {
         self.tokens
             .write()
@@ -139,5 +161,58 @@ impl TokenCache {
             locks.entry(key.clone()).or_default().clone()
         };
         lock.lock_owned().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserId;
+    use std::time::Duration;
+
+    fn key(user: &str) -> GrantKey {
+        GrantKey {
+            provider: ProviderId::parse("p").unwrap(),
+            user: UserId::parse(user).unwrap(),
+            agent: None,
+            account: None,
+        }
+    }
+
+    fn token(expires_at: i64, reauth_at: i64) -> CachedToken {
+        CachedToken {
+            token: "t".to_owned().into(),
+            token_type: "Bearer".into(),
+            expires_at,
+            scopes: Scopes::default(),
+            declined: Scopes::default(),
+            metadata: Arc::default(),
+            obtained: Instant::now(),
+            last_used: std::sync::atomic::AtomicI64::new(0),
+            reauth_at,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_drops_what_can_serve_no_one_and_keeps_the_rest() {
+        let cache = TokenCache::default();
+        let now = 1_000_000;
+        cache.put(key("expired"), token(now, 0));
+        cache.put(key("lapsed"), token(now + 3600, now - 1));
+        cache.put(key("live"), token(now + 60, 0));
+        cache.put(key("forever-used"), token(0, 0));
+        cache.put(key("forever-idle"), token(0, 0));
+        assert_eq!(cache.sweep(now), 2);
+        assert!(cache.current(&key("expired")).is_none());
+        assert!(cache.current(&key("lapsed")).is_none());
+        assert!(cache.current(&key("live")).is_some());
+        // A token without an expiry stays while it is handed out, and goes after an idle hour.
+        assert_eq!(cache.sweep(now + 30), 0);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let later = now + 3600;
+        cache.touch(&key("forever-used"), later);
+        assert_eq!(cache.sweep(later), 2, "the live token expired meanwhile");
+        assert!(cache.current(&key("forever-used")).is_some());
+        assert!(cache.current(&key("forever-idle")).is_none());
     }
 }

@@ -490,10 +490,13 @@ impl Credentials {
             {
                 let mut target =
                     ClientTarget::parse(req.audience.as_deref(), req.resource.as_deref())?;
+                // The grant it is exchanged from, each part whole (ids hold no control
+                // characters): one grant's exchanged tokens are never another's.
                 target.subject = Some(format!(
-                    "grant/{}/{}",
+                    "grant\0{}\0{}\0{}",
                     key.user,
-                    key.agent.as_ref().map_or("", |a| a.as_str())
+                    key.agent.as_ref().map_or("", |a| a.as_str()),
+                    key.account.as_ref().map_or("", |a| a.as_str())
                 ));
                 let source = ClientGrant::Exchange {
                     client,

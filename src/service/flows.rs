@@ -233,7 +233,8 @@ impl Flows {
             .map_err(|e| match e {
                 InsertError::UserFull(_)
                 | InsertError::TableFull(_)
-                | InsertError::CallerFull(_) => Error::Exhausted(e.to_string()),
+                | InsertError::CallerFull(_)
+                | InsertError::CallerTableFull(_) => Error::Exhausted(e.to_string()),
             })?;
         let Inserted::New(deadline) = inserted else {
             // Another call started the same flow meanwhile: that one, and its poller.

@@ -390,6 +390,12 @@ impl ProviderRegistry {
     /// Fills every field the draft leaves empty from its profile, if it names one.
     fn apply_profile(&self, mut d: ProviderDraft) -> Result<ProviderDraft, Error> {
         if d.profile.is_empty() {
+            if !d.profile_vars.is_empty() {
+                return Err(Error::invalid(
+                    "profile_vars",
+                    "fill in a profile's endpoints: name the profile (profile), or leave them empty",
+                ));
+            }
             return Ok(d);
         }
         let profile = self.catalogue.get(&d.profile).ok_or_else(|| {

@@ -8,6 +8,7 @@ use super::Error;
 use crate::clock::Clock;
 use crate::domain::{Grant, GrantKey, GrantStatus, OAuthClient, RefreshClaim};
 use crate::oauth::{OAuthError, TokenEndpoint, TokenGrant, TokenSet};
+use crate::secret::ExposeSecret as _;
 use crate::store::{Cas, GrantRepo, StoreError};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -207,6 +208,13 @@ impl Refresher {
         version: u64,
         set: TokenSet,
     ) -> Result<Refreshed, Error> {
+        // Some providers send the same refresh token back: that is no rotation.
+        let rotated = set.refresh_token.as_ref().is_some_and(|new| {
+            grant
+                .refresh_token
+                .as_ref()
+                .is_none_or(|old| old.expose_secret() != new.expose_secret())
+        });
         if let Some(rotated) = set.refresh_token.clone() {
             grant.refresh_token = Some(rotated);
         }
@@ -230,11 +238,17 @@ impl Refresher {
                 tracing::info!(provider = %grant.key.provider, "refreshed access token");
                 Ok(Refreshed::Token(set, Box::new(grant)))
             }
-            Err(e) => {
+            Err(e) if rotated => {
                 // The provider has spent the old refresh token; the new one is lost with this
                 // error. Never fall back to the old one: ask for consent.
                 tracing::warn!(provider = %grant.key.provider, "the rotated refresh token could not be stored; the grant needs a new consent");
                 self.mark_lost(&grant.key);
+                Err(e)
+            }
+            Err(e) => {
+                // The stored refresh token is still the provider's: this call fails, the next
+                // one refreshes again (the claim is this instance's, or lapses for the others).
+                tracing::warn!(provider = %grant.key.provider, "the refreshed access token could not be stored; the grant is kept");
                 Err(e)
             }
         }
@@ -243,7 +257,6 @@ impl Refresher {
 
 /// A digest of the grant's stored access token, to tell a new one from the one seen before.
 fn access_digest(grant: &Grant) -> Option<[u8; 32]> {
-    use crate::secret::ExposeSecret as _;
     grant
         .access_token
         .as_ref()

@@ -136,9 +136,15 @@ struct World {
 
 impl World {
     async fn new() -> Self {
+        Self::with(FakeTokenEndpoint::default()).await
+    }
+
+    /// Alice's grant (refresh token `rt-0`, no access token yet) at a provider answering as
+    /// `endpoint` does.
+    async fn with(endpoint: FakeTokenEndpoint) -> Self {
         let w = Self {
             store: Arc::default(),
-            endpoint: Arc::default(),
+            endpoint: Arc::new(endpoint),
             clock: Arc::new(ManualClock::at(NOW)),
         };
         let grant = Grant {
@@ -244,6 +250,39 @@ async fn a_lost_rotation_hands_out_nothing_and_never_reuses_the_spent_token() {
     };
     let (listed, _) = broker.list(None, &query).await.unwrap();
     assert_eq!(listed[0].status, GrantStatus::NeedsReauth);
+}
+
+/// A provider that does not rotate (Google) leaves the stored refresh token valid: a refresh whose
+/// result cannot be stored fails the call but costs no consent.
+#[tokio::test(start_paused = true)]
+async fn an_unstored_refresh_without_rotation_keeps_the_grant() {
+    let mut endpoint = FakeTokenEndpoint::default();
+    endpoint.rotate = false;
+    let w = World::with(endpoint).await;
+    w.store.fail_writes_of("at-1", usize::MAX);
+    let broker = w.broker();
+    let p = provider();
+    let err = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
+    // The store is back: the next call refreshes again with the same refresh token.
+    w.store.fail_writes_of("", 0);
+    let t = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap()
+        .expect("a token, not a new consent");
+    assert_eq!(t.token.expose_secret(), "at-2");
+    assert_eq!(w.endpoint.refreshes(), 2);
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-0"));
+    let query = super::GrantQuery {
+        page_size: 10,
+        ..Default::default()
+    };
+    let (listed, _) = broker.list(None, &query).await.unwrap();
+    assert_eq!(listed[0].status, GrantStatus::Active);
 }
 
 /// Two replicas on one store, both asked at once for an expired grant: one claims and refreshes,

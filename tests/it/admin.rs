@@ -18,13 +18,60 @@ fn oauth2(f: &Fixture, id: &str) -> pb::Provider {
     }
 }
 
-/// A stored client secret is kept on update only while the token endpoint stays on its host: it
-/// is never sent to a server it was not given for.
+/// A stored client secret is kept on update only while every endpoint it is sent to (token,
+/// revocation, device authorization) stays on a server it went to before: it is never sent to a
+/// server it was not given for.
 #[tokio::test]
 async fn a_kept_client_secret_does_not_follow_the_token_endpoint_elsewhere() {
     let f = Fixture::new().await;
     f.create(oauth2(&f, "oauth")).await;
     let mut admin = f.valet.providers().await;
+    // Revoking (or a device flow) would send it, with every grant's tokens, to another server.
+    for (field, url) in [
+        ("revocation_url", "https://evil.example/revoke"),
+        ("device_authorization_url", "https://evil.example/device"),
+    ] {
+        let mut p = pb::Provider {
+            client_secret: String::new(),
+            ..oauth2(&f, "oauth")
+        };
+        match field {
+            "revocation_url" => p.revocation_url = url.into(),
+            _ => p.device_authorization_url = url.into(),
+        }
+        let s = expect_err(
+            admin
+                .update_provider(pb::UpdateProviderRequest { provider: Some(p) })
+                .await,
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        );
+        assert!(
+            s.message().contains("client_secret") && s.message().contains("evil.example"),
+            "{field}: {s:?}"
+        );
+    }
+    let unchanged = admin
+        .get_provider(pb::GetProviderRequest {
+            provider_id: "oauth".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unchanged.revocation_url.is_empty() && unchanged.device_authorization_url.is_empty());
+    // On the token endpoint's own server, it is kept.
+    let same_server = admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                client_secret: String::new(),
+                revocation_url: format!("{}/token/revocation", f.idp.issuer),
+                ..oauth2(&f, "oauth")
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(same_server.has_client_secret, "{same_server:?}");
     let moved = |secret: &str| pb::Provider {
         client_secret: secret.into(),
         auth_url: "https://login.elsewhere.example/auth".into(),
@@ -241,6 +288,19 @@ async fn bad_provider_input_is_refused_naming_the_field_and_nothing_is_written()
         ("auth_url", |p| {
             p.kind = pb::ProviderKind::Oidc as i32;
             p.issuer = "http://127.0.0.1:1".into();
+        }),
+        // Where a stored value goes: static credentials only, never silently ignored.
+        ("credential_location", |p| {
+            p.credential_location = pb::CredentialLocation::Query as i32;
+        }),
+        ("credential_name", |p| {
+            p.credential_name = "X-Api-Key".into()
+        }),
+        ("credential_prefix", |p| {
+            p.credential_prefix = "token ".into()
+        }),
+        ("profile_vars", |p| {
+            p.profile_vars.insert("tenant".into(), "contoso".into());
         }),
     ];
     for (field, edit) in cases {

@@ -517,25 +517,32 @@ async fn credential_put_reads_the_value_from_standard_input() {
         "{err}"
     );
 
-    // Revoking a reference twice: the second time says there is no such reference.
+    // Revoking a reference twice: the second time fails, saying there is no such reference.
     let reference = a_reference(&f, "keyed");
     let revoke = || {
         let mut revoke = cli(&f, AGENT_KEY);
         revoke.args(["revoke", "--reference", &reference]);
-        run(revoke)
+        revoke
     };
-    assert_eq!(revoke().lines().next(), Some("revoked"));
-    let again = revoke();
-    assert!(again.starts_with("no such reference"), "{again}");
-    // No grant for bob: the answer says where to look.
+    assert_eq!(run(revoke()).lines().next(), Some("revoked"));
+    let again = fails(revoke());
+    assert!(again.contains("no such reference"), "{again}");
+    // No grant for bob (a mistyped user): a failure that says where to look.
     let mut nobody = cli(&f, AGENT_KEY);
     nobody.args(["revoke", "--provider", "keyed", "--user", "bob"]);
-    let out = run(nobody);
+    let out = fails(nobody);
     assert!(
-        out.starts_with("no such grant (an agent's own grant needs --agent")
+        out.contains("no such grant (an agent's own grant needs --agent")
             && out.contains("valet grants --user bob"),
         "{out}"
     );
+    // An empty reference is refused by the command line, not taken for a grant's revocation.
+    let mut empty = cli(&f, AGENT_KEY);
+    empty.args(["revoke", "--reference", ""]);
+    let out = empty.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--reference"), "{err}");
 
     // An agent key on an operator command: the daemon's reason, and no misleading hint.
     let mut list = cli(&f, AGENT_KEY);

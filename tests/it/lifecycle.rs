@@ -329,8 +329,8 @@ fn dev_mode_prints_an_admin_key_once() {
 }
 
 /// `valet serve --dev` in `dir` with `extra` arguments, expected to fail (within a minute; a
-/// daemon that starts instead is killed and the test fails): its stdout and stderr.
-fn serve_dev_fails(dir: &std::path::Path, extra: &[&str]) -> (String, String) {
+/// daemon that starts instead is killed and the test fails): its stdout, stderr and exit code.
+fn serve_dev_fails(dir: &std::path::Path, extra: &[&str]) -> (String, String, Option<i32>) {
     let mut child = valet_bin()
         .args(["serve", "--dev", "--http-listen", "127.0.0.1:0"])
         .args(extra)
@@ -351,7 +351,25 @@ fn serve_dev_fails(dir: &std::path::Path, extra: &[&str]) -> (String, String) {
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!stdout.contains("valet listening"), "{stdout}");
-    (stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (stdout, stderr, out.status.code())
+}
+
+/// `valet check-config` with `extra` arguments (data directory `dir/data`), expected to refuse a
+/// bad configuration (exit 78) without showing it as if it were valid: its stderr.
+fn check_config_refuses(dir: &std::path::Path, extra: &[&str]) -> String {
+    let out = valet_bin()
+        .arg("check-config")
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.is_empty(), "shown as valid: {shown}");
+    err
 }
 
 #[test]
@@ -362,29 +380,26 @@ fn a_short_or_readable_admin_key_file_is_refused() {
     let grpc = ["--grpc-listen", "127.0.0.1:0", "--admin-key-file", path];
     std::fs::write(&key_file, "short-canary\n").unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (_, err) = serve_dev_fails(dir.path(), &grpc);
+    // A bad configuration (78), which systemd does not restart in a loop.
+    let (_, err, code) = serve_dev_fails(dir.path(), &grpc);
     assert!(
         err.contains("holds a 12-character key") && err.contains("valet key new"),
         "{err}"
     );
+    assert_eq!(code, Some(78), "{err}");
     assert!(!err.contains("short-canary"), "not echoed: {err}");
     std::fs::write(&key_file, "long-enough-admin-key-canary-0123456789\n").unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (_, err) = serve_dev_fails(dir.path(), &grpc);
+    let (_, err, code) = serve_dev_fails(dir.path(), &grpc);
     assert!(
         err.contains("open to others or writable by its group (mode 644)")
             && err.contains("chmod 600"),
         "{err}"
     );
+    assert_eq!(code, Some(78), "{err}");
     assert!(!err.contains("long-enough"), "the key is not echoed: {err}");
     // check-config finds it too, before an upgrade stops the running daemon.
-    let out = valet_bin()
-        .args(["check-config", "--admin-key-file", path, "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config_refuses(dir.path(), &["--admin-key-file", path]);
     assert!(err.contains("open to others"), "{err}");
     // A file that is not on this machine (a Secret mounted in the pod only) is noted.
     let out = valet_bin()
@@ -405,7 +420,7 @@ fn a_first_start_that_fails_shows_no_admin_key() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let (stdout, err) = serve_dev_fails(dir.path(), &["--grpc-listen", &addr]);
+    let (stdout, err, _) = serve_dev_fails(dir.path(), &["--grpc-listen", &addr]);
     assert!(!stdout.contains("admin key"), "{stdout}");
     assert!(
         err.contains(&addr) && err.contains("--grpc-listen"),
@@ -423,13 +438,17 @@ fn a_first_start_that_fails_shows_no_admin_key() {
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let (stdout, err) = serve_dev_fails(
+    let (stdout, err, code) = serve_dev_fails(
         dir.path(),
         &["--grpc-listen", "127.0.0.1:0", "--config", config],
     );
     assert!(!stdout.contains("admin key"), "{stdout}");
     assert!(err.contains("broken"), "{err}");
+    assert_eq!(code, Some(78), "a bad configuration: {err}");
     assert!(!dir.path().join("valet-data/admin-key.sha256").exists());
+    // check-config finds it.
+    let checked = check_config_refuses(dir.path(), &["--dev", "--config", config]);
+    assert!(checked.contains("broken"), "{checked}");
     let (child, seen) = serve_dev(dir.path(), &[]);
     terminate(child);
     assert!(

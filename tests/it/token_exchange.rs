@@ -147,6 +147,47 @@ async fn a_grant_token_is_exchanged_per_audience_cached_and_dies_with_the_grant(
     assert!(!f.valet.logs().contains(&b.access_token));
 }
 
+/// Each grant's exchanged tokens are its own: another account of the same user exchanges its own
+/// token, and no user id a caller can name reaches the cache slot of another grant's exchange
+/// (it used to be keyed by a user id `=client/<digest of audience, grant and scopes>`).
+#[tokio::test]
+async fn exchanged_tokens_stay_with_the_grant_they_came_from() {
+    let f = Fixture::new().await;
+    let d = ProviderDouble::start(Family::Rfc8693).await;
+    f.create(provider(&d, "xchg", pb::ProviderKind::Oauth2, true))
+        .await;
+    let on = |account: &str| pb::AuthenticateRequest {
+        account: account.into(),
+        ..for_audience(B, &["files.read"])
+    };
+    for account in ["", "work"] {
+        let p = pending(f.authenticate(AGENT_KEY, on(account)).await);
+        consent(&p.auth_url).await;
+        token(f.wait(&p.auth_id).await.unwrap().into_inner());
+    }
+    let default = token(f.authenticate(AGENT_KEY, on("")).await);
+    let work = token(f.authenticate(AGENT_KEY, on("work")).await);
+    assert_ne!(default.access_token, work.access_token);
+    let subjects: Vec<String> = d.exchanges().into_iter().map(|e| e.0).collect();
+    assert_eq!(subjects.len(), 2, "each account exchanged its own token");
+    assert_ne!(subjects[0], subjects[1]);
+
+    // The old slot of alice's default-account exchange, named as a user: a grant of nobody, so
+    // a consent starts; the exchanged token is not handed out.
+    let mut slot = String::new();
+    for part in [B, "", "grant/alice/", "files.read"] {
+        slot.push_str(part);
+        slot.push('\0');
+    }
+    let digest = hex::encode(valet::secret::sha256(slot.as_bytes()));
+    let spoof = pb::AuthenticateRequest {
+        user_id: format!("=client/{digest}"),
+        scopes: vec!["files.read".into()],
+        ..Fixture::request("xchg", "alice", "")
+    };
+    pending(f.authenticate(AGENT_KEY, spoof).await);
+}
+
 #[tokio::test]
 async fn an_agent_presented_token_is_exchanged_on_behalf_of_its_user() {
     let f = Fixture::new().await;

@@ -49,7 +49,15 @@ fn auth_code(
             "is required for consent_flow device: the provider's RFC 8628 device authorization endpoint (the issuer does not advertise one)",
         ));
     }
-    let auth = super::client_auth::client_auth(d, ctx.current, &token_url)?;
+    // The operator's setting wins over the issuer's advertised endpoint.
+    let revocation_url =
+        optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?
+            .or(advertised.revocation);
+    let sent_to: Vec<&url::Url> = std::iter::once(&token_url)
+        .chain(&revocation_url)
+        .chain(&device_authorization_url)
+        .collect();
+    let auth = super::client_auth::client_auth(d, ctx.current, &sent_to)?;
     Ok(AuthCode {
         client: OAuthClient {
             provider: d.id.clone(),
@@ -64,9 +72,7 @@ fn auth_code(
         },
         auth_url,
         issuer,
-        // The operator's setting wins over the issuer's advertised endpoint.
-        revocation_url: optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?
-            .or(advertised.revocation),
+        revocation_url,
         extra_auth_params: d.extra_auth_params.clone(),
         scope_param: if d.scope_param.is_empty() {
             "scope".into()

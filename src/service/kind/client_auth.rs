@@ -8,6 +8,9 @@ use crate::jwt::{self, GoogleKey, KeyError, SigningKey};
 use crate::secret::{ExposeSecret, SecretString};
 use crate::service::Error;
 
+/// The longest `kid` a signed assertion's header may carry.
+const MAX_KEY_ID: usize = 256;
+
 /// A client's credentials at the token endpoint.
 #[derive(Debug)]
 pub(super) struct ClientAuth {
@@ -16,38 +19,59 @@ pub(super) struct ClientAuth {
     pub method: TokenAuthMethod,
 }
 
-/// The draft's client secret, or on update the stored one, which is kept only while the token
-/// endpoint stays where it was (same scheme, host and port): a secret is never sent to a server
-/// it was not given for.
+/// The draft's client secret, or on update the stored one, which is kept only while every
+/// endpoint it is sent to (`sent_to`: the token endpoint, and the revocation and device
+/// authorization endpoints of a consent flow) is on a server (scheme, host and port) it was sent
+/// to before: a secret is never sent to a server it was not given for.
 pub(super) fn client_secret(
     d: &ProviderDraft,
     current: Option<&ProviderConfig>,
-    token_url: &url::Url,
+    sent_to: &[&url::Url],
 ) -> Result<Option<SecretString>, Error> {
     if d.client_secret.is_some() {
         return Ok(d.client_secret.clone());
     }
-    let Some(stored) = current.and_then(|c| c.kind.oauth_client()) else {
+    let Some((stored, kind)) = current.and_then(|c| c.kind.oauth_client().map(|o| (o, &c.kind)))
+    else {
         return Ok(None);
     };
-    match &stored.client_secret {
-        Some(_) if stored.token_url.origin() != token_url.origin() => Err(Error::invalid(
+    let Some(secret) = &stored.client_secret else {
+        return Ok(None);
+    };
+    let before = secret_endpoints(kind, &stored.token_url);
+    match sent_to.iter().find(|u| !before.contains(&u.origin())) {
+        Some(new) => Err(Error::invalid(
             "client_secret",
             format!(
-                "is needed again: the token endpoint moves from {} to {}, and the stored secret is only sent where it was given for",
-                stored.token_url.origin().ascii_serialization(),
-                token_url.origin().ascii_serialization()
+                "is needed again: it would be sent to {}, which it was not sent to before (the stored secret only goes where it was given for)",
+                new.origin().ascii_serialization()
             ),
         )),
-        kept => Ok(kept.clone()),
+        None => Ok(Some(secret.clone())),
     }
 }
 
+/// The servers a provider's client secret is sent to: its token endpoint, and those of its
+/// revocation and device authorization endpoints.
+fn secret_endpoints(kind: &crate::domain::KindConfig, token_url: &url::Url) -> Vec<url::Origin> {
+    let flow = kind.auth_code();
+    let others = flow.iter().flat_map(|c| {
+        [&c.revocation_url, &c.device_authorization_url]
+            .into_iter()
+            .flatten()
+    });
+    std::iter::once(token_url)
+        .chain(others)
+        .map(url::Url::origin)
+        .collect()
+}
+
 /// The client authentication an OAuth kind needs: a secret, or a key for `private_key_jwt`.
+/// `sent_to`: the endpoints the secret goes to, the token endpoint first.
 pub(super) fn client_auth(
     d: &ProviderDraft,
     current: Option<&ProviderConfig>,
-    token_url: &url::Url,
+    sent_to: &[&url::Url],
 ) -> Result<ClientAuth, Error> {
     let method = d.token_auth_method.unwrap_or_default();
     if method != TokenAuthMethod::PrivateKeyJwt {
@@ -57,7 +81,7 @@ pub(super) fn client_auth(
                 "is used by service_account providers and token_auth_method private_key_jwt only",
             ));
         }
-        let secret = client_secret(d, current, token_url)?
+        let secret = client_secret(d, current, sent_to)?
             .ok_or_else(|| Error::invalid("client_secret", "is required"))?;
         return Ok(ClientAuth {
             secret: Some(secret),
@@ -97,6 +121,12 @@ pub(super) fn read_key(
     key_id: &str,
 ) -> Result<(SigningKey, Option<GoogleKey>), Error> {
     let bad = |e: KeyError| Error::invalid("private_key", e.0);
+    if key_id.len() > MAX_KEY_ID || key_id.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "key_id",
+            format!("must be at most {MAX_KEY_ID} bytes without control characters"),
+        ));
+    }
     let kid = (!key_id.is_empty()).then(|| key_id.to_owned());
     if jwt::is_json_key(raw.expose_secret()) {
         let google = jwt::parse_google_key(raw).map_err(bad)?;

@@ -10,7 +10,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<OAuthC
     check_client(&d.client_id, &d.extra_auth_params)?;
     super::refuse_consent_settings(d, "client_credentials")?;
     let token_url = check_endpoint_url("token_url", &d.token_url, ctx.allow_insecure_urls)?;
-    let auth = super::client_auth::client_auth(d, ctx.current, &token_url)?;
+    let auth = super::client_auth::client_auth(d, ctx.current, &[&token_url])?;
     Ok(OAuthClient {
         provider: d.id.clone(),
         client_id: d.client_id.clone(),

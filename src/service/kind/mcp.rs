@@ -121,7 +121,10 @@ async fn client(
     let echoed = by_valet.is_some_and(|(c, _)| c.client.client_id == d.client_id);
     if !d.client_id.is_empty() && !echoed {
         crate::domain::check_client(&d.client_id, &d.extra_auth_params)?;
-        let secret = super::client_auth::client_secret(d, ctx.current, &found.token_endpoint)?;
+        let sent_to: Vec<&url::Url> = std::iter::once(&found.token_endpoint)
+            .chain(&found.revocation_endpoint)
+            .collect();
+        let secret = super::client_auth::client_secret(d, ctx.current, &sent_to)?;
         return Ok((
             d.client_id.clone(),
             secret,

@@ -68,6 +68,22 @@ pub(crate) async fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<
             "applies to mcp providers only (kind mcp)",
         ));
     }
+    let places_a_value = matches!(
+        d.kind,
+        Some(ProviderKind::ApiKey | ProviderKind::HttpBasic | ProviderKind::HttpBearer)
+    );
+    for (field, set) in [
+        ("credential_location", d.credential_location.is_some()),
+        ("credential_name", !d.credential_name.is_empty()),
+        ("credential_prefix", !d.credential_prefix.is_empty()),
+    ] {
+        if set && !places_a_value {
+            return Err(Error::invalid(
+                field,
+                "applies to static credentials only (api_key, http_basic, http_bearer), where a stored value is placed in the request; leave it empty",
+            ));
+        }
+    }
     if !consents && !d.consent_return_url.is_empty() {
         return Err(Error::invalid(
             "consent_return_url",

@@ -78,7 +78,7 @@ pub(super) fn validate(d: &ProviderDraft, ctx: KindContext<'_>) -> Result<Servic
         client: OAuthClient {
             provider: d.id.clone(),
             client_id: d.client_id.clone(),
-            client_secret: client_secret(d, ctx.current, &token_url)?,
+            client_secret: client_secret(d, ctx.current, &[&token_url])?,
             auth_method: d.token_auth_method.unwrap_or_default(),
             signing_key: None,
             token_exchange: false,

@@ -26,6 +26,8 @@ pub(crate) struct ValetOptions {
     pub extra_toml: String,
     /// Top-level settings, before any table (e.g. `grpc_socket = "…"`).
     pub top_toml: String,
+    /// `[flows] max_pending`; one caller may hold half of it.
+    pub max_pending: usize,
     /// `[log] format`; empty leaves the default (JSON lines, stderr not being a terminal).
     pub log_format: &'static str,
     /// `[provider_http] allow_private_networks`: the peers listen on loopback.
@@ -45,6 +47,7 @@ impl Default for ValetOptions {
             store: r#"store = "embedded""#.into(),
             extra_toml: String::new(),
             top_toml: String::new(),
+            max_pending: 100_000,
             log_format: "text",
             allow_private_networks: true,
             logs_to_file: false,
@@ -88,6 +91,7 @@ level = "{level}"
 
 [flows]
 ttl_seconds = {ttl}
+max_pending = {max_pending}
 
 [provider_http]
 allow_private_networks = {private}
@@ -122,6 +126,7 @@ rate_limit = 0
             store = opts.store,
             extra = opts.extra_toml,
             top = opts.top_toml,
+            max_pending = opts.max_pending,
             level = opts.log_level,
             format = if opts.log_format.is_empty() {
                 String::new()
