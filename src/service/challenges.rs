@@ -1,6 +1,7 @@
 //! The cap on scope challenges: an API (an MCP server) that answers `insufficient_scope` again
 //! after every consent would otherwise send its user through consent forever. Each (grant,
-//! scopes) may start at most `MAX` consents from a challenge within `WINDOW`.
+//! scopes) may start at most `MAX` consents from a challenge within `WINDOW`; a retry that joins
+//! the consent already waiting starts none.
 
 use super::Error;
 use std::collections::HashMap;
@@ -12,9 +13,12 @@ const WINDOW: Duration = Duration::from_secs(600);
 /// Entries kept before expired ones are dropped.
 const SWEEP_AT: usize = 10_000;
 
+/// Consents started in the window, when the window began, and the last flow's auth id.
+type Started = (u32, Instant, String);
+
 #[derive(Debug, Default)]
 pub(super) struct ChallengeCap {
-    started: Mutex<HashMap<String, (u32, Instant)>>,
+    started: Mutex<HashMap<String, Started>>,
 }
 
 impl ChallengeCap {
@@ -23,7 +27,7 @@ impl ChallengeCap {
         let now = Instant::now();
         let map = self.started.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
-            Some((n, since)) if *n >= MAX && now.duration_since(*since) < WINDOW => {
+            Some((n, since, _)) if *n >= MAX && now.duration_since(*since) < WINDOW => {
                 Err(Error::Exhausted(format!(
                     "the API asked for these scopes {MAX} times within {} minutes after consent was started for them; it may not accept what the provider grants (check the provider's scopes, or wait)",
                     WINDOW.as_secs() / 60
@@ -33,18 +37,22 @@ impl ChallengeCap {
         }
     }
 
-    /// Records a consent started for a challenge.
-    pub(super) fn started(&self, key: String) {
+    /// Records the consent flow `auth_id` a challenge was answered with; the same flow again (a
+    /// retry joined it) is not another consent.
+    pub(super) fn started(&self, key: String, auth_id: &str) {
         let now = Instant::now();
         let mut map = self.started.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= SWEEP_AT {
-            map.retain(|_, (_, since)| now.duration_since(*since) < WINDOW);
+            map.retain(|_, (_, since, _)| now.duration_since(*since) < WINDOW);
         }
-        let entry = map.entry(key).or_insert((0, now));
+        let entry = map.entry(key).or_insert((0, now, String::new()));
         if now.duration_since(entry.1) >= WINDOW {
-            *entry = (0, now);
+            *entry = (0, now, String::new());
         }
-        entry.0 += 1;
+        if entry.2 != auth_id {
+            entry.0 += 1;
+            auth_id.clone_into(&mut entry.2);
+        }
     }
 }
 
@@ -55,9 +63,14 @@ mod tests {
     #[test]
     fn a_challenge_starts_at_most_three_consents() {
         let cap = ChallengeCap::default();
-        for _ in 0..MAX {
+        // Retries that join the waiting consent count once.
+        for _ in 0..5 {
             assert!(cap.check("idp/alice/=/files:read").is_ok());
-            cap.started("idp/alice/=/files:read".into());
+            cap.started("idp/alice/=/files:read".into(), "a0");
+        }
+        for n in 1..MAX {
+            assert!(cap.check("idp/alice/=/files:read").is_ok());
+            cap.started("idp/alice/=/files:read".into(), &format!("a{n}"));
         }
         let e = cap.check("idp/alice/=/files:read").unwrap_err();
         assert!(e.to_string().contains("3 times"), "{e}");

@@ -358,19 +358,21 @@ impl Credentials {
             ));
         }
         let scopes = scopes.union(&req.challenged);
+        // Ids hold no control characters: each part stays whole.
         let slot = format!(
-            "{}/{}/{}/{}",
+            "{}\0{}\0{}\0{}\0{}",
             req.provider,
             req.user.as_ref().map_or("", |u| u.as_str()),
             req.agent.as_ref().map_or("", |a| a.as_str()),
+            req.account.as_ref().map_or("", |a| a.as_str()),
             scopes.join(crate::domain::Separator::Space)
         );
         self.challenges.check(&slot)?;
         let outcome = self
             .for_user(caller, provider, req, scopes, min_ttl)
             .await?;
-        if matches!(outcome, Outcome::Pending { .. }) {
-            self.challenges.started(slot);
+        if let Outcome::Pending { auth_id, .. } = &outcome {
+            self.challenges.started(slot, auth_id);
         }
         Ok(outcome)
     }

@@ -331,13 +331,29 @@ async fn an_insufficient_scope_challenge_runs_an_incremental_consent_with_a_cap(
     );
     f.idp.mcp_settings("reset=1").await;
 
-    // A server that keeps asking for what consent does not give: three consents, then refused.
+    // Retries while the consent waits join it: one consent, one link.
     let never = r#"Bearer error="insufficient_scope", scope="mcp.read mcp.admin""#;
+    let first = pending(f.authenticate(AGENT_KEY, with_challenge(never)).await);
     for _ in 0..3 {
-        pending(f.authenticate(AGENT_KEY, with_challenge(never)).await);
+        let again = pending(f.authenticate(AGENT_KEY, with_challenge(never)).await);
+        assert_eq!(again.auth_id, first.auth_id);
+    }
+    // The consent gives no mcp.admin: asked again, the token is handed out naming what is
+    // missing rather than sending the user through consent again.
+    f.browser.consent(&first.auth_url, "alice").await;
+    token(f.wait(&first.auth_id).await.unwrap().into_inner());
+    let served = token(f.authenticate(AGENT_KEY, with_challenge(never)).await);
+    assert_eq!(served.missing_scopes, ["mcp.admin"]);
+    // Consents started again and again (forced): three in all, then refused.
+    let forced = || pb::AuthenticateRequest {
+        force_reauth: true,
+        ..with_challenge(never)
+    };
+    for _ in 0..2 {
+        pending(f.authenticate(AGENT_KEY, forced()).await);
     }
     let s = expect_err(
-        f.try_authenticate(AGENT_KEY, with_challenge(never)).await,
+        f.try_authenticate(AGENT_KEY, forced()).await,
         Code::ResourceExhausted,
         "RESOURCE_EXHAUSTED",
     );
