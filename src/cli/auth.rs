@@ -14,11 +14,13 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct AuthArgs {
+    /// The provider's id (`valet provider list`).
     #[arg(long)]
     pub provider: String,
     /// The person the agent acts for (not for client_credentials providers).
     #[arg(long)]
     pub user: Option<String>,
+    /// The grant of this agent only (absent: the user's grant for every agent).
     #[arg(long)]
     pub agent: Option<String>,
     /// One of the user's several accounts at the provider (e.g. work); absent: the default.
@@ -34,6 +36,7 @@ pub struct AuthArgs {
     /// scopes its challenge names are asked for too (incremental consent).
     #[arg(long)]
     pub challenge: Option<String>,
+    /// A scope to ask for (repeat); absent: the provider's default scopes.
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
     /// Minimum seconds of life the token must have.

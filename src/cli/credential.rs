@@ -62,6 +62,7 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give the value with --value-env or --value-file"),
     };
+    let agent_shown = agent.clone();
     conn.connect()
         .await?
         .credentials()
@@ -75,7 +76,18 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         })
         .await
         .map_err(explain)?;
-    let slot = account.map_or_else(String::new, |a| format!(" (account {a})"));
+    let which: Vec<String> = [
+        account.map(|a| format!("account {a}")),
+        agent_shown.map(|a| format!("agent {a} only")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let slot = if which.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", which.join(", "))
+    };
     println!(
         "stored the credential for {user}{slot} at {provider} (write-only: no command reads it back; agents get it through auth and resolve)"
     );

@@ -77,18 +77,22 @@ pub struct ProviderArgs {
     pub id: String,
     #[arg(long)]
     pub kind: Option<Kind>,
+    /// A display name (default: the id).
     #[arg(long)]
     pub name: Option<String>,
+    /// The OAuth client id registered at the provider.
     #[arg(long)]
     pub client_id: Option<String>,
     /// File holding the client secret.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "client_secret_env")]
     pub client_secret_file: Option<String>,
     /// Name of an environment variable holding the client secret.
     #[arg(long)]
     pub client_secret_env: Option<String>,
+    /// oauth2: the provider's authorization endpoint (where users consent).
     #[arg(long)]
     pub auth_url: Option<String>,
+    /// oauth2, client_credentials, service_account: the provider's token endpoint.
     #[arg(long)]
     pub token_url: Option<String>,
     /// OIDC issuer; discovery fills the endpoints.
@@ -454,14 +458,27 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
 /// The client secret from a file (trimmed) or an environment variable; empty when neither is
 /// given. Never a flag value: flags show up in `ps`.
 fn client_secret(file: Option<String>, env: Option<String>) -> anyhow::Result<String> {
-    if let Some(path) = file {
-        Ok(std::fs::read_to_string(&path)
+    let secret = if let Some(path) = &file {
+        std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {path}"))?
             .trim()
-            .to_owned())
-    } else if let Some(var) = env {
-        std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))
+            .to_owned()
+    } else if let Some(var) = &env {
+        std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?
     } else {
-        Ok(String::new())
-    }
+        return Ok(String::new());
+    };
+    // Empty would mean "keep the stored one" to the daemon: say what was given instead.
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the client secret is empty: {}",
+        file.map_or_else(
+            || format!(
+                "environment variable {} holds nothing",
+                env.unwrap_or_default()
+            ),
+            |p| format!("{p} holds nothing")
+        )
+    );
+    Ok(secret)
 }

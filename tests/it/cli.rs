@@ -266,6 +266,29 @@ async fn provider_profiles_are_listed_and_create_from_one_with_a_variable() {
         err.contains("profile_vars") && err.contains("tenant"),
         "{err}"
     );
+    // An empty secret is named as such (the daemon would take it for "keep the stored one"),
+    // and two sources of it are a usage error.
+    let mut empty = cli(&f, ADMIN_KEY);
+    empty
+        .args(["provider", "create", "entra2", "--profile", "microsoft"])
+        .args(["--var", "tenant=t", "--client-id", "x"])
+        .args(["--client-secret-env", "IDP_SECRET"])
+        .env("IDP_SECRET", "");
+    let err = fails(empty);
+    assert!(
+        err.contains("environment variable IDP_SECRET holds nothing"),
+        "{err}"
+    );
+    let mut both = cli(&f, ADMIN_KEY);
+    both.args(["provider", "create", "entra2", "--client-id", "x"])
+        .args([
+            "--client-secret-env",
+            "IDP_SECRET",
+            "--client-secret-file",
+            "/x",
+        ]);
+    let out = both.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
     let mut get = cli(&f, ADMIN_KEY);
     get.args(["provider", "get", "entra2"]);
     assert!(
@@ -422,6 +445,24 @@ async fn credential_put_reads_the_value_from_standard_input() {
     );
     let out = resolve_through_a_reference(&f, "keyed");
     assert!(out.contains("X-API-Key: canary-api-key"), "{out}");
+    // One agent's own value: the confirmation names the agent.
+    let mut for_agent = cli(&f, AGENT_KEY);
+    for_agent
+        .args([
+            "credential",
+            "put",
+            "--provider",
+            "keyed",
+            "--user",
+            "alice",
+        ])
+        .args(["--agent", "planner", "--value-env", "PLANNER_KEY"])
+        .env("PLANNER_KEY", "planner-canary");
+    let out = run(for_agent);
+    assert!(
+        out.contains("for alice (agent planner only) at keyed"),
+        "{out}"
+    );
     // Another of alice's accounts gets its own value.
     let mut work = cli(&f, AGENT_KEY);
     work.args([
@@ -559,8 +600,8 @@ async fn credential_put_reads_the_value_from_standard_input() {
     delete.args(["provider", "delete", "keyed"]);
     assert_eq!(
         run(delete).trim(),
-        "deleted provider keyed and its 2 grants",
-        "alice's default and work accounts"
+        "deleted provider keyed and its 3 grants",
+        "alice's default and work accounts, and planner's own"
     );
 }
 
