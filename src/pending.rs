@@ -537,6 +537,14 @@ impl PendingFlows {
         })
     }
 
+    /// Whether the flow `auth_id` still waits for its consent.
+    pub fn waiting(&self, auth_id: &str) -> bool {
+        let inner = self.lock();
+        inner.by_auth.get(auth_id).is_some_and(|e| {
+            e.deadline > Instant::now() && matches!(e.outcome.get(), FlowOutcome::Pending)
+        })
+    }
+
     /// Number of flows still waiting for a callback.
     pub fn pending(&self) -> usize {
         self.lock().pending

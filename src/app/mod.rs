@@ -213,11 +213,14 @@ impl App {
     }
 
     /// For `check-config`: the files the configuration names that the daemon reads at start. The
-    /// profiles load, and the admin key file, if one is configured and on this machine, is one
+    /// profiles load, the gRPC TLS files can be read, and the admin key file, if one is configured and on this machine, is one
     /// the daemon accepts. One that is not here (a Kubernetes Secret mounted only in the pod) is
     /// noted, not refused.
     pub fn check_files(config: &Config) -> anyhow::Result<()> {
         Self::catalogue(config)?;
+        if let Some(t) = &config.grpc_tls {
+            tls_config(t)?;
+        }
         let Some(path) = &config.admin_key_file else {
             return Ok(());
         };
@@ -445,8 +448,10 @@ async fn load_providers(registry: &ProviderRegistry) -> anyhow::Result<usize> {
 /// (a caller may still use an API key; a certificate names a caller by `tls_identity`).
 fn tls_config(t: &crate::config::GrpcTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    // A file the configuration names: one that cannot be read is a bad configuration.
     let read = |p: &std::path::Path| {
-        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        std::fs::read(p)
+            .map_err(|e| ConfigError::in_file(format_args!("cannot read {}: {e}", p.display())))
     };
     let mut tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read(&t.cert_file)?, read(&t.key_file)?));

@@ -111,10 +111,10 @@ pub enum Command {
         provider: Option<String>,
         #[arg(long, required_unless_present = "reference", value_parser = NonEmptyStringValueParser::new())]
         user: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
         agent: Option<String>,
         /// The grant of this account label (absent: the default account).
-        #[arg(long)]
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
         account: Option<String>,
         /// Revoke this reference instead of a grant.
         #[arg(long, conflicts_with_all = ["provider", "user", "agent", "account"], value_parser = NonEmptyStringValueParser::new())]

@@ -87,9 +87,11 @@ fn unavailable(e: &HttpError) -> OAuthError {
             OAuthError::UnavailableFor(e.to_string(), std::time::Duration::from_secs(*after))
         }
         // With its causes: "error sending request" alone does not say the connection was refused.
-        HttpError::Transport(_) | HttpError::ServerError(_, None) => {
-            OAuthError::Unavailable(crate::secret::chain_without_values(e))
-        }
+        HttpError::Transport(inner) => OAuthError::Unavailable(format!(
+            "request failed: {}",
+            crate::secret::chain_without_values(inner)
+        )),
+        HttpError::ServerError(_, None) => OAuthError::Unavailable(e.to_string()),
         HttpError::RateLimited(after) => {
             OAuthError::RateLimited(after.map(std::time::Duration::from_secs))
         }

@@ -42,9 +42,6 @@ impl CachedToken {
 /// When cleanup of idle refresh locks starts.
 const LOCK_SWEEP_THRESHOLD: usize = 1024;
 
-/// How long a token without an expiry stays cached when nobody is handed it.
-const IDLE_NO_EXPIRY: std::time::Duration = std::time::Duration::from_secs(3600);
-
 #[derive(Debug, Default)]
 pub(super) struct TokenCache {
     tokens: RwLock<HashMap<GrantKey, Arc<CachedToken>>>,
@@ -118,23 +115,35 @@ impl TokenCache {
             .cloned()
     }
 
-    /// Drops the tokens that can serve no one: expired, past the grant's maximum age, or without
-    /// an expiry and not handed out for an hour. Client tokens take a slot per audience,
-    /// resource and presented subject token, so without this the cache would only grow. Returns
-    /// how many were dropped.
+    /// Drops the tokens that can serve no one: expired, or past the grant's maximum age. Client
+    /// tokens take a slot per audience, resource and subject token, so without this the cache
+    /// would only grow. Found under the read lock, so handouts wait only while some are dropped.
+    /// Returns how many were dropped.
     pub(super) fn sweep(&self, now: i64) -> usize {
-        let idle_since = now - i64::try_from(IDLE_NO_EXPIRY.as_secs()).unwrap_or(i64::MAX);
+        let lapsed = |t: &CachedToken| {
+            (t.expires_at != 0 && t.expires_at <= now) || (t.reauth_at != 0 && now >= t.reauth_at)
+        };
+        let gone: Vec<GrantKey> = self
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, t)| lapsed(t))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
-        let before = tokens.len();
-        tokens.retain(|_, t| {
-            let lapsed = (t.expires_at != 0 && t.expires_at <= now)
-                || (t.reauth_at != 0 && now >= t.reauth_at);
-            let idle = t.expires_at == 0
-                && t.obtained.elapsed() >= IDLE_NO_EXPIRY
-                && t.last_used.load(std::sync::atomic::Ordering::Relaxed) < idle_since;
-            !(lapsed || idle)
-        });
-        before - tokens.len()
+        // A token put since the look above is fresh: only lapsed ones go.
+        let mut dropped = 0;
+        for k in &gone {
+            if tokens.get(k).is_some_and(|t| lapsed(t)) {
+                tokens.remove(k);
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     pub(super) fn remove(&self, key: &GrantKey) {
@@ -168,7 +177,6 @@ impl TokenCache {
 mod tests {
     use super::*;
     use crate::domain::UserId;
-    use std::time::Duration;
 
     fn key(user: &str) -> GrantKey {
         GrantKey {
@@ -193,26 +201,21 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_sweep_drops_what_can_serve_no_one_and_keeps_the_rest() {
+    #[test]
+    fn a_sweep_drops_what_can_serve_no_one_and_keeps_the_rest() {
         let cache = TokenCache::default();
         let now = 1_000_000;
         cache.put(key("expired"), token(now, 0));
         cache.put(key("lapsed"), token(now + 3600, now - 1));
         cache.put(key("live"), token(now + 60, 0));
-        cache.put(key("forever-used"), token(0, 0));
-        cache.put(key("forever-idle"), token(0, 0));
+        cache.put(key("forever"), token(0, 0));
         assert_eq!(cache.sweep(now), 2);
         assert!(cache.current(&key("expired")).is_none());
         assert!(cache.current(&key("lapsed")).is_none());
         assert!(cache.current(&key("live")).is_some());
-        // A token without an expiry stays while it is handed out, and goes after an idle hour.
         assert_eq!(cache.sweep(now + 30), 0);
-        tokio::time::advance(Duration::from_secs(3600)).await;
-        let later = now + 3600;
-        cache.touch(&key("forever-used"), later);
-        assert_eq!(cache.sweep(later), 2, "the live token expired meanwhile");
-        assert!(cache.current(&key("forever-used")).is_some());
-        assert!(cache.current(&key("forever-idle")).is_none());
+        // The live one expires; a token without an expiry stays until its grant goes.
+        assert_eq!(cache.sweep(now + 3600 * 24), 1);
+        assert!(cache.current(&key("forever")).is_some());
     }
 }

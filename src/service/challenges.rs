@@ -22,12 +22,15 @@ pub(super) struct ChallengeCap {
 }
 
 impl ChallengeCap {
-    /// Refuses a challenge whose consent already ran `MAX` times in the window.
-    pub(super) fn check(&self, key: &str) -> Result<(), Error> {
+    /// Refuses a challenge whose consent already ran `MAX` times in the window, unless the last
+    /// one still `waiting` (by its auth id): a retry then joins it.
+    pub(super) fn check(&self, key: &str, waiting: impl Fn(&str) -> bool) -> Result<(), Error> {
         let now = Instant::now();
         let map = self.started.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
-            Some((n, since, _)) if *n >= MAX && now.duration_since(*since) < WINDOW => {
+            Some((n, since, last))
+                if *n >= MAX && now.duration_since(*since) < WINDOW && !waiting(last) =>
+            {
                 Err(Error::Exhausted(format!(
                     "the API asked for these scopes {MAX} times within {} minutes after consent was started for them; it may not accept what the provider grants (check the provider's scopes, or wait)",
                     WINDOW.as_secs() / 60
@@ -65,15 +68,20 @@ mod tests {
         let cap = ChallengeCap::default();
         // Retries that join the waiting consent count once.
         for _ in 0..5 {
-            assert!(cap.check("idp/alice/=/files:read").is_ok());
+            assert!(cap.check("idp/alice/=/files:read", |_| false).is_ok());
             cap.started("idp/alice/=/files:read".into(), "a0");
         }
         for n in 1..MAX {
-            assert!(cap.check("idp/alice/=/files:read").is_ok());
+            assert!(cap.check("idp/alice/=/files:read", |_| false).is_ok());
             cap.started("idp/alice/=/files:read".into(), &format!("a{n}"));
         }
-        let e = cap.check("idp/alice/=/files:read").unwrap_err();
+        let e = cap.check("idp/alice/=/files:read", |_| false).unwrap_err();
         assert!(e.to_string().contains("3 times"), "{e}");
-        assert!(cap.check("idp/bob/=/files:read").is_ok(), "per grant");
+        // While the last consent waits, a retry may join it.
+        assert!(cap.check("idp/alice/=/files:read", |id| id == "a2").is_ok());
+        assert!(
+            cap.check("idp/bob/=/files:read", |_| false).is_ok(),
+            "per grant"
+        );
     }
 }

@@ -367,7 +367,11 @@ impl Credentials {
             req.account.as_ref().map_or("", |a| a.as_str()),
             scopes.join(crate::domain::Separator::Space)
         );
-        self.challenges.check(&slot)?;
+        // A retry (not forced) while the last consent waits joins it: not another consent.
+        let pending = self.flows.pending();
+        let joins = !req.force_reauth;
+        self.challenges
+            .check(&slot, |auth_id| joins && pending.waiting(auth_id))?;
         let outcome = self
             .for_user(caller, provider, req, scopes, min_ttl)
             .await?;
@@ -493,12 +497,18 @@ impl Credentials {
                 let mut target =
                     ClientTarget::parse(req.audience.as_deref(), req.resource.as_deref())?;
                 // The grant it is exchanged from, each part whole (ids hold no control
-                // characters): one grant's exchanged tokens are never another's.
+                // characters), and that grant's current token: one grant's exchanged tokens are
+                // never another's, nor outlive the token they came from (a new consent, a
+                // refresh).
+                let from = crate::secret::sha256(
+                    crate::secret::ExposeSecret::expose_secret(&grant_token.token).as_bytes(),
+                );
                 target.subject = Some(format!(
-                    "grant\0{}\0{}\0{}",
+                    "grant\0{}\0{}\0{}\0{}",
                     key.user,
                     key.agent.as_ref().map_or("", |a| a.as_str()),
-                    key.account.as_ref().map_or("", |a| a.as_str())
+                    key.account.as_ref().map_or("", |a| a.as_str()),
+                    hex::encode(from)
                 ));
                 let source = ClientGrant::Exchange {
                     client,

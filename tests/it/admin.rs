@@ -37,7 +37,10 @@ async fn a_kept_client_secret_does_not_follow_the_token_endpoint_elsewhere() {
         };
         match field {
             "revocation_url" => p.revocation_url = url.into(),
-            _ => p.device_authorization_url = url.into(),
+            _ => {
+                p.device_authorization_url = url.into();
+                p.consent_flow = pb::ConsentFlow::Device as i32;
+            }
         }
         let s = expect_err(
             admin

@@ -413,6 +413,28 @@ fn a_short_or_readable_admin_key_file_is_refused() {
     assert!(err.contains("is not on this machine"), "{err}");
 }
 
+/// TLS files the configuration names that cannot be read: a bad configuration (78) at start
+/// and in check-config, naming the file.
+#[test]
+fn an_unreadable_tls_file_is_a_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("valet.toml");
+    std::fs::write(
+        &config,
+        "[grpc_tls]\ncert_file = \"/nonexistent/tls.pem\"\nkey_file = \"/nonexistent/tls.key\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let err = check_config_refuses(dir.path(), &["--dev", "--config", config]);
+    assert!(err.contains("cannot read /nonexistent/tls.pem"), "{err}");
+    let (_, err, code) = serve_dev_fails(
+        dir.path(),
+        &["--grpc-listen", "127.0.0.1:0", "--config", config],
+    );
+    assert!(err.contains("/nonexistent/tls.pem"), "{err}");
+    assert_eq!(code, Some(78), "{err}");
+}
+
 /// A first dev start that fails (its port busy, a broken profile) shows no admin key and keeps
 /// no hash of one, so the start that succeeds shows the key.
 #[test]

@@ -53,9 +53,13 @@ fn auth_code(
     let revocation_url =
         optional_url("revocation_url", &d.revocation_url, ctx.allow_insecure_urls)?
             .or(advertised.revocation);
+    // The device endpoint gets the client's credentials only when users consent there.
+    let device = device_authorization_url
+        .as_ref()
+        .filter(|_| d.consent_flow == ConsentFlow::Device);
     let sent_to: Vec<&url::Url> = std::iter::once(&token_url)
         .chain(&revocation_url)
-        .chain(&device_authorization_url)
+        .chain(device)
         .collect();
     let auth = super::client_auth::client_auth(d, ctx.current, &sent_to)?;
     Ok(AuthCode {

@@ -51,14 +51,16 @@ pub(super) fn client_secret(
     }
 }
 
-/// The servers a provider's client secret is sent to: its token endpoint, and those of its
-/// revocation and device authorization endpoints.
+/// The servers a provider's client secret is sent to: its token endpoint, its revocation
+/// endpoint, and its device authorization endpoint when users consent there.
 fn secret_endpoints(kind: &crate::domain::KindConfig, token_url: &url::Url) -> Vec<url::Origin> {
     let flow = kind.auth_code();
     let others = flow.iter().flat_map(|c| {
-        [&c.revocation_url, &c.device_authorization_url]
+        let device = (c.consent_flow == crate::domain::ConsentFlow::Device)
+            .then_some(&c.device_authorization_url)
             .into_iter()
-            .flatten()
+            .flatten();
+        c.revocation_url.iter().chain(device)
     });
     std::iter::once(token_url)
         .chain(others)
