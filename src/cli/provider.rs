@@ -36,14 +36,19 @@ pub enum Kind {
     Oauth2,
     Oidc,
     /// A token for the client itself (no user, no consent).
+    #[value(alias = "client_credentials")]
     ClientCredentials,
     /// A static API key per user (`valet credential put`), placed per --location/--credential-name.
+    #[value(alias = "api_key")]
     ApiKey,
     /// Authorization: Basic from a stored username and password.
+    #[value(alias = "http_basic")]
     HttpBasic,
     /// Authorization: Bearer with a stored static token.
+    #[value(alias = "http_bearer")]
     HttpBearer,
     /// The JWT bearer grant (RFC 7523): a signed assertion buys the token (--private-key-file).
+    #[value(alias = "service_account")]
     ServiceAccount,
     /// An OAuth-protected MCP server, discovered from --mcp-server.
     Mcp,
@@ -481,4 +486,39 @@ fn client_secret(file: Option<String>, env: Option<String>) -> anyhow::Result<St
         )
     );
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    /// Kinds as the daemon's messages spell them (`api_key`) are taken as well as the
+    /// command line's own (`api-key`).
+    #[test]
+    fn kinds_are_taken_in_either_spelling() {
+        for (given, kind) in [
+            ("api-key", "ApiKey"),
+            ("api_key", "ApiKey"),
+            ("client_credentials", "ClientCredentials"),
+            ("service_account", "ServiceAccount"),
+        ] {
+            let cli = crate::cli::Cli::try_parse_from([
+                "valet", "provider", "--key", "k", "create", "p", "--kind", given,
+            ])
+            .unwrap();
+            let crate::cli::Command::Provider {
+                cmd: ProviderCmd::Create(args),
+                ..
+            } = cli.command
+            else {
+                panic!("not a provider create");
+            };
+            assert_eq!(
+                format!("{:?}", args.kind),
+                format!("Some({kind})"),
+                "{given}"
+            );
+        }
+    }
 }
