@@ -82,29 +82,65 @@ impl ConfigError {
     }
 }
 
+/// serde's message without the string it did not expect (`invalid type: string "…", expected
+/// u64`): a secret put in the wrong setting is not echoed.
+fn without_string(message: &str) -> String {
+    match message.split_once("string \"") {
+        Some((before, rest)) => match rest.rsplit_once("\", expected") {
+            Some((_, after)) => format!("{before}a string, expected{after}"),
+            None => format!("{before}a string"),
+        },
+        None => message.to_owned(),
+    }
+}
+
+/// The most settings of the wrong type or name reported at once.
+const MAX_PARSE_ERRORS: usize = 32;
+
 /// Parses a config file's text. On error, the message and line only: toml's own rendering quotes
-/// the source line, which may hold a token.
+/// the source line, which may hold a token. Every unknown key and value of the wrong type is
+/// reported at once: each one's line is blanked (line numbers stay) and the text read again,
+/// until it reads or an error is not on a `key = value` line (a syntax error, a missing setting),
+/// which ends the list.
 fn parse_toml(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
-    toml::from_str::<RawConfig>(text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|sp| {
-                let start = sp.start.min(text.len());
-                // Newlines before the error, plus one: right at a line's first column too.
-                let line = text[..start].matches('\n').count() + 1;
-                match setting_at(text, start) {
-                    Some(k) => format!(" (line {line}, {k})"),
-                    None => format!(" (line {line})"),
-                }
-            })
-            .unwrap_or_default();
-        // The file is not read past a syntax error, a value of the wrong type or an unknown key,
-        // so the rest of it is checked only once this is fixed.
-        ConfigError(vec![format!(
-            "{source}{at}: {} (fix this and check again: the rest of the file is checked once it parses)",
-            e.message().trim_end()
-        )])
-    })
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let mut errors = Vec::new();
+    loop {
+        let current = lines.join("\n");
+        let e = match toml::from_str::<RawConfig>(&current) {
+            Ok(raw) if errors.is_empty() => return Ok(raw),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let start = e.span().map(|sp| sp.start.min(current.len()));
+        // Newlines before the error, plus one: right at a line's first column too.
+        let line = start.map(|s| current[..s].matches('\n').count());
+        let setting = start.and_then(|s| setting_at(&current, s));
+        let at = match (line, &setting) {
+            (Some(l), Some(k)) => format!(" (line {}, {k})", l + 1),
+            (Some(l), None) => format!(" (line {})", l + 1),
+            _ => String::new(),
+        };
+        errors.push((
+            line.unwrap_or(usize::MAX),
+            format!("{source}{at}: {}", without_string(e.message().trim_end())),
+        ));
+        // Only a `key = value` line is left out to read on; a multi-line value cut this way
+        // fails to parse, which ends the list too.
+        let Some(l) = line.filter(|_| setting.is_some() && errors.len() < MAX_PARSE_ERRORS) else {
+            break;
+        };
+        lines[l] = "";
+        if toml::from_str::<toml::Table>(&lines.join("\n")).is_err() {
+            break;
+        }
+    }
+    // In the file's order, as the reader fixes them.
+    errors.sort();
+    let mut errors: Vec<String> = errors.into_iter().map(|(_, e)| e).collect();
+    // Nothing past these was checked (the values the settings' rules apply to).
+    errors.push("the rest of the file is checked once these are fixed".into());
+    Err(ConfigError(errors))
 }
 
 impl Config {
@@ -424,8 +460,23 @@ mod tests {
         assert!(err.to_string().contains(&format!("(line {bogus}")), "{err}");
         let err = load("\n\ngrpc_lisen = \"x\"\n", &[], Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("(line 3"), "{err}");
-        // The rest of the file is not read past it, and the message says so.
-        assert!(err.to_string().contains("check again"), "{err}");
+        // The rest of the file is checked once it reads, and the message says so.
+        assert!(err.to_string().contains("once these are fixed"), "{err}");
+        // Every unknown key and value of the wrong type at once, each on its own line.
+        let text = "grpc_lisen = \"x\"\n[flows]\nttl_seconds = -5\nbogus = 1\n";
+        let err = load(text, &[], Overrides::default()).unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        assert!(
+            err.0[0].contains("(line 1, grpc_lisen)"),
+            "in the file's order: {err}"
+        );
+        for needle in [
+            "(line 1, grpc_lisen)",
+            "(line 3, flows.ttl_seconds)",
+            "(line 4, flows.bogus)",
+        ] {
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
         let c = load(CALLER, &[("VALET_GRPC_LISTN", "x")], Overrides::default()).unwrap();
         assert!(c.warnings.iter().any(|w| w.contains("VALET_GRPC_LISTN")));
     }
@@ -477,6 +528,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line"), "{err}");
+        assert!(!err.contains("hvs.canary"), "{err}");
+        // Nor a secret put in a setting of another type.
+        let err = load(
+            "[flows]\nttl_seconds = \"hvs.canary\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("flows.ttl_seconds") && err.contains("a string, expected"),
+            "{err}"
+        );
         assert!(!err.contains("hvs.canary"), "{err}");
     }
 
