@@ -188,6 +188,22 @@ pub enum InsertError {
         "this caller has too many pending authorization flows (limit {0}, half of all); finish or let some expire"
     )]
     CallerTableFull(usize),
+    /// The flows' size, for flows asking for many long scopes.
+    #[error(
+        "this caller's pending authorization flows take too much memory (limit {0} KiB; they ask for many long scopes): finish or let some expire, or ask for fewer scopes"
+    )]
+    TooLarge(usize),
+}
+
+/// What the table may hold per flow on average (the design's bound on a pending flow's memory).
+const BYTES_PER_FLOW: usize = 2048;
+
+/// A flow's footprint as the table counts it: a fixed part, and what grows with the request (its
+/// consent link, scopes, caller and user).
+fn footprint(auth_url: &ConsentLink, scopes: &Scopes, owner: &str, user: &UserId) -> usize {
+    const FIXED: usize = 768;
+    let scope_bytes: usize = scopes.iter().map(|s| s.len() + 32).sum();
+    FIXED + auth_url.as_str().len() + 2 * scope_bytes + owner.len() + user.as_str().len()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -302,8 +318,10 @@ struct Inner {
     per_user: HashMap<UserId, usize>,
     /// (owner, user) → live flows.
     per_caller: HashMap<(String, UserId), usize>,
-    /// owner → live flows, for any user.
-    per_owner: HashMap<String, usize>,
+    /// owner → live flows, for any user, and their footprint in bytes.
+    per_owner: HashMap<String, (usize, usize)>,
+    /// The footprint of every live flow.
+    bytes: usize,
     pending: usize,
 }
 
@@ -313,6 +331,21 @@ pub struct Taken {
     pub flow: PendingFlow,
     pub auth_id: String,
     reporter: Arc<OutcomeCell>,
+}
+
+impl Drop for Taken {
+    /// Never left pending: a callback cut off before it finished (the browser gone mid-exchange,
+    /// the daemon stopping) fails the flow, so its waiters learn it now, not at its expiry (its
+    /// state is spent, so it could not finish later).
+    fn drop(&mut self) {
+        if matches!(self.reporter.get(), FlowOutcome::Pending) {
+            self.reporter
+                .set(FlowOutcome::Failed(FlowFailure::ExchangeFailed(
+                    "the callback ended before the code exchange finished; start the flow again"
+                        .into(),
+                )));
+        }
+    }
 }
 
 impl Taken {
@@ -398,12 +431,23 @@ impl PendingFlows {
             return Err(InsertError::CallerFull(caller_limit));
         }
         let owner_limit = self.limits.max_total.div_ceil(2);
-        let owner_count = inner.per_owner.get(&flow.owner).copied().unwrap_or(0);
+        let (owner_count, owner_bytes) =
+            inner.per_owner.get(&flow.owner).copied().unwrap_or((0, 0));
         if owner_count >= owner_limit {
             return Err(InsertError::CallerTableFull(owner_limit));
         }
+        // Memory as well as numbers: flows asking for many long scopes are far larger than
+        // the table's budget per flow, so they are counted by size too.
+        let size = footprint(&auth_url, &flow.scopes, &flow.owner, &flow.user);
+        let budget = self.limits.max_total.saturating_mul(BYTES_PER_FLOW);
+        if owner_bytes + size > budget / 2 || inner.bytes + size > budget {
+            return Err(InsertError::TooLarge((budget / 2) >> 10));
+        }
         inner.per_caller.insert(slot, caller_count + 1);
-        inner.per_owner.insert(flow.owner.clone(), owner_count + 1);
+        inner
+            .per_owner
+            .insert(flow.owner.clone(), (owner_count + 1, owner_bytes + size));
+        inner.bytes += size;
         let deadline = now + self.limits.ttl;
         inner.per_user.insert(flow.user.clone(), user_count + 1);
         inner.pending += 1;
@@ -479,8 +523,9 @@ impl PendingFlows {
             .by_state
             .remove(&sha256(state.as_bytes()))
             .ok_or(TakeError::Unknown)?;
-        let (flow, reporter, expired, request) = {
+        let (flow, reporter, expired, request, size) = {
             let entry = inner.by_auth.get_mut(&auth_id).ok_or(TakeError::Unknown)?;
+            let size = footprint(&entry.auth_url, &entry.scopes, &entry.owner, &entry.user);
             let parked = entry.flow.take().ok_or(TakeError::Unknown)?;
             let flow = PendingFlow {
                 provider: parked.provider,
@@ -501,12 +546,13 @@ impl PendingFlows {
                 entry.outcome.clone(),
                 now >= entry.deadline,
                 entry.request,
+                size,
             )
         };
         if let Some(r) = request {
             inner.by_request.remove(&r);
         }
-        Self::release_locked(&mut inner, &flow.owner, &flow.user);
+        Self::release_locked(&mut inner, &flow.owner, &flow.user, size);
         if expired {
             reporter.set(FlowOutcome::Failed(FlowFailure::Expired));
             return Err(TakeError::Expired);
@@ -555,7 +601,7 @@ impl PendingFlows {
         Self::sweep_locked(&mut self.lock(), Instant::now())
     }
 
-    fn release_locked(inner: &mut Inner, owner: &str, user: &UserId) {
+    fn release_locked(inner: &mut Inner, owner: &str, user: &UserId, size: usize) {
         inner.pending = inner.pending.saturating_sub(1);
         if let Some(n) = inner.per_user.get_mut(user) {
             *n -= 1;
@@ -570,8 +616,10 @@ impl PendingFlows {
                 inner.per_caller.remove(&slot);
             }
         }
-        if let Some(n) = inner.per_owner.get_mut(owner) {
+        inner.bytes = inner.bytes.saturating_sub(size);
+        if let Some((n, bytes)) = inner.per_owner.get_mut(owner) {
             *n -= 1;
+            *bytes = bytes.saturating_sub(size);
             if *n == 0 {
                 inner.per_owner.remove(owner);
             }
@@ -583,11 +631,12 @@ impl PendingFlows {
         for entry in inner.by_auth.values_mut() {
             if now >= entry.deadline && entry.flow.take().is_some() {
                 entry.outcome.set(FlowOutcome::Failed(FlowFailure::Expired));
-                expired_users.push((entry.owner.clone(), entry.user.clone()));
+                let size = footprint(&entry.auth_url, &entry.scopes, &entry.owner, &entry.user);
+                expired_users.push((entry.owner.clone(), entry.user.clone(), size));
             }
         }
-        for (owner, user) in &expired_users {
-            Self::release_locked(inner, owner, user);
+        for (owner, user, size) in &expired_users {
+            Self::release_locked(inner, owner, user, *size);
         }
         inner.by_auth.retain(|_, e| now < e.forget_at);
         let live = &inner.by_auth;
@@ -656,6 +705,60 @@ mod tests {
         assert!(t.take("s1", &p).is_ok());
         assert_eq!(t.take("s1", &p).err(), Some(TakeError::Unknown));
         assert_eq!(t.pending(), 0);
+    }
+
+    /// Flows are bounded by size as well as number: one asking for many long scopes takes its
+    /// caller's share of the table's memory budget (2 KiB a flow) sooner, and is refused with
+    /// nothing added; released ones free it.
+    #[tokio::test(start_paused = true)]
+    async fn flows_are_bounded_by_size_too() {
+        let t = table(4, 4);
+        let long: Vec<String> = (0..8).map(|i| format!("{i}{}", "s".repeat(250))).collect();
+        let big = |user: &str| PendingFlow {
+            scopes: Scopes::parse("scopes", &long).unwrap(),
+            ..flow(user, "p")
+        };
+        t.insert("s1", "a1", "url".into(), flow("u1", "p")).unwrap();
+        assert!(matches!(
+            t.insert("s2", "a2", "url".into(), big("u2")),
+            Err(InsertError::TooLarge(_))
+        ));
+        assert_eq!(t.pending(), 1, "nothing was added");
+        t.insert("s3", "a3", "url".into(), flow("u3", "p")).unwrap();
+        let p = ProviderId::parse("p").unwrap();
+        drop(t.take("s1", &p).unwrap());
+        drop(t.take("s3", &p).unwrap());
+        assert_eq!(t.pending(), 0);
+        // Released: a flow within the share fits again.
+        t.insert("s4", "a4", "url".into(), flow("u4", "p")).unwrap();
+    }
+
+    /// A taken flow whose callback ends without finishing it (the exchange cut off) fails at once:
+    /// its waiters do not wait for its expiry. One that finished keeps its outcome.
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_flow_never_stays_pending() {
+        let t = table(10, 10);
+        let p = ProviderId::parse("p").unwrap();
+        t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
+        let view = t.view("a1").unwrap();
+        drop(t.take("s1", &p).unwrap());
+        assert!(
+            matches!(
+                view.outcome.get(),
+                FlowOutcome::Failed(FlowFailure::ExchangeFailed(_))
+            ),
+            "{:?}",
+            view.outcome.get()
+        );
+        t.insert("s2", "a2", "url".into(), flow("u", "p")).unwrap();
+        let view = t.view("a2").unwrap();
+        let taken = t.take("s2", &p).unwrap();
+        taken.finish(FlowOutcome::Failed(FlowFailure::AccessDenied));
+        drop(taken);
+        assert_eq!(
+            view.outcome.get(),
+            FlowOutcome::Failed(FlowFailure::AccessDenied)
+        );
     }
 
     #[tokio::test(start_paused = true)]

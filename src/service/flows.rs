@@ -234,7 +234,8 @@ impl Flows {
                 InsertError::UserFull(_)
                 | InsertError::TableFull(_)
                 | InsertError::CallerFull(_)
-                | InsertError::CallerTableFull(_) => Error::Exhausted(e.to_string()),
+                | InsertError::CallerTableFull(_)
+                | InsertError::TooLarge(_) => Error::Exhausted(e.to_string()),
             })?;
         let Inserted::New(deadline) = inserted else {
             // Another call started the same flow meanwhile: that one, and its poller.

@@ -72,11 +72,17 @@ pub(super) async fn callback(
         .unwrap_or_default();
     span.record("provider", provider.as_str());
     let started = std::time::Instant::now();
-    let result = s
-        .credentials
-        .complete_callback(&provider_id, params)
-        .instrument(span.clone())
-        .await;
+    // On its own task: a browser that goes away mid-exchange does not cut the exchange off (the
+    // state is already spent; the grant is stored and the agent's waiters learn the outcome).
+    let credentials = s.credentials.clone();
+    let exchange = async move { credentials.complete_callback(&provider_id, params).await };
+    let result = match tokio::spawn(exchange.instrument(span.clone())).await {
+        Ok(r) => r,
+        Err(e) => Err(crate::service::Error::Internal {
+            context: "the callback's task ended",
+            source: Some(Box::new(e)),
+        }),
+    };
     let _entered = span.enter();
     let outcome = result
         .as_ref()
