@@ -724,6 +724,11 @@ impl TokenBroker {
         Ok(self.grants.delete(key).await?)
     }
 
+    /// Drops `key`'s cached token (its tokens were revoked at the provider).
+    pub(crate) fn forget(&self, key: &GrantKey) {
+        self.cache.remove(key);
+    }
+
     /// Drops every cached token of a deleted provider.
     pub(crate) fn forget_provider(&self, id: &ProviderId) {
         self.cache.remove_provider(id);

@@ -72,6 +72,10 @@ pub struct AuthRequest {
 /// The most grants one export holds.
 const MAX_EXPORT: usize = 100_000;
 
+/// Revocations at a provider in flight at once when a provider is deleted with
+/// `revoke_at_provider`.
+const REVOKE_AT_ONCE: usize = 16;
+
 /// `WatchGrants`' stream: grant changes, or how many a slow watcher missed.
 pub type GrantChanges =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<crate::audit::GrantChange, u64>> + Send>>;
@@ -1233,6 +1237,7 @@ impl Credentials {
         self.references.drop_for_provider(id).await.map(|_| ())
     }
 
+    /// Revokes every grant of `id` at the provider, `REVOKE_AT_ONCE` at a time.
     async fn revoke_all_at_provider(&self, id: &ProviderId) -> Result<(u32, u32), Error> {
         let provider = self.providers.get(id)?;
         if provider
@@ -1252,17 +1257,32 @@ impl Credentials {
             ..GrantQuery::default()
         };
         loop {
+            use futures::StreamExt as _;
             let (page, next) = self.broker.list(Some(std::slice::from_ref(id)), &q).await?;
-            for g in page {
-                let (refresh, access) = self.broker.tokens_of(&g.key).await?;
-                let outcome = kind::revoke_at_provider(
-                    &*self.endpoint,
-                    &provider.kind,
-                    refresh.as_ref(),
-                    access.as_ref(),
-                )
+            // Several at a time: a provider that answers slowly (or not at all, each call then
+            // waiting out its timeout) does not make deleting many grants take hours.
+            let outcomes: Vec<Result<ProviderRevocation, Error>> = futures::stream::iter(page)
+                .map(|g| {
+                    let provider = &provider;
+                    async move {
+                        let (refresh, access) = self.broker.tokens_of(&g.key).await?;
+                        let outcome = kind::revoke_at_provider(
+                            &*self.endpoint,
+                            &provider.kind,
+                            refresh.as_ref(),
+                            access.as_ref(),
+                        )
+                        .await;
+                        // Revoked there (or maybe): not handed out from the cache meanwhile.
+                        self.broker.forget(&g.key);
+                        Ok(outcome)
+                    }
+                })
+                .buffer_unordered(REVOKE_AT_ONCE)
+                .collect()
                 .await;
-                match outcome {
+            for outcome in outcomes {
+                match outcome? {
                     ProviderRevocation::Revoked => revoked += 1,
                     ProviderRevocation::Failed(why) => {
                         tracing::warn!(provider = %id, "revocation at the provider failed: {why}");

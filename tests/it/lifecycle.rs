@@ -675,6 +675,70 @@ async fn deleting_a_provider_can_revoke_every_grant_at_the_provider_first() {
     assert!(f.grants_for_admin().await.is_empty());
 }
 
+/// Deleting a provider revokes its grants at the provider several at a time, so a slow provider
+/// does not make it take hours. The revocation endpoint here (a loopback double of RFC 7009's:
+/// any well-formed request gets 200) holds each answer until a second request is open, or for
+/// two seconds: revoked one at a time, no two would ever be open together.
+#[tokio::test]
+async fn deleting_a_provider_revokes_at_the_provider_several_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/revoke", listener.local_addr().unwrap());
+    let (open, most) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let (o, m) = (open.clone(), most.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let (open, most) = (o.clone(), m.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = 0;
+                // The headers and the form body (small: it fits one read or two).
+                while seen == 0 || !buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf[seen..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen += n,
+                    }
+                }
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+                while open.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let f = Fixture::new().await;
+    oidc_with_revocation(&f, url).await;
+    for user in ["alice", "bob", "carol"] {
+        f.authorize(AGENT_KEY, Fixture::request("idp", user, ""))
+            .await;
+    }
+    let r = f
+        .valet
+        .providers()
+        .await
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: "idp".into(),
+            revoke_at_provider: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.grants_deleted, r.revoked_at_provider), (3, 3), "{r:?}");
+    assert!(most.load(Ordering::SeqCst) >= 2, "revoked one at a time");
+    assert!(f.grants_for_admin().await.is_empty());
+}
+
 #[tokio::test]
 async fn an_oidc_provider_revokes_through_the_endpoint_its_discovery_advertises() {
     let f = Fixture::new().await;

@@ -144,7 +144,15 @@ impl pb::providers_server::Providers for ProvidersApi {
             async {
                 policy::authorize(&caller, Action::ManageProviders)?;
                 let id = ProviderId::parse(id).map_err(Error::from)?;
-                self.credentials.delete_provider(&caller, &id, revoke).await
+                // On its own task: a caller that gives up (its deadline) does not leave the
+                // deletion half done, its grants revoked at the provider but still here.
+                let (credentials, by) = (self.credentials.clone(), caller.clone());
+                tokio::spawn(async move { credentials.delete_provider(&by, &id, revoke).await })
+                    .await
+                    .map_err(|e| Error::Internal {
+                        context: "the provider deletion's task ended",
+                        source: Some(Box::new(e)),
+                    })?
             },
         )
         .await?;
