@@ -1167,6 +1167,7 @@ impl Credentials {
             caller,
             Action::ListGrants {
                 user: q.user.as_ref(),
+                agent: q.agent.as_ref(),
             },
         )?;
         if let Some(user) = &q.user {

@@ -5,7 +5,7 @@
 //! keys to agent ids, user assertions and audit add rules here.
 
 use super::Error;
-use crate::domain::{Caller, GrantKey, ProviderId, UserId};
+use crate::domain::{AgentId, Caller, GrantKey, ProviderId, UserId};
 
 /// What a caller is about to do.
 #[derive(Debug, Clone, Copy)]
@@ -20,8 +20,11 @@ pub enum Action<'a> {
     RevokeGrant(&'a GrantKey),
     /// Store a static credential for a user (or one of the caller's agents).
     PutCredential(&'a GrantKey),
-    /// List grant metadata, optionally for one user.
-    ListGrants { user: Option<&'a UserId> },
+    /// List (or watch) grant metadata, optionally for one user or agent.
+    ListGrants {
+        user: Option<&'a UserId>,
+        agent: Option<&'a AgentId>,
+    },
     /// Resolve a reference issued to `owner`.
     ResolveReference { owner: &'a str },
     /// Revoke a reference issued to `owner`.
@@ -67,7 +70,11 @@ pub fn authorize(caller: &Caller, action: Action<'_>) -> Result<(), Error> {
         Action::ManageProviders if !caller.is_admin() => {
             Err(Error::PermissionDenied("this RPC needs an admin API key"))
         }
-        Action::ListGrants { user: None } if !caller.is_admin() => Err(Error::invalid(
+        // As when acting for it: an agent outside the caller's list is refused, not an empty list.
+        Action::ListGrants { agent: Some(a), .. } if !caller.agents.allows(Some(a)) => {
+            Err(agent_denied())
+        }
+        Action::ListGrants { user: None, .. } if !caller.is_admin() => Err(Error::invalid(
             "user_id",
             "is required for agent callers (only admins list every user's grants)",
         )),
@@ -128,10 +135,40 @@ mod tests {
             authorize(&agent, Action::ManageProviders),
             Err(Error::PermissionDenied(_))
         ));
-        assert!(authorize(&agent, Action::ListGrants { user: None }).is_err());
-        assert!(authorize(&admin, Action::ListGrants { user: None }).is_ok());
+        assert!(
+            authorize(
+                &agent,
+                Action::ListGrants {
+                    user: None,
+                    agent: None
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &admin,
+                Action::ListGrants {
+                    user: None,
+                    agent: None
+                }
+            )
+            .is_ok()
+        );
         let alice = UserId::parse("alice").unwrap();
-        assert!(authorize(&agent, Action::ListGrants { user: Some(&alice) }).is_ok());
+        let list = |user, agent| Action::ListGrants { user, agent };
+        assert!(authorize(&agent, list(Some(&alice), None)).is_ok());
+        let bound = Caller::api_key("agent-a", Role::Agent)
+            .with_agents(AgentBinding::parse(&["a-*".to_owned()]).unwrap());
+        let (a1, b1) = (
+            AgentId::parse("a-1").unwrap(),
+            AgentId::parse("b-1").unwrap(),
+        );
+        assert!(authorize(&bound, list(Some(&alice), Some(&a1))).is_ok());
+        assert!(matches!(
+            authorize(&bound, list(Some(&alice), Some(&b1))),
+            Err(Error::PermissionDenied(_))
+        ));
         assert!(authorize(&agent, Action::ResolveReference { owner: "agent-a" }).is_ok());
         assert!(authorize(&admin, Action::ResolveReference { owner: "agent-a" }).is_err());
         assert!(authorize(&admin, Action::RevokeReference { owner: "agent-a" }).is_ok());

@@ -171,7 +171,7 @@ async fn quickstart_provider_auth_grants_revoke() {
     for (filter, found) in [
         (["--status", "active"], true),
         (["--status", "needs-reauth"], false),
-        (["--agent", "someone-else"], false),
+        (["--agent", "writer"], false),
         (["--account", "work"], false),
         (["--provider", "idp"], true),
     ] {
@@ -181,6 +181,11 @@ async fn quickstart_provider_auth_grants_revoke() {
         assert_eq!(out.contains("idp\tuser=alice"), found, "{filter:?}: {out}");
         assert_eq!(out.trim() == "no grants", !found, "{filter:?}: {out}");
     }
+    // An agent this key may not act as is refused, as when acting for it, not an empty list.
+    let mut other = cli(&f, AGENT_KEY);
+    other.args(["grants", "--user", "alice", "--agent", "someone-else"]);
+    let err = fails(other);
+    assert!(err.contains("may not act as that agent_id"), "{err}");
     let mut bad = cli(&f, AGENT_KEY);
     bad.args(["grants", "--status", "expired"]);
     let out = bad.output().unwrap();
