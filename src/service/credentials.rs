@@ -466,8 +466,14 @@ impl Credentials {
                 .oauth_client()
                 .filter(|c| c.token_exchange)
                 .ok_or_else(|| {
+                    // The field the caller gave.
+                    let field = if req.audience.is_some() {
+                        "audience"
+                    } else {
+                        "resource"
+                    };
                     Error::invalid(
-                        "audience",
+                        field,
                         "audience and resource apply to client_credentials providers, or to providers with token_exchange (RFC 8693)",
                     )
                 })?;
@@ -1138,13 +1144,18 @@ impl Credentials {
         self.check_user(caller, &key.user).await?;
         let provider = self.providers.get(&key.provider)?;
         let (refresh, access) = self.broker.tokens_of(key).await?;
-        let at_provider = kind::revoke_at_provider(
-            &*self.endpoint,
-            &provider.kind,
-            refresh.as_ref(),
-            access.as_ref(),
-        )
-        .await;
+        let at_provider = if refresh.is_none() && access.is_none() {
+            // No such grant (or one without tokens): nothing for the provider either.
+            ProviderRevocation::NothingToRevoke
+        } else {
+            kind::revoke_at_provider(
+                &*self.endpoint,
+                &provider.kind,
+                refresh.as_ref(),
+                access.as_ref(),
+            )
+            .await
+        };
         if let ProviderRevocation::Failed(why) = &at_provider {
             tracing::warn!(provider = %key.provider, "revocation at the provider failed: {why}");
         }

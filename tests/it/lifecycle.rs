@@ -610,6 +610,14 @@ async fn revoking_a_grant_revokes_its_tokens_at_the_provider_rfc_7009() {
     );
     assert!(f.grants("alice").await.is_empty());
     assert!(!f.valet.logs().contains(&t.access_token));
+    // Again: nothing here, nothing sent to the provider, and the answer says so.
+    let again = revoke_alice(&f).await;
+    assert!(!again.revoked);
+    assert_eq!(
+        again.provider_revocation,
+        pb::ProviderRevocation::NothingToRevoke as i32,
+        "{again:?}"
+    );
 }
 
 #[tokio::test]

@@ -87,8 +87,23 @@ async fn a_reference_resolves_to_a_working_token_refreshes_and_survives_a_restar
             .is_success()
     );
 
-    // Revoke one reference: it dies, the other lives.
+    // A grant named beside a reference is refused, not ignored: nothing is revoked.
     let mut creds = f.valet.credentials(AGENT_KEY).await;
+    let s = expect_err(
+        creds
+            .revoke(pb::RevokeRequest {
+                reference: second.reference.clone(),
+                provider_id: "idp".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(s.message().contains("provider_id"), "{s:?}");
+    resolve(&f, AGENT_KEY, &second.reference, 0).await.unwrap();
+
+    // Revoke one reference: it dies, the other lives.
     let revoked = creds
         .revoke(pb::RevokeRequest {
             reference: second.reference.clone(),

@@ -281,6 +281,20 @@ impl pb::credentials_server::Credentials for CredentialsApi {
                         convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
                     self.credentials.revoke(&caller, &key).await
                 } else {
+                    // One thing at a time: a grant named beside a reference is not ignored.
+                    for (field, given) in [
+                        ("provider_id", &r.provider_id),
+                        ("user_id", &r.user_id),
+                        ("agent_id", &r.agent_id),
+                        ("account", &r.account),
+                    ] {
+                        if !given.is_empty() {
+                            return Err(crate::service::Error::invalid(
+                                field,
+                                "revokes a grant; with a reference, name nothing else",
+                            ));
+                        }
+                    }
                     let revoked = self
                         .credentials
                         .revoke_reference(&caller, &r.reference)
