@@ -162,6 +162,12 @@ pub fn check_client(client_id: &str, extra: &BTreeMap<String, String>) -> Result
                 "names must be 1-128 characters and values at most 1024",
             ));
         }
+        if k.chars().chain(v.chars()).any(char::is_control) {
+            return Err(InvalidInput::new(
+                "extra_auth_params",
+                "names and values must not contain control characters",
+            ));
+        }
     }
     Ok(())
 }

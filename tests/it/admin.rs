@@ -282,6 +282,12 @@ async fn bad_provider_input_is_refused_naming_the_field_and_nothing_is_written()
         ("extra_auth_params", |p| {
             p.extra_auth_params.insert("state".into(), "x".into());
         }),
+        ("extra_auth_params", |p| {
+            p.extra_auth_params.insert("a".into(), "b\r\nc".into());
+        }),
+        ("client_secret", |p| {
+            p.client_secret = "s3cret-canary\n".into()
+        }),
         ("issuer", |p| {
             p.kind = pb::ProviderKind::Oidc as i32;
             p.auth_url.clear();

@@ -490,6 +490,13 @@ pub(super) fn draft(p: Option<pb::Provider>) -> Result<ProviderDraft, Error> {
     if p.client_secret.len() > 4096 {
         return Err(Error::invalid("client_secret", "is longer than 4096 bytes"));
     }
+    // It goes into a header or a form field: a newline or NUL in it is a pasting mistake.
+    if p.client_secret.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "client_secret",
+            "must not contain control characters (a trailing newline from a file?)",
+        ));
+    }
     if p.private_key.len() > 16384 {
         return Err(Error::invalid("private_key", "is longer than 16384 bytes"));
     }
