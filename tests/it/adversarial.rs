@@ -714,6 +714,14 @@ async fn a_caller_beyond_its_rate_limit_is_refused_and_others_are_not() {
     let refused = outcomes.into_iter().find(|r| r.is_err()).unwrap();
     let s = expect_err(refused, Code::ResourceExhausted, "RESOURCE_EXHAUSTED");
     assert!(s.message().contains("rate limit"), "{s:?}");
+    // When to come back: once the bucket holds a request again (1/rate seconds).
+    let retry = tonic_types::StatusExt::get_details_retry_info(&s).expect("retry info");
+    assert!(
+        retry
+            .retry_delay
+            .is_some_and(|d| d > std::time::Duration::ZERO),
+        "{retry:?}"
+    );
     // Counted apart from the calls methods refuse with RESOURCE_EXHAUSTED (see the alert).
     let counted = f
         .valet

@@ -234,9 +234,14 @@ impl CallerAuth {
             }
         };
         if !self.admit(&caller.name, rate) {
-            let status = super::to_status(&crate::service::Error::Exhausted(format!(
-                "this caller's rate limit ({rate} requests per second) is exceeded; retry shortly"
-            )));
+            // The bucket holds a request again after 1/rate seconds.
+            let after = std::time::Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            let status = super::status::with_retry(
+                &crate::service::Error::Exhausted(format!(
+                    "this caller's rate limit ({rate} requests per second) is exceeded; retry shortly"
+                )),
+                Some(after),
+            );
             return Err((caller.name, status));
         }
         caller.user_assertion = req

@@ -23,6 +23,12 @@ pub(super) fn code(class: Class) -> Code {
 
 /// The status a caller sees for `e`; logged once, here.
 pub fn to_status(e: &Error) -> Status {
+    with_retry(e, e.retry_after())
+}
+
+/// `to_status`, with `after` as the RetryInfo when the error itself does not know when to retry
+/// (a caller's rate limit: when its bucket has a request again).
+pub(super) fn with_retry(e: &Error, after: Option<std::time::Duration>) -> Status {
     super::super::report(e);
     let mut details = ErrorDetails::new();
     details.set_error_info(
@@ -33,7 +39,7 @@ pub fn to_status(e: &Error) -> Status {
     if let Error::InvalidArgument(i) = e {
         details.add_bad_request_violation(i.field, i.reason.clone());
     }
-    if let Some(after) = e.retry_after() {
+    if let Some(after) = after {
         details.set_retry_info(Some(after));
     }
     Status::with_error_details(code(e.class()), e.to_string(), details)
