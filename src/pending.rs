@@ -193,10 +193,17 @@ pub enum InsertError {
         "this caller's pending authorization flows take too much memory (limit {0} KiB; they ask for many long scopes): finish or let some expire, or ask for fewer scopes"
     )]
     TooLarge(usize),
+    #[error(
+        "pending authorization flows take too much memory in all (limit {0} KiB); finish or let some expire"
+    )]
+    TableTooLarge(usize),
 }
 
-/// What the table may hold per flow on average (the design's bound on a pending flow's memory).
-const BYTES_PER_FLOW: usize = 2048;
+/// What the table may hold per flow on average: twice the design's bound on a pending flow's
+/// memory, so ordinary flows meet the count limit first.
+const BYTES_PER_FLOW: usize = 4096;
+/// The smallest memory budget, so a small table still takes a flow of the largest request.
+const MIN_BUDGET: usize = 256 << 10;
 
 /// A flow's footprint as the table counts it: a fixed part, and what grows with the request (its
 /// consent link, scopes, caller and user).
@@ -439,8 +446,15 @@ impl PendingFlows {
         // Memory as well as numbers: flows asking for many long scopes are far larger than
         // the table's budget per flow, so they are counted by size too.
         let size = footprint(&auth_url, &flow.scopes, &flow.owner, &flow.user);
-        let budget = self.limits.max_total.saturating_mul(BYTES_PER_FLOW);
-        if owner_bytes + size > budget / 2 || inner.bytes + size > budget {
+        let budget = self
+            .limits
+            .max_total
+            .saturating_mul(BYTES_PER_FLOW)
+            .max(MIN_BUDGET);
+        if inner.bytes + size > budget {
+            return Err(InsertError::TableTooLarge(budget >> 10));
+        }
+        if owner_bytes + size > budget / 2 {
             return Err(InsertError::TooLarge((budget / 2) >> 10));
         }
         inner.per_caller.insert(slot, caller_count + 1);
@@ -583,11 +597,15 @@ impl PendingFlows {
         })
     }
 
-    /// Whether the flow `auth_id` still waits for its consent.
-    pub fn waiting(&self, auth_id: &str) -> bool {
+    /// Whether the flow `auth_id` still waits for its consent (its callback has not come) and
+    /// `owner` asking for `handout` would join it.
+    pub fn waiting(&self, auth_id: &str, owner: &str, handout: Handout) -> bool {
         let inner = self.lock();
         inner.by_auth.get(auth_id).is_some_and(|e| {
-            e.deadline > Instant::now() && matches!(e.outcome.get(), FlowOutcome::Pending)
+            e.flow.is_some()
+                && e.deadline > Instant::now()
+                && e.owner == owner
+                && e.handout == handout
         })
     }
 
@@ -708,29 +726,44 @@ mod tests {
     }
 
     /// Flows are bounded by size as well as number: one asking for many long scopes takes its
-    /// caller's share of the table's memory budget (2 KiB a flow) sooner, and is refused with
+    /// caller's share of the table's memory budget (4 KiB a flow) sooner, and is refused with
     /// nothing added; released ones free it.
     #[tokio::test(start_paused = true)]
     async fn flows_are_bounded_by_size_too() {
-        let t = table(4, 4);
-        let long: Vec<String> = (0..8).map(|i| format!("{i}{}", "s".repeat(250))).collect();
-        let big = |user: &str| PendingFlow {
-            scopes: Scopes::parse("scopes", &long).unwrap(),
-            ..flow(user, "p")
+        // A budget of 1000 x 4 KiB, half of it per caller: three flows with 600 KiB consent
+        // links fit one caller's share, a fourth does not (though far below every count).
+        let t = table(1000, 16);
+        let link = || {
+            ConsentLink::from(format!(
+                "https://idp.example/auth?x={}",
+                "l".repeat(600 << 10)
+            ))
         };
-        t.insert("s1", "a1", "url".into(), flow("u1", "p")).unwrap();
+        for i in 0..3 {
+            t.insert(
+                &format!("s{i}"),
+                &format!("a{i}"),
+                link(),
+                flow(&format!("u{i}"), "p"),
+            )
+            .unwrap();
+        }
         assert!(matches!(
-            t.insert("s2", "a2", "url".into(), big("u2")),
+            t.insert("s3", "a3", link(), flow("u3", "p")),
             Err(InsertError::TooLarge(_))
         ));
-        assert_eq!(t.pending(), 1, "nothing was added");
-        t.insert("s3", "a3", "url".into(), flow("u3", "p")).unwrap();
+        assert_eq!(t.pending(), 3, "nothing was added");
+        // Another caller has its own share; a small flow of the first still fits.
+        let other = PendingFlow {
+            owner: "agent-b".into(),
+            ..flow("u4", "p")
+        };
+        t.insert("s4", "a4", link(), other).unwrap();
+        t.insert("s5", "a5", "url".into(), flow("u5", "p")).unwrap();
+        // Released: the share is free again.
         let p = ProviderId::parse("p").unwrap();
-        drop(t.take("s1", &p).unwrap());
-        drop(t.take("s3", &p).unwrap());
-        assert_eq!(t.pending(), 0);
-        // Released: a flow within the share fits again.
-        t.insert("s4", "a4", "url".into(), flow("u4", "p")).unwrap();
+        drop(t.take("s0", &p).unwrap());
+        t.insert("s3", "a3", link(), flow("u3", "p")).unwrap();
     }
 
     /// A taken flow whose callback ends without finishing it (the exchange cut off) fails at once:

@@ -112,6 +112,11 @@ fn parse_toml(source: &str, text: &str) -> Result<RawConfig, ConfigError> {
             Ok(_) => break,
             Err(e) => e,
         };
+        // A setting of the wrong type left out may leave a required one "missing": that is the
+        // same problem, already reported.
+        if !errors.is_empty() && e.message().starts_with("missing field") {
+            break;
+        }
         let start = e.span().map(|sp| sp.start.min(current.len()));
         // Newlines before the error, plus one: right at a line's first column too.
         let line = start.map(|s| current[..s].matches('\n').count());
@@ -470,6 +475,11 @@ mod tests {
             err.0[0].contains("(line 1, grpc_lisen)"),
             "in the file's order: {err}"
         );
+        // A required setting of the wrong type is reported once, not also as missing.
+        let text = "[[webhooks]]\nurl = 5\nsecret_file = \"x\"\n";
+        let once = load(text, &[], Overrides::default()).unwrap_err();
+        assert!(once.to_string().contains("webhooks.url"), "{once}");
+        assert!(!once.to_string().contains("missing field"), "{once}");
         for needle in [
             "(line 1, grpc_lisen)",
             "(line 3, flows.ttl_seconds)",

@@ -105,6 +105,11 @@ impl UserId {
     pub(crate) fn reserved(s: &str) -> Self {
         Self(format!("\u{1}{s}"))
     }
+
+    /// Whether this is a `reserved` id (a slot of the daemon's, not a person).
+    pub(crate) fn is_reserved(&self) -> bool {
+        self.0.starts_with('\u{1}')
+    }
 }
 principal_id!(
     AgentId,
@@ -199,6 +204,7 @@ mod tests {
     #[test]
     fn a_reserved_id_is_one_no_caller_can_name() {
         let reserved = UserId::reserved("client/abc");
+        assert!(reserved.is_reserved() && !UserId::parse("client/abc").unwrap().is_reserved());
         assert!(!UserId::is_valid(reserved.as_str()));
         // Nor through the wire's conversion.
         assert!(UserId::try_from(reserved.as_str().to_owned()).is_err());

@@ -39,6 +39,9 @@ impl CachedToken {
     }
 }
 
+/// How long a client token without an expiry is kept.
+const CLIENT_TOKEN_KEPT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// When cleanup of idle refresh locks starts.
 const LOCK_SWEEP_THRESHOLD: usize = 1024;
 
@@ -115,20 +118,25 @@ impl TokenCache {
             .cloned()
     }
 
-    /// Drops the tokens that can serve no one: expired, or past the grant's maximum age. Client
-    /// tokens take a slot per audience, resource and subject token, so without this the cache
-    /// would only grow. Found under the read lock, so handouts wait only while some are dropped.
-    /// Returns how many were dropped.
+    /// Drops the tokens that can serve no one: expired, or past the grant's maximum age, and a
+    /// client token without an expiry an hour after it was bought (it is bought again when
+    /// asked for). Client tokens take a slot per audience, resource and subject token, so
+    /// without this the cache would only grow. Found under the read lock, so handouts wait only
+    /// while some are dropped. Returns how many were dropped.
     pub(super) fn sweep(&self, now: i64) -> usize {
-        let lapsed = |t: &CachedToken| {
-            (t.expires_at != 0 && t.expires_at <= now) || (t.reauth_at != 0 && now >= t.reauth_at)
+        let lapsed = |k: &GrantKey, t: &CachedToken| {
+            (t.expires_at != 0 && t.expires_at <= now)
+                || (t.reauth_at != 0 && now >= t.reauth_at)
+                || (t.expires_at == 0
+                    && k.user.is_reserved()
+                    && t.obtained.elapsed() >= CLIENT_TOKEN_KEPT)
         };
         let gone: Vec<GrantKey> = self
             .tokens
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, t)| lapsed(t))
+            .filter(|(k, t)| lapsed(k, t))
             .map(|(k, _)| k.clone())
             .collect();
         if gone.is_empty() {
@@ -138,7 +146,7 @@ impl TokenCache {
         // A token put since the look above is fresh: only lapsed ones go.
         let mut dropped = 0;
         for k in &gone {
-            if tokens.get(k).is_some_and(|t| lapsed(t)) {
+            if tokens.get(k).is_some_and(|t| lapsed(k, t)) {
                 tokens.remove(k);
                 dropped += 1;
             }
@@ -214,8 +222,22 @@ mod tests {
         assert!(cache.current(&key("lapsed")).is_none());
         assert!(cache.current(&key("live")).is_some());
         assert_eq!(cache.sweep(now + 30), 0);
-        // The live one expires; a token without an expiry stays until its grant goes.
+        // The live one expires; a grant's token without an expiry stays until its grant goes.
         assert_eq!(cache.sweep(now + 3600 * 24), 1);
         assert!(cache.current(&key("forever")).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_token_without_an_expiry_is_kept_an_hour() {
+        let cache = TokenCache::default();
+        let slot = GrantKey {
+            user: UserId::reserved("client/abc"),
+            ..key("x")
+        };
+        cache.put(slot.clone(), token(0, 0));
+        assert_eq!(cache.sweep(1), 0);
+        tokio::time::advance(CLIENT_TOKEN_KEPT).await;
+        assert_eq!(cache.sweep(1), 1);
+        assert!(cache.current(&slot).is_none());
     }
 }

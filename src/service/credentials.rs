@@ -373,9 +373,10 @@ impl Credentials {
         );
         // A retry (not forced) while the last consent waits joins it: not another consent.
         let pending = self.flows.pending();
-        let joins = !req.force_reauth;
-        self.challenges
-            .check(&slot, |auth_id| joins && pending.waiting(auth_id))?;
+        let (joins, handout) = (!req.force_reauth, req.handout);
+        self.challenges.check(&slot, |auth_id| {
+            joins && pending.waiting(auth_id, &caller.name, handout)
+        })?;
         let outcome = self
             .for_user(caller, provider, req, scopes, min_ttl)
             .await?;

@@ -235,7 +235,8 @@ impl Flows {
                 | InsertError::TableFull(_)
                 | InsertError::CallerFull(_)
                 | InsertError::CallerTableFull(_)
-                | InsertError::TooLarge(_) => Error::Exhausted(e.to_string()),
+                | InsertError::TooLarge(_)
+                | InsertError::TableTooLarge(_) => Error::Exhausted(e.to_string()),
             })?;
         let Inserted::New(deadline) = inserted else {
             // Another call started the same flow meanwhile: that one, and its poller.

@@ -134,28 +134,35 @@ impl pb::providers_server::Providers for ProvidersApi {
         mut req: Request<pb::DeleteProviderRequest>,
     ) -> Result<Response<pb::DeleteProviderResponse>, Status> {
         let caller = caller(&mut req)?;
-        let id = &req.get_ref().provider_id;
-        let revoke = req.get_ref().revoke_at_provider;
-        let deleted = rpc(
-            self.credentials.audit(),
-            "DeleteProvider",
-            &caller,
-            for_provider(id),
-            async {
-                policy::authorize(&caller, Action::ManageProviders)?;
-                let id = ProviderId::parse(id).map_err(Error::from)?;
-                // On its own task: a caller that gives up (its deadline) does not leave the
-                // deletion half done, its grants revoked at the provider but still here.
-                let (credentials, by) = (self.credentials.clone(), caller.clone());
-                tokio::spawn(async move { credentials.delete_provider(&by, &id, revoke).await })
-                    .await
-                    .map_err(|e| Error::Internal {
-                        context: "the provider deletion's task ended",
-                        source: Some(Box::new(e)),
-                    })?
-            },
-        )
-        .await?;
+        let pb::DeleteProviderRequest {
+            provider_id: id,
+            revoke_at_provider: revoke,
+        } = req.into_inner();
+        // On its own task, audit event and request line included: a caller that gives up (its
+        // deadline) does not leave the deletion half done (its grants revoked at the provider
+        // but still here) or done without a record.
+        let credentials = self.credentials.clone();
+        let deleted = tokio::spawn(async move {
+            rpc(
+                credentials.audit(),
+                "DeleteProvider",
+                &caller,
+                for_provider(&id),
+                async {
+                    policy::authorize(&caller, Action::ManageProviders)?;
+                    let id = ProviderId::parse(&id).map_err(Error::from)?;
+                    credentials.delete_provider(&caller, &id, revoke).await
+                },
+            )
+            .await
+        })
+        .await
+        .map_err(|e| {
+            super::to_status(&Error::Internal {
+                context: "the provider deletion's task ended",
+                source: Some(Box::new(e)),
+            })
+        })??;
         Ok(Response::new(pb::DeleteProviderResponse {
             revoked_at_provider: deleted.revoked_at_provider,
             revocation_failures: deleted.revocation_failures,
