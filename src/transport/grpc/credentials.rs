@@ -341,21 +341,34 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         mut req: Request<pb::CompleteAuthorizationRequest>,
     ) -> Result<Response<pb::CompleteAuthorizationResponse>, Status> {
         let caller = caller(&mut req)?;
-        let r = req.get_ref();
-        let subject = subject("", &r.user_id, "");
-        let provider = rpc(
-            self.audit(),
-            "CompleteAuthorization",
-            &caller,
-            subject,
-            async {
-                let user = crate::domain::UserId::parse(&r.user_id)?;
-                self.credentials
-                    .complete_authorization(&caller, &r.session, &user)
-                    .await
-            },
-        )
-        .await?;
+        let r = req.into_inner();
+        // On its own task, audit event included: a caller that gives up (its deadline) while
+        // the grant is stored does not cut the store off; the session is spent, so the call
+        // could not be made again.
+        let credentials = self.credentials.clone();
+        let provider = tokio::spawn(async move {
+            let subject = subject("", &r.user_id, "");
+            rpc(
+                credentials.audit(),
+                "CompleteAuthorization",
+                &caller,
+                subject,
+                async {
+                    let user = crate::domain::UserId::parse(&r.user_id)?;
+                    credentials
+                        .complete_authorization(&caller, &r.session, &user)
+                        .await
+                },
+            )
+            .await
+        })
+        .await
+        .map_err(|e| {
+            super::to_status(&crate::service::Error::Internal {
+                context: "the consent completion's task ended",
+                source: Some(Box::new(e)),
+            })
+        })??;
         Ok(Response::new(pb::CompleteAuthorizationResponse {
             provider_id: provider.to_string(),
         }))
