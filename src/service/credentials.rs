@@ -1088,7 +1088,8 @@ impl Credentials {
                 other => other,
             })?;
         if !target_url.is_empty() {
-            policy::egress(&provider.egress_hosts, target_url)?;
+            let allow_http = self.providers.allows_insecure_urls();
+            policy::egress(&provider.egress_hosts, target_url, allow_http)?;
         }
         let Some(token) = self
             .broker

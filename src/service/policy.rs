@@ -99,17 +99,19 @@ fn egress_allowed(list: &[String], host: &str) -> bool {
 
 /// Egress: a credential goes only to a host on its provider's `egress_hosts` (when it has any),
 /// so an agent talked into it cannot ship a user's token to another server, and only over https
-/// (plain http to a loopback address only), so it does not cross a network in the clear.
-pub fn egress(allowed: &[String], target_url: &str) -> Result<(), Error> {
+/// (plain http to a loopback address, or anywhere with `allow_http`: the operator's
+/// `allow_insecure_provider_urls`), so it does not cross a network in the clear.
+pub fn egress(allowed: &[String], target_url: &str, allow_http: bool) -> Result<(), Error> {
     let url = url::Url::parse(target_url)
         .map_err(|_| Error::invalid("target_url", "is not an absolute URL"))?;
     let host = url
         .host_str()
         .ok_or_else(|| Error::invalid("target_url", "has no host"))?;
-    if url.scheme() != "https" && !(url.scheme() == "http" && crate::net::loopback_host(&url)) {
+    let http_ok = url.scheme() == "http" && (allow_http || crate::net::loopback_host(&url));
+    if url.scheme() != "https" && !http_ok {
         return Err(Error::invalid(
             "target_url",
-            "must be https (plain http only to a loopback address): a credential is not sent in the clear",
+            "must be https (plain http only to a loopback address, or with allow_insecure_provider_urls): a credential is not sent in the clear",
         ));
     }
     if allowed.is_empty() || egress_allowed(allowed, host) {
@@ -230,16 +232,22 @@ mod tests {
         assert!(!egress_allowed(&list, "files.example"));
         assert!(!egress_allowed(&list, "api.example.com.evil.test"));
         assert!(!egress_allowed(&list, "evilapi.example.com"));
-        assert!(egress(&list, "https://api.example.com/v1").is_ok());
-        assert!(egress(&list, "https://evil.test/").is_err());
+        assert!(egress(&list, "https://api.example.com/v1", false).is_ok());
+        assert!(egress(&list, "https://evil.test/", false).is_err());
         // Only over https: an allowed host over http or ftp is refused, naming the field.
         for clear in ["http://api.example.com/", "ftp://api.example.com/"] {
-            let e = egress(&list, clear).unwrap_err();
+            let e = egress(&list, clear, false).unwrap_err();
             assert!(e.to_string().contains("target_url"), "{clear}: {e}");
         }
-        assert!(egress(&[], "http://127.0.0.1:8080/").is_ok(), "loopback");
         assert!(
-            egress(&[], "https://evil.test/").is_ok(),
+            egress(&[], "http://127.0.0.1:8080/", false).is_ok(),
+            "loopback"
+        );
+        // The operator's allow_insecure_provider_urls lets http through (not ftp).
+        assert!(egress(&list, "http://api.example.com/", true).is_ok());
+        assert!(egress(&list, "ftp://api.example.com/", true).is_err());
+        assert!(
+            egress(&[], "https://evil.test/", false).is_ok(),
             "no list, no check"
         );
     }

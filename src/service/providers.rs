@@ -373,6 +373,11 @@ impl ProviderRegistry {
         })
     }
 
+    /// Whether the operator lets provider URLs (and so an agent's `target_url`) be plain http.
+    pub fn allows_insecure_urls(&self) -> bool {
+        self.allow_insecure_urls
+    }
+
     /// The client ID Metadata Document Valet serves for an MCP provider registered with one.
     pub fn client_metadata_document(&self, id: &ProviderId) -> Option<serde_json::Value> {
         let p = self.get(id).ok()?;
