@@ -8,6 +8,19 @@ pub mod http;
 use crate::pb;
 use crate::service::{Error, Reason};
 
+/// Runs `work` on its own task and waits for it: a caller that goes away (a browser closed, a
+/// gRPC deadline) does not cut off work that must finish once begun (a spent state or session,
+/// grants revoked at the provider). A task that ended without an answer is an internal error.
+pub(crate) async fn detached<T: Send + 'static>(
+    context: &'static str,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(work).await.map_err(|e| Error::Internal {
+        context,
+        source: Some(Box::new(e)),
+    })
+}
+
 /// The wire name of a reason (`ErrorReason` in the proto), e.g. `REAUTHORIZATION_REQUIRED`.
 pub fn reason_name(r: Reason) -> &'static str {
     wire_reason(r).as_str_name()

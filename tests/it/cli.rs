@@ -450,10 +450,10 @@ async fn credential_put_reads_the_value_from_standard_input() {
     );
     let out = resolve_through_a_reference(&f, "keyed");
     assert!(out.contains("X-API-Key: canary-api-key"), "{out}");
-    // One agent's own value: the confirmation names the agent.
-    let mut for_agent = cli(&f, AGENT_KEY);
-    for_agent
-        .args([
+    // `credential put` of alice's value at keyed, from an environment variable.
+    let put_env = |slot: [&str; 2], var: &str, value: &str| {
+        let mut put = cli(&f, AGENT_KEY);
+        put.args([
             "credential",
             "put",
             "--provider",
@@ -461,26 +461,19 @@ async fn credential_put_reads_the_value_from_standard_input() {
             "--user",
             "alice",
         ])
-        .args(["--agent", "planner", "--value-env", "PLANNER_KEY"])
-        .env("PLANNER_KEY", "planner-canary");
-    let out = run(for_agent);
+        .args(slot)
+        .args(["--value-env", var])
+        .env(var, value);
+        run(put)
+    };
+    // One agent's own value: the confirmation names the agent.
+    let out = put_env(["--agent", "planner"], "PLANNER_KEY", "planner-canary");
     assert!(
         out.contains("for alice (agent planner only) at keyed"),
         "{out}"
     );
     // Another of alice's accounts gets its own value.
-    let mut work = cli(&f, AGENT_KEY);
-    work.args([
-        "credential",
-        "put",
-        "--provider",
-        "keyed",
-        "--user",
-        "alice",
-    ])
-    .args(["--account", "work", "--value-env", "WORK_KEY"])
-    .env("WORK_KEY", "canary-work-key");
-    let text = run(work);
+    let text = put_env(["--account", "work"], "WORK_KEY", "canary-work-key");
     assert!(
         text.contains("alice (account work)") && !text.contains("canary-work-key"),
         "{text}"

@@ -655,17 +655,7 @@ async fn deleting_a_provider_can_revoke_every_grant_at_the_provider_first() {
                 .await,
         );
     }
-    let r = f
-        .valet
-        .providers()
-        .await
-        .delete_provider(pb::DeleteProviderRequest {
-            provider_id: "idp".into(),
-            revoke_at_provider: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = delete_idp_revoking(&f).await;
     assert_eq!(
         (
             r.grants_deleted,
@@ -731,17 +721,7 @@ async fn deleting_a_provider_revokes_at_the_provider_several_at_a_time() {
         f.authorize(AGENT_KEY, Fixture::request("idp", user, ""))
             .await;
     }
-    let r = f
-        .valet
-        .providers()
-        .await
-        .delete_provider(pb::DeleteProviderRequest {
-            provider_id: "idp".into(),
-            revoke_at_provider: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = delete_idp_revoking(&f).await;
     assert_eq!((r.grants_deleted, r.revoked_at_provider), (3, 3), "{r:?}");
     assert!(most.load(Ordering::SeqCst) >= 2, "revoked one at a time");
     assert!(f.grants_for_admin().await.is_empty());
@@ -767,6 +747,20 @@ async fn an_oidc_provider_revokes_through_the_endpoint_its_discovery_advertises(
         f.idp.introspect("basic-client", &t.access_token).await["active"],
         false
     );
+}
+
+/// Deletes the `idp` provider, revoking its grants at the provider first.
+async fn delete_idp_revoking(f: &Fixture) -> pb::DeleteProviderResponse {
+    f.valet
+        .providers()
+        .await
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: "idp".into(),
+            revoke_at_provider: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// The `idp` OIDC provider with an explicit revocation endpoint.

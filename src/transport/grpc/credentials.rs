@@ -346,29 +346,25 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         // the grant is stored does not cut the store off; the session is spent, so the call
         // could not be made again.
         let credentials = self.credentials.clone();
-        let provider = tokio::spawn(async move {
-            let subject = subject("", &r.user_id, "");
-            rpc(
-                credentials.audit(),
-                "CompleteAuthorization",
-                &caller,
-                subject,
-                async {
-                    let user = crate::domain::UserId::parse(&r.user_id)?;
-                    credentials
-                        .complete_authorization(&caller, &r.session, &user)
-                        .await
-                },
-            )
-            .await
-        })
-        .await
-        .map_err(|e| {
-            super::to_status(&crate::service::Error::Internal {
-                context: "the consent completion's task ended",
-                source: Some(Box::new(e)),
+        let provider =
+            crate::transport::detached("the consent completion's task ended", async move {
+                let subject = subject("", &r.user_id, "");
+                rpc(
+                    credentials.audit(),
+                    "CompleteAuthorization",
+                    &caller,
+                    subject,
+                    async {
+                        let user = crate::domain::UserId::parse(&r.user_id)?;
+                        credentials
+                            .complete_authorization(&caller, &r.session, &user)
+                            .await
+                    },
+                )
+                .await
             })
-        })??;
+            .await
+            .map_err(|e| super::to_status(&e))??;
         Ok(Response::new(pb::CompleteAuthorizationResponse {
             provider_id: provider.to_string(),
         }))

@@ -142,27 +142,23 @@ impl pb::providers_server::Providers for ProvidersApi {
         // deadline) does not leave the deletion half done (its grants revoked at the provider
         // but still here) or done without a record.
         let credentials = self.credentials.clone();
-        let deleted = tokio::spawn(async move {
-            rpc(
-                credentials.audit(),
-                "DeleteProvider",
-                &caller,
-                for_provider(&id),
-                async {
-                    policy::authorize(&caller, Action::ManageProviders)?;
-                    let id = ProviderId::parse(&id).map_err(Error::from)?;
-                    credentials.delete_provider(&caller, &id, revoke).await
-                },
-            )
-            .await
-        })
-        .await
-        .map_err(|e| {
-            super::to_status(&Error::Internal {
-                context: "the provider deletion's task ended",
-                source: Some(Box::new(e)),
+        let deleted =
+            crate::transport::detached("the provider deletion's task ended", async move {
+                rpc(
+                    credentials.audit(),
+                    "DeleteProvider",
+                    &caller,
+                    for_provider(&id),
+                    async {
+                        policy::authorize(&caller, Action::ManageProviders)?;
+                        let id = ProviderId::parse(&id).map_err(Error::from)?;
+                        credentials.delete_provider(&caller, &id, revoke).await
+                    },
+                )
+                .await
             })
-        })??;
+            .await
+            .map_err(|e| super::to_status(&e))??;
         Ok(Response::new(pb::DeleteProviderResponse {
             revoked_at_provider: deleted.revoked_at_provider,
             revocation_failures: deleted.revocation_failures,

@@ -76,13 +76,12 @@ pub(super) async fn callback(
     // state is already spent; the grant is stored and the agent's waiters learn the outcome).
     let credentials = s.credentials.clone();
     let exchange = async move { credentials.complete_callback(&provider_id, params).await };
-    let result = match tokio::spawn(exchange.instrument(span.clone())).await {
-        Ok(r) => r,
-        Err(e) => Err(crate::service::Error::Internal {
-            context: "the callback's task ended",
-            source: Some(Box::new(e)),
-        }),
-    };
+    let result = crate::transport::detached(
+        "the callback's task ended",
+        exchange.instrument(span.clone()),
+    )
+    .await
+    .and_then(|r| r);
     let _entered = span.enter();
     let outcome = result
         .as_ref()
