@@ -1,10 +1,11 @@
 //! Store operations that need no running daemon: open the configured store, prove it works
 //! (`check-config`), and copy every namespace from one store to another (`valet store copy`).
 
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::secret::random_token;
 use crate::store::{
-    Cas, DataDir, EmbeddedStore, KeyBatches, MemoryStore, SecretStore, VaultStore, keyspace,
+    Cas, DataDir, EmbeddedStore, KeyBatches, MemoryStore, SecretStore, StoreError, VaultStore,
+    keyspace,
 };
 use anyhow::Context as _;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub struct OpenStore {
 pub async fn open_store(config: &Config) -> anyhow::Result<OpenStore> {
     Ok(match &config.store {
         StoreKind::Embedded => OpenStore {
-            store: Arc::new(EmbeddedStore::open(&config.data_dir)?),
+            store: Arc::new(EmbeddedStore::open(&config.data_dir).map_err(operator_must_fix)?),
             vault: None,
         },
         StoreKind::Memory => OpenStore {
@@ -28,13 +29,27 @@ pub async fn open_store(config: &Config) -> anyhow::Result<OpenStore> {
             vault: None,
         },
         StoreKind::Vault(v) => {
-            let vault = Arc::new(VaultStore::connect((**v).clone()).await?);
+            let vault = Arc::new(
+                VaultStore::connect((**v).clone())
+                    .await
+                    .map_err(operator_must_fix)?,
+            );
             OpenStore {
                 store: vault.clone(),
                 vault: Some(vault),
             }
         }
     })
+}
+
+/// A store that cannot open for a reason the operator must fix (a key file others may read, a
+/// directory it may not create, a bad CA certificate) is a bad configuration: exit 78, which
+/// systemd does not restart in a loop. One that is unreachable or in use is not.
+fn operator_must_fix(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::Setup(_) => ConfigError::in_file(e),
+        e => e.into(),
+    }
 }
 
 /// For `check-config`: opens the store and proves it can write, read and delete a probe record

@@ -120,19 +120,19 @@ impl App {
             max_per_user: config.flows.max_pending_per_user,
             keep_outcome: config.flows.wait_max.max(Duration::from_secs(60)),
         }));
+        // A trail the daemon cannot open (a missing directory, no permission) is the operator's
+        // to fix: a bad configuration (exit 78).
         let audit = Arc::new(
-            Audit::open(config.audit_file.as_deref(), clock.clone(), metrics).with_context(
-                || {
-                    format!(
-                        "cannot open the audit file {}",
-                        config
-                            .audit_file
-                            .as_deref()
-                            .unwrap_or(std::path::Path::new(""))
-                            .display()
-                    )
-                },
-            )?,
+            Audit::open(config.audit_file.as_deref(), clock.clone(), metrics).map_err(|e| {
+                ConfigError::in_file(format_args!(
+                    "cannot open the audit file {}: {e}",
+                    config
+                        .audit_file
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display()
+                ))
+            })?,
         );
         load_audit_key(&audit, &store).await;
         let auth = auth.with_audit(audit.clone());
@@ -569,7 +569,8 @@ async fn set_not_serving(reporter: &HealthReporter) {
         .await;
 }
 
-/// Waits for both servers to finish their in-flight calls, at most `grace`.
+/// Waits for both servers to finish their in-flight calls, and for the work those calls began
+/// that must finish (`transport::detached`), at most `grace`.
 async fn drain(
     grace: Duration,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -583,6 +584,7 @@ async fn drain(
         if let Ok(Err(e)) = h {
             tracing::warn!("HTTP server ended with an error: {e}");
         }
+        crate::transport::settled().await;
     })
     .await;
     if drained.is_err() {

@@ -114,10 +114,14 @@ fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
         .map_err(|e| setup(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(setup(format!(
-            "the data directory {} is in use by another valet process (a running daemon, or `valet store copy`); stop it first: two processes on one embedded store overwrite each other's writes",
-            dir.display()
-        ))),
+        // Not `Setup`: the other process may be about to exit (a restart), so trying again helps.
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(
+            format!(
+                "the data directory {} is in use by another valet process (a running daemon, or `valet store copy`); stop it first: two processes on one embedded store overwrite each other's writes",
+                dir.display()
+            ),
+            None,
+        )),
         Err(fs::TryLockError::Error(e)) => {
             Err(setup(format!("cannot lock {}: {e}", path.display())))
         }

@@ -413,6 +413,36 @@ fn a_short_or_readable_admin_key_file_is_refused() {
     assert!(err.contains("is not on this machine"), "{err}");
 }
 
+/// A store key file others may read, or an audit file the daemon cannot open: the operator's to
+/// fix, so a bad configuration (78, which systemd does not restart in a loop), naming the fix.
+#[test]
+fn a_readable_store_key_or_an_audit_file_that_cannot_open_is_a_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, _) = serve_dev(dir.path(), &[]);
+    terminate(child);
+    let key = dir.path().join("valet-data/store.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (_, err, code) = serve_dev_fails(dir.path(), &["--grpc-listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("readable by group or others (mode 644)") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert_eq!(code, Some(78), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("valet.toml");
+    std::fs::write(&config, "[audit]\nfile = \"/nonexistent/audit.jsonl\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let (_, err, code) = serve_dev_fails(
+        dir.path(),
+        &["--grpc-listen", "127.0.0.1:0", "--config", config],
+    );
+    assert!(
+        err.contains("cannot open the audit file /nonexistent/audit.jsonl"),
+        "{err}"
+    );
+    assert_eq!(code, Some(78), "{err}");
+}
+
 /// TLS files the configuration names that cannot be read: a bad configuration (78) at start
 /// and in check-config, naming the file.
 #[test]
