@@ -17,17 +17,27 @@ tonic::include_proto!("valet.v1");
 /// Encoded descriptor set served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("valet_descriptor");
 
-fn redacted(s: &str) -> String {
-    if s.is_empty() {
-        "\"\"".to_owned()
-    } else {
-        format!("<redacted {} bytes>", s.len())
+/// A secret field as `Debug` shows it: `""` when empty, else its length only (unquoted, so it
+/// is not read as the value).
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            f.write_str("\"\"")
+        } else {
+            write!(f, "<redacted {} bytes>", self.0)
+        }
     }
+}
+
+fn redacted(s: &str) -> Redacted {
+    Redacted(s.len())
 }
 
 /// A URL as [`crate::net::shown`] shows it; a consent link's query holds the flow's `state`.
 fn shown_url(s: &str) -> String {
-    crate::net::shown_text(s).unwrap_or_else(|| redacted(s))
+    crate::net::shown_text(s).unwrap_or_else(|| format!("{:?}", redacted(s)))
 }
 
 impl fmt::Debug for Pending {
@@ -188,5 +198,26 @@ impl fmt::Debug for PutCredentialRequest {
             .field("value", &redacted(&self.value))
             .field("username", &self.username)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_show_as_their_length_and_empty_fields_as_empty() {
+        let shown = format!(
+            "{:?}",
+            Pending {
+                auth_id: "auth-id-canary".into(),
+                ..Pending::default()
+            }
+        );
+        assert!(!shown.contains("canary"), "{shown}");
+        assert!(
+            shown.contains("auth_id: <redacted 14 bytes>") && shown.contains("user_code: \"\","),
+            "{shown}"
+        );
     }
 }
