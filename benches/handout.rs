@@ -225,9 +225,10 @@ fn bench_grant(i: usize) -> (String, zeroize::Zeroizing<Vec<u8>>) {
 
 /// The embedded store as it grows: one store per size, each filled in bulk with grants; then, in
 /// `ROUNDS` interleaved rounds over the sizes (each figure is its median round, so a burst of
-/// noise on this shared machine does not land on one size), the first reads of random records,
-/// reads of `IN_USE` grants in use, and overwrites of random records, timed one at a time; then
-/// a daemon is started on each store (start-up time to `valet listening`, resident memory) and a
+/// noise on this shared machine does not land on one size), timed one at a time: reads of random
+/// records from the database itself (each store opened without its cache of records in use),
+/// then, each store opened as the daemon opens it, reads of `IN_USE` grants in use and
+/// overwrites of random records. Then a daemon is started on each store (start-up time to `valet listening`, resident memory) and a
 /// `ListGrants` page and a revoke are timed through it.
 async fn store_scaling(sizes: &[usize], samples: usize) {
     use std::sync::Arc;
@@ -241,11 +242,12 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
     struct Sized {
         n: usize,
         dir: Arc<tempfile::TempDir>,
-        store: Arc<EmbeddedStore>,
-        /// First reads: random grants, each read once (a slice per round), from the database
-        /// (then kept in the store's cache of records in use), which loads its page from the
-        /// file (the OS's page cache; redb keeps what it read) unless an earlier read did: in
-        /// the smallest store nearly every page is loaded after a few reads.
+        /// Database reads: random grants (a slice per round), read through a store opened
+        /// without its cache of records in use, so each walks redb's B-tree, whose pages redb
+        /// loads from the file (the OS's page cache) unless an earlier read did: in the smallest
+        /// store every page is loaded after a few reads; in the largest the upper levels are
+        /// after a few rounds, and nearly every read loads its leaf. What a read of a grant not
+        /// in use costs a daemon that has been running for a while.
         cold: Arc<Vec<String>>,
         /// The grants in use, the same number at every size (all of the smallest store), loaded
         /// once before the rounds, as a running daemon keeps reading its agents' grants (served
@@ -257,7 +259,7 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
     let mut stores = Vec::new();
     for &n in sizes {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("data")).unwrap());
+        let store = EmbeddedStore::open(&dir.path().join("data")).unwrap();
         for start in (0..n).step_by(10_000) {
             let batch = (start..(start + 10_000).min(n)).map(bench_grant).collect();
             store.put_many(batch).await.unwrap();
@@ -265,13 +267,9 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
         // Distinct grants, spread evenly over the store.
         let in_use = IN_USE.min(n);
         let hot: Vec<String> = (0..in_use).map(|i| key(i * (n / in_use))).collect();
-        for k in &hot {
-            store.get(k).await.unwrap().unwrap();
-        }
         stores.push(Sized {
             n,
             dir,
-            store,
             cold: Arc::new((0..samples).map(|_| key(rand_index(n))).collect()),
             hot: Arc::new(hot),
             runs: Default::default(),
@@ -290,13 +288,38 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
         }
     };
     let per_round = (samples / ROUNDS).max(1);
+    // A data directory is open in one store at a time (its lock): the database's own reads
+    // first, on every size, then the store as the daemon opens it.
+    let open = |s: &Sized, cached: bool| {
+        let data = s.dir.path().join("data");
+        Arc::new(if cached {
+            EmbeddedStore::open(&data).unwrap()
+        } else {
+            EmbeddedStore::open_without_record_cache(&data).unwrap()
+        })
+    };
+    let databases: Vec<_> = stores.iter().map(|s| open(s, false)).collect();
     for round in 0..ROUNDS {
-        for s in &mut stores {
-            let cold = reads(&s.store, &s.cold, round * per_round);
+        for (s, database) in stores.iter_mut().zip(&databases) {
+            let cold = reads(database, &s.cold, round * per_round);
             s.runs[0].push(measure(per_round, 1, std::process::id(), cold).await);
-            let hot = reads(&s.store, &s.hot, 0);
+        }
+    }
+    drop(databases);
+    let mut opened = Vec::new();
+    for s in &stores {
+        let store = open(s, true);
+        // The grants in use are in its cache, as in a daemon whose agents keep using them.
+        for k in s.hot.iter() {
+            store.get(k).await.unwrap().unwrap();
+        }
+        opened.push(store);
+    }
+    for _ in 0..ROUNDS {
+        for (s, store) in stores.iter_mut().zip(&opened) {
+            let hot = reads(store, &s.hot, 0);
             s.runs[1].push(measure(per_round, 1, std::process::id(), hot).await);
-            let (store, n) = (s.store.clone(), s.n);
+            let (store, n) = (store.clone(), s.n);
             let write = measure(per_round, 1, std::process::id(), move || {
                 let s = store.clone();
                 async move {
@@ -308,18 +331,18 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
             s.runs[2].push(write);
         }
     }
+    // The daemon takes the directory lock: the stores must be closed first.
+    drop(opened);
     let mut daemon = Vec::new();
     for s in stores {
-        let [first_read, read, write] = s.runs.map(median);
+        let [database_read, read, write] = s.runs.map(median);
         let mib = std::fs::metadata(s.dir.path().join("data/store.redb"))
             .map(|m| m.len() as f64 / 1_048_576.0)
             .unwrap_or(0.0);
         println!(
-            "{:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  first read p50 {:>8.1?} p99 {:>8.1?}  write p50 {:>8.1?} p99 {:>8.1?}",
-            s.n, read.p50, read.p99, first_read.p50, first_read.p99, write.p50, write.p99
+            "{:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  database read p50 {:>8.1?} p99 {:>8.1?}  write p50 {:>8.1?} p99 {:>8.1?}",
+            s.n, read.p50, read.p99, database_read.p50, database_read.p99, write.p50, write.p99
         );
-        // The daemon takes the directory lock: the store must be closed first.
-        drop(s.store);
         daemon.push((s.n, on_the_daemon(s.dir, s.n, samples).await));
     }
     println!(
