@@ -179,7 +179,7 @@ impl ClientTarget {
 pub(crate) struct TokenBroker {
     cache: TokenCache,
     grants: GrantRepo,
-    refresher: Refresher,
+    refresher: Arc<Refresher>,
     endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
     /// Where refreshes are recorded (the daemon's trail; none in service tests).
@@ -194,7 +194,11 @@ impl TokenBroker {
     ) -> Self {
         Self {
             cache: TokenCache::default(),
-            refresher: Refresher::new(grants.clone(), endpoint.clone(), clock.clone()),
+            refresher: Arc::new(Refresher::new(
+                grants.clone(),
+                endpoint.clone(),
+                clock.clone(),
+            )),
             endpoint,
             grants,
             clock,
@@ -257,7 +261,7 @@ impl TokenBroker {
         min_ttl: i64,
         waited_since: Instant,
     ) -> Result<Option<AccessToken>, Error> {
-        let _guard = self.cache.lock(key).await;
+        let guard = self.cache.lock(key).await;
         let now = self.clock.now_unix();
         if let Some(t) = self
             .cache
@@ -290,7 +294,7 @@ impl TokenBroker {
             return Ok(None);
         };
         let started = std::time::Instant::now();
-        let refreshed = self.refresher.refresh(client, grant, version).await;
+        let (refreshed, _guard) = self.refresher.refresh(guard, client, grant, version).await;
         if let Some(audit) = &self.audit {
             audit
                 .metrics()
@@ -397,7 +401,7 @@ impl TokenBroker {
         key: &GrantKey,
         stale_before: i64,
     ) -> Result<bool, Error> {
-        let _guard = self.cache.lock(key).await;
+        let guard = self.cache.lock(key).await;
         let Some((grant, version)) = self.grants.get(key).await? else {
             return Ok(false);
         };
@@ -409,7 +413,7 @@ impl TokenBroker {
             return Ok(false);
         };
         let scopes = grant.scopes.clone();
-        let refreshed = self.refresher.refresh(client, grant, version).await;
+        let (refreshed, _guard) = self.refresher.refresh(guard, client, grant, version).await;
         // `Shared`: another replica refreshed it meanwhile; counted as done all the same.
         let now = self.clock.now_unix();
         self.settle(key, refreshed, &scopes, now, provider.max_grant_age_seconds)

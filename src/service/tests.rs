@@ -225,6 +225,31 @@ async fn a_rotated_refresh_token_is_stored_through_transient_store_failures() {
     assert_eq!(w.endpoint.refreshes(), 1);
 }
 
+/// A caller that goes away (its deadline) while its refresh's rotated refresh token waits for
+/// the store to take it: the refresh finishes on its own task and stores it. Cut off there, the
+/// rotated token would be gone and the stored one spent at the provider: a dead grant.
+#[tokio::test(start_paused = true)]
+async fn a_caller_gone_mid_refresh_does_not_lose_the_rotated_refresh_token() {
+    let w = World::new().await;
+    w.store.fail_writes_of("rt-1", 3);
+    let broker = w.broker();
+    let p = provider();
+    let gone = tokio::time::timeout(
+        Duration::from_millis(50),
+        broker.usable_token(&p, &key("alice"), &Scopes::default(), 60),
+    )
+    .await;
+    assert!(gone.is_err(), "the caller left before the store took it");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(w.stored_refresh_token().await.as_deref(), Some("rt-1"));
+    let t = broker
+        .usable_token(&p, &key("alice"), &Scopes::default(), 60)
+        .await
+        .unwrap();
+    assert!(t.is_some(), "the next call is served");
+    assert_eq!(w.endpoint.reused(), 0, "the spent token is never presented");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lost_rotation_hands_out_nothing_and_never_reuses_the_spent_token() {
     let w = World::new().await;

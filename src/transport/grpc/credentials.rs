@@ -122,31 +122,40 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::ImportGrantResponse>, Status> {
         let caller = caller(&mut req)?;
         let r = req.into_inner();
-        let grant = rpc(
-            self.audit(),
-            "ImportGrant",
-            &caller,
-            subject(&r.provider_id, &r.user_id, &r.agent_id),
-            async {
-                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
-                if r.refresh_token.is_empty() || r.refresh_token.len() > 16384 {
-                    return Err(crate::service::Error::invalid(
-                        "refresh_token",
-                        "is required (at most 16384 characters)",
-                    ));
-                }
-                let scopes = crate::domain::Scopes::parse("scopes", &r.scopes)?;
-                self.credentials
-                    .import_grant(
-                        &caller,
-                        key,
-                        SecretString::from(r.refresh_token.clone()),
-                        scopes,
-                    )
-                    .await
-            },
-        )
-        .await?;
+        // On its own task, audit event included: the import refreshes the token once, and a
+        // provider that rotates spends it then; a caller that gave up before the new one was
+        // stored could not import again.
+        let credentials = self.credentials.clone();
+        let grant = crate::transport::detached("the grant import's task ended", async move {
+            rpc(
+                credentials.audit(),
+                "ImportGrant",
+                &caller,
+                subject(&r.provider_id, &r.user_id, &r.agent_id),
+                async {
+                    let key =
+                        convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
+                    if r.refresh_token.is_empty() || r.refresh_token.len() > 16384 {
+                        return Err(crate::service::Error::invalid(
+                            "refresh_token",
+                            "is required (at most 16384 characters)",
+                        ));
+                    }
+                    let scopes = crate::domain::Scopes::parse("scopes", &r.scopes)?;
+                    credentials
+                        .import_grant(
+                            &caller,
+                            key,
+                            SecretString::from(r.refresh_token.clone()),
+                            scopes,
+                        )
+                        .await
+                },
+            )
+            .await
+        })
+        .await
+        .map_err(|e| super::to_status(&e))??;
         Ok(Response::new(pb::ImportGrantResponse {
             grant: Some(convert::grant(grant)),
         }))
