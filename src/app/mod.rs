@@ -570,7 +570,7 @@ async fn set_not_serving(reporter: &HealthReporter) {
 }
 
 /// Waits for both servers to finish their in-flight calls, and for the work those calls began
-/// that must finish (`transport::detached`), at most `grace`.
+/// that must finish (`service::tasks`), at most `grace`.
 async fn drain(
     grace: Duration,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -584,7 +584,7 @@ async fn drain(
         if let Ok(Err(e)) = h {
             tracing::warn!("HTTP server ended with an error: {e}");
         }
-        crate::transport::settled().await;
+        crate::service::tasks::settled().await;
     })
     .await;
     if drained.is_err() {

@@ -8,13 +8,14 @@ use super::kind::{self, ClientGrant};
 use super::refresher::{Refreshed, Refresher};
 use crate::clock::Clock;
 use crate::domain::{
-    AgentId, Grant, GrantKey, GrantStatus, ProviderConfig, ProviderId, Scopes, UserId,
+    AgentId, Grant, GrantKey, GrantStatus, OAuthClient, ProviderConfig, ProviderId, Scopes, UserId,
 };
 use crate::oauth::{OAuthError, TokenEndpoint, TokenGrant, TokenSet};
 use crate::secret::SecretString;
 use crate::store::{Cas, GrantRepo, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 /// Most grants a listing returns.
@@ -175,43 +176,45 @@ impl ClientTarget {
     }
 }
 
+/// Cloned cheaply (its parts are shared), so a refresh can run on a task of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenBroker(Arc<Parts>);
+
 #[derive(Debug)]
-pub(crate) struct TokenBroker {
+pub(crate) struct Parts {
     cache: TokenCache,
     grants: GrantRepo,
-    refresher: Arc<Refresher>,
+    refresher: Refresher,
     endpoint: Arc<dyn TokenEndpoint>,
     clock: Arc<dyn Clock>,
     /// Where refreshes are recorded (the daemon's trail; none in service tests).
     audit: Option<Arc<crate::audit::Audit>>,
 }
 
+impl std::ops::Deref for TokenBroker {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
 impl TokenBroker {
+    /// Records every refresh in `audit` when there is one.
     pub(crate) fn new(
         grants: GrantRepo,
         endpoint: Arc<dyn TokenEndpoint>,
         clock: Arc<dyn Clock>,
+        audit: Option<Arc<crate::audit::Audit>>,
     ) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             cache: TokenCache::default(),
-            refresher: Arc::new(Refresher::new(
-                grants.clone(),
-                endpoint.clone(),
-                clock.clone(),
-            )),
+            refresher: Refresher::new(grants.clone(), endpoint.clone(), clock.clone()),
             endpoint,
             grants,
             clock,
-            audit: None,
-        }
-    }
-
-    /// Records every refresh in `audit`.
-    pub(crate) fn with_audit(self, audit: Arc<crate::audit::Audit>) -> Self {
-        Self {
-            audit: Some(audit),
-            ..self
-        }
+            audit,
+        }))
     }
 
     /// A change to a grant the daemon made itself (a refresh, an account replaced), in the
@@ -293,14 +296,39 @@ impl TokenBroker {
         let Some(client) = provider.kind.oauth_client() else {
             return Ok(None);
         };
-        let started = std::time::Instant::now();
-        let (refreshed, _guard) = self.refresher.refresh(guard, client, grant, version).await;
-        if let Some(audit) = &self.audit {
-            audit
-                .metrics()
-                .refresh_took(key.provider.as_str(), started.elapsed());
-        }
-        self.settle(key, refreshed, scopes, now, max_age)
+        self.refresh_settled(guard, client, grant, version, scopes, max_age)
+            .await
+    }
+
+    /// Refreshes `grant` (read at `version`) and records what it came to (`settle`) on a task of
+    /// its own that holds the grant's lock (`guard`) to the end: a caller that goes away (its
+    /// deadline, a cancelled call) cuts off neither the store's write of a rotated refresh token
+    /// nor the audit event and cache update after it, no other call of this process presents the
+    /// same refresh token meanwhile, and shutdown waits for it (`tasks`).
+    async fn refresh_settled(
+        &self,
+        guard: OwnedMutexGuard<()>,
+        client: &OAuthClient,
+        grant: Grant,
+        version: u64,
+        scopes: &Scopes,
+        max_age: u32,
+    ) -> Result<Option<AccessToken>, Error> {
+        let (this, client, scopes) = (self.clone(), client.clone(), scopes.clone());
+        super::tasks::detached("the refresh's task ended", async move {
+            let _guard = guard;
+            let key = grant.key.clone();
+            let started = std::time::Instant::now();
+            let refreshed = this.refresher.refresh(&client, grant, version).await;
+            if let Some(audit) = &this.audit {
+                audit
+                    .metrics()
+                    .refresh_took(key.provider.as_str(), started.elapsed());
+            }
+            let now = this.clock.now_unix();
+            this.settle(&key, refreshed, &scopes, now, max_age)
+        })
+        .await?
     }
 
     /// What a refresh came to, recorded (audit, cache): the token it yields, if any.
@@ -413,10 +441,10 @@ impl TokenBroker {
             return Ok(false);
         };
         let scopes = grant.scopes.clone();
-        let (refreshed, _guard) = self.refresher.refresh(guard, client, grant, version).await;
         // `Shared`: another replica refreshed it meanwhile; counted as done all the same.
-        let now = self.clock.now_unix();
-        self.settle(key, refreshed, &scopes, now, provider.max_grant_age_seconds)
+        let max_age = provider.max_grant_age_seconds;
+        self.refresh_settled(guard, client, grant, version, &scopes, max_age)
+            .await
             .map(|t| t.is_some())
     }
 

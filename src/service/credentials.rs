@@ -171,14 +171,12 @@ impl Credentials {
             .replica_url
             .map(|url| super::replicas::Replica::new(url, MetaRepo::new(p.store.clone())));
         Self {
-            broker: Arc::new(
-                TokenBroker::new(
-                    GrantRepo::new(p.store.clone()),
-                    p.endpoint.clone(),
-                    p.clock.clone(),
-                )
-                .with_audit(p.audit.clone()),
-            ),
+            broker: Arc::new(TokenBroker::new(
+                GrantRepo::new(p.store.clone()),
+                p.endpoint.clone(),
+                p.clock.clone(),
+                Some(p.audit.clone()),
+            )),
             flows: Flows::new(
                 p.pending,
                 p.endpoint.clone(),

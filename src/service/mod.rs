@@ -20,6 +20,7 @@ mod providers;
 mod references;
 mod refresher;
 mod replicas;
+pub(crate) mod tasks;
 
 pub use ahead::AheadSettings;
 pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};

@@ -13,7 +13,6 @@ use crate::store::{Cas, GrantRepo, StoreError};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::OwnedMutexGuard;
 
 /// How long a refresh claim holds: longer than a provider call may take.
 const CLAIM_SECONDS: i64 = 30;
@@ -163,37 +162,11 @@ impl Refresher {
         }
     }
 
-    /// Refreshes `grant` (read at `version`) on a task of its own, which holds the grant's
-    /// in-process lock (`guard`) until the refresh ends and then hands it back. A caller that goes
-    /// away mid-refresh (its deadline, a cancelled call) neither cuts the refresh off between the
-    /// provider's answer and the store's write, where a rotated refresh token would be lost, nor
-    /// lets another call of this process present the same refresh token meanwhile. The lock
-    /// comes back unless the task panicked.
+    /// Refreshes `grant` (read at `version`); the caller holds the grant's in-process lock, on a
+    /// task of its own (`TokenBroker`), so that a caller going away does not cut the refresh off
+    /// between the provider's answer and the store's write, where a rotated refresh token would
+    /// be lost.
     pub(crate) async fn refresh(
-        self: &Arc<Self>,
-        guard: OwnedMutexGuard<()>,
-        client: &OAuthClient,
-        grant: Grant,
-        version: u64,
-    ) -> (Result<Refreshed, Error>, Option<OwnedMutexGuard<()>>) {
-        let (this, client) = (self.clone(), client.clone());
-        let task = tokio::spawn(async move {
-            let refreshed = this.refresh_here(&client, grant, version).await;
-            (refreshed, guard)
-        });
-        match task.await {
-            Ok((refreshed, guard)) => (refreshed, Some(guard)),
-            Err(e) => (
-                Err(Error::Internal {
-                    context: "the refresh's task ended",
-                    source: Some(Box::new(e)),
-                }),
-                None,
-            ),
-        }
-    }
-
-    async fn refresh_here(
         &self,
         client: &OAuthClient,
         grant: Grant,

@@ -173,11 +173,28 @@ impl World {
 
     /// One daemon instance (replica) over the shared store and provider.
     fn broker(&self) -> TokenBroker {
+        self.broker_auditing(None)
+    }
+
+    fn broker_auditing(&self, audit: Option<Arc<crate::audit::Audit>>) -> TokenBroker {
         TokenBroker::new(
             GrantRepo::new(self.store.clone()),
             self.endpoint.clone(),
             self.clock.clone(),
+            audit,
         )
+    }
+
+    /// A replica recording its refreshes in an audit trail, and the grant changes it announces.
+    fn audited_broker(
+        &self,
+    ) -> (
+        TokenBroker,
+        tokio::sync::broadcast::Receiver<crate::audit::GrantChange>,
+    ) {
+        let audit = crate::audit::Audit::open(None, self.clock.clone(), Arc::default()).unwrap();
+        let changes = audit.watch_grants();
+        (self.broker_auditing(Some(Arc::new(audit))), changes)
     }
 
     async fn stored_refresh_token(&self) -> Option<String> {
@@ -248,6 +265,28 @@ async fn a_caller_gone_mid_refresh_does_not_lose_the_rotated_refresh_token() {
         .unwrap();
     assert!(t.is_some(), "the next call is served");
     assert_eq!(w.endpoint.reused(), 0, "the spent token is never presented");
+}
+
+/// A caller that goes away while the provider refuses its refresh (`invalid_grant`): what the
+/// refresh came to is still recorded, so watchers and webhooks learn the grant needs the user.
+#[tokio::test(start_paused = true)]
+async fn a_caller_gone_mid_refresh_still_announces_what_it_came_to() {
+    let w = World::new().await;
+    let (broker, mut changes) = w.audited_broker();
+    w.endpoint.fail_next(crate::oauth::OAuthError::InvalidGrant);
+    let gone = tokio::time::timeout(
+        Duration::from_millis(10),
+        broker.usable_token(&provider(), &key("alice"), &Scopes::default(), 60),
+    )
+    .await;
+    assert!(
+        gone.is_err(),
+        "the caller left before the provider answered"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let change = changes.try_recv().expect("announced");
+    assert_eq!(change.kind, crate::audit::GrantChangeKind::NeedsReauth);
+    assert_eq!(change.user, "alice");
 }
 
 #[tokio::test(start_paused = true)]
@@ -694,9 +733,7 @@ async fn a_failing_background_refresh_backs_off_and_keeps_the_grant() {
 #[tokio::test(start_paused = true)]
 async fn a_grant_past_its_maximum_age_needs_consent_and_its_lapse_is_announced() {
     let w = World::new().await;
-    let audit = Arc::new(crate::audit::Audit::open(None, w.clock.clone(), Arc::default()).unwrap());
-    let mut changes = audit.watch_grants();
-    let broker = w.broker().with_audit(audit);
+    let (broker, mut changes) = w.audited_broker();
     let week: u32 = 7 * 86_400;
     let p = ProviderConfig {
         max_grant_age_seconds: week,

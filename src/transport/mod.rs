@@ -8,31 +8,6 @@ pub mod http;
 use crate::pb;
 use crate::service::{Error, Reason};
 
-/// The tasks `detached` runs, which the daemon waits for at shutdown.
-static DETACHED: std::sync::LazyLock<tokio_util::task::TaskTracker> =
-    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
-
-/// Runs `work` on its own task and waits for it: a caller that goes away (a browser closed, a
-/// gRPC deadline) does not cut off work that must finish once begun (a spent state or session,
-/// grants revoked at the provider), nor does a shutdown within its grace period (`settled`). A
-/// task that ended without an answer is an internal error.
-pub(crate) async fn detached<T: Send + 'static>(
-    context: &'static str,
-    work: impl std::future::Future<Output = T> + Send + 'static,
-) -> Result<T, Error> {
-    DETACHED.spawn(work).await.map_err(|e| Error::Internal {
-        context,
-        source: Some(Box::new(e)),
-    })
-}
-
-/// Resolves once no `detached` work is running: at shutdown, after the servers stopped taking
-/// calls, so a code exchange whose browser already left still stores its grant.
-pub(crate) async fn settled() {
-    DETACHED.close();
-    DETACHED.wait().await;
-}
-
 /// The wire name of a reason (`ErrorReason` in the proto), e.g. `REAUTHORIZATION_REQUIRED`.
 pub fn reason_name(r: Reason) -> &'static str {
     wire_reason(r).as_str_name()

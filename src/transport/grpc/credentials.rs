@@ -1,7 +1,7 @@
 //! `valet.v1.Credentials`: what agents call. Each RPC maps the wire request to domain input,
 //! calls the credentials use case inside its span, and maps the answer back.
 
-use super::{caller, convert, rpc};
+use super::{Named, caller, convert, rpc, rpc_detached};
 use crate::audit::Subject;
 use crate::pb;
 use crate::secret::SecretString;
@@ -122,40 +122,28 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::ImportGrantResponse>, Status> {
         let caller = caller(&mut req)?;
         let r = req.into_inner();
-        // On its own task, audit event included: the import refreshes the token once, and a
-        // provider that rotates spends it then; a caller that gave up before the new one was
-        // stored could not import again.
-        let credentials = self.credentials.clone();
-        let grant = crate::transport::detached("the grant import's task ended", async move {
-            rpc(
-                credentials.audit(),
-                "ImportGrant",
-                &caller,
-                subject(&r.provider_id, &r.user_id, &r.agent_id),
-                async {
-                    let key =
-                        convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
-                    if r.refresh_token.is_empty() || r.refresh_token.len() > 16384 {
-                        return Err(crate::service::Error::invalid(
-                            "refresh_token",
-                            "is required (at most 16384 characters)",
-                        ));
-                    }
-                    let scopes = crate::domain::Scopes::parse("scopes", &r.scopes)?;
-                    credentials
-                        .import_grant(
-                            &caller,
-                            key,
-                            SecretString::from(r.refresh_token.clone()),
-                            scopes,
-                        )
-                        .await
-                },
-            )
-            .await
-        })
-        .await
-        .map_err(|e| super::to_status(&e))??;
+        // The import refreshes the token once, and a provider that rotates spends it then: a
+        // caller that gave up before the new one was stored could not import again.
+        let named = Named::of(&r.provider_id, &r.user_id, &r.agent_id);
+        let grant = rpc_detached(
+            &self.credentials,
+            "ImportGrant",
+            caller,
+            named,
+            |credentials, caller| async move {
+                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
+                if r.refresh_token.is_empty() || r.refresh_token.len() > 16384 {
+                    return Err(crate::service::Error::invalid(
+                        "refresh_token",
+                        "is required (at most 16384 characters)",
+                    ));
+                }
+                let scopes = crate::domain::Scopes::parse("scopes", &r.scopes)?;
+                let token = SecretString::from(r.refresh_token);
+                credentials.import_grant(&caller, key, token, scopes).await
+            },
+        )
+        .await?;
         Ok(Response::new(pb::ImportGrantResponse {
             grant: Some(convert::grant(grant)),
         }))
@@ -278,17 +266,20 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         mut req: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         let caller = caller(&mut req)?;
-        let r = req.get_ref();
-        let (revoked, at_provider) = rpc(
-            self.audit(),
+        let r = req.into_inner();
+        // Not half done (revoked at the provider but still handed out here, or its references
+        // left live) when the caller gives up.
+        let named = Named::of(&r.provider_id, &r.user_id, &r.agent_id);
+        let (revoked, at_provider) = rpc_detached(
+            &self.credentials,
             "Revoke",
-            &caller,
-            subject(&r.provider_id, &r.user_id, &r.agent_id),
-            async {
+            caller,
+            named,
+            |credentials, caller| async move {
                 if r.reference.is_empty() {
                     let key =
                         convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
-                    self.credentials.revoke(&caller, &key).await
+                    credentials.revoke(&caller, &key).await
                 } else {
                     // One thing at a time: a grant named beside a reference is not ignored.
                     for (field, given) in [
@@ -304,10 +295,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
                             ));
                         }
                     }
-                    let revoked = self
-                        .credentials
-                        .revoke_reference(&caller, &r.reference)
-                        .await?;
+                    let revoked = credentials.revoke_reference(&caller, &r.reference).await?;
                     Ok((revoked, ProviderRevocation::NothingToRevoke))
                 }
             },
@@ -351,29 +339,22 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::CompleteAuthorizationResponse>, Status> {
         let caller = caller(&mut req)?;
         let r = req.into_inner();
-        // On its own task, audit event included: a caller that gives up (its deadline) while
-        // the grant is stored does not cut the store off; the session is spent, so the call
-        // could not be made again.
-        let credentials = self.credentials.clone();
-        let provider =
-            crate::transport::detached("the consent completion's task ended", async move {
-                let subject = subject("", &r.user_id, "");
-                rpc(
-                    credentials.audit(),
-                    "CompleteAuthorization",
-                    &caller,
-                    subject,
-                    async {
-                        let user = crate::domain::UserId::parse(&r.user_id)?;
-                        credentials
-                            .complete_authorization(&caller, &r.session, &user)
-                            .await
-                    },
-                )
-                .await
-            })
-            .await
-            .map_err(|e| super::to_status(&e))??;
+        // The session is spent once taken: a caller that gave up while the grant was stored
+        // could not make the call again.
+        let named = Named::of("", &r.user_id, "");
+        let provider = rpc_detached(
+            &self.credentials,
+            "CompleteAuthorization",
+            caller,
+            named,
+            |credentials, caller| async move {
+                let user = crate::domain::UserId::parse(&r.user_id)?;
+                credentials
+                    .complete_authorization(&caller, &r.session, &user)
+                    .await
+            },
+        )
+        .await?;
         Ok(Response::new(pb::CompleteAuthorizationResponse {
             provider_id: provider.to_string(),
         }))
@@ -385,15 +366,17 @@ impl pb::credentials_server::Credentials for CredentialsApi {
     ) -> Result<Response<pb::PutCredentialResponse>, Status> {
         let caller = caller(&mut req)?;
         let r = req.into_inner();
-        rpc(
-            self.audit(),
+        // Stored with its cached predecessor dropped and its audit event, or not at all.
+        let named = Named::of(&r.provider_id, &r.user_id, &r.agent_id);
+        rpc_detached(
+            &self.credentials,
             "PutCredential",
-            &caller,
-            subject(&r.provider_id, &r.user_id, &r.agent_id),
-            async {
+            caller,
+            named,
+            |credentials, caller| async move {
                 let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
                 let value = SecretString::from(r.value);
-                self.credentials
+                credentials
                     .put_credential(&caller, &key, &r.username, &value)
                     .await
             },

@@ -13,8 +13,9 @@ pub use providers::ProvidersApi;
 pub use status::to_status;
 
 use crate::domain::{Caller, ProviderId};
-use crate::service::Error;
+use crate::service::{Credentials, Error};
 use std::future::Future;
+use std::sync::Arc;
 use tonic::{Request, Status};
 use tracing::Instrument as _;
 
@@ -159,4 +160,52 @@ async fn rpc<T: Labelled>(
     }
     .instrument(span)
     .await
+}
+
+/// The provider, user and agent a request named, kept for its audit event and request line
+/// while the call runs on a task of its own (`rpc_detached`).
+#[derive(Debug, Default)]
+struct Named {
+    provider: String,
+    user: String,
+    agent: String,
+}
+
+impl Named {
+    fn of(provider: &str, user: &str, agent: &str) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            user: user.to_owned(),
+            agent: agent.to_owned(),
+        }
+    }
+}
+
+/// `rpc` on a task of its own, audit event and request line included, for the calls that change
+/// what is stored or spend something at a provider: a caller that gives up (its deadline) leaves
+/// the change neither half made nor made without a record, and shutdown waits for it
+/// (`service::tasks`). `call` gets the use case and the caller.
+async fn rpc_detached<T, F>(
+    credentials: &Arc<Credentials>,
+    method: &'static str,
+    caller: Caller,
+    named: Named,
+    call: impl FnOnce(Arc<Credentials>, Caller) -> F,
+) -> Result<T, Status>
+where
+    T: Labelled + Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let work = call(credentials.clone(), caller.clone());
+    let credentials = credentials.clone();
+    crate::service::tasks::detached("the call's task ended", async move {
+        let subject = crate::audit::Subject {
+            provider: &named.provider,
+            user: &named.user,
+            agent: &named.agent,
+        };
+        rpc(credentials.audit(), method, &caller, subject, work).await
+    })
+    .await
+    .map_err(|e| to_status(&e))?
 }

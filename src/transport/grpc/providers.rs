@@ -1,6 +1,6 @@
 //! `valet.v1.Providers`: operator RPCs (the policy admits admin keys only).
 
-use super::{caller, convert, rpc};
+use super::{Named, caller, convert, rpc, rpc_detached};
 use crate::domain::ProviderId;
 use crate::pb;
 use crate::service::policy::{self, Action};
@@ -46,18 +46,17 @@ impl pb::providers_server::Providers for ProvidersApi {
     ) -> Result<Response<pb::Provider>, Status> {
         let caller = caller(&mut req)?;
         let r = req.into_inner();
-        let id = provider_id(&r.provider).to_owned();
-        let p = rpc(
-            self.credentials.audit(),
+        let named = Named::of(provider_id(&r.provider), "", "");
+        let p = rpc_detached(
+            &self.credentials,
             "CreateProvider",
-            &caller,
-            for_provider(&id),
-            async {
+            caller,
+            named,
+            |credentials, caller| async move {
                 // Refused callers learn nothing about their input.
                 policy::authorize(&caller, Action::ManageProviders)?;
-                self.registry
-                    .create(&caller, convert::draft(r.provider)?)
-                    .await
+                let draft = convert::draft(r.provider)?;
+                credentials.providers().create(&caller, draft).await
             },
         )
         .await?;
@@ -107,20 +106,18 @@ impl pb::providers_server::Providers for ProvidersApi {
     ) -> Result<Response<pb::Provider>, Status> {
         let caller = caller(&mut req)?;
         let r = req.into_inner();
-        let id = provider_id(&r.provider).to_owned();
-        let p = rpc(
-            self.credentials.audit(),
+        let named = Named::of(provider_id(&r.provider), "", "");
+        let p = rpc_detached(
+            &self.credentials,
             "UpdateProvider",
-            &caller,
-            for_provider(&id),
-            async {
+            caller,
+            named,
+            |credentials, caller| async move {
                 policy::authorize(&caller, Action::ManageProviders)?;
-                let (p, rebound) = self
-                    .registry
-                    .update(&caller, convert::draft(r.provider)?)
-                    .await?;
+                let draft = convert::draft(r.provider)?;
+                let (p, rebound) = credentials.providers().update(&caller, draft).await?;
                 if rebound {
-                    self.credentials.forget_grants(&p.id).await?;
+                    credentials.forget_grants(&p.id).await?;
                 }
                 Ok(p)
             },
@@ -138,27 +135,21 @@ impl pb::providers_server::Providers for ProvidersApi {
             provider_id: id,
             revoke_at_provider: revoke,
         } = req.into_inner();
-        // On its own task, audit event and request line included: a caller that gives up (its
-        // deadline) does not leave the deletion half done (its grants revoked at the provider
-        // but still here) or done without a record.
-        let credentials = self.credentials.clone();
-        let deleted =
-            crate::transport::detached("the provider deletion's task ended", async move {
-                rpc(
-                    credentials.audit(),
-                    "DeleteProvider",
-                    &caller,
-                    for_provider(&id),
-                    async {
-                        policy::authorize(&caller, Action::ManageProviders)?;
-                        let id = ProviderId::parse(&id).map_err(Error::from)?;
-                        credentials.delete_provider(&caller, &id, revoke).await
-                    },
-                )
-                .await
-            })
-            .await
-            .map_err(|e| super::to_status(&e))??;
+        // Not half done (its grants revoked at the provider but still here) when the caller
+        // gives up.
+        let named = Named::of(&id, "", "");
+        let deleted = rpc_detached(
+            &self.credentials,
+            "DeleteProvider",
+            caller,
+            named,
+            |credentials, caller| async move {
+                policy::authorize(&caller, Action::ManageProviders)?;
+                let id = ProviderId::parse(&id).map_err(Error::from)?;
+                credentials.delete_provider(&caller, &id, revoke).await
+            },
+        )
+        .await?;
         Ok(Response::new(pb::DeleteProviderResponse {
             revoked_at_provider: deleted.revoked_at_provider,
             revocation_failures: deleted.revocation_failures,

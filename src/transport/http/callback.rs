@@ -76,7 +76,7 @@ pub(super) async fn callback(
     // state is already spent; the grant is stored and the agent's waiters learn the outcome).
     let credentials = s.credentials.clone();
     let exchange = async move { credentials.complete_callback(&provider_id, params).await };
-    let result = crate::transport::detached(
+    let result = crate::service::tasks::detached(
         "the callback's task ended",
         exchange.instrument(span.clone()),
     )
