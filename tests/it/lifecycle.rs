@@ -5,6 +5,7 @@ use crate::support::daemon::AGENT_KEY;
 use crate::support::{Fixture, expect_err, pending, token};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
+use std::time::Duration;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -647,6 +648,64 @@ async fn revoking_a_grant_revokes_its_tokens_at_the_provider_rfc_7009() {
         again.provider_revocation,
         pb::ProviderRevocation::NothingToRevoke as i32,
         "{again:?}"
+    );
+}
+
+/// A caller whose deadline passes while the provider revokes: the revoke finishes without it.
+/// Cut off there, the tokens would be dead at the provider and the grant still here, its token
+/// handed out. The revocation endpoint is a loopback double of RFC 7009's (section 2.2: 200 for
+/// any well-formed request) that answers after a second.
+#[tokio::test]
+async fn a_revoke_whose_caller_gave_up_still_finishes() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/revoke", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = 0;
+                while seen == 0 || !buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf[seen..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen += n,
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let f = Fixture::new().await;
+    oidc_with_revocation(&f, url).await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let mut req = tonic::Request::new(pb::RevokeRequest {
+        provider_id: "idp".into(),
+        user_id: "alice".into(),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let gave_up = f.valet.credentials(AGENT_KEY).await.revoke(req).await;
+    assert_eq!(
+        gave_up.unwrap_err().code(),
+        Code::Cancelled,
+        "the caller's deadline passed first"
+    );
+    let mut left = f.grants("alice").await;
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = f.grants("alice").await;
+    }
+    assert!(left.is_empty(), "revoked all the same: {left:?}");
+    pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
     );
 }
 
