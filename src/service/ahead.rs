@@ -98,11 +98,17 @@ pub(super) async fn run(
     let mut rounds = Rounds::default();
     loop {
         let jitter = rand_fraction() * s.tick.as_secs_f64() / 10.0;
+        // A round is dropped at shutdown too: no refresh starts after it, and the ones under
+        // way finish on their own tasks, which shutdown waits for.
+        let next = async {
+            tokio::time::sleep(s.tick + Duration::from_secs_f64(jitter)).await;
+            round(&broker, &*providers, &clock, s, &mut rounds).await;
+        };
         tokio::select! {
+            biased;
             _ = &mut stop => return,
-            () = tokio::time::sleep(s.tick + Duration::from_secs_f64(jitter)) => {}
+            () = next => {}
         }
-        round(&broker, &*providers, &clock, s, &mut rounds).await;
     }
 }
 

@@ -29,12 +29,18 @@ pub(crate) struct DevicePoll {
 }
 
 impl DevicePoll {
+    /// Polls on a task of its own until the user acts (minutes: shutdown does not wait for
+    /// that), then stores the grant as work shutdown waits for (`tasks`): the device code is
+    /// spent once the provider answered with tokens.
     pub(crate) fn spawn(self) {
-        tokio::spawn(self.run());
+        tokio::spawn(async move {
+            let result = self.wait().await;
+            let _ =
+                super::tasks::detached("the device flow's task ended", self.finish(result)).await;
+        });
     }
 
-    async fn run(self) {
-        let result = self.wait().await;
+    async fn finish(self, result: Result<TokenSet, FlowFailure>) {
         // Expired, swept or taken already: the table has failed it closed.
         let Ok(taken) = self
             .pending

@@ -6,15 +6,17 @@
 use super::Error;
 use std::sync::LazyLock;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 static MUST_FINISH: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
 
-/// Runs `work` on its own task and waits for it. A task that ended without an answer (it
-/// panicked) is an internal error.
+/// Runs `work` on its own task, in the current span (a request's trace goes on), and waits for
+/// it. A task that ended without an answer (it panicked) is an internal error.
 pub(crate) async fn detached<T: Send + 'static>(
     context: &'static str,
     work: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, Error> {
+    let work = work.in_current_span();
     MUST_FINISH.spawn(work).await.map_err(|e| Error::Internal {
         context,
         source: Some(Box::new(e)),

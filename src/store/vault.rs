@@ -165,6 +165,19 @@ struct ListKeys {
     keys: Vec<String>,
 }
 
+/// A login file that is not there may be written later (an agent sidecar's AppRole secret, a
+/// projected service-account token): unavailable, so the login is retried (and a start is not
+/// refused as a bad configuration) instead of failing for good.
+fn not_yet_written(path: &std::path::Path, what: &str) -> Result<(), StoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable(
+        format!("the {what} file {} is not there (yet)", path.display()),
+        None,
+    ))
+}
+
 impl VaultStore {
     /// Builds the client and, for AppRole and Kubernetes, tries to log in. An unreachable Vault
     /// is not an error here: the daemon starts and reports itself unavailable until it answers.
@@ -254,6 +267,7 @@ impl VaultStore {
                 role_id,
                 secret_id_file,
             } => {
+                not_yet_written(secret_id_file, "AppRole secret_id")?;
                 let secret_id =
                     crate::secret::read_private_file(secret_id_file, "AppRole secret_id")
                         .map_err(StoreError::Setup)?;
@@ -265,6 +279,7 @@ impl VaultStore {
                 role,
                 jwt_file,
             } => {
+                not_yet_written(jwt_file, "service-account token")?;
                 let jwt = std::fs::read_to_string(jwt_file).map_err(|e| {
                     StoreError::Setup(format!(
                         "cannot read service-account token {}: {e}",
