@@ -88,7 +88,7 @@ impl Backoff {
 }
 
 pub(super) async fn run(
-    broker: Arc<TokenBroker>,
+    broker: TokenBroker,
     providers: Arc<ProviderRegistry>,
     clock: Arc<dyn Clock>,
     s: AheadSettings,

@@ -151,7 +151,7 @@ pub struct Parts {
 #[derive(Debug)]
 pub struct Credentials {
     providers: Arc<ProviderRegistry>,
-    broker: Arc<TokenBroker>,
+    broker: TokenBroker,
     flows: Flows,
     references: References,
     endpoint: Arc<dyn TokenEndpoint>,
@@ -171,12 +171,12 @@ impl Credentials {
             .replica_url
             .map(|url| super::replicas::Replica::new(url, MetaRepo::new(p.store.clone())));
         Self {
-            broker: Arc::new(TokenBroker::new(
+            broker: TokenBroker::new(
                 GrantRepo::new(p.store.clone()),
                 p.endpoint.clone(),
                 p.clock.clone(),
                 Some(p.audit.clone()),
-            )),
+            ),
             flows: Flows::new(
                 p.pending,
                 p.endpoint.clone(),

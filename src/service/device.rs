@@ -22,7 +22,7 @@ const SLOW_DOWN: Duration = Duration::from_secs(5);
 pub(crate) struct DevicePoll {
     pub endpoint: Arc<dyn TokenEndpoint>,
     pub pending: Arc<PendingFlows>,
-    pub broker: Arc<TokenBroker>,
+    pub broker: TokenBroker,
     pub audit: Arc<crate::audit::Audit>,
     pub provider: ProviderConfig,
     pub polling: Polling,

@@ -354,9 +354,9 @@ async fn an_unstored_refresh_without_rotation_keeps_the_grant() {
 #[tokio::test(start_paused = true)]
 async fn replicas_sharing_a_store_refresh_once_and_share_the_token() {
     let w = World::new().await;
-    let (a, b) = (Arc::new(w.broker()), Arc::new(w.broker()));
+    let (a, b) = (w.broker(), w.broker());
     let p = Arc::new(provider());
-    let run = |broker: Arc<TokenBroker>| {
+    let run = |broker: TokenBroker| {
         let p = p.clone();
         tokio::spawn(async move {
             broker
@@ -535,7 +535,7 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
     super::device::DevicePoll {
         endpoint: w.endpoint.clone(),
         pending,
-        broker: Arc::new(w.broker()),
+        broker: w.broker(),
         audit: Arc::new(crate::audit::Audit::open(None, w.clock.clone(), Arc::default()).unwrap()),
         provider: device_provider(),
         polling: polling.expect("a device flow has a poller"),
