@@ -123,9 +123,16 @@ impl Client {
         // An empty key (`VALET_KEY=`) is no key: the daemon then says one is missing.
         let key = match key.filter(|k| !k.is_empty()) {
             Some(k) => {
-                let mut v: MetadataValue<Ascii> = format!("Bearer {k}").parse().context(
-                    "the API key holds characters a gRPC header cannot carry (a trailing newline? keys are printable ASCII)",
-                )?;
+                // HTTP allows bytes beyond ASCII in a header (a pasted `…`); the daemon would
+                // only say the header is malformed.
+                let printable = k.bytes().all(|b| b.is_ascii_graphic());
+                let mut v: MetadataValue<Ascii> = format!("Bearer {k}")
+                    .parse()
+                    .ok()
+                    .filter(|_| printable)
+                    .context(
+                        "the API key holds characters a gRPC header cannot carry (a trailing newline, a pasted `…`? keys are printable ASCII)",
+                    )?;
                 // Keeps the key out of HTTP/2 header compression tables.
                 v.set_sensitive(true);
                 Some(v)

@@ -285,7 +285,9 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
     match pb::ProviderRevocation::try_from(r.provider_revocation) {
         Ok(pb::ProviderRevocation::Revoked) => println!("the provider revoked the tokens too"),
         Ok(pb::ProviderRevocation::NotSupported) => {
-            println!("(the provider has no revocation_url: revoked in Valet only)");
+            println!(
+                "(nothing was sent to the provider, which has no revocation endpoint: removed from Valet only; a stored key or password is deleted, `valet credential put` stores one again)"
+            );
         }
         Ok(pb::ProviderRevocation::Failed) => println!(
             "warning: the provider did not revoke the tokens ({}); the grant is gone from Valet",

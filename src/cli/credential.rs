@@ -19,7 +19,8 @@ pub enum CredentialCmd {
         /// The person the credential belongs to.
         #[arg(long)]
         user: String,
-        /// Only this agent may use it; absent: every agent acting for the user.
+        /// The agent whose own slot it is: only calls naming that agent get it; absent: the
+        /// user's slot, which calls naming no agent get.
         #[arg(long)]
         agent: Option<String>,
         /// One of the user's accounts at the provider (as `valet auth --account`); absent: the
@@ -89,7 +90,7 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         format!(" ({})", which.join(", "))
     };
     println!(
-        "stored the credential for {user}{slot} at {provider} (write-only: no command reads it back; agents get it through auth and resolve)"
+        "stored the credential for {user}{slot} at {provider} (not shown by `valet grants` or any listing; agents get it through auth and resolve)"
     );
     Ok(())
 }

@@ -245,22 +245,29 @@ impl From<&ServeArgs> for Overrides {
     }
 }
 
+/// How to reach the daemon: accepted before or after a group's subcommand (`valet provider
+/// --key K list` and `valet provider list --key K`).
 #[derive(Args, Clone)]
 pub struct Conn {
     /// The daemon's gRPC address.
-    #[arg(long, env = "VALET_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "VALET_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub server: String,
     /// API key (prefer the env var: flags show up in `ps`).
-    #[arg(long, env = "VALET_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "VALET_KEY", hide_env_values = true)]
     pub key: Option<String>,
     /// For an https:// server: the CA certificate (PEM) that signed the daemon's certificate.
-    #[arg(long, env = "VALET_TLS_CA")]
+    #[arg(long, global = true, env = "VALET_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
     /// mTLS: this client certificate (PEM), whose SAN is a caller's tls_identity (no key needed).
-    #[arg(long, env = "VALET_TLS_CERT", requires = "tls_key")]
+    #[arg(long, global = true, env = "VALET_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
     /// mTLS: the client certificate's private key (PEM).
-    #[arg(long, env = "VALET_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, global = true, env = "VALET_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 }
 

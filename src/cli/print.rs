@@ -25,7 +25,43 @@ pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
     let message = message
         .strip_prefix("invalid argument: ")
         .unwrap_or(message);
-    anyhow::anyhow!("{:?}: {message}{hint}", s.code())
+    // The daemon names the API's field (`client_secret: is required`); a person typed a flag.
+    let flag = match s.code() {
+        tonic::Code::InvalidArgument => message
+            .split_once(':')
+            .and_then(|(field, _)| flag_of(field))
+            .map(|(field, flag)| format!("\nhint: `{field}` is given with {flag}")),
+        _ => None,
+    };
+    anyhow::anyhow!(
+        "{:?}: {message}{hint}{}",
+        s.code(),
+        flag.unwrap_or_default()
+    )
+}
+
+/// The command-line flag that sets an API field, where the two are spelled differently.
+fn flag_of(field: &str) -> Option<(&str, &'static str)> {
+    let flag = match field {
+        "user_id" => "--user",
+        "agent_id" => "--agent",
+        "provider_id" => "--provider (or the provider's id)",
+        "client_secret" => "--client-secret-env or --client-secret-file",
+        "private_key" => "--private-key-file",
+        "scopes" | "default_scopes" => "--scope",
+        "egress_hosts" => "--egress-host",
+        "mcp_server_url" => "--mcp-server",
+        "credential_location" => "--location",
+        "extra_auth_params" => "--param",
+        "token_url" => "--token-url",
+        "auth_url" => "--auth-url",
+        "revocation_url" => "--revocation-url",
+        "device_authorization_url" => "--device-authorization-url",
+        "client_id" => "--client-id",
+        "value" => "--value-env or --value-file",
+        _ => return None,
+    };
+    Some((field, flag))
 }
 
 /// A Unix time as a UTC date with how far away it is, since that is what a person wants to

@@ -10,13 +10,15 @@ use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Debug, Subcommand)]
 pub enum ProviderCmd {
+    /// Add a provider (`--profile` fills in a known one's endpoints); prints its redirect URI.
     Create(Box<ProviderArgs>),
-    Get {
-        id: String,
-    },
+    /// Show one provider's settings (secrets never shown).
+    Get { id: String },
+    /// List the providers.
     List,
     /// Change the given fields; the rest keep their values.
     Update(Box<ProviderArgs>),
+    /// Delete a provider with its grants and references.
     Delete {
         id: String,
         /// First revoke every grant's tokens at the provider (needs its revocation_url).

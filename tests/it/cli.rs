@@ -641,3 +641,35 @@ async fn server_address_mistakes_are_explained() {
         "{err}"
     );
 }
+
+/// What a newcomer gets wrong first: a connection flag after a group's subcommand is taken,
+/// a field the daemon names is translated to the flag that sets it, and a pasted key with a
+/// character a header cannot carry is said to be that.
+#[tokio::test]
+async fn connection_flags_go_anywhere_and_refusals_name_the_flag() {
+    let f = Fixture::new().await;
+    create_oidc(&f, "idp", &[]);
+    let mut list = Command::new(env!("CARGO_BIN_EXE_valet"));
+    list.args([
+        "provider",
+        "list",
+        "--server",
+        &f.valet.grpc_url,
+        "--key",
+        ADMIN_KEY,
+    ])
+    .env_remove("VALET_SERVER")
+    .env_remove("VALET_KEY");
+    assert!(run(list).contains("idp"));
+    let mut no_user = cli(&f, AGENT_KEY);
+    no_user.args(["auth", "--provider", "idp"]);
+    let err = fails(no_user);
+    assert!(
+        err.contains("user_id") && err.contains("hint: `user_id` is given with --user"),
+        "{err}"
+    );
+    let mut pasted = cli(&f, "valet_3q2\u{2026}");
+    pasted.args(["grants", "--user", "alice"]);
+    let err = fails(pasted);
+    assert!(err.contains("a gRPC header cannot carry"), "{err}");
+}

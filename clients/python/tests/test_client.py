@@ -334,9 +334,16 @@ def test_configuration_mistakes_are_clear_and_never_echo_the_key(
     monkeypatch.delenv("VALET_SERVER", raising=False)
     with valet.Client(api_key="k") as c:
         assert c.server == "http://127.0.0.1:50051", "the CLI's default"
+        # The user passed where the scopes go: refused before any call, naming user_id=.
+        with pytest.raises(TypeError, match="user_id="):
+            c.authenticate("weather", "alice")
     for bad in ("127.0.0.1:50051", "ftp://x:1", "http://x:1/path", "http://x:port"):
         with pytest.raises(ValueError, match="URL"):
             valet.Client(bad)
+    # The key passed where the server goes (`Client(key)`): not echoed, and named.
+    with pytest.raises(ValueError, match="api_key=") as e:
+        valet.Client("valet_key-canary-7")
+    assert "canary" not in str(e.value)
     with pytest.raises(ValueError) as e:
         valet.Client("http://127.0.0.1:1", "secret-key-canary-9\n")
     assert "secret-key-canary-9" not in str(e.value)

@@ -76,15 +76,18 @@ def resolve_endpoint(
             "the API key goes in api_key (or VALET_KEY)"
         )
     if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/"):
+        # Never echo the value: an API key passed as the first argument (`Client(key)`) lands
+        # here.
         raise ValueError(
             f"the Valet server must be a URL like {DEFAULT_SERVER} or "
-            f"https://valet.example:50051, not {server!r}"
+            "https://valet.example:50051 (the value given is not shown; if it is the API key, "
+            "pass it as api_key= or VALET_KEY)"
         )
     tls = url.scheme == "https"
     try:
         port = url.port or (443 if tls else 80)
     except ValueError:
-        raise ValueError(f"the Valet server URL {server!r} has an invalid port") from None
+        raise ValueError("the Valet server URL has an invalid port") from None
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
     address = f"{host}:{port}"
 

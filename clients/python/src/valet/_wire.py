@@ -150,7 +150,11 @@ def authenticate(
     challenge: str | None = None,
 ) -> Call[AuthResult]:
     if isinstance(scopes, str):
-        raise TypeError("scopes must be a list of strings, not one string")
+        # `authenticate("github", "alice")`: the second argument is the scopes.
+        raise TypeError(
+            "scopes must be a list of strings, not one string "
+            "(the user goes in user_id=, e.g. authenticate(provider, user_id='alice'))"
+        )
     request = pb.AuthenticateRequest(
         provider_id=provider,
         scopes=list(scopes),
