@@ -168,14 +168,15 @@ struct ListKeys {
 /// A login file that is not there may be written later (an agent sidecar's AppRole secret, a
 /// projected service-account token): unavailable, so the login is retried (and a start is not
 /// refused as a bad configuration) instead of failing for good.
+/// Any other failure to read it (permissions) is the operator's to fix, and said when it is read.
 fn not_yet_written(path: &std::path::Path, what: &str) -> Result<(), StoreError> {
-    if path.exists() {
-        return Ok(());
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Unavailable(
+            format!("the {what} file {} is not there (yet)", path.display()),
+            None,
+        )),
+        _ => Ok(()),
     }
-    Err(StoreError::Unavailable(
-        format!("the {what} file {} is not there (yet)", path.display()),
-        None,
-    ))
 }
 
 impl VaultStore {
@@ -671,6 +672,21 @@ impl SecretStore for VaultStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A login file a sidecar has not written yet is a login to retry, not a bad configuration.
+    #[test]
+    fn a_login_file_not_there_yet_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret-id");
+        let missing = not_yet_written(&file, "AppRole secret_id").unwrap_err();
+        assert!(missing.is_unavailable(), "{missing}");
+        assert!(
+            missing.to_string().contains("is not there (yet)"),
+            "{missing}"
+        );
+        std::fs::write(&file, "x").unwrap();
+        assert!(not_yet_written(&file, "AppRole secret_id").is_ok());
+    }
 
     /// A serde error that quotes the value it did not expect, as it does for a wrong type.
     fn quoting(canary: &str) -> serde_json::Error {
