@@ -59,11 +59,12 @@ pub struct Client {
     credentials: CredentialsClient<AuthedChannel>,
 }
 
-/// The files a TLS connection uses: the CA that signed the daemon's certificate, and for mTLS the
+/// The files a TLS connection uses: the CA that signed the daemon's certificate (none: the
+/// system's trusted roots, for a daemon behind a publicly trusted certificate), and for mTLS the
 /// client certificate and key.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
-    pub ca: std::path::PathBuf,
+    pub ca: Option<std::path::PathBuf>,
     pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
@@ -88,8 +89,8 @@ impl Client {
         Self::over(channel, server, key)
     }
 
-    /// Like `connect`, over TLS to an `https://` server: trusting `tls.ca`, and presenting a
-    /// client certificate (mTLS) when one is given.
+    /// Like `connect`, over TLS to an `https://` server: trusting `tls.ca` (else the system's
+    /// roots), and presenting a client certificate (mTLS) when one is given.
     pub async fn connect_tls(
         server: &str,
         key: Option<&str>,
@@ -99,8 +100,10 @@ impl Client {
         let read = |p: &std::path::Path| {
             std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
         };
-        let mut config =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+        let mut config = match &tls.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
         if let Some((cert, key)) = &tls.identity {
             config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
@@ -112,7 +115,7 @@ impl Client {
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot reach valet at {server} over TLS (is it running, and is the CA the right one?): {}",
+                    "cannot reach valet at {server} over TLS (is it running with grpc_tls, and does --tls-ca (or the system's roots, without it) trust its certificate?): {}",
                     root_cause(&e)
                 )
             })?;

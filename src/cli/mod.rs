@@ -260,7 +260,8 @@ pub struct Conn {
     /// API key (prefer the env var: flags show up in `ps`).
     #[arg(long, global = true, env = "VALET_KEY", hide_env_values = true)]
     pub key: Option<String>,
-    /// For an https:// server: the CA certificate (PEM) that signed the daemon's certificate.
+    /// For an https:// server: the CA certificate (PEM) that signed the daemon's certificate
+    /// (absent: the system's trusted roots).
     #[arg(long, global = true, env = "VALET_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
     /// mTLS: this client certificate (PEM), whose SAN is a caller's tls_identity (no key needed).
@@ -286,19 +287,16 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     async fn connect(&self) -> anyhow::Result<Client> {
-        let Some(ca) = &self.tls_ca else {
+        // An https:// server without --tls-ca is trusted through the system's roots (a daemon
+        // behind a publicly trusted certificate), as the Python client does.
+        if self.tls_ca.is_none() && !self.server.starts_with("https://") {
             if self.tls_cert.is_some() {
-                bail!("--tls-cert needs --tls-ca (the CA that signed the daemon's certificate)");
-            }
-            if self.server.starts_with("https://") {
-                bail!(
-                    "an https:// server needs --tls-ca (or VALET_TLS_CA): the CA certificate that signed the daemon's certificate"
-                );
+                bail!("--tls-cert is for an https:// server (the daemon's grpc_tls)");
             }
             return Client::connect(&self.server, self.key.as_deref()).await;
-        };
+        }
         let tls = crate::client::TlsFiles {
-            ca: ca.clone(),
+            ca: self.tls_ca.clone(),
             identity: self.tls_cert.clone().zip(self.tls_key.clone()),
         };
         Client::connect_tls(&self.server, self.key.as_deref(), &tls).await

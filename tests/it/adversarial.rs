@@ -946,6 +946,18 @@ async fn a_client_certificate_from_the_configured_ca_is_its_san_s_caller() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without --tls-ca it trusts only the system's roots: the test CA is not one of them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["grants", "--user", "alice", "--server"])
+        .arg(f.valet.grpc_url.replace("http://", "https://"))
+        .env("VALET_KEY", AGENT_KEY)
+        .env_remove("VALET_SERVER")
+        .env_remove("VALET_TLS_CA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an untrusted certificate: {err}");
+    assert!(err.contains("over TLS"), "{err}");
 }
 
 /// Starts a refresh for alice that the provider holds for `delay_ms`, and returns once the
