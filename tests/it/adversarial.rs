@@ -1002,12 +1002,9 @@ async fn refreshes_after_restart(valet: Valet, idp: Idp, browser: Browser, refre
     f.idp.assert_no_refresh_token_reuse().await;
 }
 
-/// SIGTERM while a refresh is in flight: the daemon finishes it, stores the rotated refresh
-/// token, answers the caller, then exits; after a restart the grant refreshes with the new one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exiting() {
-    let f = Fixture::new().await;
-    let call = refresh_in_flight(&f, 800).await;
+/// Sends the daemon SIGTERM (off the runtime: its drain takes a moment) and waits for a clean
+/// exit; the peers stay up.
+async fn sigterm(f: Fixture) -> (Valet, Idp, Browser) {
     let Fixture {
         mut valet,
         idp,
@@ -1019,6 +1016,16 @@ async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exiting() {
     })
     .await
     .unwrap();
+    (valet, idp, browser)
+}
+
+/// SIGTERM while a refresh is in flight: the daemon finishes it, stores the rotated refresh
+/// token, answers the caller, then exits; after a restart the grant refreshes with the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_refresh_stores_the_rotated_token_before_exiting() {
+    let f = Fixture::new().await;
+    let call = refresh_in_flight(&f, 800).await;
+    let (valet, idp, browser) = sigterm(f).await;
     let t = token(
         call.await
             .unwrap()
@@ -1050,17 +1057,7 @@ async fn sigterm_after_the_browser_left_mid_exchange_still_stores_the_grant() {
     // The browser leaves: its connection closes while the daemon waits for the provider.
     visit.abort();
     assert!(visit.await.is_err(), "the visit was cut off");
-    let Fixture {
-        mut valet,
-        idp,
-        browser,
-    } = f;
-    let valet = tokio::task::spawn_blocking(move || {
-        assert!(valet.stop().success());
-        valet
-    })
-    .await
-    .unwrap();
+    let (valet, idp, browser) = sigterm(f).await;
     idp.delay_token(0).await;
     let f = Fixture {
         valet: valet.start_again(),
