@@ -983,15 +983,20 @@ async fn refresh_in_flight(
     call
 }
 
-/// Starts the stopped daemon again and checks the grant refreshes with the refresh token the
-/// store holds: a live token, `refreshes` successful refreshes in all, none presented twice.
-async fn refreshes_after_restart(valet: Valet, idp: Idp, browser: Browser, refreshes: u64) {
+/// Starts the stopped daemon again, with the provider answering at once.
+async fn started_again(valet: Valet, idp: Idp, browser: Browser) -> Fixture {
     idp.delay_token(0).await;
-    let f = Fixture {
+    Fixture {
         valet: valet.start_again(),
         idp,
         browser,
-    };
+    }
+}
+
+/// Starts the stopped daemon again and checks the grant refreshes with the refresh token the
+/// store holds: a live token, `refreshes` successful refreshes in all, none presented twice.
+async fn refreshes_after_restart(valet: Valet, idp: Idp, browser: Browser, refreshes: u64) {
+    let f = started_again(valet, idp, browser).await;
     let t = token(
         f.authenticate(AGENT_KEY, Fixture::refresh_request("idp", "alice", ""))
             .await,
@@ -1058,12 +1063,7 @@ async fn sigterm_after_the_browser_left_mid_exchange_still_stores_the_grant() {
     visit.abort();
     assert!(visit.await.is_err(), "the visit was cut off");
     let (valet, idp, browser) = sigterm(f).await;
-    idp.delay_token(0).await;
-    let f = Fixture {
-        valet: valet.start_again(),
-        idp,
-        browser,
-    };
+    let f = started_again(valet, idp, browser).await;
     let t = token(
         f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,
