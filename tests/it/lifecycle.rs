@@ -356,6 +356,13 @@ fn serve_dev_fails(dir: &std::path::Path, extra: &[&str]) -> (String, String, Op
     (stdout, stderr, out.status.code())
 }
 
+/// `text` written as `dir/valet.toml`: its path, for `--config`.
+fn config_file(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("valet.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
 /// `valet check-config` with `extra` arguments (data directory `dir/data`), expected to refuse a
 /// bad configuration (exit 78) without showing it as if it were valid: its stderr.
 fn check_config_refuses(dir: &std::path::Path, extra: &[&str]) -> String {
@@ -430,12 +437,10 @@ fn a_readable_store_key_or_an_audit_file_that_cannot_open_is_a_bad_configuration
     );
     assert_eq!(code, Some(78), "{err}");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = dir.path().join("valet.toml");
-    std::fs::write(&config, "[audit]\nfile = \"/nonexistent/audit.jsonl\"\n").unwrap();
-    let config = config.to_str().unwrap();
+    let config = config_file(dir.path(), "[audit]\nfile = \"/nonexistent/audit.jsonl\"\n");
     let (_, err, code) = serve_dev_fails(
         dir.path(),
-        &["--grpc-listen", "127.0.0.1:0", "--config", config],
+        &["--grpc-listen", "127.0.0.1:0", "--config", &config],
     );
     assert!(
         err.contains("cannot open the audit file /nonexistent/audit.jsonl"),
@@ -449,13 +454,11 @@ fn a_readable_store_key_or_an_audit_file_that_cannot_open_is_a_bad_configuration
 #[test]
 fn an_unreadable_tls_file_is_a_bad_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("valet.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
+        dir.path(),
         "[grpc_tls]\ncert_file = \"/nonexistent/tls.pem\"\nkey_file = \"/nonexistent/tls.key\"\n",
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
+    );
+    let config = config.as_str();
     let err = check_config_refuses(dir.path(), &["--dev", "--config", config]);
     assert!(err.contains("cannot read /nonexistent/tls.pem"), "{err}");
     let (_, err, code) = serve_dev_fails(
@@ -484,13 +487,11 @@ fn a_first_start_that_fails_shows_no_admin_key() {
     let profiles = dir.path().join("profiles");
     std::fs::create_dir(&profiles).unwrap();
     std::fs::write(profiles.join("broken.toml"), "not = [toml").unwrap();
-    let config = dir.path().join("valet.toml");
-    std::fs::write(
-        &config,
-        format!("profiles_dir = \"{}\"\n", profiles.display()),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
+    let config = config_file(
+        dir.path(),
+        &format!("profiles_dir = \"{}\"\n", profiles.display()),
+    );
+    let config = config.as_str();
     let (stdout, err, code) = serve_dev_fails(
         dir.path(),
         &["--grpc-listen", "127.0.0.1:0", "--config", config],
