@@ -239,13 +239,9 @@ fn last_hash(path: &Path) -> std::io::Result<String> {
     Ok(last)
 }
 
-/// The keyed hash of a user id: stable per deployment, not reversible without the key.
-fn user_hash(key: &OnceLock<hmac::Key>, user: &str) -> String {
-    match key.get() {
-        Some(k) => hex::encode(&hmac::sign(k, user.as_bytes()).as_ref()[..16]),
-        None => "unkeyed".into(),
-    }
-}
+/// Users whose hashes the writer keeps: the same users recur, and the keyed hash was a third of
+/// an event's cost. Forgotten all at once when full.
+const USERS_KEPT: usize = 4096;
 
 /// A line without its `hash`, as `verify` re-serializes it: members in the order of a JSON
 /// object read back (sorted by name), empty ids left out.
@@ -272,6 +268,8 @@ struct Writer {
     user_key: Arc<OnceLock<hmac::Key>>,
     /// The line being written (one buffer, reused for every event).
     line: Vec<u8>,
+    /// Users' keyed hashes, by user id.
+    users: std::collections::HashMap<String, String>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Events lost since the file last failed (a full disk): said once when it fails and once
     /// when it takes writes again, not once per event.
@@ -280,10 +278,7 @@ struct Writer {
 
 impl Writer {
     fn write(&mut self, e: Event) {
-        let user = match e.part(USER) {
-            "" => String::new(),
-            u => user_hash(&self.user_key, u),
-        };
+        let user = self.user_hash(e.part(USER));
         let body = Body {
             agent: e.part(AGENT),
             caller: e.part(CALLER),
@@ -316,9 +311,29 @@ impl Writer {
             }
             None => {
                 let text = std::str::from_utf8(&self.line).unwrap_or_default();
-                tracing::info!(target: "valet::audit", message = text);
+                tracing::info!(target: crate::telemetry::AUDIT_TARGET, audit = text);
             }
         }
+    }
+
+    /// The keyed hash of a user id (none for none): stable per deployment, not reversible
+    /// without the key.
+    fn user_hash(&mut self, user: &str) -> String {
+        if user.is_empty() {
+            return String::new();
+        }
+        let Some(key) = self.user_key.get() else {
+            return "unkeyed".into();
+        };
+        if let Some(hash) = self.users.get(user) {
+            return hash.clone();
+        }
+        if self.users.len() >= USERS_KEPT {
+            self.users.clear();
+        }
+        let hash = crate::secret::hex(&hmac::sign(key, user.as_bytes()).as_ref()[..16]);
+        self.users.insert(user.to_owned(), hash.clone());
+        hash
     }
 
     /// The file refused a write: `lost` events are gone (none when they wait in the buffer).
@@ -456,6 +471,7 @@ impl Audit {
             file,
             user_key: user_key.clone(),
             line: Vec::with_capacity(512),
+            users: std::collections::HashMap::new(),
             metrics: metrics.clone(),
             lost: None,
         };
@@ -560,7 +576,7 @@ fn link_hash(prev: &str, body: &[u8]) -> String {
     let mut d = ring::digest::Context::new(&ring::digest::SHA256);
     d.update(prev.as_bytes());
     d.update(body);
-    hex::encode(d.finish())
+    crate::secret::hex(d.finish().as_ref())
 }
 
 /// What `verify` found in an intact trail.
@@ -899,6 +915,10 @@ mod tests {
         assert_eq!(count(&path), Ok(3));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("alice"), "users are hashed: {text}");
+        // Keyed, the same for each event of the user (the second from the writer's memory).
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"deployment key");
+        let alice = hex::encode(&hmac::sign(&key, b"alice@example.com").as_ref()[..16]);
+        assert_eq!(text.matches(&format!("\"user\":\"{alice}\"")).count(), 2);
         let lines: Vec<&str> = text.lines().collect();
         let check = |lines: Vec<String>| {
             std::fs::write(&path, lines.join("\n") + "\n").unwrap();

@@ -79,6 +79,18 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// `bytes` as lowercase hex (the hex crate's `encode`, without its character iterator: digests
+/// are encoded on every call's audit event and `Resolve`).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
 /// Serde helpers for `SecretString` fields of records that are only ever written sealed.
 pub mod serde_secret {
     use super::{ExposeSecret, SecretString};
@@ -93,5 +105,16 @@ pub mod serde_secret {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
         Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_lowercase_and_two_digits_a_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::hex(&bytes), hex::encode(&bytes));
+        assert_eq!(super::hex(&[0x0a, 0xf0]), "0af0");
+        assert_eq!(super::hex(&[]), "");
     }
 }

@@ -245,7 +245,8 @@ impl Credentials {
                 "user assertions are required but not configured",
             ));
         };
-        match assertions.user_of(&presented.0).await {
+        // Boxed: the key set's fetch stays out of every call's future (allocated and moved).
+        match Box::pin(assertions.user_of(&presented.0)).await {
             Ok(u) if u == user.as_str() => Ok(()),
             Ok(_) => Err(Error::PermissionDenied(
                 "the user assertion is for another user than user_id",

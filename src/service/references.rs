@@ -80,7 +80,7 @@ impl ReferenceKeys {
     }
 
     fn lookup_hash(&self, id: &[u8]) -> String {
-        hex::encode(hmac::sign(&self.lookup, id).as_ref())
+        crate::secret::hex(hmac::sign(&self.lookup, id).as_ref())
     }
 
     /// Checks a presented reference and returns its lookup hash. The tag is verified in

@@ -41,6 +41,7 @@ where
         let mut fields = Fields {
             w: &mut w,
             result: Ok(()),
+            audit: meta.target() == super::AUDIT_TARGET,
         };
         event.record(&mut fields);
         fields.result?;
@@ -90,6 +91,8 @@ fn span_object(name: &str, fields: &str) -> String {
 struct Fields<'a, 'w> {
     w: &'a mut Writer<'w>,
     result: fmt::Result,
+    /// An audit event: its `audit` field is the trail's line, written as the object it is.
+    audit: bool,
 }
 
 impl Fields<'_, '_> {
@@ -108,7 +111,17 @@ impl Fields<'_, '_> {
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.member(field, |w| string(w, value));
+        // The trail's line is JSON the audit writer serialized: as an object, not escaped into
+        // a string (readable, and escaping it was most of the line's cost).
+        let object =
+            self.audit && field.name() == "audit" && value.starts_with('{') && value.ends_with('}');
+        self.member(field, |w| {
+            if object {
+                w.write_str(value)
+            } else {
+                string(w, value)
+            }
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -156,8 +169,20 @@ struct Escaped<'a, W: fmt::Write>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        let bytes = s.as_bytes();
         let mut start = 0;
-        for (i, b) in s.bytes().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            // Eight bytes at a time past those that need no escape (most of a line).
+            while let Some(word) = bytes.get(i..i + 8)
+                && !needs_escape(word)
+            {
+                i += 8;
+            }
+            let Some(&b) = bytes.get(i) else {
+                break;
+            };
+            i += 1;
             let escape = match b {
                 b'"' => "\\\"",
                 b'\\' => "\\\\",
@@ -169,16 +194,31 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
                 0..=0x1f => "",
                 _ => continue,
             };
-            self.0.write_str(&s[start..i])?;
+            self.0.write_str(&s[start..i - 1])?;
             if escape.is_empty() {
                 write!(self.0, "\\u{b:04x}")?;
             } else {
                 self.0.write_str(escape)?;
             }
-            start = i + 1;
+            start = i;
         }
         self.0.write_str(&s[start..])
     }
+}
+
+/// Whether any of these eight bytes is a quote, a backslash or a control character (the
+/// zero-byte and less-than tests on a word of bytes, exact for whether any byte matches).
+fn needs_escape(word: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let mut eight = [0; 8];
+    eight.copy_from_slice(word);
+    let w = u64::from_ne_bytes(eight);
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+    control | quote | backslash != 0
 }
 
 /// `at` in RFC 3339, UTC, with microseconds: `2026-12-03T08:00:00.123456Z`.
@@ -280,6 +320,52 @@ mod tests {
         assert_eq!(ours[2]["span"]["name"], "inner");
         assert_eq!(ours[2]["spans"][0]["name"], "rpc");
         assert_eq!(ours[2]["spans"][0]["outcome"], "NOT_FOUND");
+    }
+
+    #[test]
+    fn an_audit_event_carries_the_trails_line_as_an_object() {
+        let buf = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(JsonLines)
+                .with_writer(buf.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let line = r#"{"caller":"a\"b","event":"Resolve"}"#;
+            tracing::info!(target: crate::telemetry::AUDIT_TARGET, audit = line);
+            // Another target's field of that name, or a value that is no object: a string.
+            tracing::info!(target: "valet::request", audit = line);
+            tracing::info!(target: crate::telemetry::AUDIT_TARGET, audit = "not {an object");
+        });
+        let lines = lines(&buf);
+        assert_eq!(lines[0]["audit"]["caller"], "a\"b");
+        assert_eq!(lines[0]["audit"]["event"], "Resolve");
+        assert_eq!(lines[0]["target"], "valet::audit");
+        assert_eq!(lines[1]["audit"], r#"{"caller":"a\"b","event":"Resolve"}"#);
+        assert_eq!(lines[2]["audit"], "not {an object");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them_wherever_the_escape_falls() {
+        // Every character that needs an escape (and some that do not: DEL, non-ASCII) at every
+        // offset in strings longer and shorter than the eight bytes looked at at once.
+        let odd = [
+            '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\0', '\u{1f}', '\u{7f}', 'é', '🦀',
+        ];
+        for len in 0..20 {
+            for at in 0..=len {
+                for c in odd {
+                    let s: String = (0..len)
+                        .map(|i| if i == at { c } else { 'a' })
+                        .chain((at == len).then_some(c))
+                        .collect();
+                    let mut ours = String::new();
+                    string(&mut ours, &s).unwrap();
+                    assert_eq!(ours, serde_json::to_string(&s).unwrap(), "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -86,13 +86,17 @@ fn valid(raw: &str, is_valid: fn(&str) -> bool) -> &str {
 
 /// Runs one RPC in its span, records it in the audit trail, and maps its error to a status
 /// (logged once, there). `subject` names the provider, user and agent as the request did.
-async fn rpc<T: Labelled>(
+fn rpc<T: Labelled>(
     audit: &crate::audit::Audit,
     method: &'static str,
     caller: &Caller,
     subject: crate::audit::Subject<'_>,
     call: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Status> {
+) -> impl Future<Output = Result<T, Status>> {
+    // Boxed once, here: each future that holds it and awaits it keeps a copy of its space
+    // (argument and awaited value), so a use case's future carried through this wrapper and
+    // `track` came to 9 KiB, moved twice on every call (measured with callgrind).
+    let call = Box::pin(call);
     // Only well-formed ids are logged and reach the trail; anything else is input, not a label.
     let provider = valid(subject.provider, ProviderId::is_valid);
     // The span is made only when traces are exported: the request line below carries the same
@@ -159,7 +163,6 @@ async fn rpc<T: Labelled>(
         })
     }
     .instrument(span)
-    .await
 }
 
 /// The provider, user and agent a request named, kept for its audit event and request line
