@@ -1185,6 +1185,10 @@ impl Credentials {
         if let Some(user) = &q.user {
             self.check_user(caller, user).await?;
         }
+        // A mistyped provider is said, not answered with an empty list (or a silent stream).
+        if let Some(provider) = &q.provider {
+            self.providers.get(provider)?;
+        }
         Ok(())
     }
 

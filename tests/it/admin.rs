@@ -610,4 +610,15 @@ async fn list_grants_pages_and_filters() {
         "INVALID_ARGUMENT",
     );
     assert!(s.message().contains("status"), "{s:?}");
+    let s = expect_err(
+        admin
+            .list_grants(pb::ListGrantsRequest {
+                provider_id: "nope".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    assert!(s.message().contains("no provider 'nope'"), "{s:?}");
 }

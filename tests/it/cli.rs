@@ -181,6 +181,11 @@ async fn quickstart_provider_auth_grants_revoke() {
         assert_eq!(out.contains("idp\tuser=alice"), found, "{filter:?}: {out}");
         assert_eq!(out.trim() == "no grants", !found, "{filter:?}: {out}");
     }
+    // A mistyped provider is said, not taken for one without grants.
+    let mut typo = cli(&f, AGENT_KEY);
+    typo.args(["grants", "--user", "alice", "--provider", "ipd"]);
+    let err = fails(typo);
+    assert!(err.contains("no provider 'ipd' is configured"), "{err}");
     // An agent this key may not act as is refused, as when acting for it, not an empty list.
     let mut other = cli(&f, AGENT_KEY);
     other.args(["grants", "--user", "alice", "--agent", "someone-else"]);

@@ -222,6 +222,18 @@ async fn grant_events_are_streamed_to_those_who_may_see_them_without_tokens() {
     let mut ops = watch_grants(&f, ADMIN_KEY, "").await.unwrap();
     let mut agent = watch_grants(&f, AGENT_KEY, "alice").await.unwrap();
     let mut other = watch_grants(&f, OTHER_AGENT_KEY, "alice").await.unwrap();
+    // A provider that is not there is said at once, not watched in silence.
+    let typo = f
+        .valet
+        .credentials(ADMIN_KEY)
+        .await
+        .watch_grants(pb::WatchGrantsRequest {
+            provider_id: "ipd".into(),
+            ..Default::default()
+        })
+        .await;
+    let typo = expect_err(typo, Code::NotFound, "NOT_FOUND");
+    assert!(typo.message().contains("no provider 'ipd'"), "{typo:?}");
     let kind = |e: &pb::GrantEvent| pb::GrantEventKind::try_from(e.kind).unwrap();
 
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", "planner"))

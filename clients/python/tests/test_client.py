@@ -203,6 +203,8 @@ def test_revoking_a_grant_revokes_it_at_the_provider_and_asks_for_consent_again(
     revoked = agent.revoke("idp", user)
     assert revoked == valet.RevokeResult(revoked=True, provider_revocation="revoked")
     assert agent.list_grants("idp", user) == []
+    with pytest.raises(errors.NotFound, match="no provider 'ipd'"):
+        agent.list_grants("ipd", user)
     assert stack.idp.userinfo_status(token) == 401
     assert agent.authenticate("idp", user_id=user).status == "pending"
     nothing = agent.revoke("idp", user)

@@ -234,7 +234,7 @@ class Client(Closing):
         user_assertion: str | None = None,
     ) -> list[Grant]:
         """Grant metadata (never tokens), optionally for one provider, user and/or agent; every
-        page of the daemon's listing."""
+        page of the daemon's listing. A provider that is not configured raises NotFound."""
         grants: list[Grant] = []
         token = ""
         while True:
