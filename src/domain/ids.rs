@@ -1,5 +1,6 @@
 //! Identifiers: provider ids are path-safe; user and agent ids are opaque caller strings, bounded
-//! and free of control characters.
+//! and free of control characters, and (new ones) of invisible and bidirectional formatting
+//! characters.
 
 use super::InvalidInput;
 use serde::{Deserialize, Serialize};
@@ -60,14 +61,16 @@ macro_rules! principal_id {
         pub struct $name(String);
 
         impl $name {
+            /// A new id, from a request or the configuration.
             pub fn parse(s: &str) -> Result<Self, InvalidInput> {
                 check_principal($field, s)?;
+                check_visible($field, s)?;
                 Ok(Self(s.to_owned()))
             }
 
             /// Whether `s` is one (`parse` would take it), without making one.
             pub fn is_valid(s: &str) -> bool {
-                check_principal($field, s).is_ok()
+                check_principal($field, s).is_ok() && check_visible($field, s).is_ok()
             }
 
             pub fn as_str(&self) -> &str {
@@ -75,10 +78,13 @@ macro_rules! principal_id {
             }
         }
 
+        /// A stored id (a record's): held to the rules it was written under, so a record of a
+        /// version that took invisible characters still reads.
         impl TryFrom<String> for $name {
             type Error = InvalidInput;
             fn try_from(s: String) -> Result<Self, InvalidInput> {
-                Self::parse(&s)
+                check_principal($field, &s)?;
+                Ok(Self(s))
             }
         }
 
@@ -136,6 +142,35 @@ fn check_principal(field: &'static str, s: &str) -> Result<(), InvalidInput> {
         return Err(InvalidInput::new(
             field,
             "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses the characters that show as nothing or reorder what follows (zero-width spaces and
+/// joiners, the soft hyphen, the byte order mark, bidirectional embeddings, overrides, isolates
+/// and marks): an id holding one looks like another in a log line, the audit trail or the CLI
+/// (`alice` and `alice\u{200b}`, or a right-to-left override reversing the rest).
+fn check_visible(field: &'static str, s: &str) -> Result<(), InvalidInput> {
+    let invisible = |c: char| {
+        matches!(
+            c,
+            '\u{ad}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+    };
+    if s.chars().any(invisible) {
+        return Err(InvalidInput::new(
+            field,
+            "must not contain invisible or bidirectional formatting characters (zero-width spaces, direction overrides)",
         ));
     }
     Ok(())
@@ -216,5 +251,33 @@ mod tests {
         assert_eq!(UserId::parse("").unwrap_err().field, "user_id");
         assert!(AgentId::parse("a\nb").is_err());
         assert!(AgentId::parse(&"x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn new_ids_hold_no_invisible_or_direction_changing_characters() {
+        for bad in [
+            "alice\u{200b}",
+            "\u{feff}alice",
+            "ali\u{202e}ecilA",
+            "a\u{2066}b\u{2069}",
+            "soft\u{ad}hyphen",
+            "tag\u{e0041}",
+        ] {
+            let e = UserId::parse(bad).unwrap_err();
+            assert_eq!(e.field, "user_id");
+            assert!(e.reason.contains("invisible"), "{e:?}");
+            assert!(
+                !UserId::is_valid(bad) && AgentId::parse(bad).is_err(),
+                "{bad:?}"
+            );
+            assert!(AccountId::parse(bad).is_err(), "{bad:?}");
+            // A record written before the rule still reads.
+            let stored: UserId = serde_json::from_value(serde_json::json!(bad)).unwrap();
+            assert_eq!(stored.as_str(), bad);
+        }
+        // Visible non-ASCII stays welcome, right-to-left scripts included.
+        for good in ["josé@example.com", "محمد", "用户", "🦀"] {
+            assert!(UserId::parse(good).is_ok(), "{good:?}");
+        }
     }
 }

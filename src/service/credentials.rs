@@ -1346,11 +1346,12 @@ fn visible(caller: &Caller, c: &crate::audit::GrantChange) -> bool {
     let key = (|| {
         Some(GrantKey {
             provider: ProviderId::parse(&c.provider).ok()?,
-            user: UserId::parse(&c.user).ok()?,
+            // As stored: a grant's ids, held to the rules they were written under.
+            user: UserId::try_from(c.user.clone()).ok()?,
             agent: if c.agent.is_empty() {
                 None
             } else {
-                Some(AgentId::parse(&c.agent).ok()?)
+                Some(AgentId::try_from(c.agent.clone()).ok()?)
             },
             account: None,
         })

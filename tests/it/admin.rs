@@ -420,6 +420,9 @@ async fn bad_authenticate_input_is_refused_and_starts_no_flow() {
         ("user_id", |r| r.user_id = "x".repeat(300)),
         ("user_id", |r| r.user_id = "a\u{0}b".into()),
         ("agent_id", |r| r.agent_id = "line\nbreak".into()),
+        // Looks like `alice` (a zero-width space) or reads reversed (an override).
+        ("user_id", |r| r.user_id = "alice\u{200b}".into()),
+        ("agent_id", |r| r.agent_id = "planner\u{202e}".into()),
         ("provider_id", |r| r.provider_id = "Not/Valid".into()),
         ("scopes", |r| r.scopes = vec!["two words".into()]),
         ("scopes", |r| r.scopes = vec![String::new()]),
@@ -466,6 +469,11 @@ async fn bad_authenticate_input_is_refused_and_starts_no_flow() {
         "INVALID_ARGUMENT",
     );
     assert!(f.grants("alice").await.is_empty());
+    assert_eq!(
+        f.valet.sample("valet_pending_flows").await,
+        Some(0.0),
+        "no flow started"
+    );
     // Agents must name the user whose grants they list.
     expect_err(
         creds.list_grants(pb::ListGrantsRequest::default()).await,
