@@ -30,7 +30,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use support::daemon::{ADMIN_KEY, AGENT_KEY};
 use support::rvault::RustyVault;
-use support::{Fixture, Valet, ValetOptions, cpu_time, token, unix_channel};
+use support::{Fixture, Valet, ValetOptions, cpu_time, rss_kib, token, unix_channel};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use valet::pb;
@@ -227,7 +227,8 @@ fn bench_grant(i: usize) -> (String, zeroize::Zeroizing<Vec<u8>>) {
 /// `ROUNDS` interleaved rounds over the sizes (each figure is its median round, so a burst of
 /// noise on this shared machine does not land on one size), timed one at a time: reads of random
 /// records from the database itself (each store opened without its cache of records in use),
-/// then, each store opened as the daemon opens it, reads of `IN_USE` grants in use and
+/// cold, then again once every record was read (redb's page cache warm, as in a daemon that has
+/// run for a while), then, each store opened as the daemon opens it, reads of `IN_USE` grants in use and
 /// overwrites of random records. Then a daemon is started on each store (start-up time to `valet listening`, resident memory) and a
 /// `ListGrants` page and a revoke are timed through it.
 async fn store_scaling(sizes: &[usize], samples: usize) {
@@ -254,7 +255,11 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
         /// from the store's cache of records in use while they stay in it): only the store's
         /// size differs between sizes, not how many grants are hot.
         hot: Arc<Vec<String>>,
-        runs: [Vec<Run>; 3],
+        /// Database reads, cold then warm, a read of a grant in use, a write.
+        runs: [Vec<Run>; 4],
+        /// This process's resident memory grown by reading every record once (redb's page
+        /// cache, up to its 1 GiB), in KiB.
+        warmed_kib: u64,
     }
     let mut stores = Vec::new();
     for &n in sizes {
@@ -273,6 +278,7 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
             cold: Arc::new((0..samples).map(|_| key(rand_index(n))).collect()),
             hot: Arc::new(hot),
             runs: Default::default(),
+            warmed_kib: 0,
         });
     }
     // Reads of `keys` from `from` on, one after another.
@@ -305,6 +311,21 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
             s.runs[0].push(measure(per_round, 1, std::process::id(), cold).await);
         }
     }
+    // A daemon that has run for a while: every record read once, so redb's page cache holds
+    // what fits of the database (1 GiB by default), then the same random reads again.
+    for (s, database) in stores.iter_mut().zip(&databases) {
+        let before = rss_kib(std::process::id());
+        for i in 0..s.n {
+            database.get(&key(i)).await.unwrap().unwrap();
+        }
+        s.warmed_kib = rss_kib(std::process::id()).saturating_sub(before);
+    }
+    for round in 0..ROUNDS {
+        for (s, database) in stores.iter_mut().zip(&databases) {
+            let warm = reads(database, &s.cold, round * per_round);
+            s.runs[1].push(measure(per_round, 1, std::process::id(), warm).await);
+        }
+    }
     drop(databases);
     let mut opened = Vec::new();
     for s in &stores {
@@ -318,7 +339,7 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
     for _ in 0..ROUNDS {
         for (s, store) in stores.iter_mut().zip(&opened) {
             let hot = reads(store, &s.hot, 0);
-            s.runs[1].push(measure(per_round, 1, std::process::id(), hot).await);
+            s.runs[2].push(measure(per_round, 1, std::process::id(), hot).await);
             let (store, n) = (store.clone(), s.n);
             let write = measure(per_round, 1, std::process::id(), move || {
                 let s = store.clone();
@@ -328,20 +349,29 @@ async fn store_scaling(sizes: &[usize], samples: usize) {
                 }
             })
             .await;
-            s.runs[2].push(write);
+            s.runs[3].push(write);
         }
     }
     // The daemon takes the directory lock: the stores must be closed first.
     drop(opened);
     let mut daemon = Vec::new();
     for s in stores {
-        let [database_read, read, write] = s.runs.map(median);
+        let [database_read, warm_read, read, write] = s.runs.map(median);
         let mib = std::fs::metadata(s.dir.path().join("data/store.redb"))
             .map(|m| m.len() as f64 / 1_048_576.0)
             .unwrap_or(0.0);
         println!(
-            "{:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  database read p50 {:>8.1?} p99 {:>8.1?}  write p50 {:>8.1?} p99 {:>8.1?}",
-            s.n, read.p50, read.p99, database_read.p50, database_read.p99, write.p50, write.p99
+            "{:>9} records ({mib:>6.0} MiB)  read p50 {:>8.1?} p99 {:>8.1?}  database read p50 {:>8.1?} p99 {:>8.1?}  warm p50 {:>8.1?} p99 {:>8.1?} (+{} MiB)  write p50 {:>8.1?} p99 {:>8.1?}",
+            s.n,
+            read.p50,
+            read.p99,
+            database_read.p50,
+            database_read.p99,
+            warm_read.p50,
+            warm_read.p99,
+            s.warmed_kib / 1024,
+            write.p50,
+            write.p99
         );
         daemon.push((s.n, on_the_daemon(s.dir, s.n, samples).await));
     }

@@ -231,15 +231,7 @@ rate_limit = 0
         reason = "used by benches/handout.rs, which shares this harness"
     )]
     pub(crate) fn rss_kib(&self) -> u64 {
-        let pid = self.child.as_ref().expect("running").id();
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        super::rss_kib(self.child.as_ref().expect("running").id())
     }
 
     pub(crate) fn callback_url(&self, provider_id: &str) -> String {

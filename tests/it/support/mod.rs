@@ -340,6 +340,22 @@ pub(crate) async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::
         .unwrap()
 }
 
+/// Resident memory of process `pid` in KiB (Linux), for the benchmarks.
+#[allow(
+    dead_code,
+    reason = "used by benches/handout.rs, which shares this harness"
+)]
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// CPU time all threads of process `pid` (`None`: this process) have run so far, and how many
 /// times they were put on a CPU (Linux `schedstat`), for the benchmarks' per-call figures.
 #[allow(
