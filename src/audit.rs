@@ -311,7 +311,7 @@ impl Writer {
             }
             None => {
                 let text = std::str::from_utf8(&self.line).unwrap_or_default();
-                tracing::info!(target: crate::telemetry::AUDIT_TARGET, audit = text);
+                tracing::info!(target: crate::telemetry::AUDIT_TARGET, message = text);
             }
         }
     }

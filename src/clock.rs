@@ -53,7 +53,7 @@ impl Clock for ManualClock {
 pub fn write_rfc3339(w: &mut impl fmt::Write, secs: u64, micros: Option<u32>) -> fmt::Result {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil(days);
-    if year <= 9999 {
+    if year <= 9999 && micros.is_none_or(|us| us < 1_000_000) {
         // Digits placed by hand: this stamps every log line, where `write!` cost more than the
         // rest of the line's fixed parts.
         let mut out = *b"0000-00-00T00:00:00.000000Z";

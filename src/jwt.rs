@@ -199,7 +199,7 @@ pub fn claims(
         "aud": aud,
         "iat": now,
         "exp": now + ASSERTION_LIFETIME,
-        "jti": hex::encode(jti),
+        "jti": crate::secret::hex(&jti),
     });
     for (k, v) in extra {
         c[*k] = serde_json::Value::from(v.as_str());

@@ -56,7 +56,7 @@ pub fn sign(secret: &SecretString, timestamp: i64, body: &[u8]) -> String {
     ctx.update(timestamp.to_string().as_bytes());
     ctx.update(b".");
     ctx.update(body);
-    format!("v1={}", hex::encode(ctx.sign().as_ref()))
+    format!("v1={}", crate::secret::hex(ctx.sign().as_ref()))
 }
 
 /// Why a webhook request is not Valet's.

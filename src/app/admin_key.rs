@@ -40,7 +40,7 @@ impl FirstKey {
         reason = "the one-time dev admin key is shown to the operator on stdout"
     )]
     pub(super) fn keep_and_show(self) -> anyhow::Result<()> {
-        write_private(&self.hash_path, hex::encode(self.hash).as_bytes())?;
+        write_private(&self.hash_path, crate::secret::hex(&self.hash).as_bytes())?;
         println!("admin key: {}", self.key.expose_secret());
         println!(
             "  (shown once; only its hash is kept, in {})",
@@ -64,6 +64,7 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<(Option<CallerKey>, O
         agents: crate::domain::AgentBinding::Any,
         require_user_assertion: false,
         rate_limit: 0,
+        max_watches: 0,
         unix_uid: None,
         tls_identity: None,
     };

@@ -193,6 +193,7 @@ impl App {
                 agents: c.agents.clone(),
                 require_user_assertion: c.require_user_assertion,
                 rate_limit: c.rate_limit,
+                max_watches: c.max_watches,
                 unix_uid: c.unix_uid,
                 tls_identity: c.tls_identity.clone(),
             })

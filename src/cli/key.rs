@@ -43,7 +43,7 @@ fn new(args: &NewKey) -> anyhow::Result<()> {
         "valet_{}",
         crate::secret::random_token(32).map_err(|_| anyhow::anyhow!("the system RNG failed"))?
     );
-    let key_sha256 = hex::encode(crate::secret::sha256(key.as_bytes()));
+    let key_sha256 = crate::secret::hex(&crate::secret::sha256(key.as_bytes()));
     // The entry is checked before the key is shown: a key for an entry the daemon would refuse
     // is no use to anyone.
     let entry = match (&args.name, args.role) {

@@ -15,6 +15,8 @@ pub struct CallerConfig {
     pub require_user_assertion: bool,
     /// Requests per second (bursts of twice that); 0: unlimited.
     pub rate_limit: u32,
+    /// Watch streams open at once; 0: unlimited.
+    pub max_watches: u32,
     /// On the Unix socket, the peer uid that is this caller.
     pub unix_uid: Option<u32>,
     /// The client-certificate SAN (URI or DNS) that is this caller.
@@ -32,6 +34,11 @@ pub struct GrpcTls {
 
 /// The default per-caller rate: far above any agent's need, low enough to blunt a runaway loop.
 const DEFAULT_RATE_LIMIT: u32 = 200;
+
+/// The default number of watch streams a caller may hold open: far above one per pending flow of
+/// a busy agent, low enough that a loop opening streams without a deadline cannot pile up
+/// memory until the daemon is killed.
+const DEFAULT_MAX_WATCHES: u32 = 10_000;
 
 /// Names Valet gives its own identities (the admin key of `--admin-key-file` and dev mode).
 const RESERVED_NAMES: &[&str] = &["admin"];
@@ -110,6 +117,7 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             agents,
             require_user_assertion: c.require_user_assertion,
             rate_limit: c.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+            max_watches: c.max_watches.unwrap_or(DEFAULT_MAX_WATCHES),
             unix_uid: c.unix_uid,
             tls_identity: c.tls_identity.clone(),
         });
@@ -140,7 +148,7 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
             s,
             "\n[[callers]]\nname = {}\nrole = \"{role}\"\nkey_sha256 = \"{}…(redacted)\"\nagents = {agents}",
             toml::Value::from(c.name.as_str()),
-            &hex::encode(c.key_sha256)[..8]
+            &crate::secret::hex(&c.key_sha256)[..8]
         );
         if c.require_user_assertion {
             let _ = writeln!(s, "require_user_assertion = true");
@@ -153,6 +161,9 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
         }
         if c.rate_limit != DEFAULT_RATE_LIMIT {
             let _ = writeln!(s, "rate_limit = {}", c.rate_limit);
+        }
+        if c.max_watches != DEFAULT_MAX_WATCHES {
+            let _ = writeln!(s, "max_watches = {}", c.max_watches);
         }
     }
 }

@@ -187,6 +187,9 @@ pub struct RawCaller {
     pub require_user_assertion: bool,
     /// Requests per second this caller may make (bursts of twice that); 0: unlimited.
     pub rate_limit: Option<u32>,
+    /// Watch streams (`WatchAuthorization`, `WatchGrants`) this caller may hold open at once;
+    /// 0: unlimited.
+    pub max_watches: Option<u32>,
     /// On the Unix socket, a peer process running as this uid is this caller without a key.
     pub unix_uid: Option<u32>,
     /// With `[grpc_tls] client_ca_file`: a client certificate whose URI or DNS SAN is this

@@ -108,6 +108,8 @@ pub struct Caller {
     /// This request's id in the logs: the client's `x-request-id` when well-formed, else one
     /// made up by the transport.
     pub request_id: String,
+    /// Watch streams this caller may hold open at once; 0: no limit.
+    pub max_watches: u32,
 }
 
 impl Caller {
@@ -121,6 +123,7 @@ impl Caller {
             requires_user_assertion: false,
             user_assertion: None,
             request_id: String::new(),
+            max_watches: 0,
         }
     }
 

@@ -68,6 +68,13 @@ macro_rules! principal_id {
                 Ok(Self(s.to_owned()))
             }
 
+            /// An id a request names to look up what may have been stored under an older
+            /// version's rules (which took invisible characters): revoking or listing it.
+            pub fn existing(s: &str) -> Result<Self, InvalidInput> {
+                check_principal($field, s)?;
+                Ok(Self(s.to_owned()))
+            }
+
             /// Whether `s` is one (`parse` would take it), without making one.
             pub fn is_valid(s: &str) -> bool {
                 check_principal($field, s).is_ok() && check_visible($field, s).is_ok()
@@ -147,24 +154,33 @@ fn check_principal(field: &'static str, s: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
-/// Refuses the characters that show as nothing or reorder what follows (zero-width spaces and
-/// joiners, the soft hyphen, the byte order mark, bidirectional embeddings, overrides, isolates
-/// and marks): an id holding one looks like another in a log line, the audit trail or the CLI
-/// (`alice` and `alice\u{200b}`, or a right-to-left override reversing the rest).
+/// Refuses the characters that show as nothing, break the line or reorder what follows
+/// (zero-width spaces and joiners, the soft hyphen, the byte order mark, bidirectional
+/// embeddings, overrides, isolates and marks, line and paragraph separators, variation
+/// selectors, Hangul fillers, tags): an id holding one looks like another in a log line, the
+/// audit trail or the CLI (`alice` and `alice\u{200b}`, or a right-to-left override reversing
+/// the rest). Emoji sequences built with a joiner or a variation selector are refused with them.
 fn check_visible(field: &'static str, s: &str) -> Result<(), InvalidInput> {
     let invisible = |c: char| {
         matches!(
             c,
             '\u{ad}'
+                | '\u{34f}'
                 | '\u{61c}'
-                | '\u{180e}'
+                | '\u{115f}'
+                | '\u{1160}'
+                | '\u{180b}'..='\u{180f}'
                 | '\u{200b}'..='\u{200f}'
-                | '\u{202a}'..='\u{202e}'
+                | '\u{2028}'..='\u{202e}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
                 | '\u{feff}'
+                | '\u{ffa0}'
                 | '\u{fff9}'..='\u{fffb}'
                 | '\u{e0000}'..='\u{e007f}'
+                | '\u{e0100}'..='\u{e01ef}'
         )
     };
     if s.chars().any(invisible) {
@@ -262,6 +278,9 @@ mod tests {
             "a\u{2066}b\u{2069}",
             "soft\u{ad}hyphen",
             "tag\u{e0041}",
+            "line\u{2028}separator",
+            "filler\u{3164}",
+            "selector\u{fe0f}",
         ] {
             let e = UserId::parse(bad).unwrap_err();
             assert_eq!(e.field, "user_id");
@@ -271,9 +290,11 @@ mod tests {
                 "{bad:?}"
             );
             assert!(AccountId::parse(bad).is_err(), "{bad:?}");
-            // A record written before the rule still reads.
+            // A record written before the rule still reads, and a request may name it to
+            // revoke or list it.
             let stored: UserId = serde_json::from_value(serde_json::json!(bad)).unwrap();
             assert_eq!(stored.as_str(), bad);
+            assert_eq!(UserId::existing(bad).unwrap(), stored);
         }
         // Visible non-ASCII stays welcome, right-to-left scripts included.
         for good in ["josé@example.com", "محمد", "用户", "🦀"] {

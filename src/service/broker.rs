@@ -166,7 +166,7 @@ impl ClientTarget {
             s.push_str(scope);
             s.push('\0');
         }
-        let digest = hex::encode(crate::secret::sha256(s.as_bytes()));
+        let digest = crate::secret::hex(&crate::secret::sha256(s.as_bytes()));
         GrantKey {
             provider: provider.clone(),
             user: UserId::reserved(&format!("client/{digest}")),

@@ -162,6 +162,7 @@ pub struct Credentials {
     bindings: super::binding::Bindings,
     replica: Option<super::replicas::Replica>,
     challenges: super::challenges::ChallengeCap,
+    watches: Arc<super::watches::Watches>,
 }
 
 impl Credentials {
@@ -197,7 +198,14 @@ impl Credentials {
             bindings: super::binding::Bindings::new(max_parked),
             replica,
             challenges: super::challenges::ChallengeCap::default(),
+            watches: Arc::default(),
         }
+    }
+
+    /// A place for one more watch stream of `caller`, held as long as the stream; refused
+    /// (`RESOURCE_EXHAUSTED`) while it holds its `max_watches`.
+    pub fn open_watch(&self, caller: &Caller) -> Result<super::WatchSlot, Error> {
+        self.watches.open(caller)
     }
 
     /// The Client ID Metadata Document of an MCP provider registered with one.
@@ -518,7 +526,7 @@ impl Credentials {
                     key.user,
                     key.agent.as_ref().map_or("", |a| a.as_str()),
                     key.account.as_ref().map_or("", |a| a.as_str()),
-                    hex::encode(from)
+                    crate::secret::hex(&from)
                 ));
                 let source = ClientGrant::Exchange {
                     client,
@@ -619,7 +627,7 @@ impl Credentials {
             let digest = crate::secret::sha256(
                 crate::secret::ExposeSecret::expose_secret(&st.token).as_bytes(),
             );
-            target.subject = Some(format!("obo/{}", hex::encode(digest)));
+            target.subject = Some(format!("obo/{}", crate::secret::hex(&digest)));
         }
         if let Some(user) = &req.user {
             // Impersonating a user is acting for them: the same rule as using their grant.

@@ -21,6 +21,7 @@ mod references;
 mod refresher;
 mod replicas;
 pub(crate) mod tasks;
+mod watches;
 
 pub use ahead::AheadSettings;
 pub use broker::{AccessToken, GrantInfo, GrantQuery, MAX_PAGE};
@@ -33,5 +34,6 @@ pub use kind::{CallbackParams, ProviderRevocation};
 pub use providers::ProviderRegistry;
 pub use references::ReferenceError;
 pub(crate) use references::ReferenceKeys;
+pub use watches::WatchSlot;
 #[cfg(test)]
 mod tests;

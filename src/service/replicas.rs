@@ -22,7 +22,7 @@ pub(crate) struct Replica {
 
 impl Replica {
     pub(crate) fn new(url: Url, meta: MetaRepo) -> Self {
-        let digest = hex::encode(crate::secret::sha256(url.as_str().as_bytes()));
+        let digest = crate::secret::hex(&crate::secret::sha256(url.as_str().as_bytes()));
         Self {
             tag: digest[..TAG_LEN].to_owned(),
             url,

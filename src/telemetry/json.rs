@@ -91,18 +91,25 @@ fn span_object(name: &str, fields: &str) -> String {
 struct Fields<'a, 'w> {
     w: &'a mut Writer<'w>,
     result: fmt::Result,
-    /// An audit event: its `audit` field is the trail's line, written as the object it is.
+    /// An audit event: its message is the trail's line, written as the object it is.
     audit: bool,
 }
 
 impl Fields<'_, '_> {
     fn member(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_err() || field.name().starts_with("log.") {
+        if field.name().starts_with("log.") {
+            return;
+        }
+        self.named(field.name(), value);
+    }
+
+    fn named(&mut self, name: &str, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
             return;
         }
         self.result = (|| {
             self.w.write_char(',')?;
-            string(self.w, field.name())?;
+            string(self.w, name)?;
             self.w.write_char(':')?;
             value(self.w)
         })();
@@ -111,17 +118,15 @@ impl Fields<'_, '_> {
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        // The trail's line is JSON the audit writer serialized: as an object, not escaped into
-        // a string (readable, and escaping it was most of the line's cost).
-        let object =
-            self.audit && field.name() == "audit" && value.starts_with('{') && value.ends_with('}');
-        self.member(field, |w| {
-            if object {
-                w.write_str(value)
-            } else {
-                string(w, value)
-            }
-        });
+        // An audit event's message is the trail's line, JSON the audit writer serialized: the
+        // object itself, as `audit`, not escaped into a string (readable, and escaping it was
+        // most of the line's cost). A text log line shows it as the message it is.
+        if self.audit && field.name() == "message" && value.starts_with('{') && value.ends_with('}')
+        {
+            self.named("audit", |w| w.write_str(value));
+            return;
+        }
+        self.member(field, |w| string(w, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -333,17 +338,21 @@ mod tests {
         );
         tracing::subscriber::with_default(subscriber, || {
             let line = r#"{"caller":"a\"b","event":"Resolve"}"#;
-            tracing::info!(target: crate::telemetry::AUDIT_TARGET, audit = line);
-            // Another target's field of that name, or a value that is no object: a string.
-            tracing::info!(target: "valet::request", audit = line);
-            tracing::info!(target: crate::telemetry::AUDIT_TARGET, audit = "not {an object");
+            tracing::info!(target: crate::telemetry::AUDIT_TARGET, message = line);
+            // Another target's message, or one that is no object: a string.
+            tracing::info!(target: "valet::request", message = line);
+            tracing::info!(target: crate::telemetry::AUDIT_TARGET, message = "not {an object");
         });
         let lines = lines(&buf);
         assert_eq!(lines[0]["audit"]["caller"], "a\"b");
         assert_eq!(lines[0]["audit"]["event"], "Resolve");
         assert_eq!(lines[0]["target"], "valet::audit");
-        assert_eq!(lines[1]["audit"], r#"{"caller":"a\"b","event":"Resolve"}"#);
-        assert_eq!(lines[2]["audit"], "not {an object");
+        assert!(lines[0].get("message").is_none(), "{}", lines[0]);
+        assert_eq!(
+            lines[1]["message"],
+            r#"{"caller":"a\"b","event":"Resolve"}"#
+        );
+        assert_eq!(lines[2]["message"], "not {an object");
     }
 
     #[test]

@@ -329,3 +329,52 @@ async fn a_providers_maximum_grant_age_shows_when_each_grant_needs_the_user_agai
     assert_eq!(g.needs_reauth_at, g.created_at + 86_400);
     assert_eq!(g.status, pb::GrantStatus::Active as i32);
 }
+
+#[tokio::test]
+async fn a_caller_holds_at_most_its_max_watches_open_and_a_closed_one_frees_its_place() {
+    const WATCHER_KEY: &str = "test-watcher-agent-key-canary-5";
+    let hash = hex::encode(valet::secret::sha256(WATCHER_KEY.as_bytes()));
+    let f = Fixture::with(ValetOptions {
+        extra_toml: format!(
+            "[[callers]]\nname = \"watcher\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nmax_watches = 2\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    f.oidc_provider("idp", "basic-client").await;
+    let first = watch_grants(&f, WATCHER_KEY, "alice").await.unwrap();
+    let _second = watch_grants(&f, WATCHER_KEY, "alice").await.unwrap();
+    let refused = expect_err(
+        watch_grants(&f, WATCHER_KEY, "alice")
+            .await
+            .map(tonic::Response::new),
+        Code::ResourceExhausted,
+        "RESOURCE_EXHAUSTED",
+    );
+    assert!(refused.message().contains("max_watches"), "{refused:?}");
+    // WatchAuthorization counts too; other callers' streams are their own.
+    let p = pending(
+        f.authenticate(WATCHER_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let mut watcher = f.valet.credentials(WATCHER_KEY).await;
+    let s = watcher
+        .watch_authorization(pb::WatchAuthorizationRequest {
+            auth_id: p.auth_id.clone(),
+        })
+        .await;
+    expect_err(s, Code::ResourceExhausted, "RESOURCE_EXHAUSTED");
+    let _theirs = watch_grants(&f, AGENT_KEY, "alice").await.unwrap();
+    assert_eq!(open_streams(&f).await, 3);
+    // A stream its caller dropped frees its place.
+    drop(first);
+    let mut again = watch_grants(&f, WATCHER_KEY, "alice").await;
+    for _ in 0..50 {
+        if again.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        again = watch_grants(&f, WATCHER_KEY, "alice").await;
+    }
+    again.unwrap();
+}

@@ -23,10 +23,24 @@ pub struct CallerKey {
     pub require_user_assertion: bool,
     /// Requests per second (bursts of twice that); 0: unlimited.
     pub rate_limit: u32,
+    /// Watch streams open at once; 0: unlimited.
+    pub max_watches: u32,
     /// On the Unix socket, the peer uid that is this caller.
     pub unix_uid: Option<u32>,
     /// The verified client-certificate SAN (URI or DNS) that is this caller.
     pub tls_identity: Option<String>,
+}
+
+impl CallerKey {
+    /// The caller this entry is, identified by `credential`.
+    fn caller(&self, credential: crate::domain::Credential) -> Caller {
+        let mut caller =
+            Caller::api_key(self.name.clone(), self.role).with_agents(self.agents.clone());
+        caller.requires_user_assertion = self.require_user_assertion;
+        caller.credential = credential;
+        caller.max_watches = self.max_watches;
+        caller
+    }
 }
 
 /// The URI and DNS subject alternative names of a (verified) client certificate.
@@ -139,19 +153,16 @@ impl CallerAuth {
                 .as_ref()
                 .is_some_and(|id| names.iter().any(|n| n == id))
         })?;
-        let mut caller = Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone());
-        caller.requires_user_assertion = k.require_user_assertion;
-        caller.credential = crate::domain::Credential::ClientCertificate;
-        Some((caller, k.rate_limit))
+        Some((
+            k.caller(crate::domain::Credential::ClientCertificate),
+            k.rate_limit,
+        ))
     }
 
     /// The caller a Unix-socket peer running as `uid` is.
     fn identify_uid(&self, uid: u32) -> Option<(Caller, u32)> {
         let k = self.keys.iter().find(|k| k.unix_uid == Some(uid))?;
-        let mut caller = Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone());
-        caller.requires_user_assertion = k.require_user_assertion;
-        caller.credential = crate::domain::Credential::UnixPeer;
-        Some((caller, k.rate_limit))
+        Some((k.caller(crate::domain::Credential::UnixPeer), k.rate_limit))
     }
 
     fn identify_with_rate(&self, presented: &str) -> Option<(Caller, u32)> {
@@ -159,10 +170,7 @@ impl CallerAuth {
         let mut found = None;
         for k in self.keys.iter() {
             if bool::from(k.key_sha256.ct_eq(&hash)) {
-                let mut caller =
-                    Caller::api_key(k.name.clone(), k.role).with_agents(k.agents.clone());
-                caller.requires_user_assertion = k.require_user_assertion;
-                found = Some((caller, k.rate_limit));
+                found = Some((k.caller(crate::domain::Credential::ApiKey), k.rate_limit));
             }
         }
         found
@@ -268,10 +276,12 @@ mod tests {
             agents: AgentBinding::Any,
             require_user_assertion: false,
             rate_limit: 2,
+            max_watches: 3,
             unix_uid: None,
             tls_identity: None,
         }]);
         assert_eq!(auth.identify("k1").unwrap().name, "ops");
+        assert_eq!(auth.identify("k1").unwrap().max_watches, 3);
         assert!(auth.identify("k2").is_none());
         assert!(auth.identify("").is_none());
     }

@@ -18,6 +18,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::time::Duration;
 use tonic::Request;
 
+/// The grant a request names to act on one that may be stored (a revoke): its ids as an older
+/// version may have stored them.
 pub(super) fn grant_key(
     provider: &str,
     user: &str,
@@ -26,23 +28,38 @@ pub(super) fn grant_key(
 ) -> Result<GrantKey, Error> {
     Ok(GrantKey {
         provider: ProviderId::parse(provider)?,
+        user: UserId::existing(user)?,
+        agent: optional(agent, AgentId::existing)?,
+        account: optional(account, AccountId::existing)?,
+    })
+}
+
+/// The grant a request stores (an import, a static credential): its ids held to today's rules.
+pub(super) fn new_grant_key(
+    provider: &str,
+    user: &str,
+    agent: &str,
+    account: &str,
+) -> Result<GrantKey, Error> {
+    Ok(GrantKey {
+        provider: ProviderId::parse(provider)?,
         user: UserId::parse(user)?,
-        agent: if agent.is_empty() {
-            None
-        } else {
-            Some(AgentId::parse(agent)?)
-        },
+        agent: optional(agent, AgentId::parse)?,
         account: optional_account(account)?,
     })
 }
 
+/// An optional id; empty: none.
+fn optional<T>(
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, crate::domain::InvalidInput>,
+) -> Result<Option<T>, Error> {
+    Ok(if s.is_empty() { None } else { Some(parse(s)?) })
+}
+
 /// An account label; empty: the default account.
 fn optional_account(account: &str) -> Result<Option<AccountId>, Error> {
-    Ok(if account.is_empty() {
-        None
-    } else {
-        Some(AccountId::parse(account)?)
-    })
+    optional(account, AccountId::parse)
 }
 
 pub(super) fn token(t: AccessToken) -> pb::Token {
@@ -270,12 +287,9 @@ pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error
     let provider = (!r.provider_id.is_empty())
         .then(|| ProviderId::parse(&r.provider_id))
         .transpose()?;
-    let user = (!r.user_id.is_empty())
-        .then(|| UserId::parse(&r.user_id))
-        .transpose()?;
-    let agent = (!r.agent_id.is_empty())
-        .then(|| AgentId::parse(&r.agent_id))
-        .transpose()?;
+    // Filters: ids as an older version may have stored them.
+    let user = optional(&r.user_id, UserId::existing)?;
+    let agent = optional(&r.agent_id, AgentId::existing)?;
     let status = match pb::GrantStatus::try_from(r.status) {
         Ok(pb::GrantStatus::Unspecified) => None,
         Ok(pb::GrantStatus::Active) => Some(GrantStatus::Active),

@@ -52,11 +52,14 @@ fn wait_timeout<T>(req: &Request<T>, asked_seconds: u32) -> Duration {
 
 type Events<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
-/// Ends a watch stream at the call's deadline (the caller gave up waiting by then).
+/// Ends a watch stream at the call's deadline (the caller gave up waiting by then). `slot`, the
+/// stream's place among its caller's, and the metrics' count of open streams are held as long
+/// as it.
 fn until_deadline<T: Send + 'static>(
     events: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: Option<Duration>,
     guard: crate::metrics::StreamGuard,
+    slot: crate::service::WatchSlot,
 ) -> Events<T> {
     use futures::StreamExt as _;
     let end = async move {
@@ -65,9 +68,9 @@ fn until_deadline<T: Send + 'static>(
             None => std::future::pending().await,
         }
     };
-    // The guard lives as long as the stream: dropped when it ends or the caller cancels.
+    // They live as long as the stream: dropped when it ends or the caller cancels.
     Box::pin(events.take_until(end).map(move |e| {
-        let _ = &guard;
+        let _ = (&guard, &slot);
         e
     }))
 }
@@ -85,12 +88,15 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         let caller = caller(&mut req)?;
         let deadline = convert::grpc_deadline(&req);
         let auth_id = req.into_inner().auth_id;
-        let now = rpc(
+        let (now, slot) = rpc(
             self.audit(),
             "WatchAuthorization",
             &caller,
             Subject::default(),
-            async { self.credentials.flow_now(&caller, &auth_id).await },
+            async {
+                let slot = self.credentials.open_watch(&caller)?;
+                Ok((self.credentials.flow_now(&caller, &auth_id).await?, slot))
+            },
         )
         .await?;
         let pending = matches!(now, crate::service::Outcome::Pending { .. });
@@ -113,6 +119,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             first.chain(end),
             deadline,
             guard,
+            slot,
         )))
     }
 
@@ -131,7 +138,8 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             caller,
             named,
             |credentials, caller| async move {
-                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
+                let key =
+                    convert::new_grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
                 if r.refresh_token.is_empty() || r.refresh_token.len() > 16384 {
                     return Err(crate::service::Error::invalid(
                         "refresh_token",
@@ -182,21 +190,24 @@ impl pb::credentials_server::Credentials for CredentialsApi {
         let caller = caller(&mut req)?;
         let deadline = convert::grpc_deadline(&req);
         let r = req.get_ref();
-        let changes = rpc(
+        let (changes, slot) = rpc(
             self.audit(),
             "WatchGrants",
             &caller,
             subject(&r.provider_id, &r.user_id, &r.agent_id),
             async {
-                self.credentials
+                let slot = self.credentials.open_watch(&caller)?;
+                let changes = self
+                    .credentials
                     .watch_grants(&caller, convert::watch_query(r)?)
-                    .await
+                    .await?;
+                Ok((changes, slot))
             },
         )
         .await?;
         let guard = self.audit().stream_opened();
         let events = changes.map(|c| Ok(convert::grant_event(c)));
-        Ok(Response::new(until_deadline(events, deadline, guard)))
+        Ok(Response::new(until_deadline(events, deadline, guard, slot)))
     }
 
     async fn authenticate(
@@ -374,7 +385,8 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             caller,
             named,
             |credentials, caller| async move {
-                let key = convert::grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
+                let key =
+                    convert::new_grant_key(&r.provider_id, &r.user_id, &r.agent_id, &r.account)?;
                 let value = SecretString::from(r.value);
                 credentials
                     .put_credential(&caller, &key, &r.username, &value)

@@ -47,6 +47,13 @@ impl Labelled for crate::domain::ProviderId {}
 impl Labelled for crate::service::GrantInfo {}
 impl<T> Labelled for std::sync::Arc<T> {}
 impl<T: ?Sized> Labelled for std::pin::Pin<Box<T>> {}
+impl<T: ?Sized> Labelled for (std::pin::Pin<Box<T>>, crate::service::WatchSlot) {}
+
+impl Labelled for (crate::service::Outcome, crate::service::WatchSlot) {
+    fn label(&self) -> &'static str {
+        self.0.label()
+    }
+}
 
 impl Labelled for crate::service::Outcome {
     fn label(&self) -> &'static str {
@@ -110,7 +117,8 @@ fn rpc<T: Labelled>(
     async move {
         let started = std::time::Instant::now();
         // The grant a call found when its request named none (`Resolve`), success or not. Its
-        // ids are well-formed (parsed when stored).
+        // ids are as stored: an older version's may hold what a new id may not, so they are
+        // checked like the request's below.
         let (result, found) = crate::service::acted_on::track(call).await;
         let took = started.elapsed();
         let found = found.as_ref();
@@ -141,8 +149,11 @@ fn rpc<T: Labelled>(
         let audited = match found {
             Some(k) => crate::audit::Subject {
                 provider: named,
-                user: k.user.as_str(),
-                agent: k.agent.as_ref().map_or("", |a| a.as_str()),
+                user: valid(k.user.as_str(), crate::domain::UserId::is_valid),
+                agent: valid(
+                    k.agent.as_ref().map_or("", |a| a.as_str()),
+                    crate::domain::AgentId::is_valid,
+                ),
             },
             None => crate::audit::Subject {
                 provider,
