@@ -239,6 +239,11 @@ fn last_hash(path: &Path) -> std::io::Result<String> {
     Ok(last)
 }
 
+/// The log target of audit events when the trail goes to the log. Their message is the trail's
+/// JSON line, which a JSON log line carries as the object in its `audit` member
+/// (`telemetry::json`).
+pub const LOG_TARGET: &str = "valet::audit";
+
 /// Users whose hashes the writer keeps: the same users recur, and the keyed hash was a third of
 /// an event's cost. Forgotten all at once when full.
 const USERS_KEPT: usize = 4096;
@@ -311,7 +316,7 @@ impl Writer {
             }
             None => {
                 let text = std::str::from_utf8(&self.line).unwrap_or_default();
-                tracing::info!(target: crate::telemetry::AUDIT_TARGET, message = text);
+                tracing::info!(target: LOG_TARGET, message = text);
             }
         }
     }

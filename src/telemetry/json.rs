@@ -41,7 +41,7 @@ where
         let mut fields = Fields {
             w: &mut w,
             result: Ok(()),
-            audit: meta.target() == super::AUDIT_TARGET,
+            audit: meta.target() == crate::audit::LOG_TARGET,
         };
         event.record(&mut fields);
         fields.result?;
@@ -338,10 +338,10 @@ mod tests {
         );
         tracing::subscriber::with_default(subscriber, || {
             let line = r#"{"caller":"a\"b","event":"Resolve"}"#;
-            tracing::info!(target: crate::telemetry::AUDIT_TARGET, message = line);
+            tracing::info!(target: crate::audit::LOG_TARGET, message = line);
             // Another target's message, or one that is no object: a string.
             tracing::info!(target: "valet::request", message = line);
-            tracing::info!(target: crate::telemetry::AUDIT_TARGET, message = "not {an object");
+            tracing::info!(target: crate::audit::LOG_TARGET, message = "not {an object");
         });
         let lines = lines(&buf);
         assert_eq!(lines[0]["audit"]["caller"], "a\"b");

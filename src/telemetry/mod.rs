@@ -267,10 +267,6 @@ pub fn new_request_id() -> String {
     )
 }
 
-/// The log target of audit events when the trail goes to the log. Their message is the trail's
-/// JSON line, which a JSON log line carries as the object in its `audit` member (`JsonLines`).
-pub const AUDIT_TARGET: &str = "valet::audit";
-
 /// Whether spans are exported (`otlp_endpoint` set and its exporter built).
 pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
