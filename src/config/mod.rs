@@ -607,6 +607,7 @@ key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
 name = "bot"
 role = "agent"
 key_sha256 = "abababababababababababababababababababababababababababababababab"
+max_watches = 5
 "#;
 
     // check-config output is read by operators and diffed by scripts: pinned byte for byte.
@@ -671,6 +672,7 @@ name = "bot"
 role = "agent"
 key_sha256 = "abababab…(redacted)"
 agents = []
+max_watches = 5
 "#;
         assert_eq!(c.render(), expected);
     }
