@@ -77,7 +77,7 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
                 }
             },
             (None, Role::Admin) => AgentBinding::Any,
-            (None, Role::Agent) => AgentBinding::Only(Vec::new()),
+            (None, Role::Agent) => AgentBinding::Only(std::sync::Arc::default()),
         };
         let mut hash = [0u8; 32];
         if hex::decode_to_slice(&c.key_sha256, &mut hash).is_err() {

@@ -29,7 +29,7 @@ pub enum AgentBinding {
     #[default]
     Any,
     /// These agent ids (exact, or a prefix ending in `*`); none: user-wide grants only.
-    Only(Vec<String>),
+    Only(std::sync::Arc<[String]>),
 }
 
 impl AgentBinding {
@@ -46,7 +46,7 @@ impl AgentBinding {
                 ));
             }
         }
-        Ok(Self::Only(patterns.to_vec()))
+        Ok(Self::Only(patterns.into()))
     }
 
     /// Whether a grant for `agent` (none: user-wide) may be used.

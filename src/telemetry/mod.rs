@@ -261,10 +261,8 @@ pub fn new_request_id() -> String {
     static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:016x}",
-        KEY.get_or_init(std::hash::RandomState::new).hash_one(n)
-    )
+    let id = KEY.get_or_init(std::hash::RandomState::new).hash_one(n);
+    crate::secret::hex(&id.to_be_bytes())
 }
 
 /// Whether spans are exported (`otlp_endpoint` set and its exporter built).
