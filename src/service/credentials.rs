@@ -1151,6 +1151,9 @@ impl Credentials {
     ) -> Result<(bool, ProviderRevocation), Error> {
         policy::authorize(caller, Action::RevokeGrant(key))?;
         self.check_user(caller, &key.user).await?;
+        // The trail and the grant's watchers name the grant as stored, also when the request
+        // named it with an id a new grant may not have.
+        super::acted_on::note(key);
         let provider = self.providers.get(&key.provider)?;
         let (refresh, access) = self.broker.tokens_of(key).await?;
         let at_provider = if refresh.is_none() && access.is_none() {

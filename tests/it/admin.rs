@@ -630,3 +630,48 @@ async fn list_grants_pages_and_filters() {
     );
     assert!(s.message().contains("no provider 'nope'"), "{s:?}");
 }
+
+#[tokio::test]
+async fn an_id_with_invisible_characters_may_be_named_to_revoke_or_list_but_not_stored() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    // What an older version stored: looked up, not refused (here nothing is there).
+    let old = "alice\u{200b}";
+    let mut admin = f.valet.credentials(ADMIN_KEY).await;
+    let revoked = admin
+        .revoke(pb::RevokeRequest {
+            provider_id: "idp".into(),
+            user_id: old.into(),
+            agent_id: old.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!revoked.revoked);
+    let listed = admin
+        .list_grants(pb::ListGrantsRequest {
+            user_id: old.into(),
+            account: old.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.grants.is_empty());
+    // Storing a grant under one is refused, naming the field, and stores nothing.
+    let s = expect_err(
+        admin
+            .import_grant(pb::ImportGrantRequest {
+                provider_id: "idp".into(),
+                user_id: old.into(),
+                refresh_token: "an-imported-refresh-token".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(s.message().contains("user_id"), "{s:?}");
+    assert!(f.grants(old).await.is_empty());
+}

@@ -142,21 +142,17 @@ pub(super) fn auth_request(r: &pb::AuthenticateRequest) -> Result<AuthRequest, E
         },
         Err(_) => return Err(Error::invalid("handout", "unknown handout")),
     };
-    let optional = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Ok(AuthRequest {
         provider: ProviderId::parse(&r.provider_id)?,
-        user: (!r.user_id.is_empty())
-            .then(|| UserId::parse(&r.user_id))
-            .transpose()?,
-        agent: (!r.agent_id.is_empty())
-            .then(|| AgentId::parse(&r.agent_id))
-            .transpose()?,
+        user: optional(&r.user_id, UserId::parse)?,
+        agent: optional(&r.agent_id, AgentId::parse)?,
         scopes: Scopes::parse("scopes", &r.scopes)?,
         handout,
         min_ttl: r.min_ttl_seconds,
         force_reauth: r.force_reauth,
-        audience: optional(&r.audience),
-        resource: optional(&r.resource),
+        audience: text(&r.audience),
+        resource: text(&r.resource),
         subject_token: subject_token(&r.subject_token, &r.subject_token_type)?,
         challenged: challenged_scopes(&r.challenge)?,
         account: optional_account(&r.account)?,
@@ -284,12 +280,11 @@ pub(super) fn authorization_event(r: Result<Outcome, Error>) -> pb::Authorizatio
 }
 
 pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error> {
-    let provider = (!r.provider_id.is_empty())
-        .then(|| ProviderId::parse(&r.provider_id))
-        .transpose()?;
+    let provider = optional(&r.provider_id, ProviderId::parse)?;
     // Filters: ids as an older version may have stored them.
     let user = optional(&r.user_id, UserId::existing)?;
     let agent = optional(&r.agent_id, AgentId::existing)?;
+    let account = optional(&r.account, AccountId::existing)?;
     let status = match pb::GrantStatus::try_from(r.status) {
         Ok(pb::GrantStatus::Unspecified) => None,
         Ok(pb::GrantStatus::Active) => Some(GrantStatus::Active),
@@ -307,7 +302,7 @@ pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error
         provider,
         user,
         agent,
-        account: optional_account(&r.account)?,
+        account,
         status,
         page_size,
         after,
@@ -585,5 +580,49 @@ fn wire_kind(k: ProviderKind) -> pb::ProviderKind {
         ProviderKind::HttpBearer => pb::ProviderKind::HttpBearer,
         ProviderKind::ServiceAccount => pb::ProviderKind::ServiceAccount,
         ProviderKind::Mcp => pb::ProviderKind::Mcp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_an_older_version_stored_may_be_named_to_look_up_but_not_to_store() {
+        let old = "alice\u{200b}";
+        // Revoke and the list filters take ids as an older version may have stored them.
+        let key = grant_key("idp", old, old, old).unwrap();
+        assert_eq!(key.user.as_str(), old);
+        assert_eq!(key.agent.unwrap().as_str(), old);
+        assert_eq!(key.account.unwrap().as_str(), old);
+        let q = grant_query(&pb::ListGrantsRequest {
+            user_id: old.into(),
+            agent_id: old.into(),
+            account: old.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(q.user.unwrap().as_str(), old);
+        assert_eq!(q.agent.unwrap().as_str(), old);
+        assert_eq!(q.account.unwrap().as_str(), old);
+        // What stores a grant, or asks for one, holds it to today's rule.
+        for (user, agent, account, field) in [
+            (old, "", "", "user_id"),
+            ("alice", old, "", "agent_id"),
+            ("alice", "", old, "account"),
+        ] {
+            let e = new_grant_key("idp", user, agent, account).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+            let asked = auth_request(&pb::AuthenticateRequest {
+                provider_id: "idp".into(),
+                user_id: user.into(),
+                agent_id: agent.into(),
+                account: account.into(),
+                ..Default::default()
+            });
+            assert!(asked.unwrap_err().to_string().contains(field));
+        }
+        // Control characters are refused either way.
+        assert!(grant_key("idp", "a\u{0}b", "", "").is_err());
     }
 }

@@ -116,9 +116,9 @@ fn rpc<T: Labelled>(
     };
     async move {
         let started = std::time::Instant::now();
-        // The grant a call found when its request named none (`Resolve`), success or not. Its
-        // ids are as stored: an older version's may hold what a new id may not, so they are
-        // checked like the request's below.
+        // The grant a call found when its request named none (`Resolve`), or acted on
+        // (`Revoke`), success or not: its ids as stored (an older version's may hold characters
+        // a new id may not).
         let (result, found) = crate::service::acted_on::track(call).await;
         let took = started.elapsed();
         let found = found.as_ref();
@@ -149,11 +149,8 @@ fn rpc<T: Labelled>(
         let audited = match found {
             Some(k) => crate::audit::Subject {
                 provider: named,
-                user: valid(k.user.as_str(), crate::domain::UserId::is_valid),
-                agent: valid(
-                    k.agent.as_ref().map_or("", |a| a.as_str()),
-                    crate::domain::AgentId::is_valid,
-                ),
+                user: k.user.as_str(),
+                agent: k.agent.as_ref().map_or("", |a| a.as_str()),
             },
             None => crate::audit::Subject {
                 provider,
