@@ -6,17 +6,24 @@ use serde::{Deserialize, Serialize};
 pub(super) const MAX_SCOPES: usize = 64;
 pub(super) const MAX_SCOPE_LEN: usize = 256;
 
-/// Sorted, without duplicates. A boxed slice rather than a set: a pending flow or cached token
-/// holds a few scopes, and a tree node costs several times their size.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Sorted, without duplicates. A shared slice rather than a set: a pending flow or cached token
+/// holds a few scopes, and a tree node costs several times their size; shared, as a handout
+/// copies a provider's default scopes and a cached token's on every call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "Vec<String>")]
-pub struct Scopes(Box<[String]>);
+pub struct Scopes(std::sync::Arc<[String]>);
 
 impl From<Vec<String>> for Scopes {
     fn from(mut items: Vec<String>) -> Self {
         items.sort_unstable();
         items.dedup();
-        Self(items.into_boxed_slice())
+        Self(items.into())
+    }
+}
+
+impl Serialize for Scopes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
