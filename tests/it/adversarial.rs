@@ -6,7 +6,7 @@
 use crate::support::daemon::{ADMIN_KEY, AGENT_KEY, OTHER_AGENT_KEY};
 use crate::support::idp::Idp;
 use crate::support::{
-    Browser, Fixture, Valet, ValetOptions, expect_err, pending, token, unix_channel,
+    Browser, Fixture, Valet, ValetOptions, agent_caller, expect_err, pending, token, unix_channel,
 };
 use tonic::Code;
 use valet::pb;
@@ -15,11 +15,8 @@ const PLAIN_KEY: &str = "test-plain-agent-key-canary-4";
 
 /// A daemon with a third agent caller, `plain`, configured without an `agents` list.
 async fn fixture() -> Fixture {
-    let hash = hex::encode(valet::secret::sha256(PLAIN_KEY.as_bytes()));
     Fixture::with(ValetOptions {
-        extra_toml: format!(
-            "[[callers]]\nname = \"plain\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\n"
-        ),
+        extra_toml: agent_caller("plain", PLAIN_KEY, ""),
         ..Default::default()
     })
     .await
@@ -693,11 +690,8 @@ async fn a_bound_consent_is_stored_only_for_the_user_the_operators_app_vouches_f
 #[tokio::test]
 async fn a_caller_beyond_its_rate_limit_is_refused_and_others_are_not() {
     const LIMITED_KEY: &str = "test-limited-agent-key-canary-6";
-    let hash = hex::encode(valet::secret::sha256(LIMITED_KEY.as_bytes()));
     let f = Fixture::with(ValetOptions {
-        extra_toml: format!(
-            "[[callers]]\nname = \"limited\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nrate_limit = 3\n"
-        ),
+        extra_toml: agent_caller("limited", LIMITED_KEY, "rate_limit = 3\n"),
         ..Default::default()
     })
     .await;

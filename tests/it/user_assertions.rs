@@ -4,7 +4,7 @@
 //! the matching test keys.
 
 use crate::support::daemon::AGENT_KEY;
-use crate::support::{Fixture, ValetOptions, expect_err, pending};
+use crate::support::{Fixture, ValetOptions, agent_caller, expect_err, pending};
 use tonic::Code;
 use valet::jwt::SigningKey;
 use valet::pb;
@@ -28,11 +28,14 @@ async fn jwks_server() -> String {
 }
 
 async fn fixture() -> Fixture {
-    let hash = hex::encode(valet::secret::sha256(ASSERTED_KEY.as_bytes()));
     let jwks = jwks_server().await;
     let f = Fixture::with(ValetOptions {
-        extra_toml: format!(
-            "[[callers]]\nname = \"asserted\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nagents = [\"*\"]\nrequire_user_assertion = true\n\n[user_assertions]\nissuer = \"{ISSUER}\"\naudience = \"valet\"\njwks_url = \"{jwks}\"\n"
+        extra_toml: agent_caller(
+            "asserted",
+            ASSERTED_KEY,
+            &format!(
+                "agents = [\"*\"]\nrequire_user_assertion = true\n\n[user_assertions]\nissuer = \"{ISSUER}\"\naudience = \"valet\"\njwks_url = \"{jwks}\"\n"
+            ),
         ),
         ..Default::default()
     })

@@ -2,7 +2,7 @@
 //! `WatchGrants` streams grant lifecycle events (metadata only).
 
 use crate::support::daemon::{ADMIN_KEY, AGENT_KEY, OTHER_AGENT_KEY};
-use crate::support::{Fixture, ValetOptions, expect_err, pending};
+use crate::support::{Fixture, ValetOptions, agent_caller, expect_err, pending};
 use std::time::Duration;
 use tonic::Code;
 use valet::pb;
@@ -333,11 +333,8 @@ async fn a_providers_maximum_grant_age_shows_when_each_grant_needs_the_user_agai
 #[tokio::test]
 async fn a_caller_holds_at_most_its_max_watches_open_and_a_closed_one_frees_its_place() {
     const WATCHER_KEY: &str = "test-watcher-agent-key-canary-5";
-    let hash = hex::encode(valet::secret::sha256(WATCHER_KEY.as_bytes()));
     let f = Fixture::with(ValetOptions {
-        extra_toml: format!(
-            "[[callers]]\nname = \"watcher\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\nmax_watches = 2\n"
-        ),
+        extra_toml: agent_caller("watcher", WATCHER_KEY, "max_watches = 2\n"),
         ..Default::default()
     })
     .await;

@@ -340,6 +340,13 @@ pub(crate) async fn unix_channel(path: std::path::PathBuf) -> tonic::transport::
         .unwrap()
 }
 
+/// A `[[callers]]` entry: the agent caller `name`, whose API key is `key`, and `more` lines of
+/// its entry (or TOML after it).
+pub(crate) fn agent_caller(name: &str, key: &str, more: &str) -> String {
+    let hash = hex::encode(valet::secret::sha256(key.as_bytes()));
+    format!("[[callers]]\nname = \"{name}\"\nrole = \"agent\"\nkey_sha256 = \"{hash}\"\n{more}")
+}
+
 /// Resident memory of process `pid` in KiB (Linux), for the benchmarks.
 #[allow(
     dead_code,
