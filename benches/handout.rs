@@ -48,12 +48,22 @@ struct Sizes {
     only: Vec<String>,
 }
 
-/// The sections, in the order they run.
-const SECTIONS: [&str; 6] = ["handout", "herd", "flows", "revoke", "replicas", "store"];
+/// The sections, in the order they run. `instructions` runs only when named: it needs valgrind
+/// and takes minutes.
+const SECTIONS: [&str; 7] = [
+    "handout",
+    "herd",
+    "flows",
+    "revoke",
+    "replicas",
+    "store",
+    "instructions",
+];
 
 impl Sizes {
     fn wants(&self, section: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == section)
+        let named = self.only.iter().any(|s| s == section);
+        named || (self.only.is_empty() && section != "instructions")
     }
 }
 
@@ -189,6 +199,152 @@ fn main() {
     if sizes.wants("store") {
         rt.block_on(store_scaling(sizes.records, sizes.calls.min(20_000)));
     }
+    if sizes.wants("instructions") {
+        rt.block_on(instructions(sizes.calls.min(2_000)));
+    }
+}
+
+/// Instructions the daemon executes per call (`valgrind --tool=callgrind`, read from the
+/// running daemon with `callgrind_control`), the cached handout against the floor: a figure a
+/// noisy machine does not move, for telling whether a change to the handout path made it
+/// cheaper. It counts the daemon's threads (the audit and log writers too), not the time a
+/// call takes: system calls and wake-ups cost nothing here.
+async fn instructions(calls: usize) {
+    if std::process::Command::new("callgrind_control")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "the instructions section runs the daemon under valgrind: install it (apt-get install valgrind)"
+        );
+    }
+    println!("== instructions per call in the daemon (callgrind; {calls} calls each)");
+    let f = Fixture::with(ValetOptions {
+        wrapper: vec![
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+        ],
+        // As the handout section: the production default, JSON lines at `info`.
+        log_format: "",
+        logs_to_file: true,
+        ..Default::default()
+    })
+    .await;
+    f.oidc_provider("idp", "basic-client").await;
+    f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
+        .await;
+    let reference = support::reference(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                handout: pb::Handout::Reference as i32,
+                ..Fixture::request("idp", "alice", "")
+            },
+        )
+        .await,
+    )
+    .reference;
+    let pid = f.valet.pid();
+    let health = HealthClient::new(f.valet.raw_channel().await);
+    let creds = f.valet.credentials(AGENT_KEY).await;
+    // Everything the daemon's threads executed so far.
+    let executed = move || -> u64 {
+        let out = std::process::Command::new("callgrind_control")
+            .args(["-e", "Ir", &pid.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let count = l.trim().strip_prefix("Th ")?.split_whitespace().nth(1)?;
+                count.replace(',', "").parse::<u64>().ok()
+            })
+            .sum()
+    };
+    // The calls of one operation: warmed up, then counted once the writers that gather the
+    // log and audit lines (50 ms) have done their share.
+    async fn count<F, Fut>(
+        calls: usize,
+        concurrency: usize,
+        pid: u32,
+        op: F,
+        executed: &impl Fn() -> u64,
+    ) -> f64
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        measure(concurrency * 10, concurrency, pid, op.clone()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = executed();
+        measure(calls, concurrency, pid, op).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (executed() - before) as f64 / calls as f64
+    }
+    for concurrency in [1, 64] {
+        let h = health.clone();
+        let floor = count(
+            calls,
+            concurrency,
+            pid,
+            move || {
+                let mut h = h.clone();
+                async move {
+                    h.check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .unwrap();
+                }
+            },
+            &executed,
+        )
+        .await;
+        let c = creds.clone();
+        let auth = count(
+            calls,
+            concurrency,
+            pid,
+            move || {
+                let mut c = c.clone();
+                async move {
+                    c.authenticate(Fixture::request("idp", "alice", ""))
+                        .await
+                        .unwrap();
+                }
+            },
+            &executed,
+        )
+        .await;
+        let (c, r) = (creds.clone(), reference.clone());
+        let resolve = count(
+            calls,
+            concurrency,
+            pid,
+            move || {
+                let (mut c, reference) = (c.clone(), r.clone());
+                async move {
+                    c.resolve(pb::ResolveRequest {
+                        reference,
+                        min_ttl_seconds: 0,
+                        target_url: String::new(),
+                    })
+                    .await
+                    .unwrap();
+                }
+            },
+            &executed,
+        )
+        .await;
+        println!(
+            "{concurrency:>2} in flight: grpc.health Check (floor) {floor:>8.0}  Authenticate {auth:>8.0} ({:.2}x the floor's)  Resolve {resolve:>8.0} ({:.2}x)",
+            auth / floor,
+            resolve / floor
+        );
+    }
+    println!();
 }
 
 /// A live grant of provider `bench` for user `i`, as the daemon stores it.

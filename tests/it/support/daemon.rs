@@ -36,6 +36,9 @@ pub(crate) struct ValetOptions {
     /// rather than through a pipe this process drains (the benchmark: a reader on its cores
     /// would be counted against every call that logs).
     pub logs_to_file: bool,
+    /// A program the daemon runs under, with its arguments (the benchmark's instruction
+    /// counts: `valgrind --tool=callgrind`); empty: none.
+    pub wrapper: Vec<&'static str>,
 }
 
 impl Default for ValetOptions {
@@ -51,6 +54,7 @@ impl Default for ValetOptions {
             log_format: "text",
             allow_private_networks: true,
             logs_to_file: false,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -142,7 +146,15 @@ rate_limit = 0
         let path = dir.path().join("valet.toml");
         std::fs::write(&path, config).unwrap();
         let log_file = opts.logs_to_file.then(|| dir.path().join("valet.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_valet"))
+        let mut command = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_valet"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_valet")),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&path)
