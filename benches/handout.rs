@@ -158,6 +158,73 @@ fn row(name: &str, r: &Run, floor: &Run) {
     );
 }
 
+/// The floor's call on `client` (a health client over TCP or the Unix socket), for `measure`:
+/// a no-op gRPC call.
+macro_rules! health_check {
+    ($client:expr) => {{
+        let h = $client.clone();
+        move || {
+            let mut h = h.clone();
+            async move {
+                h.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }};
+}
+
+/// A cached `Authenticate` for alice at provider `idp` on `client`, for `measure`.
+macro_rules! authenticate {
+    ($client:expr) => {{
+        let c = $client.clone();
+        move || {
+            let mut c = c.clone();
+            async move {
+                c.authenticate(Fixture::request("idp", "alice", ""))
+                    .await
+                    .unwrap();
+            }
+        }
+    }};
+}
+
+/// A `Resolve` of `reference` on `client`, for `measure`.
+macro_rules! resolve {
+    ($client:expr, $reference:expr) => {{
+        let (c, r) = ($client.clone(), $reference.clone());
+        move || {
+            let (mut c, reference) = (c.clone(), r.clone());
+            async move {
+                c.resolve(pb::ResolveRequest {
+                    reference,
+                    min_ttl_seconds: 0,
+                    target_url: String::new(),
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }};
+}
+
+/// A reference to alice's grant at `idp`, which the agent key holds.
+async fn alices_reference(f: &Fixture) -> String {
+    support::reference(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                handout: pb::Handout::Reference as i32,
+                ..Fixture::request("idp", "alice", "")
+            },
+        )
+        .await,
+    )
+    .reference
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let only: Vec<String> = std::env::args()
@@ -235,17 +302,7 @@ async fn instructions(calls: usize) {
     f.oidc_provider("idp", "basic-client").await;
     f.authorize(AGENT_KEY, Fixture::request("idp", "alice", ""))
         .await;
-    let reference = support::reference(
-        f.authenticate(
-            AGENT_KEY,
-            pb::AuthenticateRequest {
-                handout: pb::Handout::Reference as i32,
-                ..Fixture::request("idp", "alice", "")
-            },
-        )
-        .await,
-    )
-    .reference;
+    let reference = alices_reference(&f).await;
     let pid = f.valet.pid();
     let health = HealthClient::new(f.valet.raw_channel().await);
     let creds = f.valet.credentials(AGENT_KEY).await;
@@ -284,57 +341,13 @@ async fn instructions(calls: usize) {
         (executed() - before) as f64 / calls as f64
     }
     for concurrency in [1, 64] {
-        let h = health.clone();
-        let floor = count(
-            calls,
-            concurrency,
-            pid,
-            move || {
-                let mut h = h.clone();
-                async move {
-                    h.check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .unwrap();
-                }
-            },
-            &executed,
-        )
-        .await;
-        let c = creds.clone();
-        let auth = count(
-            calls,
-            concurrency,
-            pid,
-            move || {
-                let mut c = c.clone();
-                async move {
-                    c.authenticate(Fixture::request("idp", "alice", ""))
-                        .await
-                        .unwrap();
-                }
-            },
-            &executed,
-        )
-        .await;
-        let (c, r) = (creds.clone(), reference.clone());
+        let floor = count(calls, concurrency, pid, health_check!(health), &executed).await;
+        let auth = count(calls, concurrency, pid, authenticate!(creds), &executed).await;
         let resolve = count(
             calls,
             concurrency,
             pid,
-            move || {
-                let (mut c, reference) = (c.clone(), r.clone());
-                async move {
-                    c.resolve(pb::ResolveRequest {
-                        reference,
-                        min_ttl_seconds: 0,
-                        target_url: String::new(),
-                    })
-                    .await
-                    .unwrap();
-                }
-            },
+            resolve!(creds, reference),
             &executed,
         )
         .await;
@@ -728,17 +741,7 @@ async fn run(s: &Sizes) {
     let unix_creds = pb::credentials_client::CredentialsClient::new(unix);
     let pid = f.valet.pid();
     if s.wants("handout") {
-        let reference = support::reference(
-            f.authenticate(
-                AGENT_KEY,
-                pb::AuthenticateRequest {
-                    handout: pb::Handout::Reference as i32,
-                    ..Fixture::request("idp", "alice", "")
-                },
-            )
-            .await,
-        )
-        .reference;
+        let reference = alices_reference(&f).await;
         // One caller at a time, then many: the handout against the transport floor at each. The
         // three are measured in interleaved rounds and each reported by its median round, so a
         // burst of noise on this shared machine does not land on one side of a ratio.
@@ -747,62 +750,17 @@ async fn run(s: &Sizes) {
             let (mut floors, mut auths, mut resolves) = (Vec::new(), Vec::new(), Vec::new());
             let (mut unix_floors, mut unix_auths) = (Vec::new(), Vec::new());
             // The same two operations over TCP and over the Unix socket.
-            macro_rules! health_check {
-                ($client:expr, $calls:expr) => {{
-                    let h = $client.clone();
-                    measure($calls, concurrency, pid, move || {
-                        let mut h = h.clone();
-                        async move {
-                            h.check(HealthCheckRequest {
-                                service: String::new(),
-                            })
-                            .await
-                            .unwrap();
-                        }
-                    })
-                    .await
-                }};
-            }
-            macro_rules! authenticate {
-                ($client:expr, $calls:expr) => {{
-                    let c = $client.clone();
-                    measure($calls, concurrency, pid, move || {
-                        let mut c = c.clone();
-                        async move {
-                            c.authenticate(Fixture::request("idp", "alice", ""))
-                                .await
-                                .unwrap();
-                        }
-                    })
-                    .await
-                }};
+            for _ in 0..ROUNDS {
+                let calls = s.calls / ROUNDS;
+                floors.push(measure(calls, concurrency, pid, health_check!(health)).await);
+                auths.push(measure(calls, concurrency, pid, authenticate!(creds)).await);
+                resolves.push(measure(calls, concurrency, pid, resolve!(creds, reference)).await);
             }
             for _ in 0..ROUNDS {
                 let calls = s.calls / ROUNDS;
-                floors.push(health_check!(health, calls));
-                auths.push(authenticate!(creds, calls));
-                let (c, reference) = (creds.clone(), reference.clone());
-                resolves.push(
-                    measure(calls, concurrency, pid, move || {
-                        let mut c = c.clone();
-                        let reference = reference.clone();
-                        async move {
-                            c.resolve(pb::ResolveRequest {
-                                reference,
-                                min_ttl_seconds: 0,
-                                target_url: String::new(),
-                            })
-                            .await
-                            .unwrap();
-                        }
-                    })
-                    .await,
-                );
-            }
-            for _ in 0..ROUNDS {
-                let calls = s.calls / ROUNDS;
-                unix_floors.push(health_check!(unix_health, calls));
-                unix_auths.push(authenticate!(unix_creds, calls));
+                unix_floors
+                    .push(measure(calls, concurrency, pid, health_check!(unix_health)).await);
+                unix_auths.push(measure(calls, concurrency, pid, authenticate!(unix_creds)).await);
             }
             by_concurrency.push((
                 concurrency,
