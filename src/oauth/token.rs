@@ -345,16 +345,23 @@ pub fn safe_code(raw: &str) -> String {
 
 /// The response body as a JSON object; form-encoded bodies become an object of strings.
 fn body_object(content_type: &str, body: &[u8]) -> Option<Map<String, Value>> {
+    let form = || -> Map<String, Value> {
+        url::form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
+            .collect()
+    };
     if content_type.starts_with("application/x-www-form-urlencoded") {
-        return Some(
-            url::form_urlencoded::parse(body)
-                .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
-                .collect(),
-        );
+        return Some(form());
     }
-    match serde_json::from_slice(body).ok()? {
-        Value::Object(o) => Some(o),
-        _ => None,
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(o)) => Some(o),
+        Ok(_) => None,
+        // A form under another label (`text/plain`, or even `application/json`), as some token
+        // endpoints answer (GitHub's form answer behind a proxy that relabels it, Facebook's
+        // `text/plain`): taken when it names a token or an error, so an HTML page is not.
+        Err(_) => {
+            Some(form()).filter(|o| o.contains_key("access_token") || o.contains_key("error"))
+        }
     }
 }
 
@@ -504,6 +511,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.scopes.unwrap().to_vec(), ["gist", "repo"]);
+        // The same form labelled as something else is still read; a page that is neither is not.
+        for label in [JSON, "text/plain", ""] {
+            let t = parse(200, label, form, &TokenDialect::default()).unwrap();
+            assert_eq!(t.access_token.expose_secret(), "gho_x");
+            assert!(matches!(
+                parse(
+                    400,
+                    label,
+                    b"error=invalid_grant&error_description=gone",
+                    &TokenDialect::default()
+                ),
+                Err(OAuthError::InvalidGrant)
+            ));
+            for page in [
+                &b"<html><body>access_token=1</body></html>"[..],
+                b"[1]",
+                b"",
+            ] {
+                let err = parse(200, label, page, &TokenDialect::default()).unwrap_err();
+                assert!(err.to_string().contains("neither JSON nor a form"), "{err}");
+            }
+        }
         // GitHub reports errors with HTTP 200.
         let err = br#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#;
         assert!(matches!(
