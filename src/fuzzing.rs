@@ -31,9 +31,12 @@ pub fn token_response(data: &[u8]) {
         metadata: vec!["team.id".into()],
         ..TokenDialect::default()
     };
-    for dialect in [&TokenDialect::default(), &nested] {
+    for (dialect, refresh) in [&TokenDialect::default(), &nested]
+        .into_iter()
+        .flat_map(|d| [(d, false), (d, true)])
+    {
         if let Err(OAuthError::Rejected(code)) =
-            crate::oauth::parse_token_response(status, content_type, body, dialect)
+            crate::oauth::parse_token_response(status, content_type, body, dialect, refresh)
         {
             assert!(code.len() <= 64 && !code.contains(['\n', '\r']), "{code:?}");
         }

@@ -95,6 +95,7 @@ pub struct Profile {
     pub granted_scope_separator: Separator,
     pub token_request: TokenRequestFormat,
     /// Object in the token response holding `access_token` and friends; `None`: the top level.
+    /// The answer to a refresh that has no such object is read at its top (Slack).
     pub token_path: Option<String>,
     /// A boolean in the response that is `false` on errors sent with HTTP 200.
     pub ok_field: Option<String>,

@@ -83,7 +83,8 @@ pub enum TokenRequestFormat {
 pub struct TokenDialect {
     #[serde(default)]
     pub request: TokenRequestFormat,
-    /// The object in the response holding the token fields (Slack user tokens: `authed_user`).
+    /// The object in the response holding the token fields (Slack user tokens: `authed_user`);
+    /// the answer to a refresh that has no such object holds them at its top.
     #[serde(default)]
     pub token_path: Option<String>,
     /// A boolean that is false on errors sent with HTTP 200 (Slack: `ok`).

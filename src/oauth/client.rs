@@ -114,6 +114,7 @@ impl TokenEndpoint for OAuth2TokenEndpoint {
             &content_type(&resp),
             resp.body(),
             &client.dialect,
+            matches!(grant, TokenGrant::RefreshToken(_)),
         )
     }
 

@@ -403,12 +403,14 @@ fn body_error(root: &Map<String, Value>, dialect: &TokenDialect) -> Option<OAuth
     })
 }
 
-/// Parses a token endpoint's answer (the transport already turned 5xx into `Unavailable`).
+/// Parses a token endpoint's answer (the transport already turned 5xx into `Unavailable`) to a
+/// request that was a refresh or not.
 pub(crate) fn parse(
     status: u16,
     content_type: &str,
     body: &[u8],
     dialect: &TokenDialect,
+    refresh: bool,
 ) -> Result<TokenSet, OAuthError> {
     let root = body_object(content_type, body).ok_or_else(|| {
         OAuthError::Protocol(format!(
@@ -425,6 +427,12 @@ pub(crate) fn parse(
     }
     let token = match dialect.token_path.as_deref() {
         None => &root,
+        // A refresh answers with the token at the top: Slack nests the user token under
+        // `authed_user` in the code exchange only, and a rotated one comes back flat with
+        // `"token_type": "user"` (`OAuthV2TokenRefreshResponse` in Slack's own SDK,
+        // https://docs.slack.dev/tools/node-slack-sdk/reference/oauth/interfaces/OAuthV2TokenRefreshResponse).
+        // The refresh token sent was the user's, so the token answered is the user's.
+        Some(path) if refresh && at(&root, path).and_then(Value::as_object).is_none() => &root,
         Some(path) => at(&root, path).and_then(Value::as_object).ok_or_else(|| {
             OAuthError::Protocol(format!("the token response has no `{path}` object"))
         })?,
@@ -499,7 +507,7 @@ mod tests {
     fn github_comma_scopes_and_no_expiry() {
         // https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps
         let body = br#"{"access_token":"gho_x","scope":"gist,repo","token_type":"bearer"}"#;
-        let t = parse(200, JSON, body, &TokenDialect::default()).unwrap();
+        let t = parse(200, JSON, body, &TokenDialect::default(), false).unwrap();
         assert_eq!(t.scopes.unwrap().to_vec(), ["gist", "repo"]);
         assert!(t.expires_in.is_none() && t.refresh_token.is_none());
         let form = b"access_token=gho_x&scope=repo%2Cgist&token_type=bearer";
@@ -508,19 +516,21 @@ mod tests {
             "application/x-www-form-urlencoded",
             form,
             &TokenDialect::default(),
+            false,
         )
         .unwrap();
         assert_eq!(t.scopes.unwrap().to_vec(), ["gist", "repo"]);
         // The same form labelled as something else is still read; a page that is neither is not.
         for label in [JSON, "text/plain", ""] {
-            let t = parse(200, label, form, &TokenDialect::default()).unwrap();
+            let t = parse(200, label, form, &TokenDialect::default(), false).unwrap();
             assert_eq!(t.access_token.expose_secret(), "gho_x");
             assert!(matches!(
                 parse(
                     400,
                     label,
                     b"error=invalid_grant&error_description=gone",
-                    &TokenDialect::default()
+                    &TokenDialect::default(),
+                    false,
                 ),
                 Err(OAuthError::InvalidGrant)
             ));
@@ -529,14 +539,14 @@ mod tests {
                 b"[1]",
                 b"",
             ] {
-                let err = parse(200, label, page, &TokenDialect::default()).unwrap_err();
+                let err = parse(200, label, page, &TokenDialect::default(), false).unwrap_err();
                 assert!(err.to_string().contains("neither JSON nor a form"), "{err}");
             }
         }
         // GitHub reports errors with HTTP 200.
         let err = br#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#;
         assert!(matches!(
-            parse(200, JSON, err, &TokenDialect::default()),
+            parse(200, JSON, err, &TokenDialect::default(), false),
             Err(OAuthError::Rejected(c)) if c == "bad_verification_code"
         ));
     }
@@ -558,7 +568,7 @@ mod tests {
         let body = br#"{"ok":true,"access_token":"xoxb-bot","token_type":"bot","scope":"commands",
             "team":{"id":"T1","name":"Acme"},
             "authed_user":{"id":"U1","scope":"chat:write,channels:history","access_token":"xoxp-user","token_type":"user"}}"#;
-        let t = parse(200, JSON, body, &dialect).unwrap();
+        let t = parse(200, JSON, body, &dialect, false).unwrap();
         assert_eq!(t.access_token.expose_secret(), "xoxp-user");
         assert_eq!(
             t.scopes.unwrap().to_vec(),
@@ -575,13 +585,31 @@ mod tests {
         );
         let err = br#"{"ok":false,"error":"invalid_code"}"#;
         assert!(
-            matches!(parse(200, JSON, err, &dialect), Err(OAuthError::Rejected(c)) if c == "invalid_code")
+            matches!(parse(200, JSON, err, &dialect, false), Err(OAuthError::Rejected(c)) if c == "invalid_code")
         );
         let refused = br#"{"ok":false,"error":"invalid_refresh_token"}"#;
         assert!(matches!(
-            parse(200, JSON, refused, &dialect),
+            parse(200, JSON, refused, &dialect, true),
             Err(OAuthError::InvalidGrant)
         ));
+        // A refresh of the user token answers it at the top, with its rotated refresh token
+        // (`OAuthV2TokenRefreshResponse` in Slack's SDK); the team is still there, the user not.
+        let refreshed = br#"{"ok":true,"app_id":"A1","scope":"chat:write,channels:history",
+            "token_type":"user","access_token":"xoxe.xoxp-new","refresh_token":"xoxe-1-new",
+            "expires_in":43200,"team":{"id":"T1","name":"Acme"},"enterprise":null,
+            "is_enterprise_install":false}"#;
+        let t = parse(200, JSON, refreshed, &dialect, true).unwrap();
+        assert_eq!(t.access_token.expose_secret(), "xoxe.xoxp-new");
+        assert_eq!(t.refresh_token.unwrap().expose_secret(), "xoxe-1-new");
+        assert_eq!(t.expires_in, Some(Duration::from_secs(43200)));
+        assert_eq!(t.token_type, "user");
+        assert_eq!(t.metadata.get("team.id").map(String::as_str), Some("T1"));
+        assert!(!t.metadata.contains_key("authed_user.id"));
+        // A code exchange without the user's token (a bot-only install) is not taken for one.
+        let bot_only =
+            br#"{"ok":true,"access_token":"xoxb-bot","token_type":"bot","team":{"id":"T1"}}"#;
+        let err = parse(200, JSON, bot_only, &dialect, false).unwrap_err();
+        assert!(err.to_string().contains("no `authed_user` object"), "{err}");
     }
 
     #[test]
@@ -597,7 +625,7 @@ mod tests {
             .into(),
             ..TokenDialect::default()
         };
-        let granted = parse(200, JSON, body, &d).unwrap().scopes.unwrap();
+        let granted = parse(200, JSON, body, &d, false).unwrap().scopes.unwrap();
         let asked = Scopes::parse("s", &["openid", "email"]).unwrap();
         assert!(granted.contains_all(&asked), "{granted:?}");
     }
@@ -610,7 +638,7 @@ mod tests {
             metadata: vec!["hub_id".into()],
             ..TokenDialect::default()
         };
-        let t = parse(200, JSON, body, &d).unwrap();
+        let t = parse(200, JSON, body, &d, false).unwrap();
         assert_eq!(
             t.scopes.unwrap().to_vec(),
             ["crm.objects.contacts.read", "oauth"]
@@ -622,24 +650,24 @@ mod tests {
     fn invalid_grant_and_hostile_bodies() {
         let d = TokenDialect::default();
         assert!(matches!(
-            parse(400, JSON, br#"{"error":"invalid_grant"}"#, &d),
+            parse(400, JSON, br#"{"error":"invalid_grant"}"#, &d, false),
             Err(OAuthError::InvalidGrant)
         ));
         let long = format!(r#"{{"error":"{}\nforged log line"}}"#, "x".repeat(100_000));
-        match parse(400, JSON, long.as_bytes(), &d) {
+        match parse(400, JSON, long.as_bytes(), &d, false) {
             Err(OAuthError::Rejected(c)) => assert!(c.len() <= 64 && !c.contains('\n')),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            parse(200, JSON, b"<html>", &d),
+            parse(200, JSON, b"<html>", &d, false),
             Err(OAuthError::Protocol(_))
         ));
         assert!(matches!(
-            parse(200, JSON, br#"{"token_type":"bearer"}"#, &d),
+            parse(200, JSON, br#"{"token_type":"bearer"}"#, &d, false),
             Err(OAuthError::Protocol(_))
         ));
         assert!(matches!(
-            parse(401, JSON, b"{}", &d),
+            parse(401, JSON, b"{}", &d, false),
             Err(OAuthError::Protocol(_))
         ));
     }
@@ -651,7 +679,7 @@ mod tests {
             metadata: vec!["instance_url".into()],
             ..TokenDialect::default()
         };
-        let t = parse(200, JSON, body, &d).unwrap();
+        let t = parse(200, JSON, body, &d, false).unwrap();
         assert!(t.expires_in.is_none());
         assert_eq!(
             t.metadata.get("instance_url").map(String::as_str),
@@ -662,12 +690,12 @@ mod tests {
             ..TokenDialect::default()
         };
         assert_eq!(
-            parse(200, JSON, body, &d).unwrap().expires_in,
+            parse(200, JSON, body, &d, false).unwrap().expires_in,
             Some(Duration::from_secs(7200))
         );
         let with = br#"{"access_token":"a","expires_in":"3600"}"#;
         assert_eq!(
-            parse(200, JSON, with, &d).unwrap().expires_in,
+            parse(200, JSON, with, &d, false).unwrap().expires_in,
             Some(Duration::from_secs(3600))
         );
     }
@@ -816,7 +844,7 @@ mod tests {
             if let Some(x) = expires { v.insert("expires_in".into(), x.into()); }
             if let Some(s) = scope { v.insert("scope".into(), s.into()); }
             let body = Value::Object(v).to_string();
-            if let Ok(t) = parse(200, JSON, body.as_bytes(), &TokenDialect::default()) {
+            if let Ok(t) = parse(200, JSON, body.as_bytes(), &TokenDialect::default(), false) {
                 proptest::prop_assert!(!t.access_token.expose_secret().is_empty());
                 proptest::prop_assert!(t.expires_in.is_none_or(|d| d.as_secs() > 0));
             }

@@ -233,9 +233,11 @@ impl Refresher {
         if let Some(scopes) = &set.scopes {
             grant.scopes = scopes.clone();
         }
-        if !set.metadata.is_empty() {
-            grant.metadata = set.metadata.clone();
-        }
+        // Merged, not replaced: a refresh may answer fewer of the fields kept (Slack's says
+        // nothing of `authed_user`), and the ones it does answer are the newest.
+        grant
+            .metadata
+            .extend(set.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
         match self.save_with_retry(&grant, version).await {
             Ok(_) => {
                 tracing::info!(provider = %grant.key.provider, "refreshed access token");

@@ -140,7 +140,7 @@ async fn github_app_rotates_refresh_tokens_and_a_revoked_app_needs_consent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slack_user_tokens_nested_under_authed_user_are_bearer_tokens_with_team_metadata() {
+async fn slack_user_tokens_nested_under_authed_user_and_refreshed_flat_keep_scopes_and_metadata() {
     let d = ProviderDouble::start(Family::Slack).await;
     let f = Fixture::new().await;
     provider_for(&f, "slack", "slack", &d, CLIENT_SECRET).await;
@@ -170,12 +170,37 @@ async fn slack_user_tokens_nested_under_authed_user_are_bearer_tokens_with_team_
         .await,
     );
     assert_ne!(refreshed.access_token, t.access_token);
-    assert_eq!(
-        refreshed.metadata.get("team.id").map(String::as_str),
-        Some("T0001")
+    // A refresh answers the user token at the top, not under `authed_user`: the user's token,
+    // its scopes and the user's id (kept from the consent) as before.
+    assert_eq!(refreshed.token_type, "user");
+    assert!(
+        refreshed.scopes.iter().any(|s| s == "chat:write"),
+        "{:?}",
+        refreshed.scopes
     );
+    for m in [&refreshed.metadata, &f.grants("alice").await[0].metadata] {
+        assert_eq!(m.get("team.id").map(String::as_str), Some("T0001"));
+        assert_eq!(m.get("authed_user.id").map(String::as_str), Some("U0001"));
+    }
+    assert!(
+        d.api_accepts(&format!("Bearer {}", refreshed.access_token))
+            .await
+    );
+    // And again, with the rotated refresh token.
+    let again = token(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                min_ttl_seconds: FORCE_REFRESH - 1,
+                ..request("slack", &["chat:write"])
+            },
+        )
+        .await,
+    );
+    assert_ne!(again.access_token, refreshed.access_token);
+    assert_eq!((d.refreshes(), d.refresh_reuse()), (2, 0));
     let g = &f.grants("alice").await[0];
-    assert_eq!(g.metadata.get("team.id").map(String::as_str), Some("T0001"));
+    assert_eq!(g.scopes, ["channels:history", "chat:write"]);
     let logs = f.valet.logs();
     for secret in [
         t.access_token.as_str(),

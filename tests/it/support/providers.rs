@@ -23,8 +23,9 @@ pub(crate) enum Family {
     /// `expires_in` 28800, rotating refresh tokens, `bad_refresh_token` with HTTP 200.
     GitHubApp,
     /// Slack `oauth.v2.access` user tokens: https://api.slack.com/methods/oauth.v2.access and
-    /// https://api.slack.com/authentication/rotation — the user token under `authed_user`,
-    /// `token_type: "user"`, comma scopes, `{"ok": false}` errors with HTTP 200.
+    /// https://api.slack.com/authentication/rotation — the user token under `authed_user` in
+    /// the code exchange, at the top of a refresh's answer (rotating), `token_type: "user"`,
+    /// comma scopes, `{"ok": false}` errors with HTTP 200.
     Slack,
     /// Salesforce web-server flow: https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm
     /// and the refresh token flow (…remoteaccess_oauth_refresh_token_flow.htm): no `expires_in`,
@@ -49,8 +50,8 @@ pub(crate) const CLIENT_SECRET: &str = "double-client-secret-canary";
 struct Inner {
     /// code → granted scopes
     codes: HashMap<String, Vec<String>>,
-    /// live refresh tokens
-    refresh: HashSet<String>,
+    /// live refresh token → the scopes it was granted
+    refresh: HashMap<String, Vec<String>>,
     /// live access tokens
     access: HashSet<String>,
     /// scopes the user will refuse at the next consent
@@ -259,7 +260,7 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
                 };
                 return error(&d, code);
             };
-            issue(&d, &mut inner, &scopes, true)
+            issue(&d, &mut inner, &scopes, Issued::Code)
         }
         Some("refresh_token") => {
             inner.refreshes += 1;
@@ -267,21 +268,21 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
             if inner.spent.contains(&rt) {
                 inner.refresh_reuse += 1;
             }
-            if !inner.refresh.contains(&rt) {
+            let Some(scopes) = inner.refresh.get(&rt).cloned() else {
                 let code = match d.family {
                     Family::GitHubApp => "bad_refresh_token",
                     Family::Slack => "invalid_refresh_token",
                     _ => "invalid_grant",
                 };
                 return error(&d, code);
-            }
+            };
             // GitHub Apps and Slack rotate; Salesforce keeps the refresh token.
             let rotate = matches!(d.family, Family::GitHubApp | Family::Slack);
             if rotate {
                 inner.refresh.remove(&rt);
                 inner.spent.insert(rt);
             }
-            issue(&d, &mut inner, &[], rotate)
+            issue(&d, &mut inner, &scopes, Issued::Refresh { rotate })
         }
         Some("urn:ietf:params:oauth:grant-type:token-exchange") if d.family == Family::Rfc8693 => {
             exchange(&d, &mut inner, &p)
@@ -330,8 +331,18 @@ fn exchange(d: &ProviderDouble, inner: &mut Inner, p: &BTreeMap<String, String>)
     .into_response()
 }
 
+/// What a token response answers.
+#[derive(Clone, Copy)]
+enum Issued {
+    /// A code exchange (a new refresh token where the family has them).
+    Code,
+    /// A refresh, rotating the refresh token or not.
+    Refresh { rotate: bool },
+}
+
 /// A token response in the family's shape.
-fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], new_refresh: bool) -> Response {
+fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], issued: Issued) -> Response {
+    let new_refresh = matches!(issued, Issued::Code | Issued::Refresh { rotate: true });
     inner.issued += 1;
     let n = inner.issued;
     let access = format!("access-{n}-canary");
@@ -341,7 +352,7 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], new_refresh: 
     let has_refresh =
         new_refresh && d.family != Family::GitHubOAuthApp && d.family != Family::Notion;
     if has_refresh {
-        inner.refresh.insert(refresh.clone());
+        inner.refresh.insert(refresh.clone(), scopes.to_vec());
     }
     let body = match d.family {
         Family::GitHubOAuthApp => json!({
@@ -350,6 +361,15 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], new_refresh: 
         Family::GitHubApp => json!({
             "access_token": access, "expires_in": 28800, "refresh_token": refresh,
             "refresh_token_expires_in": 15897600, "scope": "", "token_type": "bearer"
+        }),
+        // A refresh answers the rotated user token at the top, `token_type` "user", no
+        // `authed_user` (`OAuthV2TokenRefreshResponse` in Slack's SDK:
+        // https://docs.slack.dev/tools/node-slack-sdk/reference/oauth/interfaces/OAuthV2TokenRefreshResponse).
+        Family::Slack if matches!(issued, Issued::Refresh { .. }) => json!({
+            "ok": true, "app_id": "A0001", "scope": scopes.join(","), "token_type": "user",
+            "access_token": access, "refresh_token": refresh, "expires_in": 43200,
+            "team": { "id": "T0001", "name": "Acme" }, "enterprise": null,
+            "is_enterprise_install": false
         }),
         Family::Slack => json!({
             "ok": true, "app_id": "A0001", "team": { "id": "T0001", "name": "Acme" },
