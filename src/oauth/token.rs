@@ -148,7 +148,7 @@ pub(super) fn parse_device(
             "the device authorization endpoint answered HTTP {status} with a body that is not JSON"
         ))
     })?;
-    if let Some(e) = body_error(&root, &TokenDialect::default()) {
+    if let Some(e) = body_error(status, &root, &TokenDialect::default()) {
         return Err(e);
     }
     if !(200..300).contains(&status) {
@@ -385,13 +385,27 @@ fn string(v: Option<&Value>) -> Option<String> {
 }
 
 /// A provider error in the body (whatever the HTTP status said), mapped.
-fn body_error(root: &Map<String, Value>, dialect: &TokenDialect) -> Option<OAuthError> {
+fn body_error(
+    status: u16,
+    root: &Map<String, Value>,
+    dialect: &TokenDialect,
+) -> Option<OAuthError> {
     let said_not_ok = dialect
         .ok_field
         .as_deref()
         .and_then(|f| root.get(f))
         .is_some_and(|v| v == &Value::Bool(false));
-    let code = string(root.get("error")).filter(|c| !c.is_empty());
+    let code = string(root.get("error"))
+        .or_else(|| {
+            // Notion names a refused request in `code` (with `"object": "error"` and a
+            // `message`) and an HTTP error status, `invalid_grant` among them:
+            // https://developers.notion.com/reference/status-codes
+            let notion_style = status >= 400 || root.get("object") == Some(&Value::from("error"));
+            notion_style
+                .then(|| root.get("code")?.as_str().map(str::to_owned))
+                .flatten()
+        })
+        .filter(|c| !c.is_empty());
     if code.is_none() && !said_not_ok {
         return None;
     }
@@ -417,7 +431,7 @@ pub(crate) fn parse(
             "the token endpoint answered HTTP {status} with a body that is neither JSON nor a form"
         ))
     })?;
-    if let Some(e) = body_error(&root, dialect) {
+    if let Some(e) = body_error(status, &root, dialect) {
         return Err(e);
     }
     if !(200..300).contains(&status) {
@@ -543,6 +557,23 @@ mod tests {
                 assert!(err.to_string().contains("neither JSON nor a form"), "{err}");
             }
         }
+        // Notion's shape: `code` and `message`, HTTP 400 (https://developers.notion.com/reference/status-codes).
+        let notion = br#"{"object":"error","status":400,"code":"invalid_grant","message":"Invalid code: this code has been revoked."}"#;
+        assert!(matches!(
+            parse(400, JSON, notion, &TokenDialect::default(), true),
+            Err(OAuthError::InvalidGrant)
+        ));
+        let notion = br#"{"object":"error","status":401,"code":"unauthorized","message":"API token is invalid."}"#;
+        assert!(matches!(
+            parse(401, JSON, notion, &TokenDialect::default(), false),
+            Err(OAuthError::Rejected(c)) if c == "unauthorized"
+        ));
+        // A `code` in a successful answer is not an error (nor a numeric one in a refusal).
+        let ok = br#"{"access_token":"t","code":"x"}"#;
+        assert!(parse(200, JSON, ok, &TokenDialect::default(), false).is_ok());
+        let numeric = br#"{"code":400,"message":"bad"}"#;
+        let err = parse(400, JSON, numeric, &TokenDialect::default(), false).unwrap_err();
+        assert!(err.to_string().contains("without an OAuth error"), "{err}");
         // GitHub reports errors with HTTP 200.
         let err = br#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#;
         assert!(matches!(

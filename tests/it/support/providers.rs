@@ -232,7 +232,15 @@ fn error(d: &ProviderDouble, code: &str) -> Response {
             axum::Json(json!({ "error": code, "error_description": "double" })).into_response()
         }
         Family::Slack => axum::Json(json!({ "ok": false, "error": code })).into_response(),
-        Family::Salesforce | Family::Notion | Family::Rfc8693 => (
+        // https://developers.notion.com/reference/status-codes: `code` and `message`.
+        Family::Notion => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({ "object": "error", "status": 400, "code": code, "message": "double" }),
+            ),
+        )
+            .into_response(),
+        Family::Salesforce | Family::Rfc8693 => (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({ "error": code })),
         )
