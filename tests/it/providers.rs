@@ -238,6 +238,53 @@ async fn salesforce_instance_url_reaches_the_agent_and_refresh_keeps_the_refresh
     assert!(f.grants("alice").await[0].has_refresh_token);
 }
 
+/// Revoked at Salesforce: the refresh token first, which ends its access tokens, so the access
+/// token sent next is `invalid_token` (400): revoked all the same, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_revocation_ends_the_access_token_with_the_refresh_token_and_says_revoked() {
+    let d = ProviderDouble::start(Family::Salesforce).await;
+    let f = Fixture::new().await;
+    f.create(pb::Provider {
+        provider_id: "sf-revoking".into(),
+        profile: "salesforce".into(),
+        client_id: client_id().into(),
+        client_secret: CLIENT_SECRET.into(),
+        auth_url: d.auth_url(),
+        token_url: d.token_url(),
+        revocation_url: d.revocation_url(),
+        ..Default::default()
+    })
+    .await;
+    let live = flow(&f, request("sf-revoking", &["api"])).await;
+    assert!(
+        d.api_accepts(&format!("Bearer {}", live.access_token))
+            .await
+    );
+    let r = f
+        .valet
+        .credentials(AGENT_KEY)
+        .await
+        .revoke(pb::RevokeRequest {
+            provider_id: "sf-revoking".into(),
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.revoked);
+    assert_eq!(
+        r.provider_revocation,
+        pb::ProviderRevocation::Revoked as i32,
+        "{r:?}"
+    );
+    assert!(!d.has_live_refresh_token());
+    assert!(
+        !d.api_accepts(&format!("Bearer {}", live.access_token))
+            .await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notion_json_token_requests_and_workspace_metadata() {
     let d = ProviderDouble::start(Family::Notion).await;

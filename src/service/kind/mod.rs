@@ -18,7 +18,7 @@ pub(crate) use auth_code::AuthCodeFlow;
 
 use super::Error;
 use crate::domain::{KindConfig, ProviderConfig, ProviderDraft, ProviderKind};
-use crate::oauth::TokenEndpoint;
+use crate::oauth::{OAuthError, TokenEndpoint};
 use crate::secret::SecretString;
 
 /// The query parameters of `GET /oauth/callback/{provider_id}`.
@@ -272,6 +272,25 @@ pub(crate) async fn revoke_at_provider(
         let Some(token) = token else { continue };
         match endpoint.revoke(client, url, token, hint).await {
             Ok(()) => outcome = ProviderRevocation::Revoked,
+            // An access token the provider calls invalid is already of no use: it ended with
+            // the refresh token just revoked, or expired. RFC 7009 answers 200 for it; Salesforce
+            // answers 400 `invalid_token`:
+            // https://developer.salesforce.com/docs/platform/mobile-sdk/guide/oauth-revoking-tokens.html
+            Err(OAuthError::Rejected(code))
+                if hint == "access_token" && code == "invalid_token" =>
+            {
+                outcome = ProviderRevocation::Revoked;
+            }
+            // A provider that cannot revoke access tokens (self-contained JWTs; RFC 7009 section
+            // 2.2.1): with the refresh token revoked the grant is over at the provider, and its
+            // access token, dropped here, lives only until it expires.
+            Err(OAuthError::Rejected(code))
+                if hint == "access_token" && code == "unsupported_token_type" =>
+            {
+                if outcome != ProviderRevocation::Revoked {
+                    outcome = ProviderRevocation::NotSupported;
+                }
+            }
             Err(e) => return ProviderRevocation::Failed(e.to_string()),
         }
     }

@@ -92,6 +92,7 @@ impl ProviderDouble {
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .route("/api/me", get(me))
+            .route("/revoke", post(revoke))
             .with_state(double.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         double
@@ -103,6 +104,15 @@ impl ProviderDouble {
 
     pub(crate) fn token_url(&self) -> String {
         format!("{}/token", self.base)
+    }
+
+    pub(crate) fn revocation_url(&self) -> String {
+        format!("{}/revoke", self.base)
+    }
+
+    /// Whether a refresh token is live.
+    pub(crate) fn has_live_refresh_token(&self) -> bool {
+        !self.inner.lock().unwrap().refresh.is_empty()
     }
 
     /// The user refuses these scopes at the next consent.
@@ -410,6 +420,34 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], issued: Issue
         }),
     };
     axum::Json(body).into_response()
+}
+
+/// The revocation endpoint. Salesforce's
+/// (https://developer.salesforce.com/docs/platform/mobile-sdk/guide/oauth-revoking-tokens.html):
+/// a refresh token is revoked with every access token issued from it (the double has one grant
+/// at a time: all of them), an access token alone; 200 when revoked, and for every error 400
+/// with `unsupported_token_type` or `invalid_token`, a token no longer valid included. The other
+/// families answer as RFC 7009 section 2.2 says: 200, also for a token already invalid.
+async fn revoke(State(d): State<ProviderDouble>, body: Bytes) -> Response {
+    let token: String = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let mut inner = d.inner.lock().unwrap();
+    let known = if inner.refresh.remove(&token).is_some() {
+        inner.access.clear();
+        true
+    } else {
+        inner.access.remove(&token)
+    };
+    if known || d.family != Family::Salesforce {
+        return StatusCode::OK.into_response();
+    }
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": "invalid_token", "error_description": "double" })),
+    )
+        .into_response()
 }
 
 /// A resource: 200 for a live access token as a bearer token.
