@@ -185,6 +185,22 @@ pub struct CopyReport {
 }
 
 /// `valet store copy`: from the store of the `from` config file to that of the `to` one.
+/// Whether two configs name one store: one embedded data directory (however spelled), or one
+/// place in one Vault.
+fn same_store(a: &Config, b: &Config) -> bool {
+    match (&a.store, &b.store) {
+        (StoreKind::Embedded, StoreKind::Embedded) => {
+            let dir = |c: &Config| std::fs::canonicalize(&c.data_dir).unwrap_or(c.data_dir.clone());
+            dir(a) == dir(b)
+        }
+        (StoreKind::Vault(a), StoreKind::Vault(b)) => {
+            (&a.address, &a.namespace, &a.mount, &a.prefix)
+                == (&b.address, &b.namespace, &b.mount, &b.prefix)
+        }
+        _ => false,
+    }
+}
+
 pub async fn copy_store(
     from: &str,
     to: &str,
@@ -203,6 +219,14 @@ pub async fn copy_store(
             .map_err(|e| anyhow::Error::new(e).context(path.to_owned()))
     };
     let (from, to) = (load(from)?, load(to)?);
+    anyhow::ensure!(
+        !same_store(&from, &to),
+        "--from and --to name the same store ({}): a copy needs two",
+        match &from.store {
+            StoreKind::Vault(v) => format!("Vault {} {}/{}", v.address, v.mount, v.prefix),
+            _ => format!("data_dir {}", from.data_dir.display()),
+        }
+    );
     let missing = |c: &Config| -> anyhow::Result<bool> {
         Ok(matches!(c.store, StoreKind::Embedded)
             && EmbeddedStore::data_dir(&c.data_dir)? == DataDir::Missing)

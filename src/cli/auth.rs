@@ -384,8 +384,7 @@ pub(super) async fn grant(cmd: GrantCmd, conn: &Conn) -> anyhow::Result<()> {
             file,
         } => return open(&private_key_file, file.as_deref()),
     };
-    let refresh_token = std::fs::read_to_string(&refresh_token_file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", refresh_token_file.display()))?
+    let refresh_token = super::read_secret_file("--refresh-token-file", &refresh_token_file)?
         .trim()
         .to_owned();
     let r = conn
@@ -438,8 +437,7 @@ async fn export(
 
 fn open(private_key_file: &std::path::Path, file: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::Read as _;
-    let key = std::fs::read_to_string(private_key_file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", private_key_file.display()))?;
+    let key = super::read_secret_file("--private-key-file", private_key_file)?;
     let sealed = match file {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,

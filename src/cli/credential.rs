@@ -50,14 +50,12 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         value_file,
     } = cmd;
     let value = match (value_env, value_file) {
-        (Some(var), _) => {
-            std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?
-        }
+        (Some(var), _) => super::read_secret_env("--value-env", &var)?,
         (None, Some(path)) => {
             let text = if path == "-" {
                 std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
             } else {
-                std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?
+                super::read_secret_file("--value-file", &path)?
             };
             text.trim_end_matches(['\r', '\n']).to_owned()
         }
@@ -90,7 +88,7 @@ pub(super) async fn run(cmd: CredentialCmd, conn: &Conn) -> anyhow::Result<()> {
         format!(" ({})", which.join(", "))
     };
     println!(
-        "stored the credential for {user}{slot} at {provider} (not shown by `valet grants` or any listing; agents get it through auth and resolve)"
+        "stored the credential for {user}{slot} at {provider} (its value is never shown: `valet grants` lists the credential, not the value; agents get it through auth and resolve)"
     );
     Ok(())
 }

@@ -27,6 +27,28 @@ pub use key::KeyCmd;
 pub use provider::{AuthMethod, Kind, ProviderArgs, ProviderCmd};
 pub use store::StoreCmd;
 
+/// A secret from the file at `path`, given with `flag`. The path is not echoed in the error: a
+/// secret pasted where its path belongs would be, onto a terminal or into a CI log.
+fn read_secret_file(flag: &str, path: impl AsRef<std::path::Path>) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{flag}: cannot read that file: {e} (the flag takes a file's path, not the secret itself)"
+        )
+    })
+}
+
+/// A secret from the environment variable named with `flag`; the name is not echoed either.
+fn read_secret_env(flag: &str, var: &str) -> anyhow::Result<String> {
+    std::env::var(var).map_err(|e| match e {
+        std::env::VarError::NotPresent => anyhow::anyhow!(
+            "{flag}: no environment variable of that name is set (the flag takes the variable's name, not the secret itself)"
+        ),
+        std::env::VarError::NotUnicode(_) => {
+            anyhow::anyhow!("{flag}: that environment variable does not hold UTF-8 text")
+        }
+    })
+}
+
 /// Writes CLI output to stdout. A closed pipe ends the process with success (the reader took
 /// what it wanted); any other failure to write is said on stderr and fails it.
 pub fn out(args: std::fmt::Arguments<'_>) {
@@ -367,8 +389,7 @@ pub async fn run_client(command: Command) -> anyhow::Result<()> {
                 },
         } => {
             use std::io::Read as _;
-            let secret = std::fs::read_to_string(&secret_file)
-                .with_context(|| format!("cannot read {}", secret_file.display()))?;
+            let secret = read_secret_file("--secret-file", &secret_file)?;
             let body = match body_file.filter(|p| p.as_os_str() != "-") {
                 Some(p) => {
                     std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?

@@ -16,6 +16,10 @@ pub(super) fn explain(s: tonic::Status) -> anyhow::Error {
         tonic::Code::Unimplemented if s.message().contains("HTTP status code 404") => {
             "\nhint: is --server (VALET_SERVER) the gRPC address (grpc_listen)? The HTTP listener serves only callbacks, health and metrics"
         }
+        // The connection dropped mid-call: the daemon stopped or restarted.
+        tonic::Code::Unknown if s.message().contains("transport error") => {
+            "\nhint: the connection to valet was lost (did the daemon stop or restart?); a consent flow being waited for is gone with it: run the command again"
+        }
         // Only providers are created by name.
         tonic::Code::AlreadyExists => "\nhint: change it with `valet provider update`",
         _ => "",
@@ -319,5 +323,18 @@ mod tests {
         assert!(when(now - 7200).ends_with(" (2h 0m ago)"));
         assert!(when(1_798_761_599).starts_with("2026-12-31T23:59:59Z ("));
         assert_eq!(when(0), "never (no lifetime was given)");
+    }
+
+    /// What tonic says when the daemon goes away mid-call (`valet auth` waiting for a consent
+    /// while the daemon restarts) gets a hint saying so; another unknown error does not.
+    #[test]
+    fn a_connection_lost_mid_call_is_said() {
+        let lost = explain(tonic::Status::unknown("transport error")).to_string();
+        assert!(
+            lost.contains("connection to valet was lost") && lost.contains("run the command again"),
+            "{lost}"
+        );
+        let other = explain(tonic::Status::unknown("something else")).to_string();
+        assert!(!other.contains("hint"), "{other}");
     }
 }

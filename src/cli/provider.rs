@@ -454,9 +454,7 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
     p.client_secret = client_secret(a.client_secret_file, a.client_secret_env)?;
     // Write-only like the secret: read from a file, never a flag value.
     p.private_key = match a.private_key_file {
-        Some(path) => {
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?
-        }
+        Some(path) => super::read_secret_file("--private-key-file", &path)?,
         None => String::new(),
     };
     Ok(p)
@@ -466,12 +464,11 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
 /// given. Never a flag value: flags show up in `ps`.
 fn client_secret(file: Option<String>, env: Option<String>) -> anyhow::Result<String> {
     let secret = if let Some(path) = &file {
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {path}"))?
+        super::read_secret_file("--client-secret-file", path)?
             .trim()
             .to_owned()
     } else if let Some(var) = &env {
-        std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?
+        super::read_secret_env("--client-secret-env", var)?
     } else {
         return Ok(String::new());
     };

@@ -471,6 +471,38 @@ async fn credential_put_reads_the_value_from_standard_input() {
         .env(var, value);
         run(put)
     };
+    // A secret pasted where its variable's name or its file's path belongs is not echoed back
+    // (onto a terminal, into a CI log); the error names the flag and says what it takes.
+    let pasted = "sk-live-canary-pasted-secret";
+    for (flag, what) in [
+        ("--value-env", "the variable's name"),
+        ("--value-file", "a file's path"),
+    ] {
+        let mut put = cli(&f, AGENT_KEY);
+        put.args([
+            "credential",
+            "put",
+            "--provider",
+            "keyed",
+            "--user",
+            "alice",
+        ])
+        .args([flag, pasted]);
+        let err = fails(put);
+        assert!(
+            err.contains(flag) && err.contains(what) && !err.contains(pasted),
+            "{err}"
+        );
+    }
+    for flag in ["--client-secret-env", "--client-secret-file"] {
+        let mut create = cli(&f, ADMIN_KEY);
+        create
+            .args(["provider", "create", "pasted", "--kind", "oidc"])
+            .args(["--client-id", "basic-client", "--issuer", &f.idp.issuer])
+            .args([flag, pasted]);
+        let err = fails(create);
+        assert!(err.contains(flag) && !err.contains(pasted), "{err}");
+    }
     // One agent's own value: the confirmation names the agent.
     let out = put_env(["--agent", "planner"], "PLANNER_KEY", "planner-canary");
     assert!(

@@ -234,6 +234,15 @@ fn check_config_and_store_copy_create_no_store() {
         "{out}{err}"
     );
     assert!(!dir.path().join("b").exists(), "a dry run made no store");
+    // One store named twice (here by a second config with the same data_dir, spelled another
+    // way) is said as such, not as a store in use by another process.
+    let twin = dir.path().join("twin.toml");
+    let body = format!("data_dir = \"{}/./a\"\n", dir.path().display());
+    std::fs::write(&twin, body).unwrap();
+    for (from, to) in [(&a, &a), (&a, &twin)] {
+        let (ok, _, err) = copy(from, to);
+        assert!(!ok && err.contains("name the same store"), "{err}");
+    }
 
     let (ok, _, err) = copy(&c, &b);
     assert!(!ok && err.contains("there is nothing to copy"), "{err}");
