@@ -57,6 +57,7 @@ fn flag_of(field: &str) -> Option<(&str, &'static str)> {
         "mcp_server_url" => "--mcp-server",
         "credential_location" => "--location",
         "extra_auth_params" => "--param",
+        "handout_policy" => "--handout",
         "token_url" => "--token-url",
         "auth_url" => "--auth-url",
         "revocation_url" => "--revocation-url",
@@ -242,6 +243,15 @@ pub(super) fn print_provider(p: &pb::Provider) {
         println!(
             "keep_alive:        idle grants refreshed every {}s",
             p.keep_alive_seconds
+        );
+    }
+    if p.handout_policy == pb::HandoutPolicy::ReferenceOnly as i32 {
+        println!("handout:           references only (agents never receive a token)");
+    }
+    if p.reference_ttl_seconds > 0 {
+        println!(
+            "reference_ttl:     references last {}",
+            span(u64::from(p.reference_ttl_seconds))
         );
     }
     for (k, v) in &p.extra_auth_params {

@@ -65,6 +65,15 @@ pub enum Flow {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Handout {
+    /// Agents may receive access tokens or references.
+    Any,
+    /// Agents only ever receive references (`valet resolve` turns one into the token right
+    /// before each call).
+    ReferenceOnly,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Place {
     Header,
     Query,
@@ -120,6 +129,12 @@ pub struct ProviderArgs {
     /// Re-attestation: users consent again this many seconds after their last consent; 0: never.
     #[arg(long)]
     pub max_grant_age_seconds: Option<u32>,
+    /// What agents may receive for this provider's grants.
+    #[arg(long)]
+    pub handout: Option<Handout>,
+    /// Lifetime of the references issued for this provider; 0: the default (30 days).
+    #[arg(long)]
+    pub reference_ttl_seconds: Option<u32>,
     #[arg(long)]
     pub revocation_url: Option<String>,
     /// Default scope (repeat).
@@ -373,6 +388,15 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
     }
     if let Some(s) = a.max_grant_age_seconds {
         p.max_grant_age_seconds = s;
+    }
+    if let Some(h) = a.handout {
+        p.handout_policy = match h {
+            Handout::Any => pb::HandoutPolicy::Any,
+            Handout::ReferenceOnly => pb::HandoutPolicy::ReferenceOnly,
+        } as i32;
+    }
+    if let Some(s) = a.reference_ttl_seconds {
+        p.reference_ttl_seconds = s;
     }
     if p.kind == pb::ProviderKind::Mcp as i32 {
         // Discovery refills these; sending them back would be refused.

@@ -399,6 +399,55 @@ async fn a_dropped_offline_access_gets_a_hint_at_prompt_consent() {
 /// A static API key stored from standard input (`--value-file -`), never echoed, and applied by
 /// `resolve`; an empty or blank input is refused and stores nothing; another agent's empty slot,
 /// a reference revoked twice and an agent key on an operator command each get a clear message.
+/// What agents may receive and how long references last are set from the command line and
+/// shown by `provider get`; an agent's `valet auth` for a token is refused, `--reference` works.
+#[tokio::test]
+async fn a_reference_only_provider_from_the_command_line() {
+    let f = Fixture::new().await;
+    let mut create = cli(&f, ADMIN_KEY);
+    create
+        .args(["provider", "create", "refs", "--kind", "oidc"])
+        .args(["--client-id", "basic-client", "--client-secret-env", "S"])
+        .args(["--issuer", &f.idp.issuer])
+        .args([
+            "--handout",
+            "reference-only",
+            "--reference-ttl-seconds",
+            "3600",
+        ])
+        .env("S", secret_of("basic-client"));
+    let out = run(create);
+    assert!(out.contains("handout:           references only"), "{out}");
+    let mut get = cli(&f, ADMIN_KEY);
+    get.args(["provider", "get", "refs"]);
+    let out = run(get);
+    assert!(
+        out.contains("references only") && out.contains("reference_ttl:     references last 1h 0m"),
+        "{out}"
+    );
+    let mut by_token = cli(&f, AGENT_KEY);
+    by_token.args(["auth", "--provider", "refs", "--user", "alice"]);
+    let err = fails(by_token);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("REFERENCE"),
+        "{err}"
+    );
+    // Back to tokens and references alike; a lifetime beyond the limit is refused.
+    let mut update = cli(&f, ADMIN_KEY);
+    update.args(["provider", "update", "refs", "--handout", "any"]);
+    assert!(!run(update).contains("references only"));
+    let mut too_long = cli(&f, ADMIN_KEY);
+    too_long.args([
+        "provider",
+        "update",
+        "refs",
+        "--reference-ttl-seconds",
+        "999999999",
+    ]);
+    let err = fails(too_long);
+    assert!(err.contains("reference_ttl_seconds"), "{err}");
+}
+
 #[tokio::test]
 async fn credential_put_reads_the_value_from_standard_input() {
     use std::io::Write as _;
