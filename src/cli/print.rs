@@ -225,8 +225,10 @@ pub(super) fn print_provider(p: &pb::Provider) {
     } else {
         println!("revocation_url:    {}", p.revocation_url);
     }
-    if has_client {
+    if has_client && (p.has_client_secret || p.has_private_key) {
         println!("token_auth_method: {method}");
+    } else if has_client && kind != "service-account" {
+        println!("token_auth_method: none (a public client: it names itself, with PKCE)");
     }
     if p.token_exchange {
         println!("token_exchange:    yes (RFC 8693)");
@@ -266,10 +268,18 @@ pub(super) fn print_provider(p: &pb::Provider) {
     if p.consent_flow == pb::ConsentFlow::Device as i32 {
         println!("consent_flow:      device ({})", p.device_authorization_url);
     } else if !p.redirect_uri.is_empty() {
-        println!(
-            "redirect_uri:      {}  (register this at the provider)",
-            p.redirect_uri
-        );
+        // An MCP client Valet registered itself (or describes by its metadata document) has
+        // its redirect URI there already.
+        let registered = p.mcp.as_ref().is_some_and(|m| {
+            m.registration != pb::McpRegistration::Unspecified as i32
+                && m.registration != pb::McpRegistration::PreRegistered as i32
+        });
+        let note = if registered {
+            "registered by Valet with the authorization server"
+        } else {
+            "register this at the provider"
+        };
+        println!("redirect_uri:      {}  ({note})", p.redirect_uri);
     }
 }
 

@@ -152,6 +152,22 @@ async fn from_an_mcp_server_url_to_a_token_that_server_accepts_and_no_other() {
         updated.mcp.unwrap().registration,
         pb::McpRegistration::Dynamic as i32
     );
+    // `valet provider get` says what Valet did: a public client it registered itself, with its
+    // redirect URI already there (not "register this at the provider").
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .args(["provider", "get", "notes"])
+        .env("VALET_SERVER", &f.valet.grpc_url)
+        .env("VALET_KEY", crate::support::daemon::ADMIN_KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("token_auth_method: none (a public client")
+            && text.contains("(registered by Valet with the authorization server)")
+            && !text.contains("register this at the provider"),
+        "{text}"
+    );
 
     // Revoked at the authorization server: the refresh token is, and the access token (a JWT
     // for the resource) is of a type it cannot revoke (`unsupported_token_type`, RFC 7009
