@@ -3,7 +3,7 @@
 //! browser to come back.
 
 use super::Conn;
-use super::print::{explain, print_grant, when};
+use super::print::{explain, print_grant, span, when};
 use crate::client::AuthedChannel;
 use crate::pb;
 use crate::pb::authenticate_response::Result as Answer;
@@ -39,7 +39,8 @@ pub struct AuthArgs {
     /// A scope to ask for (repeat); absent: the provider's default scopes.
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
-    /// Minimum seconds of life the token must have.
+    /// Minimum seconds of life the token must have; longer than the provider's tokens live,
+    /// every call refreshes (the way to force a refresh).
     #[arg(long, default_value_t = 0)]
     pub min_ttl: u32,
     /// Start a new consent even if a grant exists.
@@ -63,6 +64,7 @@ pub(super) struct RevokeTarget {
 }
 
 pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
+    let min_ttl = a.min_ttl;
     let mut creds = conn.connect().await?.credentials();
     let mut resp = creds
         .authenticate(pb::AuthenticateRequest {
@@ -95,7 +97,7 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
                 println!("access_token: {}", t.access_token);
                 println!("token_type:   {}", t.token_type);
                 println!("expires_at:   {}", when(t.expires_at));
-                print_token_details(&t);
+                print_token_details(&t, min_ttl);
                 return Ok(());
             }
             Some(Answer::Reference(r)) => {
@@ -239,7 +241,7 @@ pub(super) async fn resolve(
     if let Some(t) = r.token {
         println!("access_token: {}", t.access_token);
         println!("expires_at:   {}", when(t.expires_at));
-        print_token_details(&t);
+        print_token_details(&t, min_ttl);
     }
     if let Some(c) = r.credential {
         // As it is sent: `Name: value` in a header, `name=value` in a query or a cookie.
@@ -298,8 +300,16 @@ pub(super) async fn revoke(t: RevokeTarget, conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scopes, what the user did not grant, and the provider's metadata.
-fn print_token_details(t: &pb::Token) {
+/// Scopes, what the user did not grant, the provider's metadata, and a note when the token
+/// lives less than the `--min-ttl` asked for.
+fn print_token_details(t: &pb::Token, min_ttl: u32) {
+    let left = t.expires_at - crate::clock::Clock::now_unix(&crate::clock::SystemClock);
+    if min_ttl > 0 && t.expires_at > 0 && left < i64::from(min_ttl) {
+        eprintln!(
+            "note: this token lives {} (less than --min-ttl {min_ttl}s): the provider's tokens do not live that long, so a --min-ttl this long refreshes the token on every call",
+            span(u64::try_from(left).unwrap_or(0))
+        );
+    }
     // A stored static credential has none.
     if !t.scopes.is_empty() {
         println!("scopes:       {}", t.scopes.join(" "));

@@ -117,6 +117,8 @@ pub enum Command {
     /// Turn a reference into a fresh access token (as an agent would right before an API call).
     Resolve {
         reference: String,
+        /// Minimum seconds of life the token must have; longer than the provider's tokens
+        /// live, every call refreshes (the way to force a refresh).
         #[arg(long, default_value_t = 0)]
         min_ttl: u32,
         /// The URL the credential is for: refused unless its host is on the provider's

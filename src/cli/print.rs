@@ -94,7 +94,7 @@ fn date(unix: i64) -> String {
 }
 
 /// A duration in the two largest units a person reads: `42s`, `9m 59s`, `3h 12m`, `2d 4h`.
-fn span(secs: u64) -> String {
+pub(super) fn span(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m {}s", secs / 60, secs % 60),

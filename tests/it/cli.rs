@@ -396,9 +396,36 @@ async fn a_dropped_offline_access_gets_a_hint_at_prompt_consent() {
     );
 }
 
-/// A static API key stored from standard input (`--value-file -`), never echoed, and applied by
-/// `resolve`; an empty or blank input is refused and stores nothing; another agent's empty slot,
-/// a reference revoked twice and an agent key on an operator command each get a clear message.
+/// A `--min-ttl` longer than the provider's tokens live (the test provider's: an hour) is not
+/// met by any token: the refreshed one is printed with a note saying so; a shorter one, none.
+#[tokio::test]
+async fn a_min_ttl_longer_than_the_tokens_live_is_noted() {
+    let f = Fixture::new().await;
+    create_oidc(&f, "idp", &["openid", "offline_access"]);
+    auth_with_consent(&f, "idp", "alice").await;
+    let auth = |min_ttl: &str| {
+        let mut auth = cli(&f, AGENT_KEY);
+        auth.args([
+            "auth",
+            "--provider",
+            "idp",
+            "--user",
+            "alice",
+            "--min-ttl",
+            min_ttl,
+        ]);
+        let out = auth.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let long = auth("7200");
+    assert!(
+        long.contains("note: this token lives") && long.contains("less than --min-ttl 7200s"),
+        "{long}"
+    );
+    assert!(!auth("60").contains("note:"));
+}
+
 /// What agents may receive and how long references last are set from the command line and
 /// shown by `provider get`; an agent's `valet auth` for a token is refused, `--reference` works.
 #[tokio::test]
@@ -448,6 +475,9 @@ async fn a_reference_only_provider_from_the_command_line() {
     assert!(err.contains("reference_ttl_seconds"), "{err}");
 }
 
+/// A static API key stored from standard input (`--value-file -`), never echoed, and applied by
+/// `resolve`; an empty or blank input is refused and stores nothing; another agent's empty slot,
+/// a reference revoked twice and an agent key on an operator command each get a clear message.
 #[tokio::test]
 async fn credential_put_reads_the_value_from_standard_input() {
     use std::io::Write as _;

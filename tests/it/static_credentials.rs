@@ -297,8 +297,18 @@ async fn bad_values_and_placements_are_refused_by_field_and_write_nothing() {
             "value: is 5000 bytes",
         ),
         (put("hdr", "alice", "", "v", "someone"), "username"),
-        (put("basic", "alice", "", "pw", ""), "username"),
-        (put("basic", "alice", "", "pw", "a:b"), "username"),
+        (
+            put("basic", "alice", "", "pw", ""),
+            "username: is required for http_basic",
+        ),
+        (
+            put("basic", "alice", "", "pw", "a:b"),
+            "username: holds a ':'",
+        ),
+        (
+            put("basic", "alice", "", "pw", "a\tb"),
+            "username: holds a control character",
+        ),
         (put("idp", "alice", "", "v", ""), "provider_id"),
         (put("hdr", "", "", "v", ""), "user_id"),
     ];

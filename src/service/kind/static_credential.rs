@@ -106,15 +106,20 @@ pub(crate) fn stored_value(
     }
     match c.kind {
         ProviderKind::HttpBasic => {
-            if username.is_empty()
-                || username.len() > 256
-                || username.contains(':')
-                || username.chars().any(char::is_control)
-            {
-                return Err(Error::invalid(
-                    "username",
-                    "is required for http_basic: 1-256 characters, no ':' or control characters",
-                ));
+            // Said as it is: "is required" for a username given with a ':' misleads.
+            let problem = if username.is_empty() {
+                Some("is required for http_basic")
+            } else if username.len() > 256 {
+                Some("is longer than 256 bytes")
+            } else if username.contains(':') {
+                Some("holds a ':', which HTTP Basic cannot carry in a username (RFC 7617)")
+            } else if username.chars().any(char::is_control) {
+                Some("holds a control character")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(Error::invalid("username", problem));
             }
             Ok(SecretString::from(format!("{username}:{v}")))
         }
