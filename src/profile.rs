@@ -127,6 +127,17 @@ pub struct ProfileError {
     pub file: Option<PathBuf>,
 }
 
+/// Every profile in a directory that did not load, so one run of check-config lists them all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ProfileErrors(pub Vec<ProfileError>);
+
+impl From<ProfileError> for ProfileErrors {
+    fn from(e: ProfileError) -> Self {
+        Self(vec![e])
+    }
+}
+
 fn file_suffix(file: &Option<PathBuf>) -> String {
     match file {
         Some(path) => format!(" ({})", path.display()),
@@ -504,8 +515,9 @@ impl Catalogue {
     }
 
     /// Builtin plus every `*.toml` in `dir` (an operator's own; same name overrides a builtin);
-    /// errors name the file. Subdirectories and other files are ignored.
-    pub fn with_dir(dir: &Path) -> Result<Catalogue, ProfileError> {
+    /// errors name the file, every file that does not load. Subdirectories and other files are
+    /// ignored.
+    pub fn with_dir(dir: &Path) -> Result<Catalogue, ProfileErrors> {
         let mut catalogue = Self::builtin()?;
         let dir_error = |reason: String| ProfileError::new("*", "file", reason).in_file(dir);
         let entries = std::fs::read_dir(dir)
@@ -519,13 +531,22 @@ impl Catalogue {
                 paths.push(path);
             }
         }
-        // Sorted so the first error reported does not depend on directory order.
+        // Sorted so the errors' order does not depend on directory order.
         paths.sort();
+        let mut failed = Vec::new();
         for path in paths {
-            let profile = load_file(&path)?;
-            catalogue.profiles.insert(profile.name.clone(), profile);
+            match load_file(&path) {
+                Ok(profile) => {
+                    catalogue.profiles.insert(profile.name.clone(), profile);
+                }
+                Err(e) => failed.push(e),
+            }
         }
-        Ok(catalogue)
+        if failed.is_empty() {
+            Ok(catalogue)
+        } else {
+            Err(ProfileErrors(failed))
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Profile> {
@@ -1103,7 +1124,7 @@ variables = ["tenant"]
     }
 
     #[test]
-    fn a_broken_operator_file_names_its_path() {
+    fn every_broken_operator_file_is_named_by_its_path() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("acme.toml");
         std::fs::write(
@@ -1111,17 +1132,22 @@ variables = ["tenant"]
             MINIMAL.replace("https://acme.example/token", "http://x/token"),
         )
         .expect("write");
+        let other = dir.path().join("zz.toml");
+        std::fs::write(&other, "name = \"zz\"\nkind = \"oauth3\"\n").expect("write");
         let err = Catalogue::with_dir(dir.path()).expect_err("broken");
-        assert_eq!(err.file.as_deref(), Some(path.as_path()));
-        assert_eq!(err.field, "token_url");
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
+        let [first, second] = &err.0[..] else {
+            panic!("both files: {err}")
+        };
+        assert_eq!(first.file.as_deref(), Some(path.as_path()));
+        assert_eq!(first.field, "token_url");
+        assert_eq!(second.file.as_deref(), Some(other.as_path()));
+        for p in [&path, &other] {
+            assert!(err.to_string().contains(&p.display().to_string()), "{err}");
+        }
 
         let missing = dir.path().join("nope");
         let err = Catalogue::with_dir(&missing).expect_err("no dir");
-        assert_eq!(err.file.as_deref(), Some(missing.as_path()));
+        assert_eq!(err.0[0].file.as_deref(), Some(missing.as_path()));
     }
 
     #[test]

@@ -208,9 +208,9 @@ impl App {
     fn catalogue(config: &Config) -> anyhow::Result<Catalogue> {
         match &config.profiles_dir {
             Some(dir) => Catalogue::with_dir(dir),
-            None => Catalogue::builtin(),
+            None => Catalogue::builtin().map_err(Into::into),
         }
-        .map_err(ConfigError::in_file)
+        .map_err(|e| ConfigError(e.0.iter().map(ToString::to_string).collect()).into())
     }
 
     /// For `check-config`: the files the configuration names that the daemon reads at start. The

@@ -509,9 +509,18 @@ fn a_first_start_that_fails_shows_no_admin_key() {
     assert!(err.contains("broken"), "{err}");
     assert_eq!(code, Some(78), "a bad configuration: {err}");
     assert!(!dir.path().join("valet-data/admin-key.sha256").exists());
-    // check-config finds it.
+    // check-config finds it, and every other profile that does not load, in one run.
+    std::fs::write(
+        profiles.join("mygh.toml"),
+        "name = \"mygh\"\nkind = \"oauth3\"\n",
+    )
+    .unwrap();
     let checked = check_config_refuses(dir.path(), &["--dev", "--config", config]);
-    assert!(checked.contains("broken"), "{checked}");
+    assert!(
+        checked.contains("broken") && checked.contains("mygh"),
+        "{checked}"
+    );
+    std::fs::remove_file(profiles.join("mygh.toml")).unwrap();
     let (child, seen) = serve_dev(dir.path(), &[]);
     terminate(child);
     assert!(
