@@ -120,8 +120,12 @@ pub struct ProviderArgs {
     pub mcp_server: Option<String>,
     /// A host this provider's tokens may be sent to (`valet resolve --target-url`); repeat for
     /// more; `*.example.com` for subdomains. mcp providers default to the server's host.
-    #[arg(long = "egress-host")]
+    #[arg(long = "egress-host", conflicts_with = "no_egress_hosts")]
     pub egress_hosts: Vec<String>,
+    /// update: drop the egress list (tokens may again be resolved for any host; mcp providers
+    /// go back to the server's host).
+    #[arg(long)]
+    pub no_egress_hosts: bool,
     /// Refresh idle grants in the background after this many seconds (providers that revoke
     /// unused refresh tokens); 0: off.
     #[arg(long)]
@@ -143,6 +147,9 @@ pub struct ProviderArgs {
     /// Extra authorization parameter `name=value` (repeat), e.g. `prompt=consent`.
     #[arg(long = "param")]
     pub params: Vec<String>,
+    /// update: remove the extra authorization parameter `name` (repeat).
+    #[arg(long = "unset-param")]
+    pub unset_params: Vec<String>,
     #[arg(long)]
     pub auth_method: Option<AuthMethod>,
     /// Start from a provider profile (`valet provider profiles`): it fills endpoints, auth
@@ -383,6 +390,9 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
     if !a.egress_hosts.is_empty() {
         p.egress_hosts = a.egress_hosts;
     }
+    if a.no_egress_hosts {
+        p.egress_hosts.clear();
+    }
     if let Some(s) = a.keep_alive_seconds {
         p.keep_alive_seconds = s;
     }
@@ -430,6 +440,12 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             .split_once('=')
             .with_context(|| format!("--param {kv:?} must be name=value"))?;
         p.extra_auth_params.insert(k.to_owned(), v.to_owned());
+    }
+    for name in a.unset_params {
+        anyhow::ensure!(
+            p.extra_auth_params.remove(&name).is_some(),
+            "--unset-param {name:?}: the provider has no such parameter"
+        );
     }
     if let Some(m) = a.auth_method {
         p.token_auth_method = match m {

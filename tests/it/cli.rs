@@ -661,6 +661,39 @@ async fn credential_put_reads_the_value_from_standard_input() {
     assert!(put("by-query", "query-canary\n").status.success());
     let out = resolve_through_a_reference(&f, "by-query");
     assert!(out.contains("query:        appid=query-canary"), "{out}");
+    // The list can be dropped again (any host), and a parameter removed by name.
+    let mut update = cli(&f, ADMIN_KEY);
+    update.args(["provider", "update", "by-query", "--no-egress-hosts"]);
+    assert!(run(update).contains("egress_hosts:      any ("));
+    create_oidc(&f, "with-param", &["openid"]);
+    let mut update = cli(&f, ADMIN_KEY);
+    update.args([
+        "provider",
+        "update",
+        "with-param",
+        "--param",
+        "prompt=consent",
+    ]);
+    assert!(run(update).contains("param:             prompt=consent"));
+    let mut unset = cli(&f, ADMIN_KEY);
+    unset.args([
+        "provider",
+        "update",
+        "with-param",
+        "--unset-param",
+        "prompt",
+    ]);
+    assert!(!run(unset).contains("prompt=consent"));
+    let mut unset = cli(&f, ADMIN_KEY);
+    unset.args([
+        "provider",
+        "update",
+        "with-param",
+        "--unset-param",
+        "prompt",
+    ]);
+    let err = fails(unset);
+    assert!(err.contains("no such parameter"), "{err}");
 
     // Another agent's slot is empty, and the error says whose slot was looked in.
     let mut other = cli(&f, ADMIN_KEY);
