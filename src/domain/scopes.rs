@@ -120,6 +120,22 @@ impl Scopes {
             .join(sep)
     }
 
+    /// The OpenID Connect scopes `self` holds (`openid`, `profile`, `email`, `offline_access`):
+    /// they name the user and a refresh token, not an API's permissions, and providers often
+    /// leave them out of a token response's `scope` (Entra never echoes `offline_access`; MSAL
+    /// drops them before comparing, "if the default scopes are not returned from the server":
+    /// `removeOIDCScopes` in microsoft-authentication-library-for-js, ScopeSet.ts).
+    pub fn oidc(&self) -> Scopes {
+        const OIDC: [&str; 4] = ["email", "offline_access", "openid", "profile"];
+        Scopes(
+            self.0
+                .iter()
+                .filter(|s| OIDC.contains(&s.as_str()))
+                .cloned()
+                .collect(),
+        )
+    }
+
     pub fn union(&self, other: &Scopes) -> Scopes {
         Scopes::from(
             self.0
@@ -142,6 +158,27 @@ impl Scopes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openid_connect_scopes_are_picked_out() {
+        let s = Scopes::parse(
+            "scopes",
+            &[
+                "User.Read",
+                "offline_access",
+                "openid",
+                "profile",
+                "email",
+                "openidx",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.oidc().to_vec(),
+            ["email", "offline_access", "openid", "profile"]
+        );
+        assert!(Scopes::parse("s", &["repo"]).unwrap().oidc().is_empty());
+    }
 
     #[test]
     fn parses_and_compares() {

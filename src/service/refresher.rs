@@ -230,8 +230,11 @@ impl Refresher {
                 .updated_at
                 .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         });
+        // The scopes the refresh answers, and the OpenID Connect ones the consent granted:
+        // a refresh that does not repeat `openid` or `offline_access` has not taken them away,
+        // and narrowing the grant by them would send its user to consent again.
         if let Some(scopes) = &set.scopes {
-            grant.scopes = scopes.clone();
+            grant.scopes = scopes.union(&grant.scopes.oidc());
         }
         // Merged, not replaced: a refresh may answer fewer of the fields kept (Slack's says
         // nothing of `authed_user`), and the ones it does answer are the newest.

@@ -285,6 +285,53 @@ async fn salesforce_revocation_ends_the_access_token_with_the_refresh_token_and_
     );
 }
 
+/// Entra never echoes `offline_access` (the refresh token says it was granted) and a refresh
+/// may leave out the OpenID scopes: neither counts as a scope the user took back, and the grant
+/// keeps serving without a new consent, also from a restarted daemon (no cached token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_unechoed_openid_scopes_are_not_missing_and_ask_no_new_consent() {
+    let d = ProviderDouble::start(Family::Entra).await;
+    let f = Fixture::new().await;
+    f.create(pb::Provider {
+        provider_id: "entra".into(),
+        kind: pb::ProviderKind::Oauth2 as i32,
+        client_id: client_id().into(),
+        client_secret: CLIENT_SECRET.into(),
+        auth_url: d.auth_url(),
+        token_url: d.token_url(),
+        token_auth_method: pb::TokenAuthMethod::ClientSecretPost as i32,
+        default_scopes: ["openid", "profile", "offline_access", "User.Read"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .await;
+    let all = ["User.Read", "offline_access", "openid", "profile"];
+    let t = flow(&f, request("entra", &[])).await;
+    assert_eq!(
+        (t.scopes.as_slice(), t.missing_scopes.as_slice()),
+        (&all.map(String::from)[..], &[][..])
+    );
+    let refreshed = token(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                min_ttl_seconds: FORCE_REFRESH - 1,
+                ..request("entra", &[])
+            },
+        )
+        .await,
+    );
+    assert_ne!(refreshed.access_token, t.access_token);
+    assert!(refreshed.missing_scopes.is_empty(), "{refreshed:?}");
+    assert_eq!(f.grants("alice").await[0].scopes, all);
+    // A restarted daemon reads the grant: served, no consent.
+    let f = f.restart();
+    let again = token(f.authenticate(AGENT_KEY, request("entra", &[])).await);
+    assert!(again.missing_scopes.is_empty(), "{again:?}");
+    assert_eq!(d.refreshes(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notion_json_token_requests_and_workspace_metadata() {
     let d = ProviderDouble::start(Family::Notion).await;

@@ -41,6 +41,14 @@ pub(crate) enum Family {
     /// an audience it does not serve is `invalid_target`, and the response carries
     /// `issued_token_type`. Written for these tests; no real one runs here.
     Rfc8693,
+    /// Microsoft Entra ID v2.0 (https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow):
+    /// `offline_access` is never echoed in `scope`, though a refresh token comes (a Microsoft
+    /// answer: https://learn.microsoft.com/en-us/answers/questions/806413), and the OpenID
+    /// scopes may be left out (MSAL drops them before comparing "if the default scopes are not
+    /// returned from the server": `removeOIDCScopes`, microsoft-authentication-library-for-js
+    /// ScopeSet.ts); this double leaves them out of every refresh's `scope`. A new refresh
+    /// token with every refresh; `ext_expires_in` beside `expires_in`.
+    Entra,
 }
 
 const CLIENT_ID: &str = "double-client";
@@ -250,7 +258,7 @@ fn error(d: &ProviderDouble, code: &str) -> Response {
             ),
         )
             .into_response(),
-        Family::Salesforce | Family::Rfc8693 => (
+        Family::Salesforce | Family::Rfc8693 | Family::Entra => (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({ "error": code })),
         )
@@ -295,7 +303,7 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
                 return error(&d, code);
             };
             // GitHub Apps and Slack rotate; Salesforce keeps the refresh token.
-            let rotate = matches!(d.family, Family::GitHubApp | Family::Slack);
+            let rotate = matches!(d.family, Family::GitHubApp | Family::Slack | Family::Entra);
             if rotate {
                 inner.refresh.remove(&rt);
                 inner.spent.insert(rt);
@@ -408,6 +416,21 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], issued: Issue
                 v["refresh_token"] = refresh.into();
             }
             v
+        }
+        Family::Entra => {
+            let oidc = ["openid", "profile", "email", "offline_access"];
+            let answered: Vec<&str> = scopes
+                .iter()
+                .map(String::as_str)
+                .filter(|s| match issued {
+                    Issued::Code => *s != "offline_access",
+                    Issued::Refresh { .. } => !oidc.contains(s),
+                })
+                .collect();
+            json!({
+                "token_type": "Bearer", "scope": answered.join(" "), "expires_in": 3599,
+                "ext_expires_in": 3599, "access_token": access, "refresh_token": refresh
+            })
         }
         Family::Rfc8693 => json!({
             "access_token": access, "token_type": "Bearer", "expires_in": 3600,
