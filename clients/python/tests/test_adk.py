@@ -7,6 +7,8 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import pytest
+
 from google.adk.agents import LlmAgent
 from google.adk.auth.auth_credential import AuthCredential
 from google.adk.events.event import Event
@@ -21,6 +23,7 @@ import valet
 from valet import adk
 
 from conftest import Stack
+from support import ADMIN_KEY
 
 TOOL = "fetch_profile"
 
@@ -199,3 +202,37 @@ def test_applied_credentials_map_to_adk_credentials() -> None:
     assert header.http is not None and header.http.additional_headers == {"X-API-Key": "k-1"}
     query = adk.as_auth_credential(valet.AppliedCredential("query", "appid", "k-2"))
     assert query.api_key == "k-2"
+
+
+async def test_a_static_key_goes_where_its_provider_says_and_only_to_its_hosts(
+    stack: Stack, user: str
+) -> None:
+    """A stored API key reaches the tool in its own header whether handed out as a token or a
+    reference (never as a bearer token), and a reference is resolved only for a `target_url`
+    on the provider's `egress_hosts`."""
+    provider = f"weather-adk-{user[-6:]}"
+    with stack.client(ADMIN_KEY) as admin:
+        admin.create_provider(
+            provider_id=provider,
+            kind="api_key",
+            credential_location="header",
+            credential_name="X-API-Key",
+            egress_hosts=["api.weather.example"],
+        )
+    with stack.client() as agent:
+        agent.put_credential(provider, user, "adk-weather-canary")
+    valet_provider = adk.ValetAuthProvider(stack.async_client())
+    for handout in ("token", "reference"):
+        context = FakeToolContext(user)
+        config = adk.auth_config(
+            provider, handout=handout, target_url="https://api.weather.example/now"
+        )
+        credential = await valet_provider.get_auth_credential(config, context)  # type: ignore[arg-type]
+        assert credential.http is not None, handout
+        assert credential.http.credentials.token is None, handout
+        assert credential.http.additional_headers == {"X-API-Key": "adk-weather-canary"}, handout
+    elsewhere = adk.auth_config(provider, target_url="https://collector.attacker.example/")
+    with pytest.raises(valet.errors.PermissionDenied, match="egress_hosts") as denied:
+        await valet_provider.get_auth_credential(elsewhere, FakeToolContext(user))  # type: ignore[arg-type]
+    assert "canary" not in str(denied.value)
+    await valet_provider.client.close()

@@ -3,6 +3,7 @@ trip, resolve, revoke, grants, provider admin calls, configuration and TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
@@ -125,6 +126,58 @@ async def test_async_watch_grants_sees_a_revoke(stack: Stack, user: str) -> None
             assert first.status == "pending" and first.auth_id == pending.auth_id
         with pytest.raises(errors.NotFound):
             await client.watch_authorization("no-such-flow")
+
+
+async def test_an_async_watch_opens_in_async_with_and_ends_when_closed(
+    stack: Stack, user: str
+) -> None:
+    """`async with client.watch_grants(...)` needs no `await`, and closing a watch (or the
+    client) from another task ends the reader's loop, as the sync watch's does."""
+    async with stack.async_client() as client:
+        async with client.watch_grants("idp", user_id=user, timeout=30) as events:
+
+            async def read() -> list[str]:
+                return [e.kind async for e in events]
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0.2)
+            await events.close()
+            assert await asyncio.wait_for(reader, 5) == []
+        other = await client.watch_grants("idp", user_id=user, timeout=30)
+        reader = asyncio.create_task(anext(aiter(other), None))
+        await asyncio.sleep(0.2)
+        await client.close()
+        assert await asyncio.wait_for(reader, 5) is None
+    # A reader whose own task is cancelled is cancelled, not ended quietly.
+    async with stack.async_client() as client:
+        watch = await client.watch_grants("idp", user_id=user, timeout=30)
+        reader = asyncio.create_task(anext(aiter(watch), None))
+        await asyncio.sleep(0.2)
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await watch.close()
+
+
+def test_an_async_client_keeps_a_channel_per_live_loop_only(stack: Stack, user: str) -> None:
+    """ADK starts an event loop per `Runner.run`: a long-lived client must not keep a channel
+    (and through it the loop) for every loop it ever ran on."""
+    client = stack.async_client()
+    for _ in range(20):
+        assert asyncio.run(client.list_grants(user_id=user)) == []
+    assert len(client._connections) <= 1
+
+
+def test_a_closed_client_and_a_request_too_large_say_so(
+    stack: Stack, agent: valet.Client, user: str
+) -> None:
+    with pytest.raises(errors.InvalidArgument, match="larger than the daemon accepts") as big:
+        agent.put_credential("idp", user, "x" * 100_000)
+    assert "xxxx" not in str(big.value)
+    closed = stack.client()
+    closed.close()
+    with pytest.raises(errors.ValetError, match="this Client is closed"):
+        closed.list_grants(user_id=user)
 
 
 def test_wait_for_completion_returns_the_pending_flow_at_its_timeout(

@@ -3,8 +3,11 @@ state. No LLM: the nodes call the adapter directly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypedDict
+
+import pytest
 
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -14,6 +17,7 @@ import valet
 from valet.langgraph import INTERRUPT_TYPE, aauthenticate, authenticate, resolve
 
 from conftest import Stack
+from support import ADMIN_KEY
 
 
 class State(TypedDict, total=False):
@@ -135,3 +139,34 @@ async def test_references_only_are_checkpointed_and_a_tool_resolves_them(
 def test_outside_a_graph_run_the_pending_result_is_returned(agent: valet.Client, user: str) -> None:
     result = authenticate(agent, "idp", user_id=user)
     assert result.status == "pending" and result.auth_url
+
+
+def test_resolve_names_the_target_url_and_clients_of_the_other_kind_are_refused(
+    stack: Stack, user: str
+) -> None:
+    """The helpers pass `target_url` on, so the provider's `egress_hosts` hold in a graph too;
+    a client of the other kind is refused saying which helper it goes with."""
+    provider = f"weather-lg-{user[-6:]}"
+    with stack.client(ADMIN_KEY) as admin:
+        admin.create_provider(
+            provider_id=provider,
+            kind="api_key",
+            credential_location="header",
+            credential_name="X-API-Key",
+            egress_hosts=["api.weather.example"],
+        )
+    with stack.client() as agent:
+        agent.put_credential(provider, user, "lg-weather-canary")
+        ref = authenticate(agent, provider, user_id=user, handout="reference").reference or ""
+        ok = resolve(agent, ref, target_url="https://api.weather.example/now")
+        assert ok.credential.apply() == ({"X-API-Key": "lg-weather-canary"}, {})
+        with pytest.raises(valet.errors.PermissionDenied, match="egress_hosts"):
+            resolve(agent, ref, target_url="https://collector.attacker.example/")
+        with pytest.raises(TypeError, match="use aauthenticate with an AsyncClient"):
+            authenticate(stack.async_client(), provider, user_id=user)  # type: ignore[arg-type]
+
+    async def wrong() -> None:
+        await aauthenticate(agent, provider, user_id=user)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match="use authenticate with a Client"):
+        asyncio.run(wrong())

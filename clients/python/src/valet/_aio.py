@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
 
 import grpc
 import grpc.aio
@@ -20,7 +19,7 @@ from valet import _wire
 from valet._client import DEFAULT_TIMEOUT
 from valet._closing import AsyncClosing
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
-from valet._watch import AsyncWatch
+from valet._watch import OpeningWatch
 from valet.errors import from_rpc_error
 from valet.types import AuthResult, Grant, GrantEvent, Handout, Resolved, RevokeResult
 from valet.v1 import valet_pb2 as pb
@@ -65,9 +64,8 @@ class AsyncClient(AsyncClosing):
             private_key=private_key,
         )
         self._timeout = timeout
-        self._connections: WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
-            WeakKeyDictionary()
-        )
+        # Keyed by loop. Not weak: a channel holds its loop, so a weak key never died.
+        self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
 
     @property
     def server(self) -> str:
@@ -77,6 +75,11 @@ class AsyncClient(AsyncClosing):
         loop = asyncio.get_running_loop()
         conn = self._connections.get(loop)
         if conn is None:
+            # A new loop (ADK starts one per `Runner.run`): the channels of loops that have
+            # closed are dropped, so a long-lived client holds one per live loop, not one per
+            # loop it ever ran on.
+            for old in [old for old in self._connections if old.is_closed()]:
+                del self._connections[old]
             conn = self._connections[loop] = _Connection(self._endpoint)
         return conn
 
@@ -158,30 +161,36 @@ class AsyncClient(AsyncClosing):
             _wire.asserted(_wire.resolve(reference, min_ttl, target_url), user_assertion)
         )
 
-    async def watch_grants(
+    def watch_grants(
         self,
         provider: str | None = None,
         user_id: str | None = None,
         agent_id: str | None = None,
         *,
         timeout: float | None = None,
-    ) -> AsyncWatch[GrantEvent]:
-        call = self._connection().stubs["credentials"].WatchGrants(
-            _wire.watch_grants_request(provider, user_id, agent_id),
-            metadata=self._endpoint.metadata(),
-            timeout=timeout,
+    ) -> OpeningWatch[GrantEvent]:
+        """`async with client.watch_grants(...) as events: async for e in events: ...` (or
+        `await` it for the watch)."""
+        return OpeningWatch(
+            lambda: self._connection().stubs["credentials"].WatchGrants(
+                _wire.watch_grants_request(provider, user_id, agent_id),
+                metadata=self._endpoint.metadata(),
+                timeout=timeout,
+            ),
+            _wire.grant_event,
         )
-        return await AsyncWatch(call, _wire.grant_event)._open()
 
-    async def watch_authorization(
+    def watch_authorization(
         self, auth_id: str, *, timeout: float | None = None
-    ) -> AsyncWatch[AuthResult]:
-        call = self._connection().stubs["credentials"].WatchAuthorization(
-            pb.WatchAuthorizationRequest(auth_id=auth_id),
-            metadata=self._endpoint.metadata(),
-            timeout=timeout,
+    ) -> OpeningWatch[AuthResult]:
+        return OpeningWatch(
+            lambda: self._connection().stubs["credentials"].WatchAuthorization(
+                pb.WatchAuthorizationRequest(auth_id=auth_id),
+                metadata=self._endpoint.metadata(),
+                timeout=timeout,
+            ),
+            _wire.authorization_event,
         )
-        return await AsyncWatch(call, _wire.authorization_event)._open()
 
     async def revoke(
         self,

@@ -16,7 +16,7 @@ from valet import _wire
 from valet._closing import Closing
 from valet._config import CHANNEL_OPTIONS, Endpoint, resolve_endpoint
 from valet._watch import Watch
-from valet.errors import from_rpc_error
+from valet.errors import ValetError, from_rpc_error
 from valet.types import AuthResult, Grant, GrantEvent, Handout, Resolved, RevokeResult
 from valet.v1 import valet_pb2 as pb
 from valet.v1 import valet_pb2_grpc as pb_grpc
@@ -82,6 +82,13 @@ class Client(Closing):
             )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
+        except ValueError as e:
+            # grpc's "Cannot invoke RPC on closed channel!"
+            if "closed channel" in str(e):
+                raise ValetError(
+                    "this Client is closed: make a new Client", code=grpc.StatusCode.CANCELLED
+                ) from None
+            raise
         return call.parse(answer)
 
     # Credentials: what agents call.

@@ -9,7 +9,9 @@ raises the typed error when the watch is opened.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Generator
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -57,6 +59,7 @@ class AsyncWatch(AsyncClosing, Generic[T]):
     def __init__(self, call: Any, parse: Callable[[Any], T]) -> None:
         self._call = call
         self._parse = parse
+        self._closed = False
 
     async def _open(self) -> AsyncWatch[T]:
         try:
@@ -76,9 +79,49 @@ class AsyncWatch(AsyncClosing, Generic[T]):
             if e.code() in _ENDED:
                 raise StopAsyncIteration from None
             raise from_rpc_error(e) from None
+        except asyncio.CancelledError:
+            # The call was cancelled under the reader (`close()`, or the client closed its
+            # channel): the watch ends, as the sync one does. The reader's own task being
+            # cancelled is not swallowed.
+            task = asyncio.current_task()
+            if (self._closed or self._call.cancelled()) and (
+                task is None or task.cancelling() == 0
+            ):
+                raise StopAsyncIteration from None
+            raise
         if m is grpc.aio.EOF:
             raise StopAsyncIteration
         return self._parse(m)
 
     async def close(self) -> None:
+        self._closed = True
         self._call.cancel()
+
+
+class OpeningWatch(Generic[T]):
+    """What `AsyncClient.watch_*` return: `async with client.watch_grants(...) as events:`, or
+    `events = await client.watch_grants(...)` (then `close()` it)."""
+
+    def __init__(self, start: Callable[[], Any], parse: Callable[[Any], T]) -> None:
+        self._start = start
+        self._parse = parse
+        self._watch: AsyncWatch[T] | None = None
+
+    async def _open(self) -> AsyncWatch[T]:
+        self._watch = AsyncWatch(self._start(), self._parse)
+        return await self._watch._open()
+
+    def __await__(self) -> Generator[Any, None, AsyncWatch[T]]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> AsyncWatch[T]:
+        return await self._open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._watch is not None:
+            await self._watch.close()

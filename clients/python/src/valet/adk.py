@@ -48,6 +48,9 @@ from valet.types import AppliedCredential, AuthResult
 SCHEME_TYPE = "valet"
 REQUEST_CREDENTIAL = "adk_request_credential"
 
+# The `token_type` of a static credential's handout: its raw value, not a bearer token.
+_STATIC_KINDS = frozenset({"api_key", "http_basic", "http_bearer"})
+
 # A reference that no longer resolves (revoked, expired, spent, its grant gone or dead): drop
 # it and ask Valet again, which hands out a new one or starts a consent.
 _STALE_REFERENCE = (NotFound, PermissionDenied, ReauthorizationRequired)
@@ -64,6 +67,9 @@ class ValetScheme(CustomAuthScheme):
     agent_id: str | None = None
     handout: Literal["reference", "token"] = "reference"
     min_ttl_seconds: int = 0
+    # The URL the tool sends the credential to: a reference is resolved for it only if its host
+    # is on the provider's `egress_hosts` (see `Client.resolve`).
+    target_url: str | None = None
 
     def state_key(self) -> str:
         """The `user:` session-state key of this scheme's reference. The scopes are hashed so
@@ -79,6 +85,7 @@ def auth_config(
     agent_id: str | None = None,
     handout: Literal["reference", "token"] = "reference",
     min_ttl_seconds: int = 0,
+    target_url: str | None = None,
 ) -> AuthConfig:
     """An `AuthConfig` for a tool that needs a credential from Valet."""
     scheme = ValetScheme(
@@ -87,6 +94,7 @@ def auth_config(
         agent_id=agent_id,
         handout=handout,
         min_ttl_seconds=min_ttl_seconds,
+        target_url=target_url,
     )
     return AuthConfig(auth_scheme=scheme)
 
@@ -98,12 +106,16 @@ def valet_tool(
     scopes: Iterable[str] = (),
     agent_id: str | None = None,
     handout: Literal["reference", "token"] = "reference",
+    target_url: str | None = None,
     response_for_auth_required: dict[str, Any] | str | None = None,
 ) -> AuthenticatedFunctionTool:
-    """`func` as an ADK tool whose `credential` argument Valet fills."""
+    """`func` as an ADK tool whose `credential` argument Valet fills. `target_url`: the API
+    the tool calls; a reference is resolved only for a host on the provider's `egress_hosts`."""
     return AuthenticatedFunctionTool(
         func=func,
-        auth_config=auth_config(provider, scopes, agent_id=agent_id, handout=handout),
+        auth_config=auth_config(
+            provider, scopes, agent_id=agent_id, handout=handout, target_url=target_url
+        ),
         response_for_auth_required=response_for_auth_required,
     )
 
@@ -169,26 +181,43 @@ class ValetAuthProvider(BaseAuthProvider):
         if not isinstance(scheme, ValetScheme):
             raise ValueError(f"ValetAuthProvider handles ValetScheme, not {type(scheme).__name__}")
         key = scheme.state_key()
+
+        async def applied(reference: str) -> AuthCredential:
+            resolved = await self.client.resolve(
+                reference, scheme.min_ttl_seconds, target_url=scheme.target_url
+            )
+            return as_auth_credential(resolved.credential)
+
         if scheme.handout == "reference" and (reference := context.state.get(key)):
             try:
-                resolved = await self.client.resolve(reference, scheme.min_ttl_seconds)
-                return as_auth_credential(resolved.credential)
+                return await applied(reference)
             except _STALE_REFERENCE:
                 context.state[key] = None
-        result = await self.client.authenticate(
-            scheme.provider,
-            scheme.scopes,
-            context.user_id,
-            scheme.agent_id,
-            handout=scheme.handout,
-            min_ttl=scheme.min_ttl_seconds,
-        )
+
+        async def ask(handout: Literal["reference", "token"], single_use: bool) -> AuthResult:
+            return await self.client.authenticate(
+                scheme.provider,
+                scheme.scopes,
+                context.user_id,
+                scheme.agent_id,
+                handout=handout,
+                min_ttl=scheme.min_ttl_seconds,
+                single_use=single_use,
+            )
+
+        result = await ask(scheme.handout, False)
         if result.status == "pending":
             return _consent(result)
         if result.reference:
             context.state[key] = result.reference
-            resolved = await self.client.resolve(result.reference, scheme.min_ttl_seconds)
-            return as_auth_credential(resolved.credential)
+            return await applied(result.reference)
+        if result.token_type in _STATIC_KINDS:
+            # A stored API key or password goes where its provider says (a header of its own, a
+            # query parameter, HTTP Basic), which only a resolve answers: a single-use reference,
+            # resolved now and kept nowhere, as a token would be.
+            once = await ask("reference", True)
+            if once.reference:
+                return await applied(once.reference)
         return _bearer(result.token or "")
 
 

@@ -241,6 +241,8 @@ _BY_CODE: dict[grpc.StatusCode, type[ValetError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unreachable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    # The transport's refusal of a request too large: a value given was too long.
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
 }
 
 
@@ -267,6 +269,13 @@ def _hint(code: grpc.StatusCode, message: str) -> str:
         return " (the daemon answered without TLS: use an http:// target, or set [grpc_tls] on it)"
     if code == grpc.StatusCode.UNAVAILABLE:
         return " (is `valet serve` running, and is target= or VALET_SERVER its gRPC address?)"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            " (the daemon did not answer within the client's timeout: pass a longer timeout= to"
+            " Client or AsyncClient)"
+        )
+    if code == grpc.StatusCode.OUT_OF_RANGE and "message length too large" in message:
+        return " (the request is larger than the daemon accepts: a value given is too long)"
     if code == grpc.StatusCode.UNIMPLEMENTED and "404" in message:
         return (
             " (is target= or VALET_SERVER the gRPC address, grpc_listen? The HTTP listener serves"

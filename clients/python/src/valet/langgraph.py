@@ -85,6 +85,13 @@ def _request(
     return list(scopes), agent_id, config
 
 
+def _expect(client: object, kind: type, use: str) -> None:
+    """Says which helper a client of the other kind goes with (a sync `Client` in an async
+    helper failed with "can't be used in 'await' expression")."""
+    if not isinstance(client, kind):
+        raise TypeError(f"this helper takes a {kind.__name__}, not a {type(client).__name__}: {use}")
+
+
 def authenticate(
     client: Client,
     provider: str,
@@ -95,6 +102,8 @@ def authenticate(
     agent_scoped: bool = True,
     handout: Handout = "token",
     min_ttl: Seconds | None = None,
+    account: str | None = None,
+    user_assertion: str | None = None,
 ) -> AuthResult:
     """A completed result (token or reference) for `user_id` at `provider`.
 
@@ -102,10 +111,18 @@ def authenticate(
     once Valet hands out the credential. Outside a graph run it returns the pending result, as
     `Client.authenticate` does.
     """
+    _expect(client, Client, "use aauthenticate with an AsyncClient")
     scopes, agent_id, config = _request(scopes, agent_id, agent_scoped)
     while True:
         result = client.authenticate(
-            provider, scopes, user_id, agent_id, handout=handout, min_ttl=min_ttl
+            provider,
+            scopes,
+            user_id,
+            agent_id,
+            handout=handout,
+            min_ttl=min_ttl,
+            account=account,
+            user_assertion=user_assertion,
         )
         if result.status == "completed" or config is None:
             return result
@@ -123,27 +140,59 @@ async def aauthenticate(
     agent_scoped: bool = True,
     handout: Handout = "token",
     min_ttl: Seconds | None = None,
+    account: str | None = None,
+    user_assertion: str | None = None,
 ) -> AuthResult:
     """`authenticate` for async nodes and tools, with an `AsyncClient`."""
+    _expect(client, AsyncClient, "use authenticate with a Client")
     scopes, agent_id, config = _request(scopes, agent_id, agent_scoped)
     while True:
         result = await client.authenticate(
-            provider, scopes, user_id, agent_id, handout=handout, min_ttl=min_ttl
+            provider,
+            scopes,
+            user_id,
+            agent_id,
+            handout=handout,
+            min_ttl=min_ttl,
+            account=account,
+            user_assertion=user_assertion,
         )
         if result.status == "completed" or config is None:
             return result
         interrupt(interrupt_payload(result, provider, scopes))
 
 
-def resolve(client: Client, reference: str, min_ttl: Seconds | None = None) -> Resolved:
+def resolve(
+    client: Client,
+    reference: str,
+    min_ttl: Seconds | None = None,
+    *,
+    target_url: str | None = None,
+    user_assertion: str | None = None,
+) -> Resolved:
     """The token for a reference kept in graph state, right before the API call; apply it with
-    `resolved.apply(headers)`. Tokens stay out of state and checkpoints."""
-    return client.resolve(reference, min_ttl)
+    `resolved.apply(headers)`. Tokens stay out of state and checkpoints. `target_url`: the URL
+    the token is about to go to, refused unless its host is on the provider's `egress_hosts`
+    (see `Client.resolve`)."""
+    _expect(client, Client, "use aresolve with an AsyncClient")
+    return client.resolve(
+        reference, min_ttl, target_url=target_url, user_assertion=user_assertion
+    )
 
 
-async def aresolve(client: AsyncClient, reference: str, min_ttl: Seconds | None = None) -> Resolved:
+async def aresolve(
+    client: AsyncClient,
+    reference: str,
+    min_ttl: Seconds | None = None,
+    *,
+    target_url: str | None = None,
+    user_assertion: str | None = None,
+) -> Resolved:
     """`resolve` with an `AsyncClient`."""
-    return await client.resolve(reference, min_ttl)
+    _expect(client, AsyncClient, "use resolve with a Client")
+    return await client.resolve(
+        reference, min_ttl, target_url=target_url, user_assertion=user_assertion
+    )
 
 
 __all__ = [
