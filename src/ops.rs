@@ -184,7 +184,6 @@ pub struct CopyReport {
     pub to: &'static str,
 }
 
-/// `valet store copy`: from the store of the `from` config file to that of the `to` one.
 /// Whether two configs name one store: one embedded data directory (however spelled), or one
 /// place in one Vault.
 fn same_store(a: &Config, b: &Config) -> bool {
@@ -201,6 +200,7 @@ fn same_store(a: &Config, b: &Config) -> bool {
     }
 }
 
+/// `valet store copy`: from the store of the `from` config file to that of the `to` one.
 pub async fn copy_store(
     from: &str,
     to: &str,
@@ -223,7 +223,14 @@ pub async fn copy_store(
         !same_store(&from, &to),
         "--from and --to name the same store ({}): a copy needs two",
         match &from.store {
-            StoreKind::Vault(v) => format!("Vault {} {}/{}", v.address, v.mount, v.prefix),
+            // The host only: an address may carry credentials (`https://user:pass@…`).
+            StoreKind::Vault(v) => format!(
+                "Vault at {}:{} {}/{}",
+                v.address.host_str().unwrap_or_default(),
+                v.address.port_or_known_default().unwrap_or_default(),
+                v.mount,
+                v.prefix
+            ),
             _ => format!("data_dir {}", from.data_dir.display()),
         }
     );

@@ -112,6 +112,9 @@ pub struct Profile {
     /// Granted scope → the scope asked for, where a provider answers with another name (Google:
     /// `https://www.googleapis.com/auth/userinfo.email` for `email`).
     pub scope_aliases: BTreeMap<String, String>,
+    /// Scopes the provider grants without listing them in a token response's `scope`, counted
+    /// as granted when a refresh token comes with the answer (Entra: `offline_access`).
+    pub unlisted_scopes: Vec<String>,
 }
 
 /// A profile that failed to load, naming the profile, the offending field and (when it came from
@@ -216,6 +219,8 @@ struct RawProfile {
     extra_auth_params: BTreeMap<String, String>,
     #[serde(default)]
     scope_aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    unlisted_scopes: Vec<String>,
 }
 
 /// Parses and validates one profile. `name_hint` is the file stem, which the `name` field must
@@ -378,6 +383,15 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         }
     }
 
+    for s in &raw.unlisted_scopes {
+        if crate::domain::Scopes::parse("unlisted_scopes", &[s]).is_err() {
+            return Err(fail(
+                "unlisted_scopes",
+                format!("{s:?} is not a scope (visible ASCII, no spaces)"),
+            ));
+        }
+    }
+
     for m in &raw.metadata {
         check_path(m).map_err(|r| fail("metadata", r))?;
         // Metadata is handed to agents; a secret named here would leak past the vault.
@@ -433,6 +447,7 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         variables,
         extra_auth_params: raw.extra_auth_params,
         scope_aliases: raw.scope_aliases,
+        unlisted_scopes: raw.unlisted_scopes,
     })
 }
 
@@ -840,6 +855,8 @@ token_url = "https://acme.example/token"
         assert_eq!(get("google").keep_alive_seconds, 30 * 86_400);
         assert_eq!(get("microsoft").keep_alive_seconds, 7 * 86_400);
         assert_eq!(get("github").keep_alive_seconds, 0);
+        // Entra never lists offline_access in a token response.
+        assert_eq!(get("microsoft").unlisted_scopes, ["offline_access"]);
 
         let slack = get("slack");
         assert_eq!(slack.scope_param, "user_scope");
@@ -985,6 +1002,11 @@ token_url = "https://acme.example/token"
                 "scope with a space",
                 "default_scopes = [\"a b\"]\n",
                 "default_scopes",
+            ),
+            (
+                "unlisted scope with a space",
+                "unlisted_scopes = [\"offline access\"]\n",
+                "unlisted_scopes",
             ),
             (
                 "issuer on oauth2",

@@ -40,7 +40,8 @@ pub struct AuthArgs {
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
     /// Minimum seconds of life the token must have; longer than the provider's tokens live,
-    /// every call refreshes (the way to force a refresh).
+    /// every call gets a new token: a refresh (the way to force one), or a new consent for a
+    /// grant without a refresh token.
     #[arg(long, default_value_t = 0)]
     pub min_ttl: u32,
     /// Start a new consent even if a grant exists.

@@ -118,7 +118,8 @@ pub enum Command {
     Resolve {
         reference: String,
         /// Minimum seconds of life the token must have; longer than the provider's tokens
-        /// live, every call refreshes (the way to force a refresh).
+        /// live, every call refreshes (the way to force a refresh), and a grant without a
+        /// refresh token cannot meet it.
         #[arg(long, default_value_t = 0)]
         min_ttl: u32,
         /// The URL the credential is for: refused unless its host is on the provider's

@@ -228,7 +228,7 @@ pub(super) fn print_provider(p: &pb::Provider) {
     if has_client && (p.has_client_secret || p.has_private_key) {
         println!("token_auth_method: {method}");
     } else if has_client && kind != "service-account" {
-        println!("token_auth_method: none (a public client: it names itself, with PKCE)");
+        println!("token_auth_method: none (a public client: it names itself)");
     }
     if p.token_exchange {
         println!("token_exchange:    yes (RFC 8693)");

@@ -322,6 +322,7 @@ async fn update(providers: &mut Providers, a: ProviderArgs) -> anyhow::Result<()
         .map_err(explain)?
         .into_inner();
     let id = a.id.clone();
+    let unset = a.unset_params.clone();
     let unchanged = current.clone();
     let provider = provider_message(a, Some(current))?;
     if provider == unchanged {
@@ -337,6 +338,15 @@ async fn update(providers: &mut Providers, a: ProviderArgs) -> anyhow::Result<()
         .map_err(explain)?;
     println!("updated:");
     print_provider(p.get_ref());
+    // An operator's own profile (profiles_dir) may set it: back with the update.
+    for name in unset
+        .iter()
+        .filter(|n| p.get_ref().extra_auth_params.contains_key(*n))
+    {
+        eprintln!(
+            "warning: --unset-param {name:?}: the provider's profile sets it, so it stays (give it another value with --param {name}=...)"
+        );
+    }
     Ok(())
 }
 
@@ -441,7 +451,18 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             .with_context(|| format!("--param {kv:?} must be name=value"))?;
         p.extra_auth_params.insert(k.to_owned(), v.to_owned());
     }
+    let profile = a.profile.clone().unwrap_or_else(|| p.profile.clone());
+    let builtin = crate::profile::Catalogue::builtin().ok();
     for name in a.unset_params {
+        // A profile's parameter comes back with every update: said, not seemingly removed.
+        let from_profile = builtin
+            .as_ref()
+            .and_then(|c| c.get(&profile))
+            .is_some_and(|pr| pr.extra_auth_params.contains_key(&name));
+        anyhow::ensure!(
+            !from_profile,
+            "--unset-param {name:?}: the profile {profile:?} sets it, and it cannot be removed (give it another value with --param {name}=...)"
+        );
         anyhow::ensure!(
             p.extra_auth_params.remove(&name).is_some(),
             "--unset-param {name:?}: the provider has no such parameter"

@@ -102,6 +102,10 @@ pub struct TokenDialect {
     /// Granted scope → the scope that was asked for, where the provider renames them.
     #[serde(default)]
     pub scope_aliases: std::collections::BTreeMap<String, String>,
+    /// Granted without being listed in `scope`, shown by the refresh token that comes with them
+    /// (Entra: `offline_access`).
+    #[serde(default)]
+    pub unlisted_scopes: Vec<String>,
 }
 
 /// A client registered at a provider's token endpoint.

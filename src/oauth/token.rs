@@ -148,7 +148,7 @@ pub(super) fn parse_device(
             "the device authorization endpoint answered HTTP {status} with a body that is not JSON"
         ))
     })?;
-    if let Some(e) = body_error(status, &root, &TokenDialect::default()) {
+    if let Some(e) = body_error(&root, &TokenDialect::default()) {
         return Err(e);
     }
     if !(200..300).contains(&status) {
@@ -358,10 +358,12 @@ fn body_object(content_type: &str, body: &[u8]) -> Option<Map<String, Value>> {
         Ok(_) => None,
         // A form under another label (`text/plain`, or even `application/json`), as some token
         // endpoints answer (GitHub's form answer behind a proxy that relabels it, Facebook's
-        // `text/plain`): taken when it names a token or an error, so an HTML page is not.
-        Err(_) => {
+        // `text/plain`): taken when it names a token or an error and holds no markup, so an
+        // HTML page is not (not even one linking to `…&error=…`).
+        Err(_) if !body.contains(&b'<') => {
             Some(form()).filter(|o| o.contains_key("access_token") || o.contains_key("error"))
         }
+        Err(_) => None,
     }
 }
 
@@ -385,11 +387,7 @@ fn string(v: Option<&Value>) -> Option<String> {
 }
 
 /// A provider error in the body (whatever the HTTP status said), mapped.
-fn body_error(
-    status: u16,
-    root: &Map<String, Value>,
-    dialect: &TokenDialect,
-) -> Option<OAuthError> {
+fn body_error(root: &Map<String, Value>, dialect: &TokenDialect) -> Option<OAuthError> {
     let said_not_ok = dialect
         .ok_field
         .as_deref()
@@ -397,10 +395,11 @@ fn body_error(
         .is_some_and(|v| v == &Value::Bool(false));
     let code = string(root.get("error"))
         .or_else(|| {
-            // Notion names a refused request in `code` (with `"object": "error"` and a
-            // `message`) and an HTTP error status, `invalid_grant` among them:
-            // https://developers.notion.com/reference/status-codes
-            let notion_style = status >= 400 || root.get("object") == Some(&Value::from("error"));
+            // Notion names a refused request in `code`, with `"object": "error"` and a
+            // `message`, `invalid_grant` among them:
+            // https://developers.notion.com/reference/status-codes. Only in that shape: another
+            // body's `code` may be the authorization code the request sent, echoed.
+            let notion_style = root.get("object") == Some(&Value::from("error"));
             notion_style
                 .then(|| root.get("code")?.as_str().map(str::to_owned))
                 .flatten()
@@ -431,7 +430,7 @@ pub(crate) fn parse(
             "the token endpoint answered HTTP {status} with a body that is neither JSON nor a form"
         ))
     })?;
-    if let Some(e) = body_error(status, &root, dialect) {
+    if let Some(e) = body_error(&root, dialect) {
         return Err(e);
     }
     if !(200..300).contains(&status) {
@@ -463,12 +462,24 @@ pub(crate) fn parse(
     .or((dialect.token_lifetime_seconds > 0).then_some(u64::from(dialect.token_lifetime_seconds)))
     .map(Duration::from_secs);
     let secret = |k: &str| string(token.get(k).or_else(|| root.get(k))).filter(|t| !t.is_empty());
+    let refresh_token = secret("refresh_token").map(SecretString::from);
+    let mut scopes = granted_scopes(token, dialect);
+    if refresh_token.is_some()
+        && !dialect.unlisted_scopes.is_empty()
+        && let Some(listed) = &scopes
+    {
+        let unlisted = Scopes::parse_granted(
+            &dialect.unlisted_scopes.join(" "),
+            crate::domain::Separator::Space,
+        );
+        scopes = Some(listed.union(&unlisted));
+    }
     Ok(TokenSet {
         access_token: SecretString::from(access_token),
         token_type: string(token.get("token_type")).unwrap_or_else(|| "Bearer".into()),
         expires_in,
-        refresh_token: secret("refresh_token").map(SecretString::from),
-        scopes: granted_scopes(token, dialect),
+        refresh_token,
+        scopes,
         id_token: secret("id_token").map(SecretString::from),
         metadata: metadata(&root, dialect),
     })
@@ -550,6 +561,7 @@ mod tests {
             ));
             for page in [
                 &b"<html><body>access_token=1</body></html>"[..],
+                b"<a href='/x?y=1&error=x'>",
                 b"[1]",
                 b"",
             ] {
@@ -557,6 +569,23 @@ mod tests {
                 assert!(err.to_string().contains("neither JSON nor a form"), "{err}");
             }
         }
+        // Entra never lists `offline_access`; its refresh token shows it was granted.
+        let entra = TokenDialect {
+            unlisted_scopes: vec!["offline_access".into()],
+            ..TokenDialect::default()
+        };
+        let with_rt = br#"{"access_token":"t","refresh_token":"r","scope":"openid User.Read"}"#;
+        let scopes = parse(200, JSON, with_rt, &entra, false)
+            .unwrap()
+            .scopes
+            .unwrap();
+        assert_eq!(scopes.to_vec(), ["User.Read", "offline_access", "openid"]);
+        let without = br#"{"access_token":"t","scope":"openid User.Read"}"#;
+        let scopes = parse(200, JSON, without, &entra, false)
+            .unwrap()
+            .scopes
+            .unwrap();
+        assert_eq!(scopes.to_vec(), ["User.Read", "openid"]);
         // Notion's shape: `code` and `message`, HTTP 400 (https://developers.notion.com/reference/status-codes).
         let notion = br#"{"object":"error","status":400,"code":"invalid_grant","message":"Invalid code: this code has been revoked."}"#;
         assert!(matches!(
@@ -571,9 +600,13 @@ mod tests {
         // A `code` in a successful answer is not an error (nor a numeric one in a refusal).
         let ok = br#"{"access_token":"t","code":"x"}"#;
         assert!(parse(200, JSON, ok, &TokenDialect::default(), false).is_ok());
-        let numeric = br#"{"code":400,"message":"bad"}"#;
-        let err = parse(400, JSON, numeric, &TokenDialect::default(), false).unwrap_err();
-        assert!(err.to_string().contains("without an OAuth error"), "{err}");
+        for other in [
+            &br#"{"code":400,"message":"bad"}"#[..],
+            br#"{"code":"an-echoed-authorization-code","message":"bad"}"#,
+        ] {
+            let err = parse(400, JSON, other, &TokenDialect::default(), false).unwrap_err();
+            assert!(err.to_string().contains("without an OAuth error"), "{err}");
+        }
         // GitHub reports errors with HTTP 200.
         let err = br#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#;
         assert!(matches!(

@@ -613,17 +613,11 @@ impl TokenBroker {
     /// rather than overwritten.
     pub(crate) async fn accept_consent(&self, c: Consented) -> Result<Scopes, Error> {
         let _guard = self.cache.lock(&c.key).await;
-        let mut granted = c
+        let granted = c
             .tokens
             .scopes
             .clone()
             .unwrap_or_else(|| c.requested.clone());
-        // `offline_access` asks for a refresh token (OpenID Connect Core section 11): one came,
-        // so it was granted, whether or not the provider echoes it (Entra never does).
-        let offline = Scopes::from(vec!["offline_access".to_owned()]);
-        if c.tokens.refresh_token.is_some() && c.requested.contains_all(&offline) {
-            granted = granted.union(&offline);
-        }
         let mut attempts = 1;
         let grant = loop {
             let previous = self.grants.get(&c.key).await?;

@@ -460,6 +460,7 @@ impl ProviderRegistry {
             metadata: p.metadata.clone(),
             token_lifetime_seconds: p.token_lifetime_seconds,
             scope_aliases: p.scope_aliases.clone(),
+            unlisted_scopes: p.unlisted_scopes.clone(),
         };
         Ok(d)
     }

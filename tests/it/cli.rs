@@ -694,6 +694,20 @@ async fn credential_put_reads_the_value_from_standard_input() {
     ]);
     let err = fails(unset);
     assert!(err.contains("no such parameter"), "{err}");
+    // A profile's parameter cannot be removed: said, nothing sent.
+    let mut notion = cli(&f, ADMIN_KEY);
+    notion
+        .args(["provider", "create", "n", "--profile", "notion"])
+        .args(["--client-id", "c", "--client-secret-env", "S"])
+        .env("S", "s");
+    run(notion);
+    let mut unset = cli(&f, ADMIN_KEY);
+    unset.args(["provider", "update", "n", "--unset-param", "owner"]);
+    let err = fails(unset);
+    assert!(
+        err.contains("the profile \"notion\" sets it") && err.contains("--param owner="),
+        "{err}"
+    );
 
     // Another agent's slot is empty, and the error says whose slot was looked in.
     let mut other = cli(&f, ADMIN_KEY);

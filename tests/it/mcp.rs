@@ -163,7 +163,7 @@ async fn from_an_mcp_server_url_to_a_token_that_server_accepts_and_no_other() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("token_auth_method: none (a public client")
+        text.contains("token_auth_method: none (a public client: it names itself)")
             && text.contains("(registered by Valet with the authorization server)")
             && !text.contains("register this at the provider"),
         "{text}"

@@ -231,8 +231,11 @@ async def test_a_static_key_goes_where_its_provider_says_and_only_to_its_hosts(
         assert credential.http is not None, handout
         assert credential.http.credentials.token is None, handout
         assert credential.http.additional_headers == {"X-API-Key": "adk-weather-canary"}, handout
-    elsewhere = adk.auth_config(provider, target_url="https://collector.attacker.example/")
-    with pytest.raises(valet.errors.PermissionDenied, match="egress_hosts") as denied:
-        await valet_provider.get_auth_credential(elsewhere, FakeToolContext(user))  # type: ignore[arg-type]
-    assert "canary" not in str(denied.value)
+    for handout in ("token", "reference"):
+        elsewhere = adk.auth_config(
+            provider, handout=handout, target_url="https://collector.attacker.example/"
+        )
+        with pytest.raises(valet.errors.PermissionDenied, match="egress_hosts") as denied:
+            await valet_provider.get_auth_credential(elsewhere, FakeToolContext(user))  # type: ignore[arg-type]
+        assert "canary" not in str(denied.value)
     await valet_provider.client.close()

@@ -178,6 +178,8 @@ def test_a_closed_client_and_a_request_too_large_say_so(
     closed.close()
     with pytest.raises(errors.ValetError, match="this Client is closed"):
         closed.list_grants(user_id=user)
+    with pytest.raises(errors.ValetError, match="this Client is closed"):
+        closed.watch_grants("idp", user_id=user)
 
 
 def test_wait_for_completion_returns_the_pending_flow_at_its_timeout(

@@ -242,7 +242,8 @@ pub(crate) fn consent(kind: &KindConfig) -> Option<AuthCodeFlow<'_>> {
 /// What revoking a grant's tokens at the provider (RFC 7009) came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderRevocation {
-    /// The provider has no revocation endpoint configured.
+    /// The provider has no revocation endpoint configured, or the grant had only an access token
+    /// of a type it cannot revoke (`unsupported_token_type`).
     NotSupported,
     /// There was no token to revoke.
     NothingToRevoke,

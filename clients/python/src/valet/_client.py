@@ -26,6 +26,16 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 
 
+def _closed(e: ValueError) -> Exception:
+    """grpc's "Cannot invoke RPC on closed channel!" (or "...: Channel closed!", for a stream) as
+    Valet's error; any other as it was."""
+    if "closed channel" in str(e).lower() or "channel closed" in str(e).lower():
+        return ValetError(
+            "this Client is closed: make a new Client", code=grpc.StatusCode.CANCELLED
+        )
+    return e
+
+
 class Client(Closing):
     """A connection to a Valet daemon.
 
@@ -83,12 +93,7 @@ class Client(Closing):
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
         except ValueError as e:
-            # grpc's "Cannot invoke RPC on closed channel!"
-            if "closed channel" in str(e):
-                raise ValetError(
-                    "this Client is closed: make a new Client", code=grpc.StatusCode.CANCELLED
-                ) from None
-            raise
+            raise _closed(e) from None
         return call.parse(answer)
 
     # Credentials: what agents call.
@@ -193,12 +198,15 @@ class Client(Closing):
         reauth_due) of the grants this caller may see, from now on, until the watch is closed
         or `timeout` seconds pass (None: no end). Filters as in `list_grants`; an agent key must
         name the user. Use as `with client.watch_grants(...) as events: for e in events: ...`."""
-        stream = self._stubs["credentials"].WatchGrants(
-            _wire.watch_grants_request(provider, user_id, agent_id),
-            metadata=self._endpoint.metadata(),
-            timeout=timeout,
-        )
-        return Watch(stream, _wire.grant_event)
+        try:
+            stream = self._stubs["credentials"].WatchGrants(
+                _wire.watch_grants_request(provider, user_id, agent_id),
+                metadata=self._endpoint.metadata(),
+                timeout=timeout,
+            )
+            return Watch(stream, _wire.grant_event)
+        except ValueError as e:
+            raise _closed(e) from None
 
     def watch_authorization(
         self, auth_id: str, *, timeout: float | None = None
@@ -206,12 +214,15 @@ class Client(Closing):
         """The flow `auth_id`'s state now (pending), then its end: completed, as
         `wait_for_completion` answers, or a failure raised as its typed error (`FlowExpired`,
         `AccessDenied`, ...). Only the caller that started the flow may watch it."""
-        stream = self._stubs["credentials"].WatchAuthorization(
-            pb.WatchAuthorizationRequest(auth_id=auth_id),
-            metadata=self._endpoint.metadata(),
-            timeout=timeout,
-        )
-        return Watch(stream, _wire.authorization_event)
+        try:
+            stream = self._stubs["credentials"].WatchAuthorization(
+                pb.WatchAuthorizationRequest(auth_id=auth_id),
+                metadata=self._endpoint.metadata(),
+                timeout=timeout,
+            )
+            return Watch(stream, _wire.authorization_event)
+        except ValueError as e:
+            raise _closed(e) from None
 
     def revoke(
         self,

@@ -205,9 +205,14 @@ class ValetAuthProvider(BaseAuthProvider):
                 single_use=single_use,
             )
 
-        result = await ask(scheme.handout, False)
+        # A token for a named target_url: resolved from a single-use reference (kept nowhere), so
+        # the provider's egress_hosts are checked for it as for a kept reference.
+        once = scheme.handout == "token" and scheme.target_url is not None
+        result = await ask("reference", True) if once else await ask(scheme.handout, False)
         if result.status == "pending":
             return _consent(result)
+        if once and result.reference:
+            return await applied(result.reference)
         if result.reference:
             context.state[key] = result.reference
             return await applied(result.reference)
