@@ -495,6 +495,11 @@ impl Audit {
         })
     }
 
+    /// Whether the trail goes to a file of its own (`[audit] file`), not the log.
+    pub fn has_file(&self) -> bool {
+        self.path.is_some()
+    }
+
     /// Closes the file and opens the one at its path again, after log rotation moved it away
     /// (SIGHUP); events go on in order, none lost. Without a file, nothing to do.
     pub fn reopen(&self) -> std::io::Result<()> {

@@ -52,13 +52,49 @@ fn operator_must_fix(e: StoreError) -> anyhow::Error {
     }
 }
 
+/// Whether the first start could make the data directory `dir` (and its store) where it is not
+/// yet: its nearest existing ancestor is a directory this process may create in, proven by
+/// making and removing an empty directory there (a read-only file system, a path under a file,
+/// `ProtectSystem=strict` outside the unit's StateDirectory). Leaves nothing behind.
+fn creatable(dir: &std::path::Path) -> Result<(), String> {
+    let refused = |why: String| {
+        format!(
+            "the data directory {} cannot be created: {why}",
+            dir.display()
+        )
+    };
+    let mut base = dir;
+    let existing = loop {
+        match std::fs::metadata(base) {
+            Ok(m) if m.is_dir() => break base,
+            Ok(_) => return Err(refused(format!("{} is not a directory", base.display()))),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && base != std::path::Path::new(".") =>
+            {
+                base = match base.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => std::path::Path::new("."),
+                };
+            }
+            Err(e) => return Err(refused(format!("{}: {e}", base.display()))),
+        }
+    };
+    let probe = existing.join(format!(".valet-check-{}", std::process::id()));
+    std::fs::create_dir(&probe)
+        .map_err(|e| refused(format!("cannot create in {}: {e}", existing.display())))?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok(())
+}
+
 /// For `check-config`: opens the store and proves it can write, read and delete a probe record
 /// (for Vault: reachable, unsealed, and the token's policy allows it).
 pub async fn check_store(config: &Config) -> anyhow::Result<()> {
     if matches!(config.store, StoreKind::Embedded) {
         let dir = config.data_dir.display();
-        match EmbeddedStore::data_dir(&config.data_dir)? {
+        match EmbeddedStore::data_dir(&config.data_dir).map_err(operator_must_fix)? {
             DataDir::Missing => {
+                creatable(&config.data_dir).map_err(ConfigError::in_file)?;
                 eprintln!(
                     "configuration is valid; there is no store in the data directory {dir} yet: the embedded store is created there on first start"
                 );
@@ -142,7 +178,8 @@ pub async fn copy_records(
         dst.get(&served).await?.is_none(),
         "a Valet daemon has served from the destination store: copying into it again would bring \
          back the grants revoked and the references spent there since. Copy only into a store no \
-         daemon has served from, before starting the daemon on it."
+         daemon has served from, before starting the daemon on it (to put an old backup back over \
+         it on purpose, delete its `meta/served` record first: see Backups in docs/operations.md)."
     );
     check_reference_key(src, dst).await?;
     let mut done = Copied::default();

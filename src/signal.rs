@@ -57,9 +57,17 @@ pub async fn reopen_audit_on_hangup(
             _ = &mut stop => return,
             _ = hangup.recv() => {}
         }
+        let audit_has_file = audit.has_file();
         let audit = audit.clone();
         match tokio::task::spawn_blocking(move || audit.reopen()).await {
-            Ok(Ok(())) => tracing::info!(signal = "SIGHUP", "audit file reopened"),
+            Ok(Ok(())) if audit_has_file => {
+                tracing::info!(signal = "SIGHUP", "audit file reopened");
+            }
+            // Nothing to reopen: the trail goes to the log.
+            Ok(Ok(())) => tracing::info!(
+                signal = "SIGHUP",
+                "no [audit] file is configured: nothing to reopen (configuration changes need a restart)"
+            ),
             Ok(Err(e)) => tracing::error!("cannot reopen the audit file: {e}"),
             Err(e) => tracing::error!("cannot reopen the audit file: {e}"),
         }

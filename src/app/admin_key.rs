@@ -74,7 +74,9 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<(Option<CallerKey>, O
     if !config.dev {
         return Ok((None, None));
     }
-    std::fs::create_dir_all(&config.data_dir)?;
+    // 0700, as the embedded store makes it (with the memory store this comes first).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&config.data_dir)?;
     let hash_path = config.data_dir.join(ADMIN_HASH_FILE);
     if hash_path.exists() {
         let mut hash = [0u8; 32];

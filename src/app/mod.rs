@@ -74,6 +74,17 @@ impl App {
         }
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let OpenStore { store, vault } = open_store(&config).await?;
+        // Which store, where: an environment variable (VALET_DATA_DIR in a systemd unit) may
+        // have overridden the config file's setting.
+        match &config.store {
+            crate::config::StoreKind::Embedded => {
+                tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
+            }
+            crate::config::StoreKind::Memory => tracing::warn!(
+                "the memory store keeps nothing on disk: every provider, grant and reference is lost when the daemon stops"
+            ),
+            crate::config::StoreKind::Vault(_) => tracing::info!("Vault store opened"),
+        }
         let store: Arc<dyn SecretStore> =
             Arc::new(crate::store::MeteredStore::new(store, metrics.clone()));
         // Bound before the dev admin key is made: a first start that cannot bind must not show
@@ -183,10 +194,9 @@ impl App {
     /// The configured callers plus the admin key (file or dev mode), and a dev admin key made
     /// on this start.
     fn callers(config: &Config) -> anyhow::Result<(CallerAuth, Option<admin_key::FirstKey>)> {
-        let mut keys: Vec<CallerKey> = config
-            .callers
-            .iter()
-            .map(|c| CallerKey {
+        let mut keys: Vec<CallerKey> = Vec::new();
+        for c in &config.callers {
+            let key = CallerKey {
                 name: c.name.clone(),
                 role: c.role,
                 key_sha256: c.key_sha256,
@@ -196,8 +206,19 @@ impl App {
                 max_watches: c.max_watches,
                 unix_uid: c.unix_uid,
                 tls_identity: c.tls_identity.clone(),
-            })
-            .collect();
+            };
+            // A key being rotated out: the same caller (name, so references and rate bucket),
+            // by its old key only.
+            if let Some(previous) = c.previous_key_sha256 {
+                keys.push(CallerKey {
+                    key_sha256: previous,
+                    unix_uid: None,
+                    tls_identity: None,
+                    ..key.clone()
+                });
+            }
+            keys.push(key);
+        }
         let (admin, first_key) = admin_key::admin_key(config)?;
         keys.extend(admin);
         Ok((CallerAuth::new(keys), first_key))
@@ -440,6 +461,19 @@ async fn load_providers(registry: &ProviderRegistry) -> anyhow::Result<usize> {
                 e.chain()
             );
             Ok(0)
+        }
+        // Records that do not open under store.key: a restore that paired a store with another
+        // key. The operator must fix it, so exit 78 (systemd does not restart it in a loop).
+        Err(crate::service::Error::Internal {
+            source: Some(source),
+            ..
+        }) if source
+            .downcast_ref::<crate::store::StoreError>()
+            .is_some_and(|s| matches!(s, crate::store::StoreError::Corrupt { reason, .. } if reason.contains("sealed under another key"))) =>
+        {
+            Err(ConfigError::in_file(format!(
+                "the store's records do not open with its key ({source}): restore the store.key that was backed up with this store.redb (or the store.redb that goes with this store.key)"
+            )))
         }
         Err(e) => anyhow::bail!("cannot load providers from the store: {}", e.chain()),
     }

@@ -11,6 +11,8 @@ pub struct CallerConfig {
     pub name: String,
     pub role: Role,
     pub key_sha256: [u8; 32],
+    /// While its key is rotated: the old key's hash, accepted as this caller too.
+    pub previous_key_sha256: Option<[u8; 32]>,
     pub agents: AgentBinding,
     pub require_user_assertion: bool,
     /// Requests per second (bursts of twice that); 0: unlimited.
@@ -101,7 +103,27 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
                 "callers[{i}].tls_identity {identity:?} is used twice; give each caller its own client certificate"
             ));
         }
-        if let Some(same) = callers.iter().find(|k| k.key_sha256 == hash) {
+        let mut previous = None;
+        if let Some(text) = &c.previous_key_sha256 {
+            let mut old = [0u8; 32];
+            if hex::decode_to_slice(text, &mut old).is_err() {
+                errors.push(format!(
+                    "callers[{i}].previous_key_sha256 must be 64 hex characters (the key_sha256 being replaced)"
+                ));
+            } else if old == hash {
+                errors.push(format!(
+                    "callers[{i}].previous_key_sha256 is its key_sha256: give the new key's hash as key_sha256 (`valet key new`)"
+                ));
+            } else {
+                previous = Some(old);
+            }
+        }
+        let holds =
+            |k: &CallerConfig, h: [u8; 32]| k.key_sha256 == h || k.previous_key_sha256 == Some(h);
+        if let Some(same) = callers
+            .iter()
+            .find(|k| holds(k, hash) || previous.is_some_and(|p| holds(k, p)))
+        {
             errors.push(format!(
                 "callers[{i}].key_sha256 is also the key of caller {:?}: one key would be two callers; give each its own (`valet key new`)",
                 same.name
@@ -114,6 +136,7 @@ pub(super) fn validate(raw: &RawConfig, errors: &mut Vec<String>) -> Vec<CallerC
             name: c.name.clone(),
             role,
             key_sha256: hash,
+            previous_key_sha256: previous,
             agents,
             require_user_assertion: c.require_user_assertion,
             rate_limit: c.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
@@ -150,6 +173,13 @@ pub(super) fn render(callers: &[CallerConfig], s: &mut String) {
             toml::Value::from(c.name.as_str()),
             &crate::secret::hex(&c.key_sha256)[..8]
         );
+        if let Some(previous) = &c.previous_key_sha256 {
+            let _ = writeln!(
+                s,
+                "previous_key_sha256 = \"{}…(redacted)\"",
+                &crate::secret::hex(previous)[..8]
+            );
+        }
         if c.require_user_assertion {
             let _ = writeln!(s, "require_user_assertion = true");
         }

@@ -757,6 +757,40 @@ allow_private_networks = true
             "{:?}",
             e.0
         );
+        // A key being rotated: its old hash is checked as the key is (hex, not another
+        // caller's, not the new one), and shown redacted.
+        let rotating = |previous: &str| {
+            format!(
+                "{}previous_key_sha256 = \"{previous}\"\n{}",
+                caller("planner", "5"),
+                caller("copy", "6")
+            )
+        };
+        for (previous, says) in [
+            (
+                "zz".to_owned(),
+                "callers[0].previous_key_sha256 must be 64 hex",
+            ),
+            (
+                "5".repeat(64),
+                "callers[0].previous_key_sha256 is its key_sha256",
+            ),
+            (
+                "6".repeat(64),
+                "callers[1].key_sha256 is also the key of caller \"planner\"",
+            ),
+        ] {
+            let e = load(&rotating(&previous), &[], Overrides::default()).unwrap_err();
+            assert!(e.0.iter().any(|m| m.starts_with(says)), "{says}: {:?}", e.0);
+        }
+        let ok = load(&rotating(&"7".repeat(64)), &[], Overrides::default()).unwrap();
+        assert_eq!(ok.callers[0].previous_key_sha256, Some([0x77; 32]));
+        let shown = ok.render();
+        assert!(
+            shown.contains("previous_key_sha256 = \"77777777…(redacted)\"")
+                && !shown.contains(&"7".repeat(64)),
+            "{shown}"
+        );
         // Nor one client certificate identity.
         let cert =
             |name: &str, digit: &str| format!("{}tls_identity = \"bot\"\n", caller(name, digit));

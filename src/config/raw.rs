@@ -178,6 +178,9 @@ pub struct RawCaller {
     pub role: String,
     /// Hex SHA-256 of the API key; the key itself is never configured.
     pub key_sha256: String,
+    /// While a key is rotated: the old key's hash, accepted as this caller too.
+    #[serde(default)]
+    pub previous_key_sha256: Option<String>,
     /// Agent ids this caller may act as (exact, or a prefix followed by `*`; `*`: any). Absent:
     /// user-wide grants only (admins: any).
     #[serde(default)]

@@ -313,6 +313,77 @@ fn terminate(mut child: std::process::Child) {
     assert!(child.wait().unwrap().success());
 }
 
+/// check-config refuses (exit 78, as the daemon's start would) a data directory the first start
+/// could not create: under a regular file, or where nothing may be created (/proc).
+#[test]
+fn check_config_refuses_a_data_directory_that_cannot_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for (data_dir, why) in [
+        (file.join("data"), "cannot inspect"),
+        (
+            std::path::PathBuf::from("/proc/valet-nowhere/data"),
+            "cannot be created",
+        ),
+    ] {
+        let out = valet_bin()
+            .args(["check-config", "--dev", "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{}: {err}", data_dir.display());
+        assert!(err.contains(why), "{err}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().count() == 1,
+        "nothing was left behind"
+    );
+}
+
+/// A restore that pairs the store with another store.key: the start is refused with exit 78
+/// (systemd does not restart it in a loop) and says which files go together.
+#[test]
+fn a_store_restored_with_another_key_exits_78_naming_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, seen) = serve_dev(dir.path(), &[]);
+    let key = seen
+        .iter()
+        .find_map(|l| l.strip_prefix("admin key: "))
+        .unwrap()
+        .to_owned();
+    let grpc = seen
+        .last()
+        .and_then(|l| l.strip_prefix("valet listening grpc="))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let created = valet_bin()
+        .args(["provider", "create", "k", "--kind", "api-key"])
+        .args(["--location", "header", "--credential-name", "X-Key"])
+        .env("VALET_SERVER", format!("http://{grpc}"))
+        .env("VALET_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    terminate(child);
+    // Another store's key, put in place of this one's.
+    let other = tempfile::tempdir().unwrap();
+    terminate(serve_dev(other.path(), &[]).0);
+    std::fs::copy(
+        other.path().join("valet-data/store.key"),
+        dir.path().join("valet-data/store.key"),
+    )
+    .unwrap();
+    let (_, err, code) = serve_dev_fails(dir.path(), &["--grpc-listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("do not open with its key") && err.contains("restore the store.key"),
+        "{err}"
+    );
+}
+
 #[test]
 fn dev_mode_prints_an_admin_key_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -199,6 +199,49 @@ async fn a_clients_request_id_is_logged_and_a_malformed_one_replaced() {
         "replaced: {}",
         ids[1]
     );
+    // A call with a wrong key has its request line too (the runbook looks for it there), with
+    // no trace of the key.
+    let wrong = "valet_wrong-key-canary-0123456789";
+    let mut stranger = f.valet.providers_as(wrong).await;
+    let mut req = tonic::Request::new(pb::ListProvidersRequest {});
+    req.metadata_mut()
+        .insert("x-request-id", "trace-wrong-key".parse().unwrap());
+    let refused = stranger.list_providers(req).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let logs = f.valet.logs_once_they_contain("trace-wrong-key").await;
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["target"] == "valet::request" && l["request_id"] == "trace-wrong-key")
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert_eq!(
+        (&line["caller"], &line["outcome"]),
+        (
+            &serde_json::json!("-"),
+            &serde_json::json!("UNAUTHENTICATED")
+        )
+    );
+    assert!(!logs.contains("wrong-key-canary"), "{logs}");
+    // SIGHUP without an [audit] file: said, not "audit file reopened".
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &f.valet.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let logs = f.valet.logs_once_they_contain("nothing to reopen").await;
+    assert!(!logs.contains("audit file reopened"), "{logs}");
+    // The start said which store, where (an environment variable may override the file).
+    let opened = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "embedded store opened")
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        opened["data_dir"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("data")),
+        "{opened}"
+    );
 }
 
 /// A collector double: the OpenTelemetry protocol's own `TraceService` (opentelemetry-proto) on

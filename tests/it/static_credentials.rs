@@ -362,3 +362,62 @@ async fn bad_values_and_placements_are_refused_by_field_and_write_nothing() {
     let (_, count) = f.refused_providers(cases).await;
     assert_eq!(count, 3, "nothing more was written");
 }
+
+/// A key rotated with `previous_key_sha256`: both keys are the one caller while the agent
+/// moves, so a reference issued under the old key resolves with the new one (references are
+/// bound to the caller's name), and still for no other caller.
+#[tokio::test]
+async fn a_key_rotated_in_its_entry_keeps_the_callers_references() {
+    const OLD: &str = "valet_rotating-old-key-0123456789abcdef";
+    const NEW: &str = "valet_rotating-new-key-0123456789abcdef";
+    let previous = hex::encode(valet::secret::sha256(OLD.as_bytes()));
+    let f = Fixture::with(crate::support::daemon::ValetOptions {
+        extra_toml: crate::support::agent_caller(
+            "rotating",
+            NEW,
+            &format!("previous_key_sha256 = \"{previous}\"\n"),
+        ),
+        ..Default::default()
+    })
+    .await;
+    static_provider(&f, "hdr", pb::ProviderKind::ApiKey, (0, "X-API-Key", "")).await;
+    f.valet
+        .credentials(OLD)
+        .await
+        .put_credential(put("hdr", "alice", "", KEY_VALUE, ""))
+        .await
+        .unwrap();
+    let r = f
+        .authenticate(
+            OLD,
+            pb::AuthenticateRequest {
+                handout: pb::Handout::Reference as i32,
+                ..Fixture::request("hdr", "alice", "")
+            },
+        )
+        .await;
+    let Some(pb::authenticate_response::Result::Reference(r)) = r.result else {
+        panic!("expected a reference, got {r:?}");
+    };
+    let resolve = |key: &'static str| {
+        let (f, reference) = (&f, r.reference.clone());
+        async move {
+            f.valet
+                .credentials(key)
+                .await
+                .resolve(pb::ResolveRequest {
+                    reference,
+                    min_ttl_seconds: 0,
+                    target_url: String::new(),
+                })
+                .await
+        }
+    };
+    let c = resolve(NEW).await.unwrap().into_inner().credential.unwrap();
+    assert_eq!(c.value, KEY_VALUE);
+    expect_err(
+        resolve(AGENT_KEY).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+}

@@ -95,15 +95,25 @@ impl CallerAuth {
         }
     }
 
-    fn refused(&self, caller: &str, status: Status) -> Status {
+    fn refused(&self, caller: &str, status: Status, request_id: String) -> Status {
+        let outcome = match status.code() {
+            // Not RESOURCE_EXHAUSTED, which methods also answer (a pending-flow quota) after
+            // they were counted as calls: the denied-call alert adds these refusals to the
+            // calls, as it does UNAUTHENTICATED ones.
+            tonic::Code::ResourceExhausted => "RATE_LIMITED",
+            _ => "UNAUTHENTICATED",
+        };
+        // A request line as for every call (the method is not known before the caller is):
+        // an agent deployed with a wrong key is found in the request log.
+        tracing::info!(
+            target: "valet::request",
+            method = "-",
+            caller,
+            outcome,
+            request_id = request_id.as_str(),
+            "rpc"
+        );
         if let Some(a) = &self.audit {
-            let outcome = match status.code() {
-                // Not RESOURCE_EXHAUSTED, which methods also answer (a pending-flow quota) after
-                // they were counted as calls: the denied-call alert adds these refusals to the
-                // calls, as it does UNAUTHENTICATED ones.
-                tonic::Code::ResourceExhausted => "RATE_LIMITED",
-                _ => "UNAUTHENTICATED",
-            };
             a.record("Refused", caller, crate::audit::Subject::default(), outcome);
         }
         status
@@ -180,8 +190,11 @@ impl CallerAuth {
 /// The client's `x-request-id` when it is 1-64 of `[A-Za-z0-9._-]` (anything else is input, not
 /// a log field), else a new random one.
 fn request_id<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get("x-request-id")
+    request_id_of(req.metadata().get("x-request-id"))
+}
+
+fn request_id_of(asked: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>) -> String {
+    asked
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=64).contains(&v.len())
@@ -193,8 +206,11 @@ fn request_id<T>(req: &Request<T>) -> String {
 
 impl tonic::service::Interceptor for CallerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        self.admit_request(req)
-            .map_err(|(caller, status)| self.refused(&caller, status))
+        // Kept for a refusal's request line (a cheap reference-counted copy).
+        let asked_id = req.metadata().get("x-request-id").cloned();
+        self.admit_request(req).map_err(|(caller, status)| {
+            self.refused(&caller, status, request_id_of(asked_id.as_ref()))
+        })
     }
 }
 
