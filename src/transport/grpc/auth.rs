@@ -190,11 +190,8 @@ impl CallerAuth {
 /// The client's `x-request-id` when it is 1-64 of `[A-Za-z0-9._-]` (anything else is input, not
 /// a log field), else a new random one.
 fn request_id<T>(req: &Request<T>) -> String {
-    request_id_of(req.metadata().get("x-request-id"))
-}
-
-fn request_id_of(asked: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>) -> String {
-    asked
+    req.metadata()
+        .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=64).contains(&v.len())
@@ -206,18 +203,16 @@ fn request_id_of(asked: Option<&tonic::metadata::MetadataValue<tonic::metadata::
 
 impl tonic::service::Interceptor for CallerAuth {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        // Kept for a refusal's request line (a cheap reference-counted copy).
-        let asked_id = req.metadata().get("x-request-id").cloned();
-        self.admit_request(req).map_err(|(caller, status)| {
-            self.refused(&caller, status, request_id_of(asked_id.as_ref()))
-        })
+        self.admit_request(req)
+            .map_err(|(caller, status, request_id)| self.refused(&caller, status, request_id))
     }
 }
 
 impl CallerAuth {
-    /// The request with its caller attached, or who was refused (`-`: unknown) and why.
-    fn admit_request(&self, mut req: Request<()>) -> Result<Request<()>, (String, Status)> {
-        let unknown = |s: Status| ("-".to_owned(), s);
+    /// The request with its caller attached, or who was refused (`-`: unknown), why, and the
+    /// request's id (for its request line).
+    fn admit_request(&self, mut req: Request<()>) -> Result<Request<()>, (String, Status, String)> {
+        let unknown = |s: Status| ("-".to_owned(), s, request_id(&req));
         let peer_uid = req
             .extensions()
             .get::<tonic::transport::server::UdsConnectInfo>()
@@ -266,7 +261,7 @@ impl CallerAuth {
                 )),
                 Some(after),
             );
-            return Err((caller.name, status));
+            return Err((caller.name, status, request_id(&req)));
         }
         caller.user_assertion = req
             .metadata()
