@@ -50,9 +50,10 @@ pub fn agent_denied() -> Error {
 }
 
 /// Whether `caller` may see the grant `key` in a listing (the agents it may act as, and
-/// user-wide grants).
+/// user-wide grants): as it may act on it. An admin key without `agents` may act as any; one
+/// with `agents` sees what it may use and revoke, not every agent's grants.
 pub fn may_see(caller: &Caller, key: &crate::domain::GrantKey) -> bool {
-    caller.is_admin() || caller.agents.allows(key.agent.as_ref())
+    caller.agents.allows(key.agent.as_ref())
 }
 
 pub fn flow_not_found() -> Error {

@@ -421,3 +421,61 @@ async fn a_key_rotated_in_its_entry_keeps_the_callers_references() {
         "PERMISSION_DENIED",
     );
 }
+
+/// An admin key with an `agents` list lists what it may act on, as it uses and revokes: the
+/// user-wide grants and its agents' own, not another agent's (it used to list every grant
+/// and refuse a filter naming one of them).
+#[tokio::test]
+async fn an_admin_key_bound_to_agents_lists_what_it_may_act_on() {
+    const SCOPED: &str = "valet_scoped-admin-key-0123456789abcdef";
+    let hash = hex::encode(valet::secret::sha256(SCOPED.as_bytes()));
+    let f = Fixture::with(crate::support::daemon::ValetOptions {
+        extra_toml: format!(
+            "[[callers]]\nname = \"scoped-ops\"\nrole = \"admin\"\nkey_sha256 = \"{hash}\"\nagents = [\"planner\"]\n"
+        ),
+        ..Default::default()
+    })
+    .await;
+    static_provider(&f, "hdr", pb::ProviderKind::ApiKey, (0, "X-API-Key", "")).await;
+    for (key, agent) in [
+        (AGENT_KEY, ""),
+        (AGENT_KEY, "planner"),
+        (OTHER_AGENT_KEY, "reviewer"),
+    ] {
+        f.valet
+            .credentials(key)
+            .await
+            .put_credential(put("hdr", "alice", agent, KEY_VALUE, ""))
+            .await
+            .unwrap();
+    }
+    let listed = |agent: &str| {
+        let (f, agent) = (&f, agent.to_owned());
+        async move {
+            f.valet
+                .credentials(SCOPED)
+                .await
+                .list_grants(pb::ListGrantsRequest {
+                    provider_id: "hdr".into(),
+                    agent_id: agent,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let mut agents: Vec<String> = listed("")
+        .await
+        .unwrap()
+        .into_inner()
+        .grants
+        .into_iter()
+        .map(|g| g.agent_id)
+        .collect();
+    agents.sort();
+    assert_eq!(agents, ["", "planner"]);
+    expect_err(
+        listed("reviewer").await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+}
