@@ -30,6 +30,12 @@ pub enum Error {
     AlreadyExists { what: &'static str, id: String },
     #[error("permission denied: {0}")]
     PermissionDenied(&'static str),
+    /// The caller's `[[callers]]` entry does not list the agent id the request named (a
+    /// well-formed id, so it may be said back).
+    #[error(
+        "permission denied: this caller may not act as agent_id {0:?}: add it (or a prefix pattern) to the caller's `agents` in [[callers]]"
+    )]
+    AgentDenied(String),
     #[error("authorization failed: {0}")]
     Flow(FlowFailure),
     #[error("the provider no longer honours this grant; the user must authorize again")]
@@ -129,7 +135,7 @@ impl Error {
                 Class::NotFound
             }
             Self::AlreadyExists { .. } => Class::AlreadyExists,
-            Self::PermissionDenied(_) => Class::Denied,
+            Self::PermissionDenied(_) | Self::AgentDenied(_) => Class::Denied,
             Self::Flow(_)
             | Self::ReauthorizationRequired
             | Self::CredentialMissing { .. }
@@ -151,7 +157,7 @@ impl Error {
                 Reason::NotFound
             }
             Self::AlreadyExists { .. } => Reason::AlreadyExists,
-            Self::PermissionDenied(_) => Reason::PermissionDenied,
+            Self::PermissionDenied(_) | Self::AgentDenied(_) => Reason::PermissionDenied,
             Self::Flow(f) => match f {
                 FlowFailure::Expired => Reason::FlowExpired,
                 FlowFailure::AccessDenied => Reason::AccessDenied,

@@ -43,10 +43,8 @@ pub fn reference_denied() -> Error {
 }
 
 /// The caller's `[[callers]]` entry does not list the agent id it named.
-pub fn agent_denied() -> Error {
-    Error::PermissionDenied(
-        "this caller may not act as that agent_id: add it (or a prefix pattern) to the caller's `agents` in [[callers]]",
-    )
+pub fn agent_denied(agent: &crate::domain::AgentId) -> Error {
+    Error::AgentDenied(agent.as_str().to_owned())
 }
 
 /// Whether `caller` may see the grant `key` in a listing (the agents it may act as, and
@@ -66,14 +64,18 @@ pub fn authorize(caller: &Caller, action: Action<'_>) -> Result<(), Error> {
         Action::UseGrant(key) | Action::RevokeGrant(key) | Action::PutCredential(key)
             if !caller.agents.allows(key.agent.as_ref()) =>
         {
-            Err(agent_denied())
+            // `allows` refuses only a named agent.
+            Err(key.agent.as_ref().map_or(
+                Error::PermissionDenied("this caller may not act as that agent_id"),
+                agent_denied,
+            ))
         }
         Action::ManageProviders if !caller.is_admin() => {
             Err(Error::PermissionDenied("this RPC needs an admin API key"))
         }
         // As when acting for it: an agent outside the caller's list is refused, not an empty list.
         Action::ListGrants { agent: Some(a), .. } if !caller.agents.allows(Some(a)) => {
-            Err(agent_denied())
+            Err(agent_denied(a))
         }
         Action::ListGrants { user: None, .. } if !caller.is_admin() => Err(Error::invalid(
             "user_id",
@@ -170,7 +172,7 @@ mod tests {
         assert!(authorize(&bound, list(Some(&alice), Some(&a1))).is_ok());
         assert!(matches!(
             authorize(&bound, list(Some(&alice), Some(&b1))),
-            Err(Error::PermissionDenied(_))
+            Err(Error::AgentDenied(a)) if a == "b-1"
         ));
         assert!(authorize(&agent, Action::ResolveReference { owner: "agent-a" }).is_ok());
         assert!(authorize(&admin, Action::ResolveReference { owner: "agent-a" }).is_err());

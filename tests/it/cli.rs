@@ -190,7 +190,10 @@ async fn quickstart_provider_auth_grants_revoke() {
     let mut other = cli(&f, AGENT_KEY);
     other.args(["grants", "--user", "alice", "--agent", "someone-else"]);
     let err = fails(other);
-    assert!(err.contains("may not act as that agent_id"), "{err}");
+    assert!(
+        err.contains("may not act as agent_id \"someone-else\"") && err.contains("[[callers]]"),
+        "{err}"
+    );
     let mut bad = cli(&f, AGENT_KEY);
     bad.args(["grants", "--status", "expired"]);
     let out = bad.output().unwrap();
