@@ -148,6 +148,10 @@ async fn a_sealed_vault_at_start_is_ridden_out_and_service_resumes_when_unsealed
             .contains("sealed"),
         "the reason is logged"
     );
+    // Over HTTP: not ready (/healthz), but alive (/livez), so a liveness probe restarts nothing.
+    let get = |path: &str| reqwest::get(format!("http://{}{path}", f.valet.http_addr));
+    assert_eq!(get("/healthz").await.unwrap().status(), 503);
+    assert_eq!(get("/livez").await.unwrap().status(), 200);
     let s = expect_err(
         f.try_authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
             .await,

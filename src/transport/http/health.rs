@@ -1,5 +1,6 @@
 //! `GET /healthz`: 200 while serving and the store answers, 503 otherwise (shutting down, or the
-//! store's failure classified like any other error).
+//! store's failure classified like any other error): readiness. `GET /livez`: 200 while the
+//! process serves, whatever the store: liveness, so an unreachable store restarts no pod.
 
 use super::{HttpState, http_status};
 use crate::service::Error;
@@ -7,6 +8,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::sync::atomic::Ordering;
+
+pub(super) async fn livez(State(s): State<HttpState>) -> Response {
+    if s.serving.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
 
 pub(super) async fn healthz(State(s): State<HttpState>) -> Response {
     if !s.serving.load(Ordering::Relaxed) {

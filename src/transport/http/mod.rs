@@ -39,6 +39,7 @@ pub fn router(state: HttpState) -> Router {
             get(client_metadata::client_metadata),
         )
         .route("/healthz", get(health::healthz))
+        .route("/livez", get(health::livez))
         .route("/metrics", get(metrics::metrics))
         .with_state(state)
 }
