@@ -119,6 +119,16 @@ fn classify(e: ClientError) -> StoreError {
         {
             unavailable("Vault is sealed (503)")
         }
+        // A path under no mount: the setting to check is the mount's.
+        ClientError::APIError { code: 404, errors }
+            if errors
+                .iter()
+                .any(|m| m.contains("mount") || m.contains("route")) =>
+        {
+            unavailable(
+                "Vault answered 404 (no route to that path): is vault.mount the KV engine's path?",
+            )
+        }
         ClientError::APIError { code, .. } => unavailable(format!("Vault answered HTTP {code}")),
         // A 2xx whose body is not what the KV engine answers: most often a KV v1 mount under
         // a client set for v2 (the default), which v1 takes as a plain path and answers empty.
@@ -290,7 +300,16 @@ impl VaultStore {
                 vaultrs::auth::kubernetes::login(&*client, mount, role, jwt.trim()).await
             }
         }
-        .map_err(classify)?;
+        .map_err(|e| match classify(e) {
+            // Not a KV answer: the kv_version hint would send the operator to the wrong setting.
+            StoreError::Unavailable(what, source) if what.contains("kv_version") => {
+                StoreError::Unavailable(
+                    "Vault answered the login with a body the client cannot read (is vault.auth's mount and method the auth engine's?)".into(),
+                    source,
+                )
+            }
+            other => other,
+        })?;
         let token = SecretString::from(auth.client_token);
         let fresh = Self::build_client(&self.cfg, &token)?;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
@@ -696,6 +715,26 @@ mod tests {
             "serde no longer quotes: {e}"
         );
         e
+    }
+
+    #[test]
+    fn a_path_under_no_mount_names_the_mount_setting() {
+        let e = classify(ClientError::APIError {
+            code: 404,
+            errors: vec![
+                "no handler for route \"nosuchmount/valet/x\". route entry not found.".into(),
+            ],
+        });
+        assert!(
+            e.to_string()
+                .contains("is vault.mount the KV engine's path"),
+            "{e}"
+        );
+        let plain = classify(ClientError::APIError {
+            code: 404,
+            errors: vec![],
+        });
+        assert!(!plain.to_string().contains("vault.mount"), "{plain}");
     }
 
     #[test]
