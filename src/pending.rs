@@ -283,6 +283,15 @@ struct Parked {
     redirect_uri: String,
 }
 
+/// A flow the sweeper failed at its deadline (no callback came): who started it, for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub owner: String,
+    pub provider: ProviderId,
+    pub user: UserId,
+    pub agent: Option<AgentId>,
+}
+
 #[derive(Debug)]
 struct Entry {
     /// Taken once, by the callback (or failed by the sweeper).
@@ -615,7 +624,8 @@ impl PendingFlows {
     }
 
     /// Fails expired flows closed and forgets old outcomes. Returns how many flows expired.
-    pub fn sweep(&self) -> usize {
+    /// Fails the flows past their deadline; returns them, for their audit events.
+    pub fn sweep(&self) -> Vec<Expired> {
         Self::sweep_locked(&mut self.lock(), Instant::now())
     }
 
@@ -644,17 +654,28 @@ impl PendingFlows {
         }
     }
 
-    fn sweep_locked(inner: &mut Inner, now: Instant) -> usize {
-        let mut expired_users = Vec::new();
+    fn sweep_locked(inner: &mut Inner, now: Instant) -> Vec<Expired> {
+        let mut expired = Vec::new();
         for entry in inner.by_auth.values_mut() {
-            if now >= entry.deadline && entry.flow.take().is_some() {
+            if now < entry.deadline {
+                continue;
+            }
+            if let Some(parked) = entry.flow.take() {
                 entry.outcome.set(FlowOutcome::Failed(FlowFailure::Expired));
                 let size = footprint(&entry.auth_url, &entry.scopes, &entry.owner, &entry.user);
-                expired_users.push((entry.owner.clone(), entry.user.clone(), size));
+                expired.push((
+                    Expired {
+                        owner: entry.owner.clone(),
+                        provider: parked.provider,
+                        user: entry.user.clone(),
+                        agent: parked.agent,
+                    },
+                    size,
+                ));
             }
         }
-        for (owner, user, size) in &expired_users {
-            Self::release_locked(inner, owner, user, *size);
+        for (e, size) in &expired {
+            Self::release_locked(inner, &e.owner, &e.user, *size);
         }
         inner.by_auth.retain(|_, e| now < e.forget_at);
         let live = &inner.by_auth;
@@ -664,11 +685,16 @@ impl PendingFlows {
         inner
             .by_request
             .retain(|_, auth_id| live.get(auth_id).is_some_and(|e| e.flow.is_some()));
-        expired_users.len()
+        expired.into_iter().map(|(e, _)| e).collect()
     }
 
-    /// Runs `sweep` every `every` until `stop` resolves.
-    pub async fn run_sweeper(self: Arc<Self>, every: Duration, stop: impl std::future::Future) {
+    /// Runs `sweep` every `every` until `stop` resolves; `ended` is told of each flow it failed.
+    pub async fn run_sweeper(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl std::future::Future,
+        ended: impl Fn(&Expired),
+    ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
@@ -676,9 +702,12 @@ impl PendingFlows {
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tick.tick() => {
-                    let n = self.sweep();
-                    if n > 0 {
-                        tracing::debug!(expired = n, "swept expired authorization flows");
+                    let expired = self.sweep();
+                    if !expired.is_empty() {
+                        tracing::debug!(expired = expired.len(), "swept expired authorization flows");
+                    }
+                    for e in &expired {
+                        ended(e);
                     }
                 }
             }
@@ -813,7 +842,7 @@ mod tests {
         let t = table(10, 10);
         t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(t.sweep(), 1);
+        assert_eq!(t.sweep().len(), 1);
         assert_eq!(t.pending(), 0);
         let p = ProviderId::parse("p").unwrap();
         assert_eq!(t.take("s1", &p).err(), Some(TakeError::Unknown));

@@ -365,11 +365,23 @@ impl App {
         marked: bool,
         stop: &watch::Receiver<bool>,
     ) {
-        tokio::spawn(
-            self.pending
-                .clone()
-                .run_sweeper(SWEEP_EVERY, stopped(stop.clone())),
-        );
+        // A flow no callback ended is a finished flow too: audited and counted
+        // (`valet_flows_expired_total`), as a callback's failure is.
+        let credentials = self.credentials.clone();
+        tokio::spawn(self.pending.clone().run_sweeper(
+            SWEEP_EVERY,
+            stopped(stop.clone()),
+            move |e| {
+                let subject = crate::audit::Subject {
+                    provider: e.provider.as_str(),
+                    user: e.user.as_str(),
+                    agent: e.agent.as_ref().map_or("", |a| a.as_str()),
+                };
+                credentials
+                    .audit()
+                    .record("FlowCompleted", &e.owner, subject, "FLOW_EXPIRED");
+            },
+        ));
         tokio::spawn(health::watch_store(
             self.store.clone(),
             self.registry.clone(),

@@ -294,4 +294,12 @@ async fn an_expired_flow_fails_closed() {
     assert!(body.contains("expired"), "{body}");
     wait_err(&f, p.auth_id, "FLOW_EXPIRED").await;
     no_grants(&f).await;
+    // A flow no callback ended is audited and counted as expired (the alert on unanswered
+    // flows counts these).
+    assert_eq!(
+        f.valet
+            .sample("valet_flows_expired_total{provider=\"idp\"}")
+            .await,
+        Some(1.0)
+    );
 }
