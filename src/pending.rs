@@ -592,6 +592,14 @@ impl PendingFlows {
     }
 
     /// The flow `auth_id`, if it exists; the policy decides who may see it (`FlowView::owner`).
+    /// Brings the flow `auth_id`'s deadline forward to `deadline` (a device code that expires
+    /// before the flow would), so every view of it says when it really ends.
+    pub fn shorten(&self, auth_id: &str, deadline: Instant) {
+        if let Some(entry) = self.lock().by_auth.get_mut(auth_id) {
+            entry.deadline = entry.deadline.min(deadline);
+        }
+    }
+
     pub fn view(&self, auth_id: &str) -> Option<FlowView> {
         let inner = self.lock();
         let entry = inner.by_auth.get(auth_id)?;

@@ -544,6 +544,38 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
     outcome.finished().await
 }
 
+/// A device code that expires (600 s, the fake's) before the flow would (900 s): the flow says
+/// it ends then, to its starter and to anyone who views it, as the poller stops then.
+#[tokio::test(start_paused = true)]
+async fn a_device_flow_ends_when_its_device_code_does() {
+    let w = World::new().await;
+    let pending = Arc::new(PendingFlows::new(PendingLimits {
+        ttl: Duration::from_secs(900),
+        max_total: 10,
+        max_per_user: 10,
+        keep_outcome: Duration::from_secs(60),
+    }));
+    let flows = Flows::new(pending.clone(), w.endpoint.clone(), w.clock.clone(), None);
+    let ask = Ask {
+        key: key("bob"),
+        scopes: Scopes::default(),
+        handout: Handout::Token,
+        redirect_uri: String::new(),
+        join: true,
+    };
+    let caller = Caller::api_key("agent-a", Role::Agent);
+    let now = w.clock.now_unix();
+    let (started, polling) = flows.start(&caller, &device_provider(), ask).await.unwrap();
+    assert!(
+        (now + 599..=now + 600).contains(&started.expires_at),
+        "{}",
+        started.expires_at
+    );
+    let view = pending.view(&started.auth_id).unwrap();
+    assert_eq!(flows.expires_at(&view), started.expires_at);
+    assert_eq!(polling.unwrap().deadline, view.expires_at);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_device_poller_waits_slows_down_and_stores_the_grant() {
     let w = World::new().await;
