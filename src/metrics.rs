@@ -330,7 +330,10 @@ impl Metrics {
                     .get_or_create(&ProviderOutcome { provider, outcome })
                     .inc();
             }
-            ("Authenticate" | "WaitForCompletion", "token" | "reference") => {
+            (
+                "Authenticate" | "WaitForCompletion" | "WatchAuthorization",
+                "token" | "reference",
+            ) => {
                 let kind = if outcome == "token" {
                     "token"
                 } else {

@@ -782,6 +782,8 @@ impl Credentials {
             }),
             Some(FlowOutcome::Completed(_)) if !hand_out => Ok(Outcome::Completed),
             Some(FlowOutcome::Completed(key)) => {
+                // The handout's audit event and metrics name the grant, as Authenticate's do.
+                super::acted_on::note(&key);
                 let provider = self.providers.get(&key.provider)?;
                 let token = self
                     .broker

@@ -57,6 +57,14 @@ async fn a_watched_flow_is_pending_then_completed_with_the_token_then_the_stream
             .is_success()
     );
     assert!(next(&mut s).await.is_none(), "the stream ends");
+    // The token handed out on the stream is counted (and audited) for its provider, as one
+    // handed out by WaitForCompletion is.
+    assert_eq!(
+        f.valet
+            .sample("valet_handouts_total{provider=\"idp\",kind=\"token\"}")
+            .await,
+        Some(1.0)
+    );
     // Watching a finished flow: its end at once.
     let mut again = watch(&f, &p.auth_id).await;
     assert!(matches!(

@@ -109,9 +109,27 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             let (credentials, caller, auth_id) =
                 (credentials.clone(), caller.clone(), auth_id.clone());
             async move {
-                Ok(convert::authorization_event(
-                    credentials.flow_end(&caller, &auth_id).await,
-                ))
+                let (end, found) =
+                    crate::service::acted_on::track(credentials.flow_end(&caller, &auth_id)).await;
+                // A token or reference handed out on this stream is recorded (and counted) as
+                // one handed out by WaitForCompletion is.
+                if let (Ok(outcome), Some(k)) = (&end, &found) {
+                    let label = super::Labelled::label(outcome);
+                    if matches!(label, "token" | "reference") {
+                        let subject = Subject {
+                            provider: k.provider.as_str(),
+                            user: k.user.as_str(),
+                            agent: k.agent.as_ref().map_or("", |a| a.as_str()),
+                        };
+                        credentials.audit().record(
+                            "WatchAuthorization",
+                            &caller.name,
+                            subject,
+                            label,
+                        );
+                    }
+                }
+                Ok(convert::authorization_event(end))
             }
         });
         let guard = self.audit().stream_opened();
