@@ -339,6 +339,13 @@ struct Inner {
     /// The footprint of every live flow.
     bytes: usize,
     pending: usize,
+    /// Flows that end before their deadline says (a device code that expires first; its poller
+    /// ends the flow then): when they end, for every view of them. Few, so not a field of every
+    /// entry.
+    ends_early: HashMap<Arc<str>, Instant>,
+    /// Flows failed at their deadline and not yet handed to the sweeper's caller for their
+    /// audit events (a sweep making room for a new flow queues them here too).
+    expired: Vec<Expired>,
 }
 
 /// A taken flow plus the handle to report its outcome.
@@ -527,7 +534,7 @@ impl PendingFlows {
         (e.flow.is_some() && now < e.deadline).then(|| Inserted::Existing {
             auth_id: auth_id.to_string(),
             auth_url: e.auth_url.clone(),
-            deadline: e.deadline,
+            deadline: Self::ends(inner, auth_id, e),
             prompt: e.prompt.clone(),
         })
     }
@@ -591,22 +598,36 @@ impl PendingFlows {
         })
     }
 
-    /// The flow `auth_id`, if it exists; the policy decides who may see it (`FlowView::owner`).
-    /// Brings the flow `auth_id`'s deadline forward to `deadline` (a device code that expires
-    /// before the flow would), so every view of it says when it really ends.
-    pub fn shorten(&self, auth_id: &str, deadline: Instant) {
-        if let Some(entry) = self.lock().by_auth.get_mut(auth_id) {
-            entry.deadline = entry.deadline.min(deadline);
+    /// Says that the flow `auth_id` ends at `ends`, before its deadline (a device code that
+    /// expires first: its poller ends the flow then). Only what the flow's views say changes; the
+    /// table keeps its deadline, so the poller, not the sweeper, ends it.
+    pub fn ends_early(&self, auth_id: &str, ends: Instant) {
+        let mut inner = self.lock();
+        if let Some((key, entry)) = inner.by_auth.get_key_value(auth_id)
+            && ends < entry.deadline
+        {
+            let key = key.clone();
+            inner.ends_early.insert(key, ends);
         }
     }
 
+    /// When the flow of `entry` ends, as its views say.
+    fn ends(inner: &Inner, auth_id: &str, entry: &Entry) -> Instant {
+        inner
+            .ends_early
+            .get(auth_id)
+            .copied()
+            .unwrap_or(entry.deadline)
+    }
+
+    /// The flow `auth_id`, if it exists; the policy decides who may see it (`FlowView::owner`).
     pub fn view(&self, auth_id: &str) -> Option<FlowView> {
         let inner = self.lock();
         let entry = inner.by_auth.get(auth_id)?;
         Some(FlowView {
             owner: entry.owner.clone(),
             auth_url: entry.auth_url.clone(),
-            expires_at: entry.deadline,
+            expires_at: Self::ends(&inner, auth_id, entry),
             outcome: entry.outcome.clone(),
             handout: entry.handout,
             scopes: entry.scopes.clone(),
@@ -632,9 +653,12 @@ impl PendingFlows {
     }
 
     /// Fails expired flows closed and forgets old outcomes. Returns how many flows expired.
-    /// Fails the flows past their deadline; returns them, for their audit events.
+    /// Fails the flows past their deadline; returns them (and those a sweep making room for a
+    /// new flow failed since), for their audit events.
     pub fn sweep(&self) -> Vec<Expired> {
-        Self::sweep_locked(&mut self.lock(), Instant::now())
+        let mut inner = self.lock();
+        Self::sweep_locked(&mut inner, Instant::now());
+        std::mem::take(&mut inner.expired)
     }
 
     fn release_locked(inner: &mut Inner, owner: &str, user: &UserId, size: usize) {
@@ -662,7 +686,7 @@ impl PendingFlows {
         }
     }
 
-    fn sweep_locked(inner: &mut Inner, now: Instant) -> Vec<Expired> {
+    fn sweep_locked(inner: &mut Inner, now: Instant) {
         let mut expired = Vec::new();
         for entry in inner.by_auth.values_mut() {
             if now < entry.deadline {
@@ -685,6 +709,7 @@ impl PendingFlows {
         for (e, size) in &expired {
             Self::release_locked(inner, &e.owner, &e.user, *size);
         }
+        inner.expired.extend(expired.into_iter().map(|(e, _)| e));
         inner.by_auth.retain(|_, e| now < e.forget_at);
         let live = &inner.by_auth;
         inner
@@ -693,7 +718,9 @@ impl PendingFlows {
         inner
             .by_request
             .retain(|_, auth_id| live.get(auth_id).is_some_and(|e| e.flow.is_some()));
-        expired.into_iter().map(|(e, _)| e).collect()
+        inner
+            .ends_early
+            .retain(|auth_id, _| live.contains_key(auth_id));
     }
 
     /// Runs `sweep` every `every` until `stop` resolves; `ended` is told of each flow it failed.
@@ -858,6 +885,22 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         t.sweep();
         assert!(t.view("a1").is_none(), "then forgotten");
+    }
+
+    /// A full table sweeps to make room for a new flow: what that sweep failed is still handed
+    /// to the sweeper's caller (for its audit event), once.
+    #[tokio::test(start_paused = true)]
+    async fn flows_a_full_table_swept_are_reported_by_the_next_sweep() {
+        let t = table(1, 10);
+        t.insert("s1", "a1", "url".into(), flow("u", "p")).unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        t.insert("s2", "a2", "url".into(), flow("v", "p")).unwrap();
+        let swept = t.sweep();
+        assert_eq!(
+            swept.iter().map(|e| e.user.as_str()).collect::<Vec<_>>(),
+            ["u"]
+        );
+        assert!(t.sweep().is_empty(), "reported once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -250,10 +250,10 @@ impl Flows {
             interval: d.interval,
             deadline: deadline.min(tokio::time::Instant::now() + d.expires_in),
         });
-        // A device code that expires first ends the flow then: said so, to this caller and to
-        // whoever waits on or joins the flow.
+        // A device code that expires first ends the flow then (its poller ends it): said so, to
+        // this caller and to whoever waits on or joins the flow.
         let deadline = polling.as_ref().map_or(deadline, |p| p.deadline);
-        self.pending.shorten(&auth_id, deadline);
+        self.pending.ends_early(&auth_id, deadline);
         let started = Started {
             auth_url,
             auth_id,
