@@ -27,6 +27,21 @@ pub struct Subject<'a> {
     pub agent: &'a str,
 }
 
+impl<'a> Subject<'a> {
+    /// A grant's ids (or a flow's, which names them before its grant exists).
+    pub fn of(
+        provider: &'a crate::domain::ProviderId,
+        user: &'a crate::domain::UserId,
+        agent: Option<&'a crate::domain::AgentId>,
+    ) -> Self {
+        Self {
+            provider: provider.as_str(),
+            user: user.as_str(),
+            agent: agent.map_or("", |a| a.as_str()),
+        }
+    }
+}
+
 /// A grant's lifecycle change, for `WatchGrants` (ids and the kind of change, never a token).
 /// Derived from the audit events, so watchers and the trail never disagree.
 #[derive(Debug, Clone, PartialEq, Eq)]

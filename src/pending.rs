@@ -652,9 +652,8 @@ impl PendingFlows {
         self.lock().pending
     }
 
-    /// Fails expired flows closed and forgets old outcomes. Returns how many flows expired.
-    /// Fails the flows past their deadline; returns them (and those a sweep making room for a
-    /// new flow failed since), for their audit events.
+    /// Fails expired flows closed and forgets old outcomes; returns the flows it failed (and
+    /// those a sweep making room for a new flow failed since), for their audit events.
     pub fn sweep(&self) -> Vec<Expired> {
         let mut inner = self.lock();
         Self::sweep_locked(&mut inner, Instant::now());

@@ -372,11 +372,7 @@ impl App {
             SWEEP_EVERY,
             stopped(stop.clone()),
             move |e| {
-                let subject = crate::audit::Subject {
-                    provider: e.provider.as_str(),
-                    user: e.user.as_str(),
-                    agent: e.agent.as_ref().map_or("", |a| a.as_str()),
-                };
+                let subject = crate::audit::Subject::of(&e.provider, &e.user, e.agent.as_ref());
                 credentials
                     .audit()
                     .record("FlowCompleted", &e.owner, subject, "FLOW_EXPIRED");
@@ -484,7 +480,7 @@ async fn load_providers(registry: &ProviderRegistry) -> anyhow::Result<usize> {
             .is_some_and(|s| matches!(s, crate::store::StoreError::Corrupt { reason, .. } if reason.contains("sealed under another key"))) =>
         {
             Err(ConfigError::in_file(format!(
-                "the store's records do not open with its key ({source}): restore the store.key that was backed up with this store.redb (or the store.redb that goes with this store.key)"
+                "the store's records do not open with its key ({source}): if the store was restored, restore the store.key that was backed up with this store.redb (or the store.redb that goes with this store.key); otherwise the file was altered: restore both from a backup"
             )))
         }
         Err(e) => anyhow::bail!("cannot load providers from the store: {}", e.chain()),

@@ -60,11 +60,7 @@ pub(crate) fn report(
     result: &Result<GrantKey, FlowFailure>,
 ) {
     let f = &taken.flow;
-    let subject = crate::audit::Subject {
-        provider: f.provider.as_str(),
-        user: f.user.as_str(),
-        agent: f.agent.as_ref().map_or("", |a| a.as_str()),
-    };
+    let subject = crate::audit::Subject::of(&f.provider, &f.user, f.agent.as_ref());
     let outcome = result.as_ref().map_or_else(FlowFailure::code, |_| "ok");
     audit.record("FlowCompleted", &f.owner, subject, outcome);
     match result {

@@ -120,15 +120,9 @@ fn classify(e: ClientError) -> StoreError {
             unavailable("Vault is sealed (503)")
         }
         // A path under no mount: the setting to check is the mount's.
-        ClientError::APIError { code: 404, errors }
-            if errors
-                .iter()
-                .any(|m| m.contains("mount") || m.contains("route")) =>
-        {
-            unavailable(
-                "Vault answered 404 (no route to that path): is vault.mount the KV engine's path?",
-            )
-        }
+        ClientError::APIError { code: 404, errors } if no_route(&errors) => unavailable(
+            "Vault answered 404 (no route to that path): is vault.mount the KV engine's path?",
+        ),
         ClientError::APIError { code, .. } => unavailable(format!("Vault answered HTTP {code}")),
         // A 2xx whose body is not what the KV engine answers: most often a KV v1 mount under
         // a client set for v2 (the default), which v1 takes as a plain path and answers empty.
@@ -149,6 +143,19 @@ fn classify(e: ClientError) -> StoreError {
 
 fn is_status(e: &ClientError, status: u16) -> bool {
     matches!(e, ClientError::APIError { code, .. } if *code == status)
+}
+
+/// Vault's 404 for a path under no mount ("no handler for route …"), not for a missing key.
+fn no_route(errors: &[String]) -> bool {
+    errors
+        .iter()
+        .any(|m| m.contains("mount") || m.contains("route"))
+}
+
+/// A 404 for a key that is not there (a wrong mount is an error, not an empty store: it would
+/// start the daemon with no providers).
+fn is_absent(e: &ClientError) -> bool {
+    matches!(e, ClientError::APIError { code: 404, errors } if !no_route(errors))
 }
 
 /// Record bytes as stored in Vault: base64 under `value` (KV v1 adds the record version).
@@ -408,7 +415,6 @@ impl VaultStore {
             StoreError::Unavailable("cannot reach Vault".into(), Some(Box::new(e.without_url())))
         })?;
         match resp.status().as_u16() {
-            404 => Ok(None),
             200 => resp
                 .json()
                 .await
@@ -421,7 +427,11 @@ impl VaultStore {
                     .ok()
                     .and_then(|v| serde_json::from_value::<Vec<String>>(v["errors"].clone()).ok())
                     .unwrap_or_default();
-                Err(classify(ClientError::APIError { code, errors }))
+                let e = ClientError::APIError { code, errors };
+                if is_absent(&e) {
+                    return Ok(None);
+                }
+                Err(classify(e))
             }
         }
     }
@@ -495,7 +505,7 @@ impl VaultStore {
                     .await
                 {
                     Ok(keys) => keys,
-                    Err(e) if is_status(&e, 404) => Vec::new(),
+                    Err(e) if is_absent(&e) => Vec::new(),
                     Err(e) => return Err(classify(e)),
                 }
             }
@@ -567,7 +577,7 @@ impl SecretStore for VaultStore {
                     version: r.metadata.version,
                 }))
             }
-            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(classify(e)),
         }
     }

@@ -336,10 +336,20 @@ fn check_config_refuses_a_data_directory_that_cannot_be_created() {
         assert_eq!(out.status.code(), Some(78), "{}: {err}", data_dir.display());
         assert!(err.contains(why), "{err}");
     }
-    assert!(
-        std::fs::read_dir(dir.path()).unwrap().count() == 1,
-        "nothing was left behind"
-    );
+    // One that can be created passes, and check-config leaves nothing there: not the data
+    // directory, not its probe.
+    let fresh = dir.path().join("new/data");
+    let out = valet_bin()
+        .args(["check-config", "--dev", "--data-dir"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["a-file"], "nothing was left behind");
 }
 
 /// A restore that pairs the store with another store.key: the start is refused with exit 78

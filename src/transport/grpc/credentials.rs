@@ -116,11 +116,7 @@ impl pb::credentials_server::Credentials for CredentialsApi {
                 if let (Ok(outcome), Some(k)) = (&end, &found) {
                     let label = super::Labelled::label(outcome);
                     if matches!(label, "token" | "reference") {
-                        let subject = Subject {
-                            provider: k.provider.as_str(),
-                            user: k.user.as_str(),
-                            agent: k.agent.as_ref().map_or("", |a| a.as_str()),
-                        };
+                        let subject = Subject::of(&k.provider, &k.user, k.agent.as_ref());
                         credentials.audit().record(
                             "WatchAuthorization",
                             &caller.name,

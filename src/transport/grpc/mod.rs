@@ -147,11 +147,7 @@ fn rpc<T: Labelled>(
             "rpc"
         );
         let audited = match found {
-            Some(k) => crate::audit::Subject {
-                provider: named,
-                user: k.user.as_str(),
-                agent: k.agent.as_ref().map_or("", |a| a.as_str()),
-            },
+            Some(k) => crate::audit::Subject::of(&k.provider, &k.user, k.agent.as_ref()),
             None => crate::audit::Subject {
                 provider,
                 user: valid(subject.user, crate::domain::UserId::is_valid),
