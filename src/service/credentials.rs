@@ -65,6 +65,9 @@ pub struct AuthRequest {
     /// The scopes an API's `insufficient_scope` challenge named: asked for too, and capped
     /// (`ChallengeCap`).
     pub challenged: Scopes,
+    /// The API answered the token it was given with a 401 `invalid_token` challenge: a new one
+    /// is obtained (a refresh) rather than the same one handed out again.
+    pub token_refused: bool,
     /// One of the user's several accounts at the provider (`None`: the default).
     pub account: Option<AccountId>,
 }
@@ -322,6 +325,13 @@ impl Credentials {
     /// client-credentials providers, a token for the client itself.
     pub async fn authenticate(&self, caller: &Caller, req: AuthRequest) -> Result<Outcome, Error> {
         let min_ttl = self.min_ttl(req.min_ttl)?;
+        // No token live that long: the cached one is not handed out again, a refresh (or a new
+        // consent, for a grant without a refresh token) gets another.
+        let min_ttl = if req.token_refused {
+            i64::from(u32::MAX)
+        } else {
+            min_ttl
+        };
         if let Some(user) = &req.user {
             self.check_user(caller, user).await?;
         }

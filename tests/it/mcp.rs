@@ -132,6 +132,30 @@ async fn from_an_mcp_server_url_to_a_token_that_server_accepts_and_no_other() {
         again.access_token, refreshed.access_token,
         "each server its own token"
     );
+    // The server refuses a token with a 401 invalid_token challenge (here one it never issued):
+    // passed back, it gets a new token (a refresh), not the cached one again.
+    let refused = f.idp.call_mcp("mcp", "not-a-token").await;
+    assert_eq!(refused.status(), 401);
+    let challenge = refused.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    let renewed = token(
+        f.authenticate(
+            AGENT_KEY,
+            pb::AuthenticateRequest {
+                challenge,
+                ..Fixture::request("notes", "alice", "")
+            },
+        )
+        .await,
+    );
+    assert_ne!(renewed.access_token, again.access_token);
+    assert_eq!(
+        f.idp.call_mcp("mcp", &renewed.access_token).await.status(),
+        200
+    );
 
     // An update sending back what GetProvider showed keeps the registration.
     let updated = f
@@ -399,7 +423,7 @@ async fn an_insufficient_scope_challenge_runs_an_incremental_consent_with_a_cap(
 
     for (bad, needle) in [
         ("Basic realm=\"api\"", "no Bearer challenge"),
-        ("Bearer error=\"invalid_token\"", "names no scope"),
+        ("Bearer realm=\"api\"", "names no scope"),
     ] {
         let s = expect_err(
             f.try_authenticate(AGENT_KEY, with_challenge(bad)).await,

@@ -154,15 +154,27 @@ pub(super) fn auth_request(r: &pb::AuthenticateRequest) -> Result<AuthRequest, E
         audience: text(&r.audience),
         resource: text(&r.resource),
         subject_token: subject_token(&r.subject_token, &r.subject_token_type)?,
-        challenged: challenged_scopes(&r.challenge)?,
+        challenged: challenged_scopes(&r.challenge)?.unwrap_or_default(),
+        token_refused: refused_token(&r.challenge),
         account: optional_account(&r.account)?,
     })
 }
 
-/// The scopes a `WWW-Authenticate` Bearer challenge names (RFC 6750 section 3: `scope`).
-fn challenged_scopes(header: &str) -> Result<Scopes, Error> {
+/// Whether a `WWW-Authenticate` Bearer challenge says the token was refused (RFC 6750 section
+/// 3.1: `invalid_token`, "expired, revoked, malformed, or invalid").
+fn refused_token(header: &str) -> bool {
+    crate::mcp::bearer_params(header).is_some_and(|params| {
+        params
+            .iter()
+            .any(|(k, v)| k == "error" && v == "invalid_token")
+    })
+}
+
+/// The scopes a `WWW-Authenticate` Bearer challenge names (RFC 6750 section 3: `scope`); `None`
+/// for an `invalid_token` challenge without them (answered with a new token, not a consent).
+fn challenged_scopes(header: &str) -> Result<Option<Scopes>, Error> {
     if header.is_empty() {
-        return Ok(Scopes::default());
+        return Ok(None);
     }
     if header.len() > 8192 || header.chars().any(char::is_control) {
         return Err(Error::invalid(
@@ -182,12 +194,15 @@ fn challenged_scopes(header: &str) -> Result<Scopes, Error> {
         .map(|(_, v)| v.as_str())
         .unwrap_or_default();
     if scope.trim().is_empty() {
+        if refused_token(header) {
+            return Ok(None);
+        }
         return Err(Error::invalid(
             "challenge",
-            "names no scope: only a challenge with scope=\"...\" can be answered with a consent",
+            "names no scope: only an insufficient_scope challenge with scope=\"...\" (answered with a consent) or an invalid_token one (answered with a new token) can be answered",
         ));
     }
-    Ok(Scopes::parse_spaced("challenge", scope)?)
+    Ok(Some(Scopes::parse_spaced("challenge", scope)?))
 }
 
 /// An agent-presented RFC 8693 subject token and its type.
