@@ -352,6 +352,7 @@ impl App {
         );
         serving.store(false, Ordering::Relaxed);
         set_not_serving(&reporter).await;
+        self.credentials.close_watches();
         let _ = stop_tx.send(true);
         drain(grace, grpc, http).await;
         self.credentials.audit().flush();

@@ -211,6 +211,11 @@ impl Credentials {
         self.watches.open(caller)
     }
 
+    /// Ends every open watch stream (at shutdown, before the calls in flight are drained).
+    pub fn close_watches(&self) {
+        self.watches.close_all();
+    }
+
     /// The Client ID Metadata Document of an MCP provider registered with one.
     pub fn client_metadata_document(&self, provider: &str) -> Option<serde_json::Value> {
         let id = ProviderId::parse(provider).ok()?;

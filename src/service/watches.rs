@@ -7,9 +7,22 @@ use crate::domain::Caller;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// How many watch streams each caller holds open.
-#[derive(Debug, Default)]
-pub(super) struct Watches(Mutex<HashMap<String, u32>>);
+/// How many watch streams each caller holds open, and whether the daemon is closing them all
+/// (shutting down).
+#[derive(Debug)]
+pub(super) struct Watches {
+    held: Mutex<HashMap<String, u32>>,
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Watches {
+    fn default() -> Self {
+        Self {
+            held: Mutex::default(),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
 
 /// One open watch stream of a caller; frees its place when dropped (the stream ended or its
 /// caller went away).
@@ -19,10 +32,21 @@ pub struct WatchSlot {
     caller: String,
 }
 
+impl WatchSlot {
+    /// Resolves once the daemon closes every watch (it is shutting down); a stream then ends,
+    /// saying so, rather than holding the shutdown for its whole grace period.
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.watches.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|c| *c).await;
+        }
+    }
+}
+
 impl Watches {
     /// A place for one more of `caller`'s streams, unless it holds its `max_watches` already.
     pub(super) fn open(self: &Arc<Self>, caller: &Caller) -> Result<WatchSlot, Error> {
-        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let held = open.entry(caller.name.clone()).or_default();
         if caller.max_watches > 0 && *held >= caller.max_watches {
             return Err(Error::Exhausted(format!(
@@ -36,10 +60,15 @@ impl Watches {
         })
     }
 
+    /// Ends every watch stream (shutdown): each says the daemon is shutting down.
+    pub(super) fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// The streams `caller` holds open.
     #[cfg(test)]
     fn held(&self, caller: &str) -> u32 {
-        let open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         open.get(caller).copied().unwrap_or(0)
     }
 }
@@ -48,7 +77,7 @@ impl Drop for WatchSlot {
     fn drop(&mut self) {
         let mut open = self
             .watches
-            .0
+            .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(held) = open.get_mut(&self.caller) {

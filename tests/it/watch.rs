@@ -383,3 +383,25 @@ async fn a_caller_holds_at_most_its_max_watches_open_and_a_closed_one_frees_its_
     }
     again.unwrap();
 }
+
+/// At shutdown an open watch ends at once, saying the daemon is shutting down (the watcher
+/// reconnects), instead of holding the drain for the whole grace period and ending in a
+/// transport error.
+#[tokio::test]
+async fn a_watch_open_at_shutdown_ends_saying_so() {
+    let f = Fixture::new().await;
+    let mut s = watch_grants(&f, AGENT_KEY, "alice").await.unwrap();
+    let t = std::time::Instant::now();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &f.valet.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let end = tokio::time::timeout(Duration::from_secs(8), s.message())
+        .await
+        .expect("the stream ends before the grace period (10 s) would");
+    let st = end.expect_err("ends with a status");
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert!(st.message().contains("shutting down"), "{st:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}

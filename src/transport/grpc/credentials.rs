@@ -62,14 +62,34 @@ fn until_deadline<T: Send + 'static>(
     slot: crate::service::WatchSlot,
 ) -> Events<T> {
     use futures::StreamExt as _;
-    let end = async move {
-        match deadline {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
+    let closing = slot.closing();
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let end = {
+        let closed = closed.clone();
+        async move {
+            tokio::select! {
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                () = closing => closed.store(true, std::sync::atomic::Ordering::Relaxed),
+            }
         }
     };
+    // At shutdown the stream ends saying so (a watcher reconnects), rather than holding the
+    // drain for its whole grace period and ending in a transport error.
+    let shut = futures::stream::iter([()]).filter_map(move |()| {
+        let closed = closed.load(std::sync::atomic::Ordering::Relaxed);
+        std::future::ready(closed.then(|| {
+            Err(Status::unavailable(
+                "valet is shutting down: watch again (another replica, or once it is back)",
+            ))
+        }))
+    });
     // They live as long as the stream: dropped when it ends or the caller cancels.
-    Box::pin(events.take_until(end).map(move |e| {
+    Box::pin(events.take_until(end).chain(shut).map(move |e| {
         let _ = (&guard, &slot);
         e
     }))

@@ -267,6 +267,8 @@ def _hint(code: grpc.StatusCode, message: str) -> str:
         return " (pass api_key= or set VALET_KEY)"
     if code == grpc.StatusCode.UNAVAILABLE and "WRONG_VERSION_NUMBER" in message:
         return " (the daemon answered without TLS: use an http:// target, or set [grpc_tls] on it)"
+    if code == grpc.StatusCode.UNAVAILABLE and "shutting down" in message:
+        return ""  # the daemon said why: a watch to open again
     if code == grpc.StatusCode.UNAVAILABLE:
         return " (is `valet serve` running, and is target= or VALET_SERVER its gRPC address?)"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
