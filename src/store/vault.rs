@@ -204,20 +204,29 @@ impl VaultStore {
             VaultAuth::Token(t) => t.clone(),
             _ => SecretString::from(String::new()),
         };
-        let client = Self::build_client(&cfg, &initial)?;
         let mut raw = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .redirect(reqwest::redirect::Policy::none());
+        // Read first, so a file that is not a CA certificate is named (the KV client's own
+        // error says only "Error configuring REST client").
         if let Some(ca) = &cfg.ca_cert_file {
             let pem = std::fs::read(ca).map_err(|e| {
                 StoreError::Setup(format!("cannot read CA certificate {}: {e}", ca.display()))
             })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                StoreError::Setup(format!("bad CA certificate {}: {e}", ca.display()))
-            })? {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    StoreError::Setup(format!(
+                        "vault.ca_cert_file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                        ca.display()
+                    ))
+                })?;
+            for cert in certs {
                 raw = raw.add_root_certificate(cert);
             }
         }
+        let client = Self::build_client(&cfg, &initial)?;
         let store = Self {
             client: RwLock::new(Arc::new(client)),
             login: tokio::sync::Mutex::new(0),

@@ -425,6 +425,27 @@ async fn check_config_proves_vault_access_and_reports_a_sealed_vault() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sealed"), "{err}");
+
+    // A CA file that holds no certificate (here a key): named, exit 78.
+    let ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let body = format!(
+        "store = \"vault\"\n[vault]\naddress = \"{}\"\nca_cert_file = \"{}\"\n[vault.auth]\ntoken = \"{ROOT_TOKEN}\"\n",
+        d.address,
+        ca.display()
+    );
+    let path = write_config(dir.path(), "ca.toml", &body);
+    let out = run_valet(vec!["check-config".into(), "--config".into(), path.into()]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("not-a-ca.pem") && err.contains("holds no PEM certificate"),
+        "{err}"
+    );
 }
 
 /// The default `kv_version = 2` against a KV v1 mount (RustyVault): not "cannot reach Vault"
