@@ -52,9 +52,9 @@ fn wait_timeout<T>(req: &Request<T>, asked_seconds: u32) -> Duration {
 
 type Events<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
-/// Ends a watch stream at the call's deadline (the caller gave up waiting by then). `slot`, the
-/// stream's place among its caller's, and the metrics' count of open streams are held as long
-/// as it.
+/// Ends a watch stream at the call's deadline (the caller gave up waiting by then), or at
+/// shutdown with `UNAVAILABLE` "shutting down". `slot`, the stream's place among its caller's,
+/// and the metrics' count of open streams are held as long as it.
 fn until_deadline<T: Send + 'static>(
     events: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: Option<Duration>,
