@@ -507,11 +507,19 @@ fn device_provider() -> ProviderConfig {
     p
 }
 
-/// Starts a device flow for bob and its poller; returns the flow's outcome once it ends.
-async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError>>) -> FlowOutcome {
-    w.endpoint.script_device(answers);
+/// Starts a device flow for bob in a table whose flows live `ttl`: the table, the flows, and
+/// what `start` answered.
+async fn start_device_flow(
+    w: &World,
+    ttl: Duration,
+) -> (
+    Arc<PendingFlows>,
+    Flows,
+    super::flows::Started,
+    Option<super::flows::Polling>,
+) {
     let pending = Arc::new(PendingFlows::new(PendingLimits {
-        ttl: Duration::from_secs(60),
+        ttl,
         max_total: 10,
         max_per_user: 10,
         keep_outcome: Duration::from_secs(60),
@@ -526,6 +534,13 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
     };
     let caller = Caller::api_key("agent-a", Role::Agent);
     let (started, polling) = flows.start(&caller, &device_provider(), ask).await.unwrap();
+    (pending, flows, started, polling)
+}
+
+/// Starts a device flow for bob and its poller; returns the flow's outcome once it ends.
+async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError>>) -> FlowOutcome {
+    w.endpoint.script_device(answers);
+    let (pending, _, started, polling) = start_device_flow(w, Duration::from_secs(60)).await;
     assert_eq!(
         started.prompt.as_ref().map(|p| p.user_code.as_str()),
         Some("WDJB-MJHT")
@@ -549,23 +564,8 @@ async fn run_device_flow(w: &World, answers: Vec<Option<crate::oauth::OAuthError
 #[tokio::test(start_paused = true)]
 async fn a_device_flow_ends_when_its_device_code_does() {
     let w = World::new().await;
-    let pending = Arc::new(PendingFlows::new(PendingLimits {
-        ttl: Duration::from_secs(900),
-        max_total: 10,
-        max_per_user: 10,
-        keep_outcome: Duration::from_secs(60),
-    }));
-    let flows = Flows::new(pending.clone(), w.endpoint.clone(), w.clock.clone(), None);
-    let ask = Ask {
-        key: key("bob"),
-        scopes: Scopes::default(),
-        handout: Handout::Token,
-        redirect_uri: String::new(),
-        join: true,
-    };
-    let caller = Caller::api_key("agent-a", Role::Agent);
     let now = w.clock.now_unix();
-    let (started, polling) = flows.start(&caller, &device_provider(), ask).await.unwrap();
+    let (pending, flows, started, polling) = start_device_flow(&w, Duration::from_secs(900)).await;
     assert!(
         (now + 599..=now + 600).contains(&started.expires_at),
         "{}",

@@ -687,17 +687,7 @@ async fn sigterm_lets_an_in_flight_call_finish() {
 
 /// Revoke a grant as the agent key; returns the response.
 async fn revoke_alice(f: &Fixture) -> pb::RevokeResponse {
-    f.valet
-        .credentials(AGENT_KEY)
-        .await
-        .revoke(pb::RevokeRequest {
-            provider_id: "idp".into(),
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    f.revoke_at("idp", "alice").await
 }
 
 #[tokio::test]

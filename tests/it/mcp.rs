@@ -196,18 +196,7 @@ async fn from_an_mcp_server_url_to_a_token_that_server_accepts_and_no_other() {
     // Revoked at the authorization server: the refresh token is, and the access token (a JWT
     // for the resource) is of a type it cannot revoke (`unsupported_token_type`, RFC 7009
     // section 2.2.1): the grant is over there all the same, not a failed revocation.
-    let r = f
-        .valet
-        .credentials(AGENT_KEY)
-        .await
-        .revoke(pb::RevokeRequest {
-            provider_id: "notes".into(),
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = f.revoke_at("notes", "alice").await;
     assert!(r.revoked);
     assert_eq!(
         (r.provider_revocation, r.provider_error.as_str()),

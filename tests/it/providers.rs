@@ -159,16 +159,14 @@ async fn slack_user_tokens_nested_under_authed_user_and_refreshed_flat_keep_scop
     let header = resolve_header(&f, "slack", &["chat:write"]).await;
     assert!(header.starts_with("Bearer "), "{header}");
     assert!(d.api_accepts(&header).await);
-    let refreshed = token(
-        f.authenticate(
-            AGENT_KEY,
-            pb::AuthenticateRequest {
-                min_ttl_seconds: FORCE_REFRESH - 1,
-                ..request("slack", &["chat:write"])
-            },
-        )
-        .await,
-    );
+    let refresh = || async {
+        let forced = pb::AuthenticateRequest {
+            min_ttl_seconds: FORCE_REFRESH - 1,
+            ..request("slack", &["chat:write"])
+        };
+        token(f.authenticate(AGENT_KEY, forced).await)
+    };
+    let refreshed = refresh().await;
     assert_ne!(refreshed.access_token, t.access_token);
     // A refresh answers the user token at the top, not under `authed_user`: the user's token,
     // its scopes and the user's id (kept from the consent) as before.
@@ -187,16 +185,7 @@ async fn slack_user_tokens_nested_under_authed_user_and_refreshed_flat_keep_scop
             .await
     );
     // And again, with the rotated refresh token.
-    let again = token(
-        f.authenticate(
-            AGENT_KEY,
-            pb::AuthenticateRequest {
-                min_ttl_seconds: FORCE_REFRESH - 1,
-                ..request("slack", &["chat:write"])
-            },
-        )
-        .await,
-    );
+    let again = refresh().await;
     assert_ne!(again.access_token, refreshed.access_token);
     assert_eq!((d.refreshes(), d.refresh_reuse()), (2, 0));
     let g = &f.grants("alice").await[0];
@@ -260,18 +249,7 @@ async fn salesforce_revocation_ends_the_access_token_with_the_refresh_token_and_
         d.api_accepts(&format!("Bearer {}", live.access_token))
             .await
     );
-    let r = f
-        .valet
-        .credentials(AGENT_KEY)
-        .await
-        .revoke(pb::RevokeRequest {
-            provider_id: "sf-revoking".into(),
-            user_id: "alice".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = f.revoke_at("sf-revoking", "alice").await;
     assert!(r.revoked);
     assert_eq!(
         r.provider_revocation,

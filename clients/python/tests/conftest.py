@@ -66,6 +66,21 @@ class Stack:
         with self.client(self.admin_key) as admin:
             return admin.create_provider(**spec)
 
+    def stored_key(self, provider_id: str, user: str, value: str) -> str:
+        """An `api_key` provider (`X-API-Key` header, sent only to api.weather.example) with
+        `user`'s key stored: its id."""
+        with self.client(self.admin_key) as admin:
+            admin.create_provider(
+                provider_id=provider_id,
+                kind="api_key",
+                credential_location="header",
+                credential_name="X-API-Key",
+                egress_hosts=["api.weather.example"],
+            )
+        with self.client() as agent:
+            agent.put_credential(provider_id, user, value)
+        return provider_id
+
     def consent(self, auth_url: str, login: str) -> None:
         """A user (`login` at the provider) signs in and approves, in a fresh browser."""
         Browser().consent(auth_url, login)

@@ -23,7 +23,6 @@ import valet
 from valet import adk
 
 from conftest import Stack
-from support import ADMIN_KEY
 
 TOOL = "fetch_profile"
 
@@ -210,17 +209,7 @@ async def test_a_static_key_goes_where_its_provider_says_and_only_to_its_hosts(
     """A stored API key reaches the tool in its own header whether handed out as a token or a
     reference (never as a bearer token), and a reference is resolved only for a `target_url`
     on the provider's `egress_hosts`."""
-    provider = f"weather-adk-{user[-6:]}"
-    with stack.client(ADMIN_KEY) as admin:
-        admin.create_provider(
-            provider_id=provider,
-            kind="api_key",
-            credential_location="header",
-            credential_name="X-API-Key",
-            egress_hosts=["api.weather.example"],
-        )
-    with stack.client() as agent:
-        agent.put_credential(provider, user, "adk-weather-canary")
+    provider = stack.stored_key(f"weather-adk-{user[-6:]}", user, "adk-weather-canary")
     valet_provider = adk.ValetAuthProvider(stack.async_client())
     for handout in ("token", "reference"):
         context = FakeToolContext(user)

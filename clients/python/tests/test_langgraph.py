@@ -17,7 +17,6 @@ import valet
 from valet.langgraph import INTERRUPT_TYPE, aauthenticate, authenticate, resolve
 
 from conftest import Stack
-from support import ADMIN_KEY
 
 
 class State(TypedDict, total=False):
@@ -146,17 +145,8 @@ def test_resolve_names_the_target_url_and_clients_of_the_other_kind_are_refused(
 ) -> None:
     """The helpers pass `target_url` on, so the provider's `egress_hosts` hold in a graph too;
     a client of the other kind is refused saying which helper it goes with."""
-    provider = f"weather-lg-{user[-6:]}"
-    with stack.client(ADMIN_KEY) as admin:
-        admin.create_provider(
-            provider_id=provider,
-            kind="api_key",
-            credential_location="header",
-            credential_name="X-API-Key",
-            egress_hosts=["api.weather.example"],
-        )
+    provider = stack.stored_key(f"weather-lg-{user[-6:]}", user, "lg-weather-canary")
     with stack.client() as agent:
-        agent.put_credential(provider, user, "lg-weather-canary")
         ref = authenticate(agent, provider, user_id=user, handout="reference").reference or ""
         ok = resolve(agent, ref, target_url="https://api.weather.example/now")
         assert ok.credential.apply() == ({"X-API-Key": "lg-weather-canary"}, {})

@@ -242,18 +242,22 @@ impl Fixture {
 
     /// Revokes `user`'s user-wide grant at `idp` as the agent key; returns whether one existed.
     pub(crate) async fn revoke_grant(&self, user: &str) -> bool {
+        self.revoke_at("idp", user).await.revoked
+    }
+
+    /// Revokes `user`'s user-wide grant at `provider` as the agent key: the answer.
+    pub(crate) async fn revoke_at(&self, provider: &str, user: &str) -> pb::RevokeResponse {
         self.valet
             .credentials(daemon::AGENT_KEY)
             .await
             .revoke(pb::RevokeRequest {
-                provider_id: "idp".into(),
+                provider_id: provider.into(),
                 user_id: user.into(),
                 ..Default::default()
             })
             .await
             .unwrap()
             .into_inner()
-            .revoked
     }
 
     /// Creates each provider expecting `INVALID_ARGUMENT` whose message names its field; returns
