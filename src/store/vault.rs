@@ -316,15 +316,16 @@ impl VaultStore {
                 vaultrs::auth::kubernetes::login(&*client, mount, role, jwt.trim()).await
             }
         }
-        .map_err(|e| match classify(e) {
-            // Not a KV answer: the kv_version hint would send the operator to the wrong setting.
-            StoreError::Unavailable(what, source) if what.contains("kv_version") => {
-                StoreError::Unavailable(
-                    "Vault answered the login with a body the client cannot read (is vault.auth's mount and method the auth engine's?)".into(),
-                    source,
-                )
-            }
-            other => other,
+        .map_err(|e| match e {
+            // Not a KV answer: classify's kv_version hint would send the operator to the wrong
+            // setting.
+            ClientError::RestClientError {
+                source: source @ rustify::errors::ClientError::ResponseParseError { .. },
+            } => StoreError::Unavailable(
+                "Vault answered the login with a body the client cannot read (is vault.auth's mount and method the auth engine's?)".into(),
+                fault(&source),
+            ),
+            other => classify(other),
         })?;
         let token = SecretString::from(auth.client_token);
         let fresh = Self::build_client(&self.cfg, &token)?;

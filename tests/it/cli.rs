@@ -678,24 +678,19 @@ async fn credential_put_reads_the_value_from_standard_input() {
         "prompt=consent",
     ]);
     assert!(run(update).contains("param:             prompt=consent"));
-    let mut unset = cli(&f, ADMIN_KEY);
-    unset.args([
-        "provider",
-        "update",
-        "with-param",
-        "--unset-param",
-        "prompt",
-    ]);
-    assert!(!run(unset).contains("prompt=consent"));
-    let mut unset = cli(&f, ADMIN_KEY);
-    unset.args([
-        "provider",
-        "update",
-        "with-param",
-        "--unset-param",
-        "prompt",
-    ]);
-    let err = fails(unset);
+    let unset = || {
+        let mut unset = cli(&f, ADMIN_KEY);
+        unset.args([
+            "provider",
+            "update",
+            "with-param",
+            "--unset-param",
+            "prompt",
+        ]);
+        unset
+    };
+    assert!(!run(unset()).contains("prompt=consent"));
+    let err = fails(unset());
     assert!(err.contains("no such parameter"), "{err}");
     // A profile's parameter cannot be removed: said, nothing sent.
     let mut notion = cli(&f, ADMIN_KEY);
