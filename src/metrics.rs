@@ -3,8 +3,9 @@
 //! counted here from its name, provider and outcome, so the two never disagree; durations are
 //! observed where the work happens (the gRPC `rpc` helper, the refresh, the token endpoint and
 //! the store decorators). Every label value comes from a closed set: method, event, reason and
-//! outcome names from the code, store backends and operations, and provider ids, which only an
-//! operator creates and only a call that found its provider reports. No user id, agent id, token,
+//! outcome names from the code, store backends and operations, provider ids, which only an
+//! operator creates and only a call that found its provider reports, and configured callers'
+//! names. No user id, agent id, token,
 //! reference or secret is ever a label.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -65,6 +66,12 @@ struct Reason {
     reason: String,
 }
 
+/// A configured caller's name (an operator's closed set, as provider ids are).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerName {
+    caller: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreCall {
     backend: &'static str,
@@ -122,6 +129,7 @@ pub struct Metrics {
     grants_needing_reauth: Family<Provider, Counter>,
     references: Family<ReferenceEvent, Counter>,
     denied_calls: Family<Reason, Counter>,
+    previous_key_calls: Family<CallerName, Counter>,
     audit_events_lost: Counter,
     audit_file_failing: Gauge,
 }
@@ -167,6 +175,7 @@ impl Metrics {
             grants_needing_reauth: Family::default(),
             references: Family::default(),
             denied_calls: Family::default(),
+            previous_key_calls: Family::default(),
             audit_events_lost: Counter::default(),
             audit_file_failing: Gauge::default(),
             registry,
@@ -269,6 +278,12 @@ impl Metrics {
             "denied_calls",
             "Calls refused for who made them (permission, rate, user, quota), by reason",
             self.denied_calls.clone(),
+        );
+        r.register(
+            "previous_key_calls",
+            "Calls made with a caller's previous key (previous_key_sha256), by caller: once this \
+             stops growing, no agent uses the old key and it can be removed",
+            self.previous_key_calls.clone(),
         );
         r.register(
             "audit_events_lost",
@@ -408,6 +423,15 @@ impl Metrics {
         self.denied_calls
             .get_or_create(&Reason {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A call made with `caller`'s previous key.
+    pub fn previous_key_call(&self, caller: &str) {
+        self.previous_key_calls
+            .get_or_create(&CallerName {
+                caller: caller.to_owned(),
             })
             .inc();
     }

@@ -67,6 +67,7 @@ pub(super) fn admin_key(config: &Config) -> anyhow::Result<(Option<CallerKey>, O
         max_watches: 0,
         unix_uid: None,
         tls_identity: None,
+        previous: false,
     };
     if let Some(path) = &config.admin_key_file {
         return Ok((Some(admin(key_file_hash(path)?)), None));

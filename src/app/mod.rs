@@ -206,6 +206,7 @@ impl App {
                 max_watches: c.max_watches,
                 unix_uid: c.unix_uid,
                 tls_identity: c.tls_identity.clone(),
+                previous: false,
             };
             // A key being rotated out: the same caller (name, so references and rate bucket),
             // by its old key only.
@@ -214,6 +215,7 @@ impl App {
                     key_sha256: previous,
                     unix_uid: None,
                     tls_identity: None,
+                    previous: true,
                     ..key.clone()
                 });
             }

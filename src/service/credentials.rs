@@ -785,7 +785,12 @@ impl Credentials {
         let outcome = match timeout {
             // Now: no wait at all.
             Some(t) if t.is_zero() => Some(view.outcome.get()),
-            Some(t) => tokio::time::timeout(t, view.outcome.finished()).await.ok(),
+            // At shutdown a long poll ends as its timeout would, the flow still pending: no
+            // callback reaches a draining daemon, so waiting on would only hold the drain.
+            Some(t) => tokio::select! {
+                r = tokio::time::timeout(t, view.outcome.finished()) => r.ok(),
+                () = self.watches.closing() => None,
+            },
             None => Some(view.outcome.finished().await),
         };
         match outcome {

@@ -36,10 +36,7 @@ impl WatchSlot {
     /// Resolves once the daemon closes every watch (it is shutting down); a stream then ends,
     /// saying so, rather than holding the shutdown for its whole grace period.
     pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut closing = self.watches.closing.subscribe();
-        async move {
-            let _ = closing.wait_for(|c| *c).await;
-        }
+        self.watches.closing()
     }
 }
 
@@ -60,7 +57,16 @@ impl Watches {
         })
     }
 
-    /// Ends every watch stream (shutdown): each says the daemon is shutting down.
+    /// Resolves once the daemon closes every watch and long poll (it is shutting down), at once
+    /// if it has.
+    pub(super) fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Ends every watch stream and long poll (shutdown): each says the daemon is shutting down.
     pub(super) fn close_all(&self) {
         self.closing.send_replace(true);
     }

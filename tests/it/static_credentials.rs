@@ -420,6 +420,18 @@ async fn a_key_rotated_in_its_entry_keeps_the_callers_references() {
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
+    // The operator sees the old key still in use (two calls made with it, the new key's call not
+    // counted), and is told once in the log; neither shows the key.
+    let previous_calls = "valet_previous_key_calls_total{caller=\"rotating\"} 2\n";
+    assert!(
+        f.valet.metrics().await.contains(previous_calls),
+        "{}",
+        f.valet.metrics().await
+    );
+    let said = "previous key (previous_key_sha256)";
+    let logs = f.valet.logs_once_they_contain(said).await;
+    assert_eq!(logs.matches(said).count(), 1, "{logs}");
+    assert!(!logs.contains(OLD) && !logs.contains(&previous), "{logs}");
 }
 
 /// An admin key with an `agents` list lists what it may act on, as it uses and revokes: the

@@ -405,3 +405,47 @@ async fn a_watch_open_at_shutdown_ends_saying_so() {
     assert!(st.message().contains("shutting down"), "{st:?}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+/// A `WaitForCompletion` long poll waiting at shutdown answers at once that the flow is still
+/// pending, as its timeout would, instead of holding the drain for the whole grace period.
+#[tokio::test]
+async fn a_long_poll_waiting_at_shutdown_ends_at_once() {
+    let f = Fixture::new().await;
+    f.oidc_provider("idp", "basic-client").await;
+    let p = pending(
+        f.authenticate(AGENT_KEY, Fixture::request("idp", "alice", ""))
+            .await,
+    );
+    let mut client = f.valet.credentials(AGENT_KEY).await;
+    let wait = tokio::spawn(async move {
+        client
+            .wait_for_completion(pb::WaitForCompletionRequest {
+                auth_id: p.auth_id,
+                timeout_seconds: 60,
+                status_only: false,
+            })
+            .await
+    });
+    // The call is waiting before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &f.valet.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let answer = tokio::time::timeout(Duration::from_secs(8), wait)
+        .await
+        .expect("the long poll ends before the grace period (10 s) would")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(
+            answer.result,
+            Some(pb::authenticate_response::Result::Pending(_))
+        ),
+        "{answer:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}

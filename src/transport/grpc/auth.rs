@@ -29,6 +29,9 @@ pub struct CallerKey {
     pub unix_uid: Option<u32>,
     /// The verified client-certificate SAN (URI or DNS) that is this caller.
     pub tls_identity: Option<String>,
+    /// The caller's key being rotated out (`previous_key_sha256`): calls with it are counted,
+    /// so the operator sees when no agent uses it any more.
+    pub previous: bool,
 }
 
 impl CallerKey {
@@ -74,8 +77,10 @@ struct Bucket {
 pub struct CallerAuth {
     keys: Arc<[CallerKey]>,
     buckets: Arc<std::sync::Mutex<std::collections::HashMap<String, Bucket>>>,
-    /// Where refused calls are recorded.
+    /// Where refused calls are recorded (and calls with a previous key counted).
     audit: Option<Arc<crate::audit::Audit>>,
+    /// Callers whose previous key was used since the start (each logged once).
+    previous_used: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl CallerAuth {
@@ -84,6 +89,7 @@ impl CallerAuth {
             keys: keys.into(),
             buckets: Arc::default(),
             audit: None,
+            previous_used: Arc::default(),
         }
     }
 
@@ -180,10 +186,33 @@ impl CallerAuth {
         let mut found = None;
         for k in self.keys.iter() {
             if bool::from(k.key_sha256.ct_eq(&hash)) {
-                found = Some((k.caller(crate::domain::Credential::ApiKey), k.rate_limit));
+                found = Some(k);
             }
         }
-        found
+        let k = found?;
+        if k.previous {
+            self.previous_key_used(&k.name);
+        }
+        Some((k.caller(crate::domain::Credential::ApiKey), k.rate_limit))
+    }
+
+    /// A call with `caller`'s previous key: counted (`valet_previous_key_calls_total`), and
+    /// logged the first time since the start, so the operator knows when the old key can go.
+    fn previous_key_used(&self, caller: &str) {
+        if let Some(a) = &self.audit {
+            a.metrics().previous_key_call(caller);
+        }
+        let mut used = self
+            .previous_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !used.contains(caller) {
+            used.insert(caller.to_owned());
+            tracing::warn!(
+                caller,
+                "a call with this caller's previous key (previous_key_sha256): remove it from the config once valet_previous_key_calls_total stops growing"
+            );
+        }
     }
 }
 
@@ -290,6 +319,7 @@ mod tests {
             max_watches: 3,
             unix_uid: None,
             tls_identity: None,
+            previous: false,
         }]);
         assert_eq!(auth.identify("k1").unwrap().name, "ops");
         assert_eq!(auth.identify("k1").unwrap().max_watches, 3);
