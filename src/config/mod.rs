@@ -850,6 +850,39 @@ allow_private_networks = true
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = load(&toml, &[], dev()).unwrap();
         assert!(c.warnings.is_empty(), "loopback: {:?}", c.warnings);
+        // check-config says where the token comes from, as configured, never the token.
+        let shown = c.render();
+        assert!(
+            shown.contains(&format!("token_file = \"{}\"", file.display())),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("canary") && !shown.contains("token = "),
+            "{shown}"
+        );
+        let by_env = toml.replace(
+            &format!("token_file = \"{}\"", file.display()),
+            "token_env = \"VAULT_TOKEN_FOR_VALET\"",
+        );
+        let c = load(
+            &by_env,
+            &[("VAULT_TOKEN_FOR_VALET", "hvs.env-canary")],
+            dev(),
+        )
+        .unwrap();
+        let shown = c.render();
+        assert!(
+            shown.contains("token_env = \"VAULT_TOKEN_FOR_VALET\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("canary"), "{shown}");
+        let inline = toml.replace(
+            &format!("token_file = \"{}\"", file.display()),
+            "token = \"hvs.inline-canary\"",
+        );
+        let shown = load(&inline, &[], dev()).unwrap().render();
+        assert!(shown.contains("token = \"(redacted)\""), "{shown}");
+        assert!(!shown.contains("canary"), "{shown}");
         let remote = toml.replace("127.0.0.1", "10.0.0.5");
         let c = load(&remote, &[], dev()).unwrap();
         assert!(

@@ -3,7 +3,7 @@
 
 use super::RawVault;
 use crate::secret::SecretString;
-use crate::store::{KvVersion, VaultAuth, VaultConfig};
+use crate::store::{KvVersion, TokenSource, VaultAuth, VaultConfig};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,7 +33,7 @@ fn token_auth(
     } else if let Some(f) = &a.token_file {
         // As strict as every other secret file: not open to others.
         match crate::secret::read_private_file(std::path::Path::new(f), "vault.auth.token_file") {
-            Ok(t) => return Some(VaultAuth::Token(t)),
+            Ok(t) => return Some(VaultAuth::Token(t, TokenSource::File(PathBuf::from(f)))),
             Err(e) => {
                 errors.push(e);
                 return None;
@@ -51,7 +51,11 @@ fn token_auth(
             }
         }
     };
-    Some(VaultAuth::Token(SecretString::from(token)))
+    let from = match &a.token_env {
+        Some(name) => TokenSource::Env(name.clone()),
+        None => TokenSource::Inline,
+    };
+    Some(VaultAuth::Token(SecretString::from(token), from))
 }
 
 fn address(raw: Option<&str>, errors: &mut Vec<String>) -> Option<url::Url> {
@@ -189,9 +193,15 @@ pub(super) fn render(v: &VaultConfig, s: &mut String) {
         let _ = writeln!(s, "ca_cert_file = \"{}\"", ca.display());
     }
     let _ = match &v.auth {
-        VaultAuth::Token(_) => writeln!(
+        // Where the token came from, as configured: a file or variable is named, not shown.
+        VaultAuth::Token(_, from) => writeln!(
             s,
-            "\n[vault.auth]\nmethod = \"token\"\ntoken = \"(redacted)\""
+            "\n[vault.auth]\nmethod = \"token\"\n{}",
+            match from {
+                TokenSource::Inline => "token = \"(redacted)\"".to_owned(),
+                TokenSource::File(f) => format!("token_file = \"{}\"", f.display()),
+                TokenSource::Env(name) => format!("token_env = \"{name}\""),
+            }
         ),
         VaultAuth::AppRole {
             mount,

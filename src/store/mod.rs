@@ -18,7 +18,7 @@ pub use memory::MemoryStore;
 pub use metered::MeteredStore;
 pub(crate) use repo::KeyBatches;
 pub use repo::{GrantRepo, MetaRepo, ProviderRepo, ReferenceRepo};
-pub use vault::{KvVersion, VaultAuth, VaultConfig, VaultStore};
+pub use vault::{KvVersion, TokenSource, VaultAuth, VaultConfig, VaultStore};
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;

@@ -34,10 +34,21 @@ pub enum KvVersion {
     V2,
 }
 
+/// Where a Vault token was configured (`check-config` says which, never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `token`, in the file.
+    Inline,
+    /// `token_file`: read at start.
+    File(PathBuf),
+    /// `token_env`: the variable's name.
+    Env(String),
+}
+
 /// How the daemon logs in to Vault.
 #[derive(Debug, Clone)]
 pub enum VaultAuth {
-    Token(SecretString),
+    Token(SecretString, TokenSource),
     AppRole {
         mount: String,
         role_id: String,
@@ -201,7 +212,7 @@ impl VaultStore {
     /// is not an error here: the daemon starts and reports itself unavailable until it answers.
     pub async fn connect(cfg: VaultConfig) -> Result<Self, StoreError> {
         let initial = match &cfg.auth {
-            VaultAuth::Token(t) => t.clone(),
+            VaultAuth::Token(t, _) => t.clone(),
             _ => SecretString::from(String::new()),
         };
         let mut raw = reqwest::Client::builder()
@@ -236,7 +247,7 @@ impl VaultStore {
                 .map_err(|e| StoreError::Setup(format!("cannot build HTTP client: {e}")))?,
             cfg,
         };
-        let needs_login = !matches!(store.cfg.auth, VaultAuth::Token(_));
+        let needs_login = !matches!(store.cfg.auth, VaultAuth::Token(..));
         if needs_login && let Err(e) = store.relogin(0).await {
             if !e.is_unavailable() {
                 return Err(e);
@@ -284,7 +295,7 @@ impl VaultStore {
         }
         let client = self.client();
         let auth = match &self.cfg.auth {
-            VaultAuth::Token(_) => {
+            VaultAuth::Token(..) => {
                 return Err(unavailable(
                     "Vault rejected the configured token (403); give Valet a valid token",
                 ));
@@ -343,7 +354,7 @@ impl VaultStore {
     {
         let seen = *self.login.lock().await;
         match op(self.client()).await {
-            Err(e) if is_status(&e, 403) && !matches!(self.cfg.auth, VaultAuth::Token(_)) => {
+            Err(e) if is_status(&e, 403) && !matches!(self.cfg.auth, VaultAuth::Token(..)) => {
                 if let Err(login) = self.relogin(seen).await {
                     tracing::warn!("Vault re-login failed: {login}");
                     return Err(e);
@@ -466,7 +477,7 @@ impl VaultStore {
     {
         let seen = *self.login.lock().await;
         match op().await {
-            Err(e) if e.is_denied() && !matches!(self.cfg.auth, VaultAuth::Token(_)) => {
+            Err(e) if e.is_denied() && !matches!(self.cfg.auth, VaultAuth::Token(..)) => {
                 self.relogin(seen).await?;
                 op().await
             }

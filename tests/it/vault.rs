@@ -24,7 +24,10 @@ fn config(address: &str, kv: KvVersion, token: &str) -> VaultConfig {
         namespace: None,
         ca_cert_file: None,
         timeout: Duration::from_secs(5),
-        auth: VaultAuth::Token(SecretString::from(token.to_owned())),
+        auth: VaultAuth::Token(
+            SecretString::from(token.to_owned()),
+            valet::store::TokenSource::Inline,
+        ),
     }
 }
 
