@@ -772,6 +772,17 @@ impl TokenBroker {
         providers: Option<&[ProviderId]>,
         q: &GrantQuery,
     ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
+        self.list_visible(providers, q, |_| true).await
+    }
+
+    /// One page of those grants `visible` keeps: filtered as the page fills, so a caller that
+    /// may see only some grants still gets full pages.
+    pub(crate) async fn list_visible(
+        &self,
+        providers: Option<&[ProviderId]>,
+        q: &GrantQuery,
+        visible: impl Fn(&GrantKey) -> bool,
+    ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
         let now = self.clock.now_unix();
         let status = |g: &Grant| {
             if self.refresher.is_lost(&g.key) {
@@ -781,7 +792,8 @@ impl TokenBroker {
             }
         };
         let keep = |g: &Grant| {
-            q.user.as_ref().is_none_or(|u| &g.key.user == u)
+            visible(&g.key)
+                && q.user.as_ref().is_none_or(|u| &g.key.user == u)
                 && q.agent
                     .as_ref()
                     .is_none_or(|a| g.key.agent.as_ref() == Some(a))

@@ -1236,8 +1236,10 @@ impl Credentials {
             (None, Some(_)) => Some(self.providers.ids()?),
             (None, None) => None,
         };
-        let (mut grants, next) = self.broker.list(providers.as_deref(), &q).await?;
-        grants.retain(|g| policy::may_see(caller, &g.key));
+        let (mut grants, next) = self
+            .broker
+            .list_visible(providers.as_deref(), &q, |k| policy::may_see(caller, k))
+            .await?;
         for g in &mut grants {
             if let Ok(p) = self.providers.get(&g.key.provider) {
                 g.kind = Some(p.kind.kind());

@@ -449,19 +449,21 @@ async fn an_admin_key_bound_to_agents_lists_what_it_may_act_on() {
     })
     .await;
     static_provider(&f, "hdr", pb::ProviderKind::ApiKey, (0, "X-API-Key", "")).await;
-    for (key, agent) in [
-        (AGENT_KEY, ""),
-        (AGENT_KEY, "planner"),
-        (OTHER_AGENT_KEY, "reviewer"),
+    // aaron's grant sorts first and is another agent's.
+    for (key, user, agent) in [
+        (OTHER_AGENT_KEY, "aaron", "reviewer"),
+        (AGENT_KEY, "alice", ""),
+        (AGENT_KEY, "alice", "planner"),
+        (OTHER_AGENT_KEY, "alice", "reviewer"),
     ] {
         f.valet
             .credentials(key)
             .await
-            .put_credential(put("hdr", "alice", agent, KEY_VALUE, ""))
+            .put_credential(put("hdr", user, agent, KEY_VALUE, ""))
             .await
             .unwrap();
     }
-    let listed = |agent: &str| {
+    let listed = |agent: &str, page_size: u32, page_token: String| {
         let (f, agent) = (&f, agent.to_owned());
         async move {
             f.valet
@@ -470,12 +472,14 @@ async fn an_admin_key_bound_to_agents_lists_what_it_may_act_on() {
                 .list_grants(pb::ListGrantsRequest {
                     provider_id: "hdr".into(),
                     agent_id: agent,
+                    page_size,
+                    page_token,
                     ..Default::default()
                 })
                 .await
         }
     };
-    let mut agents: Vec<String> = listed("")
+    let mut agents: Vec<String> = listed("", 0, String::new())
         .await
         .unwrap()
         .into_inner()
@@ -485,8 +489,27 @@ async fn an_admin_key_bound_to_agents_lists_what_it_may_act_on() {
         .collect();
     agents.sort();
     assert_eq!(agents, ["", "planner"]);
+    // Pages are filled with what it may see (the other agent's grants used to leave them short,
+    // the first one empty).
+    let (mut pages, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = listed("", 1, token).await.unwrap().into_inner();
+        pages.push(
+            page.grants
+                .iter()
+                .map(|g| g.agent_id.clone())
+                .collect::<Vec<_>>(),
+        );
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages[0], [""], "{pages:?}");
+    assert_eq!(pages[1], ["planner"], "{pages:?}");
+    assert!(pages[2..].iter().all(Vec::is_empty), "{pages:?}");
     expect_err(
-        listed("reviewer").await,
+        listed("reviewer", 0, String::new()).await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
