@@ -115,6 +115,11 @@ pub struct Profile {
     /// Scopes the provider grants without listing them in a token response's `scope`, counted
     /// as granted when a refresh token comes with the answer (Entra: `offline_access`).
     pub unlisted_scopes: Vec<String>,
+    /// Callback query parameters kept with the grant (Intuit: `realmId`).
+    pub callback_metadata: Vec<String>,
+    /// Error codes that, answering a refresh, mean the refresh token is dead, besides
+    /// `invalid_grant` (X: `invalid_request`).
+    pub invalid_grant_errors: Vec<String>,
 }
 
 /// A profile that failed to load, naming the profile, the offending field and (when it came from
@@ -221,6 +226,10 @@ struct RawProfile {
     scope_aliases: BTreeMap<String, String>,
     #[serde(default)]
     unlisted_scopes: Vec<String>,
+    #[serde(default)]
+    callback_metadata: Vec<String>,
+    #[serde(default)]
+    invalid_grant_errors: Vec<String>,
 }
 
 /// Parses and validates one profile. `name_hint` is the file stem, which the `name` field must
@@ -403,6 +412,45 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         }
     }
 
+    for name in &raw.callback_metadata {
+        if !is_extra_param_name(name) {
+            return Err(fail(
+                "callback_metadata",
+                format!("{name:?} must be 1-64 characters of [A-Za-z0-9_.-]"),
+            ));
+        }
+        // The flow's own parameters, and anything that may be a credential, are never kept.
+        if CALLBACK_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name)) || names_secret(name) {
+            return Err(fail(
+                "callback_metadata",
+                format!(
+                    "{name:?} is part of the flow or a secret; only non-secret values may be kept"
+                ),
+            ));
+        }
+    }
+
+    for code in &raw.invalid_grant_errors {
+        if code.is_empty()
+            || code.len() > 64
+            || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            return Err(fail(
+                "invalid_grant_errors",
+                format!("{code:?} is not an OAuth error code (1-64 of [a-z_])"),
+            ));
+        }
+        // A refused client is the operator's to fix: it must never mark every grant dead.
+        if matches!(code.as_str(), "invalid_client" | "unauthorized_client") {
+            return Err(fail(
+                "invalid_grant_errors",
+                format!(
+                    "{code:?} says the client is refused, not the grant; it cannot mean a dead refresh token"
+                ),
+            ));
+        }
+    }
+
     for (key, value) in &raw.extra_auth_params {
         if !is_extra_param_name(key) {
             return Err(fail(
@@ -448,6 +496,8 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         extra_auth_params: raw.extra_auth_params,
         scope_aliases: raw.scope_aliases,
         unlisted_scopes: raw.unlisted_scopes,
+        callback_metadata: raw.callback_metadata,
+        invalid_grant_errors: raw.invalid_grant_errors,
     })
 }
 
@@ -512,8 +562,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("linear", include_str!("../profiles/linear.toml")),
     ("microsoft", include_str!("../profiles/microsoft.toml")),
     ("notion", include_str!("../profiles/notion.toml")),
+    ("quickbooks", include_str!("../profiles/quickbooks.toml")),
     ("salesforce", include_str!("../profiles/salesforce.toml")),
     ("slack", include_str!("../profiles/slack.toml")),
+    ("x", include_str!("../profiles/x.toml")),
     ("zoom", include_str!("../profiles/zoom.toml")),
 ];
 
@@ -614,6 +666,16 @@ fn is_extra_param_name(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
+
+/// The callback's own parameters (RFC 6749 section 4.1.2, RFC 9207's `iss`).
+const CALLBACK_PARAMS: [&str; 6] = [
+    "state",
+    "code",
+    "error",
+    "error_description",
+    "error_uri",
+    "iss",
+];
 
 fn is_reserved_param(s: &str) -> bool {
     RESERVED_AUTH_PARAMS
@@ -895,6 +957,9 @@ token_url = "https://acme.example/token"
         let microsoft = get("microsoft");
         assert_eq!(microsoft.variables, vec!["tenant".to_owned()]);
 
+        assert_eq!(get("quickbooks").callback_metadata, ["realmId"]);
+        assert_eq!(get("x").invalid_grant_errors, ["invalid_request"]);
+
         let salesforce = get("salesforce");
         assert!(salesforce.metadata.contains(&"instance_url".to_owned()));
         assert!(salesforce.token_lifetime_seconds > 0);
@@ -1007,6 +1072,31 @@ token_url = "https://acme.example/token"
                 "unlisted scope with a space",
                 "unlisted_scopes = [\"offline access\"]\n",
                 "unlisted_scopes",
+            ),
+            (
+                "the flow's own callback parameter kept",
+                "callback_metadata = [\"code\"]\n",
+                "callback_metadata",
+            ),
+            (
+                "a secret-looking callback parameter kept",
+                "callback_metadata = [\"session_token\"]\n",
+                "callback_metadata",
+            ),
+            (
+                "a callback parameter that is not a name",
+                "callback_metadata = [\"realm id\"]\n",
+                "callback_metadata",
+            ),
+            (
+                "a client error as a dead refresh token",
+                "invalid_grant_errors = [\"invalid_client\"]\n",
+                "invalid_grant_errors",
+            ),
+            (
+                "an error code that is not one",
+                "invalid_grant_errors = [\"Invalid Request\"]\n",
+                "invalid_grant_errors",
             ),
             (
                 "issuer on oauth2",

@@ -106,6 +106,14 @@ pub struct TokenDialect {
     /// (Entra: `offline_access`).
     #[serde(default)]
     pub unlisted_scopes: Vec<String>,
+    /// Callback query parameters kept with the grant and given to agents, as `metadata` is
+    /// (Intuit: `realmId`, the company every QuickBooks API URL names).
+    #[serde(default)]
+    pub callback_metadata: Vec<String>,
+    /// Error codes that, answering a refresh, say the refresh token is dead, besides
+    /// `invalid_grant` (X: `invalid_request`).
+    #[serde(default)]
+    pub invalid_grant_errors: Vec<String>,
 }
 
 /// A client registered at a provider's token endpoint.

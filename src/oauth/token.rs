@@ -431,7 +431,16 @@ pub(crate) fn parse(
         ))
     })?;
     if let Some(e) = body_error(&root, dialect) {
-        return Err(e);
+        return Err(match e {
+            // The provider's own word for a dead refresh token (X: `invalid_request`), only
+            // where it answers a refresh.
+            OAuthError::Rejected(code)
+                if refresh && dialect.invalid_grant_errors.contains(&code) =>
+            {
+                OAuthError::InvalidGrant
+            }
+            e => e,
+        });
     }
     if !(200..300).contains(&status) {
         return Err(OAuthError::Protocol(format!(
@@ -586,6 +595,26 @@ mod tests {
             .scopes
             .unwrap();
         assert_eq!(scopes.to_vec(), ["User.Read", "openid"]);
+        // X's answer to a dead refresh token is `invalid_request`: with the x profile's
+        // `invalid_grant_errors`, a dead grant on a refresh, and still a refusal of a code
+        // exchange (or anywhere without the profile).
+        let x = TokenDialect {
+            invalid_grant_errors: vec!["invalid_request".into()],
+            ..TokenDialect::default()
+        };
+        let dead = br#"{"error":"invalid_request","error_description":"Value passed for the token was invalid."}"#;
+        assert!(matches!(
+            parse(400, JSON, dead, &x, true),
+            Err(OAuthError::InvalidGrant)
+        ));
+        assert!(matches!(
+            parse(400, JSON, dead, &x, false),
+            Err(OAuthError::Rejected(c)) if c == "invalid_request"
+        ));
+        assert!(matches!(
+            parse(400, JSON, dead, &TokenDialect::default(), true),
+            Err(OAuthError::Rejected(c)) if c == "invalid_request"
+        ));
         // Notion's shape: `code` and `message`, HTTP 400 (https://developers.notion.com/reference/status-codes).
         let notion = br#"{"object":"error","status":400,"code":"invalid_grant","message":"Invalid code: this code has been revoked."}"#;
         assert!(matches!(

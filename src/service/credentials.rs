@@ -1051,7 +1051,12 @@ impl Credentials {
         flow: &crate::pending::PendingFlow,
         params: &CallbackParams,
     ) -> Result<Consented, FlowFailure> {
-        let (tokens, subject) = self.flows.exchange(provider, flow, params).await?;
+        let (mut tokens, subject) = self.flows.exchange(provider, flow, params).await?;
+        if let Some(client) = provider.kind.oauth_client() {
+            tokens
+                .metadata
+                .extend(params.metadata(&client.dialect.callback_metadata));
+        }
         // Read only from an ID token that was just verified (a subject came with it).
         let email = subject
             .as_ref()

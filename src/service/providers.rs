@@ -461,6 +461,8 @@ impl ProviderRegistry {
             token_lifetime_seconds: p.token_lifetime_seconds,
             scope_aliases: p.scope_aliases.clone(),
             unlisted_scopes: p.unlisted_scopes.clone(),
+            callback_metadata: p.callback_metadata.clone(),
+            invalid_grant_errors: p.invalid_grant_errors.clone(),
         };
         Ok(d)
     }

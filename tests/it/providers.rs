@@ -4,7 +4,7 @@
 //! survives a restart, refreshes where the provider refreshes, and errors are clear.
 
 use crate::support::daemon::AGENT_KEY;
-use crate::support::providers::{CLIENT_SECRET, Family, ProviderDouble, client_id};
+use crate::support::providers::{CLIENT_SECRET, Family, INTUIT_REALM, ProviderDouble, client_id};
 use crate::support::{Fixture, expect_err, pending, token};
 use reqwest::StatusCode;
 use tonic::Code;
@@ -198,6 +198,62 @@ async fn slack_user_tokens_nested_under_authed_user_and_refreshed_flat_keep_scop
     ] {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
+}
+
+/// QuickBooks: the company the user connected (`realmId`) comes only on the callback; the
+/// quickbooks profile keeps it with the grant, so the agent can build its API URLs, through a
+/// restart and refreshes (rotated refresh tokens, each used once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickbooks_realm_id_from_the_callback_reaches_the_agent_and_outlives_refreshes() {
+    let d = ProviderDouble::start(Family::Intuit).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "qbo", "quickbooks", &d, CLIENT_SECRET).await;
+    let realm = |m: &std::collections::HashMap<String, String>| m.get("realmId").cloned();
+    let t = flow(&f, request("qbo", &[])).await;
+    assert_eq!(realm(&t.metadata).as_deref(), Some(INTUIT_REALM));
+    assert_eq!(t.scopes, ["com.intuit.quickbooks.accounting"]);
+    let f = f.restart();
+    let force = pb::AuthenticateRequest {
+        min_ttl_seconds: FORCE_REFRESH - 1,
+        ..request("qbo", &[])
+    };
+    for _ in 0..2 {
+        let r = token(f.authenticate(AGENT_KEY, force.clone()).await);
+        assert_eq!(realm(&r.metadata).as_deref(), Some(INTUIT_REALM));
+        assert!(d.api_accepts(&format!("Bearer {}", r.access_token)).await);
+    }
+    assert_eq!((d.refreshes(), d.refresh_reuse()), (2, 0));
+    let g = &f.grants("alice").await[0];
+    assert_eq!(realm(&g.metadata).as_deref(), Some(INTUIT_REALM));
+}
+
+/// X answers a refresh token it no longer honours with `invalid_request`, not `invalid_grant`:
+/// the x profile reads it as a dead grant (the user consents again) instead of failing every
+/// request at X with the spent token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_rotates_refresh_tokens_and_its_invalid_request_for_a_dead_one_asks_for_consent() {
+    let d = ProviderDouble::start(Family::X).await;
+    let f = Fixture::new().await;
+    provider_for(&f, "x", "x", &d, CLIENT_SECRET).await;
+    let t = flow(&f, request("x", &[])).await;
+    assert_eq!(t.scopes, ["offline.access", "tweet.read", "users.read"]);
+    let force = pb::AuthenticateRequest {
+        min_ttl_seconds: FORCE_REFRESH - 1,
+        ..request("x", &[])
+    };
+    let refreshed = token(f.authenticate(AGENT_KEY, force.clone()).await);
+    assert_ne!(refreshed.access_token, t.access_token);
+    assert!(
+        d.api_accepts(&format!("Bearer {}", refreshed.access_token))
+            .await
+    );
+    d.revoke_refresh_tokens();
+    pending(f.authenticate(AGENT_KEY, force).await);
+    assert_eq!((d.refreshes(), d.refresh_reuse()), (2, 0));
+    assert_eq!(
+        f.grants("alice").await[0].status,
+        pb::GrantStatus::NeedsReauth as i32
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,15 +28,38 @@ pub struct CallbackParams {
     pub code: Option<SecretString>,
     pub error: Option<String>,
     pub iss: Option<String>,
+    /// The other parameters (a few, short ones): a profile's `callback_metadata` keeps some.
+    pub extra: Vec<(String, String)>,
+}
+
+impl CallbackParams {
+    /// The parameters among `names` the callback carried once each, with a printable value:
+    /// metadata for the grant (Intuit's `realmId`).
+    pub fn metadata(&self, names: &[String]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .filter_map(|name| {
+                let mut values = self.extra.iter().filter(|(k, _)| k == name);
+                match (values.next(), values.next()) {
+                    (Some((_, v)), None) if !v.is_empty() && !v.chars().any(char::is_control) => {
+                        Some((name.clone(), v.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for CallbackParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let extra: Vec<&str> = self.extra.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("CallbackParams")
             .field("has_state", &self.state.is_some())
             .field("has_code", &self.code.is_some())
             .field("error", &self.error.is_some())
             .field("iss", &self.iss)
+            .field("extra", &extra)
             .finish()
     }
 }

@@ -13,6 +13,12 @@ use tracing::Instrument as _;
 /// Longest callback query accepted.
 const MAX_QUERY: usize = 8 * 1024;
 
+/// Other parameters kept for a profile's `callback_metadata`: how many, and how long each name
+/// and value may be (longer ones are dropped, not refused: providers add what they like).
+const MAX_EXTRA: usize = 16;
+const MAX_EXTRA_NAME: usize = 64;
+const MAX_EXTRA_VALUE: usize = 256;
+
 pub(crate) fn parse_query(raw: Option<&str>) -> Result<CallbackParams, &'static str> {
     let raw = raw.unwrap_or("");
     if raw.len() > MAX_QUERY {
@@ -25,7 +31,15 @@ pub(crate) fn parse_query(raw: Option<&str>) -> Result<CallbackParams, &'static 
             "code" => p.code.replace(SecretString::from(v.into_owned())).is_some(),
             "error" => p.error.replace(v.into_owned()).is_some(),
             "iss" => p.iss.replace(v.into_owned()).is_some(),
-            _ => false,
+            name => {
+                if p.extra.len() < MAX_EXTRA
+                    && name.len() <= MAX_EXTRA_NAME
+                    && v.len() <= MAX_EXTRA_VALUE
+                {
+                    p.extra.push((name.to_owned(), v.into_owned()));
+                }
+                false
+            }
         };
         if dup {
             return Err("The callback repeats a parameter.");
@@ -213,6 +227,31 @@ mod tests {
         assert!(parse_query(Some("state=a&state=b")).is_err());
         assert!(parse_query(Some(&"a".repeat(MAX_QUERY + 1))).is_err());
         assert!(parse_query(None).unwrap().state.is_none());
+    }
+
+    /// Other parameters are kept for a profile's `callback_metadata` (Intuit's `realmId`): one
+    /// named once, printable; a repeated one, a control character or an oversized one is not
+    /// kept, and none of them fails the callback. Debug shows names only.
+    #[test]
+    fn other_parameters_are_kept_for_callback_metadata() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let p = parse_query(Some(
+            "code=abc&state=s&realmId=9130357&twice=1&twice=2&ctl=a%0Ab&empty=",
+        ))
+        .unwrap();
+        assert_eq!(
+            p.metadata(&names(&["realmId", "twice", "ctl", "empty", "absent"])),
+            [("realmId".to_owned(), "9130357".to_owned())]
+        );
+        let debug = format!("{p:?}");
+        assert!(
+            debug.contains("realmId") && !debug.contains("9130357"),
+            "{debug}"
+        );
+        let long = format!("state=s&big={}", "x".repeat(MAX_EXTRA_VALUE + 1));
+        assert!(parse_query(Some(&long)).unwrap().extra.is_empty());
+        let many: String = (0..40).map(|i| format!("p{i}=v&")).collect();
+        assert_eq!(parse_query(Some(&many)).unwrap().extra.len(), MAX_EXTRA);
     }
 
     #[test]

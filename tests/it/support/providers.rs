@@ -49,9 +49,23 @@ pub(crate) enum Family {
     /// ScopeSet.ts); this double leaves them out of every refresh's `scope`. A new refresh
     /// token with every refresh; `ext_expires_in` beside `expires_in`.
     Entra,
+    /// Intuit (QuickBooks Online):
+    /// https://developer.intuit.com/app/developer/qbo/docs/develop/authentication-and-authorization/oauth-2.0
+    /// — the callback carries `realmId`, the connected company's id (nothing else does); the
+    /// token response has `x_refresh_token_expires_in`; a refresh may answer a new refresh token
+    /// (this double always does); `invalid_grant` for a dead one.
+    Intuit,
+    /// X API v2, OAuth 2.0 user context:
+    /// https://docs.x.com/fundamentals/authentication/oauth-2-0/user-access-token — Basic client
+    /// authentication, `expires_in` 7200, refresh tokens with `offline.access`, rotated on every
+    /// refresh. A refresh token it no longer honours is answered HTTP 400 `invalid_request`
+    /// "Value passed for the token was invalid." (undocumented; what clients report).
+    X,
 }
 
 const CLIENT_ID: &str = "double-client";
+/// The QuickBooks company the Intuit double's user connects.
+pub(crate) const INTUIT_REALM: &str = "9130357208474";
 pub(crate) const CLIENT_SECRET: &str = "double-client-secret-canary";
 
 #[derive(Debug, Default)]
@@ -206,6 +220,11 @@ async fn authorize(State(d): State<ProviderDouble>, RawQuery(q): RawQuery) -> Re
         .query_pairs_mut()
         .append_pair("code", &code)
         .append_pair("state", &q["state"]);
+    if d.family == Family::Intuit {
+        target
+            .query_pairs_mut()
+            .append_pair("realmId", INTUIT_REALM);
+    }
     Redirect::to(target.as_str()).into_response()
 }
 
@@ -258,7 +277,15 @@ fn error(d: &ProviderDouble, code: &str) -> Response {
             ),
         )
             .into_response(),
-        Family::Salesforce | Family::Rfc8693 | Family::Entra => (
+        // X says which value was refused in `error_description`.
+        Family::X => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({
+                "error": code, "error_description": "Value passed for the token was invalid."
+            })),
+        )
+            .into_response(),
+        Family::Salesforce | Family::Rfc8693 | Family::Entra | Family::Intuit => (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({ "error": code })),
         )
@@ -282,6 +309,7 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
                 let code = match d.family {
                     Family::GitHubOAuthApp | Family::GitHubApp => "bad_verification_code",
                     Family::Slack => "invalid_code",
+                    Family::X => "invalid_request",
                     _ => "invalid_grant",
                 };
                 return error(&d, code);
@@ -298,12 +326,16 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
                 let code = match d.family {
                     Family::GitHubApp => "bad_refresh_token",
                     Family::Slack => "invalid_refresh_token",
+                    Family::X => "invalid_request",
                     _ => "invalid_grant",
                 };
                 return error(&d, code);
             };
             // GitHub Apps and Slack rotate; Salesforce keeps the refresh token.
-            let rotate = matches!(d.family, Family::GitHubApp | Family::Slack | Family::Entra);
+            let rotate = matches!(
+                d.family,
+                Family::GitHubApp | Family::Slack | Family::Entra | Family::Intuit | Family::X
+            );
             if rotate {
                 inner.refresh.remove(&rt);
                 inner.spent.insert(rt);
@@ -435,6 +467,14 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], issued: Issue
         Family::Rfc8693 => json!({
             "access_token": access, "token_type": "Bearer", "expires_in": 3600,
             "refresh_token": refresh, "scope": scopes.join(" ")
+        }),
+        Family::Intuit => json!({
+            "token_type": "bearer", "expires_in": 3600, "refresh_token": refresh,
+            "x_refresh_token_expires_in": 8_726_400, "access_token": access
+        }),
+        Family::X => json!({
+            "token_type": "bearer", "expires_in": 7200, "access_token": access,
+            "scope": scopes.join(" "), "refresh_token": refresh
         }),
         Family::Notion => json!({
             "access_token": access, "token_type": "bearer", "bot_id": "b-0001",
