@@ -271,7 +271,8 @@ pub(super) fn revocation(
 
 /// RFC 7009 section 2.2: 200 means revoked (or already invalid); anything else is an error.
 pub(super) fn parse_revocation(status: u16, body: &[u8]) -> Result<(), OAuthError> {
-    if status == 200 {
+    // RFC 7009 says 200; some answer 204 No Content (Reddit), which says the same.
+    if (200..300).contains(&status) {
         return Ok(());
     }
     let code = body_object("application/json", body)
@@ -595,6 +596,17 @@ mod tests {
             .scopes
             .unwrap();
         assert_eq!(scopes.to_vec(), ["User.Read", "openid"]);
+        // A revocation is done on any 2xx (204 included), refused with the error it names.
+        assert!(parse_revocation(200, b"").is_ok());
+        assert!(parse_revocation(204, b"").is_ok());
+        assert!(matches!(
+            parse_revocation(400, br#"{"error":"unsupported_token_type"}"#),
+            Err(OAuthError::Rejected(c)) if c == "unsupported_token_type"
+        ));
+        assert!(matches!(
+            parse_revocation(404, b"not here"),
+            Err(OAuthError::Rejected(c)) if c == "HTTP 404"
+        ));
         // X's answer to a dead refresh token is `invalid_request`: with the x profile's
         // `invalid_grant_errors`, a dead grant on a refresh, and still a refusal of a code
         // exchange (or anywhere without the profile).
