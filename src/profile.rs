@@ -120,6 +120,11 @@ pub struct Profile {
     /// Error codes that, answering a refresh, mean the refresh token is dead, besides
     /// `invalid_grant` (X: `invalid_request`).
     pub invalid_grant_errors: Vec<String>,
+    /// Parameters added to the authorization-code exchange (Shopify: `expiring = "1"`).
+    pub extra_exchange_params: BTreeMap<String, String>,
+    /// The header access tokens go in, as they are, instead of `Authorization: Bearer`
+    /// (Shopify: `X-Shopify-Access-Token`).
+    pub token_header: Option<String>,
 }
 
 /// A profile that failed to load, naming the profile, the offending field and (when it came from
@@ -181,6 +186,20 @@ const RESERVED_AUTH_PARAMS: &[&str] = &[
     "code_challenge_method",
 ];
 
+/// What an authorization-code exchange (and its client authentication) sends itself.
+const RESERVED_EXCHANGE_PARAMS: &[&str] = &[
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "resource",
+    "scope",
+];
+
 /// Stand-in for every variable while validating URL templates: a valid variable value that
 /// cannot change the shape of the URL.
 const DUMMY_VARIABLE_VALUE: &str = "example";
@@ -230,6 +249,9 @@ struct RawProfile {
     callback_metadata: Vec<String>,
     #[serde(default)]
     invalid_grant_errors: Vec<String>,
+    #[serde(default)]
+    extra_exchange_params: BTreeMap<String, String>,
+    token_header: Option<String>,
 }
 
 /// Parses and validates one profile. `name_hint` is the file stem, which the `name` field must
@@ -472,6 +494,49 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         }
     }
 
+    for (key, value) in &raw.extra_exchange_params {
+        if !is_extra_param_name(key) {
+            return Err(fail(
+                "extra_exchange_params",
+                format!("{key:?} must be 1-64 characters of [A-Za-z0-9_.-]"),
+            ));
+        }
+        if RESERVED_EXCHANGE_PARAMS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(key))
+        {
+            return Err(fail(
+                "extra_exchange_params",
+                format!("{key:?} is set by the exchange itself and cannot be overridden"),
+            ));
+        }
+        if value.chars().any(char::is_control) || value.len() > 256 {
+            return Err(fail(
+                "extra_exchange_params",
+                format!(
+                    "the value of {key:?} must be at most 256 characters, none a control character"
+                ),
+            ));
+        }
+    }
+
+    if let Some(header) = &raw.token_header {
+        let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if header.is_empty() || header.len() > 64 || !header.bytes().all(token_char) {
+            return Err(fail(
+                "token_header",
+                format!("{header:?} is not an HTTP header name"),
+            ));
+        }
+        if header.eq_ignore_ascii_case("authorization") {
+            return Err(fail(
+                "token_header",
+                "Authorization is where tokens go without it (as Bearer); leave token_header out"
+                    .into(),
+            ));
+        }
+    }
+
     Ok(Profile {
         name,
         title,
@@ -498,6 +563,8 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         unlisted_scopes: raw.unlisted_scopes,
         callback_metadata: raw.callback_metadata,
         invalid_grant_errors: raw.invalid_grant_errors,
+        extra_exchange_params: raw.extra_exchange_params,
+        token_header: raw.token_header,
     })
 }
 
@@ -564,6 +631,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("notion", include_str!("../profiles/notion.toml")),
     ("quickbooks", include_str!("../profiles/quickbooks.toml")),
     ("salesforce", include_str!("../profiles/salesforce.toml")),
+    ("shopify", include_str!("../profiles/shopify.toml")),
     ("slack", include_str!("../profiles/slack.toml")),
     ("x", include_str!("../profiles/x.toml")),
     ("zoom", include_str!("../profiles/zoom.toml")),
@@ -959,6 +1027,18 @@ token_url = "https://acme.example/token"
 
         assert_eq!(get("quickbooks").callback_metadata, ["realmId"]);
         assert_eq!(get("x").invalid_grant_errors, ["invalid_request"]);
+        let shopify = get("shopify");
+        assert_eq!(
+            shopify.token_header.as_deref(),
+            Some("X-Shopify-Access-Token")
+        );
+        assert_eq!(
+            shopify
+                .extra_exchange_params
+                .get("expiring")
+                .map(String::as_str),
+            Some("1")
+        );
 
         let salesforce = get("salesforce");
         assert!(salesforce.metadata.contains(&"instance_url".to_owned()));
@@ -1087,6 +1167,21 @@ token_url = "https://acme.example/token"
                 "a callback parameter that is not a name",
                 "callback_metadata = [\"realm id\"]\n",
                 "callback_metadata",
+            ),
+            (
+                "an exchange parameter the exchange sets",
+                "[extra_exchange_params]\ncode_verifier = \"x\"\n",
+                "extra_exchange_params",
+            ),
+            (
+                "a token header that is not a header name",
+                "token_header = \"X Token\"\n",
+                "token_header",
+            ),
+            (
+                "Authorization as the token header",
+                "token_header = \"authorization\"\n",
+                "token_header",
             ),
             (
                 "a client error as a dead refresh token",

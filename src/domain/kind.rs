@@ -114,6 +114,14 @@ pub struct TokenDialect {
     /// `invalid_grant` (X: `invalid_request`).
     #[serde(default)]
     pub invalid_grant_errors: Vec<String>,
+    /// Parameters added to the authorization-code exchange (Shopify: `expiring=1`, for an
+    /// expiring offline token that comes with a refresh token).
+    #[serde(default)]
+    pub exchange_params: std::collections::BTreeMap<String, String>,
+    /// The header an access token goes in, as it is, instead of `Authorization: Bearer`
+    /// (Shopify: `X-Shopify-Access-Token`).
+    #[serde(default)]
+    pub token_header: Option<String>,
 }
 
 /// A client registered at a provider's token endpoint.

@@ -248,7 +248,16 @@ pub(super) fn request(
     grant: &TokenGrant<'_>,
     assertion: Option<&SecretString>,
 ) -> Result<oauth2::HttpRequest, OAuthError> {
-    let p = params(client, grant, assertion);
+    let mut p: Vec<(&str, Zeroizing<String>)> = params(client, grant, assertion);
+    if matches!(grant, TokenGrant::AuthorizationCode { .. }) {
+        p.extend(
+            client
+                .dialect
+                .exchange_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), Zeroizing::new(v.clone()))),
+        );
+    }
     post(client, client.token_url.as_str(), &p)
 }
 
@@ -285,7 +294,7 @@ pub(super) fn parse_revocation(status: u16, body: &[u8]) -> Result<(), OAuthErro
 fn post(
     client: &OAuthClient,
     url: &str,
-    params: &[(&'static str, Zeroizing<String>)],
+    params: &[(&str, Zeroizing<String>)],
 ) -> Result<oauth2::HttpRequest, OAuthError> {
     let (content_type, body) = match client.dialect.request {
         TokenRequestFormat::Form => {
@@ -849,6 +858,20 @@ mod tests {
         assert_eq!(form["scope"], "a b");
         assert_eq!(form["audience"], "api://x");
         assert_eq!(form["resource"], "https://api.example/v1");
+        // A profile's exchange parameters go with the code exchange only (Shopify's
+        // `expiring=1`), not with refreshes.
+        client.dialect.exchange_params = [("expiring".to_owned(), "1".to_owned())].into();
+        let (code, verifier) = (SecretString::from("c"), SecretString::from("v"));
+        let exchange = TokenGrant::AuthorizationCode {
+            code: &code,
+            pkce_verifier: &verifier,
+            redirect_uri: "https://valet.example/cb",
+        };
+        let form = form_of(&request(&client, &exchange, None).unwrap());
+        assert_eq!(form.get("expiring").map(String::as_str), Some("1"));
+        assert_eq!(form["grant_type"], "authorization_code");
+        let form = form_of(&request(&client, &TokenGrant::RefreshToken(&rt), None).unwrap());
+        assert!(!form.contains_key("expiring"), "{form:?}");
     }
 
     fn form_of(req: &oauth2::HttpRequest) -> std::collections::HashMap<String, String> {

@@ -33,6 +33,8 @@ pub struct AccessToken {
     /// Asked for, not granted.
     pub missing_scopes: Scopes,
     pub metadata: Arc<BTreeMap<String, String>>,
+    /// The header the token goes in as it is; `None`: `Authorization: Bearer`.
+    pub header: Option<String>,
 }
 
 impl AccessToken {
@@ -49,6 +51,7 @@ impl AccessToken {
                 requested.difference(&t.scopes)
             },
             metadata: t.metadata.clone(),
+            header: None,
         }
     }
 }

@@ -715,7 +715,10 @@ impl Credentials {
     ) -> Result<Outcome, Error> {
         self.broker.touch(key);
         match handout {
-            Handout::Token => Ok(Outcome::Token(token)),
+            Handout::Token => Ok(Outcome::Token(AccessToken {
+                header: kind::token_header(&provider.kind).map(str::to_owned),
+                ..token
+            })),
             Handout::Reference { single_use } => {
                 // Boxed, as a store write: a token handout's future does not carry it.
                 let (reference, expires_at) = Box::pin(self.references.issue(

@@ -463,6 +463,8 @@ impl ProviderRegistry {
             unlisted_scopes: p.unlisted_scopes.clone(),
             callback_metadata: p.callback_metadata.clone(),
             invalid_grant_errors: p.invalid_grant_errors.clone(),
+            exchange_params: p.extra_exchange_params.clone(),
+            token_header: p.token_header.clone(),
         };
         Ok(d)
     }

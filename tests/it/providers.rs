@@ -256,6 +256,49 @@ async fn x_rotates_refresh_tokens_and_its_invalid_request_for_a_dead_one_asks_fo
     );
 }
 
+/// Shopify: the shopify profile asks for an expiring offline token (`expiring=1`), so a refresh
+/// token comes and is used; the Admin API takes the token as it is in `X-Shopify-Access-Token`,
+/// which the token handout and the resolved credential both say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shopify_expiring_offline_tokens_refresh_and_go_in_their_own_header() {
+    const HEADER: &str = "X-Shopify-Access-Token";
+    let d = ProviderDouble::start(Family::Shopify).await;
+    let f = Fixture::new().await;
+    f.create(pb::Provider {
+        provider_id: "shop".into(),
+        profile: "shopify".into(),
+        profile_vars: [("shop".to_owned(), "acme".to_owned())].into(),
+        client_id: client_id().into(),
+        client_secret: CLIENT_SECRET.into(),
+        auth_url: d.auth_url(),
+        token_url: d.token_url(),
+        ..Default::default()
+    })
+    .await;
+    let t = flow(&f, request("shop", &["read_products", "write_orders"])).await;
+    assert_eq!(t.header, HEADER);
+    assert!(t.expires_at > 0, "an expiring token: expiring=1 was sent");
+    assert_eq!(t.scopes, ["read_products", "write_orders"]);
+    assert!(d.api_accepts_header(HEADER, &t.access_token).await);
+    assert!(!d.api_accepts(&format!("Bearer {}", t.access_token)).await);
+    let c = f
+        .resolved_credential(AGENT_KEY, request("shop", &["read_products"]))
+        .await;
+    assert_eq!((c.location.as_str(), c.name.as_str()), ("header", HEADER));
+    assert!(d.api_accepts_header(HEADER, &c.value).await);
+    let force = pb::AuthenticateRequest {
+        min_ttl_seconds: FORCE_REFRESH - 1,
+        ..request("shop", &["read_products"])
+    };
+    for _ in 0..2 {
+        let r = token(f.authenticate(AGENT_KEY, force.clone()).await);
+        assert_eq!(r.header, HEADER);
+        assert!(d.api_accepts_header(HEADER, &r.access_token).await);
+    }
+    assert_eq!((d.refreshes(), d.refresh_reuse()), (2, 0));
+    assert!(f.grants("alice").await[0].has_refresh_token);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn salesforce_instance_url_reaches_the_agent_and_refresh_keeps_the_refresh_token() {
     let d = ProviderDouble::start(Family::Salesforce).await;

@@ -203,6 +203,23 @@ def test_applied_credentials_map_to_adk_credentials() -> None:
     assert query.api_key == "k-2"
 
 
+def test_a_token_goes_in_the_header_its_provider_takes() -> None:
+    """A token handout names the header when the provider takes the token as it is in its own
+    (Shopify); otherwise it is a bearer token. A result without a token says why."""
+    bearer = valet.AuthResult(status="completed", token="t-1")
+    assert bearer.authorization() == ("Authorization", "Bearer t-1")
+    shopify = valet.AuthResult(status="completed", token="t-2", header="X-Shopify-Access-Token")
+    assert shopify.authorization() == ("X-Shopify-Access-Token", "t-2")
+    name, value = shopify.authorization()
+    credential = adk.as_auth_credential(valet.AppliedCredential("header", name, value))
+    assert credential.http is not None and credential.http.additional_headers == {
+        "X-Shopify-Access-Token": "t-2"
+    }
+    assert "t-2" not in repr(shopify)
+    with pytest.raises(ValueError, match="no token"):
+        valet.AuthResult(status="completed", reference="vref_x").authorization()
+
+
 async def test_a_static_key_goes_where_its_provider_says_and_only_to_its_hosts(
     stack: Stack, user: str
 ) -> None:

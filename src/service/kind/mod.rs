@@ -234,9 +234,17 @@ pub(crate) fn acquisition(kind: &KindConfig) -> Acquisition<'_> {
     }
 }
 
-/// A credential as it goes on the request: OAuth access tokens are always bearer tokens
-/// (RFC 6750), whatever `token_type` a provider spells; static ones go where configured.
+/// A credential as it goes on the request: OAuth access tokens are bearer tokens (RFC 6750),
+/// whatever `token_type` a provider spells, unless its profile names the header they go in as
+/// they are (Shopify's `X-Shopify-Access-Token`); static ones go where configured.
 pub(crate) fn apply(kind: &KindConfig, token: &SecretString) -> crate::domain::Applied {
+    if let Some(header) = token_header(kind) {
+        return crate::domain::Applied {
+            location: crate::domain::Location::Header,
+            name: header.to_owned(),
+            value: token.clone(),
+        };
+    }
     match kind {
         KindConfig::Static(c) => static_credential::apply(c, token),
         KindConfig::OAuth2(_)
@@ -252,6 +260,11 @@ pub(crate) fn apply(kind: &KindConfig, token: &SecretString) -> crate::domain::A
             )),
         },
     }
+}
+
+/// The header a provider's access tokens go in as they are, where it is not `Authorization`.
+pub(crate) fn token_header(kind: &KindConfig) -> Option<&str> {
+    kind.oauth_client()?.dialect.token_header.as_deref()
 }
 
 /// The consent flow a kind runs to obtain a user's credential, if it has one.

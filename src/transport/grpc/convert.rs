@@ -74,6 +74,7 @@ pub(super) fn token(t: AccessToken) -> pb::Token {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        header: t.header.unwrap_or_default(),
     }
 }
 

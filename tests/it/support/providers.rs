@@ -61,6 +61,14 @@ pub(crate) enum Family {
     /// refresh. A refresh token it no longer honours is answered HTTP 400 `invalid_request`
     /// "Value passed for the token was invalid." (undocumented; what clients report).
     X,
+    /// Shopify Admin API offline access tokens:
+    /// https://shopify.dev/docs/apps/build/authentication-authorization/access-tokens/authorization-code-grant
+    /// — comma scopes, the client credentials in the body; without `expiring=1` a token that
+    /// never expires and no refresh token, with it `expires_in` 3600, a `refresh_token` replaced
+    /// at every refresh and `refresh_token_expires_in`
+    /// (https://shopify.dev/changelog/offline-access-tokens-now-support-expiry-and-refresh). The
+    /// API takes the token in `X-Shopify-Access-Token`, not `Authorization`.
+    Shopify,
 }
 
 const CLIENT_ID: &str = "double-client";
@@ -158,9 +166,15 @@ impl ProviderDouble {
 
     /// Whether `/api/me` accepts `header` as the Authorization header.
     pub(crate) async fn api_accepts(&self, authorization: &str) -> bool {
+        self.api_accepts_header("authorization", authorization)
+            .await
+    }
+
+    /// Whether `/api/me` accepts `value` in the header `name`.
+    pub(crate) async fn api_accepts_header(&self, name: &str, value: &str) -> bool {
         reqwest::Client::new()
             .get(format!("{}/api/me", self.base))
-            .header("authorization", authorization)
+            .header(name, value)
             .send()
             .await
             .unwrap()
@@ -199,7 +213,11 @@ async fn authorize(State(d): State<ProviderDouble>, RawQuery(q): RawQuery) -> Re
     if q.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
         return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
     }
-    let sep = if d.family == Family::Slack { ',' } else { ' ' };
+    let sep = if matches!(d.family, Family::Slack | Family::Shopify) {
+        ','
+    } else {
+        ' '
+    };
     let asked: Vec<String> = q
         .get(d.scope_param())
         .map(|s| {
@@ -285,11 +303,13 @@ fn error(d: &ProviderDouble, code: &str) -> Response {
             })),
         )
             .into_response(),
-        Family::Salesforce | Family::Rfc8693 | Family::Entra | Family::Intuit => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({ "error": code })),
-        )
-            .into_response(),
+        Family::Salesforce | Family::Rfc8693 | Family::Entra | Family::Intuit | Family::Shopify => {
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": code })),
+            )
+                .into_response()
+        }
     }
 }
 
@@ -314,6 +334,9 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
                 };
                 return error(&d, code);
             };
+            if d.family == Family::Shopify && p.get("expiring").map(String::as_str) != Some("1") {
+                return shopify_non_expiring(&mut inner, &scopes);
+            }
             issue(&d, &mut inner, &scopes, Issued::Code)
         }
         Some("refresh_token") => {
@@ -334,7 +357,12 @@ async fn token(State(d): State<ProviderDouble>, headers: HeaderMap, body: Bytes)
             // GitHub Apps and Slack rotate; Salesforce keeps the refresh token.
             let rotate = matches!(
                 d.family,
-                Family::GitHubApp | Family::Slack | Family::Entra | Family::Intuit | Family::X
+                Family::GitHubApp
+                    | Family::Slack
+                    | Family::Entra
+                    | Family::Intuit
+                    | Family::X
+                    | Family::Shopify
             );
             if rotate {
                 inner.refresh.remove(&rt);
@@ -476,6 +504,10 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], issued: Issue
             "token_type": "bearer", "expires_in": 7200, "access_token": access,
             "scope": scopes.join(" "), "refresh_token": refresh
         }),
+        Family::Shopify => json!({
+            "access_token": access, "scope": scopes.join(","), "expires_in": 3600,
+            "refresh_token": refresh, "refresh_token_expires_in": 7_776_000
+        }),
         Family::Notion => json!({
             "access_token": access, "token_type": "bearer", "bot_id": "b-0001",
             "workspace_name": "Acme", "workspace_icon": null, "workspace_id": "w-0001",
@@ -483,6 +515,15 @@ fn issue(d: &ProviderDouble, inner: &mut Inner, scopes: &[String], issued: Issue
         }),
     };
     axum::Json(body).into_response()
+}
+
+/// Shopify's answer to a code exchange without `expiring=1`: a token that never expires, no
+/// refresh token.
+fn shopify_non_expiring(inner: &mut Inner, scopes: &[String]) -> Response {
+    inner.issued += 1;
+    let access = format!("shpat-{}-canary", inner.issued);
+    inner.access.insert(access.clone());
+    axum::Json(json!({ "access_token": access, "scope": scopes.join(",") })).into_response()
 }
 
 /// The revocation endpoint. Salesforce's
@@ -513,12 +554,19 @@ async fn revoke(State(d): State<ProviderDouble>, body: Bytes) -> Response {
         .into_response()
 }
 
-/// A resource: 200 for a live access token as a bearer token.
+/// A resource: 200 for a live access token as a bearer token (Shopify: as it is, in
+/// `X-Shopify-Access-Token`).
 async fn me(State(d): State<ProviderDouble>, headers: HeaderMap) -> StatusCode {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = if d.family == Family::Shopify {
+        headers
+            .get("x-shopify-access-token")
+            .and_then(|v| v.to_str().ok())
+    } else {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    };
     match token {
         Some(t) if d.inner.lock().unwrap().access.contains(t) => StatusCode::OK,
         _ => StatusCode::UNAUTHORIZED,

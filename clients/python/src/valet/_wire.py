@@ -107,6 +107,7 @@ def auth_result(resp: pb.AuthenticateResponse) -> AuthResult:
             status="completed",
             token=t.access_token,
             token_type=t.token_type,
+            header=t.header or None,
             expires_at=_expiry(t.expires_at),
             scopes=tuple(t.scopes),
             missing_scopes=tuple(t.missing_scopes),

@@ -223,6 +223,10 @@ class ValetAuthProvider(BaseAuthProvider):
             once = await ask("reference", True)
             if once.reference:
                 return await applied(once.reference)
+        if result.header:
+            # The provider's own header (Shopify), the token as it is.
+            name, value = result.authorization()
+            return as_auth_credential(AppliedCredential("header", name, value))
         return _bearer(result.token or "")
 
 

@@ -45,6 +45,10 @@ class AuthResult(_Redacting):
 
     `expires_at` is Unix seconds: the token's or reference's expiry (None when the provider gave
     the token no lifetime), or for a pending flow when it fails closed.
+
+    A token goes on requests as `Authorization: Bearer <token>`, unless `header` names the
+    header the provider takes it in as it is (Shopify: `X-Shopify-Access-Token`);
+    `authorization()` gives the pair either way.
     """
 
     _SECRETS: ClassVar[frozenset[str]] = frozenset({"token", "reference"})
@@ -52,6 +56,7 @@ class AuthResult(_Redacting):
     status: Status
     token: str | None = None
     token_type: str | None = None
+    header: str | None = None
     reference: str | None = None
     expires_at: int | None = None
     scopes: tuple[str, ...] = ()
@@ -67,13 +72,27 @@ class AuthResult(_Redacting):
         """True while the user has not consented (LangSmith Agent Auth's name for `pending`)."""
         return self.status == "pending"
 
+    def authorization(self) -> tuple[str, str]:
+        """The token as a request header `(name, value)`: `("Authorization", "Bearer …")`, or the
+        provider's own header with the token as it is. Raises ValueError without a token."""
+        if not self.token:
+            raise ValueError(
+                "this result holds no token (a reference, or a flow still pending): resolve the "
+                "reference, or wait for the flow"
+            )
+        if self.header:
+            return (self.header, self.token)
+        return ("Authorization", f"Bearer {self.token}")
+
 
 @dataclass(frozen=True, repr=False)
 class AppliedCredential(_Redacting):
     """A credential ready for an HTTP request: where it goes, under which name, with what value.
 
-    For OAuth grants this is always `Authorization: Bearer <token>`, whatever `token_type` the
-    provider spelled; static credentials go where their provider says (header, query, cookie).
+    For OAuth grants this is `Authorization: Bearer <token>`, whatever `token_type` the provider
+    spelled, unless the provider takes its token in a header of its own (Shopify:
+    `X-Shopify-Access-Token`); static credentials go where their provider says (header, query,
+    cookie).
     """
 
     _SECRETS: ClassVar[frozenset[str]] = frozenset({"value"})
