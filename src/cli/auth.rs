@@ -97,6 +97,12 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
             Some(Answer::Token(t)) => {
                 println!("access_token: {}", t.access_token);
                 println!("token_type:   {}", t.token_type);
+                if !t.header.is_empty() {
+                    println!(
+                        "header:       {}  (the token as it is, not Authorization: Bearer)",
+                        t.header
+                    );
+                }
                 println!("expires_at:   {}", when(t.expires_at));
                 print_token_details(&t, min_ttl);
                 return Ok(());

@@ -286,6 +286,19 @@ async fn shopify_expiring_offline_tokens_refresh_and_go_in_their_own_header() {
         .await;
     assert_eq!((c.location.as_str(), c.name.as_str()), ("header", HEADER));
     assert!(d.api_accepts_header(HEADER, &c.value).await);
+    // The CLI says so too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .env("VALET_SERVER", &f.valet.grpc_url)
+        .env("VALET_KEY", AGENT_KEY)
+        .args(["auth", "--provider", "shop", "--user", "alice"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("header:       {HEADER}  (the token as it is")),
+        "{shown}"
+    );
     let force = pb::AuthenticateRequest {
         min_ttl_seconds: FORCE_REFRESH - 1,
         ..request("shop", &["read_products"])
