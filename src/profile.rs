@@ -572,6 +572,31 @@ impl Profile {
     /// The profile with `{var}` replaced from `vars`; errors name the missing or unknown variable.
     /// Every declared variable must be given and nothing else; values are 1-128 characters of
     /// `[A-Za-z0-9._-]` (not `.` or `..`), so a value can fill a path segment but never add one.
+    /// The host text a URL template adds right after `{name}` (`.myshopify.com` in
+    /// `https://{shop}.myshopify.com/admin`), when the variable fills part of a host name: a
+    /// value that already ends with it would name another host.
+    fn added_after(&self, name: &str) -> Option<String> {
+        let placeholder = format!("{{{name}}}");
+        [
+            &self.auth_url,
+            &self.token_url,
+            &self.issuer,
+            &self.revocation_url,
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|template| {
+            let at = template.find(&placeholder)?;
+            let before = &template[..at];
+            let in_host = before
+                .find("://")
+                .is_some_and(|scheme| !before[scheme + 3..].contains('/'));
+            let after = &template[at + placeholder.len()..];
+            let host_rest = &after[..after.find(['/', ':', '{']).unwrap_or(after.len())];
+            (in_host && host_rest.starts_with('.')).then(|| host_rest.to_owned())
+        })
+    }
+
     pub fn instantiate(&self, vars: &BTreeMap<String, String>) -> Result<Profile, ProfileError> {
         let fail = |reason: String| ProfileError::new(&self.name, "variables", reason);
         if let Some(unknown) = vars.keys().find(|k| !self.variables.contains(k)) {
@@ -589,6 +614,15 @@ impl Profile {
                 .get(name)
                 .ok_or_else(|| fail(format!("missing variable {name:?}")))?;
             check_variable_value(value).map_err(|r| fail(format!("{name:?}: {r}")))?;
+            if let Some(added) = self
+                .added_after(name)
+                .filter(|a| value.ends_with(a.as_str()))
+            {
+                let bare = &value[..value.len() - added.len()];
+                return Err(fail(format!(
+                    "{name:?}: {value:?} ends with {added:?}, which the profile adds after it: give {bare:?}"
+                )));
+            }
         }
 
         let mut out = self.clone();
@@ -1298,6 +1332,35 @@ variables = ["tenant"]
         let github = c.get("github").expect("github");
         assert_eq!(github.instantiate(&BTreeMap::new()).as_ref(), Ok(github));
         assert!(github.instantiate(&vars(&[("tenant", "x")])).is_err());
+    }
+
+    /// A variable filling part of a host name (`{shop}.myshopify.com`) given with the part the
+    /// profile adds (the store's whole domain) would name another host: refused, saying what to
+    /// give. A path variable is not held to it.
+    #[test]
+    fn a_host_variable_given_with_the_host_the_profile_adds_is_refused() {
+        let c = Catalogue::builtin().expect("builtin profiles validate");
+        let shopify = c.get("shopify").expect("shopify");
+        let p = shopify
+            .instantiate(&vars(&[("shop", "acme")]))
+            .expect("the store's subdomain");
+        assert_eq!(
+            p.token_url.as_deref(),
+            Some("https://acme.myshopify.com/admin/oauth/access_token")
+        );
+        let err = shopify
+            .instantiate(&vars(&[("shop", "acme.myshopify.com")]))
+            .expect_err("the whole domain");
+        assert_eq!(err.field, "variables");
+        assert!(
+            err.reason.contains("\".myshopify.com\"") && err.reason.contains("give \"acme\""),
+            "{err}"
+        );
+        let ms = c.get("microsoft").expect("microsoft");
+        assert!(
+            ms.instantiate(&vars(&[("tenant", "contoso.onmicrosoft.com")]))
+                .is_ok()
+        );
     }
 
     #[test]
