@@ -441,6 +441,15 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
                 format!("{name:?} must be 1-64 characters of [A-Za-z0-9_.-]"),
             ));
         }
+        // A value from the browser must not stand in for one the token endpoint gives.
+        if raw.metadata.contains(name) {
+            return Err(fail(
+                "callback_metadata",
+                format!(
+                    "{name:?} is in metadata too: a token response's field is not taken from the callback"
+                ),
+            ));
+        }
         // The flow's own parameters, and anything that may be a credential, are never kept.
         if CALLBACK_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name)) || names_secret(name) {
             return Err(fail(
@@ -452,18 +461,32 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
         }
     }
 
-    for code in &raw.invalid_grant_errors {
+    for entry in &raw.invalid_grant_errors {
+        // `code`, or `code: text` that the error_description must hold too.
+        let (code, text) = entry.split_once(": ").unwrap_or((entry, ""));
         if code.is_empty()
             || code.len() > 64
             || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
         {
             return Err(fail(
                 "invalid_grant_errors",
-                format!("{code:?} is not an OAuth error code (1-64 of [a-z_])"),
+                format!(
+                    "{entry:?} is not an OAuth error code (1-64 of [a-z_]), optionally followed by \": \" and text its error_description holds"
+                ),
+            ));
+        }
+        if entry.contains(": ")
+            && (text.is_empty() || text.len() > 128 || text.chars().any(char::is_control))
+        {
+            return Err(fail(
+                "invalid_grant_errors",
+                format!(
+                    "the description text after {code:?} must be 1-128 characters, none a control character"
+                ),
             ));
         }
         // A refused client is the operator's to fix: it must never mark every grant dead.
-        if matches!(code.as_str(), "invalid_client" | "unauthorized_client") {
+        if matches!(code, "invalid_client" | "unauthorized_client") {
             return Err(fail(
                 "invalid_grant_errors",
                 format!(
@@ -526,6 +549,28 @@ fn validate(hint: &str, raw: RawProfile) -> Result<Profile, ProfileError> {
             return Err(fail(
                 "token_header",
                 format!("{header:?} is not an HTTP header name"),
+            ));
+        }
+        // Headers that frame, route or carry the connection, or another credential, are not a
+        // token's place.
+        let reserved = [
+            "host",
+            "cookie",
+            "content-length",
+            "content-type",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        if reserved.iter().any(|r| header.eq_ignore_ascii_case(r))
+            || header.to_ascii_lowercase().starts_with("proxy-")
+        {
+            return Err(fail(
+                "token_header",
+                format!("{header:?} frames or routes the request; a token cannot go there"),
             ));
         }
         if header.eq_ignore_ascii_case("authorization") {
@@ -1060,7 +1105,10 @@ token_url = "https://acme.example/token"
         assert_eq!(microsoft.variables, vec!["tenant".to_owned()]);
 
         assert_eq!(get("quickbooks").callback_metadata, ["realmId"]);
-        assert_eq!(get("x").invalid_grant_errors, ["invalid_request"]);
+        assert_eq!(
+            get("x").invalid_grant_errors,
+            ["invalid_request: Value passed for the token was invalid"]
+        );
         let shopify = get("shopify");
         assert_eq!(
             shopify.token_header.as_deref(),
@@ -1198,6 +1246,11 @@ token_url = "https://acme.example/token"
                 "callback_metadata",
             ),
             (
+                "a callback parameter also read from the token response",
+                "metadata = [\"instance_url\"]\ncallback_metadata = [\"instance_url\"]\n",
+                "callback_metadata",
+            ),
+            (
                 "a callback parameter that is not a name",
                 "callback_metadata = [\"realm id\"]\n",
                 "callback_metadata",
@@ -1213,9 +1266,24 @@ token_url = "https://acme.example/token"
                 "token_header",
             ),
             (
+                "a framing header as the token header",
+                "token_header = \"Transfer-Encoding\"\n",
+                "token_header",
+            ),
+            (
+                "a proxy's header as the token header",
+                "token_header = \"Proxy-Authorization\"\n",
+                "token_header",
+            ),
+            (
                 "Authorization as the token header",
                 "token_header = \"authorization\"\n",
                 "token_header",
+            ),
+            (
+                "a client error as a dead refresh token, with a description",
+                "invalid_grant_errors = [\"unauthorized_client: revoked\"]\n",
+                "invalid_grant_errors",
             ),
             (
                 "a client error as a dead refresh token",

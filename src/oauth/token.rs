@@ -278,7 +278,8 @@ pub(super) fn revocation(
     post(client, url, &p)
 }
 
-/// RFC 7009 section 2.2: 200 means revoked (or already invalid); anything else is an error.
+/// RFC 7009 section 2.2: 200 means revoked (or already invalid), as does any 2xx (204 from
+/// Reddit); anything else is an error.
 pub(super) fn parse_revocation(status: u16, body: &[u8]) -> Result<(), OAuthError> {
     // RFC 7009 says 200; some answer 204 No Content (Reddit), which says the same.
     if (200..300).contains(&status) {
@@ -426,6 +427,20 @@ fn body_error(root: &Map<String, Value>, dialect: &TokenDialect) -> Option<OAuth
     })
 }
 
+/// Whether a refused refresh's `code` (and `error_description`) is one the provider's profile
+/// names as its word for a dead refresh token: `code`, or `code: text` when the description
+/// must hold `text` too (X's `invalid_request` also refuses malformed requests).
+fn says_dead_grant(dialect: &TokenDialect, code: &str, root: &Map<String, Value>) -> bool {
+    let description = string(root.get("error_description")).unwrap_or_default();
+    dialect
+        .invalid_grant_errors
+        .iter()
+        .any(|e| match e.split_once(": ") {
+            Some((c, text)) => c == code && description.contains(text),
+            None => e == code,
+        })
+}
+
 /// Parses a token endpoint's answer (the transport already turned 5xx into `Unavailable`) to a
 /// request that was a refresh or not.
 pub(crate) fn parse(
@@ -444,9 +459,7 @@ pub(crate) fn parse(
         return Err(match e {
             // The provider's own word for a dead refresh token (X: `invalid_request`), only
             // where it answers a refresh.
-            OAuthError::Rejected(code)
-                if refresh && dialect.invalid_grant_errors.contains(&code) =>
-            {
+            OAuthError::Rejected(code) if refresh && says_dead_grant(dialect, &code, &root) => {
                 OAuthError::InvalidGrant
             }
             e => e,
@@ -620,10 +633,17 @@ mod tests {
         // `invalid_grant_errors`, a dead grant on a refresh, and still a refusal of a code
         // exchange (or anywhere without the profile).
         let x = TokenDialect {
-            invalid_grant_errors: vec!["invalid_request".into()],
+            invalid_grant_errors: vec![
+                "invalid_request: Value passed for the token was invalid".into(),
+            ],
             ..TokenDialect::default()
         };
         let dead = br#"{"error":"invalid_request","error_description":"Value passed for the token was invalid."}"#;
+        let malformed = br#"{"error":"invalid_request","error_description":"Missing required parameter [grant_type]."}"#;
+        assert!(matches!(
+            parse(400, JSON, malformed, &x, true),
+            Err(OAuthError::Rejected(c)) if c == "invalid_request"
+        ));
         assert!(matches!(
             parse(400, JSON, dead, &x, true),
             Err(OAuthError::InvalidGrant)

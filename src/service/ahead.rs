@@ -9,7 +9,8 @@
 //!
 //! Each round waits `tick` plus up to a tenth of it at random; at most `PER_PROVIDER` refreshes
 //! per provider per round; a grant whose refresh failed waits 1, 2, 4 … 60 minutes before the
-//! next try. A failure never deletes a grant (only the provider's `invalid_grant` marks one).
+//! next try. A failure never deletes a grant (only the provider's `invalid_grant`, or its
+//! own spelling of it, marks one).
 
 use super::broker::{GrantQuery, TokenBroker};
 use super::providers::ProviderRegistry;

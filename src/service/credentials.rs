@@ -113,6 +113,14 @@ pub struct Resolved {
     pub applied: Applied,
 }
 
+/// `token` with the header its provider takes it in, when that is not `Authorization: Bearer`.
+fn placed(token: AccessToken, provider: &ProviderConfig) -> AccessToken {
+    AccessToken {
+        header: kind::token_header(&provider.kind).map(str::to_owned),
+        ..token
+    }
+}
+
 /// What Authenticate and WaitForCompletion answer.
 #[derive(Debug)]
 pub enum Outcome {
@@ -360,7 +368,7 @@ impl Credentials {
         match kind::acquisition(&provider.kind) {
             Acquisition::Client(client) => {
                 let token = self.client_token(caller, &provider, client, &req, &scopes, min_ttl);
-                Ok(Outcome::Token(Box::pin(token).await?))
+                Ok(Outcome::Token(placed(Box::pin(token).await?, &provider)))
             }
             Acquisition::Consent(_) => self.for_user(caller, &provider, req, scopes, min_ttl).await,
             Acquisition::Stored(_) => Box::pin(self.stored(caller, &provider, req, min_ttl)).await,
@@ -556,7 +564,7 @@ impl Credentials {
                     min_ttl,
                     false,
                 );
-                return Ok(Outcome::Token(Box::pin(token).await?));
+                return Ok(Outcome::Token(placed(Box::pin(token).await?, provider)));
             }
         }
         if !req.force_reauth
@@ -715,10 +723,7 @@ impl Credentials {
     ) -> Result<Outcome, Error> {
         self.broker.touch(key);
         match handout {
-            Handout::Token => Ok(Outcome::Token(AccessToken {
-                header: kind::token_header(&provider.kind).map(str::to_owned),
-                ..token
-            })),
+            Handout::Token => Ok(Outcome::Token(placed(token, provider))),
             Handout::Reference { single_use } => {
                 // Boxed, as a store write: a token handout's future does not carry it.
                 let (reference, expires_at) = Box::pin(self.references.issue(
@@ -1056,9 +1061,10 @@ impl Credentials {
     ) -> Result<Consented, FlowFailure> {
         let (mut tokens, subject) = self.flows.exchange(provider, flow, params).await?;
         if let Some(client) = provider.kind.oauth_client() {
-            tokens
-                .metadata
-                .extend(params.metadata(&client.dialect.callback_metadata));
+            // What came through the browser never replaces what the token endpoint said.
+            for (name, value) in params.metadata(&client.dialect.callback_metadata) {
+                tokens.metadata.entry(name).or_insert(value);
+            }
         }
         // Read only from an ID token that was just verified (a subject came with it).
         let email = subject
@@ -1149,7 +1155,10 @@ impl Credentials {
             self.references.spend(&found.hash).await?;
         }
         let applied = kind::apply(&provider.kind, &token.token);
-        Ok(Resolved { token, applied })
+        Ok(Resolved {
+            token: placed(token, &provider),
+            applied,
+        })
     }
 
     /// Revokes one reference. Only the caller it was issued to, or an admin, may.

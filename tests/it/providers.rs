@@ -280,12 +280,17 @@ async fn shopify_expiring_offline_tokens_refresh_and_go_in_their_own_header() {
     assert!(t.expires_at > 0, "an expiring token: expiring=1 was sent");
     assert_eq!(t.scopes, ["read_products", "write_orders"]);
     assert!(d.api_accepts_header(HEADER, &t.access_token).await);
-    assert!(!d.api_accepts(&format!("Bearer {}", t.access_token)).await);
-    let c = f
-        .resolved_credential(AGENT_KEY, request("shop", &["read_products"]))
+    let resolved = f
+        .resolved(AGENT_KEY, request("shop", &["read_products"]))
         .await;
+    let c = resolved.credential.unwrap();
     assert_eq!((c.location.as_str(), c.name.as_str()), ("header", HEADER));
     assert!(d.api_accepts_header(HEADER, &c.value).await);
+    assert_eq!(
+        resolved.token.unwrap().header,
+        HEADER,
+        "Resolve's token says so too"
+    );
     // The CLI says so too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
         .env("VALET_SERVER", &f.valet.grpc_url)

@@ -218,6 +218,10 @@ def test_a_token_goes_in_the_header_its_provider_takes() -> None:
     assert "t-2" not in repr(shopify)
     with pytest.raises(ValueError, match="no token"):
         valet.AuthResult(status="completed", reference="vref_x").authorization()
+    stored = valet.AuthResult(status="completed", token="user:pw", token_type="http_basic")
+    with pytest.raises(ValueError, match="resolve") as refused:
+        stored.authorization()
+    assert "user:pw" not in str(refused.value)
 
 
 async def test_a_static_key_goes_where_its_provider_says_and_only_to_its_hosts(

@@ -28,20 +28,22 @@ pub struct CallbackParams {
     pub code: Option<SecretString>,
     pub error: Option<String>,
     pub iss: Option<String>,
-    /// The other parameters (a few, short ones): a profile's `callback_metadata` keeps some.
+    /// The other parameters (the query is bounded): a profile's `callback_metadata` keeps some.
     pub extra: Vec<(String, String)>,
 }
 
 impl CallbackParams {
-    /// The parameters among `names` the callback carried once each, with a printable value:
-    /// metadata for the grant (Intuit's `realmId`).
+    /// The parameters among `names` the callback carried once each, with a printable value of
+    /// at most 256 bytes: metadata for the grant (Intuit's `realmId`).
     pub fn metadata(&self, names: &[String]) -> Vec<(String, String)> {
         names
             .iter()
             .filter_map(|name| {
                 let mut values = self.extra.iter().filter(|(k, _)| k == name);
                 match (values.next(), values.next()) {
-                    (Some((_, v)), None) if !v.is_empty() && !v.chars().any(char::is_control) => {
+                    (Some((_, v)), None)
+                        if !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control) =>
+                    {
                         Some((name.clone(), v.clone()))
                     }
                     _ => None,

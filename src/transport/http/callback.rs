@@ -13,12 +13,6 @@ use tracing::Instrument as _;
 /// Longest callback query accepted.
 const MAX_QUERY: usize = 8 * 1024;
 
-/// Other parameters kept for a profile's `callback_metadata`: how many, and how long each name
-/// and value may be (longer ones are dropped, not refused: providers add what they like).
-const MAX_EXTRA: usize = 16;
-const MAX_EXTRA_NAME: usize = 64;
-const MAX_EXTRA_VALUE: usize = 256;
-
 pub(crate) fn parse_query(raw: Option<&str>) -> Result<CallbackParams, &'static str> {
     let raw = raw.unwrap_or("");
     if raw.len() > MAX_QUERY {
@@ -31,13 +25,9 @@ pub(crate) fn parse_query(raw: Option<&str>) -> Result<CallbackParams, &'static 
             "code" => p.code.replace(SecretString::from(v.into_owned())).is_some(),
             "error" => p.error.replace(v.into_owned()).is_some(),
             "iss" => p.iss.replace(v.into_owned()).is_some(),
+            // Every other one, for a profile's `callback_metadata` (the query is bounded).
             name => {
-                if p.extra.len() < MAX_EXTRA
-                    && name.len() <= MAX_EXTRA_NAME
-                    && v.len() <= MAX_EXTRA_VALUE
-                {
-                    p.extra.push((name.to_owned(), v.into_owned()));
-                }
+                p.extra.push((name.to_owned(), v.into_owned()));
                 false
             }
         };
@@ -248,10 +238,18 @@ mod tests {
             debug.contains("realmId") && !debug.contains("9130357"),
             "{debug}"
         );
-        let long = format!("state=s&big={}", "x".repeat(MAX_EXTRA_VALUE + 1));
-        assert!(parse_query(Some(&long)).unwrap().extra.is_empty());
+        // However many come before it, and a repeat however late.
         let many: String = (0..40).map(|i| format!("p{i}=v&")).collect();
-        assert_eq!(parse_query(Some(&many)).unwrap().extra.len(), MAX_EXTRA);
+        let p = parse_query(Some(&format!("{many}realmId=1&twice=1&{many}twice=2"))).unwrap();
+        assert_eq!(
+            p.metadata(&names(&["realmId", "twice"])),
+            [("realmId".to_owned(), "1".to_owned())]
+        );
+        let long = parse_query(Some(&format!("big={}", "x".repeat(300)))).unwrap();
+        assert!(
+            long.metadata(&names(&["big"])).is_empty(),
+            "too long to keep"
+        );
     }
 
     #[test]

@@ -306,6 +306,15 @@ impl Fixture {
         key: &str,
         req: pb::AuthenticateRequest,
     ) -> pb::Credential {
+        self.resolved(key, req).await.credential.unwrap()
+    }
+
+    /// What `Resolve` answers for a reference `req` (as a reference handout) gets.
+    pub(crate) async fn resolved(
+        &self,
+        key: &str,
+        req: pb::AuthenticateRequest,
+    ) -> pb::ResolveResponse {
         let req = pb::AuthenticateRequest {
             handout: pb::Handout::Reference as i32,
             ..req
@@ -325,8 +334,6 @@ impl Fixture {
             .await
             .unwrap()
             .into_inner()
-            .credential
-            .unwrap()
     }
 }
 

@@ -43,13 +43,12 @@ from pydantic import Field
 
 from valet._aio import AsyncClient
 from valet.errors import NotFound, PermissionDenied, ReauthorizationRequired
-from valet.types import AppliedCredential, AuthResult
+from valet.types import STATIC_KINDS, AppliedCredential, AuthResult
 
 SCHEME_TYPE = "valet"
 REQUEST_CREDENTIAL = "adk_request_credential"
 
 # The `token_type` of a static credential's handout: its raw value, not a bearer token.
-_STATIC_KINDS = frozenset({"api_key", "http_basic", "http_bearer"})
 
 # A reference that no longer resolves (revoked, expired, spent, its grant gone or dead): drop
 # it and ask Valet again, which hands out a new one or starts a consent.
@@ -216,7 +215,7 @@ class ValetAuthProvider(BaseAuthProvider):
         if result.reference:
             context.state[key] = result.reference
             return await applied(result.reference)
-        if result.token_type in _STATIC_KINDS:
+        if result.token_type in STATIC_KINDS:
             # A stored API key or password goes where its provider says (a header of its own, a
             # query parameter, HTTP Basic), which only a resolve answers: a single-use reference,
             # resolved now and kept nowhere, as a token would be.

@@ -35,6 +35,10 @@ class _Redacting:
     __str__ = __repr__
 
 
+# The token_type of a stored static credential's handout: its kind.
+STATIC_KINDS = frozenset({"api_key", "http_basic", "http_bearer"})
+
+
 @dataclass(frozen=True, repr=False)
 class AuthResult(_Redacting):
     """The answer to `authenticate` or `wait_for_completion`.
@@ -74,11 +78,18 @@ class AuthResult(_Redacting):
 
     def authorization(self) -> tuple[str, str]:
         """The token as a request header `(name, value)`: `("Authorization", "Bearer …")`, or the
-        provider's own header with the token as it is. Raises ValueError without a token."""
+        provider's own header with the token as it is. Raises ValueError without a token, and
+        for a stored static credential (its provider says where it goes: resolve a reference)."""
         if not self.token:
             raise ValueError(
                 "this result holds no token (a reference, or a flow still pending): resolve the "
                 "reference, or wait for the flow"
+            )
+        if self.token_type in STATIC_KINDS:
+            raise ValueError(
+                f"a stored {self.token_type} credential goes where its provider says (a header of "
+                "its own, a query parameter, HTTP Basic): ask for a reference and resolve it, "
+                "whose credential says where"
             )
         if self.header:
             return (self.header, self.token)
