@@ -1242,12 +1242,18 @@ impl Credentials {
         Ok(())
     }
 
+    /// One page of the grants `q` selects that `caller` may see, after the place `page_token`
+    /// (empty: from the start) sealed, and the next page's token.
     pub async fn list_grants(
         &self,
         caller: &Caller,
-        q: GrantQuery,
+        mut q: GrantQuery,
+        page_token: &str,
     ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
         self.may_list(caller, &q).await?;
+        if !page_token.is_empty() {
+            q.after = Some(self.references.open_page(page_token).await?);
+        }
         let providers: Option<Vec<ProviderId>> = match (&q.provider, &q.user) {
             (Some(p), _) => Some(vec![p.clone()]),
             (None, Some(_)) => Some(self.providers.ids()?),
@@ -1269,7 +1275,7 @@ impl Credentials {
                 }
             }
         }
-        Ok((grants, next))
+        Ok((grants, self.references.seal_page(next).await?))
     }
 
     /// Deletes a provider, its grants, their cached tokens and their references.

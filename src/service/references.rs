@@ -17,8 +17,8 @@ use crate::secret::SecretString;
 use crate::store::{MetaRepo, ReferenceRepo, StoreError};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{aead, hmac};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
@@ -50,7 +50,13 @@ pub enum ReferenceError {
 pub(crate) struct ReferenceKeys {
     tag: hmac::Key,
     lookup: hmac::Key,
+    /// Seals `ListGrants` page tokens (AES-256-GCM).
+    page: Zeroizing<Vec<u8>>,
 }
+
+/// Binds a sealed page token to its use.
+const PAGE_AAD: &[u8] = b"valet ListGrants page token v1";
+const NONCE_LEN: usize = 12;
 
 impl ReferenceKeys {
     pub(crate) fn from_master(master: &[u8]) -> Self {
@@ -60,7 +66,58 @@ impl ReferenceKeys {
         Self {
             tag: derive(b"valet reference tag v1"),
             lookup: derive(b"valet reference lookup v1"),
+            page: Zeroizing::new(hmac::sign(&root, b"valet page token v1").as_ref().to_vec()),
         }
+    }
+
+    fn page_key(&self) -> Result<aead::LessSafeKey, Error> {
+        aead::UnboundKey::new(&aead::AES_256_GCM, &self.page)
+            .map(aead::LessSafeKey::new)
+            .map_err(|_| Error::internal("the page-token key is not an AES-256 key"))
+    }
+
+    /// A `ListGrants` page token: where a listing stopped, sealed, so the caller learns nothing
+    /// from it (the place may be a grant it may not see) and cannot forge one. Replicas share
+    /// the key, so any of them continues the listing.
+    pub(crate) fn seal_cursor(&self, cursor: &str) -> Result<String, Error> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| Error::internal("the system RNG failed"))?;
+        let mut sealed = cursor.as_bytes().to_vec();
+        self.page_key()?
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(PAGE_AAD),
+                &mut sealed,
+            )
+            .map_err(|_| Error::internal("sealing a page token failed"))?;
+        let mut raw = nonce.to_vec();
+        raw.extend_from_slice(&sealed);
+        Ok(URL_SAFE_NO_PAD.encode(raw))
+    }
+
+    /// The place a page token sealed, if this deployment sealed it.
+    pub(crate) fn open_cursor(&self, token: &str) -> Option<String> {
+        if token.len() > MAX_INPUT {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+        if raw.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(NONCE_LEN);
+        let mut buf = sealed.to_vec();
+        let plain = self
+            .page_key()
+            .ok()?
+            .open_in_place(
+                aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+                aead::Aad::from(PAGE_AAD),
+                &mut buf,
+            )
+            .ok()?;
+        String::from_utf8(plain.to_vec()).ok()
     }
 
     /// A new reference and its lookup hash.
@@ -165,6 +222,29 @@ impl References {
                 Ok(ReferenceKeys::from_master(&master))
             })
             .await
+    }
+
+    /// The page token for a listing that stopped at `cursor`.
+    pub(crate) async fn seal_page(&self, cursor: Option<String>) -> Result<Option<String>, Error> {
+        match cursor {
+            Some(c) => Ok(Some(self.keys().await?.seal_cursor(&c)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the listing a page token continues stopped; refused unless a replica of this
+    /// deployment sealed it for a grant listing.
+    pub(crate) async fn open_page(&self, token: &str) -> Result<String, Error> {
+        self.keys()
+            .await?
+            .open_cursor(token)
+            .filter(|c| crate::store::GrantRepo::is_cursor(c))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "page_token",
+                    "is not a next_page_token from a ListGrants response (start the listing again)",
+                )
+            })
     }
 
     /// Issues a reference to `owner` for `grant`, covering `scopes`, living `ttl_seconds`.
@@ -311,6 +391,34 @@ mod tests {
         );
         let (r2, _) = k.mint().unwrap();
         assert_ne!(r, r2);
+    }
+
+    #[test]
+    fn page_tokens_are_sealed_and_only_this_deployments_open() {
+        let k = keys();
+        let cursor = "grants/hdr/YWxpY2U/cmV2aWV3ZXI";
+        let token = k.seal_cursor(cursor).unwrap();
+        assert_eq!(k.open_cursor(&token).as_deref(), Some(cursor));
+        let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&raw).contains("grants/"),
+            "the place is not readable in the token"
+        );
+        assert_ne!(
+            k.seal_cursor(cursor).unwrap(),
+            token,
+            "a fresh nonce each time"
+        );
+        let other = ReferenceKeys::from_master(b"another deployment's master key!");
+        assert_eq!(other.open_cursor(&token), None);
+        let mut flipped = raw.clone();
+        flipped[NONCE_LEN] ^= 1;
+        assert_eq!(k.open_cursor(&URL_SAFE_NO_PAD.encode(&flipped)), None);
+        // What a page token used to be: the key in base64.
+        assert_eq!(k.open_cursor(&URL_SAFE_NO_PAD.encode(cursor)), None);
+        for junk in ["", "not base64!", "AAAA", &"A".repeat(MAX_INPUT + 1)] {
+            assert_eq!(k.open_cursor(junk), None, "{junk:?}");
+        }
     }
 
     #[test]

@@ -594,7 +594,10 @@ async fn list_grants_pages_and_filters() {
 
     use base64::Engine as _;
     let foreign = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("refs/abc");
-    for bad in ["not a token", foreign.as_str()] {
+    // A grant's key in the clear, as page tokens were before they were sealed: a caller can no
+    // longer forge (or read) one.
+    let plain = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("grants/idp/YWxpY2U/_");
+    for bad in ["not a token", foreign.as_str(), plain.as_str()] {
         let s = expect_err(
             admin
                 .list_grants(pb::ListGrantsRequest {

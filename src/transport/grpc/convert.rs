@@ -13,8 +13,6 @@ use crate::service::{
     AccessToken, AuthRequest, Error, GrantInfo, GrantQuery, MAX_PAGE, Outcome, ProviderRevocation,
     SubjectToken,
 };
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::time::Duration;
 use tonic::Request;
 
@@ -311,9 +309,6 @@ pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error
         0 => 100,
         n => usize::try_from(n).unwrap_or(MAX_PAGE).min(MAX_PAGE),
     };
-    let after = (!r.page_token.is_empty())
-        .then(|| page_cursor(&r.page_token))
-        .transpose()?;
     Ok(GrantQuery {
         provider,
         user,
@@ -321,27 +316,9 @@ pub(super) fn grant_query(r: &pb::ListGrantsRequest) -> Result<GrantQuery, Error
         account,
         status,
         page_size,
-        after,
+        // The page token is opened by the use case (it is sealed).
+        after: None,
     })
-}
-
-/// A page token is where the previous page stopped, encoded; anything else is refused.
-fn page_cursor(token: &str) -> Result<String, Error> {
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .filter(|c| crate::store::GrantRepo::is_cursor(c))
-        .ok_or_else(|| {
-            Error::invalid(
-                "page_token",
-                "is not a next_page_token from a ListGrants response",
-            )
-        })
-}
-
-pub(super) fn page_token(cursor: Option<String>) -> String {
-    cursor.map_or_else(String::new, |c| URL_SAFE_NO_PAD.encode(c))
 }
 
 pub(super) fn grant(g: GrantInfo) -> pb::Grant {

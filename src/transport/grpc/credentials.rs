@@ -367,14 +367,14 @@ impl pb::credentials_server::Credentials for CredentialsApi {
             subject(&r.provider_id, &r.user_id, &r.agent_id),
             async {
                 self.credentials
-                    .list_grants(&caller, convert::grant_query(r)?)
+                    .list_grants(&caller, convert::grant_query(r)?, &r.page_token)
                     .await
             },
         )
         .await?;
         Ok(Response::new(pb::ListGrantsResponse {
             grants: grants.into_iter().map(convert::grant).collect(),
-            next_page_token: convert::page_token(next),
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 
