@@ -698,7 +698,9 @@ pub struct Catalogue {
 /// The profiles shipped in the binary. Listed by hand so a new file is a reviewed change, and so
 /// the binary never depends on the working directory.
 const BUILTIN: &[(&str, &str)] = &[
+    ("asana", include_str!("../profiles/asana.toml")),
     ("atlassian", include_str!("../profiles/atlassian.toml")),
+    ("box", include_str!("../profiles/box.toml")),
     ("dropbox", include_str!("../profiles/dropbox.toml")),
     ("github", include_str!("../profiles/github.toml")),
     ("github-app", include_str!("../profiles/github-app.toml")),
