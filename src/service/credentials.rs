@@ -1251,8 +1251,13 @@ impl Credentials {
         page_token: &str,
     ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
         self.may_list(caller, &q).await?;
+        // A page token continues only the listing it came from: the filters are sealed in it.
+        let filters = format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            q.provider, q.user, q.agent, q.account, q.status
+        );
         if !page_token.is_empty() {
-            q.after = Some(self.references.open_page(page_token).await?);
+            q.after = Some(self.references.open_page(page_token, &filters).await?);
         }
         let providers: Option<Vec<ProviderId>> = match (&q.provider, &q.user) {
             (Some(p), _) => Some(vec![p.clone()]),
@@ -1275,7 +1280,7 @@ impl Credentials {
                 }
             }
         }
-        Ok((grants, self.references.seal_page(next).await?))
+        Ok((grants, self.references.seal_page(next, &filters).await?))
     }
 
     /// Deletes a provider, its grants, their cached tokens and their references.

@@ -54,8 +54,14 @@ pub(crate) struct ReferenceKeys {
     page: Zeroizing<Vec<u8>>,
 }
 
-/// Binds a sealed page token to its use.
-const PAGE_AAD: &[u8] = b"valet ListGrants page token v1";
+/// Binds a sealed page token to its use and to the listing's filters.
+fn page_aad(filters: &str) -> Vec<u8> {
+    [
+        b"valet ListGrants page token v1\n".as_slice(),
+        filters.as_bytes(),
+    ]
+    .concat()
+}
 const NONCE_LEN: usize = 12;
 
 impl ReferenceKeys {
@@ -79,7 +85,8 @@ impl ReferenceKeys {
     /// A `ListGrants` page token: where a listing stopped, sealed, so the caller learns nothing
     /// from it (the place may be a grant it may not see) and cannot forge one. Replicas share
     /// the key, so any of them continues the listing.
-    pub(crate) fn seal_cursor(&self, cursor: &str) -> Result<String, Error> {
+    /// `filters` is bound to it: the token continues only a listing with the same filters.
+    pub(crate) fn seal_cursor(&self, cursor: &str, filters: &str) -> Result<String, Error> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -88,7 +95,7 @@ impl ReferenceKeys {
         self.page_key()?
             .seal_in_place_append_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(PAGE_AAD),
+                aead::Aad::from(page_aad(filters)),
                 &mut sealed,
             )
             .map_err(|_| Error::internal("sealing a page token failed"))?;
@@ -97,8 +104,8 @@ impl ReferenceKeys {
         Ok(URL_SAFE_NO_PAD.encode(raw))
     }
 
-    /// The place a page token sealed, if this deployment sealed it.
-    pub(crate) fn open_cursor(&self, token: &str) -> Option<String> {
+    /// The place a page token sealed, if this deployment sealed it for a listing with `filters`.
+    pub(crate) fn open_cursor(&self, token: &str, filters: &str) -> Option<String> {
         if token.len() > MAX_INPUT {
             return None;
         }
@@ -113,7 +120,7 @@ impl ReferenceKeys {
             .ok()?
             .open_in_place(
                 aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
-                aead::Aad::from(PAGE_AAD),
+                aead::Aad::from(page_aad(filters)),
                 &mut buf,
             )
             .ok()?;
@@ -224,25 +231,29 @@ impl References {
             .await
     }
 
-    /// The page token for a listing that stopped at `cursor`.
-    pub(crate) async fn seal_page(&self, cursor: Option<String>) -> Result<Option<String>, Error> {
+    /// The page token for a listing with `filters` that stopped at `cursor`.
+    pub(crate) async fn seal_page(
+        &self,
+        cursor: Option<String>,
+        filters: &str,
+    ) -> Result<Option<String>, Error> {
         match cursor {
-            Some(c) => Ok(Some(self.keys().await?.seal_cursor(&c)?)),
+            Some(c) => Ok(Some(self.keys().await?.seal_cursor(&c, filters)?)),
             None => Ok(None),
         }
     }
 
     /// Where the listing a page token continues stopped; refused unless a replica of this
-    /// deployment sealed it for a grant listing.
-    pub(crate) async fn open_page(&self, token: &str) -> Result<String, Error> {
+    /// deployment sealed it for a grant listing with the same `filters`.
+    pub(crate) async fn open_page(&self, token: &str, filters: &str) -> Result<String, Error> {
         self.keys()
             .await?
-            .open_cursor(token)
+            .open_cursor(token, filters)
             .filter(|c| crate::store::GrantRepo::is_cursor(c))
             .ok_or_else(|| {
                 Error::invalid(
                     "page_token",
-                    "is not a next_page_token from a ListGrants response (start the listing again)",
+                    "is not a next_page_token from a ListGrants response with these filters (start the listing again)",
                 )
             })
     }
@@ -397,27 +408,39 @@ mod tests {
     fn page_tokens_are_sealed_and_only_this_deployments_open() {
         let k = keys();
         let cursor = "grants/hdr/YWxpY2U/cmV2aWV3ZXI";
-        let token = k.seal_cursor(cursor).unwrap();
-        assert_eq!(k.open_cursor(&token).as_deref(), Some(cursor));
+        let filters = "provider=hdr";
+        let token = k.seal_cursor(cursor, filters).unwrap();
+        assert_eq!(k.open_cursor(&token, filters).as_deref(), Some(cursor));
+        assert_eq!(
+            k.open_cursor(&token, "provider=other"),
+            None,
+            "continues only the listing it came from"
+        );
         let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
         assert!(
             !String::from_utf8_lossy(&raw).contains("grants/"),
             "the place is not readable in the token"
         );
         assert_ne!(
-            k.seal_cursor(cursor).unwrap(),
+            k.seal_cursor(cursor, filters).unwrap(),
             token,
             "a fresh nonce each time"
         );
         let other = ReferenceKeys::from_master(b"another deployment's master key!");
-        assert_eq!(other.open_cursor(&token), None);
+        assert_eq!(other.open_cursor(&token, filters), None);
         let mut flipped = raw.clone();
         flipped[NONCE_LEN] ^= 1;
-        assert_eq!(k.open_cursor(&URL_SAFE_NO_PAD.encode(&flipped)), None);
+        assert_eq!(
+            k.open_cursor(&URL_SAFE_NO_PAD.encode(&flipped), filters),
+            None
+        );
         // What a page token used to be: the key in base64.
-        assert_eq!(k.open_cursor(&URL_SAFE_NO_PAD.encode(cursor)), None);
+        assert_eq!(
+            k.open_cursor(&URL_SAFE_NO_PAD.encode(cursor), filters),
+            None
+        );
         for junk in ["", "not base64!", "AAAA", &"A".repeat(MAX_INPUT + 1)] {
-            assert_eq!(k.open_cursor(junk), None, "{junk:?}");
+            assert_eq!(k.open_cursor(junk, filters), None, "{junk:?}");
         }
     }
 

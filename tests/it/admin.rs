@@ -560,6 +560,24 @@ async fn list_grants_pages_and_filters() {
     assert_eq!(pages[0], 3, "{pages:?}");
     seen.sort();
     assert_eq!(seen, ["u1/", "u1/planner", "u2/", "u3/"], "each grant once");
+    // A page token continues only the listing it came from: with other filters it is refused,
+    // not read as a place in another listing (which skipped grants).
+    let first = list(pb::ListGrantsRequest {
+        page_size: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let elsewhere = list(pb::ListGrantsRequest {
+        page_size: 1,
+        user_id: "u3".into(),
+        page_token: first.next_page_token,
+        ..Default::default()
+    })
+    .await
+    .map(tonic::Response::new);
+    let s = expect_err(elsewhere, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(s.message().contains("with these filters"), "{s:?}");
 
     let users = |r: pb::ListGrantsResponse| {
         r.grants
