@@ -658,16 +658,27 @@ impl Profile {
             let value = vars
                 .get(name)
                 .ok_or_else(|| fail(format!("missing variable {name:?}")))?;
-            check_variable_value(value).map_err(|r| fail(format!("{name:?}: {r}")))?;
-            if let Some(added) = self
-                .added_after(name)
-                .filter(|a| value.ends_with(a.as_str()))
-            {
-                let bare = &value[..value.len() - added.len()];
-                return Err(fail(format!(
-                    "{name:?}: {value:?} ends with {added:?}, which the profile adds after it: give {bare:?}"
-                )));
+            // A variable completed into a host name by the text after it is one label of that
+            // name: a URL or the whole host given instead is answered with the label to give.
+            if let Some(added) = self.added_after(name) {
+                let host = value
+                    .split_once("://")
+                    .map_or(value.as_str(), |(_, rest)| rest)
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                if let Some(label) = host.strip_suffix(added.as_str()) {
+                    return Err(fail(format!(
+                        "{name:?}: {value:?} names the whole host; the profile adds {added:?} after it: give {label:?}"
+                    )));
+                }
+                if host.contains('.') || value.contains("://") {
+                    return Err(fail(format!(
+                        "{name:?}: {value:?} must be one label of a host name, which the profile completes with {added:?} (\"acme\" for acme{added})"
+                    )));
+                }
             }
+            check_variable_value(value).map_err(|r| fail(format!("{name:?}: {r}")))?;
         }
 
         let mut out = self.clone();
@@ -1418,14 +1429,21 @@ variables = ["tenant"]
             p.token_url.as_deref(),
             Some("https://acme.myshopify.com/admin/oauth/access_token")
         );
+        for whole in ["acme.myshopify.com", "https://acme.myshopify.com/"] {
+            let err = shopify
+                .instantiate(&vars(&[("shop", whole)]))
+                .expect_err("the whole domain");
+            assert_eq!(err.field, "variables");
+            assert!(
+                err.reason.contains("\".myshopify.com\"") && err.reason.contains("give \"acme\""),
+                "{err}"
+            );
+        }
+        // A custom domain is not a store's myshopify label (it would name another host).
         let err = shopify
-            .instantiate(&vars(&[("shop", "acme.myshopify.com")]))
-            .expect_err("the whole domain");
-        assert_eq!(err.field, "variables");
-        assert!(
-            err.reason.contains("\".myshopify.com\"") && err.reason.contains("give \"acme\""),
-            "{err}"
-        );
+            .instantiate(&vars(&[("shop", "shop.acme.com")]))
+            .expect_err("a custom domain");
+        assert!(err.reason.contains("one label"), "{err}");
         let ms = c.get("microsoft").expect("microsoft");
         assert!(
             ms.instantiate(&vars(&[("tenant", "contoso.onmicrosoft.com")]))
