@@ -110,10 +110,14 @@ pub async fn check_store(config: &Config) -> anyhow::Result<()> {
         }
     }
     let store = open_store(config).await?.store;
-    store
-        .check()
-        .await
-        .with_context(|| format!("the {} store is not reachable", store.backend()))?;
+    store.check().await.map_err(|e| {
+        let what = if e.is_denied() {
+            "refused this daemon's credentials"
+        } else {
+            "is not reachable"
+        };
+        anyhow::Error::new(e).context(format!("the {} store {what}", store.backend()))
+    })?;
     let nonce = random_token(8).map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
     let key = keyspace::probe(&nonce);
     let probe = zeroize::Zeroizing::new(b"valet check-config probe".to_vec());

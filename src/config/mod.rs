@@ -883,6 +883,34 @@ allow_private_networks = true
         let shown = load(&inline, &[], dev()).unwrap().render();
         assert!(shown.contains("token = \"(redacted)\""), "{shown}");
         assert!(!shown.contains("canary"), "{shown}");
+        // An empty token, from any source, is a configuration error naming the source (it was
+        // sent to Vault, which answered 403).
+        std::fs::write(&file, "\n").unwrap();
+        let e = load(&toml, &[], dev()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|m| m.contains("token_file") && m.contains("is empty")),
+            "{:?}",
+            e.0
+        );
+        let e = load(&by_env, &[("VAULT_TOKEN_FOR_VALET", " ")], dev()).unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|m| m.contains("VAULT_TOKEN_FOR_VALET is empty")),
+            "{:?}",
+            e.0
+        );
+        let blank = toml.replace(
+            &format!("token_file = \"{}\"", file.display()),
+            "token = \"\"",
+        );
+        let e = load(&blank, &[], dev()).unwrap_err();
+        assert!(
+            e.0.iter().any(|m| m.contains("vault.auth.token is empty")),
+            "{:?}",
+            e.0
+        );
+        std::fs::write(&file, "hvs.token-file-canary\n").unwrap();
         let remote = toml.replace("127.0.0.1", "10.0.0.5");
         let c = load(&remote, &[], dev()).unwrap();
         assert!(

@@ -2,7 +2,7 @@
 //! with the token redacted.
 
 use super::RawVault;
-use crate::secret::SecretString;
+use crate::secret::{ExposeSecret as _, SecretString};
 use crate::store::{KvVersion, TokenSource, VaultAuth, VaultConfig};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,10 +29,23 @@ fn token_auth(
         return None;
     }
     let token = if let Some(t) = &a.token {
+        if t.trim().is_empty() {
+            errors.push(
+                "vault.auth.token is empty: give the Vault token (better: token_file or token_env)"
+                    .into(),
+            );
+            return None;
+        }
         t.clone()
     } else if let Some(f) = &a.token_file {
         // As strict as every other secret file: not open to others.
         match crate::secret::read_private_file(std::path::Path::new(f), "vault.auth.token_file") {
+            Ok(t) if t.expose_secret().trim().is_empty() => {
+                errors.push(format!(
+                    "vault.auth.token_file: {f} is empty: write the Vault token into it"
+                ));
+                return None;
+            }
             Ok(t) => return Some(VaultAuth::Token(t, TokenSource::File(PathBuf::from(f)))),
             Err(e) => {
                 errors.push(e);
@@ -42,6 +55,12 @@ fn token_auth(
     } else {
         let name = a.token_env.clone().unwrap_or_default();
         match env(&name) {
+            Some(t) if t.trim().is_empty() => {
+                errors.push(format!(
+                    "vault.auth.token_env: environment variable {name} is empty: set it to the Vault token"
+                ));
+                return None;
+            }
             Some(t) => t,
             None => {
                 errors.push(format!(

@@ -423,6 +423,21 @@ async fn check_config_proves_vault_access_and_reports_a_sealed_vault() {
     assert!(!text.contains(ROOT_TOKEN));
     assert!(d.dump() == "{}", "the probe was cleaned up: {}", d.dump());
 
+    // A token Vault refuses is said as such, not as an unreachable store.
+    let wrong = write_config(
+        dir.path(),
+        "wrong.toml",
+        &body.replace(ROOT_TOKEN, "hvs.not-the-token"),
+    );
+    let out = run_valet(vec!["check-config".into(), "--config".into(), wrong.into()]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused") && err.contains("403") && !err.contains("not reachable"),
+        "{err}"
+    );
+    assert!(!err.contains("hvs.not-the-token"), "{err}");
+
     d.seal(true);
     let out = run_valet(vec!["check-config".into(), "--config".into(), path.into()]).await;
     assert!(!out.status.success());
