@@ -96,7 +96,9 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
         match resp.result {
             Some(Answer::Token(t)) => {
                 println!("access_token: {}", t.access_token);
-                println!("token_type:   {}", t.token_type);
+                if !t.token_type.is_empty() {
+                    println!("token_type:   {}", t.token_type);
+                }
                 if !t.header.is_empty() {
                     println!(
                         "header:       {}  (the token as it is, not Authorization: Bearer)",

@@ -139,7 +139,18 @@ pub(super) fn print_provider(p: &pb::Provider) {
     println!("name:              {}", p.name);
     println!("kind:              {kind}");
     if !p.profile.is_empty() {
-        println!("profile:           {}", p.profile);
+        // With the variables it was given (`--var`), sorted.
+        let mut vars: Vec<String> = p
+            .profile_vars
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        vars.sort();
+        if vars.is_empty() {
+            println!("profile:           {}", p.profile);
+        } else {
+            println!("profile:           {} ({})", p.profile, vars.join(", "));
+        }
     }
     if matches!(kind, "api-key" | "http-basic" | "http-bearer") {
         let location = match pb::CredentialLocation::try_from(p.credential_location) {

@@ -460,6 +460,10 @@ pub(crate) fn parse(
             // The provider's own word for a dead refresh token (X: `invalid_request`), only
             // where it answers a refresh.
             OAuthError::Rejected(code) if refresh && says_dead_grant(dialect, &code, &root) => {
+                tracing::info!(
+                    code = code.as_str(),
+                    "the provider's answer to a refresh is its word for a dead refresh token (its profile's invalid_grant_errors)"
+                );
                 OAuthError::InvalidGrant
             }
             e => e,

@@ -113,11 +113,16 @@ pub struct Resolved {
     pub applied: Applied,
 }
 
-/// `token` with the header its provider takes it in, when that is not `Authorization: Bearer`.
+/// `token` with the header its provider takes it in, when that is not `Authorization: Bearer`
+/// (a `token_type` is then no scheme to write before it: none is said).
 fn placed(token: AccessToken, provider: &ProviderConfig) -> AccessToken {
-    AccessToken {
-        header: kind::token_header(&provider.kind).map(str::to_owned),
-        ..token
+    match kind::token_header(&provider.kind) {
+        Some(header) => AccessToken {
+            header: Some(header.to_owned()),
+            token_type: String::new(),
+            ..token
+        },
+        None => token,
     }
 }
 
@@ -1062,7 +1067,17 @@ impl Credentials {
         let (mut tokens, subject) = self.flows.exchange(provider, flow, params).await?;
         if let Some(client) = provider.kind.oauth_client() {
             // What came through the browser never replaces what the token endpoint said.
-            for (name, value) in params.metadata(&client.dialect.callback_metadata) {
+            let kept = params.metadata(&client.dialect.callback_metadata);
+            for name in &client.dialect.callback_metadata {
+                if !kept.iter().any(|(k, _)| k == name) {
+                    tracing::warn!(
+                        provider = %provider.id,
+                        parameter = name.as_str(),
+                        "the callback carried no usable value of a parameter this provider's profile keeps (callback_metadata): the grant's metadata lacks it"
+                    );
+                }
+            }
+            for (name, value) in kept {
                 tokens.metadata.entry(name).or_insert(value);
             }
         }

@@ -225,6 +225,20 @@ async fn quickbooks_realm_id_from_the_callback_reaches_the_agent_and_outlives_re
     assert_eq!((d.refreshes(), d.refresh_reuse()), (2, 0));
     let g = &f.grants("alice").await[0];
     assert_eq!(realm(&g.metadata).as_deref(), Some(INTUIT_REALM));
+    // A callback without it: the flow completes, and the operator is told what the grant lacks.
+    d.drop_realm();
+    let bob = flow(
+        &f,
+        pb::AuthenticateRequest {
+            user_id: "bob".into(),
+            ..request("qbo", &[])
+        },
+    )
+    .await;
+    assert_eq!(realm(&bob.metadata), None);
+    let said = "callback_metadata";
+    let logs = f.valet.logs_once_they_contain(said).await;
+    assert!(logs.contains(said) && logs.contains("realmId"), "{logs}");
 }
 
 /// X answers a refresh token it no longer honours with `invalid_request`, not `invalid_grant`:
@@ -277,6 +291,7 @@ async fn shopify_expiring_offline_tokens_refresh_and_go_in_their_own_header() {
     .await;
     let t = flow(&f, request("shop", &["read_products", "write_orders"])).await;
     assert_eq!(t.header, HEADER);
+    assert_eq!(t.token_type, "", "no scheme is written before it");
     assert!(t.expires_at > 0, "an expiring token: expiring=1 was sent");
     assert_eq!(t.scopes, ["read_products", "write_orders"]);
     assert!(d.api_accepts_header(HEADER, &t.access_token).await);
@@ -302,6 +317,19 @@ async fn shopify_expiring_offline_tokens_refresh_and_go_in_their_own_header() {
     assert!(out.status.success(), "{shown}");
     assert!(
         shown.contains(&format!("header:       {HEADER}  (the token as it is")),
+        "{shown}"
+    );
+    assert!(!shown.contains("token_type"), "{shown}");
+    // `provider get` shows the profile with the variables it was given.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .env("VALET_SERVER", &f.valet.grpc_url)
+        .env("VALET_KEY", crate::support::daemon::ADMIN_KEY)
+        .args(["provider", "get", "shop"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("profile:           shopify (shop=acme)"),
         "{shown}"
     );
     let force = pb::AuthenticateRequest {

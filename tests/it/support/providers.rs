@@ -94,6 +94,8 @@ struct Inner {
     scopes_of: HashMap<String, Vec<String>>,
     /// Token exchanges answered: (subject token, audience, resource, scope).
     exchanges: Vec<(String, String, String, String)>,
+    /// Intuit: the next consents' callbacks carry no `realmId`.
+    no_realm: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,11 @@ impl ProviderDouble {
     /// The user refuses these scopes at the next consent.
     pub(crate) fn decline(&self, scopes: &[&str]) {
         self.inner.lock().unwrap().decline = scopes.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// Intuit: callbacks from now on carry no `realmId`.
+    pub(crate) fn drop_realm(&self) {
+        self.inner.lock().unwrap().no_realm = true;
     }
 
     /// Every refresh token stops working (the user revoked the app).
@@ -238,7 +245,7 @@ async fn authorize(State(d): State<ProviderDouble>, RawQuery(q): RawQuery) -> Re
         .query_pairs_mut()
         .append_pair("code", &code)
         .append_pair("state", &q["state"]);
-    if d.family == Family::Intuit {
+    if d.family == Family::Intuit && !inner.no_realm {
         target
             .query_pairs_mut()
             .append_pair("realmId", INTUIT_REALM);

@@ -106,7 +106,7 @@ def auth_result(resp: pb.AuthenticateResponse) -> AuthResult:
         return AuthResult(
             status="completed",
             token=t.access_token,
-            token_type=t.token_type,
+            token_type=t.token_type or None,
             header=t.header or None,
             expires_at=_expiry(t.expires_at),
             scopes=tuple(t.scopes),
