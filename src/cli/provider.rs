@@ -485,10 +485,14 @@ fn provider_message(a: ProviderArgs, base: Option<pb::Provider>) -> anyhow::Resu
             Place::Cookie => pb::CredentialLocation::Cookie,
         } as i32;
     }
+    let mut given = std::collections::HashSet::new();
     for kv in a.vars {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--var {kv:?} must be name=value"))?;
+        if !given.insert(k.to_owned()) {
+            anyhow::bail!("--var {k} is given twice: give each variable once");
+        }
         p.profile_vars.insert(k.to_owned(), v.to_owned());
     }
     if let Some(flow) = a.consent_flow {
@@ -580,5 +584,34 @@ mod tests {
                 "{given}"
             );
         }
+    }
+
+    fn create_args(extra: &[&str]) -> ProviderArgs {
+        let mut argv = vec!["valet", "provider", "--key", "k", "create", "shop"];
+        argv.extend_from_slice(extra);
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Provider {
+            cmd: ProviderCmd::Create(args),
+            ..
+        } = cli.command
+        else {
+            panic!("not a provider create");
+        };
+        *args
+    }
+
+    /// A variable given twice is refused (the last one used to win, silently); one given again
+    /// on an update replaces the stored value.
+    #[test]
+    fn a_profile_variable_given_twice_is_refused() {
+        let twice = create_args(&["--var", "shop=a", "--var", "shop=b"]);
+        let e = provider_message(twice, None).unwrap_err();
+        assert!(e.to_string().contains("--var shop is given twice"), "{e}");
+        let stored = pb::Provider {
+            profile_vars: [("shop".to_owned(), "old".to_owned())].into(),
+            ..Default::default()
+        };
+        let update = provider_message(create_args(&["--var", "shop=new"]), Some(stored)).unwrap();
+        assert_eq!(update.profile_vars["shop"], "new");
     }
 }
