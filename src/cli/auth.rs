@@ -235,6 +235,15 @@ pub(super) async fn resolve(
     target_url: Option<String>,
     conn: &Conn,
 ) -> anyhow::Result<()> {
+    let reference = if reference == "-" {
+        let text = anyhow::Context::context(
+            std::io::read_to_string(std::io::stdin()),
+            "cannot read standard input",
+        )?;
+        text.trim().to_owned()
+    } else {
+        reference
+    };
     let r = conn
         .connect()
         .await?

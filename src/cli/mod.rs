@@ -116,6 +116,8 @@ pub enum Command {
     },
     /// Turn a reference into a fresh access token (as an agent would right before an API call).
     Resolve {
+        /// The reference; `-`: read from stdin (an argument shows in `ps` to every user of the
+        /// machine, and a reference is a credential).
         reference: String,
         /// Minimum seconds of life the token must have; longer than the provider's tokens
         /// live, every call refreshes (the way to force a refresh), and a grant without a

@@ -52,13 +52,27 @@ fn a_reference(f: &Fixture, provider: &str) -> String {
         .to_owned()
 }
 
-/// `valet auth --reference` for alice at `provider`, then `valet resolve` of the reference it
-/// printed: what `resolve` printed.
+/// `valet auth --reference` for alice at `provider`, then `valet resolve -` of the reference it
+/// printed, given on stdin (not in the arguments `ps` shows): what `resolve` printed.
 fn resolve_through_a_reference(f: &Fixture, provider: &str) -> String {
+    use std::io::Write as _;
     let reference = a_reference(f, provider);
     let mut resolve = cli(f, AGENT_KEY);
-    resolve.args(["resolve", &reference]);
-    run(resolve)
+    resolve
+        .args(["resolve", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = resolve.spawn().unwrap();
+    writeln!(child.stdin.take().unwrap(), "{reference}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 /// `valet provider create ID --kind oidc` at the test OpenID provider with `scopes`: its output.
