@@ -1267,10 +1267,18 @@ impl Credentials {
     ) -> Result<(Vec<GrantInfo>, Option<String>), Error> {
         self.may_list(caller, &q).await?;
         // A page token continues only the listing it came from: the filters are sealed in it.
-        let filters = format!(
-            "{:?} {:?} {:?} {:?} {:?}",
-            q.provider, q.user, q.agent, q.account, q.status
-        );
+        let filters = [
+            q.provider.as_ref().map(ProviderId::as_str),
+            q.user.as_ref().map(UserId::as_str),
+            q.agent.as_ref().map(AgentId::as_str),
+            q.account.as_ref().map(AccountId::as_str),
+            q.status.map(|s| match s {
+                crate::domain::GrantStatus::Active => "active",
+                crate::domain::GrantStatus::NeedsReauth => "needs_reauth",
+            }),
+        ]
+        .map(|f| f.unwrap_or(""))
+        .join("\n");
         if !page_token.is_empty() {
             q.after = Some(self.references.open_page(page_token, &filters).await?);
         }

@@ -63,6 +63,9 @@ fn page_aad(filters: &str) -> Vec<u8> {
     .concat()
 }
 const NONCE_LEN: usize = 12;
+/// Longest page token taken: a grant key of the longest ids (provider, user, agent, account),
+/// sealed and encoded, is under 2 KiB.
+const MAX_PAGE_TOKEN: usize = 4096;
 
 impl ReferenceKeys {
     pub(crate) fn from_master(master: &[u8]) -> Self {
@@ -82,10 +85,10 @@ impl ReferenceKeys {
             .map_err(|_| Error::internal("the page-token key is not an AES-256 key"))
     }
 
-    /// A `ListGrants` page token: where a listing stopped, sealed, so the caller learns nothing
-    /// from it (the place may be a grant it may not see) and cannot forge one. Replicas share
-    /// the key, so any of them continues the listing.
-    /// `filters` is bound to it: the token continues only a listing with the same filters.
+    /// A `ListGrants` page token: where a listing stopped, sealed with the listing's `filters`,
+    /// so the caller learns nothing from it (the place may be a grant it may not see), cannot
+    /// forge one, and cannot continue another listing with it. Replicas share the key, so any
+    /// of them continues the listing.
     pub(crate) fn seal_cursor(&self, cursor: &str, filters: &str) -> Result<String, Error> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
@@ -106,7 +109,7 @@ impl ReferenceKeys {
 
     /// The place a page token sealed, if this deployment sealed it for a listing with `filters`.
     pub(crate) fn open_cursor(&self, token: &str, filters: &str) -> Option<String> {
-        if token.len() > MAX_INPUT {
+        if token.len() > MAX_PAGE_TOKEN {
             return None;
         }
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
@@ -439,9 +442,22 @@ mod tests {
             k.open_cursor(&URL_SAFE_NO_PAD.encode(cursor), filters),
             None
         );
-        for junk in ["", "not base64!", "AAAA", &"A".repeat(MAX_INPUT + 1)] {
+        for junk in ["", "not base64!", "AAAA", &"A".repeat(MAX_PAGE_TOKEN + 1)] {
             assert_eq!(k.open_cursor(junk, filters), None, "{junk:?}");
         }
+        // The place of a grant with the longest ids still makes a token that opens.
+        let long = format!(
+            "grants/{}/{}/{}/{}",
+            "p".repeat(64),
+            "u".repeat(342),
+            "a".repeat(342),
+            "c".repeat(342)
+        );
+        let token = k.seal_cursor(&long, filters).unwrap();
+        assert_eq!(
+            k.open_cursor(&token, filters).as_deref(),
+            Some(long.as_str())
+        );
     }
 
     #[test]

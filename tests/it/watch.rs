@@ -392,11 +392,7 @@ async fn a_watch_open_at_shutdown_ends_saying_so() {
     let f = Fixture::new().await;
     let mut s = watch_grants(&f, AGENT_KEY, "alice").await.unwrap();
     let t = std::time::Instant::now();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &f.valet.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    f.valet.terminate();
     let end = tokio::time::timeout(Duration::from_secs(8), s.message())
         .await
         .expect("the stream ends before the grace period (10 s) would");
@@ -429,11 +425,7 @@ async fn a_long_poll_waiting_at_shutdown_ends_at_once() {
     // The call is waiting before the signal.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = std::time::Instant::now();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &f.valet.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    f.valet.terminate();
     let answer = tokio::time::timeout(Duration::from_secs(8), wait)
         .await
         .expect("the long poll ends before the grace period (10 s) would")

@@ -228,11 +228,7 @@ rate_limit = 0
         std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
     }
 
-    /// The daemon's process id, for the benchmarks' CPU accounting.
-    #[allow(
-        dead_code,
-        reason = "used by benches/handout.rs, which shares this harness"
-    )]
+    /// The daemon's process id (signals; the benchmarks' CPU accounting).
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -316,13 +312,19 @@ rate_limit = 0
             .unwrap()
     }
 
+    /// Sends SIGTERM (the daemon starts shutting down) without waiting for the exit.
+    pub(crate) fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM failed");
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub(crate) fn stop(&mut self) -> ExitStatus {
+        self.terminate();
         let mut child = self.child.take().expect("already stopped");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
         child.wait().unwrap()
     }
 
