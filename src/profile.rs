@@ -780,6 +780,24 @@ impl Catalogue {
         self.profiles.get(name)
     }
 
+    /// Why `name` is no profile, with the one whose title names it, if any ("twitter": x).
+    pub fn unknown(&self, name: &str) -> String {
+        let wanted = name.to_ascii_lowercase();
+        let titled = (wanted.len() >= 3)
+            .then(|| {
+                self.iter()
+                    .find(|p| p.title.to_ascii_lowercase().contains(&wanted))
+            })
+            .flatten();
+        match titled {
+            Some(p) => format!(
+                "no profile named {name:?}; did you mean {:?} ({})? `valet provider profiles` lists them",
+                p.name, p.title
+            ),
+            None => format!("no profile named {name:?}: `valet provider profiles` lists them"),
+        }
+    }
+
     /// Every profile, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Profile> {
         self.profiles.values()
@@ -1412,6 +1430,22 @@ variables = ["tenant"]
 
         let github = c.get("github").expect("github");
         assert_eq!(github.instantiate(&BTreeMap::new()).as_ref(), Ok(github));
+        // A provider's other name finds its profile; anything else says where the list is.
+        assert!(
+            c.unknown("twitter").contains("did you mean \"x\""),
+            "{}",
+            c.unknown("twitter")
+        );
+        assert!(
+            c.unknown("Intuit").contains("\"quickbooks\""),
+            "{}",
+            c.unknown("Intuit")
+        );
+        assert!(
+            !c.unknown("zz").contains("did you mean"),
+            "{}",
+            c.unknown("zz")
+        );
         assert!(github.instantiate(&vars(&[("tenant", "x")])).is_err());
     }
 

@@ -335,6 +335,107 @@ pub(super) fn print_grant(g: &pb::Grant) {
     );
 }
 
+/// What a provider profile sets: its endpoints and each way the provider departs from the RFCs
+/// that Valet handles for it (`valet provider profiles NAME`).
+pub(super) fn profile(p: &crate::profile::Profile) {
+    let line = |label: &str, value: &str| println!("{:<22}{value}", format!("{label}:"));
+    let list = |v: &[String]| v.join(", ");
+    let pairs = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    line("name", &p.name);
+    line("title", &p.title);
+    line("docs", &p.docs);
+    let kind = match p.kind {
+        crate::profile::ProfileKind::OAuth2 => "oauth2",
+        crate::profile::ProfileKind::Oidc => "oidc",
+    };
+    line("kind", kind);
+    if !p.variables.is_empty() {
+        let given: Vec<String> = p.variables.iter().map(|v| format!("--var {v}=…")).collect();
+        line("variables", &given.join(" "));
+    }
+    for (label, url) in [
+        ("issuer", &p.issuer),
+        ("auth_url", &p.auth_url),
+        ("token_url", &p.token_url),
+    ] {
+        if let Some(u) = url {
+            line(label, u);
+        }
+    }
+    line(
+        "revocation_url",
+        p.revocation_url
+            .as_deref()
+            .unwrap_or("none (a revoke deletes the grant in Valet only)"),
+    );
+    line("token_auth_method", p.token_auth_method.as_str());
+    if !p.default_scopes.is_empty() {
+        line("default_scopes", &p.default_scopes.join(" "));
+    }
+    if !p.extra_auth_params.is_empty() {
+        line("authorize params", &pairs(&p.extra_auth_params));
+    }
+    if !p.extra_exchange_params.is_empty() {
+        line(
+            "exchange params",
+            &format!(
+                "{}  (sent with the code exchange)",
+                pairs(&p.extra_exchange_params)
+            ),
+        );
+    }
+    if let Some(h) = &p.token_header {
+        line(
+            "token header",
+            &format!("{h}  (the token as it is, not Authorization: Bearer)"),
+        );
+    }
+    if !p.metadata.is_empty() {
+        line(
+            "metadata",
+            &format!("{}  (from the token response)", list(&p.metadata)),
+        );
+    }
+    if !p.callback_metadata.is_empty() {
+        line(
+            "callback metadata",
+            &format!("{}  (from the callback)", list(&p.callback_metadata)),
+        );
+    }
+    if !p.invalid_grant_errors.is_empty() {
+        line(
+            "dead refresh token",
+            &format!(
+                "invalid_grant, {}  (answering a refresh: the user consents again)",
+                list(&p.invalid_grant_errors)
+            ),
+        );
+    }
+    if p.token_lifetime_seconds > 0 {
+        line(
+            "token lifetime",
+            &format!(
+                "{} when the answer gives none",
+                span(u64::from(p.token_lifetime_seconds))
+            ),
+        );
+    }
+    if p.keep_alive_seconds > 0 {
+        line(
+            "keep-alive",
+            &format!(
+                "idle grants refreshed every {}",
+                span(u64::from(p.keep_alive_seconds))
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,8 +25,11 @@ pub enum ProviderCmd {
         #[arg(long)]
         revoke_at_provider: bool,
     },
-    /// List the provider profiles (GitHub, Google, Slack, …) `create --profile` can start from.
+    /// List the provider profiles (GitHub, Google, Slack, …) `create --profile` can start from,
+    /// or show what one does.
     Profiles {
+        /// Show this profile: its endpoints and how the provider departs from the RFCs.
+        name: Option<String>,
         /// Also read the operator's own profiles from this directory (the daemon's `profiles_dir`).
         #[arg(long)]
         dir: Option<String>,
@@ -211,8 +214,8 @@ pub struct ProviderArgs {
 type Providers = ProvidersClient<crate::client::AuthedChannel>;
 
 pub(super) async fn run(cmd: ProviderCmd, conn: &Conn) -> anyhow::Result<()> {
-    if let ProviderCmd::Profiles { dir } = &cmd {
-        return profiles(dir.as_deref());
+    if let ProviderCmd::Profiles { name, dir } = &cmd {
+        return profiles(name.as_deref(), dir.as_deref());
     }
     let mut providers = conn.connect().await?.providers();
     match cmd {
@@ -230,11 +233,18 @@ pub(super) async fn run(cmd: ProviderCmd, conn: &Conn) -> anyhow::Result<()> {
 }
 
 /// `valet provider profiles`: the built-in catalogue, plus an operator directory.
-pub(super) fn profiles(dir: Option<&str>) -> anyhow::Result<()> {
+pub(super) fn profiles(name: Option<&str>, dir: Option<&str>) -> anyhow::Result<()> {
     let catalogue = match dir {
         Some(d) => crate::profile::Catalogue::with_dir(std::path::Path::new(d))?,
         None => crate::profile::Catalogue::builtin()?,
     };
+    if let Some(name) = name {
+        let p = catalogue
+            .get(name)
+            .with_context(|| catalogue.unknown(name))?;
+        super::print::profile(p);
+        return Ok(());
+    }
     for p in catalogue.iter() {
         let vars = if p.variables.is_empty() {
             String::new()

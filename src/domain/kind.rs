@@ -56,6 +56,17 @@ pub enum TokenAuthMethod {
     PrivateKeyJwt,
 }
 
+impl TokenAuthMethod {
+    /// As configuration and profiles spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+}
+
 /// How scopes are separated in a provider's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

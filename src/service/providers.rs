@@ -403,15 +403,10 @@ impl ProviderRegistry {
             }
             return Ok(d);
         }
-        let profile = self.catalogue.get(&d.profile).ok_or_else(|| {
-            Error::invalid(
-                "profile",
-                format!(
-                    "unknown profile '{}'; `valet provider profiles` lists them",
-                    d.profile
-                ),
-            )
-        })?;
+        let profile = self
+            .catalogue
+            .get(&d.profile)
+            .ok_or_else(|| Error::invalid("profile", self.catalogue.unknown(&d.profile)))?;
         let p = profile
             .instantiate(&d.profile_vars)
             .map_err(|e| Error::invalid("profile_vars", e.to_string()))?;

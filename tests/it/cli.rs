@@ -257,6 +257,23 @@ async fn provider_profiles_are_listed_and_create_from_one_with_a_variable() {
     }
     assert!(out.contains("--var tenant="), "variables are shown: {out}");
 
+    // One profile shown: what the provider does differently, which Valet handles.
+    let mut one = cli(&f, ADMIN_KEY);
+    one.args(["provider", "profiles", "shopify"]);
+    let out = run(one);
+    for said in [
+        "variables:            --var shop=…",
+        "token header:         X-Shopify-Access-Token",
+        "exchange params:      expiring=1",
+    ] {
+        assert!(out.contains(said), "{said}: {out}");
+    }
+    // Another name of a provider finds its profile.
+    let mut other = cli(&f, ADMIN_KEY);
+    other.args(["provider", "profiles", "twitter"]);
+    let err = fails(other);
+    assert!(err.contains("did you mean \"x\""), "{err}");
+
     // The microsoft profile against the real OpenID provider (issuer given, tenant filled).
     let mut create = cli(&f, ADMIN_KEY);
     create
