@@ -66,6 +66,15 @@ pub(super) struct RevokeTarget {
 
 pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
     let min_ttl = a.min_ttl;
+    // The grant asked for, to say why a consent is asked for (not with --force: that is why).
+    let slot = (!a.force).then(|| pb::ListGrantsRequest {
+        provider_id: a.provider.clone(),
+        user_id: a.user.clone().unwrap_or_default(),
+        agent_id: a.agent.clone().unwrap_or_default(),
+        account: a.account.clone().unwrap_or_default(),
+        status: pb::GrantStatus::NeedsReauth as i32,
+        ..Default::default()
+    });
     let mut creds = conn.connect().await?.credentials();
     let mut resp = creds
         .authenticate(pb::AuthenticateRequest {
@@ -116,6 +125,9 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
             }
             Some(Answer::Pending(p)) => {
                 if !shown {
+                    if let Some(slot) = &slot {
+                        note_dead_grant(&mut creds, slot).await;
+                    }
                     show_consent(&p);
                     shown = true;
                 }
@@ -123,6 +135,29 @@ pub(super) async fn auth(a: AuthArgs, conn: &Conn) -> anyhow::Result<()> {
             }
             Some(Answer::Completed(_)) | None => bail!("unexpected answer from the daemon"),
         }
+    }
+}
+
+/// When the grant asked for is there but needs a new consent, says so (on stderr) before the
+/// link: a person would otherwise see only a link where a token came before. Quiet when it
+/// cannot tell (a listing this key may not make).
+async fn note_dead_grant(
+    creds: &mut CredentialsClient<AuthedChannel>,
+    slot: &pb::ListGrantsRequest,
+) {
+    let Ok(page) = creds.list_grants(slot.clone()).await else {
+        return;
+    };
+    // The listing's agent and account filters are "any" when empty: this grant's are exact.
+    let dead = page
+        .into_inner()
+        .grants
+        .iter()
+        .any(|g| g.agent_id == slot.agent_id && g.account == slot.account);
+    if dead {
+        eprintln!(
+            "note: this grant needs a new consent: the provider no longer honours it (its refresh token was refused or revoked, or it reached the provider's maximum age)\n"
+        );
     }
 }
 

@@ -268,6 +268,37 @@ async fn x_rotates_refresh_tokens_and_its_invalid_request_for_a_dead_one_asks_fo
         f.grants("alice").await[0].status,
         pb::GrantStatus::NeedsReauth as i32
     );
+    // `valet auth` says why it shows a consent link where a token came before.
+    let said = cli_prompt(&f, &["auth", "--provider", "x", "--user", "alice"]);
+    assert!(said.contains("this grant needs a new consent"), "{said}");
+    let fresh = cli_prompt(&f, &["auth", "--provider", "x", "--user", "bob"]);
+    assert!(!fresh.contains("needs a new consent"), "{fresh}");
+}
+
+/// What a `valet` command waiting for consent printed on stderr up to its link; it is then
+/// stopped.
+fn cli_prompt(f: &Fixture, args: &[&str]) -> String {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_valet"))
+        .env("VALET_SERVER", &f.valet.grpc_url)
+        .env("VALET_KEY", AGENT_KEY)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if line.trim().starts_with("http") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    said
 }
 
 /// Shopify: the shopify profile asks for an expiring offline token (`expiring=1`), so a refresh
