@@ -14,7 +14,11 @@ fn cli(f: &Fixture, key: &str) -> Command {
 }
 
 fn run(mut c: Command) -> String {
-    let out = c.output().unwrap();
+    succeeded(c.output().unwrap())
+}
+
+/// A finished command's stdout, once it is known to have succeeded (else its output is shown).
+fn succeeded(out: std::process::Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -65,14 +69,7 @@ fn resolve_through_a_reference(f: &Fixture, provider: &str) -> String {
         .stderr(Stdio::piped());
     let mut child = resolve.spawn().unwrap();
     writeln!(child.stdin.take().unwrap(), "{reference}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    succeeded(child.wait_with_output().unwrap())
 }
 
 /// `valet provider create ID --kind oidc` at the test OpenID provider with `scopes`: its output.
